@@ -1,0 +1,1 @@
+"""Runs → metrics → reports: ranking metrics, the evaluation CLI and the benchmarks."""

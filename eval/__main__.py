@@ -1,0 +1,64 @@
+"""`python -m eval --config CONFIG --queries Q.tsv --stages bm25 --out DIR`
+
+Indexes the config's whole corpus (reusing a current index), retrieves every
+judged query with each stage, and writes DIR/metrics.json, DIR/report.md,
+DIR/recall.png and the runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine.search import STAGES, SearchEngine
+from eval.evaluate import evaluate
+from eval.queries import QueriesError, read_queries
+from eval.report import write_report
+from indexer.build import ensure_indexes
+from indexer.catalog import CatalogError
+from indexer.config import ConfigError, load_config
+from indexer.store import IndexLoadError
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--queries", required=True, help="TSV/CSV with header: query, pid[, qid][, relevance]")
+    ap.add_argument("--stages", default="bm25", help=f"comma-separated, from {', '.join(STAGES)}")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    stages = [s for s in args.stages.replace(" ", ",").split(",") if s]
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        print(f"error: unknown stage(s) {bad}; available: {list(STAGES)}", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args.config)
+        queries = read_queries(args.queries)
+        ensure_indexes(cfg, progress=not args.no_progress)
+        engine = SearchEngine.from_config(cfg)
+    except (ConfigError, QueriesError, CatalogError, IndexLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    judged = {p for rel in queries.relevance.values() for p in rel}
+    known = set(engine.products.ids.tolist())
+    missing = judged - known
+    if missing:
+        print(f"warning: {len(missing)} judged product(s) are not in the catalog and can never be retrieved",
+              file=sys.stderr)
+    results = evaluate(engine, queries, stages, progress=not args.no_progress)
+    context = {"config_name": cfg.name, "config": str(args.config), "queries": str(args.queries),
+               "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
+               "index": engine.bm25.manifest.get("build_id", "")}
+    payload = write_report(Path(args.out), results, context)
+    for stage, m in payload.items():
+        print(stage, " ".join(f"{k}={v}" for k, v in m.items()))
+    print(f"wrote {args.out}/metrics.json and report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Runs → metrics: retrieve every judged query with each stage and score the runs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.search import SearchEngine
+from eval import metrics
+from eval.queries import JudgedQueries
+
+RECALL_CURVE_KS = [1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    metrics: dict[str, float]
+    run: dict[str, dict[str, float]]
+    latency_ms: np.ndarray
+    recall_curve: list[float] = field(default_factory=list)
+
+
+def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: int, progress: bool = True):
+    """``{qid: {pid: score}}`` for the top ``depth`` products of a stage, and per-query latency in ms."""
+    ids = engine.products.ids
+    run: dict[str, dict[str, float]] = {}
+    lat = np.zeros(len(queries))
+    for i, (qid, text) in enumerate(tqdm(queries.texts.items(), desc=f"eval {stage}", disable=not progress,
+                                         mininterval=1.0)):
+        t0 = time.perf_counter()
+        res = engine.retrieve(text, k=depth, stage=stage)
+        lat[i] = (time.perf_counter() - t0) * 1000
+        run[qid] = {ids[int(r)]: float(s) for r, s in zip(res.rows, res.scores)}
+    return run, lat
+
+
+def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None,
+              ks: list[int]) -> tuple[dict[str, float], list[float]]:
+    qrels = queries.gains(gain_offset)
+    # recall counts a product as relevant by its judged relevance (Home Depot: >= 2.5), else by gain > 0
+    recall_qrels, thr = (queries.relevance, relevant_threshold) if relevant_threshold is not None else (qrels, None)
+    out = {
+        "mrr@10": metrics.mrr(qrels, run, 10),
+        "ndcg@10": metrics.ndcg(qrels, run, 10),
+    }
+    for k in ks:
+        out[f"recall@{k}"] = metrics.recall(recall_qrels, run, k, threshold=thr)
+    out["map"] = metrics.average_precision(qrels, run)
+    out["n_queries"] = len(qrels)
+    curve = metrics.recall_curve(recall_qrels, run, [k for k in RECALL_CURVE_KS if k <= max(ks)], threshold=thr)
+    return out, curve
+
+
+def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], progress: bool = True) -> list[StageResult]:
+    ecfg = engine.cfg.eval
+    depth = max(ecfg.ks)
+    results = []
+    for stage in stages:
+        run, lat = run_stage(engine, queries, stage, depth, progress)
+        m, curve = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
+        results.append(StageResult(stage, m, run, lat, curve))
+    return results

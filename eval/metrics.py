@@ -1,0 +1,111 @@
+"""Ranking metrics as plain functions over runs and qrels.
+
+``qrels``: ``{qid: {pid: gain}}`` (graded gains; a product with gain > 0 is
+relevant).  ``run``: ``{qid: {pid: score}}`` (higher is better) or
+``{qid: [pid, ...]}`` already ranked.  Every function returns the mean over
+the queries in ``qrels``; a query absent from the run scores 0.  With
+``per_query=True`` the per-query values are returned as an array (qrels
+order) instead.
+
+Definitions follow trec_eval/ranx: NDCG with linear gains and a log2
+discount (Järvelin & Kekäläinen), reciprocal rank of the first relevant
+product, recall as the share of relevant products retrieved, average
+precision over all relevant products.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+Qrels = Mapping[str, Mapping[str, float]]
+Run = Mapping[str, "Mapping[str, float] | Sequence[str]"]
+
+
+def _ranked(result) -> list[str]:
+    if isinstance(result, Mapping):
+        # score descending, ties by product id so that results are deterministic
+        return [pid for pid, _ in sorted(result.items(), key=lambda kv: (-kv[1], kv[0]))]
+    return list(result)
+
+
+def _gain_matrix(qrels: Qrels, run: Run, k: int | None, threshold: float | None = None):
+    """Per query: gains of the top-k ranked products, and the qrels' gains.
+
+    Returns (gains [n_q, k], relevant-flags [n_q, k], n_relevant [n_q], ideal gains [n_q, k]).
+    With ``threshold`` a product is relevant when its qrels value is >= threshold.
+    """
+    qids = list(qrels)
+    if k is None:
+        k = max([len(_ranked(run.get(q, ()))) for q in qids] + [max((len(v) for v in qrels.values()), default=1), 1])
+    n = len(qids)
+    gains = np.zeros((n, k), dtype=np.float64)
+    rel = np.zeros((n, k), dtype=bool)
+    ideal = np.zeros((n, k), dtype=np.float64)
+    n_rel = np.zeros(n, dtype=np.int64)
+    is_rel = (lambda g: g >= threshold) if threshold is not None else (lambda g: g > 0)
+    for i, q in enumerate(qids):
+        judged = qrels[q]
+        ranked = _ranked(run.get(q, ()))[:k]
+        for j, pid in enumerate(ranked):
+            g = judged.get(pid)
+            if g is not None:
+                gains[i, j] = max(g, 0.0)
+                rel[i, j] = is_rel(g)
+        positive = sorted((g for g in judged.values() if g > 0), reverse=True)[:k]
+        ideal[i, : len(positive)] = positive
+        n_rel[i] = sum(1 for g in judged.values() if is_rel(g))
+    return gains, rel, n_rel, ideal
+
+
+def _mean(values: np.ndarray, per_query: bool):
+    return values if per_query else float(values.mean()) if len(values) else 0.0
+
+
+def mrr(qrels: Qrels, run: Run, k: int = 10, per_query: bool = False):
+    """Mean reciprocal rank of the first relevant product within the top k."""
+    _, rel, _, _ = _gain_matrix(qrels, run, k)
+    first = rel.argmax(axis=1)
+    rr = np.where(rel.any(axis=1), 1.0 / (first + 1), 0.0)
+    return _mean(rr, per_query)
+
+
+def ndcg(qrels: Qrels, run: Run, k: int = 10, per_query: bool = False):
+    """Normalized discounted cumulative gain at k (graded gains, log2 discount)."""
+    gains, _, _, ideal = _gain_matrix(qrels, run, k)
+    discount = 1.0 / np.log2(np.arange(2, gains.shape[1] + 2))
+    dcg = gains @ discount
+    idcg = ideal @ discount
+    vals = np.divide(dcg, idcg, out=np.zeros_like(dcg), where=idcg > 0)
+    return _mean(vals, per_query)
+
+
+def recall(qrels: Qrels, run: Run, k: int = 100, threshold: float | None = None, per_query: bool = False):
+    """Share of the relevant products (gain > 0, or qrels value >= threshold) in the top k."""
+    _, rel, n_rel, _ = _gain_matrix(qrels, run, k, threshold)
+    vals = np.divide(rel.sum(axis=1), n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0)
+    return _mean(vals, per_query)
+
+
+def average_precision(qrels: Qrels, run: Run, k: int | None = None, per_query: bool = False):
+    """Mean average precision (over all relevant products; the ranking cut at k if given)."""
+    _, rel, n_rel, _ = _gain_matrix(qrels, run, k)
+    precision_at = np.cumsum(rel, axis=1) / np.arange(1, rel.shape[1] + 1)
+    vals = np.divide((precision_at * rel).sum(axis=1), n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0)
+    return _mean(vals, per_query)
+
+
+map_ = average_precision
+
+
+def recall_curve(qrels: Qrels, run: Run, ks: Sequence[int], threshold: float | None = None) -> list[float]:
+    """Recall at each cut in ``ks`` from one pass over the run."""
+    kmax = max(ks)
+    _, rel, n_rel, _ = _gain_matrix(qrels, run, kmax, threshold)
+    found = np.cumsum(rel, axis=1)
+    out = []
+    for k in ks:
+        vals = np.divide(found[:, k - 1], n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0)
+        out.append(float(vals.mean()) if len(vals) else 0.0)
+    return out

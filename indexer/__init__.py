@@ -1,0 +1,1 @@
+"""Catalog → text → indexes: reading catalogs, tokenizing titles, building and storing indexes."""

@@ -1,0 +1,36 @@
+"""`python -m indexer --config configs/demo.yaml`: build the config's indexes (what `make index` runs)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from indexer.build import build_indexes, load_catalog
+from indexer.catalog import CatalogError
+from indexer.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--skip-bad-rows", action="store_true",
+                    help="index the valid rows and write rejected ones, with reasons, to a side file")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        catalog = load_catalog(cfg, skip_bad_rows=args.skip_bad_rows or None)
+    except (ConfigError, CatalogError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"catalog {cfg.catalog.path}: {len(catalog)} products", end="")
+    if catalog.rejected:
+        print(f", {len(catalog.rejected)} rejected rows written to {cfg.rejects_path}", end="")
+    print()
+    for b in build_indexes(cfg, catalog=catalog, progress=not args.no_progress):
+        print(f"{b.stage}: {b.n_products} products -> {b.path} ({b.path.resolve().name}) in {b.seconds:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

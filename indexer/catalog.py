@@ -1,0 +1,273 @@
+"""Reading a product catalog (JSONL, CSV or TSV) into validated columns.
+
+Required fields: an id and a title; optional: category, brand, price,
+attributes.  Column names are mapped by the config (``columns: {id: pid}``).
+
+Every row is validated.  A bad row (missing or empty id/title, duplicate id,
+bad price or attributes, wrong number of fields, undecodable bytes) is an
+error naming the file, the line and the field; with ``skip_bad_rows`` it is
+written with its reason to a side file instead, so nothing vanishes silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+FIELDS = ("id", "title", "category", "brand", "price", "attributes")
+MAX_ERRORS_SHOWN = 10
+
+
+@dataclass
+class RowError:
+    file: str
+    line: int
+    field: str | None
+    reason: str
+    raw: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: field '{self.field}': {self.reason}" if self.field else f"{where}: {self.reason}"
+
+
+class CatalogError(ValueError):
+    """A catalog could not be read; ``errors`` lists every bad row found."""
+
+    def __init__(self, message: str, errors: list[RowError] | None = None):
+        super().__init__(message)
+        self.errors = errors or []
+
+
+@dataclass
+class Catalog:
+    """Products as columns (row i of each column is product i)."""
+
+    ids: list[str]
+    titles: list[str]
+    categories: list[str | None]
+    brands: list[str | None]
+    prices: np.ndarray  # float64, NaN where missing
+    attributes: list[dict[str, str] | None]
+    source: Path | None = None
+    rejected: list[RowError] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index_text(self, i: int) -> str:
+        """The text the keyword stage indexes: title, plus brand and category where the title lacks them."""
+        parts = [self.titles[i]]
+        low = self.titles[i].lower()
+        for extra in (self.brands[i], self.categories[i]):
+            if extra and extra.lower() not in low:
+                parts.append(extra)
+        return " ".join(parts)
+
+    def index_texts(self) -> list[str]:
+        return [self.index_text(i) for i in range(len(self))]
+
+
+def detect_format(path: Path, declared: str = "auto") -> str:
+    if declared != "auto":
+        return declared
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".tsv", ".tab", ".txt"):
+        return "tsv"
+    raise CatalogError(f"{path}: cannot tell the format from the extension {suffix!r}; set catalog.format")
+
+
+def _decoded_lines(path: Path, errors: list[RowError]) -> Iterator[tuple[int, str]]:
+    """(line number, text) for each line; undecodable lines become errors."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                errors.append(RowError(str(path), lineno, None,
+                                       f"undecodable bytes (not UTF-8) at byte {e.start} of the line",
+                                       raw.decode("utf-8", errors="replace").rstrip("\r\n")))
+                continue
+            if lineno == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            yield lineno, text
+
+
+def _records(path: Path, fmt: str, errors: list[RowError]) -> Iterator[tuple[int, dict, str]]:
+    """(line, record as {column: value}, raw text) for each data row."""
+    if fmt == "jsonl":
+        for lineno, text in _decoded_lines(path, errors):
+            if not text.strip():
+                continue
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                errors.append(RowError(str(path), lineno, None, f"invalid JSON: {e.msg} at column {e.colno}", text.rstrip()))
+                continue
+            if not isinstance(rec, dict):
+                errors.append(RowError(str(path), lineno, None, "a JSONL row must be a JSON object", text.rstrip()))
+                continue
+            yield lineno, rec, text.rstrip("\r\n")
+        return
+
+    delimiter = "," if fmt == "csv" else "\t"
+    quoting = csv.QUOTE_MINIMAL if fmt == "csv" else csv.QUOTE_NONE
+    lines = _decoded_lines(path, errors)
+    linenos: list[int] = []
+
+    def text_only() -> Iterator[str]:
+        for lineno, text in lines:
+            linenos.append(lineno)
+            yield text
+
+    reader = csv.reader(text_only(), delimiter=delimiter, quoting=quoting)
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise CatalogError(f"{path}: the file is empty (a header row is required)") from None
+    header = [h.strip() for h in header]
+    for row in reader:
+        lineno = linenos[-1]
+        raw = delimiter.join(row)
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) != len(header):
+            errors.append(RowError(str(path), lineno, None,
+                                   f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}", raw))
+            continue
+        yield lineno, dict(zip(header, row)), raw
+
+
+def _parse_attributes(value) -> dict[str, str] | None:
+    """A JSON object, or ``key:value`` pairs separated by ``;`` or ``|``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if not isinstance(value, str):
+        raise ValueError(f"must be an object or a string, not {type(value).__name__}")
+    s = value.strip()
+    if s.startswith("{"):
+        obj = json.loads(s)
+        if not isinstance(obj, dict):
+            raise ValueError("JSON value is not an object")
+        return {str(k): str(v) for k, v in obj.items()}
+    out: dict[str, str] = {}
+    for pair in s.replace("|", ";").split(";"):
+        if not pair.strip():
+            continue
+        key, sep, val = pair.partition(":")
+        if not sep:
+            raise ValueError(f"expected key:value pairs separated by ';', got {pair.strip()!r}")
+        out[key.strip()] = val.strip()
+    return out
+
+
+def _parse_price(value) -> float:
+    if value is None or (isinstance(value, str) and value.strip() == ""):
+        return math.nan
+    if isinstance(value, bool):
+        raise ValueError("not a number")
+    try:
+        price = float(value.strip().lstrip("¥￥$") if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ValueError(f"not a number: {value!r}") from None
+    if not math.isfinite(price) or price < 0:
+        raise ValueError(f"must be a finite number >= 0, got {value!r}")
+    return price
+
+
+def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: str = "auto",
+                 skip_bad_rows: bool = False) -> Catalog:
+    """Read and validate a catalog.
+
+    Raises :class:`CatalogError` listing the bad rows unless ``skip_bad_rows``;
+    then they are returned in ``Catalog.rejected`` (see :func:`write_rejects`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog file not found: {path}")
+    fmt = detect_format(path, fmt)
+    colmap = {f: f for f in FIELDS}
+    colmap.update(columns or {})
+
+    errors: list[RowError] = []
+    ids: list[str] = []
+    titles: list[str] = []
+    cats: list[str | None] = []
+    brands: list[str | None] = []
+    prices: list[float] = []
+    attrs: list[dict | None] = []
+    seen: dict[str, int] = {}
+    header_checked = False
+
+    for lineno, rec, raw in _records(path, fmt, errors):
+        if not header_checked and fmt != "jsonl":
+            missing = [f"{f} (column {colmap[f]!r})" for f in ("id", "title") if colmap[f] not in rec]
+            if missing:
+                raise CatalogError(f"{path}:1: header lacks required field(s) {', '.join(missing)}; "
+                                   f"columns are {list(rec)}; map them with catalog.columns in the config")
+        header_checked = True
+
+        def bad(fieldname: str, reason: str) -> None:
+            errors.append(RowError(str(path), lineno, fieldname, reason, raw))
+
+        pid = rec.get(colmap["id"])
+        pid = "" if pid is None else str(pid).strip()
+        if not pid:
+            bad("id", "missing or empty")
+            continue
+        title = rec.get(colmap["title"])
+        if not isinstance(title, str) or not title.strip():
+            bad("title", "missing or empty" if title in (None, "") or isinstance(title, str) else
+                f"must be a string, not {type(title).__name__}")
+            continue
+        if pid in seen:
+            bad("id", f"duplicate id {pid!r} (first on line {seen[pid]})")
+            continue
+        try:
+            price = _parse_price(rec.get(colmap["price"]))
+        except ValueError as e:
+            bad("price", str(e))
+            continue
+        try:
+            attributes = _parse_attributes(rec.get(colmap["attributes"]))
+        except (ValueError, json.JSONDecodeError) as e:
+            bad("attributes", str(e))
+            continue
+        seen[pid] = lineno
+        ids.append(pid)
+        titles.append(title.strip())
+        c, b = rec.get(colmap["category"]), rec.get(colmap["brand"])
+        cats.append(str(c).strip() or None if c is not None else None)
+        brands.append(str(b).strip() or None if b is not None else None)
+        prices.append(price)
+        attrs.append(attributes)
+
+    if errors and not skip_bad_rows:
+        shown = "\n  ".join(str(e) for e in errors[:MAX_ERRORS_SHOWN])
+        more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
+        raise CatalogError(f"{path}: {len(errors)} bad row(s); fix them or use --skip-bad-rows "
+                           f"to write them to a side file:\n  {shown}{more}", errors)
+    if not ids:
+        raise CatalogError(f"{path}: no valid products", errors)
+    return Catalog(ids, titles, cats, brands, np.asarray(prices, dtype=np.float64), attrs, path, errors)
+
+
+def write_rejects(errors: list[RowError], path: Path) -> None:
+    """Write rejected rows with their reasons, one JSON object per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for e in errors:
+            f.write(json.dumps({"file": e.file, "line": e.line, "field": e.field, "reason": e.reason, "row": e.raw},
+                               ensure_ascii=False) + "\n")

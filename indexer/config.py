@@ -1,0 +1,215 @@
+"""Typed configuration, loaded once from ``configs/*.yaml``.
+
+Every package reads its settings from these dataclasses; nothing below this
+module opens a YAML file.  The config sits in ``indexer`` because ``indexer``
+is the bottom of the dependency graph (engine, finetune and eval import it,
+never the reverse).
+
+Relative paths in a config resolve against its ``root`` (default ``..``:
+the project root for a file in ``configs/``), itself relative to the
+config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file is missing, malformed or names an unknown field."""
+
+
+@dataclass
+class CatalogConfig:
+    path: Path
+    # jsonl | csv | tsv | auto (by extension)
+    format: str = "auto"
+    # our field name -> column name in the file (id, title, category, brand, price, attributes)
+    columns: dict[str, str] = field(default_factory=dict)
+    skip_bad_rows: bool = False
+    # where rejected rows go with --skip-bad-rows; default: <index dir>/rejected.jsonl
+    rejects_path: Path | None = None
+
+
+@dataclass
+class TextConfig:
+    traditional_to_simplified: bool = True
+    # extra jieba dictionary (one word per line, optional frequency and POS, jieba format)
+    user_dict: Path | None = None
+    # add the catalog's brands to jieba's dictionary
+    brands_to_dict: bool = True
+    # stopword file; None uses the built-in list
+    stopwords: Path | None = None
+    # also index each Latin/number part of a mixed token (iphone15pro -> iphone, 15, pro)
+    split_alnum: bool = True
+    # character n-grams (1..n) for Han words jieba does not know; 0 turns it off
+    unknown_word_ngrams: int = 0
+    fold_plurals: bool = True
+    # join a number and a following unit ("500 ml" -> 500ml)
+    join_units: bool = True
+
+
+@dataclass
+class BM25Config:
+    # bm25s method: robertson | lucene | atire | bm25l | bm25+
+    method: str = "lucene"
+    k1: float = 1.5
+    b: float = 0.75
+    delta: float = 0.5
+
+
+@dataclass
+class SearchConfig:
+    stages: list[str] = field(default_factory=lambda: ["bm25"])
+    # candidates each first stage hands on
+    candidates: int = 100
+
+
+@dataclass
+class EvalConfig:
+    # gain = relevance + gain_offset (Home Depot: -1)
+    gain_offset: float = 0.0
+    # relevance at or above which a product counts as relevant for recall;
+    # None: any product with a positive gain
+    relevant_threshold: float | None = None
+    ks: list[int] = field(default_factory=lambda: [10, 100, 1000])
+
+
+@dataclass
+class Config:
+    name: str
+    catalog: CatalogConfig
+    index_dir: Path
+    text: TextConfig = field(default_factory=TextConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    source: Path | None = None
+
+    def index_fingerprint(self) -> str:
+        """Hash of every setting that changes what an index holds."""
+        payload = {
+            "catalog": _jsonable(self.catalog),
+            "text": _jsonable(self.text),
+            "bm25": _jsonable(self.bm25),
+        }
+        payload["catalog"].pop("skip_bad_rows", None)
+        payload["catalog"].pop("rejects_path", None)
+        # the contents of the word lists matter, not only their paths
+        for name in ("user_dict", "stopwords"):
+            p = getattr(self.text, name)
+            if p is not None and Path(p).is_file():
+                payload["text"][name + "_sha256"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.catalog.rejects_path or self.index_dir.with_name(self.index_dir.name + ".rejected.jsonl")
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords"}
+
+
+def _build(cls, data: dict | None, where: str, root: Path):
+    data = dict(data or {})
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
+    for name, value in list(data.items()):
+        if name in _PATH_FIELDS and value is not None:
+            p = Path(value)
+            data[name] = p if p.is_absolute() else (root / p)
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def load_config(path: str | Path, **overrides: Any) -> Config:
+    """Load a YAML config into a :class:`Config`.
+
+    ``overrides`` replace top-level sections' fields, e.g.
+    ``load_config(p, bm25={"k1": 1.2})``; used by tuning scripts and tests.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            raw[section] = {**(raw.get(section) or {}), **values}
+        else:
+            raw[section] = values
+    return config_from_dict(raw, base=path.parent, source=path)
+
+
+def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Config:
+    where = str(source or "config")
+    raw = dict(raw)
+    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "search", "eval"}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    root = (base / raw.pop("root", "..")).resolve()
+    if "catalog" not in raw or not isinstance(raw["catalog"], dict) or "path" not in raw["catalog"]:
+        raise ConfigError(f"{where}: catalog.path is required")
+    if "index_dir" not in raw:
+        raise ConfigError(f"{where}: index_dir is required")
+    index_dir = Path(raw["index_dir"])
+    cfg = Config(
+        name=str(raw.get("name") or (source.stem if source else "config")),
+        catalog=_build(CatalogConfig, raw["catalog"], f"{where}: catalog", root),
+        index_dir=index_dir if index_dir.is_absolute() else root / index_dir,
+        text=_build(TextConfig, raw.get("text"), f"{where}: text", root),
+        bm25=_build(BM25Config, raw.get("bm25"), f"{where}: bm25", root),
+        search=_build(SearchConfig, raw.get("search"), f"{where}: search", root),
+        eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
+        source=source,
+    )
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: Config, where: str) -> None:
+    if cfg.catalog.format not in {"auto", "jsonl", "csv", "tsv"}:
+        raise ConfigError(f"{where}: catalog.format must be auto, jsonl, csv or tsv, not {cfg.catalog.format!r}")
+    allowed_cols = {"id", "title", "category", "brand", "price", "attributes"}
+    bad = set(cfg.catalog.columns) - allowed_cols
+    if bad:
+        raise ConfigError(f"{where}: catalog.columns maps unknown field(s) {sorted(bad)}; known: {sorted(allowed_cols)}")
+    if cfg.bm25.method not in {"robertson", "lucene", "atire", "bm25l", "bm25+"}:
+        raise ConfigError(f"{where}: bm25.method {cfg.bm25.method!r} is not one of robertson, lucene, atire, bm25l, bm25+")
+    if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1:
+        raise ConfigError(f"{where}: bm25 needs k1 >= 0 and 0 <= b <= 1")
+    if cfg.text.unknown_word_ngrams < 0:
+        raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
+    stages = {"bm25"}
+    bad = [s for s in cfg.search.stages if s not in stages]
+    if bad:
+        raise ConfigError(f"{where}: search.stages {bad} not available; this build has {sorted(stages)}")

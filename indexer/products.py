@@ -1,0 +1,133 @@
+"""The product table stored with every index: ids, titles and filterable fields as columns.
+
+Strings are kept as one UTF-8 blob plus offsets, memory-mapped on load, so
+opening a million-product index reads no per-product Python objects; only
+the hits of a query are decoded.  Category and brand are dictionary-coded
+so that a filter is one vectorized comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from indexer.catalog import Catalog
+
+
+class StringColumn:
+    """An immutable list of strings backed by a UTF-8 blob and int64 offsets."""
+
+    def __init__(self, blob: np.ndarray, offsets: np.ndarray):
+        self._blob = blob
+        self._offsets = offsets
+
+    @classmethod
+    def from_strings(cls, values: Sequence[str]) -> "StringColumn":
+        encoded = [v.encode("utf-8") for v in values]
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in encoded], out=offsets[1:])
+        blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        return cls(blob, offsets)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> str:
+        lo, hi = self._offsets[i], self._offsets[i + 1]
+        return self._blob[lo:hi].tobytes().decode("utf-8")
+
+    def take(self, rows: Iterable[int]) -> list[str]:
+        return [self[int(i)] for i in rows]
+
+    def tolist(self) -> list[str]:
+        return self.take(range(len(self)))
+
+    def save(self, folder: Path, name: str) -> None:
+        self._blob.tofile(folder / f"{name}.utf8")
+        np.save(folder / f"{name}.offsets.npy", self._offsets)
+
+    @classmethod
+    def load(cls, folder: Path, name: str, mmap: bool = True) -> "StringColumn":
+        path = folder / f"{name}.utf8"
+        if path.stat().st_size == 0:
+            blob = np.zeros(0, dtype=np.uint8)
+        elif mmap:
+            blob = np.memmap(path, dtype=np.uint8, mode="r")
+        else:
+            blob = np.fromfile(path, dtype=np.uint8)
+        return cls(blob, np.load(folder / f"{name}.offsets.npy", mmap_mode="r" if mmap else None))
+
+
+def _encode(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
+    vocab = sorted({v for v in values if v})
+    pos = {v: i for i, v in enumerate(vocab)}
+    return np.array([pos[v] if v else -1 for v in values], dtype=np.int32), vocab
+
+
+class ProductTable:
+    """Ids, titles, categories, brands and prices of an index's products, by row."""
+
+    def __init__(self, ids: StringColumn, titles: StringColumn, category_codes: np.ndarray,
+                 categories: list[str], brand_codes: np.ndarray, brands: list[str], prices: np.ndarray):
+        self.ids = ids
+        self.titles = titles
+        self.category_codes = category_codes
+        self.categories = categories
+        self.brand_codes = brand_codes
+        self.brands = brands
+        self.prices = prices
+        self._row_of: dict[str, int] | None = None
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> "ProductTable":
+        cat_codes, cats = _encode(catalog.categories)
+        brand_codes, brands = _encode(catalog.brands)
+        return cls(StringColumn.from_strings(catalog.ids), StringColumn.from_strings(catalog.titles),
+                   cat_codes, cats, brand_codes, brands, np.asarray(catalog.prices, dtype=np.float64))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def row_of(self, pid: str) -> int:
+        """Row of a product id (KeyError if absent)."""
+        if self._row_of is None:
+            self._row_of = {pid: i for i, pid in enumerate(self.ids.tolist())}
+        return self._row_of[pid]
+
+    def mask(self, category: str | Sequence[str] | None = None, brand: str | Sequence[str] | None = None,
+             price_min: float | None = None, price_max: float | None = None) -> np.ndarray:
+        """Boolean mask of the products that pass every given filter."""
+        keep = np.ones(len(self), dtype=bool)
+        for values, codes, vocab in ((category, self.category_codes, self.categories),
+                                     (brand, self.brand_codes, self.brands)):
+            if values is None:
+                continue
+            wanted = [values] if isinstance(values, str) else list(values)
+            pos = {v: i for i, v in enumerate(vocab)}
+            keep &= np.isin(codes, [pos[v] for v in wanted if v in pos])
+        if price_min is not None:
+            keep &= self.prices >= price_min  # NaN (no price) fails a price filter
+        if price_max is not None:
+            keep &= self.prices <= price_max
+        return keep
+
+    def save(self, folder: Path) -> None:
+        self.ids.save(folder, "ids")
+        self.titles.save(folder, "titles")
+        np.save(folder / "category_codes.npy", self.category_codes)
+        np.save(folder / "brand_codes.npy", self.brand_codes)
+        np.save(folder / "prices.npy", self.prices)
+        (folder / "facets.json").write_text(json.dumps({"categories": self.categories, "brands": self.brands},
+                                                       ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, folder: Path, mmap: bool = True) -> "ProductTable":
+        facets = json.loads((folder / "facets.json").read_text(encoding="utf-8"))
+        mode = "r" if mmap else None
+        return cls(StringColumn.load(folder, "ids", mmap), StringColumn.load(folder, "titles", mmap),
+                   np.load(folder / "category_codes.npy", mmap_mode=mode), facets["categories"],
+                   np.load(folder / "brand_codes.npy", mmap_mode=mode), facets["brands"],
+                   np.load(folder / "prices.npy", mmap_mode=mode))

@@ -1,0 +1,172 @@
+"""Catalog and query text → normalized text → tokens.
+
+One :class:`Tokenizer` serves both sides (index and query), so a product
+title and a query that mean the same words produce the same tokens.
+
+Normalization: NFKC (full-width → half-width), optional traditional →
+simplified (character table from OpenCC), lowercase, control and format
+characters removed.
+
+Tokenization: Han runs go through jieba in search mode (a word and its
+dictionary sub-words); Latin words and numbers are cut out before jieba sees
+them, so ``iphone15``, ``500ml`` and ``5.65`` stay tokens; a number followed by
+a unit is joined (``500 ml`` → ``500ml``, ``41寸``); English plurals are folded;
+stopwords dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import unicodedata
+from importlib import resources
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import jieba
+from tqdm import tqdm
+
+from indexer.config import TextConfig
+
+jieba.setLogLevel(logging.WARNING)
+
+# Latin units that join a preceding number ("500 ml" -> "500ml").
+LATIN_UNITS = (
+    "ml", "l", "g", "kg", "mg", "gb", "tb", "mb", "cm", "mm", "m", "km", "w", "kw", "v",
+    "mah", "ah", "hz", "ghz", "mhz", "oz", "lb", "lbs", "in", "inch", "ft", "p", "k", "x",
+)
+# Chinese measure words and units that form one token with a preceding number (41寸, 3斤).
+HAN_UNITS = (
+    "毫升", "厘米", "毫米", "公斤", "千克", "英寸", "寸", "克", "斤", "升", "米", "码", "瓦", "伏",
+    "片", "粒", "支", "包", "袋", "盒", "瓶", "罐", "箱", "个", "只", "件", "套", "张", "双", "条",
+    "块", "卷", "本", "册", "层", "匹", "岁", "号", "度", "色", "代", "年", "月", "天", "人",
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff0-\uffff]")
+_UNIT_JOIN = re.compile(r"(\d+(?:\.\d+)?)\s+(" + "|".join(sorted(LATIN_UNITS, key=len, reverse=True)) + r")(?![a-z])")
+# Han run | Latin/number run (5.65, 3.5mm, iphone15, v1.2) | anything else is a separator
+_SEGMENT = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|([a-z0-9]+(?:\.[0-9]+[a-z0-9]*)*)")
+_NUM_HAN_UNIT = re.compile(r"(" + "|".join(sorted(HAN_UNITS, key=len, reverse=True)) + r")")
+_ALNUM_PARTS = re.compile(r"[a-z]+|[0-9]+(?:\.[0-9]+)?")
+
+
+@functools.lru_cache(maxsize=1)
+def _t2s_table() -> dict[int, str]:
+    """Single-character traditional → simplified table from OpenCC's data."""
+    import opencc
+
+    path = Path(opencc.__file__).parent / "dictionary" / "TSCharacters.txt"
+    table: dict[int, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and len(parts[0]) == 1:
+            table[ord(parts[0])] = parts[1].split(" ")[0]
+    return table
+
+
+@functools.lru_cache(maxsize=1)
+def builtin_stopwords() -> frozenset[str]:
+    text = resources.files("indexer").joinpath("resources/stopwords.txt").read_text(encoding="utf-8")
+    return frozenset(w.strip() for w in text.splitlines() if w.strip() and not w.startswith("#"))
+
+
+def normalize(text: str, traditional_to_simplified: bool = True) -> str:
+    """NFKC, optional traditional → simplified, lowercase, no control characters."""
+    text = unicodedata.normalize("NFKC", text)
+    if traditional_to_simplified:
+        text = text.translate(_t2s_table())
+    text = _CONTROL.sub(" ", text.lower())
+    return text
+
+
+def fold_plural(word: str) -> str:
+    """Fold a regular English plural to its singular (boxes → box, batteries → battery)."""
+    if len(word) <= 3 or not word.isalpha() or not word.isascii():
+        return word
+    if word.endswith("ies") and len(word) > 4:
+        return word[:-3] + "y"
+    if word.endswith(("sses", "shes", "ches", "xes", "zes")):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+class Tokenizer:
+    """Normalizes and tokenizes product titles and queries the same way.
+
+    ``extra_words`` (e.g. the catalog's brands) join jieba's dictionary so that
+    they come out as one token.
+    """
+
+    def __init__(self, cfg: TextConfig | None = None, extra_words: Iterable[str] = ()):
+        self.cfg = cfg or TextConfig()
+        self._jieba = jieba.Tokenizer()
+        self._jieba.initialize()
+        if self.cfg.user_dict is not None:
+            if not Path(self.cfg.user_dict).is_file():
+                raise FileNotFoundError(f"text.user_dict: file not found: {self.cfg.user_dict}")
+            self._jieba.load_userdict(str(self.cfg.user_dict))
+        self.added_words: list[str] = []
+        for w in sorted(set(extra_words)):
+            w = self.normalize(w).strip()
+            # only Han words need jieba's help; Latin words are tokens already
+            if len(w) >= 2 and _SEGMENT.fullmatch(w) and _SEGMENT.fullmatch(w).group(1):
+                self._jieba.add_word(w, freq=max(self._jieba.suggest_freq(w, False), 10))
+                self.added_words.append(w)
+        if self.cfg.stopwords is not None:
+            lines = Path(self.cfg.stopwords).read_text(encoding="utf-8").splitlines()
+            self.stopwords = frozenset(w.strip() for w in lines if w.strip() and not w.startswith("#"))
+        else:
+            self.stopwords = builtin_stopwords()
+        self._freq = self._jieba.FREQ
+
+    def normalize(self, text: str) -> str:
+        return normalize(text, self.cfg.traditional_to_simplified)
+
+    def __call__(self, text: str) -> list[str]:
+        return self.tokenize(text)
+
+    def tokenize(self, text: str) -> list[str]:
+        cfg = self.cfg
+        text = self.normalize(text)
+        if cfg.join_units:
+            text = _UNIT_JOIN.sub(r"\1\2", text)
+        out: list[str] = []
+        stop = self.stopwords
+        for m in _SEGMENT.finditer(text):
+            han, latin = m.group(1), m.group(2)
+            if han is not None:
+                self._han_tokens(han, out)
+                continue
+            if cfg.join_units and latin.replace(".", "").isdigit():
+                unit = _NUM_HAN_UNIT.match(text, m.end())
+                if unit:
+                    out.append(latin + unit.group(1))
+            if cfg.fold_plurals:
+                latin = fold_plural(latin)
+            if latin not in stop:
+                out.append(latin)
+            if cfg.split_alnum and not latin.isalpha() and not latin.replace(".", "").isdigit():
+                parts = _ALNUM_PARTS.findall(latin)
+                if len(parts) > 1:
+                    out.extend(p for p in parts if p not in stop)
+        return out
+
+    def _han_tokens(self, run: str, out: list[str]) -> None:
+        stop = self.stopwords
+        n = self.cfg.unknown_word_ngrams
+        for w in self._jieba.cut_for_search(run, HMM=True):
+            if w in stop:
+                continue
+            out.append(w)
+            if n and len(w) > 1 and w not in self._freq:
+                # jieba guessed this word (HMM): add its characters' n-grams so
+                # that a query spelling it differently can still match
+                for size in range(1, min(n, len(w) - 1) + 1):
+                    out.extend(w[i : i + size] for i in range(len(w) - size + 1) if w[i : i + size] not in stop)
+
+    def tokenize_many(self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize") -> list[list[str]]:
+        it = tqdm(texts, desc=desc, unit="doc", disable=not progress, mininterval=1.0)
+        return [self.tokenize(t) for t in it]
