@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--queries", required=True, help="TSV/CSV with header: query, pid[, qid][, relevance]")
+    ap.add_argument("--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)")
     ap.add_argument("--stages", default="bm25", help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--out", required=True)
     ap.add_argument("--no-progress", action="store_true")
@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         cfg = load_config(args.config)
-        queries = read_queries(args.queries)
+        qpath = args.queries or cfg.eval.queries
+        if qpath is None:
+            raise QueriesError("no --queries given and the config sets no eval.queries")
+        queries = read_queries(qpath)
         ensure_indexes(cfg, progress=not args.no_progress)
         engine = SearchEngine.from_config(cfg)
     except (ConfigError, QueriesError, CatalogError, IndexLoadError) as e:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {len(missing)} judged product(s) are not in the catalog and can never be retrieved",
               file=sys.stderr)
     results = evaluate(engine, queries, stages, progress=not args.no_progress)
-    context = {"config_name": cfg.name, "config": str(args.config), "queries": str(args.queries),
+    context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
                "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
                "index": engine.bm25.manifest.get("build_id", "")}
     payload = write_report(Path(args.out), results, context)

@@ -74,6 +74,8 @@ class SearchConfig:
 
 @dataclass
 class EvalConfig:
+    # judged queries `make eval` uses when none are given (query, pid[, qid][, relevance])
+    queries: Path | None = None
     # gain = relevance + gain_offset (Home Depot: -1)
     gain_offset: float = 0.0
     # relevance at or above which a product counts as relevant for recall;
@@ -127,7 +129,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords"}
+_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries"}
 
 
 def _build(cls, data: dict | None, where: str, root: Path):

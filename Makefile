@@ -1,0 +1,50 @@
+# ecomsearch: `make demo` (install + index + example queries), `make test`.
+SHELL := /bin/bash
+PY := .venv/bin/python
+CONFIG ?= configs/demo.yaml
+OUT ?= reports/eval/$(basename $(notdir $(CONFIG)))
+STAGES ?= bm25
+GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRAS := $(if $(GPU),gpu,cpu),test
+
+.PHONY: install demo demo-data index eval bench test test-slow ablation clean
+
+install: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+demo-data: .venv/.installed
+	$(PY) -m eval.demo_data --out data/demo
+
+data/demo/catalog.jsonl: eval/demo_data.py | .venv/.installed
+	$(PY) -m eval.demo_data --out data/demo
+
+demo: .venv/.installed data/demo/catalog.jsonl
+	$(PY) -m indexer --config configs/demo.yaml
+	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
+	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
+
+index: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
+	$(PY) -m indexer --config $(CONFIG)
+
+eval: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
+	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)
+
+bench: .venv/.installed
+	$(PY) -m eval.bench_bm25 $(if $(FULL),--full)
+
+ablation: .venv/.installed
+	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv
+
+test: .venv/.installed
+	$(PY) -m pytest -q
+
+test-slow: .venv/.installed
+	$(PY) -m pytest -q -m slow
+
+clean:
+	rm -rf indexes reports data/demo

@@ -1,0 +1,1 @@
+"""Click logs → training → models.  This slice defines the click-log format (``finetune.clicklog``)."""

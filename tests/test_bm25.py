@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+from rank_bm25 import BM25Okapi
+
+from indexer.bm25 import BM25Index, build_retriever
+from indexer.catalog import read_catalog
+from indexer.config import BM25Config, TextConfig
+
+
+def random_corpus(rng, n_docs, n_words=300):
+    """Zipf-like random documents in which no word is in more than half of the documents."""
+    words = [f"w{i}" for i in range(n_words)]
+    p = 1.0 / np.arange(1, n_words + 1) ** 0.9
+    p /= p.sum()
+    docs = [list(rng.choice(words, size=rng.integers(3, 40), p=p)) for _ in range(n_docs)]
+    df = {}
+    for d in docs:
+        for w in set(d):
+            df[w] = df.get(w, 0) + 1
+    common = {w for w, c in df.items() if c > n_docs // 2}
+    docs = [[w for w in d if w not in common] or ["w_empty_guard"] for d in docs]
+    vocab = sorted({w for d in docs for w in d})
+    return docs, vocab
+
+
+def ranking(scores, k):
+    s = np.round(np.asarray(scores, dtype=np.float64), 4)
+    order = np.lexsort((np.arange(len(s)), -s))[:k]
+    return order[s[order] > 0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bm25s_matches_rank_bm25_top100(seed):
+    rng = np.random.default_rng(seed)
+    docs, vocab = random_corpus(rng, n_docs=1500)
+    k1, b = 1.2, 0.75
+    ours = build_retriever(docs, BM25Config(method="robertson", k1=k1, b=b))
+    ref = BM25Okapi(docs, k1=k1, b=b)
+    for _ in range(25):
+        q = list(rng.choice(vocab, size=rng.integers(1, 5)))
+        s_ref = ref.get_scores(q)
+        s_ours = ours.get_scores(q) * (k1 + 1)  # bm25s leaves out the constant (k1 + 1) factor
+        np.testing.assert_allclose(s_ours, s_ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(ranking(s_ours, 100), ranking(s_ref, 100))
+
+
+@pytest.fixture(scope="module")
+def small_index(demo_dir):
+    cat = read_catalog(demo_dir / "catalog.jsonl")
+    return cat, BM25Index.build(cat, TextConfig(), BM25Config())
+
+
+def test_exact_title_finds_its_product(small_index):
+    cat, index = small_index
+    for i in (0, 17, 301):
+        res = index.search(cat.titles[i], k=5)
+        assert i in res.rows[res.scores == res.scores[0]]  # ranked first (or tied for first)
+
+
+def test_filter_is_applied_before_top_k(small_index):
+    cat, index = small_index
+    res_all = index.search("手机", k=10)
+    # keep only products outside the unfiltered top 10: a post-filter would return nothing
+    mask = np.ones(len(cat), dtype=bool)
+    mask[res_all.rows] = False
+    res = index.search("手机", k=10, mask=mask)
+    assert len(res.rows) == 10
+    assert mask[res.rows].all()
+    assert set(res.rows).isdisjoint(res_all.rows)
+    # nothing matching and masked: no hits, never zero-score filler
+    assert len(index.search("手机", k=10, mask=np.zeros(len(cat), dtype=bool)).rows) == 0
+    with pytest.raises(ValueError, match="one entry per product"):
+        index.search("手机", k=10, mask=np.ones(3, dtype=bool))
+
+
+def test_no_matching_token_gives_no_hits(small_index):
+    _, index = small_index
+    assert len(index.search("zzzqqq 龘", k=10).rows) == 0
