@@ -1,10 +1,11 @@
-"""`python -m eval.ablation --config configs/wentian.yaml --queries dev.tsv`: what each BM25 choice does.
+"""`python -m eval.ablation --config configs/wentian.yaml`: what each BM25 choice does.
 
 Starts from the baseline the dataset README quotes (plain jieba search-mode
 tokens, bm25s defaults) and adds one change at a time — normalization,
-Latin/number handling, n-grams for unknown words, BM25 variant and k1/b —
-then writes a Markdown table and JSON to ``reports/ablation/``.  Tokens are
-computed once per text setting and reused across BM25 parameters.
+Latin/number handling, n-grams for unknown words, a character field beside
+the word field, BM25 variant and k1/b — each measured on the config's judged
+queries, whole corpus indexed.  Writes ``reports/ablation/<config>/ablation.md``
+and ``.json``.
 """
 
 from __future__ import annotations
@@ -14,114 +15,121 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable
 
 import jieba
-import numpy as np
 
 from eval.evaluate import score_run
 from eval.queries import read_queries
-from indexer.bm25 import build_retriever
+from indexer.bm25 import BM25Index, build_retriever
 from indexer.build import load_catalog
 from indexer.config import BM25Config, TextConfig, load_config
-from indexer.text import Tokenizer
+from indexer.products import ProductTable
+
+COLS = ["mrr@10", "ndcg@10", "recall@10", "recall@100", "recall@1000"]
 
 
-def plain_jieba() -> Callable[[str], list[str]]:
-    tk = jieba.Tokenizer()
-    tk.initialize()
-    return lambda s: [w for w in tk.cut_for_search(s) if w.strip()]
+class PlainJieba:
+    """The README baseline: raw titles through ``jieba.cut_for_search``, nothing else."""
+
+    def __init__(self):
+        self._tk = jieba.Tokenizer()
+        self._tk.initialize()
+
+    def tokenize(self, text: str, field: str = "words") -> list[str]:
+        return [w for w in self._tk.cut_for_search(text) if w.strip()]
 
 
-def evaluate_tokens(doc_tokens, query_tokens, qids, pids, queries, bm25_cfg, ecfg):
-    retriever = build_retriever(doc_tokens, bm25_cfg)
-    vocab = retriever.vocab_dict
-    n = len(pids)
+def evaluate_index(index: BM25Index, queries, ecfg) -> dict:
+    depth = max(ecfg.ks)
+    ids = index.products.ids
     run = {}
-    for qid, toks in zip(qids, query_tokens):
-        ids = np.fromiter((vocab[t] for t in toks if t in vocab), dtype=np.int32)
-        if len(ids) == 0:
-            run[qid] = {}
-            continue
-        scores = retriever.get_scores_from_ids(ids)
-        k = min(max(ecfg.ks), n)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[scores[top] > 0]
-        run[qid] = {pids[i]: float(scores[i]) for i in top}
+    for qid, text in queries.texts.items():
+        res = index.search(text, k=depth)
+        run[qid] = {ids[int(r)]: float(s) for r, s in zip(res.rows, res.scores)}
     m, _ = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
     return m
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", required=True)
-    ap.add_argument("--queries", required=True)
+    ap.add_argument("--queries", help="default: the config's eval.queries")
     ap.add_argument("--out", default="reports/ablation")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
-    queries = read_queries(args.queries)
+    qpath = args.queries or cfg.eval.queries
+    queries = read_queries(qpath)
     catalog = load_catalog(cfg)
-    texts = catalog.index_texts()
-    qids, qtexts = list(queries.texts), list(queries.texts.values())
-    base_text = cfg.text
-    default_bm25 = BM25Config()
+    table = ProductTable.from_catalog(catalog)
 
-    text_variants: list[tuple[str, Callable[[], Callable[[str], list[str]]]]] = [
-        ("plain jieba search mode (README baseline)", plain_jieba),
-    ]
-    off = dict(traditional_to_simplified=False, split_alnum=False, unknown_word_ngrams=0, join_units=False,
-               fold_plurals=False)
-
-    def ours(**changes):
-        tc = dataclasses.replace(base_text, **changes)
-        return lambda: Tokenizer(tc, extra_words=[b for b in catalog.brands if b] if tc.brands_to_dict else [])
-
-    text_variants += [
-        ("+ normalization (NFKC, lowercase), stopwords, Latin/number tokens", ours(**off)),
-        ("+ traditional→simplified", ours(**{**off, "traditional_to_simplified": True})),
-        ("+ number+unit joining", ours(**{**off, "traditional_to_simplified": True, "join_units": True})),
-        ("+ Latin/number parts of mixed tokens", ours(**{**off, "traditional_to_simplified": True, "join_units": True,
-                                                      "split_alnum": True})),
-        ("+ plural folding (= config text settings)", ours(**{"unknown_word_ngrams": base_text.unknown_word_ngrams})),
-        ("+ char 1-grams for unknown words", ours(unknown_word_ngrams=1)),
-        ("+ char 1,2-grams for unknown words", ours(unknown_word_ngrams=2)),
+    off = TextConfig(traditional_to_simplified=False, split_alnum=False, unknown_word_ngrams=0, join_units=False,
+                     fold_plurals=False, dict_from_catalog=cfg.text.dict_from_catalog, user_dict=cfg.text.user_dict)
+    step = lambda tc, **kw: dataclasses.replace(tc, **kw)  # noqa: E731
+    t1 = step(off, traditional_to_simplified=True)
+    t2 = step(t1, join_units=True)
+    t3 = step(t2, split_alnum=True)
+    t4 = step(t3, fold_plurals=True)
+    t5 = step(t4, unknown_word_ngrams=1)
+    t6 = step(t4, unknown_word_ngrams=2)
+    words = BM25Config()
+    variants = [
+        ("plain jieba search mode, bm25s defaults (README baseline)", None, words),
+        ("+ normalization (NFKC, lowercase), stopwords, Latin/number tokens", off, words),
+        ("+ traditional→simplified", t1, words),
+        ("+ number+unit joining (500 ml → 500ml, 41寸)", t2, words),
+        ("+ Latin/number parts of mixed tokens (iphone15 → iphone, 15)", t3, words),
+        ("+ English plural folding", t4, words),
+        ("+ char 1-grams for words jieba does not know", t5, words),
+        ("+ char 1,2-grams for words jieba does not know", t6, words),
+        ("chars field only (Han characters + Latin tokens)", t5, BM25Config(fields={"chars": 1.0})),
+        ("words 0.2 + chars 0.8 fields", t5, BM25Config(fields={"words": 0.2, "chars": 0.8})),
+        ("words 0.35 + chars 0.65 fields", t5, BM25Config(fields={"words": 0.35, "chars": 0.65})),
+        ("words 0.5 + chars 0.5 fields", t5, BM25Config(fields={"words": 0.5, "chars": 0.5})),
     ]
     rows = []
-    token_cache = {}
-    for name, make in text_variants:
+    for name, tc, bc in variants:
         t0 = time.perf_counter()
-        tok = make()
-        doc_tokens = [tok(t) for t in texts]
-        query_tokens = [tok(q) for q in qtexts]
-        token_cache[name] = (doc_tokens, query_tokens)
-        m = evaluate_tokens(doc_tokens, query_tokens, qids, catalog.ids, queries, default_bm25, cfg.eval)
-        rows.append({"change": name, "bm25": "lucene k1=1.5 b=0.75", **m, "seconds": round(time.perf_counter() - t0, 1)})
+        if tc is None:
+            tok = PlainJieba()
+            tokens = [tok.tokenize(t) for t in catalog.titles]
+            index = BM25Index({"words": build_retriever(tokens, bc)}, {"words": 1.0}, table, tok)
+        else:
+            index = BM25Index.build(catalog, tc, bc)
+        m = evaluate_index(index, queries, cfg.eval)
+        rows.append({"change": name, "bm25": f"{bc.method} k1={bc.k1} b={bc.b}", **m,
+                     "seconds": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+    n_text = len(rows)
 
-    # BM25 variant and parameters on the config's text settings
-    best_text = max(rows[1:], key=lambda r: r["mrr@10"])["change"]
-    doc_tokens, query_tokens = token_cache[best_text]
-    grid = [BM25Config(method=m, k1=k1, b=b)
-            for m in ("lucene", "robertson", "atire", "bm25+", "bm25l")
-            for k1 in (0.6, 0.9, 1.2, 1.5, 2.0) for b in (0.3, 0.5, 0.75, 0.9)]
-    for bc in grid:
-        m = evaluate_tokens(doc_tokens, query_tokens, qids, catalog.ids, queries, bc, cfg.eval)
-        rows.append({"change": f"text: {best_text}", "bm25": f"{bc.method} k1={bc.k1} b={bc.b}", **m})
+    # BM25 variant and k1/b on the best text setting
     best = max(rows, key=lambda r: r["mrr@10"])
-    print("best:", json.dumps(best, ensure_ascii=False))
+    name, tc, bc = variants[rows.index(best)]
+    tok = BM25Index.build(catalog, tc, bc).tokenizer
+    field_tokens = {f: tok.tokenize_many(catalog.index_texts(), field=f) for f in bc.fields}
+    for method in ("lucene", "robertson", "atire", "bm25+"):
+        for k1 in (0.3, 0.6, 0.9, 1.2, 1.5):
+            for b in (0.5, 0.75, 0.9):
+                grid_cfg = dataclasses.replace(bc, method=method, k1=k1, b=b)
+                index = BM25Index({f: build_retriever(t, grid_cfg) for f, t in field_tokens.items()},
+                                  dict(bc.fields), table, tok)
+                m = evaluate_index(index, queries, cfg.eval)
+                rows.append({"change": name, "bm25": f"{method} k1={k1} b={b}", **m})
+        print(f"grid {method} done", flush=True)
 
     out = Path(args.out) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
-    cols = ["mrr@10", "ndcg@10", "recall@10", "recall@100", "recall@1000"]
-    lines = [f"# BM25 ablation on {args.queries}", "", "## Text processing (one change at a time, lucene k1=1.5 b=0.75)", "",
-             "| change | " + " | ".join(cols) + " |", "| --- | " + " | ".join("---:" for _ in cols) + " |"]
-    for r in rows[: len(text_variants)]:
-        lines.append(f"| {r['change']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
-    lines += ["", f"## BM25 variant and parameters (text: {best_text}), top 15 by MRR@10", "",
-              "| bm25 | " + " | ".join(cols) + " |", "| --- | " + " | ".join("---:" for _ in cols) + " |"]
-    for r in sorted(rows[len(text_variants):], key=lambda r: -r["mrr@10"])[:15]:
-        lines.append(f"| {r['bm25']} | " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |")
+    lines = [f"# BM25 ablation: {cfg.name}, {qpath} ({len(queries)} queries), whole corpus ({len(catalog)}) indexed",
+             "", "Command: `python -m eval.ablation --config " + str(args.config) + "`", "",
+             "## Text processing, one change at a time (lucene k1=1.5 b=0.75)", "",
+             "| change | " + " | ".join(COLS) + " |", "| --- | " + " | ".join("---:" for _ in COLS) + " |"]
+    for r in rows[:n_text]:
+        lines.append(f"| {r['change']} | " + " | ".join(f"{r[c]:.4f}" for c in COLS) + " |")
+    lines += ["", f"## BM25 variant and k1/b on: {name} (top 12 of {len(rows) - n_text} by MRR@10)", "",
+              "| bm25 | " + " | ".join(COLS) + " |", "| --- | " + " | ".join("---:" for _ in COLS) + " |"]
+    for r in sorted(rows[n_text:], key=lambda r: -r["mrr@10"])[:12]:
+        lines.append(f"| {r['bm25']} | " + " | ".join(f"{r[c]:.4f}" for c in COLS) + " |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {out}/ablation.md")
     return 0

@@ -17,7 +17,6 @@ from typing import Sequence
 
 import bm25s
 import numpy as np
-from bm25s.selection import topk as _topk
 
 from indexer.catalog import Catalog
 from indexer.config import BM25Config, Config, TextConfig
@@ -49,16 +48,50 @@ class SearchResult:
     scores: np.ndarray  # float32, > 0
 
 
-class BM25Index:
-    """A loaded (or freshly built) BM25 index with its product table and tokenizer."""
+def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray) -> np.ndarray:
+    """BM25 score of every product for one query: a sum of the query tokens' sparse columns.
 
-    def __init__(self, retriever: bm25s.BM25, products: ProductTable, tokenizer: Tokenizer, manifest: dict | None = None):
-        self.retriever = retriever
+    One ``np.bincount`` over the concatenated postings (C speed) instead of
+    a Python loop per token.
+    """
+    sc = retriever.scores
+    n = int(sc["num_docs"])
+    indptr = sc["indptr"]
+    starts, ends = indptr[token_ids], indptr[token_ids + 1]
+    if len(token_ids) == 1:
+        sl = slice(int(starts[0]), int(ends[0]))
+        rows, weights = sc["indices"][sl], sc["data"][sl]
+    else:
+        rows = np.concatenate([sc["indices"][a:b] for a, b in zip(starts, ends)])
+        weights = np.concatenate([sc["data"][a:b] for a, b in zip(starts, ends)])
+    scores = np.bincount(rows, weights=weights, minlength=n)
+    if retriever.nonoccurrence_array is not None:  # bm25l / bm25+
+        scores += retriever.nonoccurrence_array[token_ids].sum()
+    return scores
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best rows with a positive score, best first (ties by row)."""
+    cand = np.flatnonzero(scores > 0)
+    if len(cand) > k:
+        part = np.argpartition(-scores[cand], k - 1)[:k]
+        cand = cand[part]
+    order = np.lexsort((cand, -scores[cand]))
+    rows = cand[order]
+    return rows.astype(np.int64), scores[rows].astype(np.float32)
+
+
+class BM25Index:
+    """A loaded (or freshly built) BM25 index: one bm25s index per token field, the product table, the tokenizer."""
+
+    def __init__(self, retrievers: dict[str, bm25s.BM25], weights: dict[str, float], products: ProductTable,
+                 tokenizer: Tokenizer, manifest: dict | None = None):
+        self.retrievers = retrievers
+        self.weights = weights
         self.products = products
         self.tokenizer = tokenizer
         self.manifest = manifest or {}
-        self._vocab = retriever.vocab_dict
-        self._n = int(retriever.scores["num_docs"])
+        self._n = len(products)
 
     def __len__(self) -> int:
         return self._n
@@ -66,22 +99,29 @@ class BM25Index:
     # -- building ---------------------------------------------------------
     @classmethod
     def build(cls, catalog: Catalog, text_cfg: TextConfig, bm25_cfg: BM25Config, progress: bool = False) -> "BM25Index":
-        brands = [b for b in catalog.brands if b] if text_cfg.brands_to_dict else []
-        tokenizer = Tokenizer(text_cfg, extra_words=brands)
-        tokens = tokenizer.tokenize_many(catalog.index_texts(), progress=progress, desc="tokenize titles")
-        retriever = build_retriever(tokens, bm25_cfg, progress=progress)
-        index = cls(retriever, ProductTable.from_catalog(catalog), tokenizer)
-        index.n_empty = sum(1 for t in tokens if not t)
+        words = [w for col in (catalog.brands, catalog.categories) for w in col if w] if text_cfg.dict_from_catalog else []
+        tokenizer = Tokenizer(text_cfg, extra_words=words)
+        texts = catalog.index_texts()
+        retrievers = {}
+        n_empty = 0
+        for fname in bm25_cfg.fields:
+            tokens = tokenizer.tokenize_many(texts, progress=progress, desc=f"tokenize titles ({fname})", field=fname)
+            n_empty = max(n_empty, sum(1 for t in tokens if not t))
+            retrievers[fname] = build_retriever(tokens, bm25_cfg, progress=progress)
+        index = cls(retrievers, dict(bm25_cfg.fields), ProductTable.from_catalog(catalog), tokenizer)
+        index.n_empty = n_empty
         return index
 
     def save_to(self, folder: Path) -> dict:
         """Write the index files into ``folder`` (used inside :func:`indexer.store.write_index`)."""
-        self.retriever.save(folder / "bm25s", show_progress=False)
+        for fname, r in self.retrievers.items():
+            r.save(folder / f"bm25s-{fname}", show_progress=False)
         self.products.save(folder)
         (folder / "dict_words.txt").write_text("\n".join(self.tokenizer.added_words), encoding="utf-8")
-        return {"n_products": len(self.products), "bm25": {"method": self.retriever.method,
-                                                          "k1": self.retriever.k1, "b": self.retriever.b,
-                                                          "vocab_size": len(self._vocab)}}
+        any_r = next(iter(self.retrievers.values()))
+        return {"n_products": len(self.products),
+                "bm25": {"method": any_r.method, "k1": any_r.k1, "b": any_r.b, "fields": self.weights,
+                         "vocab_size": {f: len(r.vocab_dict) for f, r in self.retrievers.items()}}}
 
     @classmethod
     def load(cls, folder: Path, text_cfg: TextConfig, config_hash: str | None = None, mmap: bool = True,
@@ -91,33 +131,45 @@ class BM25Index:
         if config_hash is not None and manifest.get("config_hash") != config_hash:
             raise IndexLoadError(f"{folder}: built with settings {manifest.get('config_hash')}, the config now "
                                  f"gives {config_hash} (catalog, text or bm25 changed); rebuild with `make index`")
-        retriever = bm25s.BM25.load(folder / "bm25s", mmap=mmap, show_progress=False, verbosity=0)
+        weights = manifest["bm25"]["fields"]
+        retrievers = {f: bm25s.BM25.load(folder / f"bm25s-{f}", mmap=mmap, show_progress=False, verbosity=0)
+                      for f in weights}
         words = (folder / "dict_words.txt").read_text(encoding="utf-8").split("\n")
         tokenizer = Tokenizer(text_cfg, extra_words=[w for w in words if w])
-        return cls(retriever, ProductTable.load(folder, mmap=mmap), tokenizer, manifest)
+        return cls(retrievers, weights, ProductTable.load(folder, mmap=mmap), tokenizer, manifest)
 
     # -- searching --------------------------------------------------------
-    def token_ids(self, tokens: Sequence[str]) -> np.ndarray:
-        vocab = self._vocab
-        return np.fromiter((vocab[t] for t in tokens if t in vocab), dtype=np.int32)
-
-    def search_tokens(self, tokens: Sequence[str], k: int = 10, mask: np.ndarray | None = None) -> SearchResult:
-        """Top-k products for already tokenized query text; ``mask`` (bool, one per product) filters."""
-        ids = self.token_ids(tokens)
-        if len(ids) == 0:
-            return SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.shape != (self._n,):
-                raise ValueError(f"mask must have one entry per product ({self._n}), got shape {mask.shape}")
-        scores = self.retriever.get_scores_from_ids(ids, weight_mask=mask)
-        k = min(k, self._n)
-        top_scores, top_rows = _topk(scores, k=k, sorted=True, backend="numpy")
-        keep = top_scores > 0  # products matching no query token never count as hits
-        return SearchResult(top_rows[keep].astype(np.int64), top_scores[keep])
+    def scores(self, text: str) -> np.ndarray | None:
+        """Every product's score for a query (None when no query token is in the index)."""
+        total = None
+        multi = len(self.retrievers) > 1
+        for fname, r in self.retrievers.items():
+            vocab = r.vocab_dict
+            ids = np.fromiter((vocab[t] for t in self.tokenizer.tokenize(text, fname) if t in vocab), dtype=np.int64)
+            if len(ids) == 0:
+                continue
+            s = field_scores(r, ids)
+            if multi:
+                best = s.max()
+                if best <= 0:
+                    continue
+                s *= self.weights[fname] / best
+            total = s if total is None else total + s
+        return total
 
     def search(self, text: str, k: int = 10, mask: np.ndarray | None = None) -> SearchResult:
-        return self.search_tokens(self.tokenizer.tokenize(text), k=k, mask=mask)
+        """Top-k products for a query; ``mask`` (bool, one per product) filters inside retrieval, before top-k."""
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (self._n,):
+                raise ValueError(f"mask must have one entry per product ({self._n}), got shape {mask.shape}")
+        scores = self.scores(text)
+        if scores is None:
+            return SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        if mask is not None:
+            scores[~mask] = 0.0
+        rows, top = top_k(scores, min(k, self._n))
+        return SearchResult(rows, top)
 
 
 def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True) -> tuple[Path, dict, "BM25Index"]:

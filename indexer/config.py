@@ -43,8 +43,8 @@ class TextConfig:
     traditional_to_simplified: bool = True
     # extra jieba dictionary (one word per line, optional frequency and POS, jieba format)
     user_dict: Path | None = None
-    # add the catalog's brands to jieba's dictionary
-    brands_to_dict: bool = True
+    # add the catalog's brands and categories to jieba's dictionary
+    dict_from_catalog: bool = True
     # stopword file; None uses the built-in list
     stopwords: Path | None = None
     # also index each Latin/number part of a mixed token (iphone15pro -> iphone, 15, pro)
@@ -63,6 +63,9 @@ class BM25Config:
     k1: float = 1.5
     b: float = 0.75
     delta: float = 0.5
+    # token fields and their weights: "words" (jieba search mode), "chars" (Han characters);
+    # with several fields each field's scores are scaled by the query's best score, then weighted and summed
+    fields: dict[str, float] = field(default_factory=lambda: {"words": 1.0})
 
 
 @dataclass
@@ -209,6 +212,9 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: bm25.method {cfg.bm25.method!r} is not one of robertson, lucene, atire, bm25l, bm25+")
     if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1:
         raise ConfigError(f"{where}: bm25 needs k1 >= 0 and 0 <= b <= 1")
+    if not cfg.bm25.fields or any(f not in ("words", "chars") for f in cfg.bm25.fields) \
+            or any(not isinstance(w, (int, float)) or w <= 0 for w in cfg.bm25.fields.values()):
+        raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
     if cfg.text.unknown_word_ngrams < 0:
         raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
     stages = {"bm25"}

@@ -12,6 +12,10 @@ dictionary sub-words); Latin words and numbers are cut out before jieba sees
 them, so ``iphone15``, ``500ml`` and ``5.65`` stay tokens; a number followed by
 a unit is joined (``500 ml`` → ``500ml``, ``41寸``); English plurals are folded;
 stopwords dropped.
+
+A second token field, ``chars``, cuts Han runs into single characters
+instead of words (Latin and number tokens as above): short e-commerce
+queries often share characters, not jieba words, with the titles they want.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ _UNIT_JOIN = re.compile(r"(\d+(?:\.\d+)?)\s+(" + "|".join(sorted(LATIN_UNITS, ke
 # Han run | Latin/number run (5.65, 3.5mm, iphone15, v1.2) | anything else is a separator
 _SEGMENT = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|([a-z0-9]+(?:\.[0-9]+[a-z0-9]*)*)")
 _NUM_HAN_UNIT = re.compile(r"(" + "|".join(sorted(HAN_UNITS, key=len, reverse=True)) + r")")
+# Token fields a BM25 index can be built on.
+FIELDS = ("words", "chars")
 _ALNUM_PARTS = re.compile(r"[a-z]+|[0-9]+(?:\.[0-9]+)?")
 
 
@@ -128,7 +134,14 @@ class Tokenizer:
     def __call__(self, text: str) -> list[str]:
         return self.tokenize(text)
 
-    def tokenize(self, text: str) -> list[str]:
+    def tokenize(self, text: str, field: str = "words") -> list[str]:
+        """Tokens of one field: ``words`` (jieba search mode) or ``chars`` (Han characters).
+
+        Both fields share the normalization and the Latin/number tokens; they
+        differ only in how a run of Han characters is cut.
+        """
+        if field not in FIELDS:
+            raise ValueError(f"unknown field {field!r}; fields are {FIELDS}")
         cfg = self.cfg
         text = self.normalize(text)
         if cfg.join_units:
@@ -138,7 +151,10 @@ class Tokenizer:
         for m in _SEGMENT.finditer(text):
             han, latin = m.group(1), m.group(2)
             if han is not None:
-                self._han_tokens(han, out)
+                if field == "words":
+                    self._han_tokens(han, out)
+                else:
+                    out.extend(c for c in han if c not in stop)
                 continue
             if cfg.join_units and latin.replace(".", "").isdigit():
                 unit = _NUM_HAN_UNIT.match(text, m.end())
@@ -167,6 +183,7 @@ class Tokenizer:
                 for size in range(1, min(n, len(w) - 1) + 1):
                     out.extend(w[i : i + size] for i in range(len(w) - size + 1) if w[i : i + size] not in stop)
 
-    def tokenize_many(self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize") -> list[list[str]]:
+    def tokenize_many(self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize",
+                      field: str = "words") -> list[list[str]]:
         it = tqdm(texts, desc=desc, unit="doc", disable=not progress, mininterval=1.0)
-        return [self.tokenize(t) for t in it]
+        return [self.tokenize(t, field) for t in it]
