@@ -144,7 +144,7 @@ def _build(cls, data: dict | None, where: str, root: Path):
     for name, value in list(data.items()):
         if name in _PATH_FIELDS and value is not None:
             p = Path(value)
-            data[name] = p if p.is_absolute() else (root / p)
+            data[name] = p if p.is_absolute() else (root / p).resolve()
     try:
         return cls(**data)
     except TypeError as e:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
-from indexer.bm25 import BM25Index, build_retriever
+from indexer.bm25 import BM25Index, build_retriever, field_scores
 from indexer.catalog import read_catalog
 from indexer.config import BM25Config, TextConfig
 
@@ -76,3 +76,27 @@ def test_filter_is_applied_before_top_k(small_index):
 def test_no_matching_token_gives_no_hits(small_index):
     _, index = small_index
     assert len(index.search("zzzqqq 龘", k=10).rows) == 0
+
+
+@pytest.mark.parametrize("method", ["lucene", "robertson", "bm25+"])
+def test_bincount_scoring_matches_bm25s(method):
+    rng = np.random.default_rng(5)
+    docs, vocab = random_corpus(rng, n_docs=400)
+    retriever = build_retriever(docs, BM25Config(method=method))
+    for _ in range(10):
+        q = list(rng.choice(vocab, size=rng.integers(1, 6)))  # repeated tokens count twice in both
+        ids = np.array(retriever.get_tokens_ids(q), dtype=np.int64)
+        np.testing.assert_allclose(field_scores(retriever, ids), retriever.get_scores_from_ids(ids), rtol=1e-5, atol=1e-6)
+
+
+def test_chars_field_matches_what_words_miss(tmp_path):
+    from indexer.catalog import Catalog
+
+    titles = ["猕猴桃 新鲜 水果", "桃子 水蜜桃", "猴子 毛绒 玩具"]
+    cat = Catalog([str(i) for i in range(3)], titles, [None] * 3, [None] * 3, np.full(3, np.nan), [None] * 3)
+    words = BM25Index.build(cat, TextConfig(), BM25Config())
+    both = BM25Index.build(cat, TextConfig(), BM25Config(fields={"words": 0.3, "chars": 0.7}))
+    assert words.tokenizer.tokenize("猴桃", "chars") == ["猴", "桃"]
+    assert len(words.search("猴桃", k=3).rows) == 0  # jieba: "猴桃" is no word of any title
+    res = both.search("猴桃", k=3)
+    assert res.rows[0] == 0 and len(res.rows) == 3  # all three share a character; the full match wins
