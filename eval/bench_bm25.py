@@ -67,7 +67,7 @@ def _latencies(fn, queries: list[str], warmup: int = 20) -> np.ndarray:
     return out
 
 
-def measure(system: str, corpus: str, queries: list[str], k: int = 10) -> dict:
+def measure(system: str, corpus: str, queries: list[str], k: int = 10, config: str | None = None) -> dict:
     """Build ``system`` over ``corpus`` (a pid/title TSV) and time single queries. Runs in a child process."""
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     import jieba
@@ -80,20 +80,15 @@ def measure(system: str, corpus: str, queries: list[str], k: int = 10) -> dict:
     rss0 = _rss()
     t0 = time.perf_counter()
     if system == "ecomsearch":
-        from indexer.bm25 import BM25Index, build_retriever
+        from indexer.bm25 import BM25Index
         from indexer.catalog import read_catalog
         from indexer.config import load_config
-        from indexer.products import ProductTable
-        from indexer.text import Tokenizer
 
-        cfg = load_config(ROOT / "configs" / "wentian.yaml")  # the engine's WenTian text and BM25 settings
+        cfg = load_config(config or ROOT / "configs" / "wentian.yaml")  # the engine's text and BM25 settings
         cat = read_catalog(Path(corpus), columns={"id": "pid"})
-        tok = Tokenizer(cfg.text)
-        t_tok = time.perf_counter()
-        tokens = tok.tokenize_many(cat.index_texts())
-        tokenize_s = time.perf_counter() - t_tok
-        index = BM25Index(build_retriever(tokens, cfg.bm25), ProductTable.from_catalog(cat), tok)
-        del tokens, cat
+        index = BM25Index.build(cat, cfg.text, cfg.bm25)
+        tokenize_s = index.build_stats["tokenize_s"]
+        del cat
         search = lambda q: index.search(q, k=k)  # noqa: E731
         hit = lambda q: len(index.search(q, k=k).rows) > 0  # noqa: E731
     else:

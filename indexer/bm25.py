@@ -103,13 +103,18 @@ class BM25Index:
         tokenizer = Tokenizer(text_cfg, extra_words=words)
         texts = catalog.index_texts()
         retrievers = {}
-        n_empty = 0
+        stats = {"tokenize_s": 0.0, "index_s": 0.0, "n_without_tokens": 0}
         for fname in bm25_cfg.fields:
+            t0 = time.perf_counter()
             tokens = tokenizer.tokenize_many(texts, progress=progress, desc=f"tokenize titles ({fname})", field=fname)
-            n_empty = max(n_empty, sum(1 for t in tokens if not t))
+            t1 = time.perf_counter()
             retrievers[fname] = build_retriever(tokens, bm25_cfg, progress=progress)
+            stats["tokenize_s"] += t1 - t0
+            stats["index_s"] += time.perf_counter() - t1
+            stats["n_without_tokens"] = max(stats["n_without_tokens"], sum(1 for t in tokens if not t))
+            del tokens
         index = cls(retrievers, dict(bm25_cfg.fields), ProductTable.from_catalog(catalog), tokenizer)
-        index.n_empty = n_empty
+        index.build_stats = stats
         return index
 
     def save_to(self, folder: Path) -> dict:
@@ -180,7 +185,7 @@ def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True) -> tupl
     from indexer.store import sha256_file
 
     extras = {"catalog": str(catalog.source), "catalog_sha256": sha256_file(catalog.source) if catalog.source else None,
-              "n_rejected": len(catalog.rejected), "n_without_tokens": index.n_empty,
+              "n_rejected": len(catalog.rejected), "n_without_tokens": index.build_stats["n_without_tokens"],
               "build_seconds": round(build_s, 3)}
     path = cfg.index_dir / KIND
     manifest = write_index(path, lambda folder: {**index.save_to(folder), **extras}, KIND, cfg.index_fingerprint())

@@ -100,3 +100,16 @@ def test_chars_field_matches_what_words_miss(tmp_path):
     assert len(words.search("猴桃", k=3).rows) == 0  # jieba: "猴桃" is no word of any title
     res = both.search("猴桃", k=3)
     assert res.rows[0] == 0 and len(res.rows) == 3  # all three share a character; the full match wins
+
+
+@pytest.mark.parametrize("system", ["ecomsearch", "bm25s", "rank_bm25"])
+def test_benchmark_measures_each_system(tmp_path, system):
+    from eval.bench_bm25 import measure
+
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("pid\ttitle\n" + "".join(f"{i}\t华为 手机 {i}号 蓝色 {i % 7}GB\n" for i in range(300)), encoding="utf-8")
+    row = measure(system, str(corpus), ["华为手机", "蓝色 7gb", "不存在"] * 10)
+    assert row["n_docs"] == 300 and row["n_queries_timed"] == 30
+    assert 0 < row["p50_ms"] <= row["p99_ms"] and row["build_s"] > 0
+    if system == "ecomsearch":
+        assert row["query_hit_share"] == pytest.approx(2 / 3, abs=1e-3)
