@@ -8,8 +8,9 @@ Three systems, same corpus, same real Taobao queries, same run:
 - ``rank_bm25``: ``BM25Okapi`` over the same plain tokens (timed on a
   sample of queries where it is slow).
 
-Each system is built and measured in its own process, so that its memory
-(RSS growth from before the build to after it) is its own.  Corpora: the
+Each system is built in one process and saved, then loaded fully into RAM
+(no memory-mapping) and timed in a fresh process: ``memory_mb`` is the RSS
+growth of that load, the memory the index needs to serve.  Corpora: the
 WenTian titles (20,834), and with ``--full`` generated catalogs of 200,000
 and 1,000,000 titles whose words follow the WenTian corpus's word
 frequencies and title lengths.  Writes ``reports/bench/bm25.json`` and
@@ -67,65 +68,116 @@ def _latencies(fn, queries: list[str], warmup: int = 20) -> np.ndarray:
     return out
 
 
-def measure(system: str, corpus: str, queries: list[str], k: int = 10, config: str | None = None) -> dict:
-    """Build ``system`` over ``corpus`` (a pid/title TSV) and time single queries. Runs in a child process."""
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    import jieba
+def _quiet_jieba():
     import logging
 
+    import jieba
+
     jieba.setLogLevel(logging.WARNING)
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
     jieba.initialize()
-    ids, titles = _read_titles(Path(corpus))
-    del ids
-    rss0 = _rss()
+    return jieba
+
+
+def build(system: str, corpus: str, folder: str, config: str | None = None) -> dict:
+    """Build ``system`` over ``corpus`` (a pid/title TSV) and save it to ``folder``. Runs in a child process."""
+    jieba = _quiet_jieba()
+    folder = Path(folder)
     t0 = time.perf_counter()
     if system == "ecomsearch":
-        from indexer.bm25 import BM25Index
+        from indexer.bm25 import KIND, BM25Index
         from indexer.catalog import read_catalog
         from indexer.config import load_config
+        from indexer.store import write_index
 
         cfg = load_config(config or ROOT / "configs" / "wentian.yaml")  # the engine's text and BM25 settings
         cat = read_catalog(Path(corpus), columns={"id": "pid"})
         index = BM25Index.build(cat, cfg.text, cfg.bm25)
         tokenize_s = index.build_stats["tokenize_s"]
-        del cat
-        search = lambda q: index.search(q, k=k)  # noqa: E731
-        hit = lambda q: len(index.search(q, k=k).rows) > 0  # noqa: E731
+        n = len(cat)
+        build_s = time.perf_counter() - t0
+        write_index(folder / "index", index.save_to, KIND, cfg.index_fingerprint())
     else:
-        t_tok = time.perf_counter()
+        _, titles = _read_titles(Path(corpus))
+        n = len(titles)
         tokens = [jieba.lcut_for_search(t) for t in titles]
-        tokenize_s = time.perf_counter() - t_tok
+        tokenize_s = time.perf_counter() - t0
         if system == "bm25s":
             import bm25s
 
-            logging.getLogger("bm25s").setLevel(logging.WARNING)
             retriever = bm25s.BM25()
             retriever.index(tokens, show_progress=False)
-            del tokens
-
-            def search(q):
-                return retriever.retrieve([jieba.lcut_for_search(q)], k=k, show_progress=False)
+            build_s = time.perf_counter() - t0
+            retriever.save(folder / "index", show_progress=False)
         else:
+            import pickle
+
             from rank_bm25 import BM25Okapi
 
             model = BM25Okapi(tokens)
-            del tokens
+            build_s = time.perf_counter() - t0
+            (folder / "index").mkdir()
+            with open(folder / "index" / "model.pkl", "wb") as f:
+                pickle.dump(model, f, protocol=pickle.HIGHEST_PROTOCOL)
+    disk = sum(p.stat().st_size for p in (folder / "index").resolve().rglob("*") if p.is_file())
+    return {"system": system, "n_docs": n, "build_s": round(build_s, 2), "tokenize_s": round(tokenize_s, 2),
+            "disk_mb": round(disk / 2**20, 1)}
 
-            def search(q):
-                s = model.get_scores(jieba.lcut_for_search(q))
-                top = np.argpartition(-s, k)[:k]
-                return top[np.argsort(-s[top])]
-        hit = None
-    build_s = time.perf_counter() - t0
+
+def serve(system: str, folder: str, queries: list[str], k: int = 10, config: str | None = None) -> dict:
+    """Load a saved index fully into memory and time single queries. Runs in a fresh child process."""
+    jieba = _quiet_jieba()
+    folder = Path(folder) / "index"
+    rss0 = _rss()
+    hit = None
+    if system == "ecomsearch":
+        from indexer.bm25 import BM25Index
+        from indexer.config import load_config
+
+        cfg = load_config(config or ROOT / "configs" / "wentian.yaml")
+        index = BM25Index.load(folder, cfg.text, mmap=False, verify=False)
+
+        def search(q):
+            return index.search(q, k=k)
+
+        def hit(q):
+            return len(index.search(q, k=k).rows) > 0
+    elif system == "bm25s":
+        import bm25s
+
+        retriever = bm25s.BM25.load(folder, mmap=False, show_progress=False)
+
+        def search(q):
+            return retriever.retrieve([jieba.lcut_for_search(q)], k=k, show_progress=False)
+    else:
+        import pickle
+
+        with open(folder / "model.pkl", "rb") as f:
+            model = pickle.load(f)
+
+        def search(q):
+            s = model.get_scores(jieba.lcut_for_search(q))
+            top = np.argpartition(-s, k)[:k]
+            return top[np.argsort(-s[top])]
     mem = _rss() - rss0
     lat = _latencies(search, queries)
-    out = {"system": system, "n_docs": len(titles), "build_s": round(build_s, 2), "tokenize_s": round(tokenize_s, 2),
-           "index_mb": round(mem / 2**20, 1), "n_queries_timed": len(queries),
+    out = {"memory_mb": round(mem / 2**20, 1), "n_queries_timed": len(queries),
            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
            "mean_ms": round(float(lat.mean()), 3)}
     if hit is not None:
         out["query_hit_share"] = round(float(np.mean([hit(q) for q in queries])), 4)
     return out
+
+
+def measure(system: str, corpus: str, queries: list[str], k: int = 10, config: str | None = None) -> dict:
+    """Build in one process, then load and serve in a fresh one, so each figure is the system's own."""
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            row = pool.submit(build, system, corpus, tmp, config).result()
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            row.update(pool.submit(serve, system, tmp, queries, k, config).result())
+    return row
 
 
 def synthetic_corpus(titles: list[str], n: int, path: Path, seed: int = 0) -> None:
@@ -155,13 +207,11 @@ def synthetic_corpus(titles: list[str], n: int, path: Path, seed: int = 0) -> No
 
 
 def run_case(name: str, corpus: Path, queries: list[str], rank_sample: int) -> list[dict]:
-    ctx = mp.get_context("spawn")
     rows = []
     for system in ("ecomsearch", "bm25s", "rank_bm25"):
         qs = queries[:rank_sample] if system == "rank_bm25" else queries
-        print(f"[{name}] {system}: building and timing {len(qs)} queries ...", flush=True)
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            row = pool.submit(measure, system, str(corpus), qs).result()
+        print(f"[{name}] {system}: building, then timing {len(qs)} queries ...", flush=True)
+        row = measure(system, str(corpus), qs)
         row["corpus"] = name
         rows.append(row)
         print("   ", json.dumps(row), flush=True)
@@ -201,7 +251,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
     out.write_text(json.dumps({"machine": machine, "k": 10, "results": rows}, indent=2), encoding="utf-8")
-    cols = ["corpus", "system", "n_docs", "build_s", "tokenize_s", "index_mb", "p50_ms", "p99_ms", "n_queries_timed",
+    cols = ["corpus", "system", "n_docs", "build_s", "tokenize_s", "disk_mb", "memory_mb", "p50_ms", "p99_ms", "n_queries_timed",
             "query_hit_share", "speedup_vs_rank_bm25", "ratio_vs_bm25s"]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
