@@ -128,13 +128,17 @@ def serve(system: str, folder: str, queries: list[str], k: int = 10, config: str
     """Load a saved index fully into memory and time single queries. Runs in a fresh child process."""
     jieba = _quiet_jieba()
     folder = Path(folder) / "index"
-    rss0 = _rss()
+    import pickle
+
+    import bm25s
+
+    from indexer.bm25 import BM25Index
+    from indexer.config import load_config
+
+    cfg = load_config(config or ROOT / "configs" / "wentian.yaml")
+    rss0 = _rss()  # after imports: only the loaded index (and, for ours, its tokenizer) counts
     hit = None
     if system == "ecomsearch":
-        from indexer.bm25 import BM25Index
-        from indexer.config import load_config
-
-        cfg = load_config(config or ROOT / "configs" / "wentian.yaml")
         index = BM25Index.load(folder, cfg.text, mmap=False, verify=False)
 
         def search(q):
@@ -143,15 +147,11 @@ def serve(system: str, folder: str, queries: list[str], k: int = 10, config: str
         def hit(q):
             return len(index.search(q, k=k).rows) > 0
     elif system == "bm25s":
-        import bm25s
-
         retriever = bm25s.BM25.load(folder, mmap=False, show_progress=False)
 
         def search(q):
             return retriever.retrieve([jieba.lcut_for_search(q)], k=k, show_progress=False)
     else:
-        import pickle
-
         with open(folder / "model.pkl", "rb") as f:
             model = pickle.load(f)
 
