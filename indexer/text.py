@@ -108,19 +108,23 @@ class Tokenizer:
 
     def __init__(self, cfg: TextConfig | None = None, extra_words: Iterable[str] = ()):
         self.cfg = cfg or TextConfig()
-        self._jieba = jieba.Tokenizer()
-        self._jieba.initialize()
+        # only Han words need jieba's help; Latin words are tokens already
+        words = sorted({w for w in (self.normalize(x).strip() for x in extra_words)
+                        if len(w) >= 2 and (m := _SEGMENT.fullmatch(w)) and m.group(1)})
+        if not words and self.cfg.user_dict is None:
+            # nothing to add: share jieba's default dictionary (~80 MB) with the rest of the process
+            self._jieba = jieba.dt
+            self._jieba.check_initialized()
+        else:
+            self._jieba = jieba.Tokenizer()
+            self._jieba.initialize()
         if self.cfg.user_dict is not None:
             if not Path(self.cfg.user_dict).is_file():
                 raise FileNotFoundError(f"text.user_dict: file not found: {self.cfg.user_dict}")
             self._jieba.load_userdict(str(self.cfg.user_dict))
-        self.added_words: list[str] = []
-        for w in sorted(set(extra_words)):
-            w = self.normalize(w).strip()
-            # only Han words need jieba's help; Latin words are tokens already
-            if len(w) >= 2 and _SEGMENT.fullmatch(w) and _SEGMENT.fullmatch(w).group(1):
-                self._jieba.add_word(w, freq=max(self._jieba.suggest_freq(w, False), 10))
-                self.added_words.append(w)
+        for w in words:
+            self._jieba.add_word(w, freq=max(self._jieba.suggest_freq(w, False), 10))
+        self.added_words: list[str] = words
         if self.cfg.stopwords is not None:
             lines = Path(self.cfg.stopwords).read_text(encoding="utf-8").splitlines()
             self.stopwords = frozenset(w.strip() for w in lines if w.strip() and not w.startswith("#"))
