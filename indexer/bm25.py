@@ -9,7 +9,6 @@ returns its k best matching products.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import numpy as np
 from indexer.catalog import Catalog
 from indexer.config import BM25Config, Config, TextConfig
 from indexer.products import ProductTable
-from indexer.store import IndexLoadError, read_manifest, write_index
+from indexer.store import IndexLoadError, read_manifest, sha256_file, write_index
 from indexer.text import Tokenizer
 
 KIND = "bm25"
@@ -182,8 +181,6 @@ def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True) -> tupl
     t0 = time.perf_counter()
     index = BM25Index.build(catalog, cfg.text, cfg.bm25, progress=progress)
     build_s = time.perf_counter() - t0
-    from indexer.store import sha256_file
-
     extras = {"catalog": str(catalog.source), "catalog_sha256": sha256_file(catalog.source) if catalog.source else None,
               "n_rejected": len(catalog.rejected), "n_without_tokens": index.build_stats["n_without_tokens"],
               "build_seconds": round(build_s, 3)}
@@ -192,6 +189,3 @@ def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True) -> tupl
     index.manifest = manifest
     return path, manifest, index
 
-
-def describe(manifest: dict) -> str:
-    return json.dumps({k: manifest[k] for k in ("n_products", "config_hash", "build_id") if k in manifest})

@@ -24,7 +24,7 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     """Read the config's catalog; rejected rows (with --skip-bad-rows) go to the side file."""
     skip = cfg.catalog.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
     catalog = read_catalog(cfg.catalog.path, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=skip)
-    if catalog.rejected:
+    if skip:  # rewritten on every skipping build, so it never lists rows of an older catalog
         write_rejects(catalog.rejected, cfg.rejects_path)
     return catalog
 
