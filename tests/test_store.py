@@ -89,3 +89,19 @@ def test_index_built_with_other_settings_is_refused(tmp_path):
     other = make_config(tmp_path, path, bm25={"k1": 0.9})
     with pytest.raises(IndexLoadError, match="rebuild"):
         SearchEngine.from_config(other)
+
+
+def test_indexer_cli_strict_and_skip_bad_rows(tmp_path, capsys):
+    from indexer.__main__ import main
+
+    (tmp_path / "cat.tsv").write_text("id\ttitle\tprice\n1\t华为手机\t1999\n2\t\t5\n1\t重复\t3\n4\t小米\tabc\n",
+                                      encoding="utf-8")
+    (tmp_path / "c.yaml").write_text("root: .\ncatalog: {path: cat.tsv}\nindex_dir: idx/c\n", encoding="utf-8")
+    assert main(["--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "cat.tsv:3: field 'title'" in err and "cat.tsv:5: field 'price'" in err
+    assert not (tmp_path / "idx" / "c").exists()
+    assert main(["--config", str(tmp_path / "c.yaml"), "--no-progress", "--skip-bad-rows"]) == 0
+    rejects = (tmp_path / "idx" / "c.rejected.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(r)["line"] for r in rejects] == [3, 4, 5]
+    assert "1 products" in capsys.readouterr().out
