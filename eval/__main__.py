@@ -18,6 +18,7 @@ from eval.report import write_report
 from indexer.build import ensure_indexes
 from indexer.catalog import CatalogError
 from indexer.config import ConfigError, load_config
+from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
 
 
@@ -41,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         if qpath is None:
             raise QueriesError("no --queries given and the config sets no eval.queries")
         queries = read_queries(qpath)
-        ensure_indexes(cfg, progress=not args.no_progress)
+        ensure_indexes(cfg, stages, progress=not args.no_progress)
         engine = SearchEngine.from_config(cfg)
-    except (ConfigError, QueriesError, CatalogError, IndexLoadError) as e:
+    except (ConfigError, QueriesError, CatalogError, IndexLoadError, ModelMissingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     judged = {p for rel in queries.relevance.values() for p in rel}
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
                "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
                "index": engine.bm25.manifest.get("build_id", "")}
+    for stage in stages:
+        if stage in ("dense", "dense-base"):
+            enc, idx = engine.dense_stage(stage)
+            context[f"{stage} encoder"] = f"{enc.model_path} (max_length {enc.max_length}, {enc.device}), {idx.manifest.get('factory')}"
     payload = write_report(Path(args.out), results, context)
     for stage, m in payload.items():
         print(stage, " ".join(f"{k}={v}" for k, v in m.items()))

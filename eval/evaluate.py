@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from engine.search import SearchEngine
+from engine.search import DENSE_STAGES, SearchEngine
 from eval import metrics
 from eval.queries import JudgedQueries
 
@@ -24,17 +24,31 @@ class StageResult:
     recall_curve: list[float] = field(default_factory=list)
 
 
-def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: int, progress: bool = True):
-    """``{qid: {pid: score}}`` for the top ``depth`` products of a stage, and per-query latency in ms."""
+def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: int, progress: bool = True,
+              latency_sample: int = 200):
+    """``{qid: {pid: score}}`` for the top ``depth`` products of a stage, and single-query latencies in ms.
+
+    Keyword stages run query by query (each one timed); dense stages encode
+    the queries in batches for the run and time single queries on a sample.
+    """
     ids = engine.products.ids
-    run: dict[str, dict[str, float]] = {}
-    lat = np.zeros(len(queries))
-    for i, (qid, text) in enumerate(tqdm(queries.texts.items(), desc=f"eval {stage}", disable=not progress,
-                                         mininterval=1.0)):
+    qids, texts = list(queries.texts), list(queries.texts.values())
+    if stage in DENSE_STAGES:
+        results = []
+        for i in tqdm(range(0, len(texts), 256), desc=f"eval {stage}", disable=not progress):
+            results += engine.retrieve_many(texts[i : i + 256], depth, stage)
+        sample = texts[:latency_sample]
+    else:
+        results, sample = None, texts
+    lat = np.zeros(len(sample))
+    timed = []
+    for i, text in enumerate(tqdm(sample, desc=f"time {stage}", disable=not progress or results is not None,
+                                  mininterval=1.0)):
         t0 = time.perf_counter()
-        res = engine.retrieve(text, k=depth, stage=stage)
+        timed.append(engine.retrieve(text, k=depth, stage=stage))
         lat[i] = (time.perf_counter() - t0) * 1000
-        run[qid] = {ids[int(r)]: float(s) for r, s in zip(res.rows, res.scores)}
+    results = results if results is not None else timed
+    run = {qid: {ids[int(r)]: float(s) for r, s in zip(res.rows, res.scores)} for qid, res in zip(qids, results)}
     return run, lat
 
 

@@ -8,6 +8,8 @@ import sys
 from indexer.build import build_indexes, load_catalog
 from indexer.catalog import CatalogError
 from indexer.config import ConfigError, load_config
+from indexer.encoder import ModelMissingError
+from indexer.store import IndexLoadError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     if catalog.rejected:
         print(f", {len(catalog.rejected)} rejected rows written to {cfg.rejects_path}", end="")
     print()
-    for b in build_indexes(cfg, catalog=catalog, progress=not args.no_progress):
-        print(f"{b.stage}: {b.n_products} products -> {b.path} ({b.path.resolve().name}) in {b.seconds:.1f} s")
+    try:
+        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress)
+    except (ModelMissingError, ValueError, IndexLoadError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for b in builds:
+        extra = f", {b.detail}" if b.detail else ""
+        print(f"{b.stage}: {b.n_products} products -> {b.path} ({b.path.resolve().name}) in {b.seconds:.1f} s{extra}")
     return 0
 
 

@@ -1,15 +1,18 @@
-"""The offline index job: catalog → validated rows → indexes, swapped in atomically."""
+"""The offline index job: catalog → validated rows → indexes, each swapped in atomically."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from indexer import bm25
 from indexer.catalog import Catalog, read_catalog, write_rejects
 from indexer.config import Config
 from indexer.store import IndexLoadError, read_manifest, sha256_file
+
+DENSE_STAGES = ("dense", "dense-base")
 
 
 @dataclass
@@ -18,6 +21,7 @@ class StageBuild:
     path: Path
     seconds: float
     n_products: int
+    detail: str = ""
 
 
 def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
@@ -29,28 +33,83 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     return catalog
 
 
+def index_stages(cfg: Config, extra: Iterable[str] = ()) -> list[str]:
+    """The indexes a config needs: always bm25 (it holds the product table), plus its dense stages."""
+    stages = ["bm25"] + [s for s in list(cfg.search.stages) + list(extra) if s in DENSE_STAGES]
+    return list(dict.fromkeys(stages))
+
+
+def dense_encoder(cfg: Config, stage: str):
+    from indexer.encoder import Encoder, resolve_model
+
+    d = cfg.dense
+    model = resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
+    return Encoder(model, max_length=d.max_length, batch_size=d.batch_size, device=d.device)
+
+
 def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,
-                  catalog: Catalog | None = None) -> list[StageBuild]:
-    """Build every index the config's stages need; each one replaces the previous only when complete."""
+                  catalog: Catalog | None = None, stages: Iterable[str] | None = None) -> list[StageBuild]:
+    """Build the indexes of ``stages`` (default: what the config's stages need).
+
+    Each replaces the previous version only when it is complete, so a failed
+    build leaves the previous index serving.
+    """
+    stages = list(stages) if stages is not None else index_stages(cfg)
     catalog = catalog or load_catalog(cfg, skip_bad_rows)
+    catalog_sha = sha256_file(catalog.source) if catalog.source else None
     built = []
-    t0 = time.perf_counter()
-    path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress)
-    built.append(StageBuild("bm25", path, time.perf_counter() - t0, manifest["n_products"]))
+    for stage in stages:
+        t0 = time.perf_counter()
+        if stage == "bm25":
+            path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress)
+            detail = ""
+        elif stage in DENSE_STAGES:
+            from indexer import dense
+
+            encoder = dense_encoder(cfg, stage)
+            path = cfg.index_dir / stage
+            manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
+                                               cfg.index_fingerprint(), progress=progress,
+                                               extras={"catalog_sha256": catalog_sha, "n_products": len(catalog)})
+            detail = f"{manifest['factory']}, {manifest['titles_per_second']} titles/s"
+        else:
+            raise ValueError(f"no index for stage {stage!r}")
+        built.append(StageBuild(stage, path, time.perf_counter() - t0, manifest["n_products"], detail))
     return built
 
 
+def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
+    """The stages whose index is missing, damaged, or built from another config, catalog or encoder."""
+    catalog_sha = sha256_file(cfg.catalog.path)
+    stale = []
+    for stage in stages:
+        try:
+            manifest = read_manifest(cfg.index_dir / stage, "bm25" if stage == "bm25" else "dense", verify=False)
+        except IndexLoadError:
+            stale.append(stage)
+            continue
+        if manifest.get("config_hash") != cfg.index_fingerprint() or manifest.get("catalog_sha256") != catalog_sha:
+            stale.append(stage)
+        elif stage in DENSE_STAGES:
+            from indexer.encoder import model_fingerprint, resolve_model
+
+            d = cfg.dense
+            model = resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
+            if manifest.get("encoder", {}).get("fingerprint") != model_fingerprint(model, d.max_length) \
+                    or manifest.get("factory") != d.factory:
+                stale.append(stage)
+    return stale
+
+
 def index_is_current(cfg: Config, stage: str = "bm25") -> bool:
-    """True when the stage's index exists, is intact and was built from this config and catalog file."""
-    try:
-        manifest = read_manifest(cfg.index_dir / stage, stage, verify=False)
-    except IndexLoadError:
-        return False
-    return (manifest.get("config_hash") == cfg.index_fingerprint()
-            and manifest.get("catalog_sha256") == sha256_file(cfg.catalog.path))
+    return not stale_stages(cfg, [stage])
 
 
-def ensure_indexes(cfg: Config, progress: bool = True) -> None:
-    """Build the indexes unless current ones exist (used by the eval CLI and the demo)."""
-    if not index_is_current(cfg):
-        build_indexes(cfg, progress=progress)
+def ensure_indexes(cfg: Config, stages: Iterable[str] = (), progress: bool = True) -> None:
+    """Build the indexes the config and ``stages`` need, unless current ones exist (eval CLI, demo)."""
+    needed = index_stages(cfg, stages)
+    stale = stale_stages(cfg, needed)
+    if stale:
+        if "bm25" in stale and len(stale) < len(needed):
+            stale = needed  # a new product table renumbers rows: rebuild every stage with it
+        build_indexes(cfg, progress=progress, stages=stale)

@@ -69,6 +69,22 @@ class BM25Config:
 
 
 @dataclass
+class DenseConfig:
+    # the bi-encoder the `dense` stage uses: a local folder (relative to root) or a hub id
+    model: str = "models/base"
+    # the zero-shot base model (`dense-base` stage; `make model` builds it into models/base)
+    base_model: str = "models/base"
+    max_length: int = 64
+    batch_size: int = 64
+    device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
+    # FAISS index factory string: Flat, HNSW32, IVF4096,PQ32, ...
+    factory: str = "Flat"
+    # search-time parameters: nprobe (IVF), efSearch (HNSW)
+    nprobe: int = 32
+    ef_search: int = 128
+
+
+@dataclass
 class SearchConfig:
     stages: list[str] = field(default_factory=lambda: ["bm25"])
     # candidates each first stage hands on
@@ -94,9 +110,11 @@ class Config:
     index_dir: Path
     text: TextConfig = field(default_factory=TextConfig)
     bm25: BM25Config = field(default_factory=BM25Config)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: Path | None = None
+    root: Path = Path(".")
 
     def index_fingerprint(self) -> str:
         """Hash of every setting that changes what an index holds."""
@@ -177,7 +195,7 @@ def load_config(path: str | Path, **overrides: Any) -> Config:
 def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Config:
     where = str(source or "config")
     raw = dict(raw)
-    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "search", "eval"}
+    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "eval"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -193,9 +211,11 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         index_dir=index_dir if index_dir.is_absolute() else root / index_dir,
         text=_build(TextConfig, raw.get("text"), f"{where}: text", root),
         bm25=_build(BM25Config, raw.get("bm25"), f"{where}: bm25", root),
+        dense=_build(DenseConfig, raw.get("dense"), f"{where}: dense", root),
         search=_build(SearchConfig, raw.get("search"), f"{where}: search", root),
         eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
         source=source,
+        root=root,
     )
     _validate(cfg, where)
     return cfg
@@ -217,7 +237,7 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
     if cfg.text.unknown_word_ngrams < 0:
         raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
-    stages = {"bm25"}
+    stages = {"bm25", "dense", "dense-base"}
     bad = [s for s in cfg.search.stages if s not in stages]
     if bad:
         raise ConfigError(f"{where}: search.stages {bad} not available; this build has {sorted(stages)}")

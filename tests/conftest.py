@@ -25,3 +25,36 @@ def demo_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     write_demo(out, n_products=600, n_users=120)
     return out
+
+
+def write_tiny_bert(out: Path, texts, seed: int = 0) -> Path:
+    """A tiny randomly initialised BERT sentence-transformer (2 layers, hidden 32), character vocabulary."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from finetune.base_model import write_sentence_transformers_files
+
+    chars = sorted({c for t in texts for c in t.lower() if not c.isspace()} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars if c.isascii()]
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    write_sentence_transformers_files(out, max_seq_length=64, dim=32)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, demo_dir):
+    from indexer.catalog import read_catalog
+
+    titles = read_catalog(demo_dir / "catalog.jsonl").titles
+    return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny", titles)

@@ -1,0 +1,137 @@
+"""The dense index: product vectors from the bi-encoder in a FAISS index.
+
+Built from a FAISS index-factory string (``Flat``, ``HNSW32``,
+``IVF4096,PQ32``, ...) with inner product on normalized vectors, wrapped in
+an ``IndexIDMap2`` so that FAISS ids are product rows.  A filter (one bool
+per product) becomes an ``IDSelectorBitmap`` inside the FAISS search, so a
+filtered query still gets its k best allowed products.  With ``faiss-gpu``
+and a CUDA device the index is searched on the GPU(s); otherwise on the CPU,
+with no change by the user.
+
+The manifest records the encoder's fingerprint (model files' hash, max
+length); loading the index for a different encoder fails instead of
+returning nonsense.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from indexer.bm25 import SearchResult
+from indexer.store import IndexLoadError, read_manifest, write_index
+
+KIND = "dense"
+log = logging.getLogger(__name__)
+
+
+def gpu_count() -> int:
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+class DenseIndex:
+    def __init__(self, index: faiss.Index, encoder: dict, manifest: dict | None = None, nprobe: int = 32,
+                 ef_search: int = 128):
+        self.index = index
+        self.encoder = encoder
+        self.manifest = manifest or {}
+        self.nprobe = nprobe
+        self.ef_search = ef_search
+        self.n = int(index.ntotal)
+        self.on_gpu = False
+        self._search_index = index
+        if gpu_count() > 0:
+            try:
+                self._search_index = faiss.index_cpu_to_all_gpus(index)
+                self.on_gpu = True
+            except Exception as e:  # e.g. HNSW has no GPU version: search it on the CPU
+                log.info("dense index stays on the CPU: %s", e)
+
+    @staticmethod
+    def build(vectors: np.ndarray, factory: str, rows: np.ndarray | None = None) -> faiss.Index:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        try:
+            base = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise ValueError(f"dense.factory {factory!r} is not a valid FAISS index factory string: {e}") from None
+        index = faiss.IndexIDMap2(base)
+        if not index.is_trained:
+            ivf = faiss.try_extract_index_ivf(base) if hasattr(faiss, "try_extract_index_ivf") else None
+            if ivf is not None and n < ivf.nlist:
+                raise ValueError(f"dense.factory {factory!r} needs at least {ivf.nlist} products to train, "
+                                 f"the catalog has {n}; use Flat or fewer lists")
+            index.train(vectors)
+        ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        index.add_with_ids(vectors, ids)
+        return index
+
+    def _params(self, mask: np.ndarray | None):
+        sel = None
+        if mask is not None:
+            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(np.packbits(mask, bitorder="little")))
+        base = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
+        if isinstance(base, faiss.IndexHNSW):
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search), sel
+        if isinstance(base, faiss.IndexIVF):
+            return faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe), sel
+        return (faiss.SearchParameters(sel=sel) if sel is not None else None), sel
+
+    def search(self, qvecs: np.ndarray, k: int = 10, mask: np.ndarray | None = None) -> list[SearchResult]:
+        """Top-k product rows for each query vector (rows of ``qvecs``)."""
+        q = np.ascontiguousarray(np.atleast_2d(qvecs), dtype=np.float32)
+        if mask is not None:
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape[0] < self.n:
+                raise ValueError(f"mask must have one entry per product ({self.n}), got {mask.shape[0]}")
+        params, _keep = self._params(mask)
+        index = self.index if (params is not None and params.sel is not None) else self._search_index
+        D, I = index.search(q, min(k, self.n), params=params)
+        out = []
+        for d, i in zip(D, I):
+            keep = i >= 0
+            out.append(SearchResult(i[keep].astype(np.int64), d[keep].astype(np.float32)))
+        return out
+
+    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        """Add products (new rows) without a rebuild."""
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(rows, dtype=np.int64))
+        self.n = int(self.index.ntotal)
+        self._search_index = self.index if not self.on_gpu else faiss.index_cpu_to_all_gpus(self.index)
+
+    def save_to(self, folder: Path) -> dict:
+        faiss.write_index(self.index, str(folder / "faiss.index"))
+        return {"n_vectors": self.n, "encoder": self.encoder, "factory": self.manifest.get("factory")}
+
+    @classmethod
+    def load(cls, folder: Path, encoder_fingerprint: str | None, verify: bool = True, nprobe: int = 32,
+             ef_search: int = 128) -> "DenseIndex":
+        folder = Path(folder)
+        manifest = read_manifest(folder, KIND, verify=verify)
+        built_with = manifest.get("encoder", {}).get("fingerprint")
+        if encoder_fingerprint is not None and built_with != encoder_fingerprint:
+            raise IndexLoadError(f"{folder}: built with encoder {built_with} "
+                                 f"({manifest.get('encoder', {}).get('model')}), the config's encoder is "
+                                 f"{encoder_fingerprint}: its vectors are not comparable; rebuild with `make index`")
+        index = faiss.read_index(str(folder / "faiss.index"))
+        return cls(index, manifest["encoder"], manifest, nprobe, ef_search)
+
+
+def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_hash: str,
+                   progress: bool = True, extras: dict | None = None) -> tuple[dict, DenseIndex]:
+    """Encode ``texts`` (one per product row) and swap a new dense index in at ``path``."""
+    t0 = time.perf_counter()
+    vecs = encoder.encode_passages(texts, progress=progress)
+    t1 = time.perf_counter()
+    index = DenseIndex.build(vecs, factory)
+    t2 = time.perf_counter()
+    dense = DenseIndex(index, encoder.describe(), {"factory": factory})
+    extras = {**(extras or {}), "factory": factory, "encode_seconds": round(t1 - t0, 2),
+              "build_seconds": round(t2 - t1, 2), "titles_per_second": round(len(texts) / max(t1 - t0, 1e-9), 1)}
+    manifest = write_index(path, lambda folder: {**dense.save_to(folder), **extras}, KIND, config_hash)
+    dense.manifest = manifest
+    return manifest, dense

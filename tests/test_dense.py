@@ -1,0 +1,120 @@
+import json
+
+import numpy as np
+import pytest
+
+from engine import SearchEngine
+from engine.fusion import reciprocal_rank_fusion
+from indexer.bm25 import SearchResult
+from indexer.build import build_indexes, ensure_indexes, stale_stages
+from indexer.dense import DenseIndex
+from indexer.encoder import Encoder, ModelMissingError, resolve_model
+from indexer.store import IndexLoadError
+
+from conftest import make_config, write_tiny_bert
+
+
+def unit(rng, n, d=16):
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF8,Flat"])
+def test_faiss_index_finds_nearest_and_filters_inside_search(factory):
+    rng = np.random.default_rng(0)
+    v = unit(rng, 600)
+    d = DenseIndex(DenseIndex.build(v, factory), {}, nprobe=8, ef_search=64)
+    res = d.search(v[:5], k=3)
+    assert [r.rows[0] for r in res] == [0, 1, 2, 3, 4]
+    assert np.allclose([r.scores[0] for r in res], 1.0, atol=1e-5)
+    mask = np.zeros(600, dtype=bool)
+    mask[300:] = True
+    masked = d.search(v[:5], k=10, mask=mask)
+    assert all(len(r.rows) == 10 and (r.rows >= 300).all() for r in masked)
+    exact = np.argsort(-(v[300:] @ v[0]))[:10] + 300
+    assert len(set(masked[0].rows) & set(exact)) >= 8
+
+
+def test_invalid_factory_and_too_small_ivf_are_explained():
+    v = unit(np.random.default_rng(1), 50)
+    with pytest.raises(ValueError, match="factory"):
+        DenseIndex.build(v, "NotAnIndex42")
+    with pytest.raises(ValueError, match="at least 64 products"):
+        DenseIndex.build(v, "IVF64,Flat")
+
+
+def test_encoder_prefixes_normalizes_and_fingerprints(tiny_model, tmp_path):
+    enc = Encoder(tiny_model, max_length=32, device="cpu")
+    q = enc.encode_queries(["华为 手机", "蓝月亮 洗衣液"])
+    p = enc.encode_passages(["华为 手机"])
+    assert q.shape == (2, 32) and q.dtype == np.float32
+    assert np.allclose(np.linalg.norm(q, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(q[0], p[0])  # "query: " and "passage: " prefixes differ
+    assert Encoder(tiny_model, max_length=16, device="cpu").fingerprint != enc.fingerprint
+    other = write_tiny_bert(tmp_path / "other", ["华为"], seed=1)
+    assert Encoder(other, max_length=32, device="cpu").fingerprint != enc.fingerprint
+
+
+def test_missing_model_names_the_command(tmp_path):
+    with pytest.raises(ModelMissingError, match="make model"):
+        resolve_model("models/base", tmp_path)
+    with pytest.raises(ModelMissingError, match="make finetune"):
+        resolve_model("models/wentian/bi-encoder", tmp_path)
+
+
+def test_rrf_fuses_by_rank():
+    a = SearchResult(np.array([1, 2, 3]), np.array([9.0, 8.0, 7.0], dtype=np.float32))
+    b = SearchResult(np.array([3, 4]), np.array([0.9, 0.8], dtype=np.float32))
+    fused = reciprocal_rank_fusion([a, b], k=4)
+    assert fused.rows[0] == 3  # in both lists
+    assert set(fused.rows) == {1, 2, 3, 4}
+
+
+@pytest.fixture(scope="module")
+def dense_cfg(demo_dir, tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dense")
+    cfg = make_config(tmp, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]},
+                      dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32,
+                             "device": "cpu", "factory": "HNSW16"})
+    build_indexes(cfg, progress=False)
+    return cfg
+
+
+def test_engine_answers_from_bm25_and_dense(dense_cfg):
+    eng = SearchEngine.from_config(dense_cfg)
+    dense_hits = eng.retrieve("华为 手机", k=5, stage="dense")
+    assert len(dense_hits.rows) == 5
+    hits = eng.query("华为 手机", k=10)
+    assert len(hits) == 10
+    filtered = eng.query("耳机", k=5, filters={"category": "耳机"})
+    assert all(eng.products.categories[eng.products.category_codes[eng.products.row_of(h.product_id)]] == "耳机"
+               for h in filtered)
+    manifest = json.loads(((dense_cfg.index_dir / "dense") / "manifest.json").read_text())
+    assert manifest["encoder"]["fingerprint"] == eng.dense_stage("dense")[0].fingerprint
+    assert manifest["factory"] == "HNSW16" and manifest["n_vectors"] == len(eng.products)
+
+
+def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):
+    other = write_tiny_bert(tmp_path / "other", ["华为"], seed=3)
+    cfg = make_config(dense_cfg.index_dir.parent.parent, dense_cfg.catalog.path, index_dir=str(dense_cfg.index_dir),
+                      search={"stages": ["bm25", "dense"]},
+                      dense={"model": str(other), "max_length": 32, "device": "cpu", "factory": "HNSW16"})
+    assert stale_stages(cfg, ["bm25", "dense"]) == ["dense"]
+    with pytest.raises(IndexLoadError, match="encoder"):
+        SearchEngine.from_config(cfg)
+
+
+def test_eval_dense_stages(dense_cfg, tmp_path):
+    from eval.evaluate import evaluate
+    from eval.queries import read_queries
+
+    ensure_indexes(dense_cfg, ["dense-base"], progress=False)
+    eng = SearchEngine.from_config(dense_cfg)
+    queries = read_queries(dense_cfg.catalog.path.parent / "queries.tsv")
+    results = {r.stage: r for r in evaluate(eng, queries, ["bm25", "dense", "dense-base"], progress=False)}
+    for stage in ("dense", "dense-base"):
+        m = results[stage].metrics
+        assert m["n_queries"] == len(queries) and 0 <= m["mrr@10"] <= 1
+        assert m["recall@10"] <= m["recall@100"] <= m["recall@1000"]
+    # same model for both: same run
+    assert results["dense"].run == results["dense-base"].run
