@@ -59,14 +59,18 @@ class SearchEngine:
     def dense_stage(self, stage: str):
         """The encoder and FAISS index of a dense stage, loaded once."""
         if stage not in self._dense:
-            from indexer.dense import DenseIndex
-            from indexer.encoder import Encoder, resolve_model
+            from indexer.dense import DenseIndex, stage_index_dir, stage_model
+            from indexer.encoder import Encoder
 
+            folder = stage_index_dir(self.cfg, stage)
+            if folder.name != stage:  # dense-base with the same model as dense: one encoder, one index
+                self._dense[stage] = self.dense_stage(folder.name)
+                return self._dense[stage]
             d = self.cfg.dense
-            model = resolve_model(d.model if stage == "dense" else d.base_model, self.cfg.root)
-            encoder = Encoder(model, max_length=d.max_length, batch_size=d.batch_size, device=d.device)
-            index = DenseIndex.load(self.cfg.index_dir / stage, encoder.fingerprint, verify=self.verify,
-                                    nprobe=d.nprobe, ef_search=d.ef_search)
+            encoder = Encoder(stage_model(self.cfg, stage), max_length=d.max_length, batch_size=d.batch_size,
+                              device=d.device)
+            index = DenseIndex.load(folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe,
+                                    ef_search=d.ef_search)
             if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256"):
                 raise IndexLoadError(f"{self.cfg.index_dir}: the {stage} and bm25 indexes were built from different "
                                      "catalogs; rebuild both with `make index`")

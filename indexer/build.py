@@ -34,17 +34,23 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
 
 
 def index_stages(cfg: Config, extra: Iterable[str] = ()) -> list[str]:
-    """The indexes a config needs: always bm25 (it holds the product table), plus its dense stages."""
-    stages = ["bm25"] + [s for s in list(cfg.search.stages) + list(extra) if s in DENSE_STAGES]
+    """The indexes a config needs: always bm25 (it holds the product table), plus its dense stages
+    (``dense-base`` only where its model differs from ``dense``'s: otherwise they share one index)."""
+    stages = ["bm25"]
+    for s in list(cfg.search.stages) + list(extra):
+        if s in DENSE_STAGES:
+            from indexer.dense import stage_index_dir
+
+            stages.append(stage_index_dir(cfg, s).name)
     return list(dict.fromkeys(stages))
 
 
 def dense_encoder(cfg: Config, stage: str):
-    from indexer.encoder import Encoder, resolve_model
+    from indexer.dense import stage_model
+    from indexer.encoder import Encoder
 
     d = cfg.dense
-    model = resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
-    return Encoder(model, max_length=d.max_length, batch_size=d.batch_size, device=d.device)
+    return Encoder(stage_model(cfg, stage), max_length=d.max_length, batch_size=d.batch_size, device=d.device)
 
 
 def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,
@@ -91,11 +97,11 @@ def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
         if manifest.get("config_hash") != cfg.index_fingerprint() or manifest.get("catalog_sha256") != catalog_sha:
             stale.append(stage)
         elif stage in DENSE_STAGES:
-            from indexer.encoder import model_fingerprint, resolve_model
+            from indexer.dense import stage_model
+            from indexer.encoder import model_fingerprint
 
             d = cfg.dense
-            model = resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
-            if manifest.get("encoder", {}).get("fingerprint") != model_fingerprint(model, d.max_length) \
+            if manifest.get("encoder", {}).get("fingerprint") != model_fingerprint(stage_model(cfg, stage), d.max_length) \
                     or manifest.get("factory") != d.factory:
                 stale.append(stage)
     return stale

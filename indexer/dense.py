@@ -121,6 +121,21 @@ class DenseIndex:
         return cls(index, manifest["encoder"], manifest, nprobe, ef_search)
 
 
+def stage_model(cfg, stage: str):
+    """The model folder (or hub id) a dense stage encodes with."""
+    from indexer.encoder import resolve_model
+
+    d = cfg.dense
+    return resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
+
+
+def stage_index_dir(cfg, stage: str) -> Path:
+    """Where a dense stage's index lives; ``dense-base`` shares ``dense``'s index when both use the same model."""
+    if stage == "dense-base" and str(stage_model(cfg, "dense-base")) == str(stage_model(cfg, "dense")):
+        stage = "dense"
+    return cfg.index_dir / stage
+
+
 def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_hash: str,
                    progress: bool = True, extras: dict | None = None) -> tuple[dict, DenseIndex]:
     """Encode ``texts`` (one per product row) and swap a new dense index in at ``path``."""
