@@ -72,6 +72,10 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
         elif stage in DENSE_STAGES:
             from indexer import dense
 
+            if stage == "dense" and cfg.dense.trim_vocab:
+                from indexer.vocab_trim import ensure_trimmed
+
+                ensure_trimmed(cfg, catalog.index_texts(), catalog_sha)
             encoder = dense_encoder(cfg, stage)
             path = cfg.index_dir / stage
             manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
@@ -98,11 +102,16 @@ def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
             stale.append(stage)
         elif stage in DENSE_STAGES:
             from indexer.dense import stage_model
-            from indexer.encoder import model_fingerprint
+            from indexer.encoder import ModelMissingError, model_fingerprint
 
             d = cfg.dense
-            if manifest.get("encoder", {}).get("fingerprint") != model_fingerprint(stage_model(cfg, stage), d.max_length) \
-                    or manifest.get("factory") != d.factory:
+            try:
+                fingerprint = model_fingerprint(stage_model(cfg, stage), d.max_length)
+            except ModelMissingError:
+                if not (stage == "dense" and d.trim_vocab):
+                    raise
+                fingerprint = None  # the trimmed copy is made by the build
+            if manifest.get("encoder", {}).get("fingerprint") != fingerprint or manifest.get("factory") != d.factory:
                 stale.append(stage)
     return stale
 

@@ -82,6 +82,10 @@ class DenseConfig:
     # search-time parameters: nprobe (IVF), efSearch (HNSW)
     nprobe: int = 32
     ef_search: int = 128
+    # vocabulary trimming of the `dense` model: keep the pieces the catalog and these training
+    # queries need (never dev or held-out queries), plus every single character
+    trim_vocab: bool = False
+    trim_queries: Path | None = None
 
 
 @dataclass
@@ -150,7 +154,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries"}
+_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "trim_queries"}
 
 
 def _build(cls, data: dict | None, where: str, root: Path):

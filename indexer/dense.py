@@ -122,11 +122,19 @@ class DenseIndex:
 
 
 def stage_model(cfg, stage: str):
-    """The model folder (or hub id) a dense stage encodes with."""
-    from indexer.encoder import resolve_model
+    """The model folder (or hub id) a dense stage encodes with (the trimmed copy where the config trims)."""
+    from indexer.encoder import ModelMissingError, resolve_model
 
     d = cfg.dense
-    return resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
+    model = resolve_model(d.model if stage == "dense" else d.base_model, cfg.root)
+    if stage == "dense" and d.trim_vocab:
+        from indexer.vocab_trim import trimmed_path
+
+        path = trimmed_path(cfg)
+        if not (path / "config.json").is_file():
+            raise ModelMissingError(f"trimmed model {path} not built; `make index` builds it")
+        return path
+    return model
 
 
 def stage_index_dir(cfg, stage: str) -> Path:

@@ -58,3 +58,29 @@ def tiny_model(tmp_path_factory, demo_dir):
 
     titles = read_catalog(demo_dir / "catalog.jsonl").titles
     return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny", titles)
+
+
+def write_tiny_unigram_bert(out: Path, texts, vocab_size: int = 600, seed: int = 0) -> Path:
+    """A tiny random BERT whose tokenizer is a Unigram model trained on ``texts`` (like e5's SentencePiece)."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    from finetune.base_model import write_sentence_transformers_files
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    tok.train_from_iterator(list(texts) + ["query: passage:"], trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    out.mkdir(parents=True, exist_ok=True)
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                            pad_token="<pad>", cls_token="<s>", sep_token="</s>", model_max_length=128).save_pretrained(out)
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=130, pad_token_id=1)
+    BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
+    write_sentence_transformers_files(out, max_seq_length=64, dim=32)
+    return out
