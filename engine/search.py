@@ -40,6 +40,7 @@ class SearchEngine:
         self.products = bm25.products
         self.verify = verify
         self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
+        self.reload_deleted()
         for stage in cfg.search.stages:
             if stage in DENSE_STAGES:
                 self.dense_stage(stage)
@@ -71,11 +72,32 @@ class SearchEngine:
                               device=d.device)
             index = DenseIndex.load(folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe,
                                     ef_search=d.ef_search)
-            if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256"):
-                raise IndexLoadError(f"{self.cfg.index_dir}: the {stage} and bm25 indexes were built from different "
-                                     "catalogs; rebuild both with `make index`")
+            if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") \
+                    or index.n != len(self.products):
+                raise IndexLoadError(f"{self.cfg.index_dir}: the {stage} index ({index.n} products) and the bm25 "
+                                     f"index ({len(self.products)}) do not hold the same catalog; rebuild both with "
+                                     "`make index`")
             self._dense[stage] = (encoder, index)
         return self._dense[stage]
+
+    def reload_deleted(self) -> None:
+        """Re-read the deleted products (``<index_dir>/deleted.txt``); they are masked in every stage."""
+        from indexer.updates import deleted_ids, live_mask
+
+        self.live = live_mask(self.products, deleted_ids(self.cfg))
+
+    def delete(self, product_ids: Sequence[str]) -> int:
+        """Delete products from every stage at once (never returned again; purged at the next rebuild)."""
+        from indexer.updates import delete_products
+
+        n = delete_products(self.cfg, product_ids)
+        self.reload_deleted()
+        return n
+
+    def _with_live(self, mask: np.ndarray | None) -> np.ndarray | None:
+        if self.live is None:
+            return mask
+        return self.live if mask is None else (self.live & np.asarray(mask, dtype=bool))
 
     def filter_mask(self, filters: dict | None) -> np.ndarray | None:
         """Boolean mask from ``{"category": ..., "brand": ..., "price_min": ..., "price_max": ...}``."""
@@ -87,7 +109,8 @@ class SearchEngine:
         return self.products.mask(**filters)
 
     def retrieve(self, text: str, k: int = 10, stage: str = "bm25", mask: np.ndarray | None = None) -> SearchResult:
-        """Rows and scores of the top-k products of one stage (no strings decoded)."""
+        """Rows and scores of the top-k products of one stage (no strings decoded); deleted products never."""
+        mask = self._with_live(mask)
         if stage == "bm25":
             return self.bm25.search(text, k=k, mask=mask)
         if stage in DENSE_STAGES:
@@ -99,7 +122,7 @@ class SearchEngine:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages)."""
         if stage in DENSE_STAGES:
             encoder, index = self.dense_stage(stage)
-            return index.search(encoder.encode_queries(list(texts)), k=k)
+            return index.search(encoder.encode_queries(list(texts)), k=k, mask=self.live)
         return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
     def query(self, text: str, k: int = 10, filters: dict | None = None, mask: np.ndarray | None = None) -> list[Hit]:

@@ -18,7 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-bad-rows", action="store_true",
                     help="index the valid rows and write rejected ones, with reasons, to a side file")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--add", metavar="CATALOG", help="add the new products of this catalog file to the built "
+                    "indexes, without a full rebuild")
+    ap.add_argument("--delete", metavar="ID", nargs="+", help="delete products from every stage")
     args = ap.parse_args(argv)
+    if args.add or args.delete:
+        return update(args)
     try:
         cfg = load_config(args.config)
         catalog = load_catalog(cfg, skip_bad_rows=args.skip_bad_rows or None)
@@ -37,6 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     for b in builds:
         extra = f", {b.detail}" if b.detail else ""
         print(f"{b.stage}: {b.n_products} products -> {b.path} ({b.path.resolve().name}) in {b.seconds:.1f} s{extra}")
+    return 0
+
+
+def update(args) -> int:
+    from indexer.catalog import read_catalog
+    from indexer.updates import add_products, delete_products
+
+    try:
+        cfg = load_config(args.config)
+        if args.delete:
+            n = delete_products(cfg, args.delete)
+            print(f"deleted {n} product(s) from every stage of {cfg.index_dir} (purged at the next rebuild)")
+        if args.add:
+            new = read_catalog(args.add, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=args.skip_bad_rows)
+            report = add_products(cfg, new, progress=not args.no_progress)
+            stages = ", ".join(f"{k}: {v}" for k, v in report["stages"].items())
+            print(f"added {report['added']} product(s) in {report['seconds']} s; products per stage: {stages}")
+    except (ConfigError, CatalogError, IndexLoadError, ModelMissingError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -80,16 +80,39 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(np.int64), scores[rows].astype(np.float32)
 
 
+@dataclass
+class DocTokens:
+    """Each product's token ids in one field (CSR), kept so that products can be added without re-tokenizing."""
+
+    indptr: np.ndarray  # int64, n_docs + 1
+    ids: np.ndarray  # int32
+
+    @classmethod
+    def from_lists(cls, lists: Sequence[Sequence[int]]) -> "DocTokens":
+        indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in lists], out=indptr[1:])
+        ids = np.fromiter((i for t in lists for i in t), dtype=np.int32, count=int(indptr[-1]))
+        return cls(indptr, ids)
+
+    def extend(self, other: "DocTokens") -> "DocTokens":
+        return DocTokens(np.concatenate([self.indptr, other.indptr[1:] + self.indptr[-1]]),
+                         np.concatenate([self.ids, other.ids]))
+
+    def lists(self) -> list[list[int]]:
+        return [self.ids[a:b].tolist() for a, b in zip(self.indptr[:-1], self.indptr[1:])]
+
+
 class BM25Index:
     """A loaded (or freshly built) BM25 index: one bm25s index per token field, the product table, the tokenizer."""
 
     def __init__(self, retrievers: dict[str, bm25s.BM25], weights: dict[str, float], products: ProductTable,
-                 tokenizer: Tokenizer, manifest: dict | None = None):
+                 tokenizer: Tokenizer, manifest: dict | None = None, doc_tokens: dict[str, DocTokens] | None = None):
         self.retrievers = retrievers
         self.weights = weights
         self.products = products
         self.tokenizer = tokenizer
         self.manifest = manifest or {}
+        self.doc_tokens = doc_tokens or {}
         self._n = len(products)
 
     def __len__(self) -> int:
@@ -101,25 +124,53 @@ class BM25Index:
         words = [w for col in (catalog.brands, catalog.categories) for w in col if w] if text_cfg.dict_from_catalog else []
         tokenizer = Tokenizer(text_cfg, extra_words=words)
         texts = catalog.index_texts()
-        retrievers = {}
+        retrievers, doc_tokens = {}, {}
         stats = {"tokenize_s": 0.0, "index_s": 0.0, "n_without_tokens": 0}
         for fname in bm25_cfg.fields:
             t0 = time.perf_counter()
             tokens = tokenizer.tokenize_many(texts, progress=progress, desc=f"tokenize titles ({fname})", field=fname)
             t1 = time.perf_counter()
-            retrievers[fname] = build_retriever(tokens, bm25_cfg, progress=progress)
+            retrievers[fname] = r = build_retriever(tokens, bm25_cfg, progress=progress)
+            doc_tokens[fname] = DocTokens.from_lists([[r.vocab_dict[t] for t in doc] for doc in tokens])
             stats["tokenize_s"] += t1 - t0
             stats["index_s"] += time.perf_counter() - t1
             stats["n_without_tokens"] = max(stats["n_without_tokens"], sum(1 for t in tokens if not t))
             del tokens
-        index = cls(retrievers, dict(bm25_cfg.fields), ProductTable.from_catalog(catalog), tokenizer)
+        index = cls(retrievers, dict(bm25_cfg.fields), ProductTable.from_catalog(catalog), tokenizer,
+                    doc_tokens=doc_tokens)
         index.build_stats = stats
         return index
+
+    def add(self, catalog: Catalog, progress: bool = False) -> "BM25Index":
+        """A new index with ``catalog``'s products appended as new rows.
+
+        Only the new titles are tokenized (with the index's tokenizer: a new
+        brand joins jieba's dictionary at the next full rebuild); BM25 weights
+        are recomputed for all products from the stored token ids (document
+        frequencies and lengths change with every product added).
+        """
+        texts = catalog.index_texts()
+        retrievers, doc_tokens = {}, {}
+        for fname, old in self.retrievers.items():
+            vocab = dict(old.vocab_dict)
+            new_lists = []
+            for doc in self.tokenizer.tokenize_many(texts, progress=progress, field=fname):
+                new_lists.append([vocab.setdefault(t, len(vocab)) for t in doc])
+            tokens = self.doc_tokens[fname].extend(DocTokens.from_lists(new_lists))
+            r = bm25s.BM25(method=old.method, k1=old.k1, b=old.b, delta=old.delta)
+            r.scores = r.build_index_from_ids(list(range(len(vocab))), tokens.lists(), show_progress=progress)
+            r.vocab_dict = vocab
+            r.unique_token_ids_set = set(vocab.values())
+            retrievers[fname], doc_tokens[fname] = r, tokens
+        return BM25Index(retrievers, self.weights, self.products.append(catalog), self.tokenizer,
+                         dict(self.manifest), doc_tokens)
 
     def save_to(self, folder: Path) -> dict:
         """Write the index files into ``folder`` (used inside :func:`indexer.store.write_index`)."""
         for fname, r in self.retrievers.items():
             r.save(folder / f"bm25s-{fname}", show_progress=False)
+            np.save(folder / f"doc_tokens-{fname}.indptr.npy", self.doc_tokens[fname].indptr)
+            np.save(folder / f"doc_tokens-{fname}.ids.npy", self.doc_tokens[fname].ids)
         self.products.save(folder)
         (folder / "dict_words.txt").write_text("\n".join(self.tokenizer.added_words), encoding="utf-8")
         any_r = next(iter(self.retrievers.values()))
@@ -140,7 +191,10 @@ class BM25Index:
                       for f in weights}
         words = (folder / "dict_words.txt").read_text(encoding="utf-8").split("\n")
         tokenizer = Tokenizer(text_cfg, extra_words=[w for w in words if w])
-        return cls(retrievers, weights, ProductTable.load(folder, mmap=mmap), tokenizer, manifest)
+        mode = "r" if mmap else None
+        doc_tokens = {f: DocTokens(np.load(folder / f"doc_tokens-{f}.indptr.npy", mmap_mode=mode),
+                                   np.load(folder / f"doc_tokens-{f}.ids.npy", mmap_mode=mode)) for f in weights}
+        return cls(retrievers, weights, ProductTable.load(folder, mmap=mmap), tokenizer, manifest, doc_tokens)
 
     # -- searching --------------------------------------------------------
     def scores(self, text: str) -> np.ndarray | None:

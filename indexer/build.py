@@ -60,9 +60,12 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
     Each replaces the previous version only when it is complete, so a failed
     build leaves the previous index serving.
     """
+    from indexer.updates import deleted_ids, exclude_deleted
+
     stages = list(stages) if stages is not None else index_stages(cfg)
     catalog = catalog or load_catalog(cfg, skip_bad_rows)
     catalog_sha = sha256_file(catalog.source) if catalog.source else None
+    catalog, n_purged = exclude_deleted(catalog, deleted_ids(cfg))  # deleted products leave the index files
     built = []
     for stage in stages:
         t0 = time.perf_counter()
@@ -84,6 +87,8 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
             detail = f"{manifest['factory']}, {manifest['titles_per_second']} titles/s"
         else:
             raise ValueError(f"no index for stage {stage!r}")
+        if n_purged:
+            detail = f"{detail}, {n_purged} deleted products left out".lstrip(", ")
         built.append(StageBuild(stage, path, time.perf_counter() - t0, manifest["n_products"], detail))
     return built
 

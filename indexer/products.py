@@ -91,6 +91,22 @@ class ProductTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def append(self, catalog: Catalog) -> "ProductTable":
+        """A new table with ``catalog``'s products as rows len(self)..; category/brand codes extended."""
+        def extend(codes, vocab, values):
+            vocab = list(vocab)
+            pos = {v: i for i, v in enumerate(vocab)}
+            new = [pos.setdefault(v, len(pos)) if v else -1 for v in values]
+            vocab += [v for v, i in sorted(pos.items(), key=lambda kv: kv[1]) if i >= len(vocab)]
+            return np.concatenate([np.asarray(codes), np.array(new, dtype=np.int32)]), vocab
+
+        cat_codes, cats = extend(self.category_codes, self.categories, catalog.categories)
+        brand_codes, brands = extend(self.brand_codes, self.brands, catalog.brands)
+        return ProductTable(StringColumn.from_strings(self.ids.tolist() + list(catalog.ids)),
+                            StringColumn.from_strings(self.titles.tolist() + list(catalog.titles)),
+                            cat_codes, cats, brand_codes, brands,
+                            np.concatenate([np.asarray(self.prices), np.asarray(catalog.prices, dtype=np.float64)]))
+
     def row_of(self, pid: str) -> int:
         """Row of a product id (KeyError if absent)."""
         if self._row_of is None:
