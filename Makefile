@@ -42,8 +42,9 @@ index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)
 eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
 	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)
 
-bench: .venv/.installed
+bench: .venv/.installed models/base/config.json
 	$(PY) -m eval.bench_bm25 $(if $(FULL),--full)
+	$(PY) -m eval.bench_dense $(if $(FULL),--full)
 
 ablation: .venv/.installed
 	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv
