@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         ms = (time.perf_counter() - t0) * 1000
         print(f"\n{q}  ({len(hits)} hits, {ms:.1f} ms)")
         for h in hits:
-            print(f"  {h.rank:>2}. [{h.product_id}] {h.title}  ({h.score:.2f})")
+            print(f"  {h.rank:>2}. [{h.product_id}] {h.title}  ({h.score:.4g})")
     return 0
 
 
