@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 CONFIG ?= configs/demo.yaml
 OUT ?= reports/eval/$(basename $(notdir $(CONFIG)))
-STAGES ?= bm25,dense-base,dense
+STAGES ?= bm25,dense-base,dense,hybrid
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := $(if $(GPU),gpu,cpu),test
 

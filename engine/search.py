@@ -1,7 +1,8 @@
 """`SearchEngine`: query → candidates from each configured stage → fusion → ranked hits.
 
 Stages so far: ``bm25`` (keyword), ``dense`` (the config's bi-encoder over a
-FAISS index) and ``dense-base`` (the zero-shot base model, for evaluation).
+FAISS index), ``dense-base`` (the zero-shot base model, for evaluation) and
+``hybrid`` (bm25 and dense merged).
 With several stages configured, their candidates are merged by reciprocal
 rank fusion.  Rerank and personalization plug in behind the same `query()`.
 """
@@ -19,7 +20,7 @@ from indexer.bm25 import BM25Index, SearchResult
 from indexer.config import Config, load_config
 from indexer.store import IndexLoadError
 
-STAGES = ("bm25", "dense", "dense-base")
+STAGES = ("bm25", "dense", "dense-base", "hybrid")
 DENSE_STAGES = ("dense", "dense-base")
 
 
@@ -60,16 +61,15 @@ class SearchEngine:
     def dense_stage(self, stage: str):
         """The encoder and FAISS index of a dense stage, loaded once."""
         if stage not in self._dense:
-            from indexer.dense import DenseIndex, stage_index_dir, stage_model
-            from indexer.encoder import Encoder
+            from indexer.build import dense_encoder
+            from indexer.dense import DenseIndex, stage_index_dir
 
             folder = stage_index_dir(self.cfg, stage)
             if folder.name != stage:  # dense-base with the same model as dense: one encoder, one index
                 self._dense[stage] = self.dense_stage(folder.name)
                 return self._dense[stage]
             d = self.cfg.dense
-            encoder = Encoder(stage_model(self.cfg, stage), max_length=d.max_length, batch_size=d.batch_size,
-                              device=d.device)
+            encoder = dense_encoder(self.cfg, stage)
             index = DenseIndex.load(folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe,
                                     ef_search=d.ef_search)
             if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") \
@@ -116,6 +116,9 @@ class SearchEngine:
         if stage in DENSE_STAGES:
             encoder, index = self.dense_stage(stage)
             return index.search(encoder.encode_queries([text]), k=k, mask=mask)[0]
+        if stage == "hybrid":  # bm25 and dense candidates, reciprocal rank fusion
+            depth = max(k, self.cfg.search.candidates)
+            return reciprocal_rank_fusion([self.retrieve(text, depth, s, mask) for s in ("bm25", "dense")], k)
         raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
 
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:

@@ -241,7 +241,7 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
     if cfg.text.unknown_word_ngrams < 0:
         raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
-    stages = {"bm25", "dense", "dense-base"}
+    stages = {"bm25", "dense", "dense-base", "hybrid"}
     bad = [s for s in cfg.search.stages if s not in stages]
     if bad:
         raise ConfigError(f"{where}: search.stages {bad} not available; this build has {sorted(stages)}")

@@ -45,11 +45,17 @@ class DenseIndex:
         self.on_gpu = False
         self._search_index = index
         if gpu_count() > 0:
-            try:
-                self._search_index = faiss.index_cpu_to_all_gpus(index)
-                self.on_gpu = True
-            except Exception as e:  # e.g. HNSW has no GPU version: search it on the CPU
-                log.info("dense index stays on the CPU: %s", e)
+            self._to_gpu()
+
+    def _to_gpu(self) -> None:
+        try:
+            self._search_index = faiss.index_cpu_to_all_gpus(self.index)
+            if faiss.try_extract_index_ivf(self.index.index if isinstance(self.index, faiss.IndexIDMap) else self.index):
+                faiss.GpuParameterSpace().set_index_parameter(self._search_index, "nprobe", self.nprobe)
+            self.on_gpu = True
+        except Exception as e:  # e.g. HNSW has no GPU version: search it on the CPU
+            log.info("dense index stays on the CPU: %s", e)
+            self._search_index, self.on_gpu = self.index, False
 
     @staticmethod
     def build(vectors: np.ndarray, factory: str, rows: np.ndarray | None = None) -> faiss.Index:
@@ -71,15 +77,18 @@ class DenseIndex:
         return index
 
     def _params(self, mask: np.ndarray | None):
-        sel = None
+        """Search parameters (nprobe / efSearch, and the mask as an id selector) plus the objects
+        the selector points into, which must stay alive for the duration of the search."""
+        sel, bits = None, None
         if mask is not None:
-            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(np.packbits(mask, bitorder="little")))
+            bits = np.packbits(mask, bitorder="little")
+            sel = faiss.IDSelectorBitmap(len(mask), faiss.swig_ptr(bits))
         base = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap) else self.index
         if isinstance(base, faiss.IndexHNSW):
-            return faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search), sel
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=self.ef_search), (sel, bits)
         if isinstance(base, faiss.IndexIVF):
-            return faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe), sel
-        return (faiss.SearchParameters(sel=sel) if sel is not None else None), sel
+            return faiss.SearchParametersIVF(sel=sel, nprobe=self.nprobe), (sel, bits)
+        return (faiss.SearchParameters(sel=sel) if sel is not None else None), (sel, bits)
 
     def search(self, qvecs: np.ndarray, k: int = 10, mask: np.ndarray | None = None) -> list[SearchResult]:
         """Top-k product rows for each query vector (rows of ``qvecs``)."""
@@ -88,9 +97,12 @@ class DenseIndex:
             mask = np.asarray(mask, dtype=bool)
             if mask.shape[0] < self.n:
                 raise ValueError(f"mask must have one entry per product ({self.n}), got {mask.shape[0]}")
-        params, _keep = self._params(mask)
-        index = self.index if (params is not None and params.sel is not None) else self._search_index
-        D, I = index.search(q, min(k, self.n), params=params)
+        k = min(k, self.n)
+        if self.on_gpu and mask is None:
+            D, I = self._search_index.search(q, k)  # nprobe was set when the index moved to the GPU
+        else:
+            params, _alive = self._params(mask)  # a filtered search runs on the CPU copy (selectors)
+            D, I = self.index.search(q, k, params=params)
         out = []
         for d, i in zip(D, I):
             keep = i >= 0
@@ -101,7 +113,8 @@ class DenseIndex:
         """Add products (new rows) without a rebuild."""
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(rows, dtype=np.int64))
         self.n = int(self.index.ntotal)
-        self._search_index = self.index if not self.on_gpu else faiss.index_cpu_to_all_gpus(self.index)
+        if self.on_gpu:
+            self._to_gpu()
 
     def save_to(self, folder: Path) -> dict:
         faiss.write_index(self.index, str(folder / "faiss.index"))

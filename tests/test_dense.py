@@ -86,6 +86,8 @@ def test_engine_answers_from_bm25_and_dense(dense_cfg):
     assert len(dense_hits.rows) == 5
     hits = eng.query("华为 手机", k=10)
     assert len(hits) == 10
+    # the configured stages [bm25, dense] are fused like the hybrid stage
+    assert [h.product_id for h in hits] == [eng.products.ids[int(r)] for r in eng.retrieve("华为 手机", 10, "hybrid").rows]
     filtered = eng.query("耳机", k=5, filters={"category": "耳机"})
     assert all(eng.products.categories[eng.products.category_codes[eng.products.row_of(h.product_id)]] == "耳机"
                for h in filtered)
