@@ -127,10 +127,24 @@ def index_is_current(cfg: Config, stage: str = "bm25") -> bool:
 
 
 def ensure_indexes(cfg: Config, stages: Iterable[str] = (), progress: bool = True) -> None:
-    """Build the indexes the config and ``stages`` need, unless current ones exist (eval CLI, demo)."""
+    """Build the indexes the config and ``stages`` need, unless current ones exist (eval CLI, demo).
+
+    A dense index stays when only BM25 needed rebuilding and the product rows
+    did not change (same catalog file, same number of products).
+    """
     needed = index_stages(cfg, stages)
     stale = stale_stages(cfg, needed)
-    if stale:
-        if "bm25" in stale and len(stale) < len(needed):
-            stale = needed  # a new product table renumbers rows: rebuild every stage with it
-        build_indexes(cfg, progress=progress, stages=stale)
+    if not stale:
+        return
+    built = {b.stage: b for b in build_indexes(cfg, progress=progress, stages=stale)}
+    if "bm25" in built:
+        n = built["bm25"].n_products
+        rows_changed = []
+        for stage in needed:
+            if stage in built or stage == "bm25":
+                continue
+            manifest = read_manifest(cfg.index_dir / stage, "dense", verify=False)
+            if manifest.get("n_products") != n:
+                rows_changed.append(stage)
+        if rows_changed:
+            build_indexes(cfg, progress=progress, stages=rows_changed)

@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-FORMAT_VERSION = 1
+# per index kind; bumped whenever its files change meaning (bm25 2: stored token ids per product)
+FORMAT_VERSIONS = {"bm25": 2, "dense": 1}
 MANIFEST = "manifest.json"
 
 
@@ -55,7 +56,7 @@ def write_index(final: Path, build: Callable[[Path], dict], kind: str, config_ha
         extras = build(folder) or {}
         manifest = {
             "kind": kind,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSIONS[kind],
             "config_hash": config_hash,
             "build_id": build_id,
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -97,9 +98,9 @@ def read_manifest(folder: Path, kind: str, verify: bool = True) -> dict:
     if manifest.get("kind") != kind:
         raise IndexLoadError(f"{folder}: holds a {manifest.get('kind')!r} index, expected {kind!r}")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != FORMAT_VERSIONS[kind]:
         raise IndexLoadError(f"{folder}: index format version {version}, this engine reads version "
-                             f"{FORMAT_VERSION}; rebuild it with `make index`")
+                             f"{FORMAT_VERSIONS[kind]}; rebuild it with `make index`")
     for rel, info in manifest.get("files", {}).items():
         p = folder / rel
         if not p.is_file():
