@@ -120,3 +120,17 @@ def test_eval_dense_stages(dense_cfg, tmp_path):
         assert m["recall@10"] <= m["recall@100"] <= m["recall@1000"]
     # same model for both: same run
     assert results["dense"].run == results["dense-base"].run
+
+
+def test_old_bm25_format_is_rebuilt_and_unchanged_dense_kept(dense_cfg):
+    bm25_dir = (dense_cfg.index_dir / "bm25").resolve()
+    manifest = json.loads((bm25_dir / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (bm25_dir / "manifest.json").write_text(json.dumps(manifest))
+    dense_before = (dense_cfg.index_dir / "dense").resolve()
+    with pytest.raises(IndexLoadError, match="format version 1"):
+        SearchEngine.from_config(dense_cfg)
+    ensure_indexes(dense_cfg, progress=False)
+    assert (dense_cfg.index_dir / "bm25").resolve() != bm25_dir
+    assert (dense_cfg.index_dir / "dense").resolve() == dense_before  # same rows: vectors kept
+    assert len(SearchEngine.from_config(dense_cfg).query("华为 手机", k=5)) == 5
