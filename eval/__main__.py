@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.search import STAGES, SearchEngine
 from eval.evaluate import evaluate
-from eval.queries import QueriesError, read_queries
+from finetune.judged import QueriesError, read_queries
 from eval.report import write_report
 from indexer.build import ensure_indexes
 from indexer.catalog import CatalogError

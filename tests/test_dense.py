@@ -108,7 +108,7 @@ def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):
 
 def test_eval_dense_stages(dense_cfg, tmp_path):
     from eval.evaluate import evaluate
-    from eval.queries import read_queries
+    from finetune.judged import read_queries
 
     ensure_indexes(dense_cfg, ["dense-base"], progress=False)
     eng = SearchEngine.from_config(dense_cfg)

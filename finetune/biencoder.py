@@ -1,0 +1,165 @@
+"""Fine-tuning the bi-encoder: in-batch negatives plus mined hard negatives (MultipleNegativesRankingLoss).
+
+For a batch of B queries, each with one positive title and ``hard_negatives``
+mined titles, the loss is the cross-entropy of the query against all B
+positives and all hard negatives, scores scaled by ``scale`` (e5 was
+pre-trained at temperature 0.01, i.e. scale 100; sentence-transformers'
+default is 20).  A batch never holds two queries with the same positive or
+the same text, so no in-batch "negative" is a real positive.
+
+Budget options for a 2-core CPU: frozen word embeddings (most of e5-small's
+parameters), a max length, a cap on steps and on wall time, a subset of the
+training queries.  On a GPU the same recipe runs in bf16/fp16 autocast.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX
+
+
+@dataclass
+class BiEncoderTraining:
+    lr: float = 5e-5
+    batch_size: int = 32
+    scale: float = 100.0
+    hard_negatives: int = 1
+    max_length: int = 64
+    freeze_word_embeddings: bool = True
+    max_steps: int = 300
+    max_minutes: float = 30.0
+    warmup_steps: int = 20
+    eval_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class Example:
+    query: str
+    positive: str
+    negatives: list[str]
+    positive_id: str
+
+
+def batches(examples: Sequence[Example], batch_size: int, rng: np.random.Generator):
+    """Batches without duplicate positives or duplicate query texts, in a fresh random order per epoch."""
+    while True:
+        order = rng.permutation(len(examples))
+        batch, seen = [], set()
+        for i in order:
+            ex = examples[i]
+            if ex.positive_id in seen or ex.query in seen:
+                continue
+            batch.append(ex)
+            seen.update((ex.positive_id, ex.query))
+            if len(batch) == batch_size:
+                yield batch
+                batch, seen = [], set()
+        if len(batch) >= 2:  # the epoch's remainder (and the only batch of a tiny data set)
+            yield batch
+
+
+def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int) -> torch.Tensor:
+    queries = [QUERY_PREFIX + ex.query for ex in batch]
+    docs = [PASSAGE_PREFIX + ex.positive for ex in batch]
+    docs += [PASSAGE_PREFIX + n for ex in batch for n in ex.negatives[:max_negatives]]
+    device = model.device
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        feats = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model.tokenize(texts).items()}
+        return model(feats)["sentence_embedding"]
+
+    q, d = embed(queries), embed(docs)
+    q = torch.nn.functional.normalize(q, dim=-1)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    scores = scale * q @ d.T
+    return torch.nn.functional.cross_entropy(scores, torch.arange(len(batch), device=device))
+
+
+def train(model, examples: Sequence[Example], cfg: BiEncoderTraining, out: Path,
+          evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
+          progress: bool = True) -> dict:
+    """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model.max_seq_length = cfg.max_length
+    if cfg.freeze_word_embeddings:
+        model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - s / max(1, cfg.max_steps)))
+    use_amp = model.device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    log: list[dict] = []
+    best = -math.inf
+    start = time.perf_counter()
+    model.train()
+
+    def checkpoint(step: int, loss: float) -> None:
+        nonlocal best
+        entry = {"step": step, "minutes": round((time.perf_counter() - start) / 60, 2), "loss": round(loss, 4)}
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                entry["dev_mrr@10"] = round(float(evaluate(model)), 4)
+            model.train()
+            if entry["dev_mrr@10"] > best:
+                best = entry["dev_mrr@10"]
+                model.save(str(out))
+                entry["saved"] = True
+        log.append(entry)
+        if log_path is not None:
+            log_path.write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1), encoding="utf-8")
+
+    if evaluate is not None:
+        checkpoint(0, float("nan"))
+    bar = tqdm(total=cfg.max_steps, desc="bi-encoder", disable=not progress)
+    running = []
+    step = 0
+    for step, batch in enumerate(batches(examples, cfg.batch_size, rng), start=1):
+        with torch.autocast(device_type=model.device.type, dtype=amp_dtype, enabled=use_amp):
+            loss = mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+        out_of_time = (time.perf_counter() - start) / 60 >= cfg.max_minutes
+        if step % cfg.eval_every == 0 or step >= cfg.max_steps or out_of_time:
+            checkpoint(step, float(np.mean(running[-cfg.eval_every:])))
+        if step >= cfg.max_steps or out_of_time:
+            break
+    bar.close()
+    if evaluate is None:
+        model.save(str(out))
+    return {"steps": step, "minutes": round((time.perf_counter() - start) / 60, 2), "best_dev_mrr@10": best,
+            "log": log}
+
+
+def pool_mrr(queries: Sequence[str], pool: Sequence[str], positives: Sequence[set[int]],
+             batch_size: int = 64) -> Callable[[object], float]:
+    """A cheaper dev metric for training: MRR@10 of each query ranking a pool of titles (the dev queries'
+    first-stage candidates and positives), so an evaluation encodes thousands of titles, not the catalog."""
+    def evaluate(model) -> float:
+        q = model.encode([QUERY_PREFIX + t for t in queries], batch_size=batch_size, normalize_embeddings=True,
+                         convert_to_numpy=True)
+        d = model.encode([PASSAGE_PREFIX + t for t in pool], batch_size=batch_size, normalize_embeddings=True,
+                         convert_to_numpy=True)
+        top = np.argsort(-(q @ d.T), axis=1)[:, :10]
+        rr = [next((1.0 / (r + 1) for r, j in enumerate(row) if j in pos), 0.0) for row, pos in zip(top, positives)]
+        return float(np.mean(rr))
+    return evaluate

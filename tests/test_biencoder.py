@@ -1,0 +1,59 @@
+import numpy as np
+import torch
+
+from finetune.biencoder import BiEncoderTraining, Example, batches, mnrl_loss, pool_mrr, train
+from indexer.catalog import read_catalog
+from indexer.encoder import Encoder
+
+
+def examples_from_demo(demo_dir, n=64):
+    cat = read_catalog(demo_dir / "catalog.jsonl")
+    out = []
+    for i in range(n):
+        # the query is a piece of the title: brand + category words
+        query = f"{cat.brands[i]} {cat.categories[i]}"
+        out.append(Example(query, cat.titles[i], [cat.titles[(i + 7) % len(cat)]], cat.ids[i]))
+    return out
+
+
+def test_batches_hold_no_duplicate_positive_or_query():
+    ex = [Example("q1", "t1", [], "P1"), Example("q1", "t2", [], "P2"), Example("q2", "t1", [], "P1"),
+          Example("q3", "t3", [], "P3"), Example("q4", "t4", [], "P4")]
+    gen = batches(ex, 3, np.random.default_rng(0))
+    for _ in range(20):
+        b = next(gen)
+        assert len({e.positive_id for e in b}) == len(b) and len({e.query for e in b}) == len(b)
+
+
+def test_a_training_step_lowers_the_loss(tiny_model):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    batch = [Example(f"华为 手机 {i}", f"华为 Mate{i} 手机 {i}GB", [f"猫粮 鸡肉 {i}kg"], f"P{i}") for i in range(8)]
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = mnrl_loss(model, batch, scale=20, max_negatives=1)
+    for _ in range(5):
+        loss = mnrl_loss(model, batch, scale=20, max_negatives=1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert mnrl_loss(model, batch, scale=20, max_negatives=1).item() < before.item()
+
+
+def test_train_keeps_the_best_checkpoint_and_reloads_identically(tiny_model, demo_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    ex = examples_from_demo(demo_dir)
+    pool = [e.positive for e in ex[:40]]
+    evaluate = pool_mrr([e.query for e in ex[:16]], pool, [{i} for i in range(16)])
+    cfg = BiEncoderTraining(lr=1e-3, batch_size=16, scale=20, max_steps=12, eval_every=4, warmup_steps=2)
+    report = train(model, ex, cfg, tmp_path / "bi", evaluate=evaluate, log_path=tmp_path / "log.json", progress=False)
+    assert report["steps"] == 12 and len(report["log"]) == 4  # step 0 and three evaluations
+    assert report["best_dev_mrr@10"] >= report["log"][0]["dev_mrr@10"]
+    saved = SentenceTransformer(str(tmp_path / "bi"), device="cpu")
+    assert abs(evaluate(saved) - report["best_dev_mrr@10"]) <= 5e-5  # the log rounds to 4 decimals
+    a = Encoder(tmp_path / "bi", max_length=64, device="cpu").encode_queries(["华为 手机"])
+    b = Encoder(tmp_path / "bi", max_length=64, device="cpu").encode_queries(["华为 手机"])
+    np.testing.assert_array_equal(a, b)
