@@ -106,9 +106,10 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTraining, out: Path,
     start = time.perf_counter()
     model.train()
 
-    def checkpoint(step: int, loss: float) -> None:
+    def checkpoint(step: int, loss: float | None) -> None:
         nonlocal best
-        entry = {"step": step, "minutes": round((time.perf_counter() - start) / 60, 2), "loss": round(loss, 4)}
+        entry = {"step": step, "minutes": round((time.perf_counter() - start) / 60, 2),
+                 "loss": None if loss is None else round(loss, 4)}
         if evaluate is not None:
             model.eval()
             with torch.no_grad():
@@ -123,7 +124,7 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTraining, out: Path,
             log_path.write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1), encoding="utf-8")
 
     if evaluate is not None:
-        checkpoint(0, float("nan"))
+        checkpoint(0, None)
     bar = tqdm(total=cfg.max_steps, desc="bi-encoder", disable=not progress)
     running = []
     step = 0
