@@ -110,16 +110,23 @@ class SearchEngine:
 
     def retrieve(self, text: str, k: int = 10, stage: str = "bm25", mask: np.ndarray | None = None) -> SearchResult:
         """Rows and scores of the top-k products of one stage (no strings decoded); deleted products never."""
-        mask = self._with_live(mask)
+        return self._retrieve(text, k, stage, self._with_live(mask))
+
+    def _retrieve(self, text: str, k: int, stage: str, mask: np.ndarray | None) -> SearchResult:
+        """One stage's top-k; ``mask`` already excludes deleted products."""
         if stage == "bm25":
             return self.bm25.search(text, k=k, mask=mask)
         if stage in DENSE_STAGES:
             encoder, index = self.dense_stage(stage)
             return index.search(encoder.encode_queries([text]), k=k, mask=mask)[0]
-        if stage == "hybrid":  # bm25 and dense candidates, reciprocal rank fusion
-            depth = max(k, self.cfg.search.candidates)
-            return reciprocal_rank_fusion([self.retrieve(text, depth, s, mask) for s in ("bm25", "dense")], k)
+        if stage == "hybrid":
+            return self._fused(text, k, ("bm25", "dense"), mask)
         raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
+
+    def _fused(self, text: str, k: int, stages: Sequence[str], mask: np.ndarray | None) -> SearchResult:
+        """Each stage's candidates (``search.candidates`` deep), merged by reciprocal rank fusion."""
+        depth = max(k, self.cfg.search.candidates)
+        return reciprocal_rank_fusion([self._retrieve(text, depth, s, mask) for s in stages], k)
 
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages)."""
@@ -142,11 +149,11 @@ class SearchEngine:
         fmask = self.filter_mask(filters)
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
+        mask = self._with_live(mask)
         stages = self.cfg.search.stages
         if len(stages) == 1:
-            return self.hits(self.retrieve(text, k=k, stage=stages[0], mask=mask))
-        depth = max(k, self.cfg.search.candidates)
-        return self.hits(reciprocal_rank_fusion([self.retrieve(text, depth, s, mask) for s in stages], k))
+            return self.hits(self._retrieve(text, k, stages[0], mask))
+        return self.hits(self._fused(text, k, stages, mask))
 
     def hits(self, res: SearchResult) -> list[Hit]:
         ids, titles = self.products.ids, self.products.titles

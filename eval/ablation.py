@@ -38,6 +38,9 @@ class PlainJieba:
     def tokenize(self, text: str, field: str = "words") -> list[str]:
         return [w.lower() for w in self._tk.cut_for_search(text) if w.strip()]
 
+    def tokenize_fields(self, text: str, fields) -> dict[str, list[str]]:
+        return {f: self.tokenize(text, f) for f in fields}
+
 
 def evaluate_index(index: BM25Index, queries, ecfg) -> dict:
     depth = max(ecfg.ks)

@@ -46,7 +46,8 @@ def _rss() -> int:
     return psutil.Process().memory_info().rss
 
 
-def _read_titles(path: Path) -> tuple[list[str], list[str]]:
+def read_id_text(path: Path) -> tuple[list[str], list[str]]:
+    """The first two columns (id, text) of a TSV with a header row: the shared corpus and query-log files."""
     ids, titles = [], []
     with open(path, encoding="utf-8") as f:
         r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -98,7 +99,7 @@ def build(system: str, corpus: str, folder: str, config: str | None = None) -> d
         build_s = time.perf_counter() - t0
         write_index(folder / "index", index.save_to, KIND, cfg.index_fingerprint())
     else:
-        _, titles = _read_titles(Path(corpus))
+        _, titles = read_id_text(Path(corpus))
         n = len(titles)
         tokens = [jieba.lcut_for_search(t) for t in titles]
         tokenize_s = time.perf_counter() - t0
@@ -232,12 +233,12 @@ def main(argv=None) -> int:
     if not WENTIAN.is_file() or not QUERYLOG.is_file():
         print(f"skipped: {WENTIAN} or {QUERYLOG} is absent (the benchmark runs on the shared datasets)")
         return 0
-    _, qtexts = _read_titles(QUERYLOG)
+    _, qtexts = read_id_text(QUERYLOG)
     rng = np.random.default_rng(0)
     queries = [qtexts[i] for i in rng.choice(len(qtexts), size=args.queries, replace=False)]
     rows = run_case("wentian-20834", WENTIAN, queries, rank_sample=200)
     if args.full:
-        _, titles = _read_titles(WENTIAN)
+        _, titles = read_id_text(WENTIAN)
         with tempfile.TemporaryDirectory() as tmp:
             for n in (int(s) for s in args.sizes.split(",")):
                 path = Path(tmp) / f"synthetic-{n}.tsv"

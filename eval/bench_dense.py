@@ -27,17 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.bench_bm25 import read_id_text
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "datasets"
-
-
-def _read_tsv_column(path: Path, col: int) -> list[str]:
-    import csv
-
-    with open(path, encoding="utf-8") as f:
-        r = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        next(r)
-        return [row[col] for row in r]
 
 
 def embeddings(encoder, texts: list[str], kind: str, cache: Path) -> np.ndarray:
@@ -233,8 +226,8 @@ def main(argv=None) -> int:
         import tempfile
 
         model = random_weights_copy(Path(model), Path(tempfile.mkdtemp()) / "model")
-    titles = _read_tsv_column(corpus, 1)
-    qtexts = _read_tsv_column(qlog, 1)
+    _, titles = read_id_text(corpus)
+    _, qtexts = read_id_text(qlog)
     rng = np.random.default_rng(0)
     qtexts = [qtexts[i] for i in rng.choice(len(qtexts), args.queries, replace=False)]
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

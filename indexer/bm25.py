@@ -201,9 +201,10 @@ class BM25Index:
         """Every product's score for a query (None when no query token is in the index)."""
         total = None
         multi = len(self.retrievers) > 1
+        tokens = self.tokenizer.tokenize_fields(text, tuple(self.retrievers))
         for fname, r in self.retrievers.items():
             vocab = r.vocab_dict
-            ids = np.fromiter((vocab[t] for t in self.tokenizer.tokenize(text, fname) if t in vocab), dtype=np.int64)
+            ids = np.fromiter((vocab[t] for t in tokens[fname] if t in vocab), dtype=np.int64)
             if len(ids) == 0:
                 continue
             s = field_scores(r, ids)

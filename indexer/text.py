@@ -139,39 +139,51 @@ class Tokenizer:
         return self.tokenize(text)
 
     def tokenize(self, text: str, field: str = "words") -> list[str]:
-        """Tokens of one field: ``words`` (jieba search mode) or ``chars`` (Han characters).
+        """Tokens of one field: ``words`` (jieba search mode) or ``chars`` (Han characters)."""
+        return self.tokenize_fields(text, (field,))[field]
 
-        Both fields share the normalization and the Latin/number tokens; they
+    def tokenize_fields(self, text: str, fields: Sequence[str]) -> dict[str, list[str]]:
+        """Tokens of several fields from one pass of normalization and segmentation.
+
+        The fields share the normalization and the Latin/number tokens; they
         differ only in how a run of Han characters is cut.
         """
-        if field not in FIELDS:
-            raise ValueError(f"unknown field {field!r}; fields are {FIELDS}")
+        bad = [f for f in fields if f not in FIELDS]
+        if bad:
+            raise ValueError(f"unknown field(s) {bad}; fields are {FIELDS}")
         cfg = self.cfg
         text = self.normalize(text)
         if cfg.join_units:
             text = _UNIT_JOIN.sub(r"\1\2", text)
-        out: list[str] = []
+        out: dict[str, list[str]] = {f: [] for f in fields}
+        shared: list[str] = []  # Latin/number tokens, the same in every field
         stop = self.stopwords
         for m in _SEGMENT.finditer(text):
             han, latin = m.group(1), m.group(2)
             if han is not None:
-                if field == "words":
-                    self._han_tokens(han, out)
-                else:
-                    out.extend(c for c in han if c not in stop)
+                if shared:
+                    for toks in out.values():
+                        toks.extend(shared)
+                    shared = []
+                if "words" in out:
+                    self._han_tokens(han, out["words"])
+                if "chars" in out:
+                    out["chars"].extend(c for c in han if c not in stop)
                 continue
             if cfg.join_units and latin.replace(".", "").isdigit():
                 unit = _NUM_HAN_UNIT.match(text, m.end())
                 if unit:
-                    out.append(latin + unit.group(1))
+                    shared.append(latin + unit.group(1))
             if cfg.fold_plurals:
                 latin = fold_plural(latin)
             if latin not in stop:
-                out.append(latin)
+                shared.append(latin)
             if cfg.split_alnum and not latin.isalpha() and not latin.replace(".", "").isdigit():
                 parts = _ALNUM_PARTS.findall(latin)
                 if len(parts) > 1:
-                    out.extend(p for p in parts if p not in stop)
+                    shared.extend(p for p in parts if p not in stop)
+        for toks in out.values():
+            toks.extend(shared)
         return out
 
     def _han_tokens(self, run: str, out: list[str]) -> None:
