@@ -1,5 +1,12 @@
 """Query → candidates → fusion → rerank → personalize → hits."""
 
-from engine.search import Hit, SearchEngine
-
 __all__ = ["Hit", "SearchEngine"]
+
+
+def __getattr__(name: str):
+    # imported on first use, so `engine.rerank` loads without the BM25/FAISS stack (e.g. on a GPU box for training)
+    if name in __all__:
+        from engine import search
+
+        return getattr(search, name)
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")

@@ -8,6 +8,7 @@ import time
 
 from engine.search import SearchEngine
 from indexer.config import ConfigError
+from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
 
 
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         engine = SearchEngine.from_config(args.config)
-    except (ConfigError, IndexLoadError) as e:
+    except (ConfigError, IndexLoadError, ModelMissingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     filters = {k: v for k, v in {"category": args.category, "brand": args.brand, "price_max": args.price_max}.items()

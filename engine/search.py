@@ -1,10 +1,13 @@
 """`SearchEngine`: query → candidates from each configured stage → fusion → ranked hits.
 
-Stages so far: ``bm25`` (keyword), ``dense`` (the config's bi-encoder over a
-FAISS index), ``dense-base`` (the zero-shot base model, for evaluation) and
-``hybrid`` (bm25 and dense merged).
-With several stages configured, their candidates are merged by reciprocal
-rank fusion.  Rerank and personalization plug in behind the same `query()`.
+Stages: ``bm25`` (keyword), ``dense`` (the config's bi-encoder over a FAISS
+index), ``dense-base`` (the zero-shot base model, for evaluation), ``hybrid``
+(bm25 and dense merged by reciprocal rank fusion) and ``rerank`` (the union of
+the bm25 and dense candidates, ``rerank.depth`` each, ordered by the
+fine-tuned cross-encoder, its score combined with the fusion score as
+``rerank.weight`` says; below them the rest of the hybrid list).
+`query()` fuses the configured stages and reranks when the config names a
+cross-encoder (``rerank.model``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import Sequence
 import numpy as np
 
 from engine.fusion import reciprocal_rank_fusion
+from engine.rerank import CrossEncoder, combine
 from indexer.bm25 import BM25Index, SearchResult
 from indexer.config import Config, load_config
 from indexer.store import IndexLoadError
 
-STAGES = ("bm25", "dense", "dense-base", "hybrid")
+STAGES = ("bm25", "dense", "dense-base", "hybrid", "rerank")
+RERANK_FIRST_STAGES = ("bm25", "dense")
 DENSE_STAGES = ("dense", "dense-base")
 
 
@@ -41,10 +46,13 @@ class SearchEngine:
         self.products = bm25.products
         self.verify = verify
         self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
+        self._cross_encoder: CrossEncoder | None = None
         self.reload_deleted()
         for stage in cfg.search.stages:
             if stage in DENSE_STAGES:
                 self.dense_stage(stage)
+        if cfg.rerank.model:
+            self.cross_encoder()
 
     @classmethod
     def from_config(cls, path: str | Path | Config, verify: bool = True, **overrides) -> "SearchEngine":
@@ -79,6 +87,20 @@ class SearchEngine:
                                      "`make index`")
             self._dense[stage] = (encoder, index)
         return self._dense[stage]
+
+    def cross_encoder(self) -> CrossEncoder:
+        """The config's fine-tuned cross-encoder (``rerank.model``), loaded once."""
+        if self._cross_encoder is None:
+            from indexer.encoder import ModelMissingError, resolve_model
+
+            r = self.cfg.rerank
+            if not r.model:
+                raise ModelMissingError(f"{self.cfg.source or self.cfg.name}: the rerank stage needs rerank.model "
+                                        "(a cross-encoder `make finetune` trains)")
+            path = resolve_model(r.model, self.cfg.root)
+            self._cross_encoder = CrossEncoder.load(path, max_length=r.max_length, batch_size=r.batch_size,
+                                                    device=r.device)
+        return self._cross_encoder
 
     def reload_deleted(self) -> None:
         """Re-read the deleted products (``<index_dir>/deleted.txt``); they are masked in every stage."""
@@ -121,6 +143,8 @@ class SearchEngine:
             return index.search(encoder.encode_queries([text]), k=k, mask=mask)[0]
         if stage == "hybrid":
             return self._fused(text, k, ("bm25", "dense"), mask)
+        if stage == "rerank":
+            return self._reranked([text], k, mask)[0]
         raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
 
     def _fused(self, text: str, k: int, stages: Sequence[str], mask: np.ndarray | None) -> SearchResult:
@@ -128,11 +152,51 @@ class SearchEngine:
         depth = max(k, self.cfg.search.candidates)
         return reciprocal_rank_fusion([self._retrieve(text, depth, s, mask) for s in stages], k)
 
-    def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
-        """Batch retrieval for evaluation (queries encoded in batches for dense stages)."""
+    def candidates_many(self, texts: Sequence[str], mask: np.ndarray | None = None,
+                        stages: Sequence[str] = RERANK_FIRST_STAGES) -> list[SearchResult]:
+        """What the cross-encoder reranks: per query, the union of the stages' top ``rerank.depth``,
+        in reciprocal-rank-fusion order with its scores (dense queries encoded in one batch)."""
+        depth = self.cfg.rerank.depth
+        per_stage = [self._retrieve_batch(texts, depth, s, mask) for s in stages]
+        return [reciprocal_rank_fusion(lists, len(stages) * depth) for lists in zip(*per_stage)]
+
+    def _retrieve_batch(self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None) -> list[SearchResult]:
         if stage in DENSE_STAGES:
             encoder, index = self.dense_stage(stage)
-            return index.search(encoder.encode_queries(list(texts)), k=k, mask=self.live)
+            return index.search(encoder.encode_queries(list(texts)), k=k, mask=mask)
+        return [self._retrieve(t, k, stage, mask) for t in texts]
+
+    def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:
+        """The cross-encoder's order over each query's candidates (all pairs of all queries scored in one
+        length-sorted batch run); below them, down to ``k``, the rest of the hybrid list."""
+        r = self.cfg.rerank
+        cands = self.candidates_many(texts, mask)
+        titles = self.products.titles
+        pair_q = [t for t, c in zip(texts, cands) for _ in range(len(c.rows))]
+        pair_t = [titles[int(row)] for c in cands for row in c.rows]
+        ce = self.cross_encoder().predict(pair_q, pair_t)
+        out, start = [], 0
+        for text, c in zip(texts, cands):
+            n = len(c.rows)
+            score = combine(ce[start : start + n], c.scores, r.weight)
+            start += n
+            order = np.argsort(-score, kind="stable")
+            rows, scores = c.rows[order], score[order].astype(np.float32)
+            if k > n:  # the hybrid ranking continues below the reranked candidates
+                tail = self._fused(text, k, RERANK_FIRST_STAGES, mask)
+                tail_rows = tail.rows[~np.isin(tail.rows, rows)][: k - n]
+                floor = (scores.min() if n else 0.0) - 1.0
+                rows = np.concatenate([rows, tail_rows])
+                scores = np.concatenate([scores, floor - np.arange(len(tail_rows), dtype=np.float32)])
+            out.append(SearchResult(rows[:k], scores[:k]))
+        return out
+
+    def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
+        """Batch retrieval for evaluation (queries encoded in batches for dense stages, pairs for rerank)."""
+        if stage in DENSE_STAGES:
+            return self._retrieve_batch(texts, k, stage, self.live)
+        if stage == "rerank":
+            return self._reranked(texts, k, self.live)
         return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
     def query(self, text: str, k: int = 10, filters: dict | None = None, mask: np.ndarray | None = None) -> list[Hit]:
@@ -150,6 +214,8 @@ class SearchEngine:
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
         mask = self._with_live(mask)
+        if self.cfg.rerank.model:
+            return self.hits(self._reranked([text], k, mask)[0])
         stages = self.cfg.search.stages
         if len(stages) == 1:
             return self.hits(self._retrieve(text, k, stages[0], mask))

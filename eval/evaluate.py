@@ -28,16 +28,17 @@ def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: i
               latency_sample: int = 200):
     """``{qid: {pid: score}}`` for the top ``depth`` products of a stage, and single-query latencies in ms.
 
-    Keyword stages run query by query (each one timed); dense stages encode
-    the queries in batches for the run and time single queries on a sample.
+    Keyword stages run query by query (each one timed); dense and rerank
+    stages batch the queries (pairs) for the run and time single queries on a sample.
     """
     ids = engine.products.ids
     qids, texts = list(queries.texts), list(queries.texts.values())
-    if stage in DENSE_STAGES:
+    if stage in DENSE_STAGES or stage == "rerank":
+        step = 256 if stage in DENSE_STAGES else 32
         results = []
-        for i in tqdm(range(0, len(texts), 256), desc=f"eval {stage}", disable=not progress):
-            results += engine.retrieve_many(texts[i : i + 256], depth, stage)
-        sample = texts[:latency_sample]
+        for i in tqdm(range(0, len(texts), step), desc=f"eval {stage}", disable=not progress):
+            results += engine.retrieve_many(texts[i : i + step], depth, stage)
+        sample = texts[: latency_sample if stage in DENSE_STAGES else min(latency_sample, 100)]
     else:
         results, sample = None, texts
     lat = np.zeros(len(sample))

@@ -14,33 +14,21 @@ training queries.  On a GPU the same recipe runs in bf16/fp16 autocast.
 
 from __future__ import annotations
 
-import json
-import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from finetune import loop
+from finetune.loop import LoopSettings
+from indexer.config import BiEncoderTrainConfig
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX
 
 
-@dataclass
-class BiEncoderTraining:
-    lr: float = 5e-5
-    batch_size: int = 32
-    scale: float = 100.0
-    hard_negatives: int = 1
-    max_length: int = 64
-    freeze_word_embeddings: bool = True
-    max_steps: int = 300
-    max_minutes: float = 30.0
-    warmup_steps: int = 20
-    eval_every: int = 50
-    seed: int = 0
+# the settings live in the config (finetune.biencoder); the name is kept for callers of this module
+BiEncoderTraining = BiEncoderTrainConfig
 
 
 @dataclass
@@ -88,67 +76,21 @@ def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int)
 
 def train(model, examples: Sequence[Example], cfg: BiEncoderTraining, out: Path,
           evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
     """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``."""
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     model.max_seq_length = cfg.max_length
     if cfg.freeze_word_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)) * max(0.0, 1 - s / max(1, cfg.max_steps)))
-    use_amp = model.device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    log: list[dict] = []
-    best = -math.inf
-    start = time.perf_counter()
-    model.train()
-
-    def checkpoint(step: int, loss: float | None) -> None:
-        nonlocal best
-        entry = {"step": step, "minutes": round((time.perf_counter() - start) / 60, 2),
-                 "loss": None if loss is None else round(loss, 4)}
-        if evaluate is not None:
-            model.eval()
-            with torch.no_grad():
-                entry["dev_mrr@10"] = round(float(evaluate(model)), 4)
-            model.train()
-            if entry["dev_mrr@10"] > best:
-                best = entry["dev_mrr@10"]
-                model.save(str(out))
-                entry["saved"] = True
-        log.append(entry)
-        if log_path is not None:
-            log_path.write_text(json.dumps({"config": asdict(cfg), "log": log}, indent=1), encoding="utf-8")
-
-    if evaluate is not None:
-        checkpoint(0, None)
-    bar = tqdm(total=cfg.max_steps, desc="bi-encoder", disable=not progress)
-    running = []
-    step = 0
-    for step, batch in enumerate(batches(examples, cfg.batch_size, rng), start=1):
-        with torch.autocast(device_type=model.device.type, dtype=amp_dtype, enabled=use_amp):
-            loss = mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
-        out_of_time = (time.perf_counter() - start) / 60 >= cfg.max_minutes
-        if step % cfg.eval_every == 0 or step >= cfg.max_steps or out_of_time:
-            checkpoint(step, float(np.mean(running[-cfg.eval_every:])))
-        if step >= cfg.max_steps or out_of_time:
-            break
-    bar.close()
-    if evaluate is None:
-        model.save(str(out))
-    return {"steps": step, "minutes": round((time.perf_counter() - start) / 60, 2), "best_dev_mrr@10": best,
-            "log": log}
+    settings = LoopSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
+                            max_minutes=cfg.max_minutes, eval_every=cfg.eval_every, seed=cfg.seed)
+    return loop.run(model, params, lambda rng: batches(examples, cfg.batch_size, rng),
+                    lambda batch: mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives), settings, Path(out),
+                    save=lambda folder: model.save(str(folder)),
+                    evaluate=None if evaluate is None else (lambda: evaluate(model)),
+                    log_path=log_path, resume=resume, progress=progress, desc="bi-encoder",
+                    extra_log={"training": asdict(cfg), **(extra_log or {})})
 
 
 def pool_mrr(queries: Sequence[str], pool: Sequence[str], positives: Sequence[set[int]],

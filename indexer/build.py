@@ -38,7 +38,7 @@ def index_stages(cfg: Config, extra: Iterable[str] = ()) -> list[str]:
     (``dense-base`` only where its model differs from ``dense``'s: otherwise they share one index)."""
     stages = ["bm25"]
     for s in list(cfg.search.stages) + list(extra):
-        s = "dense" if s == "hybrid" else s
+        s = "dense" if s in ("hybrid", "rerank") else s
         if s in DENSE_STAGES:
             from indexer.dense import stage_index_dir
 

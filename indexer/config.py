@@ -96,6 +96,81 @@ class SearchConfig:
 
 
 @dataclass
+class RerankConfig:
+    # the fine-tuned cross-encoder (`make finetune` writes models/<config>/cross-encoder); None: no rerank
+    model: str | None = None
+    # candidates each first stage (bm25, dense) hands the cross-encoder; their union is reranked
+    depth: int = 50
+    # combined score = weight * z(cross-encoder) + (1 - weight) * z(first-stage fusion); 1.0: cross-encoder alone
+    weight: float = 0.5
+    # None: the max length the cross-encoder was trained with
+    max_length: int | None = None
+    batch_size: int = 128
+    device: str = "auto"
+
+
+@dataclass
+class BiEncoderTrainConfig:
+    lr: float = 5e-5
+    batch_size: int = 32
+    # MNRL scale (1 / temperature); e5 was pre-trained at 100, sentence-transformers' default is 20
+    scale: float = 100.0
+    hard_negatives: int = 1
+    # rank window the hard negatives are drawn from in the bm25 and dense-base rankings
+    negatives_window: list[int] = field(default_factory=lambda: [10, 50])
+    max_length: int = 64
+    freeze_word_embeddings: bool = True
+    max_steps: int = 300
+    max_minutes: float = 30.0
+    warmup_steps: int = 20
+    eval_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class CrossEncoderTrainConfig:
+    # keep the base model's first N transformer layers (None: all 12)
+    num_layers: int | None = 4
+    lr: float = 5e-5
+    # queries per step; each brings one positive and group_size - 1 negatives
+    batch_size: int = 16
+    group_size: int = 4
+    # listwise: softmax cross-entropy over each query's group; pointwise: binary cross-entropy per pair
+    loss: str = "listwise"
+    # negatives come from the union of the bm25 and dense candidates it will rerank, ranks in this window
+    negatives_window: list[int] = field(default_factory=lambda: [0, 50])
+    max_length: int = 96
+    freeze_word_embeddings: bool = True
+    max_steps: int = 1000
+    max_minutes: float = 30.0
+    warmup_steps: int = 50
+    eval_every: int = 100
+    # dev queries whose candidates each evaluation reranks (a subset of finetune.dev_queries: scoring is costly)
+    eval_queries: int = 100
+    seed: int = 0
+
+
+@dataclass
+class FinetuneConfig:
+    # click log (user_id, query, product_id, event, timestamp) or judged pairs (query, pid[, qid][, relevance])
+    train: Path | None = None
+    format: str = "auto"  # auto | clicklog | judged
+    # click logs: the last `holdout_days` (or 1 - train_fraction of the events) evaluate, the rest trains
+    holdout_days: float | None = None
+    train_fraction: float = 0.8
+    gains: dict[str, float] = field(default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3})
+    impressions_as_negatives: bool = False
+    # judged pairs: dev queries for evaluation during training (default: eval.queries)
+    dev: Path | None = None
+    # dev queries used for the evaluations during training (the first N)
+    dev_queries: int = 300
+    # where the trained models go (default models/<config name>)
+    out_dir: Path | None = None
+    biencoder: BiEncoderTrainConfig = field(default_factory=BiEncoderTrainConfig)
+    crossencoder: CrossEncoderTrainConfig = field(default_factory=CrossEncoderTrainConfig)
+
+
+@dataclass
 class EvalConfig:
     # judged queries `make eval` uses when none are given (query, pid[, qid][, relevance])
     queries: Path | None = None
@@ -116,6 +191,8 @@ class Config:
     bm25: BM25Config = field(default_factory=BM25Config)
     dense: DenseConfig = field(default_factory=DenseConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: Path | None = None
     root: Path = Path(".")
@@ -154,7 +231,7 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "trim_queries"}
+_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "trim_queries", "train", "dev", "out_dir"}
 
 
 def _build(cls, data: dict | None, where: str, root: Path):
@@ -171,6 +248,15 @@ def _build(cls, data: dict | None, where: str, root: Path):
         return cls(**data)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig:
+    data = dict(data or {})
+    bi = _build(BiEncoderTrainConfig, data.pop("biencoder", None), f"{where}.biencoder", root)
+    ce = _build(CrossEncoderTrainConfig, data.pop("crossencoder", None), f"{where}.crossencoder", root)
+    ft = _build(FinetuneConfig, data, where, root)
+    ft.biencoder, ft.crossencoder = bi, ce
+    return ft
 
 
 def load_config(path: str | Path, **overrides: Any) -> Config:
@@ -199,7 +285,7 @@ def load_config(path: str | Path, **overrides: Any) -> Config:
 def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Config:
     where = str(source or "config")
     raw = dict(raw)
-    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "eval"}
+    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "rerank", "finetune", "eval"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -217,6 +303,8 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         bm25=_build(BM25Config, raw.get("bm25"), f"{where}: bm25", root),
         dense=_build(DenseConfig, raw.get("dense"), f"{where}: dense", root),
         search=_build(SearchConfig, raw.get("search"), f"{where}: search", root),
+        rerank=_build(RerankConfig, raw.get("rerank"), f"{where}: rerank", root),
+        finetune=_build_finetune(raw.get("finetune"), f"{where}: finetune", root),
         eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
         source=source,
         root=root,
@@ -241,6 +329,21 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
     if cfg.text.unknown_word_ngrams < 0:
         raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
+    ft = cfg.finetune
+    if ft.format not in ("auto", "clicklog", "judged"):
+        raise ConfigError(f"{where}: finetune.format must be auto, clicklog or judged, not {ft.format!r}")
+    if not 0 < ft.train_fraction < 1:
+        raise ConfigError(f"{where}: finetune.train_fraction must be between 0 and 1")
+    for name, t in (("biencoder", ft.biencoder), ("crossencoder", ft.crossencoder)):
+        w = t.negatives_window
+        if len(w) != 2 or not 0 <= w[0] < w[1]:
+            raise ConfigError(f"{where}: finetune.{name}.negatives_window must be [start, end) with 0 <= start < end")
+    if ft.crossencoder.loss not in ("listwise", "pointwise"):
+        raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise or pointwise")
+    if ft.crossencoder.group_size < 2:
+        raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
+    if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
+        raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
     stages = {"bm25", "dense", "dense-base", "hybrid"}
     bad = [s for s in cfg.search.stages if s not in stages]
     if bad:

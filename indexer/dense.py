@@ -152,8 +152,15 @@ def stage_model(cfg, stage: str):
 
 def stage_index_dir(cfg, stage: str) -> Path:
     """Where a dense stage's index lives; ``dense-base`` shares ``dense``'s index when both use the same model."""
-    if stage == "dense-base" and str(stage_model(cfg, "dense-base")) == str(stage_model(cfg, "dense")):
-        stage = "dense"
+    from indexer.encoder import ModelMissingError
+
+    if stage == "dense-base":
+        try:
+            same = str(stage_model(cfg, "dense-base")) == str(stage_model(cfg, "dense"))
+        except ModelMissingError:  # the fine-tuned model is not trained yet: the base model has its own index
+            same = False
+        if same:
+            stage = "dense"
     return cfg.index_dir / stage
 
 

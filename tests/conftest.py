@@ -41,7 +41,8 @@ def write_tiny_bert(out: Path, texts, seed: int = 0) -> Path:
     tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                             sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(out)
     torch.manual_seed(seed)
@@ -74,7 +75,8 @@ def write_tiny_unigram_bert(out: Path, texts, vocab_size: int = 600, seed: int =
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
     tok.train_from_iterator(list(texts) + ["query: passage:"], trainers.UnigramTrainer(
         vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
     out.mkdir(parents=True, exist_ok=True)
     PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                             pad_token="<pad>", cls_token="<s>", sep_token="</s>", model_max_length=128).save_pretrained(out)

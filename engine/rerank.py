@@ -1,0 +1,141 @@
+"""Rerank: a BERT cross-encoder scores (query, title) pairs; its score is combined with the first-stage score.
+
+The cross-encoder reads ``query: <query>`` and ``passage: <title>`` as one
+sequence pair (the e5 prefixes the base model was pre-trained with) and puts
+one logit on the [CLS] position: the relevance score, identity activation
+(it is trained with a listwise softmax loss, so only differences within one
+query's list mean anything).
+
+Pairs are scored in batches sorted by length (short padding), in fp16 on a
+GPU; a query's candidates are combined as ``weight * z(cross-encoder) +
+(1 - weight) * z(first stage)``, with ``z`` standardizing each score over the
+query's candidate list, so the two scales never need calibrating.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, pick_device
+
+SETTINGS_FILE = "cross_encoder.json"  # the max length it was trained with, the prefixes it reads
+
+
+class CrossEncoder:
+    """(query, title) pairs → relevance scores with a fine-tuned ``BertForSequenceClassification``."""
+
+    def __init__(self, model, tokenizer, max_length: int = 96, batch_size: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @classmethod
+    def load(cls, path: str | Path, max_length: int | None = None, batch_size: int = 64, device: str = "auto",
+             half_on_gpu: bool = True) -> "CrossEncoder":
+        """A trained cross-encoder from a folder `make finetune` wrote; ``max_length`` defaults to the one
+        it was trained with (``cross_encoder.json``)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        p = Path(path)
+        if not (p / "config.json").is_file():
+            raise ModelMissingError(f"cross-encoder {p} not found; build it with `make finetune`")
+        if max_length is None:
+            settings = p / SETTINGS_FILE
+            max_length = json.loads(settings.read_text())["max_length"] if settings.is_file() else 96
+        device = pick_device(device)
+        model = AutoModelForSequenceClassification.from_pretrained(str(p)).to(device).eval()
+        if device.startswith("cuda") and half_on_gpu:
+            model.half()
+        return cls(model, AutoTokenizer.from_pretrained(str(p)), max_length, batch_size)
+
+    @classmethod
+    def from_base(cls, base: str | Path, num_layers: int | None = None, max_length: int = 96,
+                  batch_size: int = 64, device: str = "auto", seed: int = 0) -> "CrossEncoder":
+        """A new cross-encoder initialised from the base model's encoder, keeping its first ``num_layers``
+        layers (all when None); the one-logit head on [CLS] starts from seeded random weights."""
+        import torch
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        config = AutoConfig.from_pretrained(str(base))
+        if num_layers is not None:
+            if not 1 <= num_layers <= config.num_hidden_layers:
+                raise ValueError(f"num_layers must be 1..{config.num_hidden_layers}, got {num_layers}")
+            config.num_hidden_layers = num_layers
+        config.num_labels = 1
+        config.architectures = ["BertForSequenceClassification"]
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(str(base), config=config)
+        return cls(model.to(pick_device(device)), AutoTokenizer.from_pretrained(str(base)), max_length, batch_size)
+
+    def features(self, queries: Sequence[str], titles: Sequence[str]) -> dict:
+        feats = self.tokenizer([QUERY_PREFIX + q for q in queries], [PASSAGE_PREFIX + t for t in titles],
+                               padding=True, truncation="longest_first", max_length=self.max_length,
+                               return_tensors="pt")
+        return {k: v.to(self.device) for k, v in feats.items()}
+
+    def logits(self, queries: Sequence[str], titles: Sequence[str]):
+        """Scores as a tensor with gradients (training)."""
+        return self.model(**self.features(queries, titles)).logits[:, 0]
+
+    def predict(self, queries: Sequence[str], titles: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        """Scores of the pairs ``(queries[i], titles[i])``, float32, in input order."""
+        import torch
+
+        if len(queries) != len(titles):
+            raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
+        n = len(queries)
+        out = np.zeros(n, dtype=np.float32)
+        if n == 0:
+            return out
+        bs = batch_size or self.batch_size
+        order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
+        was_training = self.model.training
+        self.model.eval()
+        with torch.inference_mode():
+            for i in range(0, n, bs):
+                idx = order[i : i + bs]
+                scores = self.logits([queries[j] for j in idx], [titles[j] for j in idx])
+                out[idx] = scores.float().cpu().numpy()
+        self.model.train(was_training)
+        return out
+
+    def save(self, path: str | Path, card: dict | None = None) -> None:
+        p = Path(path)
+        p.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(str(p))
+        self.tokenizer.save_pretrained(str(p))
+        (p / SETTINGS_FILE).write_text(json.dumps({"max_length": self.max_length, "query_prefix": QUERY_PREFIX,
+                                                   "passage_prefix": PASSAGE_PREFIX}, indent=1), encoding="utf-8")
+        if card is not None:
+            (p / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def standardize(x: np.ndarray) -> np.ndarray:
+    """Zero mean, unit standard deviation over one query's candidates (all zeros when constant)."""
+    x = np.asarray(x, dtype=np.float64)
+    sd = x.std()
+    return np.zeros_like(x) if sd == 0 else (x - x.mean()) / sd
+
+
+def combine(ce_scores: np.ndarray, first_scores: np.ndarray, weight: float) -> np.ndarray:
+    """``weight * z(cross-encoder) + (1 - weight) * z(first stage)`` over one query's candidates."""
+    if weight >= 1.0:
+        return np.asarray(ce_scores, dtype=np.float64)
+    return weight * standardize(ce_scores) + (1.0 - weight) * standardize(first_scores)

@@ -1,0 +1,135 @@
+"""`python -m eval.rerank_sweep --config configs/wentian.yaml --models A,B --out DIR`
+
+How the rerank stage's settings trade off: for each cross-encoder, every judged
+query's candidates (the union of the bm25 and dense top-``depth``, the largest
+depth swept) are scored once; MRR@10, NDCG@10 and Recall@10 are then computed
+for each (depth, weight) pair, the same combination the engine applies
+(``weight * z(cross-encoder) + (1 - weight) * z(fusion)``).  Also times scoring
+on this machine (pairs/s).  Writes DIR/sweep.json, DIR/sweep.md and
+DIR/sweep.png (MRR@10 against weight, one line per model and depth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from engine.fusion import reciprocal_rank_fusion
+from engine.rerank import CrossEncoder, combine
+from eval import metrics
+from indexer.bm25 import SearchResult
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.rerank_sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--models", required=True, help="comma-separated cross-encoder folders")
+    ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
+    ap.add_argument("--depths", default="20,30,50")
+    ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
+    ap.add_argument("--limit", type=int, help="only the first N queries")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    from engine import SearchEngine
+    from finetune.job import without_rerank
+    from finetune.judged import read_queries
+    from indexer.build import ensure_indexes
+    from indexer.config import load_config
+
+    cfg = without_rerank(load_config(args.config))
+    queries = read_queries(args.queries or cfg.eval.queries)
+    qids = list(queries.texts)[: args.limit]
+    texts = [queries.texts[q] for q in qids]
+    qrels = {q: queries.relevance[q] for q in qids}
+    depths = sorted(int(d) for d in args.depths.split(","))
+    weights = [float(w) for w in args.weights.split(",")]
+    ensure_indexes(cfg, ["dense"])
+    engine = SearchEngine.from_config(cfg)
+    ids, titles = engine.products.ids, engine.products.titles
+    top = max(depths)
+    per_stage = [engine._retrieve_batch(texts, top, s, engine.live) for s in ("bm25", "dense")]
+    result: dict = {"config": args.config, "queries": len(qids), "models": {}}
+    for model_path in [m for m in args.models.split(",") if m]:
+        ce = CrossEncoder.load(model_path, device=cfg.rerank.device)
+        pair_q, pair_t, spans, cands = [], [], [], []
+        for i, text in enumerate(texts):
+            lists = [stage[i] for stage in per_stage]
+            fused = reciprocal_rank_fusion(lists, 2 * top)
+            cands.append((fused, lists))
+            spans.append((len(pair_q), len(pair_q) + len(fused.rows)))
+            pair_q += [text] * len(fused.rows)
+            pair_t += [titles[int(r)] for r in fused.rows]
+        t0 = time.perf_counter()
+        scores = ce.predict(pair_q, pair_t)
+        seconds = time.perf_counter() - t0
+        rows = []
+        for depth in depths:
+            # candidates of a shallower depth: in either stage's top-`depth`, fusion recomputed at that depth
+            subsets = []
+            for (fused, lists), (a, b) in zip(cands, spans):
+                keep_rows = np.union1d(lists[0].rows[:depth], lists[1].rows[:depth])
+                sub = reciprocal_rank_fusion([SearchResult(lst.rows[:depth], lst.scores[:depth]) for lst in lists],
+                                             2 * depth)
+                pos = {int(r): j for j, r in enumerate(fused.rows)}
+                ce_sub = scores[a:b][[pos[int(r)] for r in sub.rows]]
+                assert len(sub.rows) == len(keep_rows)
+                subsets.append((sub, ce_sub))
+            for w in weights:
+                run = {}
+                for qid, (sub, ce_sub) in zip(qids, subsets):
+                    s = combine(ce_sub, sub.scores, w)
+                    run[qid] = {ids[int(r)]: float(v) for r, v in zip(sub.rows, s)}
+                rows.append({"depth": depth, "weight": w, "mrr@10": round(metrics.mrr(qrels, run, 10), 4),
+                             "ndcg@10": round(metrics.ndcg(qrels, run, 10), 4),
+                             "recall@10": round(metrics.recall(qrels, run, 10), 4),
+                             "candidates": round(float(np.mean([len(x[0].rows) for x in subsets])), 1)})
+        result["models"][model_path] = {"layers": ce.num_layers, "pairs": len(pair_q),
+                                        "pairs_per_second": round(len(pair_q) / seconds, 1), "sweep": rows}
+        best = max(rows, key=lambda r: r["mrr@10"])
+        print(f"{model_path}: {ce.num_layers} layers, {len(pair_q) / seconds:.0f} pairs/s; best {best}", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    lines = [f"# Rerank sweep: {args.config}, {len(qids)} queries", "",
+             "MRR@10 by combination weight (1 = cross-encoder alone, 0 = first-stage fusion alone).", ""]
+    for m, r in result["models"].items():
+        lines += [f"## {m} ({r['layers']} layers, {r['pairs_per_second']} pairs/s on this machine)", "",
+                  "| depth | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
+                  "|---|---|" + "---|" * len(weights)]
+        for d in depths:
+            rs = [x for x in r["sweep"] if x["depth"] == d]
+            lines.append(f"| {d} | {rs[0]['candidates']} | " + " | ".join(f"{x['mrr@10']:.4f}" for x in rs) + " |")
+        lines.append("")
+    (out / "sweep.md").write_text("\n".join(lines), encoding="utf-8")
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for m, r in result["models"].items():
+            for d in depths:
+                rs = [x for x in r["sweep"] if x["depth"] == d]
+                ax.plot([x["weight"] for x in rs], [x["mrr@10"] for x in rs], marker="o",
+                        label=f"{Path(m).name} ({r['layers']}L), depth {d}")
+        ax.set_xlabel("cross-encoder weight (0 = bm25+dense fusion alone)")
+        ax.set_ylabel("MRR@10")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "sweep.png", dpi=120)
+    except ImportError:
+        pass
+    print(f"wrote {out}/sweep.json, sweep.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

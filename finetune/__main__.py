@@ -1,0 +1,51 @@
+"""`python -m finetune --config configs/demo.yaml` (what `make finetune` runs).
+
+Trains the bi-encoder and the cross-encoder from the config's `finetune`
+section, writes them under models/<config name>/ with a model card each, and
+rebuilds the dense index with the new bi-encoder.  `--resume` keeps finished
+models trained with the same settings and continues an interrupted training
+from its last evaluation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from finetune.job import JOB_STAGES, run_job
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finetune", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--stages", default=",".join(JOB_STAGES), help=f"comma-separated, from {', '.join(JOB_STAGES)}")
+    ap.add_argument("--resume", action="store_true", help="keep finished models, continue interrupted training")
+    ap.add_argument("--cross-encoder-layers", type=int, help="override finetune.crossencoder.num_layers")
+    ap.add_argument("--cross-encoder-out", help="where the cross-encoder goes (default models/<config>/cross-encoder)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    from finetune.clicklog import ClickLogError
+    from finetune.judged import QueriesError
+    from indexer.catalog import CatalogError
+    from indexer.config import ConfigError, load_config
+    from indexer.encoder import ModelMissingError
+    from indexer.store import IndexLoadError
+
+    try:
+        cfg = load_config(args.config)
+        summary = run_job(cfg, [s for s in args.stages.split(",") if s], resume=args.resume,
+                          progress=not args.no_progress, cross_encoder_layers=args.cross_encoder_layers,
+                          cross_encoder_out=Path(args.cross_encoder_out) if args.cross_encoder_out else None)
+    except (ConfigError, QueriesError, ClickLogError, CatalogError, IndexLoadError, ModelMissingError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

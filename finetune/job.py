@@ -1,0 +1,298 @@
+"""The offline retraining job behind `make finetune`: training data → bi-encoder → dense index → cross-encoder.
+
+1. Training data from the config's ``finetune.train``: a click log (split by
+   a global time cut: events before it train, events after it are the dev
+   queries) or judged pairs (dev: ``finetune.dev``, else ``eval.queries``).
+2. Bi-encoder: hard negatives mined from the bm25 and zero-shot dense
+   rankings, MNRL training from the base model, best checkpoint by dev MRR@10
+   over a pool of titles → ``<out>/bi-encoder``.
+3. The dense index is rebuilt with it (atomically; the old one serves until
+   the new one is complete).
+4. Cross-encoder: negatives from the union of the bm25 and (new) dense
+   candidates it will rerank, listwise or pointwise training from the base
+   model's first N layers, best checkpoint by dev MRR@10 of its reranking
+   → ``<out>/cross-encoder``.
+
+Each model folder gets a ``model_card.json`` (data, steps, minutes, seed, dev
+metrics, the full curve); each training writes ``<model>.log.json`` at every
+evaluation.  With ``resume`` a finished model whose card matches the current
+settings is kept, and an interrupted training continues from its last
+evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from finetune.data import TrainingQueries, from_clicklog, from_judged, mine_hard_negatives, split_by_time, time_cut
+from indexer.config import Config, RerankConfig, SearchConfig
+
+JOB_STAGES = ("bi-encoder", "cross-encoder")
+
+
+@dataclass
+class TrainingData:
+    train: TrainingQueries
+    dev: TrainingQueries
+    source: str
+    description: str
+
+
+def is_clicklog(path: Path, fmt: str = "auto") -> bool:
+    if fmt != "auto":
+        return fmt == "clicklog"
+    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+        return True
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    return "event" in header and "timestamp" in header
+
+
+def load_training_data(cfg: Config) -> TrainingData:
+    """Train and dev queries from the config's ``finetune`` section."""
+    from finetune.judged import QueriesError, read_queries
+
+    ft = cfg.finetune
+    if ft.train is None:
+        raise QueriesError(f"{cfg.source or cfg.name}: finetune.train is not set (a click log or judged pairs)")
+    if not Path(ft.train).is_file():
+        raise QueriesError(f"training data not found: {ft.train}")
+    if is_clicklog(Path(ft.train), ft.format):
+        from finetune.clicklog import read_clicklog
+
+        events = read_clicklog(ft.train)
+        if not events:
+            raise QueriesError(f"{ft.train}: no events")
+        if ft.holdout_days is not None:
+            cut = max(e.timestamp for e in events) - ft.holdout_days * 86400
+            how = f"the last {ft.holdout_days:g} days"
+        else:
+            cut = time_cut(events, ft.train_fraction)
+            how = f"the last {1 - ft.train_fraction:.0%} of events"
+        before, after = split_by_time(events, cut)
+        train = from_clicklog(before, ft.gains, ft.impressions_as_negatives)
+        dev = from_clicklog(after, ft.gains)
+        desc = (f"click log {ft.train}: {len(before)} events before the time cut {cut:.0f} train "
+                f"({len(train)} queries), {how} ({len(after)} events, {len(dev)} queries) evaluate")
+    else:
+        judged = read_queries(ft.train)
+        train = from_judged(judged.texts, judged.relevance)
+        dev_path = ft.dev or cfg.eval.queries
+        if dev_path is None:
+            raise QueriesError("judged training pairs need dev queries: set finetune.dev or eval.queries")
+        d = read_queries(dev_path)
+        dev = from_judged(d.texts, d.relevance)
+        desc = f"judged pairs {ft.train} ({len(train)} queries); dev {dev_path} ({len(dev)} queries)"
+    dev_qids = [q for q in dev.texts if dev.positives.get(q)][: ft.dev_queries]
+    dev = TrainingQueries({q: dev.texts[q] for q in dev_qids}, {q: dev.positives[q] for q in dev_qids})
+    return TrainingData(train, dev, str(ft.train), desc)
+
+
+def without_rerank(cfg: Config, **dense) -> Config:
+    """The config with no cross-encoder (and, given ``dense``, other dense settings): the first stages only."""
+    return dataclasses.replace(cfg, rerank=RerankConfig(model=None),
+                               dense=dataclasses.replace(cfg.dense, **dense),
+                               search=SearchConfig(stages=["bm25"], candidates=cfg.search.candidates))
+
+
+def settings_hash(*parts) -> str:
+    blob = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts],
+                      sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def finished(folder: Path, key: str) -> bool:
+    card = folder / "model_card.json"
+    if not card.is_file():
+        return False
+    try:
+        return json.loads(card.read_text(encoding="utf-8")).get("settings_hash") == key
+    except json.JSONDecodeError:
+        return False
+
+
+def _rows_of(engine, pids) -> list[int]:
+    rows = []
+    for p in pids:
+        try:
+            rows.append(engine.products.row_of(p))
+        except KeyError:
+            continue
+    return rows
+
+
+def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, progress: bool) -> dict:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from engine import SearchEngine
+    from finetune.biencoder import Example, pool_mrr, train
+    from indexer.build import ensure_indexes
+    from indexer.dense import stage_model
+
+    t = cfg.finetune.biencoder
+    mining_cfg = without_rerank(cfg)
+    ensure_indexes(mining_cfg, ["dense-base"], progress=progress)
+    engine = SearchEngine.from_config(mining_cfg)
+    t0 = time.perf_counter()
+    negatives = mine_hard_negatives(engine, data.train, stages=("bm25", "dense-base"), window=tuple(t.negatives_window),
+                                    per_query=t.hard_negatives, cache_dir=out.parent / "cache", seed=t.seed)
+    titles = engine.products.titles
+    examples = []
+    for qid, pos in data.train.positives.items():
+        neg = [titles[r] for r in _rows_of(engine, negatives.get(qid, []))]
+        for pid in pos:
+            for row in _rows_of(engine, [pid]):
+                examples.append(Example(data.train.texts[qid], titles[row], neg, pid))
+    mining_s = time.perf_counter() - t0
+    # dev: rank a pool of titles (the dev queries' hybrid top-20 and their positives)
+    pool_rows: dict[int, int] = {}
+    positives = []
+    dev_texts = list(data.dev.texts.values())
+    for res in engine.candidates_many(dev_texts, stages=("bm25", "dense-base")):
+        for r in res.rows[:20]:
+            pool_rows.setdefault(int(r), len(pool_rows))
+    for qid in data.dev.texts:
+        positives.append({pool_rows.setdefault(r, len(pool_rows)) for r in _rows_of(engine, data.dev.positives[qid])})
+    evaluate = pool_mrr(dev_texts, [titles[r] for r in pool_rows], positives)
+    base = stage_model(cfg, "dense-base")
+    model = SentenceTransformer(str(base), device="cuda" if torch.cuda.is_available() else "cpu")
+    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
+                   progress=progress, resume=resume)
+    return {"base_model": str(base), "data": data.description, "pairs": len(examples),
+            "hard_negatives": f"{t.hard_negatives} per query from bm25/dense-base ranks "
+                              f"{t.negatives_window[0]}-{t.negatives_window[1]}, positives and near-duplicates skipped",
+            "mining_seconds": round(mining_s, 1),
+            "dev_metric": f"MRR@10 over a pool of {len(pool_rows)} titles ({len(dev_texts)} dev queries' "
+                          "bm25+dense-base top-20 and their positives)",
+            **report, "training": dataclasses.asdict(t)}
+
+
+def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, progress: bool,
+                       num_layers: int | None = None) -> dict:
+    from engine import SearchEngine
+    from engine.rerank import CrossEncoder
+    from finetune.crossencoder import Group, rerank_mrr, train
+    from indexer.build import ensure_indexes
+    from indexer.dense import stage_model
+
+    t = cfg.finetune.crossencoder
+    if num_layers is not None:
+        t = dataclasses.replace(t, num_layers=num_layers)
+    first = without_rerank(cfg)
+    ensure_indexes(first, ["dense"], progress=progress)
+    engine = SearchEngine.from_config(first)
+    depth = cfg.rerank.depth
+    t0 = time.perf_counter()
+    lo, hi = t.negatives_window
+    pool = 3 * (t.group_size - 1)
+    negatives = mine_hard_negatives(engine, data.train, stages=("bm25", "dense"), window=(lo, hi), per_query=pool,
+                                    cache_dir=out.parent / "cache", seed=t.seed)
+    titles = engine.products.titles
+    examples = []
+    for qid, pos in data.train.positives.items():
+        neg = [titles[r] for r in _rows_of(engine, negatives.get(qid, []))]
+        for pid, gain in pos.items():
+            for row in _rows_of(engine, [pid]):
+                examples.append(Group(data.train.texts[qid], titles[row], neg, float(gain)))
+    mining_s = time.perf_counter() - t0
+    dev_qids = list(data.dev.texts)[: t.eval_queries]
+    dev_texts = [data.dev.texts[q] for q in dev_qids]
+    cands = engine.candidates_many(dev_texts)
+    cand_titles = [[titles[int(r)] for r in c.rows] for c in cands]
+    positives = []
+    for qid, c in zip(dev_qids, cands):
+        where = {int(r): i for i, r in enumerate(c.rows)}
+        positives.append({where[r] for r in _rows_of(engine, data.dev.positives[qid]) if r in where})
+    evaluate = rerank_mrr(dev_texts, cand_titles, positives)
+    base = stage_model(cfg, "dense-base")
+    model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
+    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
+                   progress=progress, resume=resume)
+    usable = sum(len(e.negatives) >= t.group_size - 1 for e in examples)
+    return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
+            "groups": len(examples), "usable_groups": usable,
+            "negatives": f"up to {pool} per query from the union of bm25 and dense ranks {lo}-{hi}, "
+                         f"{t.group_size - 1} sampled per group each epoch; positives and near-duplicates skipped",
+            "mining_seconds": round(mining_s, 1),
+            "dev_metric": f"MRR@10 of the cross-encoder alone over the union of bm25 and dense top-{depth} "
+                          f"({len(dev_texts)} dev queries)",
+            **report, "training": dataclasses.asdict(t)}
+
+
+def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = False, progress: bool = True,
+            cross_encoder_layers: int | None = None, cross_encoder_out: Path | None = None) -> dict:
+    """Train what ``stages`` name and rebuild the dense index; returns a summary (also in ``<out>/finetune.json``)."""
+    from indexer.build import ensure_indexes
+    from indexer.encoder import resolve_model
+
+    bad = [s for s in stages if s not in JOB_STAGES]
+    if bad:
+        raise ValueError(f"unknown job stage(s) {bad}; choose from {list(JOB_STAGES)}")
+    ft = cfg.finetune
+    out_dir = ft.out_dir or cfg.root / "models" / cfg.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bi_out = out_dir / "bi-encoder"
+    ce_out = cross_encoder_out or out_dir / "cross-encoder"
+    _check_config_names(cfg, bi_out, ce_out)
+    data = load_training_data(cfg)
+    summary: dict = {"config": str(cfg.source), "data": data.description, "models": {}}
+    t_start = time.perf_counter()
+    if "bi-encoder" in stages:
+        key = settings_hash(ft.biencoder, data.source, cfg.dense.base_model, len(data.train))
+        if resume and finished(bi_out, key):
+            summary["models"]["bi-encoder"] = f"{bi_out} (kept: finished with the same settings)"
+        else:
+            card = train_biencoder(cfg, data, bi_out, resume, progress)
+            card["settings_hash"] = key
+            _write_card(bi_out, card)
+            summary["models"]["bi-encoder"] = {k: v for k, v in card.items() if k != "log"}
+    # the dense index follows the config's bi-encoder (rebuilt only when its fingerprint changed)
+    resolve_model(cfg.dense.model, cfg.root)
+    t0 = time.perf_counter()
+    ensure_indexes(without_rerank(cfg), ["dense"], progress=progress)
+    summary["dense_index_seconds"] = round(time.perf_counter() - t0, 1)
+    if "cross-encoder" in stages:
+        t = cfg.finetune.crossencoder
+        layers = cross_encoder_layers if cross_encoder_layers is not None else t.num_layers
+        key = settings_hash(dataclasses.replace(t, num_layers=layers), data.source, cfg.dense.base_model,
+                            len(data.train), cfg.rerank.depth)
+        if resume and finished(ce_out, key):
+            summary["models"]["cross-encoder"] = f"{ce_out} (kept: finished with the same settings)"
+        else:
+            card = train_crossencoder(cfg, data, ce_out, resume, progress, num_layers=layers)
+            card["settings_hash"] = key
+            _write_card(ce_out, card)
+            summary["models"]["cross-encoder"] = {k: v for k, v in card.items() if k != "log"}
+    summary["minutes"] = round((time.perf_counter() - t_start) / 60, 2)
+    (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str),
+                                           encoding="utf-8")
+    return summary
+
+
+def _write_card(folder: Path, card: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False, default=str),
+                                            encoding="utf-8")
+
+
+def _check_config_names(cfg: Config, bi_out: Path, ce_out: Path) -> None:
+    """Warn when the config's dense.model / rerank.model do not name what this job writes."""
+    import sys
+
+    dense = Path(cfg.dense.model)
+    dense = dense if dense.is_absolute() else cfg.root / dense
+    if dense.resolve() != bi_out.resolve():
+        print(f"note: {cfg.source}: dense.model is {cfg.dense.model}, not the bi-encoder this job trains ({bi_out});"
+              " the dense index follows dense.model", file=sys.stderr)
+    if cfg.rerank.model:
+        ce = Path(cfg.rerank.model)
+        ce = ce if ce.is_absolute() else cfg.root / ce
+        if ce.resolve() != ce_out.resolve():
+            print(f"note: {cfg.source}: rerank.model is {cfg.rerank.model}, not {ce_out}", file=sys.stderr)

@@ -1,0 +1,144 @@
+"""The training loop both fine-tuning jobs share: AdamW with warm-up and linear decay, gradient clipping,
+mixed precision on a GPU, step and wall-time caps, evaluation every N steps with the best checkpoint kept,
+a JSON log per evaluation, a progress bar, and resume from the last evaluation.
+
+The model-specific parts come in as functions: ``loss_fn(batch)``, ``evaluate()`` (higher is better) and
+``save(folder)``.  Batches come from ``make_batches(rng)``: a generator seeded by the run's seed, so a resumed
+run replays the same order and skips the batches it already trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+@dataclass
+class LoopSettings:
+    lr: float = 5e-5
+    warmup_steps: int = 20
+    max_steps: int = 300
+    max_minutes: float = 30.0
+    eval_every: int = 50
+    seed: int = 0
+    # mixed precision on a GPU (bf16 where supported, else fp16 with loss scaling); a CPU trains in fp32
+    amp: bool = True
+
+
+def amp_dtype(device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: Callable[[np.random.Generator], Iterator],
+        loss_fn: Callable[[object], torch.Tensor], settings: LoopSettings, out: Path,
+        save: Callable[[Path], None], evaluate: Callable[[], float] | None = None,
+        log_path: Path | None = None, resume: bool = False, progress: bool = True, desc: str = "training",
+        extra_log: dict | None = None) -> dict:
+    """Train ``model`` in place; keep the best checkpoint (by ``evaluate``, else the last) in ``out``.
+
+    The resumable state (weights, optimizer, scheduler, step, RNG, log) is written next to ``out`` as
+    ``<out>.resume.pt`` at every evaluation; with ``resume=True`` a run continues from it, its wall-time
+    cap counting the minutes already spent.  The state file is removed when the run finishes.
+    """
+    device = next(model.parameters()).device
+    dtype = amp_dtype(device) if settings.amp else None
+    # fp16 needs loss scaling; bf16 does not
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    opt = torch.optim.AdamW(params, lr=settings.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup_steps))
+        * max(0.0, 1 - s / max(1, settings.max_steps)))
+    state_path = out.with_name(out.name + ".resume.pt")
+    log: list[dict] = []
+    best, step, spent = -math.inf, 0, 0.0
+    torch.manual_seed(settings.seed)
+    if resume and state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        if state["settings"] != asdict(settings):
+            raise ValueError(f"{state_path}: saved by a run with other settings {state['settings']}; "
+                             "delete it or rerun without --resume")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        best, step, spent, log = state["best"], state["step"], state["minutes"], state["log"]
+        torch.set_rng_state(state["torch_rng"])
+    batch_iter = make_batches(np.random.default_rng(settings.seed))
+    for _ in range(step):  # replay the order; the batches themselves are cheap to skip
+        next(batch_iter)
+    start = time.perf_counter() - spent * 60
+
+    def minutes() -> float:
+        return (time.perf_counter() - start) / 60
+
+    def write_log() -> None:
+        if log_path is not None:
+            payload = {"settings": asdict(settings), **(extra_log or {}), "log": log}
+            log_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+
+    def checkpoint(loss: float | None) -> None:
+        nonlocal best
+        entry = {"step": step, "minutes": round(minutes(), 2), "loss": None if loss is None else round(loss, 4)}
+        if evaluate is not None:
+            model.eval()
+            with torch.no_grad():
+                entry["dev"] = round(float(evaluate()), 4)
+            model.train()
+            if entry["dev"] > best:
+                best = entry["dev"]
+                save(out)
+                entry["saved"] = True
+        log.append(entry)
+        write_log()
+        torch.save({"settings": asdict(settings), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "best": best, "step": step, "minutes": minutes(), "log": log,
+                    "torch_rng": torch.get_rng_state()}, state_path)
+
+    if evaluate is not None and step == 0:
+        checkpoint(None)
+    model.train()
+    bar = tqdm(total=settings.max_steps, initial=step, desc=desc, disable=not progress)
+    running: list[float] = []
+    step_times: list[float] = []
+    done = step >= settings.max_steps or minutes() >= settings.max_minutes
+    while not done:
+        batch = next(batch_iter)
+        step += 1
+        t_step = time.perf_counter()
+        with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = loss_fn(batch)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+        sched.step()
+        running.append(loss.item())  # .item() waits for the GPU: the step time below is real
+        step_times.append(time.perf_counter() - t_step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
+        done = step >= settings.max_steps or minutes() >= settings.max_minutes
+        if step % settings.eval_every == 0 or done:
+            checkpoint(float(np.mean(running[-settings.eval_every:])))
+    bar.close()
+    if evaluate is None:
+        save(out)
+    state_path.unlink(missing_ok=True)
+    return {"steps": step, "minutes": round(minutes(), 2), "best_dev": None if best == -math.inf else best,
+            "seconds_per_step": round(float(np.median(step_times[3:] or step_times or [0.0])), 4),
+            "amp": str(dtype).replace("torch.", "") if dtype else "fp32", "device": str(device), "log": log}

@@ -1,0 +1,115 @@
+import numpy as np
+import pytest
+import torch
+
+from engine.rerank import CrossEncoder, combine, standardize
+from finetune import crossencoder as ce_mod
+from finetune.crossencoder import Group, group_loss, groups, rerank_mrr, train
+from indexer.catalog import read_catalog
+from indexer.config import CrossEncoderTrainConfig
+
+
+def demo_groups(demo_dir, n=48):
+    cat = read_catalog(demo_dir / "catalog.jsonl")
+    out = []
+    for i in range(n):
+        negs = [cat.titles[(i + j * 37) % len(cat)] for j in range(1, 6)]
+        out.append(Group(f"{cat.brands[i]} {cat.categories[i]}", cat.titles[i], negs, 1.0 + i % 3))
+    return out
+
+
+def dev_metric(demo_dir, n=12):
+    ex = demo_groups(demo_dir)[:n]
+    return rerank_mrr([e.query for e in ex], [[e.positive] + e.negatives for e in ex], [{0} for _ in ex])
+
+
+def test_first_n_layers_are_kept(tiny_model):
+    ce = CrossEncoder.from_base(tiny_model, num_layers=1, device="cpu")
+    assert ce.num_layers == 1 and len(ce.model.bert.encoder.layer) == 1
+    with pytest.raises(ValueError, match="num_layers"):
+        CrossEncoder.from_base(tiny_model, num_layers=5, device="cpu")
+
+
+def test_groups_put_the_positive_first_and_sample_distinct_negatives(demo_dir):
+    ex = demo_groups(demo_dir, 10)
+    gen = groups(ex, batch_size=4, group_size=4, rng=np.random.default_rng(0))
+    for _ in range(6):
+        for query, titles, gain in next(gen):
+            src = next(e for e in ex if e.query == query)
+            assert titles[0] == src.positive and len(titles) == 4 and len(set(titles[1:])) == 3
+            assert set(titles[1:]) <= set(src.negatives) and gain == src.gain
+    with pytest.raises(ValueError, match="negatives"):
+        next(groups(ex, 4, group_size=7, rng=np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("loss", ["listwise", "pointwise"])
+def test_a_training_step_lowers_the_loss(tiny_model, demo_dir, loss):
+    ce = CrossEncoder.from_base(tiny_model, device="cpu")
+    batch = next(groups(demo_groups(demo_dir), 8, 4, np.random.default_rng(0)))
+    opt = torch.optim.AdamW(ce.model.parameters(), lr=1e-3)
+    ce.model.eval()  # no dropout: compare the same function before and after
+    before = group_loss(ce, batch, loss).item()
+    for _ in range(5):
+        value = group_loss(ce, batch, loss)
+        opt.zero_grad()
+        value.backward()
+        opt.step()
+    assert group_loss(ce, batch, loss).item() < before
+
+
+def test_train_keeps_the_best_checkpoint_and_reloads_with_the_same_scores(tiny_model, demo_dir, tmp_path):
+    ce = CrossEncoder.from_base(tiny_model, device="cpu")
+    evaluate = dev_metric(demo_dir)
+    cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=12, eval_every=4,
+                                  warmup_steps=2, max_length=64)
+    report = train(ce, demo_groups(demo_dir), cfg, tmp_path / "ce", evaluate=evaluate,
+                   log_path=tmp_path / "ce.log.json", progress=False)
+    assert report["steps"] == 12 and [e["step"] for e in report["log"]] == [0, 4, 8, 12]
+    assert report["best_dev"] == max(e["dev"] for e in report["log"])
+    assert not (tmp_path / "ce.resume.pt").exists()  # removed once the run finished
+    a, b = CrossEncoder.load(tmp_path / "ce", device="cpu"), CrossEncoder.load(tmp_path / "ce", device="cpu")
+    assert abs(evaluate(a) - report["best_dev"]) <= 5e-5  # the log rounds to 4 decimals
+    q, t = ["华为 手机", "猫粮"], ["华为 Mate60 手机", "皇家 猫粮 2kg"]
+    np.testing.assert_array_equal(a.predict(q, t), b.predict(q, t))
+    # scores do not depend on the batch a pair is scored in
+    np.testing.assert_allclose(a.predict(q, t, batch_size=1), a.predict(q, t), atol=1e-5)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model, demo_dir, tmp_path, monkeypatch):
+    cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=8, eval_every=4,
+                                  warmup_steps=2, max_length=64)
+    ex = demo_groups(demo_dir)
+    full = CrossEncoder.from_base(tiny_model, device="cpu")
+    train(full, ex, cfg, tmp_path / "full", progress=False)
+
+    calls = {"n": 0}
+    real = ce_mod.group_loss
+
+    def crashing(model, batch, loss="listwise"):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(model, batch, loss)
+
+    monkeypatch.setattr(ce_mod, "group_loss", crashing)
+    first = CrossEncoder.from_base(tiny_model, device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        train(first, ex, cfg, tmp_path / "resumed", progress=False)
+    assert (tmp_path / "resumed.resume.pt").is_file()
+    monkeypatch.setattr(ce_mod, "group_loss", real)
+    again = CrossEncoder.from_base(tiny_model, device="cpu", seed=123)  # other init: the state file must win
+    report = train(again, ex, cfg, tmp_path / "resumed", progress=False, resume=True)
+    assert report["steps"] == 8
+    for (name, p), (_, r) in zip(full.model.named_parameters(), again.model.named_parameters()):
+        torch.testing.assert_close(p, r, msg=name)
+
+
+def test_combine_standardizes_each_score():
+    ce = np.array([10.0, 0.0, 5.0])
+    first = np.array([0.01, 0.02, 0.03])
+    np.testing.assert_allclose(standardize(ce).mean(), 0, atol=1e-12)
+    np.testing.assert_allclose(standardize(ce).std(), 1)
+    assert np.argmax(combine(ce, first, 1.0)) == 0
+    assert np.argmax(combine(ce, first, 0.0)) == 2
+    mixed = combine(ce, first, 0.5)  # z: ce (1.22, -1.22, 0), first (-1.22, 0, 1.22)
+    assert mixed[2] > mixed[0] > mixed[1] and np.isfinite(combine(np.ones(3), first, 0.5)).all()
