@@ -36,7 +36,7 @@ models/demo/cross-encoder/config.json: data/demo/catalog.jsonl | models/base/con
 	$(PY) -m finetune --config configs/demo.yaml --resume
 
 demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/demo/cross-encoder/config.json
-	$(PY) -m indexer --config configs/demo.yaml
+	$(PY) -m indexer --config configs/demo.yaml --if-stale
 	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
 	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
 

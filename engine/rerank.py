@@ -134,6 +134,28 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if sd == 0 else (x - x.mean()) / sd
 
 
+def first_stage_scores(fused, lists: Sequence, mode: str = "rrf") -> np.ndarray:
+    """The first-stage score of each fused candidate: ``rrf`` (the reciprocal-rank-fusion score) or
+    ``scores`` (the mean over stages of each stage's standardized raw score: BM25 score, dense cosine;
+    a candidate outside a stage's list gets that list's lowest score, an upper bound of its own)."""
+    if mode == "rrf":
+        return np.asarray(fused.scores, dtype=np.float64)
+    if mode != "scores":
+        raise ValueError(f"unknown first-stage score {mode!r}; use rrf or scores")
+    rows = np.asarray(fused.rows)
+    total = np.zeros(len(rows))
+    for lst in lists:
+        srows = np.asarray(lst.rows)
+        if len(srows) == 0:
+            continue
+        order = np.argsort(srows)
+        pos = np.clip(np.searchsorted(srows[order], rows), 0, len(srows) - 1)
+        found = srows[order][pos] == rows
+        vals = np.where(found, np.asarray(lst.scores, dtype=np.float64)[order][pos], float(np.min(lst.scores)))
+        total += standardize(vals)
+    return total / max(1, len(lists))
+
+
 def combine(ce_scores: np.ndarray, first_scores: np.ndarray, weight: float) -> np.ndarray:
     """``weight * z(cross-encoder) + (1 - weight) * z(first stage)`` over one query's candidates."""
     if weight >= 1.0:

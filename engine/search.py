@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.fusion import reciprocal_rank_fusion
-from engine.rerank import CrossEncoder, combine
+from engine.rerank import CrossEncoder, combine, first_stage_scores
 from indexer.bm25 import BM25Index, SearchResult
 from indexer.config import Config, load_config
 from indexer.store import IndexLoadError
@@ -156,9 +156,20 @@ class SearchEngine:
                         stages: Sequence[str] = RERANK_FIRST_STAGES) -> list[SearchResult]:
         """What the cross-encoder reranks: per query, the union of the stages' top ``rerank.depth``,
         in reciprocal-rank-fusion order with its scores (dense queries encoded in one batch)."""
+        return [fused for fused, _ in self._candidates(texts, mask, stages)]
+
+    def _candidates(self, texts: Sequence[str], mask: np.ndarray | None,
+                    stages: Sequence[str] = RERANK_FIRST_STAGES,
+                    deep: int = 0) -> list[tuple[SearchResult, list[SearchResult]]]:
+        """Per query: the fused union of the stages' top ``rerank.depth`` and each stage's own list
+        (``deep`` long where a caller needs more of it, cut to ``rerank.depth`` for the union)."""
         depth = self.cfg.rerank.depth
-        per_stage = [self._retrieve_batch(texts, depth, s, mask) for s in stages]
-        return [reciprocal_rank_fusion(lists, len(stages) * depth) for lists in zip(*per_stage)]
+        per_stage = [self._retrieve_batch(texts, max(depth, deep), s, mask) for s in stages]
+        out = []
+        for lists in zip(*per_stage):
+            top = [SearchResult(r.rows[:depth], r.scores[:depth]) for r in lists]
+            out.append((reciprocal_rank_fusion(top, len(stages) * depth), list(lists)))
+        return out
 
     def _retrieve_batch(self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None) -> list[SearchResult]:
         if stage in DENSE_STAGES:
@@ -170,20 +181,22 @@ class SearchEngine:
         """The cross-encoder's order over each query's candidates (all pairs of all queries scored in one
         length-sorted batch run); below them, down to ``k``, the rest of the hybrid list."""
         r = self.cfg.rerank
-        cands = self.candidates_many(texts, mask)
+        deep = max(k, self.cfg.search.candidates) if k > r.depth else 0  # the hybrid tail's depth
+        both = self._candidates(texts, mask, deep=deep)
         titles = self.products.titles
-        pair_q = [t for t, c in zip(texts, cands) for _ in range(len(c.rows))]
-        pair_t = [titles[int(row)] for c in cands for row in c.rows]
+        pair_q = [t for t, (c, _) in zip(texts, both) for _ in range(len(c.rows))]
+        pair_t = [titles[int(row)] for c, _ in both for row in c.rows]
         ce = self.cross_encoder().predict(pair_q, pair_t)
         out, start = [], 0
-        for text, c in zip(texts, cands):
+        for c, lists in both:
             n = len(c.rows)
-            score = combine(ce[start : start + n], c.scores, r.weight)
+            top = [SearchResult(x.rows[: r.depth], x.scores[: r.depth]) for x in lists]
+            score = combine(ce[start : start + n], first_stage_scores(c, top, r.first_stage), r.weight)
             start += n
             order = np.argsort(-score, kind="stable")
             rows, scores = c.rows[order], score[order].astype(np.float32)
             if k > n:  # the hybrid ranking continues below the reranked candidates
-                tail = self._fused(text, k, RERANK_FIRST_STAGES, mask)
+                tail = reciprocal_rank_fusion(lists, k)
                 tail_rows = tail.rows[~np.isin(tail.rows, rows)][: k - n]
                 floor = (scores.min() if n else 0.0) - 1.0
                 rows = np.concatenate([rows, tail_rows])

@@ -22,6 +22,20 @@ from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
 
 
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["rerank.weight=0.6"]`` -> ``{"rerank": {"weight": 0.6}}`` (values read as YAML scalars)."""
+    import yaml
+
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        out.setdefault(section, {})[name] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -29,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)")
     ap.add_argument("--stages", default="bm25", help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override a config field, e.g. --set rerank.model=models/wentian/cross-encoder-L12 "
+                         "--set rerank.weight=0.6 (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     stages = [s for s in args.stages.replace(" ", ",").split(",") if s]
@@ -37,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown stage(s) {bad}; available: {list(STAGES)}", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, **parse_overrides(args.set))
         qpath = args.queries or cfg.eval.queries
         if qpath is None:
             raise QueriesError("no --queries given and the config sets no eval.queries")
@@ -57,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
                "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
                "index": engine.bm25.manifest.get("build_id", "")}
+    if "rerank" in stages:
+        r = cfg.rerank
+        ce = engine.cross_encoder()
+        context["rerank"] = (f"{r.model} ({ce.num_layers} layers, max_length {ce.max_length}, {ce.device}), "
+                             f"union of bm25 and dense top-{r.depth}, weight {r.weight}")
+    if args.set:
+        context["overrides"] = " ".join(args.set)
     for stage in stages:
         if stage in ("dense", "dense-base"):
             enc, idx = engine.dense_stage(stage)

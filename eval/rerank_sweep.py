@@ -4,7 +4,8 @@ How the rerank stage's settings trade off: for each cross-encoder, every judged
 query's candidates (the union of the bm25 and dense top-``depth``, the largest
 depth swept) are scored once; MRR@10, NDCG@10 and Recall@10 are then computed
 for each (depth, weight) pair, the same combination the engine applies
-(``weight * z(cross-encoder) + (1 - weight) * z(fusion)``).  Also times scoring
+(``weight * z(cross-encoder) + (1 - weight) * z(first stage)``, the first
+stage scored by reciprocal rank fusion or by the stages' standardized raw scores).  Also times scoring
 on this machine (pairs/s).  Writes DIR/sweep.json, DIR/sweep.md and
 DIR/sweep.png (MRR@10 against weight, one line per model and depth).
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.fusion import reciprocal_rank_fusion
-from engine.rerank import CrossEncoder, combine
+from engine.rerank import CrossEncoder, combine, first_stage_scores
 from eval import metrics
 from indexer.bm25 import SearchResult
 
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--depths", default="20,30,50")
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
+    ap.add_argument("--first-stage", default="rrf,scores", help="first-stage scores to combine with: rrf, scores")
     ap.add_argument("--limit", type=int, help="only the first N queries")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
     qrels = {q: queries.relevance[q] for q in qids}
     depths = sorted(int(d) for d in args.depths.split(","))
     weights = [float(w) for w in args.weights.split(",")]
+    modes = [m for m in args.first_stage.split(",") if m]
     ensure_indexes(cfg, ["dense"])
     engine = SearchEngine.from_config(cfg)
     ids, titles = engine.products.ids, engine.products.titles
@@ -74,18 +77,19 @@ def main(argv=None) -> int:
             subsets = []
             for (fused, lists), (a, b) in zip(cands, spans):
                 keep_rows = np.union1d(lists[0].rows[:depth], lists[1].rows[:depth])
-                sub = reciprocal_rank_fusion([SearchResult(lst.rows[:depth], lst.scores[:depth]) for lst in lists],
-                                             2 * depth)
+                cut = [SearchResult(lst.rows[:depth], lst.scores[:depth]) for lst in lists]
+                sub = reciprocal_rank_fusion(cut, 2 * depth)
                 pos = {int(r): j for j, r in enumerate(fused.rows)}
                 ce_sub = scores[a:b][[pos[int(r)] for r in sub.rows]]
                 assert len(sub.rows) == len(keep_rows)
-                subsets.append((sub, ce_sub))
-            for w in weights:
+                subsets.append((sub, cut, ce_sub))
+            for mode, w in [(m, w) for m in modes for w in weights]:
                 run = {}
-                for qid, (sub, ce_sub) in zip(qids, subsets):
-                    s = combine(ce_sub, sub.scores, w)
+                for qid, (sub, cut, ce_sub) in zip(qids, subsets):
+                    s = combine(ce_sub, first_stage_scores(sub, cut, mode), w)
                     run[qid] = {ids[int(r)]: float(v) for r, v in zip(sub.rows, s)}
-                rows.append({"depth": depth, "weight": w, "mrr@10": round(metrics.mrr(qrels, run, 10), 4),
+                rows.append({"depth": depth, "first_stage": mode, "weight": w,
+                             "mrr@10": round(metrics.mrr(qrels, run, 10), 4),
                              "ndcg@10": round(metrics.ndcg(qrels, run, 10), 4),
                              "recall@10": round(metrics.recall(qrels, run, 10), 4),
                              "candidates": round(float(np.mean([len(x[0].rows) for x in subsets])), 1)})
@@ -100,11 +104,13 @@ def main(argv=None) -> int:
              "MRR@10 by combination weight (1 = cross-encoder alone, 0 = first-stage fusion alone).", ""]
     for m, r in result["models"].items():
         lines += [f"## {m} ({r['layers']} layers, {r['pairs_per_second']} pairs/s on this machine)", "",
-                  "| depth | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
-                  "|---|---|" + "---|" * len(weights)]
+                  "| depth | first stage | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
+                  "|---|---|---|" + "---|" * len(weights)]
         for d in depths:
-            rs = [x for x in r["sweep"] if x["depth"] == d]
-            lines.append(f"| {d} | {rs[0]['candidates']} | " + " | ".join(f"{x['mrr@10']:.4f}" for x in rs) + " |")
+            for mode in modes:
+                rs = [x for x in r["sweep"] if x["depth"] == d and x["first_stage"] == mode]
+                lines.append(f"| {d} | {mode} | {rs[0]['candidates']} | "
+                             + " | ".join(f"{x['mrr@10']:.4f}" for x in rs) + " |")
         lines.append("")
     (out / "sweep.md").write_text("\n".join(lines), encoding="utf-8")
     try:
@@ -116,9 +122,10 @@ def main(argv=None) -> int:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for m, r in result["models"].items():
             for d in depths:
-                rs = [x for x in r["sweep"] if x["depth"] == d]
-                ax.plot([x["weight"] for x in rs], [x["mrr@10"] for x in rs], marker="o",
-                        label=f"{Path(m).name} ({r['layers']}L), depth {d}")
+                for mode in modes:
+                    rs = [x for x in r["sweep"] if x["depth"] == d and x["first_stage"] == mode]
+                    ax.plot([x["weight"] for x in rs], [x["mrr@10"] for x in rs], marker="o",
+                            label=f"{Path(m).name} ({r['layers']}L), depth {d}, {mode}")
         ax.set_xlabel("cross-encoder weight (0 = bm25+dense fusion alone)")
         ax.set_ylabel("MRR@10")
         ax.grid(alpha=0.3)

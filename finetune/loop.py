@@ -64,9 +64,10 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
     torch.manual_seed(settings.seed)
     if resume and state_path.is_file():
         state = torch.load(state_path, map_location=device, weights_only=False)
-        if state["settings"] != asdict(settings):
+        saved = {k: v for k, v in state["settings"].items() if k != "max_minutes"}
+        if saved != {k: v for k, v in asdict(settings).items() if k != "max_minutes"}:
             raise ValueError(f"{state_path}: saved by a run with other settings {state['settings']}; "
-                             "delete it or rerun without --resume")
+                             "delete it or rerun without --resume (only max_minutes may change)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])

@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-bad-rows", action="store_true",
                     help="index the valid rows and write rejected ones, with reasons, to a side file")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--if-stale", action="store_true",
+                    help="rebuild only the indexes that are missing or out of date (config, catalog, encoder)")
     ap.add_argument("--add", metavar="CATALOG", help="add the new products of this catalog file to the built "
                     "indexes, without a full rebuild")
     ap.add_argument("--delete", metavar="ID", nargs="+", help="delete products from every stage")
@@ -35,7 +37,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f", {len(catalog.rejected)} rejected rows written to {cfg.rejects_path}", end="")
     print()
     try:
-        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress)
+        stages = None
+        if args.if_stale:
+            from indexer.build import index_stages, stale_stages
+
+            stages = stale_stages(cfg, index_stages(cfg))
+            if not stages:
+                print(f"indexes in {cfg.index_dir} are current; nothing to rebuild")
+                return 0
+        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages)
     except (ModelMissingError, ValueError, IndexLoadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -101,8 +101,10 @@ class RerankConfig:
     model: str | None = None
     # candidates each first stage (bm25, dense) hands the cross-encoder; their union is reranked
     depth: int = 50
-    # combined score = weight * z(cross-encoder) + (1 - weight) * z(first-stage fusion); 1.0: cross-encoder alone
+    # combined score = weight * z(cross-encoder) + (1 - weight) * z(first stage); 1.0: cross-encoder alone
     weight: float = 0.5
+    # the first-stage score: rrf (reciprocal rank fusion) or scores (mean of the stages' standardized raw scores)
+    first_stage: str = "rrf"
     # None: the max length the cross-encoder was trained with
     max_length: int | None = None
     batch_size: int = 128
@@ -342,6 +344,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise or pointwise")
     if ft.crossencoder.group_size < 2:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
+    if cfg.rerank.first_stage not in ("rrf", "scores"):
+        raise ConfigError(f"{where}: rerank.first_stage must be rrf or scores, not {cfg.rerank.first_stage!r}")
     if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
         raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
     stages = {"bm25", "dense", "dense-base", "hybrid"}

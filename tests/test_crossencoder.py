@@ -113,3 +113,23 @@ def test_combine_standardizes_each_score():
     assert np.argmax(combine(ce, first, 0.0)) == 2
     mixed = combine(ce, first, 0.5)  # z: ce (1.22, -1.22, 0), first (-1.22, 0, 1.22)
     assert mixed[2] > mixed[0] > mixed[1] and np.isfinite(combine(np.ones(3), first, 0.5)).all()
+
+
+def test_first_stage_scores_fill_missing_stage_scores_with_the_lists_lowest():
+    from engine.fusion import reciprocal_rank_fusion
+    from engine.rerank import first_stage_scores
+    from indexer.bm25 import SearchResult
+
+    bm = SearchResult(np.array([5, 3, 9]), np.array([12.0, 8.0, 2.0], dtype=np.float32))
+    de = SearchResult(np.array([3, 7]), np.array([0.9, 0.8], dtype=np.float32))
+    fused = reciprocal_rank_fusion([bm, de], 10)
+    np.testing.assert_array_equal(first_stage_scores(fused, [bm, de], "rrf"), fused.scores.astype(np.float64))
+    s = dict(zip(fused.rows.tolist(), first_stage_scores(fused, [bm, de], "scores")))
+    # row 3 is second in bm25 and first in dense: it beats row 5 (first in bm25, missing from dense)
+    assert s[3] > s[5] > s[9] and s[7] < s[3]
+    bm_filled = np.array([12.0, 8.0, 2.0, 2.0])  # rows 5, 3, 9, 7 (7 missing: the list's lowest)
+    de_filled = np.array([0.8, 0.9, 0.8, 0.8])
+    expect = (standardize(bm_filled) + standardize(de_filled)) / 2
+    np.testing.assert_allclose([s[5], s[3], s[9], s[7]], expect)
+    with pytest.raises(ValueError, match="rrf or scores"):
+        first_stage_scores(fused, [bm, de], "max")

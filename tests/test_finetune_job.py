@@ -99,10 +99,13 @@ def test_the_engine_reranks_the_union_of_first_stage_candidates(job_cfg, trained
 
     # beyond the reranked union the hybrid ranking continues, without repeats
     deep = eng.retrieve(text, 200, "rerank")
-    n = len(cands.rows)
+    # (the union from 200-deep stage lists cut to 20: BM25 ties at rank 20 may break differently at another k)
+    union = eng._candidates([text], eng.live, deep=200)[0][0]
+    n = len(union.rows)
     assert len(deep.rows) == 200 and len(set(deep.rows.tolist())) == 200
+    assert set(deep.rows[:n].tolist()) == set(union.rows.tolist())
     hybrid = eng.retrieve(text, 200, "hybrid")
-    rest = [r for r in hybrid.rows.tolist() if r not in set(cands.rows.tolist())]
+    rest = [r for r in hybrid.rows.tolist() if r not in set(union.rows.tolist())]
     assert deep.rows[n:].tolist() == rest[: 200 - n]
     assert np.all(np.diff(deep.scores) <= 0)
 
@@ -118,3 +121,13 @@ def test_rerank_respects_filters_and_batches_like_single_queries(job_cfg, traine
         # the same scores whatever batch a pair was scored in (padding differs: float noise only)
         np.testing.assert_allclose(single.scores, b.scores, atol=1e-3)  # z-scores of a barely trained tiny model
         assert set(single.rows.tolist()) == set(b.rows.tolist())
+
+
+def test_eval_overrides_parse_into_config_sections():
+    from eval.__main__ import parse_overrides
+    from indexer.config import ConfigError
+
+    assert parse_overrides(["rerank.weight=0.6", "rerank.model=models/x", "search.candidates=50"]) == \
+        {"rerank": {"weight": 0.6, "model": "models/x"}, "search": {"candidates": 50}}
+    with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
+        parse_overrides(["weight=0.6"])
