@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         r = cfg.rerank
         ce = engine.cross_encoder()
         context["rerank"] = (f"{r.model} ({ce.num_layers} layers, max_length {ce.max_length}, {ce.device}), "
-                             f"union of bm25 and dense top-{r.depth}, weight {r.weight}")
+                             f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}")
     if args.set:
         context["overrides"] = " ".join(args.set)
     for stage in stages:
