@@ -156,19 +156,19 @@ class SearchEngine:
                         stages: Sequence[str] = RERANK_FIRST_STAGES) -> list[SearchResult]:
         """What the cross-encoder reranks: per query, the union of the stages' top ``rerank.depth``,
         in reciprocal-rank-fusion order with its scores (dense queries encoded in one batch)."""
-        return [fused for fused, _ in self._candidates(texts, mask, stages)]
+        return [fused for fused, _, _ in self._candidates(texts, mask, stages)]
 
     def _candidates(self, texts: Sequence[str], mask: np.ndarray | None,
                     stages: Sequence[str] = RERANK_FIRST_STAGES,
-                    deep: int = 0) -> list[tuple[SearchResult, list[SearchResult]]]:
-        """Per query: the fused union of the stages' top ``rerank.depth`` and each stage's own list
-        (``deep`` long where a caller needs more of it, cut to ``rerank.depth`` for the union)."""
+                    deep: int = 0) -> list[tuple[SearchResult, list[SearchResult], list[SearchResult]]]:
+        """Per query: the fused union of the stages' top ``rerank.depth``, those top lists, and each stage's
+        full list (``deep`` long where a caller needs more of it)."""
         depth = self.cfg.rerank.depth
         per_stage = [self._retrieve_batch(texts, max(depth, deep), s, mask) for s in stages]
         out = []
         for lists in zip(*per_stage):
             top = [SearchResult(r.rows[:depth], r.scores[:depth]) for r in lists]
-            out.append((reciprocal_rank_fusion(top, len(stages) * depth), list(lists)))
+            out.append((reciprocal_rank_fusion(top, len(stages) * depth), top, list(lists)))
         return out
 
     def _retrieve_batch(self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None) -> list[SearchResult]:
@@ -184,13 +184,12 @@ class SearchEngine:
         deep = max(k, self.cfg.search.candidates) if k > r.depth else 0  # the hybrid tail's depth
         both = self._candidates(texts, mask, deep=deep)
         titles = self.products.titles
-        pair_q = [t for t, (c, _) in zip(texts, both) for _ in range(len(c.rows))]
-        pair_t = [titles[int(row)] for c, _ in both for row in c.rows]
+        pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
+        pair_t = [titles[int(row)] for c, _, _ in both for row in c.rows]
         ce = self.cross_encoder().predict(pair_q, pair_t)
         out, start = [], 0
-        for c, lists in both:
+        for c, top, lists in both:
             n = len(c.rows)
-            top = [SearchResult(x.rows[: r.depth], x.scores[: r.depth]) for x in lists]
             score = combine(ce[start : start + n], first_stage_scores(c, top, r.first_stage), r.weight)
             start += n
             order = np.argsort(-score, kind="stable")

@@ -14,7 +14,7 @@ training queries.  On a GPU the same recipe runs in bf16/fp16 autocast.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -22,13 +22,8 @@ import numpy as np
 import torch
 
 from finetune import loop
-from finetune.loop import LoopSettings
 from indexer.config import BiEncoderTrainConfig
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX
-
-
-# the settings live in the config (finetune.biencoder); the name is kept for callers of this module
-BiEncoderTraining = BiEncoderTrainConfig
 
 
 @dataclass
@@ -74,7 +69,7 @@ def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int)
     return torch.nn.functional.cross_entropy(scores, torch.arange(len(batch), device=device))
 
 
-def train(model, examples: Sequence[Example], cfg: BiEncoderTraining, out: Path,
+def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Path,
           evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
           progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
     """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``."""
@@ -83,14 +78,12 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTraining, out: Path,
     if cfg.freeze_word_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    settings = LoopSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                            max_minutes=cfg.max_minutes, eval_every=cfg.eval_every, seed=cfg.seed)
     return loop.run(model, params, lambda rng: batches(examples, cfg.batch_size, rng),
-                    lambda batch: mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives), settings, Path(out),
+                    lambda batch: mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives), cfg, Path(out),
                     save=lambda folder: model.save(str(folder)),
                     evaluate=None if evaluate is None else (lambda: evaluate(model)),
                     log_path=log_path, resume=resume, progress=progress, desc="bi-encoder",
-                    extra_log={"training": asdict(cfg), **(extra_log or {})})
+                    extra_log=extra_log)
 
 
 def pool_mrr(queries: Sequence[str], pool: Sequence[str], positives: Sequence[set[int]],

@@ -17,7 +17,7 @@ model's parameters, and most of AdamW's cost on a CPU).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,7 +26,6 @@ import torch
 
 from engine.rerank import CrossEncoder
 from finetune import loop
-from finetune.loop import LoopSettings
 from indexer.config import CrossEncoderTrainConfig
 
 
@@ -99,11 +98,9 @@ def train(model: CrossEncoder, examples: Sequence[Group], cfg: CrossEncoderTrain
     if cfg.freeze_word_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.model.parameters() if p.requires_grad]
-    settings = LoopSettings(lr=cfg.lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps,
-                            max_minutes=cfg.max_minutes, eval_every=cfg.eval_every, seed=cfg.seed)
     return loop.run(model.model, params, lambda rng: groups(examples, cfg.batch_size, cfg.group_size, rng),
-                    lambda batch: group_loss(model, batch, cfg.loss), settings, Path(out),
+                    lambda batch: group_loss(model, batch, cfg.loss), cfg, Path(out),
                     save=lambda folder: model.save(folder),
                     evaluate=None if evaluate is None else (lambda: evaluate(model)),
                     log_path=log_path, resume=resume, progress=progress, desc=f"cross-encoder ({model.num_layers} layers)",
-                    extra_log={"training": asdict(cfg), **(extra_log or {})})
+                    extra_log=extra_log)

@@ -2,7 +2,9 @@
 mixed precision on a GPU, step and wall-time caps, evaluation every N steps with the best checkpoint kept,
 a JSON log per evaluation, a progress bar, and resume from the last evaluation.
 
-The model-specific parts come in as functions: ``loss_fn(batch)``, ``evaluate()`` (higher is better) and
+Its settings are a :class:`TrainingLoopConfig` (either model's training config; the whole config is saved
+with the resumable state, and only ``max_minutes`` may differ on resume).  The model-specific parts come in
+as functions: ``loss_fn(batch)``, ``evaluate()`` (higher is better) and
 ``save(folder)``.  Batches come from ``make_batches(rng)``: a generator seeded by the run's seed, so a resumed
 run replays the same order and skips the batches it already trained on.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,17 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-
-@dataclass
-class LoopSettings:
-    lr: float = 5e-5
-    warmup_steps: int = 20
-    max_steps: int = 300
-    max_minutes: float = 30.0
-    eval_every: int = 50
-    seed: int = 0
-    # mixed precision on a GPU (bf16 where supported, else fp16 with loss scaling); a CPU trains in fp32
-    amp: bool = True
+from indexer.config import TrainingLoopConfig
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:
@@ -40,7 +32,7 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
 
 
 def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: Callable[[np.random.Generator], Iterator],
-        loss_fn: Callable[[object], torch.Tensor], settings: LoopSettings, out: Path,
+        loss_fn: Callable[[object], torch.Tensor], settings: TrainingLoopConfig, out: Path,
         save: Callable[[Path], None], evaluate: Callable[[], float] | None = None,
         log_path: Path | None = None, resume: bool = False, progress: bool = True, desc: str = "training",
         extra_log: dict | None = None) -> dict:
@@ -51,7 +43,7 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
     cap counting the minutes already spent.  The state file is removed when the run finishes.
     """
     device = next(model.parameters()).device
-    dtype = amp_dtype(device) if settings.amp else None
+    dtype = amp_dtype(device)  # mixed precision on a GPU (bf16, else fp16); fp32 on a CPU
     # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     opt = torch.optim.AdamW(params, lr=settings.lr)

@@ -112,16 +112,10 @@ class RerankConfig:
 
 
 @dataclass
-class BiEncoderTrainConfig:
+class TrainingLoopConfig:
+    """What the shared training loop (finetune.loop) reads: optimizer, schedule, caps, evaluation, seed."""
+
     lr: float = 5e-5
-    batch_size: int = 32
-    # MNRL scale (1 / temperature); e5 was pre-trained at 100, sentence-transformers' default is 20
-    scale: float = 100.0
-    hard_negatives: int = 1
-    # rank window the hard negatives are drawn from in the bm25 and dense-base rankings
-    negatives_window: list[int] = field(default_factory=lambda: [10, 50])
-    max_length: int = 64
-    freeze_word_embeddings: bool = True
     max_steps: int = 300
     max_minutes: float = 30.0
     warmup_steps: int = 20
@@ -130,10 +124,21 @@ class BiEncoderTrainConfig:
 
 
 @dataclass
-class CrossEncoderTrainConfig:
+class BiEncoderTrainConfig(TrainingLoopConfig):
+    batch_size: int = 32
+    # MNRL scale (1 / temperature); e5 was pre-trained at 100, sentence-transformers' default is 20
+    scale: float = 100.0
+    hard_negatives: int = 1
+    # rank window the hard negatives are drawn from in the bm25 and dense-base rankings
+    negatives_window: list[int] = field(default_factory=lambda: [10, 50])
+    max_length: int = 64
+    freeze_word_embeddings: bool = True
+
+
+@dataclass
+class CrossEncoderTrainConfig(TrainingLoopConfig):
     # keep the base model's first N transformer layers (None: all 12)
     num_layers: int | None = 4
-    lr: float = 5e-5
     # queries per step; each brings one positive and group_size - 1 negatives
     batch_size: int = 16
     group_size: int = 4
@@ -144,12 +149,10 @@ class CrossEncoderTrainConfig:
     max_length: int = 96
     freeze_word_embeddings: bool = True
     max_steps: int = 1000
-    max_minutes: float = 30.0
     warmup_steps: int = 50
     eval_every: int = 100
     # dev queries whose candidates each evaluation reranks (a subset of finetune.dev_queries: scoring is costly)
     eval_queries: int = 100
-    seed: int = 0
 
 
 @dataclass

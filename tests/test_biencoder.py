@@ -1,8 +1,9 @@
 import numpy as np
 import torch
 
-from finetune.biencoder import BiEncoderTraining, Example, batches, mnrl_loss, pool_mrr, train
+from finetune.biencoder import Example, batches, mnrl_loss, pool_mrr, train
 from indexer.catalog import read_catalog
+from indexer.config import BiEncoderTrainConfig
 from indexer.encoder import Encoder
 
 
@@ -48,7 +49,7 @@ def test_train_keeps_the_best_checkpoint_and_reloads_identically(tiny_model, dem
     ex = examples_from_demo(demo_dir)
     pool = [e.positive for e in ex[:40]]
     evaluate = pool_mrr([e.query for e in ex[:16]], pool, [{i} for i in range(16)])
-    cfg = BiEncoderTraining(lr=1e-3, batch_size=16, scale=20, max_steps=12, eval_every=4, warmup_steps=2)
+    cfg = BiEncoderTrainConfig(lr=1e-3, batch_size=16, scale=20, max_steps=12, eval_every=4, warmup_steps=2)
     report = train(model, ex, cfg, tmp_path / "bi", evaluate=evaluate, log_path=tmp_path / "log.json", progress=False)
     assert report["steps"] == 12 and len(report["log"]) == 4  # step 0 and three evaluations
     assert report["best_dev"] >= report["log"][0]["dev"]
