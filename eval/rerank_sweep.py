@@ -6,13 +6,17 @@ depth swept) are scored once; MRR@10, NDCG@10 and Recall@10 are then computed
 for each (depth, weight) pair, the same combination the engine applies
 (``weight * z(cross-encoder) + (1 - weight) * z(first stage)``, the first
 stage scored by reciprocal rank fusion or by the stages' standardized raw scores).  Also times scoring
-on this machine (pairs/s).  Writes DIR/sweep.json, DIR/sweep.md and
-DIR/sweep.png (MRR@10 against weight, one line per model and depth).
+on this machine (pairs/s).  Scores are cached under DIR/scores (keyed by the
+model's files and the exact pairs), so a rerun with other weights or depths is
+free.  ``--ensemble`` also sweeps the models' average (each standardized per
+query).  Writes DIR/sweep.json, DIR/sweep.md and DIR/sweep.png (MRR@10 against
+weight, one line per model and depth).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.fusion import reciprocal_rank_fusion
-from engine.rerank import CrossEncoder, combine, first_stage_scores
+from engine.rerank import CrossEncoder, combine, first_stage_scores, standardize
 from eval import metrics
 from indexer.bm25 import SearchResult
 
@@ -35,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
     ap.add_argument("--first-stage", default="rrf,scores", help="first-stage scores to combine with: rrf, scores")
     ap.add_argument("--limit", type=int, help="only the first N queries")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="also sweep the models' ensemble (mean of their per-query standardized scores)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -58,19 +64,35 @@ def main(argv=None) -> int:
     top = max(depths)
     per_stage = [engine._retrieve_batch(texts, top, s, engine.live) for s in ("bm25", "dense")]
     result: dict = {"config": args.config, "queries": len(qids), "models": {}}
+    pair_q, pair_t, spans, cands = [], [], [], []
+    for i, text in enumerate(texts):
+        lists = [stage[i] for stage in per_stage]
+        fused = reciprocal_rank_fusion(lists, 2 * top)
+        cands.append((fused, lists))
+        spans.append((len(pair_q), len(pair_q) + len(fused.rows)))
+        pair_q += [text] * len(fused.rows)
+        pair_t += [titles[int(r)] for r in fused.rows]
+    cache_dir = Path(args.out) / "scores"
+    scored: dict[str, np.ndarray] = {}
     for model_path in [m for m in args.models.split(",") if m]:
         ce = CrossEncoder.load(model_path, device=cfg.rerank.device)
-        pair_q, pair_t, spans, cands = [], [], [], []
-        for i, text in enumerate(texts):
-            lists = [stage[i] for stage in per_stage]
-            fused = reciprocal_rank_fusion(lists, 2 * top)
-            cands.append((fused, lists))
-            spans.append((len(pair_q), len(pair_q) + len(fused.rows)))
-            pair_q += [text] * len(fused.rows)
-            pair_t += [titles[int(r)] for r in fused.rows]
-        t0 = time.perf_counter()
-        scores = ce.predict(pair_q, pair_t)
-        seconds = time.perf_counter() - t0
+        scores, seconds = cached_scores(ce, Path(model_path), pair_q, pair_t, cache_dir)
+        scored[model_path] = scores
+        entry = {"layers": ce.num_layers, "pairs": len(pair_q)}
+        if seconds is not None:
+            entry["pairs_per_second"] = round(len(pair_q) / seconds, 1)
+        result["models"][model_path] = entry
+    if args.ensemble and len(scored) > 1:
+        # each model's scores standardized per query, then averaged: no model dominates by its scale
+        ens = np.zeros(len(pair_q))
+        for sc in scored.values():
+            for a, b in spans:
+                ens[a:b] += standardize(sc[a:b]) / len(scored)
+        name = "ensemble(" + "+".join(Path(m).name for m in scored) + ")"
+        scored[name] = ens
+        result["models"][name] = {"layers": sum(result["models"][m]["layers"] or 12 for m in result["models"]),
+                                  "pairs": len(pair_q)}
+    for model_path, scores in scored.items():
         rows = []
         for depth in depths:
             # candidates of a shallower depth: in either stage's top-`depth`, fusion recomputed at that depth
@@ -93,17 +115,20 @@ def main(argv=None) -> int:
                              "ndcg@10": round(metrics.ndcg(qrels, run, 10), 4),
                              "recall@10": round(metrics.recall(qrels, run, 10), 4),
                              "candidates": round(float(np.mean([len(x[0].rows) for x in subsets])), 1)})
-        result["models"][model_path] = {"layers": ce.num_layers, "pairs": len(pair_q),
-                                        "pairs_per_second": round(len(pair_q) / seconds, 1), "sweep": rows}
-        best = max(rows, key=lambda r: r["mrr@10"])
-        print(f"{model_path}: {ce.num_layers} layers, {len(pair_q) / seconds:.0f} pairs/s; best {best}", flush=True)
+        r = result["models"][model_path]
+        r["sweep"] = rows
+        best = max(rows, key=lambda x: x["mrr@10"])
+        speed = f", {r['pairs_per_second']:.0f} pairs/s" if "pairs_per_second" in r else ""
+        print(f"{model_path}: {r['layers']} layers{speed}; best {best}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
     lines = [f"# Rerank sweep: {args.config}, {len(qids)} queries", "",
              "MRR@10 by combination weight (1 = cross-encoder alone, 0 = first-stage fusion alone).", ""]
     for m, r in result["models"].items():
-        lines += [f"## {m} ({r['layers']} layers, {r['pairs_per_second']} pairs/s on this machine)", "",
+        speed = (f", {r['pairs_per_second']} pairs/s on this machine" if "pairs_per_second" in r
+                 else ", scores from the cache")
+        lines += [f"## {m} ({r['layers']} layers{speed})", "",
                   "| depth | first stage | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
                   "|---|---|---|" + "---|" * len(weights)]
         for d in depths:
@@ -136,6 +161,29 @@ def main(argv=None) -> int:
         pass
     print(f"wrote {out}/sweep.json, sweep.md")
     return 0
+
+
+def cached_scores(ce, model_dir: Path, queries: list[str], titles: list[str],
+                  cache_dir: Path) -> tuple[np.ndarray, float | None]:
+    """The cross-encoder's scores of these pairs, from ``cache_dir`` when this model (its weights file's
+    size and mtime) already scored exactly these pairs; else scored and cached.  Returns (scores, seconds
+    spent scoring, None when cached)."""
+    h = hashlib.sha256()
+    for f in sorted(model_dir.glob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for q, t in zip(queries, titles):
+        h.update(f"{q}\t{t}\n".encode())
+    path = cache_dir / f"{model_dir.name}-{h.hexdigest()[:16]}.npy"
+    if path.is_file():
+        return np.load(path), None
+    t0 = time.perf_counter()
+    scores = np.asarray(ce.predict(queries, titles), dtype=np.float64)
+    seconds = time.perf_counter() - t0
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.save(path, scores)
+    return scores, seconds
 
 
 if __name__ == "__main__":
