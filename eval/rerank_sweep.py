@@ -91,7 +91,7 @@ def main(argv=None) -> int:
         name = "ensemble(" + "+".join(Path(m).name for m in scored) + ")"
         scored[name] = ens
         result["models"][name] = {"layers": sum(result["models"][m]["layers"] or 12 for m in result["models"]),
-                                  "pairs": len(pair_q)}
+                                  "pairs": len(pair_q), "ensemble_of": list(result["models"])}
     for model_path, scores in scored.items():
         rows = []
         for depth in depths:
@@ -126,8 +126,12 @@ def main(argv=None) -> int:
     lines = [f"# Rerank sweep: {args.config}, {len(qids)} queries", "",
              "MRR@10 by combination weight (1 = cross-encoder alone, 0 = first-stage fusion alone).", ""]
     for m, r in result["models"].items():
-        speed = (f", {r['pairs_per_second']} pairs/s on this machine" if "pairs_per_second" in r
-                 else ", scores from the cache")
+        if "ensemble_of" in r:
+            speed = ", the average of its models' per-query standardized scores"
+        elif "pairs_per_second" in r:
+            speed = f", {r['pairs_per_second']} pairs/s on this machine"
+        else:
+            speed = ", scores from the cache"
         lines += [f"## {m} ({r['layers']} layers{speed})", "",
                   "| depth | first stage | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
                   "|---|---|---|" + "---|" * len(weights)]
