@@ -169,8 +169,8 @@ def main(argv=None) -> int:
 
 def cached_scores(ce, model_dir: Path, queries: list[str], titles: list[str],
                   cache_dir: Path) -> tuple[np.ndarray, float | None]:
-    """The cross-encoder's scores of these pairs, from ``cache_dir`` when this model (its weights file's
-    size and mtime) already scored exactly these pairs; else scored and cached.  Returns (scores, seconds
+    """The cross-encoder's scores of these pairs, from ``cache_dir`` when this model (the names, sizes and
+    mtimes of the files in its folder) already scored exactly these pairs; else scored and cached.  Returns (scores, seconds
     spent scoring, None when cached)."""
     h = hashlib.sha256()
     for f in sorted(model_dir.glob("*")):
