@@ -16,6 +16,7 @@ weight, one line per model and depth).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import time
@@ -58,17 +59,16 @@ def main(argv=None) -> int:
     depths = sorted(int(d) for d in args.depths.split(","))
     weights = [float(w) for w in args.weights.split(",")]
     modes = [m for m in args.first_stage.split(",") if m]
+    top = max(depths)
+    cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, depth=top))
     ensure_indexes(cfg, ["dense"])
     engine = SearchEngine.from_config(cfg)
     ids, titles = engine.products.ids, engine.products.titles
-    top = max(depths)
-    per_stage = [engine._retrieve_batch(texts, top, s, engine.live) for s in ("bm25", "dense")]
     result: dict = {"config": args.config, "queries": len(qids), "models": {}}
-    pair_q, pair_t, spans, cands = [], [], [], []
-    for i, text in enumerate(texts):
-        lists = [stage[i] for stage in per_stage]
-        fused = reciprocal_rank_fusion(lists, 2 * top)
-        cands.append((fused, lists))
+    # what the engine reranks at the deepest depth: the fused union and the stages' top lists
+    cands = [(fused, lists) for fused, lists, _ in engine._candidates(texts, engine.live)]
+    pair_q, pair_t, spans = [], [], []
+    for text, (fused, _) in zip(texts, cands):
         spans.append((len(pair_q), len(pair_q) + len(fused.rows)))
         pair_q += [text] * len(fused.rows)
         pair_t += [titles[int(r)] for r in fused.rows]
