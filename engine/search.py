@@ -7,19 +7,25 @@ the bm25 and dense candidates, ``rerank.depth`` each, ordered by the
 fine-tuned cross-encoder, its score combined with the fusion score as
 ``rerank.weight`` says; below them the rest of the hybrid list).
 `query()` fuses the configured stages and reranks when the config names a
-cross-encoder (``rerank.model``).
+cross-encoder (``rerank.model``); with a learned ranker (``rerank.ranker``)
+the final order comes from it, over the features of :mod:`engine.features`
+including the user's personal features (:mod:`engine.events`,
+:mod:`engine.profiles`, :mod:`engine.ranker`).
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from engine.features import PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
 from engine.fusion import reciprocal_rank_fusion
-from engine.rerank import CrossEncoder, combine, first_stage_scores
+from engine.rerank import CrossEncoder, combine
 from indexer.bm25 import BM25Index, SearchResult
 from indexer.config import Config, load_config
 from indexer.store import IndexLoadError
@@ -35,39 +41,55 @@ class Hit:
     title: str
     score: float
     rank: int
+    explain: dict | None = None  # with query(..., explain=True): stage scores/ranks, cross-encoder, personal
 
 
 class SearchEngine:
     """Answers queries from the indexes `make index` built for a config."""
 
-    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True):
+    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True):
         self.cfg = cfg
         self.bm25 = bm25
         self.products = bm25.products
         self.verify = verify
         self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
         self._cross_encoder: CrossEncoder | None = None
+        self._ranker = None
+        self._events = None
+        self._facets = None
+        self._lock = threading.RLock()  # lazy loads
         self.reload_deleted()
-        for stage in cfg.search.stages:
-            if stage in DENSE_STAGES:
-                self.dense_stage(stage)
-        if cfg.rerank.model:
-            self.cross_encoder()
+        if load_models:
+            for stage in cfg.search.stages:
+                if stage in DENSE_STAGES:
+                    self.dense_stage(stage)
+            if cfg.rerank.model:
+                self.cross_encoder()
+            if cfg.rerank.ranker:
+                self.ranker()
 
     @classmethod
-    def from_config(cls, path: str | Path | Config, verify: bool = True, **overrides) -> "SearchEngine":
+    def from_config(cls, path: str | Path | Config, verify: bool = True, load_models: bool = True,
+                    **overrides) -> "SearchEngine":
         """Load the engine for a config file (or an already loaded :class:`Config`).
 
         Fails with a clear error if an index is missing, corrupt, from another
         format version, built with other settings than the config's, or (dense)
-        built with another encoder.
+        built with another encoder.  ``load_models=False`` defers loading the
+        models to their first use (event ingestion needs none).
         """
         cfg = path if isinstance(path, Config) else load_config(path, **overrides)
         bm25 = BM25Index.load(cfg.index_dir / "bm25", cfg.text, config_hash=cfg.index_fingerprint(), verify=verify)
-        return cls(cfg, bm25, verify=verify)
+        return cls(cfg, bm25, verify=verify, load_models=load_models)
 
     def dense_stage(self, stage: str):
         """The encoder and FAISS index of a dense stage, loaded once."""
+        if stage in self._dense:
+            return self._dense[stage]
+        with self._lock:
+            return self._load_dense(stage)
+
+    def _load_dense(self, stage: str):
         if stage not in self._dense:
             from indexer.build import dense_encoder
             from indexer.dense import DenseIndex, stage_index_dir
@@ -90,6 +112,12 @@ class SearchEngine:
 
     def cross_encoder(self) -> CrossEncoder:
         """The config's fine-tuned cross-encoder (``rerank.model``), loaded once."""
+        if self._cross_encoder is not None:
+            return self._cross_encoder
+        with self._lock:
+            return self._load_cross_encoder()
+
+    def _load_cross_encoder(self) -> CrossEncoder:
         if self._cross_encoder is None:
             from indexer.encoder import ModelMissingError, resolve_model
 
@@ -101,6 +129,55 @@ class SearchEngine:
             self._cross_encoder = CrossEncoder.load(path, max_length=r.max_length, batch_size=r.batch_size,
                                                     device=r.device)
         return self._cross_encoder
+
+    def ranker(self):
+        """The learned final ranker (``rerank.ranker``), loaded once; None when the config names none."""
+        if self._ranker is None and self.cfg.rerank.ranker:
+            with self._lock:
+                if self._ranker is None:
+                    from engine.ranker import Ranker
+
+                    path = Path(self.cfg.rerank.ranker)
+                    self._ranker = Ranker.load(path if path.is_absolute() else self.cfg.root / path)
+        return self._ranker
+
+    def facets(self):
+        """Per product row: vector (from the dense index), category, brand, k-means group, price band."""
+        if self._facets is None:
+            with self._lock:
+                if self._facets is None:
+                    from engine.profiles import ProductFacets
+
+                    dense = self.dense_stage("dense")[1] if "dense" in self.cfg.search.stages \
+                        or self.cfg.rerank.model else None
+                    self._facets = ProductFacets.from_tables(self.products, dense, self.cfg.personal.price_bands)
+        return self._facets
+
+    def user_events(self):
+        """The event store with profiles (``personal``), opened at first use."""
+        if self._events is None:
+            with self._lock:
+                if self._events is None:
+                    from engine.events import UserEvents
+
+                    self._events = UserEvents.open(self.cfg, self.facets(), self.products.ids)
+        return self._events
+
+    def record_event(self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None):
+        """Record a user's event (impression, click, add_to_cart, purchase); the user's next query sees it.
+        Raises :class:`engine.events.EventError` for bad input, :class:`engine.events.PrivacyError` without
+        a key to hash user ids with."""
+        return self.user_events().record(user_id, product_id, event, timestamp, query)
+
+    def forget_user(self, user_id: str) -> int:
+        """Delete every event and the profile of a user; returns the number of events deleted."""
+        return self.user_events().forget(user_id)
+
+    def profile(self, user_id: str | None):
+        """The stored profile of a user (None: no user, unknown user, or nothing engaged with yet)."""
+        if user_id is None:
+            return None
+        return self.user_events().profile(user_id)
 
     def reload_deleted(self) -> None:
         """Re-read the deleted products (``<index_dir>/deleted.txt``); they are masked in every stage."""
@@ -177,31 +254,90 @@ class SearchEngine:
             return index.search(encoder.encode_queries(list(texts)), k=k, mask=mask)
         return [self._retrieve(t, k, stage, mask) for t in texts]
 
-    def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:
-        """The cross-encoder's order over each query's candidates (all pairs of all queries scored in one
-        length-sorted batch run); below them, down to ``k``, the rest of the hybrid list."""
+    def candidate_sets(self, texts: Sequence[str], mask: np.ndarray | None = None, deep: int = 0) -> list[Candidates]:
+        """Per query: the reranked candidates (union of the bm25 and dense top ``rerank.depth``) with their
+        stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
+        Nothing personal: the same for every user (cacheable per query and filter)."""
         r = self.cfg.rerank
-        deep = max(k, self.cfg.search.candidates) if k > r.depth else 0  # the hybrid tail's depth
         both = self._candidates(texts, mask, deep=deep)
         titles = self.products.titles
         pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
-        pair_t = [titles[int(row)] for c, _, _ in both for row in c.rows]
+        pair_t = titles.take(row for c, _, _ in both for row in c.rows)
         ce = self.cross_encoder().predict(pair_q, pair_t)
         out, start = [], 0
-        for c, top, lists in both:
-            n = len(c.rows)
-            score = combine(ce[start : start + n], first_stage_scores(c, top, r.first_stage), r.weight)
-            start += n
-            order = np.argsort(-score, kind="stable")
-            rows, scores = c.rows[order], score[order].astype(np.float32)
-            if k > n:  # the hybrid ranking continues below the reranked candidates
-                tail = reciprocal_rank_fusion(lists, k)
-                tail_rows = tail.rows[~np.isin(tail.rows, rows)][: k - n]
-                floor = (scores.min() if n else 0.0) - 1.0
-                rows = np.concatenate([rows, tail_rows])
-                scores = np.concatenate([scores, floor - np.arange(len(tail_rows), dtype=np.float32)])
-            out.append(SearchResult(rows[:k], scores[:k]))
+        for fused, top, lists in both:
+            cand = Candidates.from_stages(fused, top, lists, RERANK_FIRST_STAGES, r.first_stage, r.depth)
+            cand.ce = ce[start : start + len(cand.rows)].astype(np.float64)
+            start += len(cand.rows)
+            out.append(cand)
         return out
+
+    def features(self, cand: Candidates, profile=None, now: float | None = None) -> np.ndarray:
+        """The ranker's feature rows (:data:`engine.features.FEATURES`) of one query's candidates for a user
+        (``profile`` None: the cold-user values)."""
+        pc = self.cfg.personal
+        ev = self.user_events()
+        counts = ev.stats(pc.stats_refresh_seconds).counts
+        ctr, pop = ctr_popularity(counts[cand.rows], counts.sum(axis=0), pc.ctr_prior)
+        personal = None
+        if profile is not None:
+            now = time.time() if now is None else now
+            bought = np.array([r for r in (ev._row_of_map().get(p) for p in profile.bought) if r is not None],
+                              dtype=np.int64)
+            personal = personal_features(cand.rows, profile, self.facets(), now, pc.half_life_days * 86400.0, bought)
+        return feature_matrix(cand, ctr, pop, personal)
+
+    def rank_candidates(self, cand: Candidates, k: int, profile=None, personalize: float = 1.0,
+                        explain: bool = False, now: float | None = None) -> tuple[SearchResult, list[dict] | None]:
+        """The final order of one query's candidates (learned ranker, or the z-score mix without one), the
+        rest of the hybrid list below them down to ``k``, and per hit an explanation when asked."""
+        r = self.cfg.rerank
+        ranker = self.ranker()
+        n = len(cand.rows)
+        X = base = None
+        if ranker is not None:
+            X = self.features(cand, profile if ranker.uses_personal else None, now)
+            score, base = ranker.score(X, personalize, warm=profile is not None)
+        else:
+            score = combine(cand.ce, cand.first, r.weight)
+        order = np.argsort(-score, kind="stable")
+        rows, scores = cand.rows[order], score[order].astype(np.float32)
+        if k > n:  # the hybrid ranking continues below the reranked candidates
+            tail = reciprocal_rank_fusion(cand.lists, k)
+            tail_rows = tail.rows[~np.isin(tail.rows, rows)][: k - n]
+            floor = (scores.min() if n else 0.0) - 1.0
+            rows = np.concatenate([rows, tail_rows])
+            scores = np.concatenate([scores, floor - np.arange(len(tail_rows), dtype=np.float32)])
+        res = SearchResult(rows[:k], scores[:k])
+        if not explain:
+            return res, None
+        if X is None:
+            X = self.features(cand, None, now)
+        from engine.features import FEATURES
+
+        notes = []
+        for i in order[:k]:
+            stages = {s: {"score": float(cand.stage_scores[s][i]), "rank": int(cand.stage_ranks[s][i])}
+                      for s in cand.stage_scores}
+            notes.append({
+                "stages": stages, "rrf": float(cand.rrf[i]), "cross_encoder": float(cand.ce[i]),
+                "first_stage": float(cand.first[i]),
+                "ctr": float(X[i, FEATURES.index("ctr")]), "popularity": float(X[i, FEATURES.index("popularity")]),
+                "personal": {f: float(X[i, FEATURES.index(f)]) for f in PERSONAL},
+                "ranker": "lightgbm" if ranker is not None else f"z-score mix (weight {r.weight})",
+                "non_personal_score": float(base[i]) if base is not None else float(score[i]),
+                "final_score": float(score[i]),
+            })
+        notes += [{"stages": {}, "note": "below the reranked candidates: hybrid order"}
+                  for _ in range(len(res.rows) - len(notes))]
+        return res, notes
+
+    def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:
+        """The final order over each query's candidates (non-personal); below them, down to ``k``, the rest of
+        the hybrid list."""
+        r = self.cfg.rerank
+        deep = max(k, self.cfg.search.candidates) if k > r.depth else 0  # the hybrid tail's depth
+        return [self.rank_candidates(c, k)[0] for c in self.candidate_sets(texts, mask, deep)]
 
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages, pairs for rerank)."""
@@ -211,31 +347,47 @@ class SearchEngine:
             return self._reranked(texts, k, self.live)
         return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
-    def query(self, text: str, k: int = 10, filters: dict | None = None, mask: np.ndarray | None = None) -> list[Hit]:
+    def query(self, text: str, k: int = 10, filters: dict | None = None, mask: np.ndarray | None = None,
+              user_id: str | None = None, personalize: float = 1.0, explain: bool = False) -> list[Hit]:
         """Ranked hits for a query from the config's stages (fused when there are several).
 
         ``filters`` restricts results by category, brand or price range;
         ``mask`` (one bool per product row) is the general form.  Both are
         applied inside each stage's retrieval, before its top-k cut.
+        ``user_id`` personalizes the order with the learned ranker's personal
+        features, scaled by ``personalize`` (0 = off, 1 = full); no user, an
+        unknown user or one with no events get exactly the non-personalized
+        ranking.  ``explain=True`` gives each hit its stage scores and ranks,
+        cross-encoder score, personal features and final score.
         """
         if not isinstance(text, str):
             raise TypeError(f"query text must be a string, not {type(text).__name__}")
         if k < 1:
             raise ValueError("k must be >= 1")
+        if not 0.0 <= personalize <= 1.0:
+            raise ValueError(f"personalize must be within [0, 1], got {personalize}")
         fmask = self.filter_mask(filters)
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
         mask = self._with_live(mask)
         if self.cfg.rerank.model:
-            return self.hits(self._reranked([text], k, mask)[0])
+            r = self.cfg.rerank
+            deep = max(k, self.cfg.search.candidates) if k > r.depth else 0
+            cand = self.candidate_sets([text], mask, deep)[0]
+            ranker = self.ranker()
+            profile = self.profile(user_id) if (user_id is not None and personalize > 0 and ranker is not None
+                                                 and ranker.uses_personal) else None
+            res, notes = self.rank_candidates(cand, k, profile, personalize, explain)
+            return self.hits(res, notes)
         stages = self.cfg.search.stages
         if len(stages) == 1:
             return self.hits(self._retrieve(text, k, stages[0], mask))
         return self.hits(self._fused(text, k, stages, mask))
 
-    def hits(self, res: SearchResult) -> list[Hit]:
+    def hits(self, res: SearchResult, notes: list[dict] | None = None) -> list[Hit]:
         ids, titles = self.products.ids, self.products.titles
-        return [Hit(ids[int(r)], titles[int(r)], float(s), i + 1) for i, (r, s) in enumerate(zip(res.rows, res.scores))]
+        return [Hit(ids[int(r)], titles[int(r)], float(s), i + 1, notes[i] if notes else None)
+                for i, (r, s) in enumerate(zip(res.rows, res.scores))]
 
     def query_many(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
         return [self.query(t, k=k) for t in texts]

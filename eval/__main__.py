@@ -17,23 +17,9 @@ from finetune.judged import QueriesError, read_queries
 from eval.report import write_report
 from indexer.build import ensure_indexes
 from indexer.catalog import CatalogError
-from indexer.config import ConfigError, load_config
+from indexer.config import ConfigError, load_config, parse_overrides
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
-
-
-def parse_overrides(items: list[str]) -> dict[str, dict]:
-    """``["rerank.weight=0.6"]`` -> ``{"rerank": {"weight": 0.6}}`` (values read as YAML scalars)."""
-    import yaml
-
-    out: dict[str, dict] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        section, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
-        out.setdefault(section, {})[name] = yaml.safe_load(value)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,18 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--resume", action="store_true", help="keep finished models, continue interrupted training")
     ap.add_argument("--cross-encoder-layers", type=int, help="override finetune.crossencoder.num_layers")
     ap.add_argument("--cross-encoder-out", help="where the cross-encoder goes (default models/<config>/cross-encoder)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                    help="override a config field, e.g. --set finetune.crossencoder.max_steps=900 (repeatable)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
     from finetune.clicklog import ClickLogError
     from finetune.judged import QueriesError
     from indexer.catalog import CatalogError
-    from indexer.config import ConfigError, load_config
+    from indexer.config import ConfigError, load_config, parse_overrides
     from indexer.encoder import ModelMissingError
     from indexer.store import IndexLoadError
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, **parse_overrides(args.set))
         summary = run_job(cfg, [s for s in args.stages.split(",") if s], resume=args.resume,
                           progress=not args.no_progress, cross_encoder_layers=args.cross_encoder_layers,
                           cross_encoder_out=Path(args.cross_encoder_out) if args.cross_encoder_out else None)

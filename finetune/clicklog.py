@@ -15,12 +15,11 @@ the line and the field.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
 FIELDS = ("user_id", "query", "product_id", "event", "timestamp")
@@ -73,46 +72,61 @@ def _validate(rec: dict, where: str) -> Event:
     return Event(str(rec["user_id"]).strip(), str(rec["query"]).strip(), str(rec["product_id"]).strip(), event, ts)
 
 
-def read_clicklog(path: str | Path) -> list[Event]:
-    """Read and validate a click log (JSONL by ``.jsonl``/``.json``, else TSV)."""
+def iter_clicklog(path: str | Path) -> Iterator[tuple[int, Event | ClickLogError]]:
+    """``(line, event)`` for each row of a click log, or ``(line, error)`` for a bad row (the error names
+    the file, line and field); a missing file, an empty file or a bad header raise at once."""
     path = Path(path)
     if not path.is_file():
         raise ClickLogError(f"click log not found: {path}")
-    events: list[Event] = []
+    jsonl = path.suffix.lower() in (".jsonl", ".json", ".ndjson")
+    header: list[str] | None = None
     with open(path, "rb") as fb:
-        raw_lines = fb.read().split(b"\n")
-    lines = []
-    for i, raw in enumerate(raw_lines, start=1):
-        try:
-            lines.append(raw.decode("utf-8").rstrip("\r"))
-        except UnicodeDecodeError as e:
-            raise ClickLogError(f"{path}:{i}: undecodable bytes (not UTF-8) at byte {e.start}") from None
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        for i, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+        for i, raw in enumerate(fb, start=1):
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ClickLogError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-            if not isinstance(rec, dict):
-                raise ClickLogError(f"{path}:{i}: a row must be a JSON object")
-            events.append(_validate(rec, f"{path}:{i}"))
-        return events
-    reader = csv.reader(lines, delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, None)
-    if not header:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                yield i, ClickLogError(f"{path}:{i}: undecodable bytes (not UTF-8) at byte {e.start}")
+                continue
+            if jsonl:
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, ClickLogError(f"{path}:{i}: invalid JSON: {e.msg}")
+                    continue
+                if not isinstance(rec, dict):
+                    yield i, ClickLogError(f"{path}:{i}: a row must be a JSON object")
+                    continue
+            else:
+                row = line.split("\t")
+                if header is None:
+                    header = row
+                    missing = [f for f in FIELDS if f not in header]
+                    if missing:
+                        raise ClickLogError(f"{path}:1: header lacks column(s) {missing}")
+                    continue
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    yield i, ClickLogError(f"{path}:{i}: expected {len(header)} fields, found {len(row)}")
+                    continue
+                rec = dict(zip(header, row))
+            try:
+                yield i, _validate(rec, f"{path}:{i}")
+            except ClickLogError as e:
+                yield i, e
+    if not jsonl and header is None:
         raise ClickLogError(f"{path}: empty file (a header row is required)")
-    missing = [f for f in FIELDS if f not in header]
-    if missing:
-        raise ClickLogError(f"{path}:1: header lacks column(s) {missing}")
-    for row in reader:
-        i = reader.line_num
-        if not row or not any(c.strip() for c in row):
-            continue
-        if len(row) != len(header):
-            raise ClickLogError(f"{path}:{i}: expected {len(header)} fields, found {len(row)}")
-        events.append(_validate(dict(zip(header, row)), f"{path}:{i}"))
+
+
+def read_clicklog(path: str | Path) -> list[Event]:
+    """Read and validate a click log (JSONL by ``.jsonl``/``.json``, else TSV); the first bad row is an error."""
+    events: list[Event] = []
+    for _, item in iter_clicklog(path):
+        if isinstance(item, ClickLogError):
+            raise item
+        events.append(item)
     return events
 
 

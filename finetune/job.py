@@ -33,7 +33,7 @@ from typing import Sequence
 from finetune.data import TrainingQueries, from_clicklog, from_judged, mine_hard_negatives, split_by_time, time_cut
 from indexer.config import Config, RerankConfig, SearchConfig
 
-JOB_STAGES = ("bi-encoder", "cross-encoder")
+JOB_STAGES = ("bi-encoder", "cross-encoder", "ranker")
 
 
 @dataclass
@@ -67,14 +67,7 @@ def load_training_data(cfg: Config) -> TrainingData:
         from finetune.clicklog import read_clicklog
 
         events = read_clicklog(ft.train)
-        if not events:
-            raise QueriesError(f"{ft.train}: no events")
-        if ft.holdout_days is not None:
-            cut = max(e.timestamp for e in events) - ft.holdout_days * 86400
-            how = f"the last {ft.holdout_days:g} days"
-        else:
-            cut = time_cut(events, ft.train_fraction)
-            how = f"the last {1 - ft.train_fraction:.0%} of events"
+        cut, how = clicklog_cut(cfg, events)
         before, after = split_by_time(events, cut)
         train = from_clicklog(before, ft.gains, ft.impressions_as_negatives)
         dev = from_clicklog(after, ft.gains)
@@ -92,6 +85,18 @@ def load_training_data(cfg: Config) -> TrainingData:
     dev_qids = [q for q in dev.texts if dev.positives.get(q)][: ft.dev_queries]
     dev = TrainingQueries({q: dev.texts[q] for q in dev_qids}, {q: dev.positives[q] for q in dev_qids})
     return TrainingData(train, dev, str(ft.train), desc)
+
+
+def clicklog_cut(cfg: Config, events) -> tuple[float, str]:
+    """The global time cut of a click log (training strictly before it) and how it was chosen."""
+    from finetune.judged import QueriesError
+
+    ft = cfg.finetune
+    if not events:
+        raise QueriesError(f"{ft.train}: no events")
+    if ft.holdout_days is not None:
+        return max(e.timestamp for e in events) - ft.holdout_days * 86400, f"the last {ft.holdout_days:g} days"
+    return time_cut(events, ft.train_fraction), f"the last {1 - ft.train_fraction:.0%} of events"
 
 
 def without_rerank(cfg: Config, **dense) -> Config:
@@ -226,6 +231,50 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
             **report, "training": dataclasses.asdict(t)}
 
 
+def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: bool) -> dict:
+    """The final ranker: from the click log's training-period sessions (point-in-time profiles and counts),
+    or from the judged training queries (non-personal features only)."""
+    import random
+
+    from engine import SearchEngine
+    from engine.features import NON_PERSONAL
+    from engine.profiles import ProfileSettings
+    from finetune.ranker import EventArrays, PointInTime, Session, sessions_from_events, train_ranker
+    from indexer.build import ensure_indexes
+
+    t = cfg.finetune.ranker
+    if not cfg.rerank.model:
+        raise ValueError(f"{cfg.source}: the ranker reranks the cross-encoder's candidates: set rerank.model")
+    base = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))
+    ensure_indexes(base, ["dense"], progress=progress)
+    engine = SearchEngine.from_config(base)
+    row_of = engine.user_events()._row_of_map()
+    ft = cfg.finetune
+    if is_clicklog(Path(ft.train), ft.format):
+        from finetune.clicklog import read_clicklog
+
+        events = read_clicklog(ft.train)
+        cut, how = clicklog_cut(cfg, events)
+        before = [e for e in events if e.timestamp < cut]
+        sessions = sessions_from_events(before, row_of, ft.gains)
+        pc = cfg.personal
+        settings = ProfileSettings(pc.half_life_days, dict(pc.gains), pc.affinity_cap, pc.bought_cap)
+        pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
+        desc = (f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
+                f"{cut:.0f} ({how} held out), labels = best gain per product")
+        return train_ranker(engine, sessions, pit, t, out, progress=progress, description=desc)
+    qids = list(data.train.texts)
+    random.Random(t.seed).shuffle(qids)
+    sessions = []
+    for qid in qids[: t.max_queries]:
+        gains = {row_of[p]: g for p, g in data.train.positives[qid].items() if p in row_of}
+        if gains:
+            sessions.append(Session(None, data.train.texts[qid], 0.0, gains))
+    desc = (f"judged pairs {ft.train}: {len(sessions)} training queries (seeded sample of {len(qids)}), "
+            "the judged product as positive; no users, so non-personal features only")
+    return train_ranker(engine, sessions, None, t, out, features=NON_PERSONAL, progress=progress, description=desc)
+
+
 def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = False, progress: bool = True,
             cross_encoder_layers: int | None = None, cross_encoder_out: Path | None = None) -> dict:
     """Train what ``stages`` name and rebuild the dense index; returns a summary (also in ``<out>/finetune.json``)."""
@@ -270,10 +319,29 @@ def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = Fals
             card["settings_hash"] = key
             _write_card(ce_out, card)
             summary["models"]["cross-encoder"] = {k: v for k, v in card.items() if k != "log"}
+    if "ranker" in stages and cfg.rerank.model:
+        rk_out = out_dir / "ranker"
+        key = settings_hash(ft.ranker, cfg.personal, data.source, len(data.train), cfg.rerank.depth,
+                            _model_hash(cfg.rerank.model, cfg.root))
+        if resume and finished(rk_out, key):
+            summary["models"]["ranker"] = f"{rk_out} (kept: finished with the same settings)"
+        else:
+            card = train_ranker_stage(cfg, data, rk_out, progress)
+            card["settings_hash"] = key
+            _write_card(rk_out, card)
+            summary["models"]["ranker"] = card
     summary["minutes"] = round((time.perf_counter() - t_start) / 60, 2)
     (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str),
                                            encoding="utf-8")
     return summary
+
+
+def _model_hash(model: str, root: Path) -> str:
+    """A cheap fingerprint of a model folder (file names, sizes, times): retrain what depends on it when it changes."""
+    p = Path(model) if Path(model).is_absolute() else root / model
+    if not p.is_dir():
+        return ""
+    return settings_hash(sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in p.iterdir() if f.is_file()))
 
 
 def _write_card(folder: Path, card: dict) -> None:

@@ -84,8 +84,9 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
             path = cfg.index_dir / stage
             manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
                                                cfg.index_fingerprint(), progress=progress,
-                                               extras={"catalog_sha256": catalog_sha, "n_products": len(catalog)})
-            detail = f"{manifest['factory']}, {manifest['titles_per_second']} titles/s"
+                                               extras={"catalog_sha256": catalog_sha, "n_products": len(catalog)},
+                                               groups=cfg.dense.groups)
+            detail = f"{manifest['factory']}, {manifest['titles_per_second']} titles/s, {manifest['n_groups']} groups"
         else:
             raise ValueError(f"no index for stage {stage!r}")
         if n_purged:
@@ -117,7 +118,8 @@ def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
                 if not (stage == "dense" and d.trim_vocab):
                     raise
                 fingerprint = None  # the trimmed copy is made by the build
-            if manifest.get("encoder", {}).get("fingerprint") != fingerprint or manifest.get("factory") != d.factory:
+            if manifest.get("encoder", {}).get("fingerprint") != fingerprint or manifest.get("factory") != d.factory \
+                    or manifest.get("groups_configured") != d.groups:
                 stale.append(stage)
     return stale
 

@@ -86,6 +86,9 @@ class DenseConfig:
     # queries need (never dev or held-out queries), plus every single character
     trim_vocab: bool = False
     trim_queries: Path | None = None
+    # product groups: spherical k-means over the product vectors, computed by `make index` and stored with the
+    # dense index (personalization's stand-in for categories); 0 = about sqrt(products / 2), within 8..1024
+    groups: int = 0
 
 
 @dataclass
@@ -109,6 +112,32 @@ class RerankConfig:
     max_length: int | None = None
     batch_size: int = 128
     device: str = "auto"
+    # the learned final ranker (LightGBM LambdaRank, trained by `make finetune`); None: the z-score mix above
+    ranker: str | None = None
+
+
+@dataclass
+class PersonalConfig:
+    """Events, user profiles and the personal features (engine.events, engine.profiles, engine.features)."""
+
+    # where events and profiles live: an embedded SQLite file (default <index_dir>/events.sqlite)
+    store: str = "sqlite"
+    path: Path | None = None
+    # the HMAC key user ids are hashed with; the environment variable ECOMSEARCH_USER_KEY wins.
+    # Without either, recording events is refused (only the demo config ships a key)
+    user_key: str | None = None
+    half_life_days: float = 30.0
+    # events older than this are dropped (and profiles not updated for this long)
+    retention_days: float = 365.0
+    gains: dict[str, float] = field(default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3})
+    # facet values kept per facet in a profile (the weakest dropped)
+    affinity_cap: int = 50
+    bought_cap: int = 200
+    price_bands: int = 5
+    # smoothing of a product's click-through rate: (clicks + prior * ctr_all) / (impressions + prior)
+    ctr_prior: float = 20.0
+    # how often (seconds) a serving engine re-reads product statistics other processes recorded
+    stats_refresh_seconds: float = 60.0
 
 
 @dataclass
@@ -156,6 +185,22 @@ class CrossEncoderTrainConfig(TrainingLoopConfig):
 
 
 @dataclass
+class RankerTrainConfig:
+    """The LightGBM LambdaRank final ranker (finetune.ranker)."""
+
+    num_leaves: int = 15
+    learning_rate: float = 0.05
+    num_rounds: int = 400
+    min_data_in_leaf: int = 50
+    early_stopping: int = 40
+    # judged pairs: how many training queries to score (each costs a cross-encoder pass over its candidates)
+    max_queries: int = 2000
+    # click logs: the last share of training sessions (by time) stops the boosting early
+    valid_fraction: float = 0.15
+    seed: int = 0
+
+
+@dataclass
 class FinetuneConfig:
     # click log (user_id, query, product_id, event, timestamp) or judged pairs (query, pid[, qid][, relevance])
     train: Path | None = None
@@ -173,6 +218,7 @@ class FinetuneConfig:
     out_dir: Path | None = None
     biencoder: BiEncoderTrainConfig = field(default_factory=BiEncoderTrainConfig)
     crossencoder: CrossEncoderTrainConfig = field(default_factory=CrossEncoderTrainConfig)
+    ranker: RankerTrainConfig = field(default_factory=RankerTrainConfig)
 
 
 @dataclass
@@ -199,6 +245,7 @@ class Config:
     rerank: RerankConfig = field(default_factory=RerankConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
     source: Path | None = None
     root: Path = Path(".")
 
@@ -259,8 +306,9 @@ def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig
     data = dict(data or {})
     bi = _build(BiEncoderTrainConfig, data.pop("biencoder", None), f"{where}.biencoder", root)
     ce = _build(CrossEncoderTrainConfig, data.pop("crossencoder", None), f"{where}.crossencoder", root)
+    rk = _build(RankerTrainConfig, data.pop("ranker", None), f"{where}.ranker", root)
     ft = _build(FinetuneConfig, data, where, root)
-    ft.biencoder, ft.crossencoder = bi, ce
+    ft.biencoder, ft.crossencoder, ft.ranker = bi, ce, rk
     return ft
 
 
@@ -279,18 +327,44 @@ def load_config(path: str | Path, **overrides: Any) -> Config:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
-    for section, values in overrides.items():
-        if isinstance(values, dict):
-            raw[section] = {**(raw.get(section) or {}), **values}
-        else:
-            raw[section] = values
+    raw = _merge(raw, overrides)
     return config_from_dict(raw, base=path.parent, source=path)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over``'s values, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["rerank.weight=0.6", "finetune.crossencoder.max_steps=900"]`` -> nested overrides for
+    :func:`load_config` (values read as YAML scalars)."""
+    out: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) < 2 or not all(parts):
+            raise ConfigError(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is set twice")
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
 
 
 def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Config:
     where = str(source or "config")
     raw = dict(raw)
-    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "rerank", "finetune", "eval"}
+    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "rerank", "finetune", "eval",
+             "personal"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -311,6 +385,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         rerank=_build(RerankConfig, raw.get("rerank"), f"{where}: rerank", root),
         finetune=_build_finetune(raw.get("finetune"), f"{where}: finetune", root),
         eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
+        personal=_build(PersonalConfig, raw.get("personal"), f"{where}: personal", root),
         source=source,
         root=root,
     )
@@ -349,8 +424,21 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
     if cfg.rerank.first_stage not in ("rrf", "scores"):
         raise ConfigError(f"{where}: rerank.first_stage must be rrf or scores, not {cfg.rerank.first_stage!r}")
+    if cfg.rerank.ranker and not cfg.rerank.model:
+        raise ConfigError(f"{where}: rerank.ranker orders the cross-encoder's candidates: set rerank.model too")
     if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
         raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
+    pc = cfg.personal
+    if pc.store != "sqlite":
+        raise ConfigError(f"{where}: personal.store {pc.store!r} is not built in (sqlite); a shop's own store "
+                          "plugs in through engine.events.EventStore")
+    if pc.half_life_days <= 0 or pc.retention_days <= 0:
+        raise ConfigError(f"{where}: personal.half_life_days and personal.retention_days must be > 0")
+    bad = set(pc.gains) - {"impression", "click", "add_to_cart", "purchase"}
+    if bad:
+        raise ConfigError(f"{where}: personal.gains names unknown event(s) {sorted(bad)}")
+    if pc.path is None:
+        pc.path = cfg.index_dir / "events.sqlite"
     stages = {"bm25", "dense", "dense-base", "hybrid"}
     bad = [s for s in cfg.search.stages if s not in stages]
     if bad:

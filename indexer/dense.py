@@ -11,6 +11,13 @@ with no change by the user.
 The manifest records the encoder's fingerprint (model files' hash, max
 length); loading the index for a different encoder fails instead of
 returning nonsense.
+
+Beside the FAISS index the folder keeps each product's vector (float16,
+``vectors.npy``, by row: what user profiles average) and its **group**
+(``groups.npy``): spherical k-means over the product vectors (FAISS
+``Kmeans``, seeded), with the centroids in ``group_centroids.npy``.  For
+catalogs with titles only, groups stand in for categories in
+personalization.
 """
 
 from __future__ import annotations
@@ -33,10 +40,41 @@ def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
+def n_groups(n_products: int, configured: int = 0) -> int:
+    """The number of k-means product groups: as configured, else about sqrt(n / 2) within 8..1024."""
+    k = configured or int(np.clip(round(np.sqrt(n_products / 2)), 8, 1024))
+    return max(1, min(k, n_products))
+
+
+def product_groups(vectors: np.ndarray, k: int, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (FAISS) over normalized product vectors: (group per row int32, centroids [k, d])."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(x) == 0:
+        return np.zeros(0, dtype=np.int32), np.zeros((0, x.shape[1] if x.ndim == 2 else 0), dtype=np.float32)
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
+                      max_points_per_centroid=256)
+    km.train(x)
+    return assign_groups(x, km.centroids), np.asarray(km.centroids, dtype=np.float32)
+
+
+def assign_groups(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """The nearest centroid (inner product) of each vector."""
+    if len(vectors) == 0:
+        return np.zeros(0, dtype=np.int32)
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, g = index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    return g[:, 0].astype(np.int32)
+
+
 class DenseIndex:
     def __init__(self, index: faiss.Index, encoder: dict, manifest: dict | None = None, nprobe: int = 32,
-                 ef_search: int = 128):
+                 ef_search: int = 128, vectors: np.ndarray | None = None, groups: np.ndarray | None = None,
+                 group_centroids: np.ndarray | None = None):
         self.index = index
+        self.vectors = vectors  # [n, d] float16 by product row
+        self.groups = groups  # [n] int32 by product row
+        self.group_centroids = group_centroids
         self.encoder = encoder
         self.manifest = manifest or {}
         self.nprobe = nprobe
@@ -110,15 +148,23 @@ class DenseIndex:
         return out
 
     def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
-        """Add products (new rows) without a rebuild."""
+        """Add products (new rows) without a rebuild; each joins its nearest existing group."""
         self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(rows, dtype=np.int64))
         self.n = int(self.index.ntotal)
+        if self.vectors is not None:
+            self.vectors = np.concatenate([np.asarray(self.vectors), np.asarray(vectors, dtype=np.float16)])
+        if self.groups is not None and self.group_centroids is not None:
+            self.groups = np.concatenate([np.asarray(self.groups), assign_groups(vectors, self.group_centroids)])
         if self.on_gpu:
             self._to_gpu()
 
     def save_to(self, folder: Path) -> dict:
         faiss.write_index(self.index, str(folder / "faiss.index"))
-        return {"n_vectors": self.n, "encoder": self.encoder, "factory": self.manifest.get("factory")}
+        np.save(folder / "vectors.npy", np.asarray(self.vectors, dtype=np.float16))
+        np.save(folder / "groups.npy", np.asarray(self.groups, dtype=np.int32))
+        np.save(folder / "group_centroids.npy", np.asarray(self.group_centroids, dtype=np.float32))
+        return {"n_vectors": self.n, "encoder": self.encoder, "factory": self.manifest.get("factory"),
+                "n_groups": int(len(self.group_centroids))}
 
     @classmethod
     def load(cls, folder: Path, encoder_fingerprint: str | None, verify: bool = True, nprobe: int = 32,
@@ -131,7 +177,9 @@ class DenseIndex:
                                  f"({manifest.get('encoder', {}).get('model')}), the config's encoder is "
                                  f"{encoder_fingerprint}: its vectors are not comparable; rebuild with `make index`")
         index = faiss.read_index(str(folder / "faiss.index"))
-        return cls(index, manifest["encoder"], manifest, nprobe, ef_search)
+        return cls(index, manifest["encoder"], manifest, nprobe, ef_search,
+                   vectors=np.load(folder / "vectors.npy", mmap_mode="r"), groups=np.load(folder / "groups.npy"),
+                   group_centroids=np.load(folder / "group_centroids.npy"))
 
 
 def stage_model(cfg, stage: str):
@@ -165,16 +213,21 @@ def stage_index_dir(cfg, stage: str) -> Path:
 
 
 def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_hash: str,
-                   progress: bool = True, extras: dict | None = None) -> tuple[dict, DenseIndex]:
-    """Encode ``texts`` (one per product row) and swap a new dense index in at ``path``."""
+                   progress: bool = True, extras: dict | None = None, groups: int = 0) -> tuple[dict, DenseIndex]:
+    """Encode ``texts`` (one per product row), group them, and swap a new dense index in at ``path``."""
     t0 = time.perf_counter()
     vecs = encoder.encode_passages(texts, progress=progress)
     t1 = time.perf_counter()
     index = DenseIndex.build(vecs, factory)
     t2 = time.perf_counter()
-    dense = DenseIndex(index, encoder.describe(), {"factory": factory})
-    extras = {**(extras or {}), "factory": factory, "encode_seconds": round(t1 - t0, 2),
-              "build_seconds": round(t2 - t1, 2), "titles_per_second": round(len(texts) / max(t1 - t0, 1e-9), 1)}
+    k = n_groups(len(texts), groups)
+    group_of, centroids = product_groups(vecs, k)
+    t3 = time.perf_counter()
+    dense = DenseIndex(index, encoder.describe(), {"factory": factory}, vectors=vecs.astype(np.float16),
+                       groups=group_of, group_centroids=centroids)
+    extras = {**(extras or {}), "factory": factory, "groups_configured": groups, "encode_seconds": round(t1 - t0, 2),
+              "build_seconds": round(t2 - t1, 2), "kmeans_seconds": round(t3 - t2, 2),
+              "titles_per_second": round(len(texts) / max(t1 - t0, 1e-9), 1)}
     manifest = write_index(path, lambda folder: {**dense.save_to(folder), **extras}, KIND, config_hash)
     dense.manifest = manifest
     return manifest, dense

@@ -19,8 +19,9 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-# per index kind; bumped whenever its files change meaning (bm25 2: stored token ids per product)
-FORMAT_VERSIONS = {"bm25": 2, "dense": 1}
+# per index kind; bumped whenever its files change meaning (bm25 2: stored token ids per product;
+# dense 2: product vectors and k-means product groups stored beside the FAISS index)
+FORMAT_VERSIONS = {"bm25": 2, "dense": 2}
 MANIFEST = "manifest.json"
 
 

@@ -94,9 +94,10 @@ def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
         manifest = read_manifest(folder, DENSE_KIND, verify=False)
         encoder = dense_encoder(cfg, stage)
         dense = DenseIndex.load(folder, encoder.fingerprint, verify=False)
+        dense.vectors = np.array(dense.vectors)  # off the memory map: the new folder gets a full copy
         dense.on_gpu = False
         dense.add(encoder.encode_passages(texts, progress=progress), rows)
-        extras = {k: manifest[k] for k in ("catalog_sha256", "factory") if k in manifest}
+        extras = {k: manifest[k] for k in ("catalog_sha256", "factory", "groups_configured") if k in manifest}
         extras["n_products"] = n_old + len(catalog)
         extras["added_since_build"] = manifest.get("added_since_build", 0) + len(catalog)
         write_index(folder, lambda f, d=dense, e=extras: {**d.save_to(f), **e}, DENSE_KIND, manifest["config_hash"])

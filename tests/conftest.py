@@ -86,3 +86,29 @@ def write_tiny_unigram_bert(out: Path, texts, vocab_size: int = 600, seed: int =
     BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
     write_sentence_transformers_files(out, max_seq_length=64, dim=32)
     return out
+
+
+@pytest.fixture(scope="session")
+def job_cfg(demo_dir, tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("job")
+    models = tmp / "models" / "t"
+    return make_config(
+        tmp, demo_dir / "catalog.jsonl", text={"unknown_word_ngrams": 1},
+        dense={"model": str(models / "bi-encoder"), "base_model": str(tiny_model), "max_length": 64},
+        search={"stages": ["bm25", "dense"]},
+        rerank={"model": str(models / "cross-encoder"), "depth": 20, "weight": 0.5},
+        finetune={"train": str(demo_dir / "clicks.jsonl"), "holdout_days": 10, "dev_queries": 40,
+                  "out_dir": str(models),
+                  "biencoder": {"lr": 1e-3, "batch_size": 16, "scale": 20, "max_steps": 6, "eval_every": 3,
+                                "warmup_steps": 2},
+                  "crossencoder": {"num_layers": 1, "lr": 1e-3, "batch_size": 8, "group_size": 3, "max_steps": 6,
+                                   "eval_every": 3, "warmup_steps": 2, "max_length": 64, "eval_queries": 20}},
+        eval={"queries": str(demo_dir / "queries.tsv")})
+
+
+@pytest.fixture(scope="session")
+def trained(job_cfg):
+    """Tiny bi-encoder, cross-encoder and ranker trained by the `make finetune` job on the tiny demo data."""
+    from finetune.job import run_job
+
+    return run_job(job_cfg, progress=False)

@@ -15,29 +15,6 @@ from indexer.store import read_manifest
 from conftest import make_config
 
 
-@pytest.fixture(scope="module")
-def job_cfg(demo_dir, tiny_model, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("job")
-    models = tmp / "models" / "t"
-    return make_config(
-        tmp, demo_dir / "catalog.jsonl", text={"unknown_word_ngrams": 1},
-        dense={"model": str(models / "bi-encoder"), "base_model": str(tiny_model), "max_length": 64},
-        search={"stages": ["bm25", "dense"]},
-        rerank={"model": str(models / "cross-encoder"), "depth": 20, "weight": 0.5},
-        finetune={"train": str(demo_dir / "clicks.jsonl"), "holdout_days": 10, "dev_queries": 40,
-                  "out_dir": str(models),
-                  "biencoder": {"lr": 1e-3, "batch_size": 16, "scale": 20, "max_steps": 6, "eval_every": 3,
-                                "warmup_steps": 2},
-                  "crossencoder": {"num_layers": 1, "lr": 1e-3, "batch_size": 8, "group_size": 3, "max_steps": 6,
-                                   "eval_every": 3, "warmup_steps": 2, "max_length": 64, "eval_queries": 20}},
-        eval={"queries": str(demo_dir / "queries.tsv")})
-
-
-@pytest.fixture(scope="module")
-def trained(job_cfg):
-    return run_job(job_cfg, progress=False)
-
-
 def test_a_missing_fine_tuned_model_names_the_command(job_cfg, trained, tmp_path):
     import dataclasses
 
@@ -70,7 +47,10 @@ def test_the_job_writes_both_models_with_cards_and_reindexes(job_cfg, trained):
     assert manifest["encoder"]["fingerprint"] == model_fingerprint(out / "bi-encoder", 64)
     assert not stale_stages(job_cfg, ["bm25", "dense", "dense-base"])
     summary = json.loads((out / "finetune.json").read_text())
-    assert set(summary["models"]) == {"bi-encoder", "cross-encoder"}
+    assert set(summary["models"]) == {"bi-encoder", "cross-encoder", "ranker"}
+    card = json.loads((out / "ranker" / "model_card.json").read_text())
+    assert card["sessions"] > 10 and "strictly before" in card["point_in_time"]
+    assert (out / "ranker" / "model.txt").is_file() and (out / "ranker" / "features.json").is_file()
 
 
 def test_resume_keeps_finished_models(job_cfg, trained):

@@ -1,0 +1,518 @@
+"""User events in, profiles and product statistics out: the store behind personalization.
+
+- :class:`EventStore` is the small interface a shop can implement over its
+  own database; :class:`SQLiteEventStore` is the embedded default: one file
+  (``personal.path``, default ``<index_dir>/events.sqlite``) in WAL mode,
+  schema versioned, opened by the engine itself.  Every thread gets its own
+  connection; a write is one ``BEGIN IMMEDIATE`` transaction (event row,
+  profile read-modify-write, product counters), so writers in several
+  threads or processes never lose an update, and an event is visible to the
+  user's next query.  ``secure_delete`` is on: a forgotten user's rows are
+  overwritten, not left in free pages.
+- :class:`UserEvents` is what the engine uses: it validates events (unknown
+  product, unknown event type, bad timestamp, empty user id), hashes user ids
+  with HMAC-SHA256 (key from ``ECOMSEARCH_USER_KEY`` or ``personal.user_key``;
+  without one, recording is refused), updates profiles online
+  (:mod:`engine.profiles`), ingests click logs in bulk (vectorized profiles,
+  one transaction), forgets users and drops events past the retention.
+
+`python -m engine.events ingest clicks.jsonl --config C [--skip-bad-rows]`
+loads a click log (the format of :mod:`finetune.clicklog`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import hmac
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, build_profiles, merge_profiles
+from finetune.clicklog import EVENTS, ClickLogError, Event, iter_clicklog, parse_timestamp
+
+SCHEMA_VERSION = 1
+KEY_ENV = "ECOMSEARCH_USER_KEY"
+EVENT_CODE = {e: i for i, e in enumerate(EVENTS)}
+DAY = 86400.0
+
+
+class EventError(ValueError):
+    """An event that cannot be recorded (the message names the field and the reason)."""
+
+
+class PrivacyError(RuntimeError):
+    """Recording events without a key to hash user ids with."""
+
+
+@dataclass
+class ProductStats:
+    """Event counts per product row (impressions, clicks, add-to-carts, purchases)."""
+
+    counts: np.ndarray  # [n, 4] float64 in EVENTS order
+
+    @classmethod
+    def empty(cls, n: int) -> "ProductStats":
+        return cls(np.zeros((n, len(EVENTS)), dtype=np.float64))
+
+
+class EventStore:
+    """Where events, profiles and product counters live.  Implement these for another database."""
+
+    def append(self, user: str, product_id: str, row: int, event: str, ts: float, query: str | None,
+               update) -> Profile | None:
+        """Store one event and, in the same transaction, the profile ``update(profile | None) -> profile | None``
+        returns (None: unchanged).  Returns the stored profile."""
+        raise NotImplementedError
+
+    def append_many(self, users: Sequence[str], product_ids: Sequence[str], events: Sequence[str],
+                    ts: Sequence[float], queries: Sequence[str | None], profiles: dict[str, Profile],
+                    stats: dict[str, np.ndarray]) -> None:
+        """Store many events, replace the given profiles and add ``stats`` (product id -> counts) at once."""
+        raise NotImplementedError
+
+    def profile(self, user: str) -> Profile | None:
+        raise NotImplementedError
+
+    def profiles(self, users: Iterable[str]) -> dict[str, Profile]:
+        return {u: p for u in users if (p := self.profile(u)) is not None}
+
+    def product_counts(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def forget(self, user: str) -> int:
+        """Delete every event and the profile of ``user``; returns the number of events deleted."""
+        raise NotImplementedError
+
+    def purge_before(self, ts: float) -> int:
+        """Delete events (and profiles not updated) before ``ts``; returns the number of events deleted."""
+        raise NotImplementedError
+
+    def events(self, since: float | None = None, until: float | None = None):
+        """``(user, product_id, event, ts, query)`` rows in time order."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY, user TEXT NOT NULL, product TEXT NOT NULL, event INTEGER NOT NULL,
+    ts REAL NOT NULL, query TEXT);
+CREATE INDEX IF NOT EXISTS events_user ON events (user, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS profiles (
+    user TEXT PRIMARY KEY, t REAL NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS product_stats (
+    product TEXT PRIMARY KEY, impressions REAL NOT NULL DEFAULT 0, clicks REAL NOT NULL DEFAULT 0,
+    carts REAL NOT NULL DEFAULT 0, purchases REAL NOT NULL DEFAULT 0);
+"""
+_STAT_COLS = ("impressions", "clicks", "carts", "purchases")
+
+
+class SQLiteEventStore(EventStore):
+    def __init__(self, path: str | Path, timeout: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self._local = threading.local()
+        con = self._con()
+        with con:
+            con.executescript(_SCHEMA)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise EventError(f"{self.path}: event store schema version {row[0]}, this engine reads "
+                                 f"{SCHEMA_VERSION}; migrate or move the file aside")
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA secure_delete=ON")
+            con.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
+            self._local.con = con
+        return con
+
+    def append(self, user, product_id, row, event, ts, query, update):
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.execute("INSERT INTO events (user, product, event, ts, query) VALUES (?, ?, ?, ?, ?)",
+                        (user, product_id, EVENT_CODE[event], ts, query))
+            col = _STAT_COLS[EVENT_CODE[event]]
+            con.execute(f"INSERT INTO product_stats (product, {col}) VALUES (?, 1) "
+                        f"ON CONFLICT(product) DO UPDATE SET {col} = {col} + 1", (product_id,))
+            got = con.execute("SELECT data, version FROM profiles WHERE user = ?", (user,)).fetchone()
+            old = Profile.loads(got[0], got[1]) if got else None
+            new = update(old)
+            if new is not None:
+                new.version = (old.version if old else 0) + 1
+                con.execute("INSERT INTO profiles (user, t, version, data) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
+                            "data = excluded.data", (user, new.t, new.version, new.dumps()))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return new if new is not None else old
+
+    def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            con.executemany("INSERT INTO events (user, product, event, ts, query) VALUES (?, ?, ?, ?, ?)",
+                            zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries))
+            con.executemany("INSERT INTO product_stats (product, impressions, clicks, carts, purchases) "
+                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(product) DO UPDATE SET "
+                            "impressions = impressions + excluded.impressions, clicks = clicks + excluded.clicks, "
+                            "carts = carts + excluded.carts, purchases = purchases + excluded.purchases",
+                            ((p, *map(float, c)) for p, c in stats.items()))
+            con.executemany("INSERT INTO profiles (user, t, version, data) VALUES (?, ?, ?, ?) "
+                            "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
+                            "data = excluded.data", ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def profile(self, user):
+        got = self._con().execute("SELECT data, version FROM profiles WHERE user = ?", (user,)).fetchone()
+        return Profile.loads(got[0], got[1]) if got else None
+
+    def profiles(self, users):
+        users = list(users)
+        out = {}
+        con = self._con()
+        for i in range(0, len(users), 500):
+            chunk = users[i : i + 500]
+            q = f"SELECT user, data, version FROM profiles WHERE user IN ({','.join('?' * len(chunk))})"
+            for u, data, version in con.execute(q, chunk):
+                out[u] = Profile.loads(data, version)
+        return out
+
+    def product_counts(self):
+        rows = self._con().execute(f"SELECT product, {', '.join(_STAT_COLS)} FROM product_stats").fetchall()
+        return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
+
+    def forget(self, user):
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            n = con.execute("DELETE FROM events WHERE user = ?", (user,)).rowcount
+            con.execute("DELETE FROM profiles WHERE user = ?", (user,))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        # move the change out of the write-ahead log into the (securely overwritten) database pages
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n
+
+    def purge_before(self, ts):
+        con = self._con()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            n = con.execute("DELETE FROM events WHERE ts < ?", (ts,)).rowcount
+            con.execute("DELETE FROM profiles WHERE t < ?", (ts,))
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        if n:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return n
+
+    def events(self, since=None, until=None):
+        q, args = "SELECT user, product, event, ts, query FROM events", []
+        cond = []
+        if since is not None:
+            cond.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            cond.append("ts < ?")
+            args.append(until)
+        if cond:
+            q += " WHERE " + " AND ".join(cond)
+        for u, p, e, t, qt in self._con().execute(q + " ORDER BY ts, id", args):
+            yield u, p, EVENTS[e], t, qt
+
+    def count_events(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def close(self):
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+@dataclass
+class IngestReport:
+    read: int = 0
+    recorded: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    users: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.recorded} events recorded for {self.users} users, {len(self.rejected)} rejected "
+                f"(of {self.read} rows), {self.seconds:.1f} s")
+
+
+class UserEvents:
+    """Validated, privacy-preserving event recording and profile lookup for one engine.
+
+    ``product_rows`` maps a product id to its row (the engine's product table), ``facets`` gives each row's
+    vector and facet codes.
+    """
+
+    def __init__(self, store: EventStore, facets: ProductFacets, product_ids, settings: ProfileSettings,
+                 user_key: str | None, retention_days: float = 365.0, clock=time.time):
+        self.store = store
+        self.facets = facets
+        self.product_ids = product_ids  # StringColumn or list, by row
+        self._row_of: dict[str, int] | None = None
+        self.settings = settings
+        self._key = user_key.encode("utf-8") if user_key else None
+        self.retention = retention_days * DAY
+        self.clock = clock
+        self._stats: ProductStats | None = None
+        self._stats_lock = threading.Lock()
+        self._stats_read = 0.0
+        self._writes = 0
+
+    @classmethod
+    def open(cls, cfg, facets: ProductFacets, product_ids) -> "UserEvents":
+        p = cfg.personal
+        key = os.environ.get(KEY_ENV) or p.user_key
+        settings = ProfileSettings(p.half_life_days, dict(p.gains), p.affinity_cap, p.bought_cap)
+        return cls(SQLiteEventStore(p.path), facets, product_ids, settings, key, p.retention_days)
+
+    # -- users -------------------------------------------------------------------------------------------
+    def user_key(self, user_id: str, for_write: bool = False) -> str | None:
+        """The stored form of a user id: HMAC-SHA256 with the configured key (None: no key, reads only)."""
+        if not isinstance(user_id, str) or not user_id.strip():
+            raise EventError("field 'user_id': missing or empty")
+        if self._key is None:
+            if for_write:
+                raise PrivacyError(f"no key to hash user ids with: set the environment variable {KEY_ENV} "
+                                   "(or personal.user_key in the config); events are never stored with raw ids")
+            return None
+        return hmac.new(self._key, user_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def row_of(self, product_id: str) -> int:
+        if self._row_of is None:
+            ids = self.product_ids.tolist() if hasattr(self.product_ids, "tolist") else list(self.product_ids)
+            self._row_of = {pid: i for i, pid in enumerate(ids)}
+        try:
+            return self._row_of[product_id]
+        except KeyError:
+            raise EventError(f"field 'product_id': unknown product {product_id!r} (not in the index)") from None
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def validate(self, user_id, product_id, event, timestamp) -> tuple[str, int, str, float]:
+        user = self.user_key(user_id, for_write=True)
+        if not isinstance(product_id, str) or not product_id.strip():
+            raise EventError("field 'product_id': missing or empty")
+        row = self.row_of(product_id.strip())
+        if event not in EVENT_CODE:
+            raise EventError(f"field 'event': {event!r} is not one of {', '.join(EVENTS)}")
+        if timestamp is None:
+            ts = self.clock()
+        else:
+            try:
+                ts = parse_timestamp(timestamp)
+            except (ValueError, TypeError) as e:
+                raise EventError(f"field 'timestamp': {e}") from None
+            if not np.isfinite(ts):
+                raise EventError(f"field 'timestamp': not a finite time: {timestamp!r}")
+        return user, row, event, ts
+
+    def record(self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None) -> Profile | None:
+        """Record one event; the user's profile is updated in the same transaction."""
+        user, row, event, ts = self.validate(user_id, product_id, event, timestamp)
+        pid = product_id.strip()
+
+        def update(old: Profile | None) -> Profile | None:
+            prof = old or Profile()
+            return prof if apply_event(prof, self.facets, row, pid, event, ts, self.settings) else None
+
+        prof = self.store.append(user, pid, row, event, ts, query, update)
+        with self._stats_lock:
+            if self._stats is not None:
+                self._stats.counts[row, EVENT_CODE[event]] += 1
+        self._writes += 1
+        if self._writes % 1000 == 0:
+            self.purge()
+        return prof
+
+    def ingest(self, path: str | Path, skip_bad_rows: bool = False, progress: bool = False) -> IngestReport:
+        """Load a click log: validated, user ids hashed, profiles built in bulk and merged with stored ones,
+        all in one transaction.  A bad row stops the load (nothing stored) unless ``skip_bad_rows``: then
+        it is reported with its reason and the good rows are stored."""
+        t0 = time.perf_counter()
+        rep = IngestReport()
+        hashed: dict[str, str] = {}
+        users, pids, rows, evs, ts, queries = [], [], [], [], [], []
+        row_of = self._row_of_map()
+        for line, item in iter_clicklog(path):
+            rep.read += 1
+            if isinstance(item, ClickLogError):
+                err = str(item)
+            else:
+                row = row_of.get(item.product_id)
+                err = None if row is not None else \
+                    f"{path}:{line}: field 'product_id': unknown product {item.product_id!r} (not in the index)"
+            if err is not None:
+                if not skip_bad_rows:
+                    raise EventError(err + " (use --skip-bad-rows to load the good rows and list the bad)")
+                rep.rejected.append((line, err))
+                continue
+            u = hashed.get(item.user_id)
+            if u is None:
+                u = hashed[item.user_id] = self.user_key(item.user_id, for_write=True)
+            users.append(u)
+            pids.append(item.product_id)
+            rows.append(row)
+            evs.append(item.event)
+            ts.append(item.timestamp)
+            queries.append(item.query)
+        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, np.asarray(ts, dtype=np.float64),
+                         queries)
+        rep.recorded = len(users)
+        rep.users = len(set(users))
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
+    def append_bulk(self, users: Sequence[str], pids: Sequence[str], rows: np.ndarray, events: Sequence[str],
+                    ts: np.ndarray, queries: Sequence[str | None]) -> None:
+        """Store already validated events (hashed users) and fold them into the users' profiles."""
+        if len(users) == 0:
+            return
+        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
+        order = np.argsort(ts, kind="stable")
+        users_a = np.asarray(users, dtype=object)[order]
+        new = build_profiles(users_a.astype(str), rows[order], np.asarray(pids, dtype=object)[order], codes[order],
+                             ts[order], self.facets, self.settings, EVENTS)
+        old = self.store.profiles(new)
+        merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
+        for u, p in merged.items():
+            p.version = (old[u].version if u in old else 0) + 1
+        counts = np.zeros((len(self.facets), len(EVENTS)))
+        np.add.at(counts, (rows, codes), 1)
+        nz = np.flatnonzero(counts.any(axis=1))
+        ids = self.product_ids
+        stats = {ids[int(r)]: counts[r] for r in nz}
+        self.store.append_many(users, pids, events, ts.tolist(), queries, merged, stats)
+        with self._stats_lock:
+            if self._stats is not None:
+                self._stats.counts += counts
+
+    def _row_of_map(self) -> dict[str, int]:
+        if self._row_of is None:
+            try:
+                self.row_of("")
+            except EventError:
+                pass
+        return self._row_of
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def profile(self, user_id: str | None) -> Profile | None:
+        """The user's profile, or None (no user, unknown user, no key configured, no engaging events)."""
+        if user_id is None:
+            return None
+        key = self.user_key(user_id)
+        if key is None:
+            return None
+        p = self.store.profile(key)
+        return p if p is not None and p.weight > 0 else None
+
+    def stats(self, refresh_seconds: float = 60.0) -> ProductStats:
+        """Event counts per product row: read from the store at first use and every ``refresh_seconds``
+        (events other processes record), kept current in between by this process's own events."""
+        now = time.monotonic()
+        with self._stats_lock:
+            if self._stats is None or now - self._stats_read > refresh_seconds:
+                counts = np.zeros((len(self.facets), len(EVENTS)))
+                row_of = self._row_of_map()
+                for pid, c in self.store.product_counts().items():
+                    r = row_of.get(pid)
+                    if r is not None:
+                        counts[r] = c
+                self._stats, self._stats_read = ProductStats(counts), now
+            return self._stats
+
+    # -- privacy -----------------------------------------------------------------------------------------
+    def forget(self, user_id: str) -> int:
+        """Delete every event and the profile of a user; returns the number of events deleted."""
+        key = self.user_key(user_id, for_write=True)
+        return self.store.forget(key)
+
+    def purge(self, now: float | None = None) -> int:
+        """Drop events older than the retention (and profiles not updated since)."""
+        now = self.clock() if now is None else now
+        return self.store.purge_before(now - self.retention)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.events", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    ing = sub.add_parser("ingest", help="load a click log (JSONL or TSV) into the event store")
+    ing.add_argument("path")
+    ing.add_argument("--config", default="configs/demo.yaml")
+    ing.add_argument("--skip-bad-rows", action="store_true", help="store the good rows, list the bad with reasons")
+    ing.add_argument("--rejects", help="write rejected rows with reasons to this JSONL file")
+    fg = sub.add_parser("forget", help="delete every event and the profile of a user")
+    fg.add_argument("user_id")
+    fg.add_argument("--config", default="configs/demo.yaml")
+    pg = sub.add_parser("purge", help="drop events older than personal.retention_days")
+    pg.add_argument("--config", default="configs/demo.yaml")
+    args = ap.parse_args(argv)
+
+    from engine.search import SearchEngine
+    from indexer.config import ConfigError
+    from indexer.encoder import ModelMissingError
+    from indexer.store import IndexLoadError
+
+    try:
+        engine = SearchEngine.from_config(args.config, load_models=False)
+        events = engine.user_events()
+        if args.cmd == "ingest":
+            rep = events.ingest(args.path, skip_bad_rows=args.skip_bad_rows)
+            for line, reason in rep.rejected[:20]:
+                print(f"rejected: {reason}", file=sys.stderr)
+            if len(rep.rejected) > 20:
+                print(f"... and {len(rep.rejected) - 20} more rejected rows", file=sys.stderr)
+            if args.rejects and rep.rejected:
+                with open(args.rejects, "w", encoding="utf-8") as f:
+                    for line, reason in rep.rejected:
+                        f.write(json.dumps({"line": line, "reason": reason}, ensure_ascii=False) + "\n")
+            print(rep.summary())
+        elif args.cmd == "forget":
+            print(f"forgot {events.forget(args.user_id)} events and the profile")
+        else:
+            print(f"dropped {events.purge()} events past the retention")
+    except (ConfigError, IndexLoadError, ModelMissingError, EventError, PrivacyError, ClickLogError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

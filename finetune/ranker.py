@@ -1,0 +1,275 @@
+"""Training the final ranker: LightGBM LambdaRank over point-in-time features of training sessions.
+
+- **Sessions.**  From a click log: one session per user and query, cut where
+  the user's events on that query pause for more than 30 minutes; its labels
+  are the best gain per product (click 1, add to cart 2, purchase 3).  From
+  judged pairs: one session per query, no user, the judged products as
+  labels.
+- **Point in time.**  Events are replayed in time order (:class:`PointInTime`):
+  each session sees the user's profile and the products' counts built only
+  from events strictly before the session started, never its own clicks or
+  later ones (tested against leakage).
+- **Rows.**  For each session the engine's own candidates (union of the bm25
+  and dense top ``rerank.depth``, with cross-encoder scores: the same
+  :meth:`SearchEngine.candidate_sets` that serves queries, cached per query
+  text) with :mod:`engine.features`; label 0 for candidates without an event.
+  Sessions without a positive among the candidates teach nothing and are
+  skipped.
+- **Model.**  LambdaRank (NDCG@10), the last ``valid_fraction`` of sessions by
+  time stops boosting early; the user-affinity features are constrained to
+  be monotone increasing (more affinity never lowers a score).  Saved as
+  ``model.txt`` + ``features.json`` + ``model_card.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from engine.features import FEATURES, PERSONAL, StatsTimeline, timeline_ctr_popularity, personal_features
+from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event
+
+EVENT_NAMES = ("impression", "click", "add_to_cart", "purchase")
+MONOTONE = {"centroid_cos": 1, "category_aff": 1, "brand_aff": 1, "group_aff": 1, "price_band_aff": 1}
+SESSION_GAP = 1800.0
+
+
+@dataclass
+class Session:
+    user: str | None
+    query: str
+    t: float  # when the session started: only events strictly before it are known
+    gains: dict[int, float] = field(default_factory=dict)  # product row -> best gain
+    shown: list[int] = field(default_factory=list)  # product rows shown (impressions), in order
+
+
+@dataclass
+class EventArrays:
+    """A time-ordered event log as parallel arrays (user keys, product rows and ids, event codes, times)."""
+
+    users: np.ndarray
+    rows: np.ndarray
+    pids: np.ndarray
+    codes: np.ndarray
+    ts: np.ndarray
+
+    @classmethod
+    def from_events(cls, events: Iterable, row_of: Mapping[str, int]) -> "EventArrays":
+        """From :class:`finetune.clicklog.Event` objects; events on products not in the index are dropped."""
+        kept = [(e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp)
+                for e in events if e.product_id in row_of]
+        kept.sort(key=lambda x: x[4])
+        if not kept:
+            return cls(*(np.zeros(0, dtype=d) for d in (object, np.int64, object, np.int64, np.float64)))
+        u, r, p, c, t = zip(*kept)
+        return cls(np.asarray(u, dtype=object), np.asarray(r, dtype=np.int64), np.asarray(p, dtype=object),
+                   np.asarray(c, dtype=np.int64), np.asarray(t, dtype=np.float64))
+
+    def before(self, t: float) -> "EventArrays":
+        n = int(np.searchsorted(self.ts, t, side="left"))
+        return EventArrays(self.users[:n], self.rows[:n], self.pids[:n], self.codes[:n], self.ts[:n])
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def sessions_from_events(events: Iterable, row_of: Mapping[str, int], gains: Mapping[str, float],
+                         gap: float = SESSION_GAP) -> list[Session]:
+    """Sessions of a click log (see the module docstring), in time order."""
+    by_key: dict[tuple[str, str], list] = defaultdict(list)
+    for e in events:
+        if e.product_id in row_of:
+            by_key[(e.user_id, e.query.strip())].append(e)
+    out = []
+    for (user, query), evs in by_key.items():
+        evs.sort(key=lambda e: e.timestamp)
+        cur: Session | None = None
+        last = -np.inf
+        for e in evs:
+            if cur is None or e.timestamp - last > gap:
+                cur = Session(user, query, e.timestamp)
+                out.append(cur)
+            last = e.timestamp
+            row = row_of[e.product_id]
+            g = float(gains.get(e.event, 0.0))
+            if e.event == "impression" and row not in cur.shown:
+                cur.shown.append(row)
+            if g > 0:
+                cur.gains[row] = max(cur.gains.get(row, 0.0), g)
+    out.sort(key=lambda s: s.t)
+    return out
+
+
+class PointInTime:
+    """Profiles and product counts as of any time, from events replayed in time order.
+
+    :meth:`profiles_at` must be called with non-decreasing times; it applies every event strictly
+    before ``t`` and returns the live profiles (read them before the next call).
+    """
+
+    def __init__(self, events: EventArrays, facets: ProductFacets, settings: ProfileSettings):
+        self.events = events
+        self.facets = facets
+        self.settings = settings
+        self.timeline = StatsTimeline(events.rows, events.codes, events.ts, len(facets))
+        self.profiles: dict[str, Profile] = {}
+        self._next = 0
+        self._t = -np.inf
+
+    def profiles_at(self, t: float) -> dict[str, Profile]:
+        if t < self._t:
+            raise ValueError("PointInTime.profiles_at needs non-decreasing times")
+        self._t = t
+        ev = self.events
+        end = int(np.searchsorted(ev.ts, t, side="left"))
+        for i in range(self._next, end):
+            user = ev.users[i]
+            p = self.profiles.get(user)
+            if p is None:
+                p = self.profiles[user] = Profile()
+            apply_event(p, self.facets, int(ev.rows[i]), ev.pids[i], EVENT_NAMES[ev.codes[i]], float(ev.ts[i]),
+                        self.settings)
+        self._next = max(self._next, end)
+        return self.profiles
+
+
+def bought_rows(profile: Profile | None, row_of: Mapping[str, int]) -> np.ndarray:
+    if profile is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.array([row_of[p] for p in profile.bought if p in row_of], dtype=np.int64)
+
+
+def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: bool = True) -> dict:
+    """The engine's non-personal candidate sets (with cross-encoder scores) for each distinct query."""
+    uniq = list(dict.fromkeys(queries))
+    out = {}
+    for i in tqdm(range(0, len(uniq), batch), desc="candidates + cross-encoder", disable=not progress):
+        chunk = uniq[i : i + batch]
+        for q, c in zip(chunk, engine.candidate_sets(chunk, engine.live)):
+            out[q] = c
+    return out
+
+
+def session_features(engine, cand, session: Session, pit: PointInTime | None, prior: float,
+                     row_of: Mapping[str, int], half_life: float) -> np.ndarray:
+    """The feature rows of one session's candidates, as of the session's start."""
+    from engine.features import feature_matrix
+
+    rows = cand.rows
+    if pit is not None:
+        profiles = pit.profiles_at(session.t)
+        prof = profiles.get(session.user) if session.user is not None else None
+        if prof is not None and prof.weight <= 0:
+            prof = None
+        ctr, pop = timeline_ctr_popularity(pit.timeline, rows, session.t, prior)
+        personal = personal_features(rows, prof, engine.facets(), session.t, half_life, bought_rows(prof, row_of)) \
+            if prof is not None else None
+    else:
+        ctr, pop, personal = np.zeros(len(rows)), np.zeros(len(rows)), None
+    return feature_matrix(cand, ctr, pop, personal)
+
+
+@dataclass
+class Dataset:
+    X: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray  # rows per session
+    sessions: list[int]  # index of each kept session in the input list
+
+    def split(self, n_first: int) -> tuple["Dataset", "Dataset"]:
+        """(the first ``n_first`` sessions, the rest)."""
+        cut = int(self.groups[:n_first].sum())
+        return (Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first]),
+                Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:]))
+
+
+def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float,
+                  progress: bool = True) -> Dataset:
+    """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
+    row_of = engine.user_events()._row_of_map() if pit is not None else {}
+    half_life = engine.cfg.personal.half_life_days * 86400.0
+    Xs, ys, groups, kept = [], [], [], []
+    for i, s in enumerate(tqdm(sessions, desc="ranker features", disable=not progress, mininterval=2.0)):
+        cand = cands[s.query]
+        if not len(cand.rows):
+            continue
+        y = np.array([s.gains.get(int(r), 0.0) for r in cand.rows])
+        if pit is not None:
+            X = session_features(engine, cand, s, pit, prior, row_of, half_life)
+        else:
+            X = session_features(engine, cand, s, None, prior, row_of, half_life)
+        if y.max() <= 0:
+            continue
+        Xs.append(X)
+        ys.append(y)
+        groups.append(len(y))
+        kept.append(i)
+    if not Xs:
+        return Dataset(np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), [])
+    return Dataset(np.vstack(Xs), np.concatenate(ys), np.asarray(groups, dtype=np.int64), kept)
+
+
+def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = FEATURES, progress: bool = True):
+    """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`)."""
+    import lightgbm as lgb
+
+    cols = [FEATURES.index(f) for f in features]
+    params = {
+        "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "lambdarank_truncation_level": 20,
+        "num_leaves": tcfg.num_leaves, "learning_rate": tcfg.learning_rate, "min_data_in_leaf": tcfg.min_data_in_leaf,
+        "feature_fraction": 1.0, "bagging_fraction": 1.0, "lambda_l2": 1.0, "seed": tcfg.seed, "deterministic": True,
+        "num_threads": 2, "verbosity": -1, "feature_pre_filter": False,
+        "monotone_constraints": [MONOTONE.get(f, 0) for f in features], "monotone_constraints_method": "advanced",
+    }
+    ints = lambda y: np.rint(y).astype(np.int32)  # noqa: E731 (LambdaRank labels are integer grades)
+    dtrain = lgb.Dataset(train.X[:, cols], ints(train.y), group=train.groups, feature_name=list(features),
+                         free_raw_data=False)
+    valid_sets, callbacks = [], []
+    if valid is not None and len(valid.groups):
+        dvalid = lgb.Dataset(valid.X[:, cols], ints(valid.y), group=valid.groups, reference=dtrain)
+        valid_sets = [dvalid]
+        callbacks.append(lgb.early_stopping(tcfg.early_stopping, verbose=False))
+    evals: dict = {}
+    callbacks.append(lgb.record_evaluation(evals))
+    booster = lgb.train(params, dtrain, num_boost_round=tcfg.num_rounds, valid_sets=valid_sets,
+                        valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
+    curve = evals.get("valid", {}).get("ndcg@10", [])
+    return booster, curve
+
+
+def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, tcfg, out,
+                 features: Sequence[str] = FEATURES, cands: dict | None = None, progress: bool = True,
+                 description: str = "") -> dict:
+    """Build the dataset, fit, save the ranker to ``out``; returns its model card."""
+    from engine.ranker import Ranker
+
+    t0 = time.perf_counter()
+    cands = cands if cands is not None else candidate_cache(engine, [s.query for s in sessions], progress=progress)
+    data = build_dataset(engine, sessions, pit, cands, engine.cfg.personal.ctr_prior, progress)
+    n = len(data.groups)
+    if n < 10:
+        raise ValueError(f"only {n} training sessions have a positive among the engine's candidates; "
+                         "the ranker needs more data")
+    n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 else 0
+    train, valid = data.split(n - n_valid)
+    booster, curve = fit(train, valid if n_valid else None, tcfg, features, progress)
+    importance = dict(zip(booster.feature_name(), booster.feature_importance("gain").round(2).tolist()))
+    card = {
+        "model": "LightGBM LambdaRank (NDCG@10)", "data": description, "sessions": n, "train_sessions": n - n_valid,
+        "valid_sessions": n_valid, "rows": int(len(data.y)), "features": list(features),
+        "personal_features": [f for f in features if f in PERSONAL],
+        "best_iteration": int(booster.best_iteration or booster.current_iteration()),
+        "valid_ndcg@10": round(float(max(curve)), 4) if curve else None,
+        "importance_gain": importance, "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "training": dataclasses.asdict(tcfg),
+        "point_in_time": "profiles and product counts from events strictly before each session",
+    }
+    ranker = Ranker(booster, list(features), card)
+    ranker.save(out)
+    return card

@@ -1,0 +1,303 @@
+"""Personalization: events (validation, privacy, concurrency, retention), profiles, point-in-time features,
+the learned ranker's personalize knob, cold users and explain."""
+
+import dataclasses
+import multiprocessing as mp
+import threading
+
+import numpy as np
+import pytest
+
+from engine import SearchEngine
+from engine.events import EventError, PrivacyError, SQLiteEventStore, UserEvents
+from engine.features import FEATURES, PERSONAL, StatsTimeline
+from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, build_profiles, price_bands_of
+from finetune.clicklog import Event
+
+DAY = 86400.0
+T0 = 1_767_225_600.0
+
+
+def tiny_facets(n=6, d=4):
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(n, d)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return ProductFacets(v, np.array([0, 0, 1, 1, -1, 0], dtype=np.int32)[:n], np.array([0, 1, 0, 1, 2, 2])[:n].astype(np.int32),
+                         np.array([3, 3, 4, 4, 3, 4])[:n].astype(np.int32), np.array([0, 4, 1, 2, -1, 0])[:n].astype(np.int32), "g1")
+
+
+def events_for(tmp_path, key="k", clock=None, retention_days=365.0):
+    facets = tiny_facets()
+    ids = [f"P{i}" for i in range(len(facets))]
+    kw = {"clock": clock} if clock else {}
+    return UserEvents(SQLiteEventStore(tmp_path / "events.sqlite"), facets, ids, ProfileSettings(30.0), key,
+                      retention_days, **kw)
+
+
+# -- events in ---------------------------------------------------------------------------------------------
+def test_bad_events_get_a_clear_error(tmp_path):
+    ev = events_for(tmp_path)
+    with pytest.raises(EventError, match="product_id.*unknown product 'P99'"):
+        ev.record("u1", "P99", "click", T0)
+    with pytest.raises(EventError, match="'event'.*'like' is not one of"):
+        ev.record("u1", "P1", "like", T0)
+    with pytest.raises(EventError, match="timestamp"):
+        ev.record("u1", "P1", "click", "yesterday")
+    with pytest.raises(EventError, match="user_id.*empty"):
+        ev.record("  ", "P1", "click", T0)
+    assert ev.store.count_events() == 0
+
+
+def test_events_are_refused_without_a_key_and_stored_only_hashed(tmp_path):
+    with pytest.raises(PrivacyError, match="ECOMSEARCH_USER_KEY"):
+        events_for(tmp_path / "a", key=None).record("alice", "P1", "click", T0)
+    ev = events_for(tmp_path / "b", key="secret")
+    ev.record("alice", "P1", "click", T0, query="耳机")
+    raw = (tmp_path / "b" / "events.sqlite").read_bytes() + (tmp_path / "b" / "events.sqlite-wal").read_bytes()
+    assert b"alice" not in raw
+    other = events_for(tmp_path / "c", key="other")
+    assert ev.user_key("alice") != other.user_key("alice") and len(ev.user_key("alice")) == 32
+
+
+def test_an_event_is_visible_to_the_next_profile_read_and_impressions_do_not_count(tmp_path):
+    ev = events_for(tmp_path)
+    ev.record("u1", "P2", "impression", T0)
+    assert ev.profile("u1") is None  # nothing engaged with yet: a cold user
+    ev.record("u1", "P2", "purchase", T0 + 10)
+    p = ev.profile("u1")
+    assert p is not None and p.bought == ["P2"] and p.shares("brand") == {"0": 1.0}
+    assert ev.stats().counts[2].tolist() == [1, 0, 0, 1]
+
+
+def _writer(path, user_prefix, n):
+    ev = UserEvents(SQLiteEventStore(path), tiny_facets(), [f"P{i}" for i in range(6)], ProfileSettings(30.0), "k")
+    for i in range(n):
+        ev.record(f"{user_prefix}{i % 3}", f"P{i % 6}", "click", T0 + i)
+
+
+def test_concurrent_writers_in_threads_and_processes_lose_no_update(tmp_path):
+    ev = events_for(tmp_path)
+    threads = [threading.Thread(target=lambda: [ev.record(f"u{i % 3}", f"P{i % 6}", "click", T0 + i)
+                                                for i in range(40)]) for _ in range(4)]
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(tmp_path / "events.sqlite", "u", 40))
+             for _ in range(2)]
+    for t in threads + procs:
+        t.start()
+    for t in threads + procs:
+        t.join()
+    assert all(p.exitcode == 0 for p in procs)
+    assert ev.store.count_events() == 6 * 40
+    assert sum(ev.profile(f"u{j}").n_events for j in range(3)) == 6 * 40
+
+
+def test_forget_user_leaves_nothing_of_them_in_the_database_file(tmp_path):
+    ev = events_for(tmp_path)
+    secret_query = "一个非常独特的查询词ZQX"
+    for i in range(50):
+        ev.record("alice", f"P{i % 6}", "click", T0 + i, query=secret_query)
+        ev.record("bob", f"P{i % 6}", "click", T0 + i, query="猫粮")
+    alice = ev.user_key("alice").encode()
+    assert ev.forget("alice") == 50
+    assert ev.profile("alice") is None and ev.profile("bob") is not None
+    ev.store.close()
+    files = [p for p in tmp_path.iterdir() if p.name.startswith("events.sqlite")]
+    raw = b"".join(p.read_bytes() for p in files)
+    assert alice not in raw and secret_query.encode() not in raw
+    assert ev.user_key("bob").encode() in raw
+
+
+def test_retention_drops_old_events(tmp_path):
+    now = [T0 + 400 * DAY]
+    ev = events_for(tmp_path, clock=lambda: now[0], retention_days=365)
+    ev.record("u1", "P1", "click", T0)  # 400 days old
+    ev.record("u2", "P2", "click", T0 + 100 * DAY)
+    assert ev.purge() == 1
+    assert ev.store.count_events() == 1 and ev.profile("u1") is None and ev.profile("u2") is not None
+
+
+def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path):
+    import json
+
+    log = tmp_path / "clicks.jsonl"
+    rows = [{"user_id": f"u{i % 4}", "query": "q", "product_id": f"P{i % 6}", "event": ["click", "purchase",
+             "impression", "add_to_cart"][i % 4], "timestamp": T0 + i * 3600} for i in range(40)]
+    bad = [{"user_id": "u1", "query": "q", "product_id": "P77", "event": "click", "timestamp": T0},
+           {"user_id": "u1", "query": "q", "product_id": "P1", "event": "click", "timestamp": "soon"},
+           {"user_id": "", "query": "q", "product_id": "P1", "event": "click", "timestamp": T0}]
+    log.write_text("\n".join(json.dumps(r) for r in rows[:20] + bad + rows[20:]) + "\n", encoding="utf-8")
+    bulk = events_for(tmp_path / "bulk")
+    with pytest.raises(EventError, match=r"clicks.jsonl:21: field 'product_id'"):
+        bulk.ingest(log)
+    assert bulk.store.count_events() == 0  # a failed load stores nothing
+    rep = bulk.ingest(log, skip_bad_rows=True)
+    assert rep.recorded == 40 and [line for line, _ in rep.rejected] == [21, 22, 23]
+    assert "timestamp" in rep.rejected[1][1] and "user_id" in rep.rejected[2][1]
+    online = events_for(tmp_path / "online")
+    for r in rows:
+        online.record(r["user_id"], r["product_id"], r["event"], r["timestamp"], r["query"])
+    for u in ("u0", "u1", "u2", "u3"):
+        a, b = bulk.profile(u), online.profile(u)
+        if a is None:
+            assert b is None
+            continue
+        assert a.t == b.t and a.n_events == b.n_events and a.bought == b.bought
+        np.testing.assert_allclose(a.centroid, b.centroid, rtol=1e-5)
+        for f in ("category", "brand", "group", "price_band"):
+            assert a.shares(f).keys() == b.shares(f).keys()
+            np.testing.assert_allclose(list(a.shares(f).values()), [b.shares(f)[k] for k in a.shares(f)], rtol=1e-6)
+    np.testing.assert_array_equal(bulk.stats().counts, online.stats().counts)
+
+
+# -- profiles ----------------------------------------------------------------------------------------------
+def test_profile_weights_decay_with_the_half_life_and_affinities_are_capped():
+    facets = tiny_facets()
+    s = ProfileSettings(half_life_days=10, affinity_cap=1)
+    p = Profile()
+    apply_event(p, facets, 0, "P0", "click", T0, s)
+    apply_event(p, facets, 1, "P1", "click", T0 + 10 * DAY, s)  # one half-life later: the first counts 0.5
+    assert p.weight == pytest.approx(1.5)
+    np.testing.assert_allclose(p.centroid, 0.5 * facets.vectors[0] + facets.vectors[1], rtol=1e-6)
+    assert p.affinities["brand"] == {"1": 1.0}  # capped at one value: brand 0 (0.5) dropped
+    assert p.strength(T0 + 20 * DAY, s.half_life) == pytest.approx(0.75)
+    late = Profile(**{**p.__dict__, "affinities": {k: dict(v) for k, v in p.affinities.items()}})
+    apply_event(late, facets, 2, "P2", "click", T0, s)  # an old event arriving late counts at its age
+    assert late.weight == pytest.approx(2.0) and late.t == p.t
+    assert apply_event(p, facets, 3, "P3", "impression", T0 + 11 * DAY, s) is False
+
+
+def test_price_bands_are_quantiles_within_each_category():
+    prices = np.array([10, 20, 30, 40, 50, 1000, 2000, np.nan])
+    cats = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    bands = price_bands_of(prices, cats, 5)
+    assert bands[:5].tolist() == [0, 1, 2, 3, 4] and bands[5] < bands[6] and bands[7] == -1
+
+
+# -- point in time -----------------------------------------------------------------------------------------
+def test_product_counts_and_profiles_use_only_events_before_the_query_time():
+    from finetune.ranker import EventArrays, PointInTime
+
+    rows = np.array([2, 2, 2, 5, 2])
+    codes = np.array([0, 1, 0, 1, 3])
+    ts = np.array([T0, T0 + 1, T0 + 2, T0 + 2, T0 + 3])
+    tl = StatsTimeline(rows, codes, ts, 6)
+    assert tl.at(np.array([2, 5, 0]), T0 + 2).tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
+    assert tl.at(np.array([2]), T0 + 100).tolist() == [[2, 1, 0, 1]]
+    assert tl.at(np.array([2]), T0 - 5).tolist() == [[0, 0, 0, 0]]
+    events = [Event("u", "q", f"P{r}", ["impression", "click", "add_to_cart", "purchase"][c], t)
+              for r, c, t in zip(rows, codes, ts)]
+    pit = PointInTime(EventArrays.from_events(events, {f"P{i}": i for i in range(6)}), tiny_facets(),
+                      ProfileSettings(30.0))
+    assert "u" not in pit.profiles_at(T0 + 1) or pit.profiles_at(T0 + 1)["u"].n_events == 0
+    assert pit.profiles_at(T0 + 2)["u"].n_events == 1  # the click at T0+1, not the one at T0+2
+    assert pit.profiles_at(T0 + 3.5)["u"].bought == ["P2"]
+
+
+def test_ranker_training_sessions_never_see_their_own_or_later_clicks(job_cfg, trained):
+    """Each session's personal features equal those computed from the events strictly before it."""
+    from engine.features import personal_features
+    from finetune.clicklog import read_clicklog
+    from finetune.ranker import EventArrays, PointInTime, sessions_from_events
+
+    eng = SearchEngine.from_config(job_cfg)
+    row_of = eng.user_events()._row_of_map()
+    events = [e for e in read_clicklog(job_cfg.finetune.train)][:6000]
+    settings = ProfileSettings(30.0)
+    sessions = sessions_from_events(events, row_of, {"click": 1, "add_to_cart": 2, "purchase": 3})
+    pit = PointInTime(EventArrays.from_events(events, row_of), eng.facets(), settings)
+    checked = 0
+    for s in sessions[200:260]:
+        prof = pit.profiles_at(s.t).get(s.user)
+        fresh = Profile()
+        for e in sorted(events, key=lambda e: e.timestamp):
+            if e.user_id == s.user and e.timestamp < s.t:
+                apply_event(fresh, eng.facets(), row_of[e.product_id], e.product_id, e.event, e.timestamp, settings)
+        rows = np.array(sorted(s.gains) or [0])
+        a = personal_features(rows, prof if prof and prof.weight > 0 else None, eng.facets(), s.t, settings.half_life)
+        b = personal_features(rows, fresh if fresh.weight > 0 else None, eng.facets(), s.t, settings.half_life)
+        np.testing.assert_allclose(a, b, atol=1e-6)
+        checked += prof is not None and prof.weight > 0
+    assert checked > 10
+
+
+# -- the engine: cold users, the knob, explain -------------------------------------------------------------
+def _brand_ranker(tmp_path):
+    """A LightGBM ranker trained on synthetic rows whose label follows the brand affinity and the ce score."""
+    import lightgbm as lgb
+
+    from engine.ranker import Ranker
+
+    rng = np.random.default_rng(0)
+    n, g = 4000, 20
+    X = np.zeros((n, len(FEATURES)))
+    X[:, FEATURES.index("ce")] = rng.normal(size=n)
+    X[:, FEATURES.index("brand_aff")] = rng.random(n) * (rng.random(n) < 0.5)
+    y = (X[:, FEATURES.index("ce")] + 3 * X[:, FEATURES.index("brand_aff")] > 1.5).astype(int)
+    feats = ["ce", "bm25_score", "dense_score", "brand_aff", "category_aff", "centroid_cos"]
+    cols = [FEATURES.index(f) for f in feats]
+    booster = lgb.train({"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 20, "num_threads": 1},
+                        lgb.Dataset(X[:, cols], y, group=[g] * (n // g)), num_boost_round=30)
+    Ranker(booster, feats, {"note": "test"}).save(tmp_path / "ranker")
+    return tmp_path / "ranker"
+
+
+@pytest.fixture(scope="module")
+def personal_engine(job_cfg, trained, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("personal")
+    cfg = dataclasses.replace(
+        job_cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(_brand_ranker(tmp))),
+        personal=dataclasses.replace(job_cfg.personal, user_key="test-key", path=tmp / "events.sqlite"))
+    return SearchEngine.from_config(cfg)
+
+
+def _brand_of(eng, hit):
+    return eng.products.brand_codes[eng.products.row_of(hit.product_id)]
+
+
+def test_cold_users_get_exactly_the_non_personalized_ranking(personal_engine):
+    eng = personal_engine
+    eng.record_event("only-looked", eng.products.ids[3], "impression")
+    base = eng.query("蓝牙耳机", k=20)
+    for kw in ({"user_id": None}, {"user_id": "never-seen"}, {"user_id": "only-looked"}):
+        assert [(h.product_id, h.score) for h in eng.query("蓝牙耳机", k=20, **kw)] == \
+            [(h.product_id, h.score) for h in base]
+
+
+def test_the_personalize_knob_scales_the_personal_contribution(personal_engine):
+    eng = personal_engine
+    q = "耳机"
+    base = eng.query(q, k=30)
+    # the user buys the brand of the 20th hit: personalized, its products move up
+    target = _brand_of(eng, base[19])
+    rows = np.flatnonzero(eng.products.brand_codes == target)[:5]
+    for r in rows:
+        eng.record_event("fan", eng.products.ids[int(r)], "purchase")
+    off = eng.query(q, k=30, user_id="fan", personalize=0.0)
+    half = eng.query(q, k=30, user_id="fan", personalize=0.5)
+    full = eng.query(q, k=30, user_id="fan", personalize=1.0)
+    assert [h.product_id for h in off] == [h.product_id for h in base]
+    share = lambda hits: np.mean([_brand_of(eng, h) == target for h in hits[:10]])  # noqa: E731
+    assert share(full) > share(base)
+    assert share(base) <= share(half) <= share(full)
+    with pytest.raises(ValueError, match="personalize"):
+        eng.query(q, user_id="fan", personalize=1.5)
+
+
+def test_explain_gives_each_hit_its_stage_scores_and_personal_features(personal_engine):
+    eng = personal_engine
+    hits = eng.query("耳机", k=5, user_id="fan", explain=True)
+    for h in hits:
+        e = h.explain
+        assert set(e["stages"]) == {"bm25", "dense"} and all("rank" in v for v in e["stages"].values())
+        assert set(e["personal"]) == set(PERSONAL) and e["ranker"] == "lightgbm"
+        assert e["final_score"] == pytest.approx(h.score, rel=1e-6)
+    assert any(h.explain["personal"]["brand_aff"] > 0 for h in hits)
+    assert all(h.explain is None for h in eng.query("耳机", k=5))
+
+
+def test_the_engine_records_validates_and_forgets(personal_engine):
+    eng = personal_engine
+    with pytest.raises(EventError, match="unknown product"):
+        eng.record_event("fan", "NOPE", "click")
+    eng.record_event("leaver", eng.products.ids[0], "click")
+    assert eng.profile("leaver") is not None
+    assert eng.forget_user("leaver") == 1 and eng.profile("leaver") is None
