@@ -28,7 +28,8 @@ SETTINGS_FILE = "cross_encoder.json"  # the max length it was trained with, the 
 class CrossEncoder:
     """(query, title) pairs → relevance scores with a fine-tuned ``BertForSequenceClassification``."""
 
-    def __init__(self, model, tokenizer, max_length: int = 96, batch_size: int = 64):
+    def __init__(self, model, tokenizer, max_length: int = 96, batch_size: int = 64, path: Path | None = None):
+        self.path = path  # the folder it was loaded from (None: built in memory)
         self.model = model
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -61,7 +62,7 @@ class CrossEncoder:
         model = AutoModelForSequenceClassification.from_pretrained(str(p)).to(device).eval()
         if device.startswith("cuda") and half_on_gpu:
             model.half()
-        return cls(model, AutoTokenizer.from_pretrained(str(p)), max_length, batch_size)
+        return cls(model, AutoTokenizer.from_pretrained(str(p)), max_length, batch_size, path=p)
 
     @classmethod
     def from_base(cls, base: str | Path, num_layers: int | None = None, max_length: int = 96,

@@ -262,7 +262,8 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
         pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
         desc = (f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
                 f"{cut:.0f} ({how} held out), labels = best gain per product")
-        return train_ranker(engine, sessions, pit, t, out, progress=progress, description=desc)
+        return train_ranker(engine, sessions, pit, t, out, progress=progress, description=desc,
+                            cache_dir=out.parent / "cache")
     qids = list(data.train.texts)
     random.Random(t.seed).shuffle(qids)
     sessions = []
@@ -272,7 +273,8 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
             sessions.append(Session(None, data.train.texts[qid], 0.0, gains))
     desc = (f"judged pairs {ft.train}: {len(sessions)} training queries (seeded sample of {len(qids)}), "
             "the judged product as positive; no users, so non-personal features only")
-    return train_ranker(engine, sessions, None, t, out, features=NON_PERSONAL, progress=progress, description=desc)
+    return train_ranker(engine, sessions, None, t, out, features=NON_PERSONAL, progress=progress, description=desc,
+                        cache_dir=out.parent / "cache")
 
 
 def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = False, progress: bool = True,

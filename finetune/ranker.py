@@ -24,8 +24,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import defaultdict
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
@@ -145,15 +147,55 @@ def bought_rows(profile: Profile | None, row_of: Mapping[str, int]) -> np.ndarra
     return np.array([row_of[p] for p in profile.bought if p in row_of], dtype=np.int64)
 
 
-def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: bool = True) -> dict:
-    """The engine's non-personal candidate sets (with cross-encoder scores) for each distinct query."""
+def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: bool = True,
+                    cache_dir: Path | None = None) -> dict:
+    """The engine's non-personal candidate sets (with cross-encoder scores) for each distinct query.
+
+    With ``cache_dir`` they are kept on disk, keyed by the index builds, the cross-encoder's files and the
+    rerank settings, so the ranker job, the personalization benchmark and reruns score each query once.
+    """
+    import pickle
+
     uniq = list(dict.fromkeys(queries))
-    out = {}
-    for i in tqdm(range(0, len(uniq), batch), desc="candidates + cross-encoder", disable=not progress):
-        chunk = uniq[i : i + batch]
+    out: dict = {}
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"candidates-{_candidates_key(engine)}.pkl"
+        if path.is_file():
+            with open(path, "rb") as f:
+                cached = pickle.load(f)
+            out = {q: cached[q] for q in uniq if q in cached}
+    todo = [q for q in uniq if q not in out]
+    for i in tqdm(range(0, len(todo), batch), desc="candidates + cross-encoder", disable=not progress or not todo):
+        chunk = todo[i : i + batch]
         for q, c in zip(chunk, engine.candidate_sets(chunk, engine.live)):
             out[q] = c
+    if path is not None and todo:
+        cached = {}
+        if path.is_file():
+            with open(path, "rb") as f:
+                cached = pickle.load(f)
+        cached.update(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        with open(tmp, "wb") as f:
+            pickle.dump(cached, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
     return out
+
+
+def _candidates_key(engine) -> str:
+    from engine.search import RERANK_FIRST_STAGES
+    from finetune.job import settings_hash
+    from indexer.encoder import model_fingerprint
+
+    r = engine.cfg.rerank
+    ce = engine.cross_encoder()
+    builds = [engine.bm25.manifest.get("build_id")]
+    builds += [engine.dense_stage(s)[1].manifest.get("build_id") for s in RERANK_FIRST_STAGES if s != "bm25"]
+    deleted = int(engine.live.size - engine.live.sum()) if engine.live is not None else 0
+    return settings_hash(builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates,
+                         model_fingerprint(ce.path, ce.max_length) if getattr(ce, "path", None) else str(r.model))
 
 
 def session_features(engine, cand, session: Session, pit: PointInTime | None, prior: float,
@@ -245,12 +287,13 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
 
 def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, tcfg, out,
                  features: Sequence[str] = FEATURES, cands: dict | None = None, progress: bool = True,
-                 description: str = "") -> dict:
+                 description: str = "", cache_dir: Path | None = None) -> dict:
     """Build the dataset, fit, save the ranker to ``out``; returns its model card."""
     from engine.ranker import Ranker
 
     t0 = time.perf_counter()
-    cands = cands if cands is not None else candidate_cache(engine, [s.query for s in sessions], progress=progress)
+    cands = cands if cands is not None else candidate_cache(engine, [s.query for s in sessions], progress=progress,
+                                                            cache_dir=cache_dir)
     data = build_dataset(engine, sessions, pit, cands, engine.cfg.personal.ctr_prior, progress)
     n = len(data.groups)
     if n < 10:

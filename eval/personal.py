@@ -1,0 +1,505 @@
+"""`python -m eval.personal --config C --out reports/personal/<config>`: does personalization lift, and never hurt?
+
+**The users are simulated.**  Nothing here is real user behaviour; the
+benchmark checks that the engine learns a taste when there is one, and that
+it changes nothing when there is none.  The behaviour model:
+
+- **Queries** come from the config's own training queries (the click log's
+  or the judged pairs'), a seeded sample of ``--queries``.  Each query's
+  candidates are the engine's (bm25 ∪ dense top ``rerank.depth``,
+  cross-encoder scored).  A query is *ambiguous* when its top-30 candidates
+  span at least 3 values of a taste facet (brands, k-means groups), else
+  *specific*.  Each query has an *area*: the most common category (catalogs
+  with categories) or group among its top 10.
+- **Users** have 1–3 areas they shop in (85% of their queries; 15% anywhere)
+  and a stable **taste**: a liked subset of each facet the catalog has —
+  brands (20% of them, at least one), k-means groups (20%), and a price
+  band (their band and, half the time, each neighbour).  ``taste(p)`` is the
+  share of the product's facets the user likes (0..1).
+- **Relevance** of a candidate is its non-personal engine score
+  standardized over the query's candidates (``z``; the z-score mix of
+  cross-encoder and first stages, not the learned ranker, so the benchmark
+  does not grade the ranker by itself).
+- **Clicks**: the user sees the engine's non-personalized top 10 and
+  examines position ``i`` (0-based) with probability ``1 / (1 + i)^0.6``; an
+  examined product is clicked with probability
+  ``σ(1.5 z − 1.5 + strength · 3 · (taste − 0.3))``; a click becomes an
+  add-to-cart with probability ``0.25 + 0.25 taste`` (0.3 without taste),
+  and that a purchase half the time.  ``strength`` is 0 (taste ``none``), 1
+  (``medium``) or 2 (``strong``).
+- **Time**: ``--days`` simulated days, sessions spread uniformly; 25% of
+  the users are *cold*: they arrive after the global time cut (the last
+  ``--eval-days``) and have no history.
+- **Training**: only sessions before the cut.  The ranker is trained exactly
+  as `make finetune` trains it (:func:`finetune.ranker.train_ranker`, profiles
+  and counts point-in-time); profiles for evaluation are those at the cut.
+- **Evaluation** on sessions after the cut: the user's judgments are drawn
+  from the same click model without position bias (each candidate examined
+  with probability 0.5), so neither ranking is favoured by what it showed;
+  sessions without a click are dropped.  NDCG@10 and MRR@10 of the
+  personalized ranking (``personalize=1``) against the same ranker with
+  ``personalize=0`` (the non-personal ranking), with 95% paired bootstrap
+  intervals of the difference, for warm and cold users.
+
+**Guard on real queries** (configs with judged dev queries, e.g. WenTian):
+each dev query gets a synthetic history of 5 clicks, (a) on products of the
+judged product's own group (the judged product excluded), or (b) on random
+products; MRR@10 with the medium-taste ranker, personalized vs not.
+
+Writes ``personal.json``, ``report.md`` and ``lift.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eval import metrics
+from eval.bootstrap import paired_bootstrap
+
+DAY = 86400.0
+START = 1_767_225_600.0  # 2026-01-01
+TASTES = {"none": 0.0, "medium": 1.0, "strong": 2.0}
+EVENTS = ("impression", "click", "add_to_cart", "purchase")
+
+
+@dataclass
+class SimUser:
+    uid: str
+    areas: list[int]
+    liked: dict[str, set[int]]  # facet -> liked codes
+    cold: bool
+
+
+@dataclass
+class World:
+    """The query pool with each query's candidates, relevance z, area and ambiguity, and the product facets."""
+
+    queries: list[str]
+    cands: dict
+    z: dict[str, np.ndarray]
+    shown: dict[str, np.ndarray]  # indices into the candidates of the non-personal top 10
+    area: np.ndarray
+    ambiguous: np.ndarray
+    facets: dict[str, np.ndarray]  # taste facets: codes by product row
+    n_values: dict[str, int]
+
+
+@dataclass
+class SimLog:
+    events: list = field(default_factory=list)  # finetune.clicklog.Event
+    sessions: list = field(default_factory=list)  # finetune.ranker.Session (training period)
+    eval_sessions: list = field(default_factory=list)  # (user, query, t, gains {row: gain})
+
+
+def build_world(engine, queries: list[str], progress: bool = True, cache_dir: Path | None = None) -> World:
+    from engine.rerank import combine
+    from finetune.ranker import candidate_cache
+
+    cands = candidate_cache(engine, queries, progress=progress, cache_dir=cache_dir)
+    queries = [q for q in queries if len(cands[q].rows) >= 10]
+    fac = engine.facets()
+    taste = {}
+    if (fac.brand >= 0).mean() > 0.5:
+        taste["brand"] = fac.brand
+    if (fac.group >= 0).all():
+        taste["group"] = fac.group
+    if (fac.price_band >= 0).mean() > 0.5:
+        taste["price_band"] = fac.price_band
+    area_codes = fac.category if (fac.category >= 0).mean() > 0.5 else fac.group
+    r = engine.cfg.rerank
+    z, shown, area, amb = {}, {}, [], []
+    for q in queries:
+        c = cands[q]
+        s = combine(c.ce, c.first, r.weight)
+        sd = s.std()
+        z[q] = (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
+        order = np.argsort(-s, kind="stable")
+        shown[q] = order[:10]
+        top_rows = c.rows[order[:10]]
+        area.append(int(np.bincount(area_codes[top_rows] - area_codes.min()).argmax() + area_codes.min()))
+        top30 = c.rows[order[:30]]
+        amb.append(any(len(np.unique(codes[top30])) >= 3 for f, codes in taste.items() if f != "price_band"))
+    n_values = {f: int(codes.max()) + 1 for f, codes in taste.items()}
+    return World(queries, cands, z, shown, np.asarray(area), np.asarray(amb), taste, n_values)
+
+
+def make_users(world: World, n_users: int, rng: np.random.Generator, cold_share: float = 0.25) -> list[SimUser]:
+    areas, counts = np.unique(world.area, return_counts=True)
+    p = counts / counts.sum()
+    users = []
+    for u in range(n_users):
+        k = int(rng.integers(1, 4))
+        ua = rng.choice(areas, size=min(k, len(areas)), replace=False, p=p).tolist()
+        liked: dict[str, set[int]] = {}
+        for f, n in world.n_values.items():
+            if f == "price_band":
+                c = int(rng.integers(0, n))
+                liked[f] = {c} | {b for b in (c - 1, c + 1) if 0 <= b < n and rng.random() < 0.5}
+            else:
+                s = set(np.flatnonzero(rng.random(n) < 0.2).tolist())
+                liked[f] = s or {int(rng.integers(0, n))}
+        users.append(SimUser(f"sim{u:05d}", ua, liked, bool(rng.random() < cold_share)))
+    return users
+
+
+def taste_of(world: World, user: SimUser, rows: np.ndarray) -> np.ndarray:
+    if not world.facets:
+        return np.zeros(len(rows))
+    t = np.zeros(len(rows))
+    for f, codes in world.facets.items():
+        t += np.isin(codes[rows], list(user.liked[f]))
+    return t / len(world.facets)
+
+
+def click_logit(z: np.ndarray, taste: np.ndarray, strength: float) -> np.ndarray:
+    return 1.5 * z - 1.5 + strength * 3.0 * (taste - 0.3)
+
+
+def simulate(world: World, users: list[SimUser], strength: float, days: float, eval_days: float,
+             sessions_per_user: float, rng: np.random.Generator, row_ids) -> tuple[SimLog, float]:
+    """Sessions of every user over ``days``; returns the log and the global time cut."""
+    from finetune.clicklog import Event
+    from finetune.ranker import Session
+
+    cut = START + (days - eval_days) * DAY
+    by_area: dict[int, list[int]] = {}
+    for i, a in enumerate(world.area.tolist()):
+        by_area.setdefault(a, []).append(i)
+    log = SimLog()
+    examine = 1.0 / (1.0 + np.arange(10)) ** 0.6
+    for user in users:
+        n = max(1, int(rng.poisson(sessions_per_user)))
+        lo = cut if user.cold else START
+        times = np.sort(rng.uniform(lo, START + days * DAY, size=n))
+        for t in times:
+            pool = [i for a in user.areas for i in by_area.get(a, [])]
+            qi = int(rng.choice(pool)) if pool and rng.random() < 0.85 else int(rng.integers(len(world.queries)))
+            q = world.queries[qi]
+            c = world.cands[q]
+            taste = taste_of(world, user, c.rows)
+            p_click = 1.0 / (1.0 + np.exp(-click_logit(world.z[q], taste, strength)))
+            p_cart = 0.25 + 0.25 * taste if strength > 0 else np.full(len(taste), 0.3)
+            if t >= cut:  # evaluation: judgments without position bias
+                clicked = rng.random(len(c.rows)) < 0.5 * p_click
+                gains = {}
+                for j in np.flatnonzero(clicked):
+                    g = 1.0
+                    if rng.random() < p_cart[j]:
+                        g = 3.0 if rng.random() < 0.5 else 2.0
+                    gains[int(c.rows[j])] = g
+                if gains:
+                    log.eval_sessions.append((user.uid, q, float(t), gains))
+                continue
+            sess = Session(user.uid, q, float(t))
+            for pos, j in enumerate(world.shown[q]):
+                row = int(c.rows[j])
+                pid = row_ids[row]
+                ts = float(t) + pos
+                log.events.append(Event(user.uid, q, pid, "impression", ts))
+                sess.shown.append(row)
+                if rng.random() < examine[pos] * p_click[j]:
+                    log.events.append(Event(user.uid, q, pid, "click", ts + 5))
+                    g = 1.0
+                    if rng.random() < p_cart[j]:
+                        log.events.append(Event(user.uid, q, pid, "add_to_cart", ts + 30))
+                        g = 2.0
+                        if rng.random() < 0.5:
+                            log.events.append(Event(user.uid, q, pid, "purchase", ts + 120))
+                            g = 3.0
+                    sess.gains[row] = max(sess.gains.get(row, 0.0), g)
+            log.sessions.append(sess)
+    log.events.sort(key=lambda e: e.timestamp)
+    log.sessions.sort(key=lambda s: s.t)
+    log.eval_sessions.sort(key=lambda s: s[2])
+    return log, cut
+
+
+def _settings(cfg):
+    from engine.profiles import ProfileSettings
+
+    p = cfg.personal
+    return ProfileSettings(p.half_life_days, dict(p.gains), p.affinity_cap, p.bought_cap)
+
+
+def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of) -> dict[str, np.ndarray]:
+    """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), and whether warm."""
+    from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
+    from finetune.ranker import bought_rows
+
+    cfg = engine.cfg
+    hl = cfg.personal.half_life_days * DAY
+    row_of = engine.user_events()._row_of_map()
+    fac = engine.facets()
+    runs_b, runs_p, qrels, warm = {}, {}, {}, []
+    for i, (uid, q, t, gains) in enumerate(sessions):
+        c = world.cands[q]
+        prof = profile_of(uid)
+        ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, t, cfg.personal.ctr_prior)
+        personal = personal_features(c.rows, prof, fac, t, hl, bought_rows(prof, row_of)) if prof else None
+        X = feature_matrix(c, ctr, pop, personal)
+        full, base = ranker.score(X, 1.0, warm=prof is not None)
+        sid = f"s{i}"
+        runs_b[sid] = c.rows[np.argsort(-base, kind="stable")][:10].astype(str).tolist()
+        runs_p[sid] = c.rows[np.argsort(-full, kind="stable")][:10].astype(str).tolist()
+        qrels[sid] = {str(r): g for r, g in gains.items()}
+        warm.append(prof is not None)
+    out = {"warm": np.asarray(warm, dtype=bool)}
+    for name, fn in (("ndcg@10", metrics.ndcg), ("mrr@10", metrics.mrr)):
+        out[f"{name}/base"] = fn(qrels, runs_b, 10, per_query=True)
+        out[f"{name}/personal"] = fn(qrels, runs_p, 10, per_query=True)
+    return out
+
+
+def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
+    out = {}
+    for group, sel in (("warm", res["warm"]), ("cold", ~res["warm"])):
+        users = {sessions[i][0] for i in np.flatnonzero(sel)}
+        block = {"n_users": len(users), "n_queries": int(sel.sum())}
+        for m in ("ndcg@10", "mrr@10"):
+            block[m] = {k: round(v, 4) for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel],
+                                                                    seed=seed).items()}
+        out[group] = block
+    return out
+
+
+def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Path, progress: bool):
+    from engine.ranker import Ranker
+    from finetune.ranker import EventArrays, PointInTime, train_ranker
+
+    rng = np.random.default_rng(rng_seed)
+    users = make_users(world, args.users, rng)
+    row_ids = engine.products.ids
+    log, cut = simulate(world, users, TASTES[taste], args.days, args.eval_days, args.sessions, rng, row_ids)
+    row_of = engine.user_events()._row_of_map()
+    assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
+    pit = PointInTime(EventArrays.from_events(log.events, row_of), engine.facets(), _settings(engine.cfg))
+    tcfg = engine.cfg.finetune.ranker
+    card = train_ranker(engine, log.sessions, pit, tcfg, out_dir / f"ranker-{taste}", cands=world.cands,
+                        progress=progress, description=f"simulated sessions before the cut, taste {taste}")
+    ranker = Ranker.load(out_dir / f"ranker-{taste}")
+    profiles = pit.profiles_at(cut)
+    profile_of = lambda uid: (p if (p := profiles.get(uid)) is not None and p.weight > 0 else None)  # noqa: E731
+    res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of)
+    summary = summarize(res, log.eval_sessions, args.seed)
+    summary["train"] = {"events": len(log.events), "sessions": len(log.sessions), "ranker_sessions": card["sessions"],
+                        "cut": cut, "importance_gain": card["importance_gain"],
+                        "ambiguous_queries": int(world.ambiguous.sum()), "queries": len(world.queries)}
+    return summary, ranker
+
+
+def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: bool, limit: int | None = None,
+          cache_dir: Path | None = None) -> dict:
+    """MRR@10 on judged dev queries with a synthetic history: (a) the judged product's group, (b) random."""
+    from engine.features import feature_matrix, personal_features
+    from engine.profiles import Profile, apply_event
+    from finetune.judged import read_queries
+    from finetune.ranker import candidate_cache
+
+    judged = read_queries(dev_path)
+    qids = list(judged.texts)[:limit] if limit else list(judged.texts)
+    texts = [judged.texts[q] for q in qids]
+    cands = candidate_cache(engine, texts, progress=progress, cache_dir=cache_dir)
+    fac = engine.facets()
+    row_of = engine.user_events()._row_of_map()
+    settings = _settings(engine.cfg)
+    hl = settings.half_life
+    rng = np.random.default_rng(seed)
+    t = START
+    runs = {"base": {}, "group_history": {}, "random_history": {}}
+    qrels = {}
+    groups = np.asarray(fac.group)
+    for qid, text in zip(qids, texts):
+        c = cands[text]
+        rel = {p: g for p, g in judged.relevance[qid].items() if p in row_of}
+        if not rel:
+            continue
+        qrels[qid] = {str(row_of[p]): g for p, g in rel.items()}
+        target = row_of[next(iter(rel))]
+        X0 = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), None)
+        _, base = ranker.score(X0, 0.0, warm=False)
+        runs["base"][qid] = c.rows[np.argsort(-base, kind="stable")][:10].astype(str).tolist()
+        same = np.flatnonzero(groups == groups[target])
+        same = same[~np.isin(same, [row_of[p] for p in rel])]
+        for name, pool in (("group_history", same), ("random_history", np.arange(len(groups)))):
+            hist = rng.choice(pool, size=min(n_history, len(pool)), replace=False) if len(pool) else []
+            prof = Profile()
+            for i, r in enumerate(hist):
+                apply_event(prof, fac, int(r), engine.products.ids[int(r)], "click", t - DAY + i, settings)
+            prof = prof if prof.weight > 0 else None
+            personal = personal_features(c.rows, prof, fac, t, hl) if prof else None
+            X = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), personal)
+            full, _ = ranker.score(X, 1.0, warm=prof is not None)
+            runs[name][qid] = c.rows[np.argsort(-full, kind="stable")][:10].astype(str).tolist()
+    base = metrics.mrr(qrels, runs["base"], 10, per_query=True)
+    out = {}
+    for name in ("group_history", "random_history"):
+        pers = metrics.mrr(qrels, runs[name], 10, per_query=True)
+        out[name] = {"n_queries": len(qrels), "mrr@10": {k: round(v, 4) for k, v in
+                                                          paired_bootstrap(base, pers, seed=seed).items()}}
+    return out
+
+
+def write_report(out: Path, payload: dict, context: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "personal.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    lines = [f"# Personalization benchmark: {context['config']}", "",
+             "**The users are simulated** (see `eval/personal.py` for the behaviour model): stable tastes over "
+             + ", ".join(context["facets"]) + "; position-biased clicks on the engine's non-personal top 10 before "
+             "the time cut; judgments after it drawn from the same click model without position bias. "
+             "Personal = the ranker with `personalize=1` and the user's profile at the cut; base = the same ranker "
+             "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions.",
+             "", *[f"- {k}: {v}" for k, v in context.items()], "",
+             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | MRR@10 base | "
+             "MRR@10 personal | diff [95% CI] |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+    for taste in TASTES:
+        if taste not in payload:
+            continue
+        for group in ("warm", "cold"):
+            b = payload[taste][group]
+            n, m = b["ndcg@10"], b["mrr@10"]
+            lines.append(f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
+                         f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
+                         f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
+                         f"{m['ci_high']:+.4f}] |")
+    if "guard" in payload:
+        lines += ["", "## Guard on real dev queries (synthetic histories, medium-taste ranker)", "",
+                  "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |", "| --- | ---: | ---: | ---: | --- |"]
+        for name, g in payload["guard"].items():
+            m = g["mrr@10"]
+            lines.append(f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
+                         f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |")
+    if _plot(out / "lift.png", payload):
+        lines += ["", "![NDCG@10 lift by taste strength](lift.png)"]
+    for taste in TASTES:
+        if taste in payload:
+            imp = payload[taste]["train"]["importance_gain"]
+            top = sorted(imp.items(), key=lambda kv: -kv[1])[:6]
+            lines += ["", f"Ranker ({taste}): {payload[taste]['train']['ranker_sessions']} training sessions; "
+                          "top features by gain: " + ", ".join(f"{k} {v:.0f}" for k, v in top)]
+    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _plot(path: Path, payload: dict) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tastes = [t for t in TASTES if t in payload]
+    if not tastes:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for off, group, color in ((-0.15, "warm", "tab:blue"), (0.15, "cold", "tab:gray")):
+        d = [payload[t][group]["ndcg@10"] for t in tastes]
+        x = np.arange(len(tastes)) + off
+        ax.bar(x, [v["diff"] for v in d], width=0.3, color=color, label=f"{group} users")
+        ax.errorbar(x, [v["diff"] for v in d], yerr=[[v["diff"] - v["ci_low"] for v in d],
+                                                      [v["ci_high"] - v["diff"] for v in d]], fmt="none", ecolor="k")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(range(len(tastes)), tastes)
+    ax.set_xlabel("taste strength (simulated users)")
+    ax.set_ylabel("NDCG@10 personal − base")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def query_pool(cfg, n: int, seed: int) -> list[str]:
+    """A seeded sample of the config's training queries (click log before the cut, or judged pairs)."""
+    from finetune.job import is_clicklog
+
+    ft = cfg.finetune
+    if ft.train is None or not Path(ft.train).is_file():
+        raise FileNotFoundError(f"{cfg.source}: finetune.train ({ft.train}) is needed for the query pool")
+    if is_clicklog(Path(ft.train), ft.format):
+        from finetune.clicklog import read_clicklog
+        from finetune.job import clicklog_cut
+
+        events = read_clicklog(ft.train)
+        cut, _ = clicklog_cut(cfg, events)
+        texts = sorted({e.query.strip() for e in events if e.timestamp < cut})
+    else:
+        from finetune.judged import read_queries
+
+        texts = sorted(set(read_queries(ft.train).texts.values()))
+    rng = np.random.default_rng(seed)
+    return [texts[i] for i in sorted(rng.choice(len(texts), size=min(n, len(texts)), replace=False))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m eval.personal", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tastes", default="none,medium,strong")
+    ap.add_argument("--queries", type=int, default=600, help="size of the query pool (training queries)")
+    ap.add_argument("--users", type=int, default=400)
+    ap.add_argument("--sessions", type=float, default=15.0, help="mean sessions per user")
+    ap.add_argument("--days", type=float, default=60.0)
+    ap.add_argument("--eval-days", type=float, default=15.0)
+    ap.add_argument("--guard", default=None, help="judged dev queries for the guard (default: the config's "
+                                                  "eval.queries for judged-pairs configs; 'none' skips it)")
+    ap.add_argument("--guard-limit", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    from engine.search import SearchEngine
+    from finetune.job import is_clicklog
+    from indexer.build import ensure_indexes
+    from indexer.config import load_config, parse_overrides
+
+    t0 = time.perf_counter()
+    progress = not args.no_progress
+    cfg = load_config(args.config, **parse_overrides(args.set))
+    # the simulation needs the cross-encoder's candidates; the learned ranker is what it trains
+    cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))
+    ensure_indexes(cfg, ["dense"], progress=progress)
+    engine = SearchEngine.from_config(cfg)
+    out = Path(args.out)
+    cache = (cfg.finetune.out_dir or cfg.root / "models" / cfg.name) / "cache"
+    world = build_world(engine, query_pool(cfg, args.queries, args.seed), progress, cache_dir=cache)
+    payload: dict = {}
+    rankers = {}
+    for i, taste in enumerate(t for t in args.tastes.split(",") if t):
+        if taste not in TASTES:
+            print(f"error: unknown taste {taste!r}; use {', '.join(TASTES)}", file=sys.stderr)
+            return 2
+        payload[taste], rankers[taste] = run_taste(engine, world, taste, args, args.seed + 1, out, progress)
+        w = payload[taste]["warm"]["ndcg@10"]
+        print(f"{taste}: warm NDCG@10 {w['base']:.4f} -> {w['personal']:.4f} ({w['diff']:+.4f} "
+              f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}]); cold diff {payload[taste]['cold']['ndcg@10']['diff']:+.4f}")
+    guard_path = args.guard
+    if guard_path is None and cfg.finetune.train is not None and not is_clicklog(Path(cfg.finetune.train)):
+        guard_path = cfg.eval.queries
+    if guard_path and guard_path != "none" and "medium" in rankers:
+        payload["guard"] = guard(engine, rankers["medium"], Path(guard_path), 5, args.seed, progress, args.guard_limit,
+                                 cache_dir=cache)
+        for name, g in payload["guard"].items():
+            print(f"guard {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "
+                  f"({g['mrr@10']['diff']:+.4f})")
+    context = {"config": str(args.config), "facets": list(world.facets), "query pool": f"{len(world.queries)} "
+               f"training queries ({int(world.ambiguous.sum())} ambiguous)", "users": args.users,
+               "mean sessions per user": args.sessions, "days": f"{args.days:g} (last {args.eval_days:g} evaluate)",
+               "cross-encoder": cfg.rerank.model, "seed": args.seed,
+               "minutes": round((time.perf_counter() - t0) / 60, 1)}
+    payload["context"] = context
+    write_report(out, payload, context)
+    print(f"wrote {out}/personal.json, report.md, lift.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

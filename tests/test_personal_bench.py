@@ -1,0 +1,85 @@
+"""The personalization benchmark's simulator: time split, cold users, taste in clicks, the report's shape."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from engine import SearchEngine
+from eval import personal
+from eval.bootstrap import bootstrap_ci, paired_bootstrap
+
+
+@pytest.fixture(scope="module")
+def world(job_cfg, trained):
+    eng = SearchEngine.from_config(job_cfg)
+    queries = personal.query_pool(job_cfg, 60, seed=0)
+    return eng, personal.build_world(eng, queries, progress=False)
+
+
+def test_the_simulator_splits_by_time_and_cold_users_have_no_history(world):
+    eng, w = world
+    rng = np.random.default_rng(0)
+    users = personal.make_users(w, 60, rng)
+    log, cut = personal.simulate(w, users, 1.0, days=30, eval_days=10, sessions_per_user=6, rng=rng,
+                                 row_ids=eng.products.ids)
+    assert log.events and log.sessions and log.eval_sessions
+    assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
+    assert all(t >= cut for _, _, t, _ in log.eval_sessions)
+    cold = {u.uid for u in users if u.cold}
+    assert cold and not any(e.user_id in cold for e in log.events)
+    assert any(uid in cold for uid, _, _, _ in log.eval_sessions)
+
+
+def test_simulated_users_click_what_they_like_only_when_they_have_a_taste(world):
+    eng, w = world
+    share = {}
+    for strength in (0.0, 2.0):
+        rng = np.random.default_rng(1)
+        users = personal.make_users(w, 80, rng)
+        by_uid = {u.uid: u for u in users}
+        log, _ = personal.simulate(w, users, strength, 30, 10, 8, rng, eng.products.ids)
+        row_of = {eng.products.ids[i]: i for i in range(len(eng.products))}
+        liked = [personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
+                 for e in log.events if e.event == "click"]
+        shown = [personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
+                 for e in log.events if e.event == "impression"]
+        share[strength] = np.mean(liked) - np.mean(shown)
+    assert abs(share[0.0]) < 0.03 and share[2.0] > 0.05
+
+
+def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_cfg, trained, tmp_path):
+    import yaml
+
+    cfg_file = tmp_path / "t.yaml"
+    raw = {"name": "t", "root": str(job_cfg.root), "catalog": {"path": str(job_cfg.catalog.path)},
+           "index_dir": str(job_cfg.index_dir), "text": {"unknown_word_ngrams": 1},
+           "dense": {"model": job_cfg.dense.model, "base_model": job_cfg.dense.base_model, "max_length": 64},
+           "search": {"stages": ["bm25", "dense"]},
+           "rerank": {"model": job_cfg.rerank.model, "depth": 20, "weight": 0.5},
+           "finetune": {"train": str(job_cfg.finetune.train), "holdout_days": 10,
+                        "out_dir": str(job_cfg.finetune.out_dir), "ranker": {"num_rounds": 30, "min_data_in_leaf": 10}}}
+    cfg_file.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    out = tmp_path / "report"
+    assert personal.main(["--config", str(cfg_file), "--out", str(out), "--queries", "60", "--users", "60",
+                          "--sessions", "8", "--tastes", "none,medium", "--guard", "none", "--no-progress"]) == 0
+    payload = json.loads((out / "personal.json").read_text())
+    for taste in ("none", "medium"):
+        for group in ("warm", "cold"):
+            b = payload[taste][group]
+            assert {"n_users", "n_queries", "ndcg@10", "mrr@10"} <= set(b)
+            assert {"base", "personal", "diff", "ci_low", "ci_high"} <= set(b["ndcg@10"])
+        cold = payload[taste]["cold"]
+        assert cold["n_queries"] > 0 and cold["ndcg@10"]["diff"] == 0 and cold["mrr@10"]["diff"] == 0
+    assert "simulated" in (out / "report.md").read_text() and (out / "lift.png").is_file()
+
+
+def test_bootstrap_intervals_cover_the_mean_and_a_zero_difference_has_p_one():
+    x = np.random.default_rng(0).normal(1.0, 1.0, 400)
+    m, lo, hi = bootstrap_ci(x)
+    assert lo < m < hi and lo < 1.0 < hi and hi - lo < 0.3
+    same = paired_bootstrap(x, x)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+    up = paired_bootstrap(x, x + 0.2)
+    assert up["ci_low"] > 0.19 and up["p_value"] < 0.01
