@@ -7,7 +7,7 @@ STAGES ?= bm25,dense-base,dense,hybrid,rerank
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := $(if $(GPU),gpu,cpu),test
 
-.PHONY: install model demo demo-data index finetune eval bench test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune eval eval-personal bench test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -31,28 +31,35 @@ demo-data: .venv/.installed
 data/demo/catalog.jsonl: eval/demo_data.py | .venv/.installed
 	$(PY) -m eval.demo_data --out data/demo
 
-# the demo's fine-tuned bi-encoder and cross-encoder (`make finetune` on the demo click log)
-models/demo/cross-encoder/config.json: data/demo/catalog.jsonl | models/base/config.json
+# the demo's fine-tuned bi-encoder, cross-encoder and final ranker (`make finetune` on the demo click log)
+models/demo/ranker/model.txt: data/demo/catalog.jsonl | models/base/config.json
 	$(PY) -m finetune --config configs/demo.yaml --resume
 
-demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/demo/cross-encoder/config.json
+demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/demo/ranker/model.txt
 	$(PY) -m indexer --config configs/demo.yaml --if-stale
 	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
 	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
+	$(PY) -m eval.demo_personal --config configs/demo.yaml "蓝牙耳机"
 
-index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/cross-encoder/config.json)
+index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m indexer --config $(CONFIG)
 
 # retrain the bi-encoder and the cross-encoder from the config's finetune section, rebuild the dense index
 finetune: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
 	$(PY) -m finetune --config $(CONFIG) $(if $(RESUME),--resume)
 
-eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/cross-encoder/config.json)
+eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)
 
-bench: .venv/.installed models/base/config.json
+# the personalization benchmark: simulated users at three taste strengths (+ the guard on judged dev queries)
+eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
+	$(PY) -m eval.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG)))
+
+bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/demo/ranker/model.txt
 	$(PY) -m eval.bench_bm25 $(if $(FULL),--full)
 	$(PY) -m eval.bench_dense $(if $(FULL),--full)
+	$(PY) -m indexer --config configs/demo.yaml --if-stale
+	$(PY) -m eval.bench_personal --config configs/demo.yaml
 
 ablation: .venv/.installed
 	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv

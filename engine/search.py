@@ -91,8 +91,7 @@ class SearchEngine:
 
     def _load_dense(self, stage: str):
         if stage not in self._dense:
-            from indexer.build import dense_encoder
-            from indexer.dense import DenseIndex, stage_index_dir
+            from indexer.dense import DenseIndex, dense_encoder, stage_index_dir
 
             folder = stage_index_dir(self.cfg, stage)
             if folder.name != stage:  # dense-base with the same model as dense: one encoder, one index

@@ -46,14 +46,6 @@ def index_stages(cfg: Config, extra: Iterable[str] = ()) -> list[str]:
     return list(dict.fromkeys(stages))
 
 
-def dense_encoder(cfg: Config, stage: str):
-    from indexer.dense import stage_model
-    from indexer.encoder import Encoder
-
-    d = cfg.dense
-    return Encoder(stage_model(cfg, stage), max_length=d.max_length, batch_size=d.batch_size, device=d.device)
-
-
 def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,
                   catalog: Catalog | None = None, stages: Iterable[str] | None = None) -> list[StageBuild]:
     """Build the indexes of ``stages`` (default: what the config's stages need).
@@ -80,7 +72,7 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
                 from indexer.vocab_trim import ensure_trimmed
 
                 ensure_trimmed(cfg, catalog.index_texts(), catalog_sha)
-            encoder = dense_encoder(cfg, stage)
+            encoder = dense.dense_encoder(cfg, stage)
             path = cfg.index_dir / stage
             manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
                                                cfg.index_fingerprint(), progress=progress,

@@ -198,6 +198,14 @@ def stage_model(cfg, stage: str):
     return model
 
 
+def dense_encoder(cfg, stage: str):
+    """The encoder a dense stage embeds queries and titles with (the query path and the index job share it)."""
+    from indexer.encoder import Encoder
+
+    d = cfg.dense
+    return Encoder(stage_model(cfg, stage), max_length=d.max_length, batch_size=d.batch_size, device=d.device)
+
+
 def stage_index_dir(cfg, stage: str) -> Path:
     """Where a dense stage's index lives; ``dense-base`` shares ``dense``'s index when both use the same model."""
     from indexer.encoder import ModelMissingError

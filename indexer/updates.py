@@ -87,9 +87,8 @@ def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
         folder = cfg.index_dir / stage
         if not (folder / "manifest.json").is_file():
             continue
-        from indexer.build import dense_encoder
         from indexer.dense import KIND as DENSE_KIND
-        from indexer.dense import DenseIndex
+        from indexer.dense import DenseIndex, dense_encoder
 
         manifest = read_manifest(folder, DENSE_KIND, verify=False)
         encoder = dense_encoder(cfg, stage)

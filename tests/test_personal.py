@@ -301,3 +301,50 @@ def test_the_engine_records_validates_and_forgets(personal_engine):
     eng.record_event("leaver", eng.products.ids[0], "click")
     assert eng.profile("leaver") is not None
     assert eng.forget_user("leaver") == 1 and eng.profile("leaver") is None
+
+
+def test_the_dense_index_stores_product_vectors_and_kmeans_groups(job_cfg, trained):
+    from indexer.dense import n_groups
+
+    eng = SearchEngine.from_config(job_cfg)
+    _, dense = eng.dense_stage("dense")
+    n = len(eng.products)
+    assert dense.vectors.shape[0] == n and dense.groups.shape == (n,)
+    k = n_groups(n)
+    assert dense.group_centroids.shape[0] == k and set(np.unique(dense.groups)) <= set(range(k))
+    v = np.asarray(dense.vectors, dtype=np.float32)
+    sims = v @ dense.group_centroids.T
+    assert (sims.argmax(axis=1) == dense.groups).mean() > 0.99  # each product sits in its nearest group
+    fac = eng.facets()
+    assert (fac.group == dense.groups).all() and (fac.price_band >= 0).all() and fac.price_band.max() == 4
+
+
+def test_the_ingest_command_loads_a_click_log_and_lists_bad_rows(job_cfg, trained, tmp_path, monkeypatch, capsys):
+    import json
+
+    import yaml
+
+    from engine.events import main as events_main
+
+    cfg_file = tmp_path / "t.yaml"
+    cfg_file.write_text(yaml.safe_dump({
+        "name": "t", "root": str(job_cfg.root), "catalog": {"path": str(job_cfg.catalog.path)},
+        "index_dir": str(job_cfg.index_dir), "text": {"unknown_word_ngrams": 1},
+        "dense": {"model": job_cfg.dense.model, "base_model": job_cfg.dense.base_model, "max_length": 64},
+        "search": {"stages": ["bm25", "dense"]}, "personal": {"path": str(tmp_path / "ev.sqlite")}},
+        allow_unicode=True), encoding="utf-8")
+    log = tmp_path / "clicks.jsonl"
+    ids = SearchEngine.from_config(job_cfg, load_models=False).products.ids
+    good = [{"user_id": "a", "query": "q", "product_id": ids[i], "event": "click", "timestamp": 1_767_225_600 + i}
+            for i in range(5)]
+    bad = {"user_id": "a", "query": "q", "product_id": ids[0], "event": "wishlist", "timestamp": 1_767_225_600}
+    log.write_text("\n".join(json.dumps(r) for r in good + [bad]) + "\n", encoding="utf-8")
+    monkeypatch.delenv("ECOMSEARCH_USER_KEY", raising=False)
+    assert events_main(["ingest", str(log), "--config", str(cfg_file), "--skip-bad-rows"]) == 2
+    assert "ECOMSEARCH_USER_KEY" in capsys.readouterr().err
+    monkeypatch.setenv("ECOMSEARCH_USER_KEY", "k")
+    assert events_main(["ingest", str(log), "--config", str(cfg_file)]) == 2
+    assert "clicks.jsonl:6: field 'event'" in capsys.readouterr().err
+    assert events_main(["ingest", str(log), "--config", str(cfg_file), "--skip-bad-rows"]) == 0
+    captured = capsys.readouterr()
+    assert "5 events recorded for 1 users, 1 rejected" in captured.out and "wishlist" in captured.err
