@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, build_profiles, merge_profiles
-from finetune.clicklog import EVENTS, ClickLogError, Event, iter_clicklog, parse_timestamp
+from finetune.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 
 SCHEMA_VERSION = 1
 KEY_ENV = "ECOMSEARCH_USER_KEY"
@@ -315,14 +315,25 @@ class UserEvents:
             return None
         return hmac.new(self._key, user_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
-    def row_of(self, product_id: str) -> int:
+    def row_map(self) -> dict[str, int]:
+        """Product id -> row of the index the engine serves (built once)."""
         if self._row_of is None:
             ids = self.product_ids.tolist() if hasattr(self.product_ids, "tolist") else list(self.product_ids)
             self._row_of = {pid: i for i, pid in enumerate(ids)}
+        return self._row_of
+
+    def row_of(self, product_id: str) -> int:
         try:
-            return self._row_of[product_id]
+            return self.row_map()[product_id]
         except KeyError:
             raise EventError(f"field 'product_id': unknown product {product_id!r} (not in the index)") from None
+
+    def bought_rows(self, profile: Profile | None) -> np.ndarray:
+        """Rows of the products a profile bought (those still in the index)."""
+        if profile is None:
+            return np.zeros(0, dtype=np.int64)
+        rows = self.row_map()
+        return np.array([rows[p] for p in profile.bought if p in rows], dtype=np.int64)
 
     # -- writing -----------------------------------------------------------------------------------------
     def validate(self, user_id, product_id, event, timestamp) -> tuple[str, int, str, float]:
@@ -369,7 +380,7 @@ class UserEvents:
         rep = IngestReport()
         hashed: dict[str, str] = {}
         users, pids, rows, evs, ts, queries = [], [], [], [], [], []
-        row_of = self._row_of_map()
+        row_of = self.row_map()
         for line, item in iter_clicklog(path):
             rep.read += 1
             if isinstance(item, ClickLogError):
@@ -423,14 +434,6 @@ class UserEvents:
             if self._stats is not None:
                 self._stats.counts += counts
 
-    def _row_of_map(self) -> dict[str, int]:
-        if self._row_of is None:
-            try:
-                self.row_of("")
-            except EventError:
-                pass
-        return self._row_of
-
     # -- reading -----------------------------------------------------------------------------------------
     def profile(self, user_id: str | None) -> Profile | None:
         """The user's profile, or None (no user, unknown user, no key configured, no engaging events)."""
@@ -449,7 +452,7 @@ class UserEvents:
         with self._stats_lock:
             if self._stats is None or now - self._stats_read > refresh_seconds:
                 counts = np.zeros((len(self.facets), len(EVENTS)))
-                row_of = self._row_of_map()
+                row_of = self.row_map()
                 for pid, c in self.store.product_counts().items():
                     r = row_of.get(pid)
                     if r is not None:

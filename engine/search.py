@@ -281,9 +281,8 @@ class SearchEngine:
         personal = None
         if profile is not None:
             now = time.time() if now is None else now
-            bought = np.array([r for r in (ev._row_of_map().get(p) for p in profile.bought) if r is not None],
-                              dtype=np.int64)
-            personal = personal_features(cand.rows, profile, self.facets(), now, pc.half_life_days * 86400.0, bought)
+            personal = personal_features(cand.rows, profile, self.facets(), now, pc.half_life_days * 86400.0,
+                                         ev.bought_rows(profile))
         return feature_matrix(cand, ctr, pop, personal)
 
     def rank_candidates(self, cand: Candidates, k: int, profile=None, personalize: float = 1.0,

@@ -236,7 +236,7 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
 
     cfg = engine.cfg
     hl = cfg.personal.half_life_days * DAY
-    row_of = engine.user_events()._row_of_map()
+    row_of = engine.user_events().row_map()
     fac = engine.facets()
     runs_b, runs_p, qrels, warm = {}, {}, {}, []
     for i, (uid, q, t, gains) in enumerate(sessions):
@@ -278,7 +278,7 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     users = make_users(world, args.users, rng)
     row_ids = engine.products.ids
     log, cut = simulate(world, users, TASTES[taste], args.days, args.eval_days, args.sessions, rng, row_ids)
-    row_of = engine.user_events()._row_of_map()
+    row_of = engine.user_events().row_map()
     assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
     pit = PointInTime(EventArrays.from_events(log.events, row_of), engine.facets(), _settings(engine.cfg))
     tcfg = engine.cfg.finetune.ranker
@@ -308,7 +308,7 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
     texts = [judged.texts[q] for q in qids]
     cands = candidate_cache(engine, texts, progress=progress, cache_dir=cache_dir)
     fac = engine.facets()
-    row_of = engine.user_events()._row_of_map()
+    row_of = engine.user_events().row_map()
     settings = _settings(engine.cfg)
     hl = settings.half_life
     rng = np.random.default_rng(seed)

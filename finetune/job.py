@@ -248,7 +248,7 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
     base = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))
     ensure_indexes(base, ["dense"], progress=progress)
     engine = SearchEngine.from_config(base)
-    row_of = engine.user_events()._row_of_map()
+    row_of = engine.user_events().row_map()
     ft = cfg.finetune
     if is_clicklog(Path(ft.train), ft.format):
         from finetune.clicklog import read_clicklog

@@ -234,7 +234,7 @@ class Dataset:
 def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float,
                   progress: bool = True) -> Dataset:
     """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
-    row_of = engine.user_events()._row_of_map() if pit is not None else {}
+    row_of = engine.user_events().row_map() if pit is not None else {}
     half_life = engine.cfg.personal.half_life_days * 86400.0
     Xs, ys, groups, kept = [], [], [], []
     for i, s in enumerate(tqdm(sessions, desc="ranker features", disable=not progress, mininterval=2.0)):

@@ -12,7 +12,6 @@ from indexer.build import stale_stages
 from indexer.encoder import ModelMissingError, model_fingerprint
 from indexer.store import read_manifest
 
-from conftest import make_config
 
 
 def test_a_missing_fine_tuned_model_names_the_command(job_cfg, trained, tmp_path):

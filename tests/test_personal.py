@@ -11,7 +11,7 @@ import pytest
 from engine import SearchEngine
 from engine.events import EventError, PrivacyError, SQLiteEventStore, UserEvents
 from engine.features import FEATURES, PERSONAL, StatsTimeline
-from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, build_profiles, price_bands_of
+from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, price_bands_of
 from finetune.clicklog import Event
 
 DAY = 86400.0
@@ -199,7 +199,7 @@ def test_ranker_training_sessions_never_see_their_own_or_later_clicks(job_cfg, t
     from finetune.ranker import EventArrays, PointInTime, sessions_from_events
 
     eng = SearchEngine.from_config(job_cfg)
-    row_of = eng.user_events()._row_of_map()
+    row_of = eng.user_events().row_map()
     events = [e for e in read_clicklog(job_cfg.finetune.train)][:6000]
     settings = ProfileSettings(30.0)
     sessions = sessions_from_events(events, row_of, {"click": 1, "add_to_cart": 2, "purchase": 3})

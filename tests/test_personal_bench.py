@@ -1,6 +1,5 @@
 """The personalization benchmark's simulator: time split, cold users, taste in clicks, the report's shape."""
 
-import dataclasses
 import json
 
 import numpy as np
