@@ -107,7 +107,9 @@ def personal_features(rows: np.ndarray, profile: Profile | None, facets: Product
     for j, f in enumerate(FACETS):
         if f == "group" and profile.groups_id != facets.groups_id:
             continue  # group codes from another dense build
-        out[:, 1 + j] = _lookup(profile.shares(f), np.asarray(facets.codes(f))[rows])
+        aff = _lookup(profile.shares(f), np.asarray(facets.codes(f))[rows])
+        top = aff.max() if len(aff) else 0.0
+        out[:, 1 + j] = aff / top if top > 0 else aff  # relative to the best-liked value among the candidates
     if bought_rows is not None and len(bought_rows):
         out[:, 5] = np.isin(rows, bought_rows)
     out[:, 6] = np.log1p(profile.strength(now, half_life))

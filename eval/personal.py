@@ -12,21 +12,25 @@ it changes nothing when there is none.  The behaviour model:
   *specific*.  Each query has an *area*: the most common category (catalogs
   with categories) or group among its top 10.
 - **Users** have 1–3 areas they shop in (85% of their queries; 15% anywhere)
-  and a stable **taste**: a liked subset of each facet the catalog has —
-  brands (20% of them, at least one), k-means groups (20%), and a price
-  band (their band and, half the time, each neighbour).  ``taste(p)`` is the
-  share of the product's facets the user likes (0..1).
+  and a stable **taste**: a liked value of each facet the catalog has — one
+  favourite brand per area (catalogs with brands; for titles-only catalogs
+  20% of the k-means groups instead), and a price band (their band and,
+  half the time, each neighbour).  ``taste(p)`` is the share of the
+  product's facets the user likes (0..1).
 - **Relevance** of a candidate is its non-personal engine score
   standardized over the query's candidates (``z``; the z-score mix of
   cross-encoder and first stages, not the learned ranker, so the benchmark
-  does not grade the ranker by itself).
-- **Clicks**: the user sees the engine's non-personalized top 10 and
-  examines position ``i`` (0-based) with probability ``1 / (1 + i)^0.6``; an
-  examined product is clicked with probability
-  ``σ(1.5 z − 1.5 + strength · 3 · (taste − 0.3))``; a click becomes an
-  add-to-cart with probability ``0.25 + 0.25 taste`` (0.3 without taste),
-  and that a purchase half the time.  ``strength`` is 0 (taste ``none``), 1
-  (``medium``) or 2 (``strong``).
+  does not grade the ranker by itself), saturating: ``3 σ(2 z)`` (the top
+  candidates of a query are about equally relevant; the engine's score
+  differences among near-identical products are not the user's).
+- **Clicks** (before the cut): the simulated shop logs 10 of the engine's
+  non-personalized top 30, best first with exploration (a Plackett-Luce
+  draw on ``0.5 z``); the user examines position ``i`` (0-based) with
+  probability ``1 / (1 + i)^0.6`` and clicks an examined product with
+  probability ``σ(3 σ(2 z) − 2.5 + strength · 3 · (taste − 0.3))``; a click
+  becomes an add-to-cart with probability ``0.25 + 0.25 taste`` (0.3
+  without taste), and that a purchase half the time.  ``strength`` is 0
+  (taste ``none``), 1 (``medium``) or 2 (``strong``).
 - **Time**: ``--days`` simulated days, sessions spread uniformly; 25% of
   the users are *cold*: they arrive after the global time cut (the last
   ``--eval-days``) and have no history.
@@ -41,10 +45,12 @@ it changes nothing when there is none.  The behaviour model:
   ``personalize=0`` (the non-personal ranking), with 95% paired bootstrap
   intervals of the difference, for warm and cold users.
 
-**Guard on real queries** (configs with judged dev queries, e.g. WenTian):
-each dev query gets a synthetic history of 5 clicks, (a) on products of the
-judged product's own group (the judged product excluded), or (b) on random
-products; MRR@10 with the medium-taste ranker, personalized vs not.
+**Guard on real queries** (the config's judged ``eval.queries``): each
+query gets a synthetic history of 5 clicks, (a) on products of the judged
+product's own group (the judged product excluded), or (b) on random
+products; MRR@10 with the medium-taste ranker, personalized vs not.  The
+same queries compare the config's own learned ranker (``rerank.ranker``,
+no user) with the z-score mix on the same candidates.
 
 Writes ``personal.json``, ``report.md`` and ``lift.png``.
 """
@@ -85,11 +91,12 @@ class World:
     queries: list[str]
     cands: dict
     z: dict[str, np.ndarray]
-    shown: dict[str, np.ndarray]  # indices into the candidates of the non-personal top 10
+    shown: dict[str, np.ndarray]  # indices into the candidates of the non-personal top 30
     area: np.ndarray
     ambiguous: np.ndarray
     facets: dict[str, np.ndarray]  # taste facets: codes by product row
     n_values: dict[str, int]
+    area_brands: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,7 +116,7 @@ def build_world(engine, queries: list[str], progress: bool = True, cache_dir: Pa
     taste = {}
     if (fac.brand >= 0).mean() > 0.5:
         taste["brand"] = fac.brand
-    if (fac.group >= 0).all():
+    if "brand" not in taste and (fac.group >= 0).all():  # titles only: groups stand in for brands
         taste["group"] = fac.group
     if (fac.price_band >= 0).mean() > 0.5:
         taste["price_band"] = fac.price_band
@@ -122,13 +129,20 @@ def build_world(engine, queries: list[str], progress: bool = True, cache_dir: Pa
         sd = s.std()
         z[q] = (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
         order = np.argsort(-s, kind="stable")
-        shown[q] = order[:10]
+        shown[q] = order[:30]
         top_rows = c.rows[order[:10]]
         area.append(int(np.bincount(area_codes[top_rows] - area_codes.min()).argmax() + area_codes.min()))
         top30 = c.rows[order[:30]]
         amb.append(any(len(np.unique(codes[top30])) >= 3 for f, codes in taste.items() if f != "price_band"))
     n_values = {f: int(codes.max()) + 1 for f, codes in taste.items()}
-    return World(queries, cands, z, shown, np.asarray(area), np.asarray(amb), taste, n_values)
+    # the brands each area's products have (a user is loyal to one of them per area)
+    area_brands = {}
+    if "brand" in taste:
+        for a in np.unique(area_codes):
+            b = np.unique(fac.brand[(area_codes == a) & (fac.brand >= 0)])
+            if len(b):
+                area_brands[int(a)] = b
+    return World(queries, cands, z, shown, np.asarray(area), np.asarray(amb), taste, n_values, area_brands)
 
 
 def make_users(world: World, n_users: int, rng: np.random.Generator, cold_share: float = 0.25) -> list[SimUser]:
@@ -143,6 +157,8 @@ def make_users(world: World, n_users: int, rng: np.random.Generator, cold_share:
             if f == "price_band":
                 c = int(rng.integers(0, n))
                 liked[f] = {c} | {b for b in (c - 1, c + 1) if 0 <= b < n and rng.random() < 0.5}
+            elif f == "brand" and world.area_brands:  # one favourite brand in every area
+                liked[f] = {int(rng.choice(b)) for b in world.area_brands.values()}
             else:
                 s = set(np.flatnonzero(rng.random(n) < 0.2).tolist())
                 liked[f] = s or {int(rng.integers(0, n))}
@@ -160,7 +176,10 @@ def taste_of(world: World, user: SimUser, rows: np.ndarray) -> np.ndarray:
 
 
 def click_logit(z: np.ndarray, taste: np.ndarray, strength: float) -> np.ndarray:
-    return 1.5 * z - 1.5 + strength * 3.0 * (taste - 0.3)
+    """Relevance saturates (``3 σ(2 z)``: the engine's top candidates of a query are all about equally
+    relevant, its score differences among near-identical products are not the user's); taste adds
+    ``strength · 3 · (taste − 0.3)``."""
+    return 3.0 / (1.0 + np.exp(-2.0 * z)) - 2.5 + strength * 3.0 * (taste - 0.3)
 
 
 def simulate(world: World, users: list[SimUser], strength: float, days: float, eval_days: float,
@@ -199,7 +218,11 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
                     log.eval_sessions.append((user.uid, q, float(t), gains))
                 continue
             sess = Session(user.uid, q, float(t))
-            for pos, j in enumerate(world.shown[q]):
+            # the shop shows 10 of the top 30 non-personal candidates, best first with some exploration
+            # (a Plackett-Luce draw on 1.5 z: Gumbel top-k), as logged ranking data usually has
+            top = world.shown[q]
+            keys = 0.5 * world.z[q][top] + rng.gumbel(size=len(top))
+            for pos, j in enumerate(top[np.argsort(-keys)][:10]):
                 row = int(c.rows[j])
                 pid = row_ids[row]
                 ts = float(t) + pos
@@ -229,8 +252,10 @@ def _settings(cfg):
     return ProfileSettings(p.half_life_days, dict(p.gains), p.affinity_cap, p.bought_cap)
 
 
-def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of) -> dict[str, np.ndarray]:
-    """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), and whether warm."""
+def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of, users: dict | None = None,
+                      strength: float = 0.0) -> dict[str, np.ndarray]:
+    """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
+    simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling)."""
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
     from finetune.ranker import bought_rows
 
@@ -238,7 +263,7 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
     hl = cfg.personal.half_life_days * DAY
     row_of = engine.user_events().row_map()
     fac = engine.facets()
-    runs_b, runs_p, qrels, warm = {}, {}, {}, []
+    runs_b, runs_p, runs_o, qrels, warm = {}, {}, {}, {}, []
     for i, (uid, q, t, gains) in enumerate(sessions):
         c = world.cands[q]
         prof = profile_of(uid)
@@ -249,12 +274,17 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
         sid = f"s{i}"
         runs_b[sid] = c.rows[np.argsort(-base, kind="stable")][:10].astype(str).tolist()
         runs_p[sid] = c.rows[np.argsort(-full, kind="stable")][:10].astype(str).tolist()
+        if users is not None:
+            util = click_logit(world.z[q], taste_of(world, users[uid], c.rows), strength)
+            runs_o[sid] = c.rows[np.argsort(-util, kind="stable")][:10].astype(str).tolist()
         qrels[sid] = {str(r): g for r, g in gains.items()}
         warm.append(prof is not None)
     out = {"warm": np.asarray(warm, dtype=bool)}
     for name, fn in (("ndcg@10", metrics.ndcg), ("mrr@10", metrics.mrr)):
         out[f"{name}/base"] = fn(qrels, runs_b, 10, per_query=True)
         out[f"{name}/personal"] = fn(qrels, runs_p, 10, per_query=True)
+        if runs_o:
+            out[f"{name}/oracle"] = fn(qrels, runs_o, 10, per_query=True)
     return out
 
 
@@ -266,6 +296,8 @@ def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
         for m in ("ndcg@10", "mrr@10"):
             block[m] = {k: round(v, 4) for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel],
                                                                     seed=seed).items()}
+            if f"{m}/oracle" in res:
+                block[m]["oracle"] = round(float(res[f"{m}/oracle"][sel].mean()), 4) if sel.any() else float("nan")
         out[group] = block
     return out
 
@@ -287,7 +319,8 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     ranker = Ranker.load(out_dir / f"ranker-{taste}")
     profiles = pit.profiles_at(cut)
     profile_of = lambda uid: (p if (p := profiles.get(uid)) is not None and p.weight > 0 else None)  # noqa: E731
-    res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of)
+    res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of,
+                            {u.uid: u for u in users}, TASTES[taste])
     summary = summarize(res, log.eval_sessions, args.seed)
     summary["train"] = {"events": len(log.events), "sessions": len(log.sessions), "ranker_sessions": card["sessions"],
                         "cut": cut, "importance_gain": card["importance_gain"],
@@ -296,8 +329,12 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
 
 
 def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: bool, limit: int | None = None,
-          cache_dir: Path | None = None) -> dict:
-    """MRR@10 on judged dev queries with a synthetic history: (a) the judged product's group, (b) random."""
+          cache_dir: Path | None = None, shipped=None) -> dict:
+    """MRR@10 on judged dev queries with a synthetic history: (a) the judged product's group, (b) random.
+    With ``shipped`` (the config's own learned ranker) also its non-personal ranking against the z-score mix
+    on the same candidates (``ranker_vs_mix``)."""
+    from engine.rerank import combine
+
     from engine.features import feature_matrix, personal_features
     from engine.profiles import Profile, apply_event
     from finetune.judged import read_queries
@@ -313,7 +350,7 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
     hl = settings.half_life
     rng = np.random.default_rng(seed)
     t = START
-    runs = {"base": {}, "group_history": {}, "random_history": {}}
+    runs = {"base": {}, "group_history": {}, "random_history": {}, "mix": {}, "shipped": {}}
     qrels = {}
     groups = np.asarray(fac.group)
     for qid, text in zip(qids, texts):
@@ -326,6 +363,11 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
         X0 = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), None)
         _, base = ranker.score(X0, 0.0, warm=False)
         runs["base"][qid] = c.rows[np.argsort(-base, kind="stable")][:10].astype(str).tolist()
+        mix = combine(c.ce, c.first, engine.cfg.rerank.weight)
+        runs["mix"][qid] = c.rows[np.argsort(-mix, kind="stable")][:10].astype(str).tolist()
+        if shipped is not None:
+            s_score, _ = shipped.score(X0, 0.0, warm=False)
+            runs["shipped"][qid] = c.rows[np.argsort(-s_score, kind="stable")][:10].astype(str).tolist()
         same = np.flatnonzero(groups == groups[target])
         same = same[~np.isin(same, [row_of[p] for p in rel])]
         for name, pool in (("group_history", same), ("random_history", np.arange(len(groups)))):
@@ -344,6 +386,17 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
         pers = metrics.mrr(qrels, runs[name], 10, per_query=True)
         out[name] = {"n_queries": len(qrels), "mrr@10": {k: round(v, 4) for k, v in
                                                           paired_bootstrap(base, pers, seed=seed).items()}}
+    if shipped is not None:
+        # on all judged dev queries (one missing from the candidates scores 0 for both)
+        allq = {qid: qrels.get(qid, {"-": 0.0}) for qid in qids}
+        block = {"n_queries": len(allq)}
+        for name, fn in (("mrr@10", metrics.mrr), ("ndcg@10", metrics.ndcg)):
+            a = fn(allq, runs["mix"], 10, per_query=True)
+            b = fn(allq, runs["shipped"], 10, per_query=True)
+            res = paired_bootstrap(a, b, seed=seed)
+            block[name] = {"zscore_mix": round(res["base"], 4), "ranker": round(res["personal"], 4),
+                           **{k: round(res[k], 4) for k in ("diff", "ci_low", "ci_high", "p_value")}}
+        out["ranker_vs_mix"] = block
     return out
 
 
@@ -352,14 +405,15 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
     (out / "personal.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     lines = [f"# Personalization benchmark: {context['config']}", "",
              "**The users are simulated** (see `eval/personal.py` for the behaviour model): stable tastes over "
-             + ", ".join(context["facets"]) + "; position-biased clicks on the engine's non-personal top 10 before "
+             + ", ".join(context["facets"]) + "; position-biased clicks on 10 of the engine's non-personal top 30 (Plackett-Luce draw) before "
              "the time cut; judgments after it drawn from the same click model without position bias. "
              "Personal = the ranker with `personalize=1` and the user's profile at the cut; base = the same ranker "
-             "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions.",
+             "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions. "
+             "Oracle: the simulator's own click utility with the user's true taste (a ceiling no profile reaches).",
              "", *[f"- {k}: {v}" for k, v in context.items()], "",
-             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | MRR@10 base | "
-             "MRR@10 personal | diff [95% CI] |",
-             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
+             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | oracle | "
+             "MRR@10 base | MRR@10 personal | diff [95% CI] |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
     for taste in TASTES:
         if taste not in payload:
             continue
@@ -368,6 +422,7 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
             n, m = b["ndcg@10"], b["mrr@10"]
             lines.append(f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
                          f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
+                         f"{n.get('oracle', float('nan')):.4f} | "
                          f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
                          f"{m['ci_high']:+.4f}] |")
     if "guard" in payload:
@@ -377,6 +432,14 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
             m = g["mrr@10"]
             lines.append(f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
                          f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |")
+    if "ranker_vs_mix" in payload:
+        b = payload["ranker_vs_mix"]
+        lines += ["", f"## The config's learned ranker against the z-score mix (no users, {b['n_queries']} dev queries)",
+                  "", "| metric | z-score mix | ranker | diff [95% CI] | p |", "| --- | ---: | ---: | --- | ---: |"]
+        for m in ("mrr@10", "ndcg@10"):
+            v = b[m]
+            lines.append(f"| {m} | {v['zscore_mix']:.4f} | {v['ranker']:.4f} | {v['diff']:+.4f} "
+                         f"[{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] | {v['p_value']:.3f} |")
     if _plot(out / "lift.png", payload):
         lines += ["", "![NDCG@10 lift by taste strength](lift.png)"]
     for taste in TASTES:
@@ -448,8 +511,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sessions", type=float, default=15.0, help="mean sessions per user")
     ap.add_argument("--days", type=float, default=60.0)
     ap.add_argument("--eval-days", type=float, default=15.0)
-    ap.add_argument("--guard", default=None, help="judged dev queries for the guard (default: the config's "
-                                                  "eval.queries for judged-pairs configs; 'none' skips it)")
+    ap.add_argument("--guard", default=None, help="judged queries for the guard and the ranker-vs-mix comparison "
+                                                  "(default: the config's eval.queries; 'none' skips them)")
     ap.add_argument("--guard-limit", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--seed", type=int, default=0)
@@ -457,7 +520,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from engine.search import SearchEngine
-    from finetune.job import is_clicklog
     from indexer.build import ensure_indexes
     from indexer.config import load_config, parse_overrides
 
@@ -465,6 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     cfg = load_config(args.config, **parse_overrides(args.set))
     # the simulation needs the cross-encoder's candidates; the learned ranker is what it trains
+    shipped_ranker = cfg.rerank.ranker
     cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))
     ensure_indexes(cfg, ["dense"], progress=progress)
     engine = SearchEngine.from_config(cfg)
@@ -482,11 +545,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{taste}: warm NDCG@10 {w['base']:.4f} -> {w['personal']:.4f} ({w['diff']:+.4f} "
               f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}]); cold diff {payload[taste]['cold']['ndcg@10']['diff']:+.4f}")
     guard_path = args.guard
-    if guard_path is None and cfg.finetune.train is not None and not is_clicklog(Path(cfg.finetune.train)):
+    if guard_path is None:
         guard_path = cfg.eval.queries
     if guard_path and guard_path != "none" and "medium" in rankers:
-        payload["guard"] = guard(engine, rankers["medium"], Path(guard_path), 5, args.seed, progress, args.guard_limit,
-                                 cache_dir=cache)
+        from engine.ranker import Ranker
+
+        shipped = None
+        if shipped_ranker:
+            p = Path(shipped_ranker)
+            p = p if p.is_absolute() else cfg.root / p
+            shipped = Ranker.load(p) if (p / "model.txt").is_file() else None
+        g = guard(engine, rankers["medium"], Path(guard_path), 5, args.seed, progress, args.guard_limit,
+                  cache_dir=cache, shipped=shipped)
+        if "ranker_vs_mix" in g:
+            payload["ranker_vs_mix"] = g.pop("ranker_vs_mix")
+            m = payload["ranker_vs_mix"]["mrr@10"]
+            print(f"{shipped_ranker} vs z-score mix on {guard_path}: MRR@10 {m['zscore_mix']:.4f} -> {m['ranker']:.4f}")
+        payload["guard"] = g
         for name, g in payload["guard"].items():
             print(f"guard {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "
                   f"({g['mrr@10']['diff']:+.4f})")

@@ -262,8 +262,12 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
         pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
         desc = (f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
                 f"{cut:.0f} ({how} held out), labels = best gain per product")
-        return train_ranker(engine, sessions, pit, t, out, progress=progress, description=desc,
+        card = train_ranker(engine, sessions, pit, t, out, progress=progress, description=desc,
                             cache_dir=out.parent / "cache")
+        after = [e for e in events if e.timestamp >= cut]
+        card["holdout"] = holdout_sessions_report(engine, out, sessions_from_events(after, row_of, ft.gains), pit,
+                                                  cut, progress)
+        return card
     qids = list(data.train.texts)
     random.Random(t.seed).shuffle(qids)
     sessions = []
@@ -275,6 +279,47 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
             "the judged product as positive; no users, so non-personal features only")
     return train_ranker(engine, sessions, None, t, out, features=NON_PERSONAL, progress=progress, description=desc,
                         cache_dir=out.parent / "cache")
+
+
+def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float, progress: bool) -> dict:
+    """The held-out sessions after the time cut, each ranked for its own user (profiles and counts as of the
+    cut) and without a user: NDCG@10 / MRR@10 of the engaged products over the whole candidate list, with the
+    z-score mix as the reference."""
+    import numpy as np
+
+    from engine.features import FEATURES
+    from engine.ranker import Ranker
+    from engine.rerank import combine
+    from eval import metrics
+    from eval.bootstrap import paired_bootstrap
+    from finetune.ranker import candidate_cache, session_features
+
+    ranker = Ranker.load(ranker_dir)
+    cands = candidate_cache(engine, [s.query for s in sessions], progress=progress,
+                            cache_dir=ranker_dir.parent / "cache")
+    row_of = engine.user_events().row_map()
+    pc = engine.cfg.personal
+    runs: dict[str, dict] = {"zscore_mix": {}, "ranker": {}, "personal": {}}
+    qrels = {}
+    for i, s in enumerate(sessions):
+        c = cands[s.query]
+        if not s.gains or not len(c.rows):
+            continue
+        sid = f"s{i}"
+        qrels[sid] = {str(r): g for r, g in s.gains.items()}
+        at_cut = dataclasses.replace(s, t=cut)  # profiles and counts frozen at the cut
+        X = session_features(engine, c, at_cut, pit, pc.ctr_prior, row_of, pc.half_life_days * 86400.0)
+        full, base = ranker.score(X, 1.0, warm=bool(X[:, FEATURES.index("history")].any()))
+        mix = combine(c.ce, c.first, engine.cfg.rerank.weight)
+        for name, sc in (("zscore_mix", mix), ("ranker", base), ("personal", full)):
+            runs[name][sid] = c.rows[np.argsort(-sc, kind="stable")][:10].astype(str).tolist()
+    out: dict = {"sessions": len(qrels)}
+    for m, fn in (("ndcg@10", metrics.ndcg), ("mrr@10", metrics.mrr)):
+        per = {k: fn(qrels, v, 10, per_query=True) for k, v in runs.items()}
+        out[m] = {k: round(float(v.mean()), 4) for k, v in per.items()}
+        d = paired_bootstrap(per["ranker"], per["personal"])
+        out[m]["personal_minus_ranker"] = {k: round(d[k], 4) for k in ("diff", "ci_low", "ci_high", "p_value")}
+    return out
 
 
 def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = False, progress: bool = True,

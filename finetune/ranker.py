@@ -12,8 +12,11 @@
 - **Rows.**  For each session the engine's own candidates (union of the bm25
   and dense top ``rerank.depth``, with cross-encoder scores: the same
   :meth:`SearchEngine.candidate_sets` that serves queries, cached per query
-  text) with :mod:`engine.features`; label 0 for candidates without an event.
-  Sessions without a positive among the candidates teach nothing and are
+  text) with :mod:`engine.features`.  In a logged session only the
+  candidates the user was shown (impressions) are rows: label = best gain,
+  0 for shown and ignored; candidates never shown are unknown, not
+  negatives.  Judged pairs (no impressions): every candidate, 0 unless
+  judged.  Sessions without a positive and a negative teach nothing and are
   skipped.
 - **Model.**  LambdaRank (NDCG@10), the last ``valid_fraction`` of sessions by
   time stops boosting early; the user-affinity features are constrained to
@@ -242,11 +245,11 @@ def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, 
         if not len(cand.rows):
             continue
         y = np.array([s.gains.get(int(r), 0.0) for r in cand.rows])
-        if pit is not None:
-            X = session_features(engine, cand, s, pit, prior, row_of, half_life)
-        else:
-            X = session_features(engine, cand, s, None, prior, row_of, half_life)
-        if y.max() <= 0:
+        X = session_features(engine, cand, s, pit, prior, row_of, half_life)
+        if s.shown:  # logged sessions: only what the user saw has a label; the rest is unknown, not 0
+            seen = np.isin(cand.rows, s.shown)
+            X, y = X[seen], y[seen]
+        if len(y) < 2 or y.max() <= 0:
             continue
         Xs.append(X)
         ys.append(y)
