@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.search import SearchEngine
     from indexer.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, rerank={"depth": 80})  # deep enough for a 100-candidate union
     engine = SearchEngine.from_config(cfg)
     facets = engine.facets()
     ids = engine.products.ids.tolist()
