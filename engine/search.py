@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.features import PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
+from engine.features import FEATURES, PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
 from engine.fusion import reciprocal_rank_fusion
 from engine.rerank import CrossEncoder, combine
 from indexer.bm25 import BM25Index, SearchResult
@@ -232,9 +232,9 @@ class SearchEngine:
                         stages: Sequence[str] = RERANK_FIRST_STAGES) -> list[SearchResult]:
         """What the cross-encoder reranks: per query, the union of the stages' top ``rerank.depth``,
         in reciprocal-rank-fusion order with its scores (dense queries encoded in one batch)."""
-        return [fused for fused, _, _ in self._candidates(texts, mask, stages)]
+        return [fused for fused, _, _ in self.stage_candidates(texts, mask, stages)]
 
-    def _candidates(self, texts: Sequence[str], mask: np.ndarray | None,
+    def stage_candidates(self, texts: Sequence[str], mask: np.ndarray | None,
                     stages: Sequence[str] = RERANK_FIRST_STAGES,
                     deep: int = 0) -> list[tuple[SearchResult, list[SearchResult], list[SearchResult]]]:
         """Per query: the fused union of the stages' top ``rerank.depth``, those top lists, and each stage's
@@ -258,7 +258,7 @@ class SearchEngine:
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
         r = self.cfg.rerank
-        both = self._candidates(texts, mask, deep=deep)
+        both = self.stage_candidates(texts, mask, deep=deep)
         titles = self.products.titles
         pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
         pair_t = titles.take(row for c, _, _ in both for row in c.rows)
@@ -311,8 +311,6 @@ class SearchEngine:
             return res, None
         if X is None:
             X = self.features(cand, None, now)
-        from engine.features import FEATURES
-
         notes = []
         for i in order[:k]:
             stages = {s: {"score": float(cand.stage_scores[s][i]), "rank": int(cand.stage_ranks[s][i])}

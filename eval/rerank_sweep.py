@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     ids, titles = engine.products.ids, engine.products.titles
     result: dict = {"config": args.config, "queries": len(qids), "models": {}}
     # what the engine reranks at the deepest depth: the fused union and the stages' top lists
-    cands = [(fused, lists) for fused, lists, _ in engine._candidates(texts, engine.live)]
+    cands = [(fused, lists) for fused, lists, _ in engine.stage_candidates(texts, engine.live)]
     pair_q, pair_t, spans = [], [], []
     for text, (fused, _) in zip(texts, cands):
         spans.append((len(pair_q), len(pair_q) + len(fused.rows)))

@@ -79,7 +79,7 @@ def test_the_engine_reranks_the_union_of_first_stage_candidates(job_cfg, trained
     # beyond the reranked union the hybrid ranking continues, without repeats
     deep = eng.retrieve(text, 200, "rerank")
     # (the union from 200-deep stage lists cut to 20: BM25 ties at rank 20 may break differently at another k)
-    union = eng._candidates([text], eng.live, deep=200)[0][0]
+    union = eng.stage_candidates([text], eng.live, deep=200)[0][0]
     n = len(union.rows)
     assert len(deep.rows) == 200 and len(set(deep.rows.tolist())) == 200
     assert set(deep.rows[:n].tolist()) == set(union.rows.tolist())

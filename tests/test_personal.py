@@ -348,3 +348,19 @@ def test_the_ingest_command_loads_a_click_log_and_lists_bad_rows(job_cfg, traine
     assert events_main(["ingest", str(log), "--config", str(cfg_file), "--skip-bad-rows"]) == 0
     captured = capsys.readouterr()
     assert "5 events recorded for 1 users, 1 rejected" in captured.out and "wishlist" in captured.err
+
+
+def test_logged_sessions_train_on_what_was_shown_and_judged_ones_on_every_candidate(job_cfg, trained):
+    from finetune.ranker import Session, build_dataset, candidate_cache
+
+    eng = SearchEngine.from_config(job_cfg)
+    q = "华为 手机"
+    cands = candidate_cache(eng, [q], progress=False)
+    rows = cands[q].rows
+    shown = [int(r) for r in rows[:8]]
+    logged = Session("u", q, T0, {shown[2]: 1.0}, shown)
+    judged = Session(None, q, 0.0, {int(rows[5]): 1.0})
+    never_clicked = Session("u", q, T0, {}, shown)
+    data = build_dataset(eng, [logged, judged, never_clicked], None, cands, 20.0, progress=False)
+    assert data.sessions == [0, 1] and data.groups.tolist() == [8, len(rows)]
+    assert data.y[:8].tolist() == [0, 0, 1, 0, 0, 0, 0, 0] and data.y[8:].sum() == 1
