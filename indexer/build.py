@@ -10,9 +10,8 @@ from typing import Iterable
 from indexer import bm25
 from indexer.catalog import Catalog, read_catalog, write_rejects
 from indexer.config import Config
+from indexer.dense import DENSE_STAGES
 from indexer.store import IndexLoadError, read_manifest, sha256_file
-
-DENSE_STAGES = ("dense", "dense-base")
 
 
 @dataclass

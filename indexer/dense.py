@@ -33,6 +33,7 @@ from indexer.bm25 import SearchResult
 from indexer.store import IndexLoadError, read_manifest, write_index
 
 KIND = "dense"
+DENSE_STAGES = ("dense", "dense-base")  # the stages with a dense index (dense-base: the zero-shot base model)
 log = logging.getLogger(__name__)
 
 

@@ -67,7 +67,7 @@ def delete_products(cfg: Config, ids: Iterable[str]) -> int:
 
 def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
     """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild)."""
-    from indexer.build import DENSE_STAGES
+    from indexer.dense import DENSE_STAGES
 
     t0 = time.perf_counter()
     bm25_dir = cfg.index_dir / BM25_KIND
