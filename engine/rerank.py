@@ -39,6 +39,12 @@ class CrossEncoder:
     def device(self):
         return next(self.model.parameters()).device
 
+    def fingerprint(self) -> str:
+        """Hash of the model's files and max length (what a ranker trained on its scores depends on)."""
+        from indexer.encoder import model_fingerprint
+
+        return model_fingerprint(self.path, self.max_length) if self.path is not None else ""
+
     @property
     def num_layers(self) -> int:
         return int(self.model.config.num_hidden_layers)

@@ -28,11 +28,17 @@ from engine.fusion import reciprocal_rank_fusion
 from engine.rerank import CrossEncoder, combine
 from indexer.bm25 import BM25Index, SearchResult
 from indexer.config import Config, load_config
+from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
 
 STAGES = ("bm25", "dense", "dense-base", "hybrid", "rerank")
 RERANK_FIRST_STAGES = ("bm25", "dense")
 DENSE_STAGES = ("dense", "dense-base")
+
+
+class ModelMismatchError(ModelMissingError):
+    """A model was trained on another model's outputs than the config's (e.g. the ranker on another
+    cross-encoder's scores)."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +143,15 @@ class SearchEngine:
                     from engine.ranker import Ranker
 
                     path = Path(self.cfg.rerank.ranker)
-                    self._ranker = Ranker.load(path if path.is_absolute() else self.cfg.root / path)
+                    ranker = Ranker.load(path if path.is_absolute() else self.cfg.root / path)
+                    trained_on = ranker.card.get("cross_encoder", {}).get("fingerprint")
+                    ce = self.cross_encoder()
+                    if trained_on and trained_on != ce.fingerprint():
+                        raise ModelMismatchError(
+                            f"ranker {path} was trained on the scores of cross-encoder "
+                            f"{ranker.card['cross_encoder'].get('path')}, not on rerank.model {self.cfg.rerank.model}; "
+                            "retrain it with `make finetune` (python -m finetune --stages ranker)")
+                    self._ranker = ranker
         return self._ranker
 
     def facets(self):

@@ -316,6 +316,8 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
         "training": dataclasses.asdict(tcfg),
         "point_in_time": "profiles and product counts from events strictly before each session",
     }
+    ce = engine.cross_encoder()
+    card["cross_encoder"] = {"path": str(ce.path), "fingerprint": ce.fingerprint()}
     ranker = Ranker(booster, list(features), card)
     ranker.save(out)
     return card

@@ -364,3 +364,22 @@ def test_logged_sessions_train_on_what_was_shown_and_judged_ones_on_every_candid
     data = build_dataset(eng, [logged, judged, never_clicked], None, cands, 20.0, progress=False)
     assert data.sessions == [0, 1] and data.groups.tolist() == [8, len(rows)]
     assert data.y[:8].tolist() == [0, 0, 1, 0, 0, 0, 0, 0] and data.y[8:].sum() == 1
+
+
+def test_a_ranker_trained_on_another_cross_encoder_is_refused(job_cfg, trained, tmp_path):
+    import json
+    import shutil
+
+    from engine.search import ModelMismatchError
+
+    ranker = tmp_path / "ranker"
+    shutil.copytree(job_cfg.finetune.out_dir / "ranker", ranker)
+    card = json.loads((ranker / "model_card.json").read_text())
+    assert card["cross_encoder"]["fingerprint"]  # the job records what it trained on
+    assert SearchEngine.from_config(dataclasses.replace(
+        job_cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(ranker)))).ranker() is not None
+    card["cross_encoder"]["fingerprint"] = "0" * 16
+    (ranker / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(ModelMismatchError, match="retrain"):
+        SearchEngine.from_config(dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank,
+                                                                                          ranker=str(ranker))))
