@@ -82,3 +82,14 @@ def test_bootstrap_intervals_cover_the_mean_and_a_zero_difference_has_p_one():
     assert same["diff"] == 0 and same["p_value"] == 1.0
     up = paired_bootstrap(x, x + 0.2)
     assert up["ci_low"] > 0.19 and up["p_value"] < 0.01
+
+
+def test_the_user_context_text_names_the_strongest_brands_and_price_band():
+    from engine.profiles import Profile
+    from eval.personal_ce import context_text, with_context
+
+    p = Profile(weight=3.0, affinities={"brand": {"0": 1.0, "2": 3.0, "1": 0.5}, "price_band": {"4": 2.0, "0": 1.0}})
+    ctx = context_text(p, ["索尼", "苹果", "漫步者"])
+    assert ctx == "偏好: 品牌 漫步者 索尼; 价位 高"
+    assert with_context("蓝牙耳机", ctx) == "蓝牙耳机 | 偏好: 品牌 漫步者 索尼; 价位 高"
+    assert context_text(None, []) == "" and with_context("蓝牙耳机", "") == "蓝牙耳机"
