@@ -23,6 +23,7 @@ loads a click log (the format of :mod:`finetune.clicklog`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import hmac
 import json
@@ -37,7 +38,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, build_profiles, merge_profiles
+from engine.profiles import (Profile, ProductFacets, ProfileSettings, apply_event, bought_rows, build_profiles,
+                             merge_profiles)
 from finetune.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 
 SCHEMA_VERSION = 1
@@ -56,13 +58,15 @@ class PrivacyError(RuntimeError):
 
 @dataclass
 class ProductStats:
-    """Event counts per product row (impressions, clicks, add-to-carts, purchases)."""
+    """Event counts per product row (impressions, clicks, add-to-carts, purchases) and their catalog totals
+    (kept with the counts, so a query never sums over the catalog)."""
 
     counts: np.ndarray  # [n, 4] float64 in EVENTS order
+    totals: np.ndarray  # [4]
 
-    @classmethod
-    def empty(cls, n: int) -> "ProductStats":
-        return cls(np.zeros((n, len(EVENTS)), dtype=np.float64))
+    def add(self, rows, codes, n=1.0) -> None:
+        np.add.at(self.counts, (rows, codes), n)
+        np.add.at(self.totals, codes, n)
 
 
 class EventStore:
@@ -95,10 +99,6 @@ class EventStore:
 
     def purge_before(self, ts: float) -> int:
         """Delete events (and profiles not updated) before ``ts``; returns the number of events deleted."""
-        raise NotImplementedError
-
-    def events(self, since: float | None = None, until: float | None = None):
-        """``(user, product_id, event, ts, query)`` rows in time order."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -148,10 +148,20 @@ class SQLiteEventStore(EventStore):
             self._local.con = con
         return con
 
-    def append(self, user, product_id, row, event, ts, query, update):
+    @contextlib.contextmanager
+    def _write(self):
+        """One write transaction (taken at once: writers queue instead of failing to upgrade a read lock)."""
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
         try:
+            yield con
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+    def append(self, user, product_id, row, event, ts, query, update):
+        with self._write() as con:
             con.execute("INSERT INTO events (user, product, event, ts, query) VALUES (?, ?, ?, ?, ?)",
                         (user, product_id, EVENT_CODE[event], ts, query))
             col = _STAT_COLS[EVENT_CODE[event]]
@@ -165,16 +175,10 @@ class SQLiteEventStore(EventStore):
                 con.execute("INSERT INTO profiles (user, t, version, data) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
                             "data = excluded.data", (user, new.t, new.version, new.dumps()))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         return new if new is not None else old
 
     def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as con:
             con.executemany("INSERT INTO events (user, product, event, ts, query) VALUES (?, ?, ?, ?, ?)",
                             zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries))
             con.executemany("INSERT INTO product_stats (product, impressions, clicks, carts, purchases) "
@@ -185,10 +189,6 @@ class SQLiteEventStore(EventStore):
             con.executemany("INSERT INTO profiles (user, t, version, data) VALUES (?, ?, ?, ?) "
                             "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
                             "data = excluded.data", ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
 
     def profile(self, user):
         got = self._con().execute("SELECT data, version FROM profiles WHERE user = ?", (user,)).fetchone()
@@ -210,46 +210,20 @@ class SQLiteEventStore(EventStore):
         return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
 
     def forget(self, user):
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as con:
             n = con.execute("DELETE FROM events WHERE user = ?", (user,)).rowcount
             con.execute("DELETE FROM profiles WHERE user = ?", (user,))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         # move the change out of the write-ahead log into the (securely overwritten) database pages
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
 
     def purge_before(self, ts):
-        con = self._con()
-        con.execute("BEGIN IMMEDIATE")
-        try:
+        with self._write() as con:
             n = con.execute("DELETE FROM events WHERE ts < ?", (ts,)).rowcount
             con.execute("DELETE FROM profiles WHERE t < ?", (ts,))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
         if n:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
-
-    def events(self, since=None, until=None):
-        q, args = "SELECT user, product, event, ts, query FROM events", []
-        cond = []
-        if since is not None:
-            cond.append("ts >= ?")
-            args.append(since)
-        if until is not None:
-            cond.append("ts < ?")
-            args.append(until)
-        if cond:
-            q += " WHERE " + " AND ".join(cond)
-        for u, p, e, t, qt in self._con().execute(q + " ORDER BY ts, id", args):
-            yield u, p, EVENTS[e], t, qt
 
     def count_events(self) -> int:
         return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
@@ -282,11 +256,12 @@ class UserEvents:
     """
 
     def __init__(self, store: EventStore, facets: ProductFacets, product_ids, settings: ProfileSettings,
-                 user_key: str | None, retention_days: float = 365.0, clock=time.time):
+                 user_key: str | None, retention_days: float = 365.0, clock=time.time,
+                 row_map: dict[str, int] | None = None):
         self.store = store
         self.facets = facets
         self.product_ids = product_ids  # StringColumn or list, by row
-        self._row_of: dict[str, int] | None = None
+        self._row_of = row_map  # built from product_ids at first use when not given
         self.settings = settings
         self._key = user_key.encode("utf-8") if user_key else None
         self.retention = retention_days * DAY
@@ -297,11 +272,12 @@ class UserEvents:
         self._writes = 0
 
     @classmethod
-    def open(cls, cfg, facets: ProductFacets, product_ids) -> "UserEvents":
+    def open(cls, cfg, facets: ProductFacets, products) -> "UserEvents":
+        """The config's event store for an engine's product table (its id -> row map is shared, not rebuilt)."""
         p = cfg.personal
         key = os.environ.get(KEY_ENV) or p.user_key
-        settings = ProfileSettings(p.half_life_days, dict(p.gains), p.affinity_cap, p.bought_cap)
-        return cls(SQLiteEventStore(p.path), facets, product_ids, settings, key, p.retention_days)
+        return cls(SQLiteEventStore(p.path), facets, products.ids, ProfileSettings.from_config(p), key,
+                   p.retention_days, row_map=products.row_map())
 
     # -- users -------------------------------------------------------------------------------------------
     def user_key(self, user_id: str, for_write: bool = False) -> str | None:
@@ -330,10 +306,7 @@ class UserEvents:
 
     def bought_rows(self, profile: Profile | None) -> np.ndarray:
         """Rows of the products a profile bought (those still in the index)."""
-        if profile is None:
-            return np.zeros(0, dtype=np.int64)
-        rows = self.row_map()
-        return np.array([rows[p] for p in profile.bought if p in rows], dtype=np.int64)
+        return bought_rows(profile, self.row_map())
 
     # -- writing -----------------------------------------------------------------------------------------
     def validate(self, user_id, product_id, event, timestamp) -> tuple[str, int, str, float]:
@@ -366,7 +339,7 @@ class UserEvents:
         prof = self.store.append(user, pid, row, event, ts, query, update)
         with self._stats_lock:
             if self._stats is not None:
-                self._stats.counts[row, EVENT_CODE[event]] += 1
+                self._stats.add(row, EVENT_CODE[event])
         self._writes += 1
         if self._writes % 1000 == 0:
             self.purge()
@@ -424,15 +397,15 @@ class UserEvents:
         merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
         for u, p in merged.items():
             p.version = (old[u].version if u in old else 0) + 1
-        counts = np.zeros((len(self.facets), len(EVENTS)))
-        np.add.at(counts, (rows, codes), 1)
-        nz = np.flatnonzero(counts.any(axis=1))
+        touched, inv = np.unique(rows, return_inverse=True)
+        counts = np.zeros((len(touched), len(EVENTS)))
+        np.add.at(counts, (inv, codes), 1)
         ids = self.product_ids
-        stats = {ids[int(r)]: counts[r] for r in nz}
+        stats = {ids[int(r)]: c for r, c in zip(touched, counts)}
         self.store.append_many(users, pids, events, ts.tolist(), queries, merged, stats)
         with self._stats_lock:
             if self._stats is not None:
-                self._stats.counts += counts
+                self._stats.add(rows, codes)
 
     # -- reading -----------------------------------------------------------------------------------------
     def profile(self, user_id: str | None) -> Profile | None:
@@ -457,7 +430,7 @@ class UserEvents:
                     r = row_of.get(pid)
                     if r is not None:
                         counts[r] = c
-                self._stats, self._stats_read = ProductStats(counts), now
+                self._stats, self._stats_read = ProductStats(counts, counts.sum(axis=0)), now
             return self._stats
 
     # -- privacy -----------------------------------------------------------------------------------------

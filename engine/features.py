@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.profiles import FACETS, Profile, ProductFacets
-from engine.rerank import first_stage_scores, standardize
+from engine.rerank import first_stage_scores, stage_lookup, standardize
 
 NON_PERSONAL = ("ce", "ce_z", "first_stage", "bm25_score", "bm25_rank", "dense_score", "dense_rank", "rrf", "ctr",
                 "popularity")
@@ -57,17 +57,8 @@ class Candidates:
         rows = np.asarray(fused.rows)
         scores, ranks = {}, {}
         for name, lst in zip(stages, top):
-            srows = np.asarray(lst.rows)
-            if len(srows) == 0:
-                scores[name] = np.zeros(len(rows))
-                ranks[name] = np.full(len(rows), depth + 1.0)
-                continue
-            order = np.argsort(srows, kind="stable")
-            pos = np.clip(np.searchsorted(srows[order], rows), 0, len(srows) - 1)
-            found = srows[order][pos] == rows
-            sc = np.asarray(lst.scores, dtype=np.float64)
-            scores[name] = np.where(found, sc[order][pos], float(sc.min()))
-            ranks[name] = np.where(found, order[pos] + 1.0, depth + 1.0)
+            scores[name], rank = stage_lookup(rows, lst)
+            ranks[name] = np.where(rank > 0, rank, depth + 1.0)
         return cls(rows, np.asarray(fused.scores, dtype=np.float64), first_stage_scores(fused, top, first_mode),
                    scores, ranks, None, list(lists))
 

@@ -92,6 +92,11 @@ class ProfileSettings:
     def half_life(self) -> float:
         return self.half_life_days * DAY
 
+    @classmethod
+    def from_config(cls, personal) -> "ProfileSettings":
+        """From a config's ``personal`` section (:class:`indexer.config.PersonalConfig`)."""
+        return cls(personal.half_life_days, dict(personal.gains), personal.affinity_cap, personal.bought_cap)
+
 
 @dataclass
 class Profile:
@@ -135,6 +140,13 @@ class Profile:
         c = None if d.get("c") is None else np.frombuffer(base64.b64decode(d["c"]), dtype=np.float32).copy()
         return cls(t=d["t"], weight=d["w"], centroid=c, affinities=d.get("aff", {}), bought=d.get("bought", []),
                    n_events=d.get("n", 0), groups_id=d.get("g", ""), version=version)
+
+
+def bought_rows(profile: Profile | None, row_map: Mapping[str, int]) -> np.ndarray:
+    """Rows of the products a profile bought (those still in the index)."""
+    if profile is None:
+        return np.zeros(0, dtype=np.int64)
+    return np.array([row_map[p] for p in profile.bought if p in row_map], dtype=np.int64)
 
 
 def facet_keys(facets: ProductFacets, row: int) -> dict[str, str]:

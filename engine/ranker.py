@@ -63,13 +63,6 @@ class Ranker:
         (p / "model_card.json").write_text(json.dumps(self.card, indent=1, ensure_ascii=False, default=str),
                                            encoding="utf-8")
 
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Raw model scores of full feature rows (``[n, len(FEATURES)]``)."""
-        if len(X) == 0:
-            return np.zeros(0)
-        return np.asarray(self.booster.predict(np.ascontiguousarray(X[:, self.cols]), num_threads=1),
-                          dtype=np.float64)
-
     def score(self, X: np.ndarray, personalize: float = 1.0, warm: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(final scores, non-personal scores ``f(x₀)``) of one query's candidates."""
         if not 0.0 <= personalize <= 1.0:

@@ -141,6 +141,20 @@ def standardize(x: np.ndarray) -> np.ndarray:
     return np.zeros_like(x) if sd == 0 else (x - x.mean()) / sd
 
 
+def stage_lookup(rows: np.ndarray, lst) -> tuple[np.ndarray, np.ndarray]:
+    """Each of ``rows`` in one stage's ranked list: (its score there, or the list's lowest score, an upper
+    bound of its own; its 1-based rank there, or 0 when absent).  Vectorized: one sort, one search."""
+    rows = np.asarray(rows)
+    srows = np.asarray(lst.rows)
+    if len(srows) == 0:
+        return np.zeros(len(rows)), np.zeros(len(rows))
+    order = np.argsort(srows, kind="stable")
+    pos = np.clip(np.searchsorted(srows[order], rows), 0, len(srows) - 1)
+    found = srows[order][pos] == rows
+    sc = np.asarray(lst.scores, dtype=np.float64)
+    return np.where(found, sc[order][pos], float(sc.min())), np.where(found, order[pos] + 1.0, 0.0)
+
+
 def first_stage_scores(fused, lists: Sequence, mode: str = "rrf") -> np.ndarray:
     """The first-stage score of each fused candidate: ``rrf`` (the reciprocal-rank-fusion score) or
     ``scores`` (the mean over stages of each stage's standardized raw score: BM25 score, dense cosine;
@@ -149,17 +163,10 @@ def first_stage_scores(fused, lists: Sequence, mode: str = "rrf") -> np.ndarray:
         return np.asarray(fused.scores, dtype=np.float64)
     if mode != "scores":
         raise ValueError(f"unknown first-stage score {mode!r}; use rrf or scores")
-    rows = np.asarray(fused.rows)
-    total = np.zeros(len(rows))
+    total = np.zeros(len(fused.rows))
     for lst in lists:
-        srows = np.asarray(lst.rows)
-        if len(srows) == 0:
-            continue
-        order = np.argsort(srows)
-        pos = np.clip(np.searchsorted(srows[order], rows), 0, len(srows) - 1)
-        found = srows[order][pos] == rows
-        vals = np.where(found, np.asarray(lst.scores, dtype=np.float64)[order][pos], float(np.min(lst.scores)))
-        total += standardize(vals)
+        if len(lst.rows):
+            total += standardize(stage_lookup(fused.rows, lst)[0])
     return total / max(1, len(lists))
 
 

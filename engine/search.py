@@ -173,7 +173,7 @@ class SearchEngine:
                 if self._events is None:
                     from engine.events import UserEvents
 
-                    self._events = UserEvents.open(self.cfg, self.facets(), self.products.ids)
+                    self._events = UserEvents.open(self.cfg, self.facets(), self.products)
         return self._events
 
     def record_event(self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None):
@@ -290,8 +290,8 @@ class SearchEngine:
         (``profile`` None: the cold-user values)."""
         pc = self.cfg.personal
         ev = self.user_events()
-        counts = ev.stats(pc.stats_refresh_seconds).counts
-        ctr, pop = ctr_popularity(counts[cand.rows], counts.sum(axis=0), pc.ctr_prior)
+        stats = ev.stats(pc.stats_refresh_seconds)
+        ctr, pop = ctr_popularity(stats.counts[cand.rows], stats.totals, pc.ctr_prior)
         personal = None
         if profile is not None:
             now = time.time() if now is None else now
@@ -345,9 +345,12 @@ class SearchEngine:
     def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:
         """The final order over each query's candidates (non-personal); below them, down to ``k``, the rest of
         the hybrid list."""
-        r = self.cfg.rerank
-        deep = max(k, self.cfg.search.candidates) if k > r.depth else 0  # the hybrid tail's depth
-        return [self.rank_candidates(c, k)[0] for c in self.candidate_sets(texts, mask, deep)]
+        return [self.rank_candidates(c, k)[0] for c in self.candidate_sets(texts, mask, self._tail_depth(k))]
+
+    def _tail_depth(self, k: int) -> int:
+        """How deep the stage lists must go for a ``k``-long answer: the hybrid tail below the reranked
+        candidates needs ``search.candidates`` (or k) per stage when k exceeds ``rerank.depth``."""
+        return max(k, self.cfg.search.candidates) if k > self.cfg.rerank.depth else 0
 
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages, pairs for rerank)."""
@@ -381,9 +384,7 @@ class SearchEngine:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
         mask = self._with_live(mask)
         if self.cfg.rerank.model:
-            r = self.cfg.rerank
-            deep = max(k, self.cfg.search.candidates) if k > r.depth else 0
-            cand = self.candidate_sets([text], mask, deep)[0]
+            cand = self.candidate_sets([text], mask, self._tail_depth(k))[0]
             ranker = self.ranker()
             profile = self.profile(user_id) if (user_id is not None and personalize > 0 and ranker is not None
                                                  and ranker.uses_personal) else None

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     facets = engine.facets()
     ids = engine.products.ids.tolist()
     p = cfg.personal
-    settings = ProfileSettings(p.half_life_days, dict(p.gains), p.affinity_cap, p.bought_cap)
+    settings = ProfileSettings.from_config(p)
     result: dict = {"config": str(args.config), "products": len(ids)}
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -59,6 +59,12 @@ def _gain_matrix(qrels: Qrels, run: Run, k: int | None, threshold: float | None 
     return gains, rel, n_rel, ideal
 
 
+def top_ids(rows: np.ndarray, scores: np.ndarray, k: int = 10) -> list[str]:
+    """A ranked run entry from product rows and their scores: the top ``k`` rows by score (ties keep the
+    rows' order), as strings."""
+    return np.asarray(rows)[np.argsort(-np.asarray(scores), kind="stable")][:k].astype(str).tolist()
+
+
 def _mean(values: np.ndarray, per_query: bool):
     return values if per_query else float(values.mean()) if len(values) else 0.0
 

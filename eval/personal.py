@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.profiles import ProfileSettings, bought_rows
 from eval import metrics
 from eval.bootstrap import paired_bootstrap
 
@@ -198,8 +199,8 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
         n = max(1, int(rng.poisson(sessions_per_user)))
         lo = cut if user.cold else START
         times = np.sort(rng.uniform(lo, START + days * DAY, size=n))
+        pool = [i for a in user.areas for i in by_area.get(a, [])]
         for t in times:
-            pool = [i for a in user.areas for i in by_area.get(a, [])]
             qi = int(rng.choice(pool)) if pool and rng.random() < 0.85 else int(rng.integers(len(world.queries)))
             q = world.queries[qi]
             c = world.cands[q]
@@ -245,23 +246,15 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
     return log, cut
 
 
-def _settings(cfg):
-    from engine.profiles import ProfileSettings
-
-    p = cfg.personal
-    return ProfileSettings(p.half_life_days, dict(p.gains), p.affinity_cap, p.bought_cap)
-
-
 def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of, users: dict | None = None,
                       strength: float = 0.0) -> dict[str, np.ndarray]:
     """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
     simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling)."""
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
-    from finetune.ranker import bought_rows
 
     cfg = engine.cfg
     hl = cfg.personal.half_life_days * DAY
-    row_of = engine.user_events().row_map()
+    row_of = engine.products.row_map()
     fac = engine.facets()
     runs_b, runs_p, runs_o, qrels, warm = {}, {}, {}, {}, []
     for i, (uid, q, t, gains) in enumerate(sessions):
@@ -272,11 +265,11 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
         X = feature_matrix(c, ctr, pop, personal)
         full, base = ranker.score(X, 1.0, warm=prof is not None)
         sid = f"s{i}"
-        runs_b[sid] = c.rows[np.argsort(-base, kind="stable")][:10].astype(str).tolist()
-        runs_p[sid] = c.rows[np.argsort(-full, kind="stable")][:10].astype(str).tolist()
+        runs_b[sid] = metrics.top_ids(c.rows, base)
+        runs_p[sid] = metrics.top_ids(c.rows, full)
         if users is not None:
             util = click_logit(world.z[q], taste_of(world, users[uid], c.rows), strength)
-            runs_o[sid] = c.rows[np.argsort(-util, kind="stable")][:10].astype(str).tolist()
+            runs_o[sid] = metrics.top_ids(c.rows, util)
         qrels[sid] = {str(r): g for r, g in gains.items()}
         warm.append(prof is not None)
     out = {"warm": np.asarray(warm, dtype=bool)}
@@ -310,9 +303,10 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     users = make_users(world, args.users, rng)
     row_ids = engine.products.ids
     log, cut = simulate(world, users, TASTES[taste], args.days, args.eval_days, args.sessions, rng, row_ids)
-    row_of = engine.user_events().row_map()
+    row_of = engine.products.row_map()
     assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
-    pit = PointInTime(EventArrays.from_events(log.events, row_of), engine.facets(), _settings(engine.cfg))
+    pit = PointInTime(EventArrays.from_events(log.events, row_of), engine.facets(),
+                      ProfileSettings.from_config(engine.cfg.personal))
     tcfg = engine.cfg.finetune.ranker
     card = train_ranker(engine, log.sessions, pit, tcfg, out_dir / f"ranker-{taste}", cands=world.cands,
                         progress=progress, description=f"simulated sessions before the cut, taste {taste}")
@@ -345,8 +339,8 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
     texts = [judged.texts[q] for q in qids]
     cands = candidate_cache(engine, texts, progress=progress, cache_dir=cache_dir)
     fac = engine.facets()
-    row_of = engine.user_events().row_map()
-    settings = _settings(engine.cfg)
+    row_of = engine.products.row_map()
+    settings = ProfileSettings.from_config(engine.cfg.personal)
     hl = settings.half_life
     rng = np.random.default_rng(seed)
     t = START
@@ -362,12 +356,12 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
         target = row_of[next(iter(rel))]
         X0 = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), None)
         _, base = ranker.score(X0, 0.0, warm=False)
-        runs["base"][qid] = c.rows[np.argsort(-base, kind="stable")][:10].astype(str).tolist()
+        runs["base"][qid] = metrics.top_ids(c.rows, base)
         mix = combine(c.ce, c.first, engine.cfg.rerank.weight)
-        runs["mix"][qid] = c.rows[np.argsort(-mix, kind="stable")][:10].astype(str).tolist()
+        runs["mix"][qid] = metrics.top_ids(c.rows, mix)
         if shipped is not None:
             s_score, _ = shipped.score(X0, 0.0, warm=False)
-            runs["shipped"][qid] = c.rows[np.argsort(-s_score, kind="stable")][:10].astype(str).tolist()
+            runs["shipped"][qid] = metrics.top_ids(c.rows, s_score)
         same = np.flatnonzero(groups == groups[target])
         same = same[~np.isin(same, [row_of[p] for p in rel])]
         for name, pool in (("group_history", same), ("random_history", np.arange(len(groups)))):
@@ -379,7 +373,7 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
             personal = personal_features(c.rows, prof, fac, t, hl) if prof else None
             X = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), personal)
             full, _ = ranker.score(X, 1.0, warm=prof is not None)
-            runs[name][qid] = c.rows[np.argsort(-full, kind="stable")][:10].astype(str).tolist()
+            runs[name][qid] = metrics.top_ids(c.rows, full)
     base = metrics.mrr(qrels, runs["base"], 10, per_query=True)
     out = {}
     for name in ("group_history", "random_history"):

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = cfg.rerank.ranker
     cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))
     engine = SearchEngine.from_config(cfg)
-    row_of = engine.user_events().row_map()
+    row_of = engine.products.row_map()
     titles, brands = engine.products.titles, engine.products.brands
     pc, ft = cfg.personal, cfg.finetune
     events = read_clicklog(ft.train)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     after = [e for e in events if e.timestamp >= cut]
     from engine.profiles import ProfileSettings
 
-    settings = ProfileSettings(pc.half_life_days, dict(pc.gains), pc.affinity_cap, pc.bought_cap)
+    settings = ProfileSettings.from_config(pc)
     pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
     groups = {"context": [], "plain": []}
     for s in sessions_from_events(before, row_of, ft.gains):
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                                  pc.half_life_days * 86400.0)
             order["ranker_personal"], _ = ranker.score(X, 1.0, warm=True)
         for k, v in order.items():
-            runs.setdefault(k, {})[sid] = c.rows[np.argsort(-v, kind="stable")][:10].astype(str).tolist()
+            runs.setdefault(k, {})[sid] = metrics.top_ids(c.rows, v)
     result = {"sessions": len(held), "train_groups": len(groups["plain"]), "minutes": minutes}
     for m, fn in (("ndcg@10", metrics.ndcg), ("mrr@10", metrics.mrr)):
         per = {k: fn(qrels, v, 10, per_query=True) for k, v in runs.items()}

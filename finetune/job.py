@@ -248,7 +248,7 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
     base = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))
     ensure_indexes(base, ["dense"], progress=progress)
     engine = SearchEngine.from_config(base)
-    row_of = engine.user_events().row_map()
+    row_of = engine.products.row_map()
     ft = cfg.finetune
     if is_clicklog(Path(ft.train), ft.format):
         from finetune.clicklog import read_clicklog
@@ -258,7 +258,7 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
         before = [e for e in events if e.timestamp < cut]
         sessions = sessions_from_events(before, row_of, ft.gains)
         pc = cfg.personal
-        settings = ProfileSettings(pc.half_life_days, dict(pc.gains), pc.affinity_cap, pc.bought_cap)
+        settings = ProfileSettings.from_config(pc)
         pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
         desc = (f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
                 f"{cut:.0f} ({how} held out), labels = best gain per product")
@@ -285,7 +285,6 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
     """The held-out sessions after the time cut, each ranked for its own user (profiles and counts as of the
     cut) and without a user: NDCG@10 / MRR@10 of the engaged products over the whole candidate list, with the
     z-score mix as the reference."""
-    import numpy as np
 
     from engine.features import FEATURES
     from engine.ranker import Ranker
@@ -297,7 +296,7 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
     ranker = Ranker.load(ranker_dir)
     cands = candidate_cache(engine, [s.query for s in sessions], progress=progress,
                             cache_dir=ranker_dir.parent / "cache")
-    row_of = engine.user_events().row_map()
+    row_of = engine.products.row_map()
     pc = engine.cfg.personal
     runs: dict[str, dict] = {"zscore_mix": {}, "ranker": {}, "personal": {}}
     qrels = {}
@@ -312,7 +311,7 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
         full, base = ranker.score(X, 1.0, warm=bool(X[:, FEATURES.index("history")].any()))
         mix = combine(c.ce, c.first, engine.cfg.rerank.weight)
         for name, sc in (("zscore_mix", mix), ("ranker", base), ("personal", full)):
-            runs[name][sid] = c.rows[np.argsort(-sc, kind="stable")][:10].astype(str).tolist()
+            runs[name][sid] = metrics.top_ids(c.rows, sc)
     out: dict = {"sessions": len(qrels)}
     for m, fn in (("ndcg@10", metrics.ndcg), ("mrr@10", metrics.mrr)):
         per = {k: fn(qrels, v, 10, per_query=True) for k, v in runs.items()}

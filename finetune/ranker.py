@@ -38,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.features import FEATURES, PERSONAL, StatsTimeline, timeline_ctr_popularity, personal_features
-from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event
+from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, bought_rows
 
 EVENT_NAMES = ("impression", "click", "add_to_cart", "purchase")
 MONOTONE = {"centroid_cos": 1, "category_aff": 1, "brand_aff": 1, "group_aff": 1, "price_band_aff": 1}
@@ -75,10 +75,6 @@ class EventArrays:
         u, r, p, c, t = zip(*kept)
         return cls(np.asarray(u, dtype=object), np.asarray(r, dtype=np.int64), np.asarray(p, dtype=object),
                    np.asarray(c, dtype=np.int64), np.asarray(t, dtype=np.float64))
-
-    def before(self, t: float) -> "EventArrays":
-        n = int(np.searchsorted(self.ts, t, side="left"))
-        return EventArrays(self.users[:n], self.rows[:n], self.pids[:n], self.codes[:n], self.ts[:n])
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -144,12 +140,6 @@ class PointInTime:
         return self.profiles
 
 
-def bought_rows(profile: Profile | None, row_of: Mapping[str, int]) -> np.ndarray:
-    if profile is None:
-        return np.zeros(0, dtype=np.int64)
-    return np.array([row_of[p] for p in profile.bought if p in row_of], dtype=np.int64)
-
-
 def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: bool = True,
                     cache_dir: Path | None = None) -> dict:
     """The engine's non-personal candidate sets (with cross-encoder scores) for each distinct query.
@@ -160,24 +150,20 @@ def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: b
     import pickle
 
     uniq = list(dict.fromkeys(queries))
-    out: dict = {}
+    cached: dict = {}
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"candidates-{_candidates_key(engine)}.pkl"
         if path.is_file():
             with open(path, "rb") as f:
                 cached = pickle.load(f)
-            out = {q: cached[q] for q in uniq if q in cached}
+    out = {q: cached[q] for q in uniq if q in cached}
     todo = [q for q in uniq if q not in out]
     for i in tqdm(range(0, len(todo), batch), desc="candidates + cross-encoder", disable=not progress or not todo):
         chunk = todo[i : i + batch]
         for q, c in zip(chunk, engine.candidate_sets(chunk, engine.live)):
             out[q] = c
     if path is not None and todo:
-        cached = {}
-        if path.is_file():
-            with open(path, "rb") as f:
-                cached = pickle.load(f)
         cached.update(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -190,7 +176,6 @@ def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: b
 def _candidates_key(engine) -> str:
     from engine.search import RERANK_FIRST_STAGES
     from finetune.job import settings_hash
-    from indexer.encoder import model_fingerprint
 
     r = engine.cfg.rerank
     ce = engine.cross_encoder()
@@ -198,7 +183,7 @@ def _candidates_key(engine) -> str:
     builds += [engine.dense_stage(s)[1].manifest.get("build_id") for s in RERANK_FIRST_STAGES if s != "bm25"]
     deleted = int(engine.live.size - engine.live.sum()) if engine.live is not None else 0
     return settings_hash(builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates,
-                         model_fingerprint(ce.path, ce.max_length) if getattr(ce, "path", None) else str(r.model))
+                         ce.fingerprint() or str(r.model))
 
 
 def session_features(engine, cand, session: Session, pit: PointInTime | None, prior: float,
@@ -237,7 +222,7 @@ class Dataset:
 def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float,
                   progress: bool = True) -> Dataset:
     """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
-    row_of = engine.user_events().row_map() if pit is not None else {}
+    row_of = engine.products.row_map() if pit is not None else {}
     half_life = engine.cfg.personal.half_life_days * 86400.0
     Xs, ys, groups, kept = [], [], [], []
     for i, s in enumerate(tqdm(sessions, desc="ranker features", disable=not progress, mininterval=2.0)):

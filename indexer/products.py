@@ -107,11 +107,15 @@ class ProductTable:
                             cat_codes, cats, brand_codes, brands,
                             np.concatenate([np.asarray(self.prices), np.asarray(catalog.prices, dtype=np.float64)]))
 
-    def row_of(self, pid: str) -> int:
-        """Row of a product id (KeyError if absent)."""
+    def row_map(self) -> dict[str, int]:
+        """Product id -> row, built once."""
         if self._row_of is None:
             self._row_of = {pid: i for i, pid in enumerate(self.ids.tolist())}
-        return self._row_of[pid]
+        return self._row_of
+
+    def row_of(self, pid: str) -> int:
+        """Row of a product id (KeyError if absent)."""
+        return self.row_map()[pid]
 
     def mask(self, category: str | Sequence[str] | None = None, brand: str | Sequence[str] | None = None,
              price_min: float | None = None, price_max: float | None = None) -> np.ndarray:

@@ -93,7 +93,6 @@ def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
         manifest = read_manifest(folder, DENSE_KIND, verify=False)
         encoder = dense_encoder(cfg, stage)
         dense = DenseIndex.load(folder, encoder.fingerprint, verify=False)
-        dense.vectors = np.array(dense.vectors)  # off the memory map: the new folder gets a full copy
         dense.on_gpu = False
         dense.add(encoder.encode_passages(texts, progress=progress), rows)
         extras = {k: manifest[k] for k in ("catalog_sha256", "factory", "groups_configured") if k in manifest}
