@@ -38,6 +38,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from indexer.types import EcomsearchError
 from engine.profiles import (Profile, ProductFacets, ProfileSettings, apply_event, bought_rows, build_profiles,
                              merge_profiles)
 from finetune.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
@@ -48,11 +49,11 @@ EVENT_CODE = {e: i for i, e in enumerate(EVENTS)}
 DAY = 86400.0
 
 
-class EventError(ValueError):
+class EventError(EcomsearchError, ValueError):
     """An event that cannot be recorded (the message names the field and the reason)."""
 
 
-class PrivacyError(RuntimeError):
+class PrivacyError(EcomsearchError, RuntimeError):
     """Recording events without a key to hash user ids with."""
 
 

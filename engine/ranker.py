@@ -37,6 +37,19 @@ class Ranker:
         self.personal_cols = np.array([i for i, f in enumerate(features) if f in PERSONAL], dtype=np.int64)
         self.cold = np.array([COLD[PERSONAL.index(features[i])] for i in self.personal_cols])
         self.card = card or {}
+        self.path = Path(".")
+        self.signature: tuple = ()
+
+    @staticmethod
+    def file_signature(path: str | Path) -> tuple:
+        """(size, mtime, sha-256 prefix) of the model file: what tells a reload that the ranker changed."""
+        import hashlib
+
+        f = Path(path) / MODEL_FILE
+        if not f.is_file():
+            return ()
+        st = f.stat()
+        return (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()[:12])
 
     @property
     def uses_personal(self) -> bool:
@@ -52,7 +65,10 @@ class Ranker:
         features = json.loads((p / FEATURES_FILE).read_text(encoding="utf-8"))["features"]
         card_path = p / "model_card.json"
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
-        return cls(lgb.Booster(model_file=str(p / MODEL_FILE)), features, card)
+        signature = cls.file_signature(p)
+        ranker = cls(lgb.Booster(model_file=str(p / MODEL_FILE)), features, card)
+        ranker.path, ranker.signature = p, signature
+        return ranker
 
     def save(self, path: str | Path) -> None:
         p = Path(path)

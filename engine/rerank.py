@@ -15,6 +15,7 @@ query's candidate list, so the two scales never need calibrating.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +35,9 @@ class CrossEncoder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.batch_size = batch_size
+        # one predict at a time: the fast tokenizer is not safe to share between threads ("Already borrowed")
+        # and two model calls on the same cores only slow each other down
+        self._lock = threading.Lock()
 
     @property
     def device(self):
@@ -113,14 +117,15 @@ class CrossEncoder:
             return out
         bs = batch_size or self.batch_size
         order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
-        was_training = self.model.training
-        self.model.eval()
-        with torch.inference_mode():
-            for i in range(0, n, bs):
-                idx = order[i : i + bs]
-                scores = self.logits([queries[j] for j in idx], [titles[j] for j in idx])
-                out[idx] = scores.float().cpu().numpy()
-        self.model.train(was_training)
+        with self._lock:
+            was_training = self.model.training
+            self.model.eval()
+            with torch.inference_mode():
+                for i in range(0, n, bs):
+                    idx = order[i : i + bs]
+                    scores = self.logits([queries[j] for j in idx], [titles[j] for j in idx])
+                    out[idx] = scores.float().cpu().numpy()
+            self.model.train(was_training)
         return out
 
     def save(self, path: str | Path, card: dict | None = None) -> None:

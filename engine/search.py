@@ -1,4 +1,4 @@
-"""`SearchEngine`: query → candidates from each configured stage → fusion → ranked hits.
+"""`SearchEngine`: query → candidates from each configured stage → fusion → rerank → rank (personal) → hits.
 
 Stages: ``bm25`` (keyword), ``dense`` (the config's bi-encoder over a FAISS
 index), ``dense-base`` (the zero-shot base model, for evaluation), ``hybrid``
@@ -11,13 +11,23 @@ cross-encoder (``rerank.model``); with a learned ranker (``rerank.ranker``)
 the final order comes from it, over the features of :mod:`engine.features`
 including the user's personal features (:mod:`engine.events`,
 :mod:`engine.profiles`, :mod:`engine.ranker`).
+
+Concurrency and change: a :class:`SearchEngine` answers from one
+:class:`IndexVersion` (the indexes opened from their resolved build folders,
+the models, the deleted-products mask).  Each call takes the current version
+once and finishes on it; :meth:`SearchEngine.reload` opens a rebuilt index or
+changed models beside the running ones and swaps the version in one
+assignment, so queries in flight finish on the old one and none sees half of
+each.  Models load under a lock; tokenizers are used by one thread at a time.
+A product deleted by any process (``deleted.txt``) is masked from the next
+query on: every query checks the file's signature (one ``stat``).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
@@ -25,15 +35,16 @@ import numpy as np
 
 from engine.features import FEATURES, PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
 from engine.fusion import reciprocal_rank_fusion
+from engine.query_input import NOTHING_TO_SEARCH, check_filters, check_int, check_personalize, clean_text, searchable
 from engine.rerank import CrossEncoder, combine
-from indexer.bm25 import BM25Index, SearchResult
-from indexer.config import Config, load_config
+from engine.types import (DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryError, QueryResult,  # noqa: F401
+                          SearchResult)
+from indexer.bm25 import BM25Index
+from indexer.config import Config, ConfigError, load_config
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
 
-STAGES = ("bm25", "dense", "dense-base", "hybrid", "rerank")
-RERANK_FIRST_STAGES = ("bm25", "dense")
-DENSE_STAGES = ("dense", "dense-base")
+_EMPTY = SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 class ModelMismatchError(ModelMissingError):
@@ -41,29 +52,29 @@ class ModelMismatchError(ModelMissingError):
     cross-encoder's scores)."""
 
 
-@dataclass(frozen=True)
-class Hit:
-    product_id: str
-    title: str
-    score: float
-    rank: int
-    explain: dict | None = None  # with query(..., explain=True): stage scores/ranks, cross-encoder, personal
+class IndexVersion:
+    """One version of everything a query reads: the indexes (from their resolved build folders), the models,
+    the deleted mask.  :class:`SearchEngine` answers from one and swaps to a new one on reload."""
 
-
-class SearchEngine:
-    """Answers queries from the indexes `make index` built for a config."""
-
-    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True):
+    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True,
+                 previous: "IndexVersion | None" = None, number: int = 1):
         self.cfg = cfg
         self.bm25 = bm25
         self.products = bm25.products
         self.verify = verify
+        self.number = number  # 1 for the first version an engine opened, +1 per reload that changed something
         self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
         self._cross_encoder: CrossEncoder | None = None
+        self._scorer = None  # the cross-encoder, or a micro-batcher in front of it (enable_batching)
         self._ranker = None
         self._events = None
         self._facets = None
+        self._previous = previous  # models are taken over from it where unchanged (then dropped)
         self._lock = threading.RLock()  # lazy loads
+        self._live: tuple = (None, None)  # (signature of deleted.txt, mask)
+        self._cache: OrderedDict = OrderedDict()  # (text, filters, depth, deleted) -> Candidates
+        self._cache_lock = threading.Lock()
+        self.cache_hits = self.cache_misses = 0
         self.reload_deleted()
         if load_models:
             for stage in cfg.search.stages:
@@ -73,6 +84,7 @@ class SearchEngine:
                 self.cross_encoder()
             if cfg.rerank.ranker:
                 self.ranker()
+        self._previous = None
 
     @classmethod
     def from_config(cls, path: str | Path | Config, verify: bool = True, load_models: bool = True,
@@ -85,8 +97,7 @@ class SearchEngine:
         models to their first use (event ingestion needs none).
         """
         cfg = path if isinstance(path, Config) else load_config(path, **overrides)
-        bm25 = BM25Index.load(cfg.index_dir / "bm25", cfg.text, config_hash=cfg.index_fingerprint(), verify=verify)
-        return cls(cfg, bm25, verify=verify, load_models=load_models)
+        return cls(cfg, open_bm25(cfg, verify), verify=verify, load_models=load_models)
 
     def dense_stage(self, stage: str):
         """The encoder and FAISS index of a dense stage, loaded once."""
@@ -97,14 +108,20 @@ class SearchEngine:
 
     def _load_dense(self, stage: str):
         if stage not in self._dense:
-            from indexer.dense import DenseIndex, dense_encoder, stage_index_dir
+            from indexer.dense import DenseIndex, stage_index_dir
 
             folder = stage_index_dir(self.cfg, stage)
             if folder.name != stage:  # dense-base with the same model as dense: one encoder, one index
                 self._dense[stage] = self.dense_stage(folder.name)
                 return self._dense[stage]
             d = self.cfg.dense
-            encoder = dense_encoder(self.cfg, stage)
+            folder = folder.resolve()  # one build folder, opened once: a swap during the load cannot mix two
+            old = self._previous._dense.get(stage) if self._previous is not None else None
+            if old is not None and old[1].manifest.get("build_id") == _build_id(folder) \
+                    and old[0].fingerprint == _encoder_fingerprint(self.cfg, stage):
+                self._dense[stage] = old  # same index build, same encoder
+                return old
+            encoder = query_encoder(self.cfg, stage)
             index = DenseIndex.load(folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe,
                                     ef_search=d.ef_search)
             if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") \
@@ -130,10 +147,36 @@ class SearchEngine:
             if not r.model:
                 raise ModelMissingError(f"{self.cfg.source or self.cfg.name}: the rerank stage needs rerank.model "
                                         "(a cross-encoder `make finetune` trains)")
-            path = resolve_model(r.model, self.cfg.root)
-            self._cross_encoder = CrossEncoder.load(path, max_length=r.max_length, batch_size=r.batch_size,
-                                                    device=r.device)
+            path = Path(resolve_model(r.model, self.cfg.root))
+            old = self._previous._cross_encoder if self._previous is not None else None
+            if old is not None and old.path == path and _same_runtime(old, r) and \
+                    old.fingerprint() == _fingerprint_of(path, old.max_length):
+                self._cross_encoder, self._scorer = old, self._previous._scorer
+                return old
+            if r.runtime == "onnx":
+                from engine.onnx_models import OnnxCrossEncoder
+
+                max_length = r.max_length or _trained_max_length(path)
+                self._cross_encoder = OnnxCrossEncoder(path, max_length, r.batch_size, r.quantize)
+            else:
+                self._cross_encoder = CrossEncoder.load(path, max_length=r.max_length, batch_size=r.batch_size,
+                                                        device=r.device)
+            self._scorer = self._cross_encoder
         return self._cross_encoder
+
+    def enable_batching(self, window_ms: float, max_pairs: int) -> None:
+        """Score the cross-encoder pairs of concurrent queries together (:class:`engine.batching.MicroBatcher`)."""
+        from engine.batching import MicroBatcher
+
+        with self._lock:
+            ce = self.cross_encoder()
+            if not hasattr(self._scorer, "batches"):
+                self._scorer = MicroBatcher(ce, window_ms, max_pairs)
+
+    def score_pairs(self, queries: Sequence[str], titles: Sequence[str]) -> np.ndarray:
+        """Cross-encoder scores of (query, title) pairs (through the micro-batcher when it is on)."""
+        self.cross_encoder()
+        return self._scorer.predict(queries, titles)
 
     def ranker(self):
         """The learned final ranker (``rerank.ranker``), loaded once; None when the config names none."""
@@ -143,7 +186,10 @@ class SearchEngine:
                     from engine.ranker import Ranker
 
                     path = Path(self.cfg.rerank.ranker)
-                    ranker = Ranker.load(path if path.is_absolute() else self.cfg.root / path)
+                    path = path if path.is_absolute() else self.cfg.root / path
+                    old = self._previous._ranker if self._previous is not None else None
+                    ranker = old if old is not None and old.signature == Ranker.file_signature(path) \
+                        else Ranker.load(path)
                     trained_on = ranker.card.get("cross_encoder", {}).get("fingerprint")
                     ce = self.cross_encoder()
                     if trained_on and trained_on != ce.fingerprint():
@@ -193,10 +239,22 @@ class SearchEngine:
         return self.user_events().profile(user_id)
 
     def reload_deleted(self) -> None:
-        """Re-read the deleted products (``<index_dir>/deleted.txt``); they are masked in every stage."""
-        from indexer.updates import deleted_ids, live_mask
+        """Re-read the deleted products (``<index_dir>/deleted.txt``) when the file changed; they are masked in
+        every stage.  Called by every query: a delete by any process shows in the next query."""
+        from indexer.updates import deleted_ids, deleted_signature, live_mask
 
-        self.live = live_mask(self.products, deleted_ids(self.cfg))
+        sig = deleted_signature(self.cfg)
+        if sig == self._live[0]:
+            return
+        with self._lock:
+            if sig != self._live[0]:
+                self._live = (sig, live_mask(self.products, deleted_ids(self.cfg)))
+
+    @property
+    def live(self) -> np.ndarray | None:
+        """One bool per product row, False for deleted products (None: nothing deleted)."""
+        self.reload_deleted()
+        return self._live[1]
 
     def delete(self, product_ids: Sequence[str]) -> int:
         """Delete products from every stage at once (never returned again; purged at the next rebuild)."""
@@ -207,21 +265,24 @@ class SearchEngine:
         return n
 
     def _with_live(self, mask: np.ndarray | None) -> np.ndarray | None:
-        if self.live is None:
+        live = self.live
+        if live is None:
             return mask
-        return self.live if mask is None else (self.live & np.asarray(mask, dtype=bool))
+        return live if mask is None else (live & np.asarray(mask, dtype=bool))
 
     def filter_mask(self, filters: dict | None) -> np.ndarray | None:
         """Boolean mask from ``{"category": ..., "brand": ..., "price_min": ..., "price_max": ...}``."""
+        filters = check_filters(filters)
         if not filters:
             return None
-        unknown = set(filters) - {"category", "brand", "price_min", "price_max"}
-        if unknown:
-            raise ValueError(f"unknown filter(s) {sorted(unknown)}; use category, brand, price_min, price_max")
         return self.products.mask(**filters)
 
     def retrieve(self, text: str, k: int = 10, stage: str = "bm25", mask: np.ndarray | None = None) -> SearchResult:
-        """Rows and scores of the top-k products of one stage (no strings decoded); deleted products never."""
+        """Rows and scores of the top-k products of one stage (no strings decoded); deleted products never.
+        A query with nothing to search for (see :mod:`engine.query_input`) gets no hits from every stage."""
+        text, _ = clean_text(text, self.cfg.search.max_query_chars)
+        if not searchable(text):
+            return _EMPTY
         return self._retrieve(text, k, stage, self._with_live(mask))
 
     def _retrieve(self, text: str, k: int, stage: str, mask: np.ndarray | None) -> SearchResult:
@@ -249,34 +310,50 @@ class SearchEngine:
         return [fused for fused, _, _ in self.stage_candidates(texts, mask, stages)]
 
     def stage_candidates(self, texts: Sequence[str], mask: np.ndarray | None,
-                    stages: Sequence[str] = RERANK_FIRST_STAGES,
-                    deep: int = 0) -> list[tuple[SearchResult, list[SearchResult], list[SearchResult]]]:
+                         stages: Sequence[str] = RERANK_FIRST_STAGES, deep: int = 0,
+                         timings: dict | None = None) -> list[tuple[SearchResult, list[SearchResult], list[SearchResult]]]:
         """Per query: the fused union of the stages' top ``rerank.depth``, those top lists, and each stage's
         full list (``deep`` long where a caller needs more of it)."""
         depth = self.cfg.rerank.depth
-        per_stage = [self._retrieve_batch(texts, max(depth, deep), s, mask) for s in stages]
+        per_stage = [self._retrieve_batch(texts, max(depth, deep), s, mask, timings) for s in stages]
         out = []
         for lists in zip(*per_stage):
             top = [SearchResult(r.rows[:depth], r.scores[:depth]) for r in lists]
             out.append((reciprocal_rank_fusion(top, len(stages) * depth), top, list(lists)))
         return out
 
-    def _retrieve_batch(self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None) -> list[SearchResult]:
+    def _retrieve_batch(self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None,
+                        timings: dict | None = None) -> list[SearchResult]:
+        t0 = time.perf_counter()
         if stage in DENSE_STAGES:
             encoder, index = self.dense_stage(stage)
-            return index.search(encoder.encode_queries(list(texts)), k=k, mask=mask)
-        return [self._retrieve(t, k, stage, mask) for t in texts]
+            vecs = encoder.encode_queries(list(texts))
+            t1 = time.perf_counter()
+            out = index.search(vecs, k=k, mask=mask)
+            if timings is not None:
+                timings[f"{stage}_encode"] = (t1 - t0) * 1000
+                timings[f"{stage}_search"] = (time.perf_counter() - t1) * 1000
+            return out
+        out = [self._retrieve(t, k, stage, mask) for t in texts]
+        if timings is not None:
+            timings[stage] = (time.perf_counter() - t0) * 1000
+        return out
 
-    def candidate_sets(self, texts: Sequence[str], mask: np.ndarray | None = None, deep: int = 0) -> list[Candidates]:
+    def candidate_sets(self, texts: Sequence[str], mask: np.ndarray | None = None, deep: int = 0,
+                       timings: dict | None = None) -> list[Candidates]:
         """Per query: the reranked candidates (union of the bm25 and dense top ``rerank.depth``) with their
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
         r = self.cfg.rerank
-        both = self.stage_candidates(texts, mask, deep=deep)
+        both = self.stage_candidates(texts, mask, deep=deep, timings=timings)
         titles = self.products.titles
         pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
         pair_t = titles.take(row for c, _, _ in both for row in c.rows)
-        ce = self.cross_encoder().predict(pair_q, pair_t)
+        t0 = time.perf_counter()
+        ce = self.score_pairs(pair_q, pair_t)
+        if timings is not None:
+            timings["cross_encoder"] = (time.perf_counter() - t0) * 1000
+            timings["pairs"] = len(pair_q)
         out, start = [], 0
         for fused, top, lists in both:
             cand = Candidates.from_stages(fused, top, lists, RERANK_FIRST_STAGES, r.first_stage, r.depth)
@@ -360,9 +437,243 @@ class SearchEngine:
             return self._reranked(texts, k, self.live)
         return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
-    def query(self, text: str, k: int = 10, filters: dict | None = None, mask: np.ndarray | None = None,
-              user_id: str | None = None, personalize: float = 1.0, explain: bool = False) -> list[Hit]:
-        """Ranked hits for a query from the config's stages (fused when there are several).
+    def _cached_candidate_sets(self, texts: list[str], mask: np.ndarray | None, key, deep: int,
+                               timings: dict) -> list[Candidates]:
+        """:meth:`candidate_sets` through a cache of recent queries (``search.cache_size``): the candidates and
+        their cross-encoder scores are the same for every user, so one entry serves every user's ranking.
+        ``key`` is None when the mask cannot be named (an explicit mask): no caching then."""
+        size = self.cfg.search.cache_size
+        if not size or key is None:
+            return self.candidate_sets(texts, mask, deep, timings)
+        sig = self._live[0]
+        keys = [(t, key, deep, sig) for t in texts]
+        with self._cache_lock:
+            found = {kk: self._cache[kk] for kk in keys if kk in self._cache}
+            for kk in found:
+                self._cache.move_to_end(kk)
+        missing = [t for t, kk in zip(texts, keys) if kk not in found]
+        self.cache_hits += len(texts) - len(missing)
+        self.cache_misses += len(missing)
+        timings["cache_hits"] = len(texts) - len(missing)
+        if missing:
+            for t, c in zip(missing, self.candidate_sets(missing, mask, deep, timings)):
+                found[(t, key, deep, sig)] = c
+            with self._cache_lock:
+                for kk in keys:
+                    self._cache[kk] = found[kk]
+                while len(self._cache) > size:
+                    self._cache.popitem(last=False)
+        return [found[kk] for kk in keys]
+
+    def versions(self) -> dict[str, str]:
+        """What answers a query: the index builds, the models (name and fingerprint), the engine's version."""
+        v = {"config": self.cfg.name, "engine_version": str(self.number),
+             "bm25": str(self.bm25.manifest.get("build_id", ""))}
+        for stage, (enc, index) in sorted(self._dense.items()):
+            v[stage] = str(index.manifest.get("build_id", ""))
+            v[f"{stage}_encoder"] = f"{Path(str(enc.describe()['model'])).name}@{enc.fingerprint}"
+        if self._cross_encoder is not None:
+            ce = self._cross_encoder
+            runtime = f"onnx-{ce.quantize}" if hasattr(ce, "quantize") else "torch"
+            v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({runtime})"
+        if self._ranker is not None:
+            v["ranker"] = f"{self._ranker.path.name}@{self._ranker.signature[2]}"
+        return v
+
+    def query(self, text: str, k: int = 10, offset: int = 0, filters: dict | None = None,
+              mask: np.ndarray | None = None, user_id: str | None = None, personalize: float = 1.0,
+              explain: bool = False) -> QueryResult:
+        """See :meth:`SearchEngine.query`."""
+        return self.query_batch([text], k, offset, filters, mask, None if user_id is None else [user_id],
+                                personalize, explain)[0]
+
+    def query_batch(self, texts: Sequence[str], k: int = 10, offset: int = 0, filters: dict | None = None,
+                    mask: np.ndarray | None = None, user_ids: Sequence[str | None] | None = None,
+                    personalize: float = 1.0, explain: bool = False) -> list[QueryResult]:
+        """See :meth:`SearchEngine.query_batch`."""
+        t_start = time.perf_counter()
+        sc = self.cfg.search
+        if isinstance(texts, str) or not isinstance(texts, Sequence):
+            raise QueryError("q", "query_batch takes a list of query strings")
+        k = check_int(k, "k", 1, sc.max_k)
+        offset = check_int(offset, "offset", 0, sc.max_k - k)
+        personalize = check_personalize(personalize)
+        user_ids = [None] * len(texts) if user_ids is None else list(user_ids)
+        if len(user_ids) != len(texts):
+            raise QueryError("user", f"{len(user_ids)} user ids for {len(texts)} queries")
+        for u in user_ids:
+            if u is not None and (not isinstance(u, str) or not u.strip()):
+                raise QueryError("user", f"must be a non-empty string, got {u!r}")
+        cleaned = [clean_text(t, sc.max_query_chars) for t in texts]
+        filters = check_filters(filters)
+        key = None if mask is not None else tuple(sorted((f, tuple(v) if isinstance(v, list) else v)
+                                                         for f, v in (filters or {}).items()))
+        fmask = self.filter_mask(filters)
+        if fmask is not None:
+            mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
+        mask = self._with_live(mask)
+        depth = k + offset
+        timings: dict = {"validate": (time.perf_counter() - t_start) * 1000}
+        todo = [i for i, (t, _) in enumerate(cleaned) if searchable(t)]
+        ranked: dict[int, tuple[SearchResult, list | None]] = {}
+        with np.errstate(all="ignore"):  # a filter that leaves nothing: empty lists, no warnings
+            if self.cfg.rerank.model and todo:
+                cands = self._cached_candidate_sets([cleaned[i][0] for i in todo], mask, key,
+                                                    self._tail_depth(depth), timings)
+                t0 = time.perf_counter()
+                ranker = self.ranker()
+                personal = ranker is not None and ranker.uses_personal and personalize > 0
+                for i, cand in zip(todo, cands):
+                    profile = self.profile(user_ids[i]) if personal and user_ids[i] is not None else None
+                    ranked[i] = self.rank_candidates(cand, depth, profile, personalize, explain)
+                timings["rank"] = (time.perf_counter() - t0) * 1000
+            else:
+                stages = self.cfg.search.stages
+                for i in todo:
+                    t = cleaned[i][0]
+                    res = self._retrieve(t, depth, stages[0], mask) if len(stages) == 1 \
+                        else self._fused(t, depth, stages, mask)
+                    ranked[i] = (res, None)
+        timings["total"] = (time.perf_counter() - t_start) * 1000
+        timings = {kk: (round(v, 3) if isinstance(v, float) else v) for kk, v in timings.items()}
+        versions = self.versions()
+        out = []
+        for i, (text, truncated) in enumerate(cleaned):
+            if i not in ranked:
+                out.append(QueryResult([], text, timings, versions, reason=NOTHING_TO_SEARCH,
+                                       truncated=truncated, k=k, offset=offset))
+                continue
+            res, notes = ranked[i]
+            hits = self.hits(SearchResult(res.rows[offset:depth], res.scores[offset:depth]),
+                             notes[offset:depth] if notes else None, first_rank=offset + 1)
+            out.append(QueryResult(hits, text, timings, versions, truncated=truncated, k=k, offset=offset))
+        return out
+
+    def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:
+        ids, titles = self.products.ids, self.products.titles
+        return [Hit(ids[int(r)], titles[int(r)], float(s), first_rank + i, notes[i] if notes else None)
+                for i, (r, s) in enumerate(zip(res.rows, res.scores))]
+
+    def query_many(self, texts: Sequence[str], k: int = 10) -> list[QueryResult]:
+        return self.query_batch(list(texts), k=k)
+
+
+# -- opening a version ----------------------------------------------------------------------------------------
+def open_bm25(cfg: Config, verify: bool = True) -> BM25Index:
+    """The BM25 index (and product table) from the build folder ``<index_dir>/bm25`` points at now."""
+    link = cfg.index_dir / "bm25"
+    try:
+        return BM25Index.load(link.resolve(), cfg.text, config_hash=cfg.index_fingerprint(), verify=verify)
+    except IndexLoadError:
+        catalog = cfg.catalog.path
+        if catalog is not None and not Path(catalog).is_file():
+            raise ConfigError(f"{cfg.source or cfg.name}: catalog.path {catalog} not found (the index at {link} "
+                              "was built from another catalog or settings); fix the path, or rebuild with "
+                              "`make index`") from None
+        raise
+
+
+def _build_id(folder: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("build_id")
+    except (OSError, ValueError):
+        return None
+
+
+def _fingerprint_of(path: Path, max_length: int) -> str:
+    from indexer.encoder import model_fingerprint
+
+    return model_fingerprint(path, max_length)
+
+
+def _encoder_fingerprint(cfg: Config, stage: str) -> str:
+    from indexer.dense import stage_model
+
+    return _fingerprint_of(Path(stage_model(cfg, stage)), cfg.dense.max_length)
+
+
+def _trained_max_length(path: Path) -> int:
+    import json
+
+    from engine.rerank import SETTINGS_FILE
+
+    f = path / SETTINGS_FILE
+    return json.loads(f.read_text())["max_length"] if f.is_file() else 96
+
+
+def _same_runtime(ce, r) -> bool:
+    quantize = getattr(ce, "quantize", None)
+    wanted = (r.runtime, r.quantize if r.runtime == "onnx" else None)
+    return ("onnx" if quantize is not None else "torch", quantize) == wanted and \
+        (r.max_length is None or r.max_length == ce.max_length)
+
+
+def query_encoder(cfg: Config, stage: str):
+    """The encoder a dense stage embeds queries with: torch (the index job's encoder) or, for the ``dense``
+    stage with ``dense.query_runtime: onnx``, its ONNX export (same fingerprint: the same model)."""
+    from indexer.dense import dense_encoder, stage_model
+
+    d = cfg.dense
+    if stage == "dense" and d.query_runtime == "onnx":
+        from engine.onnx_models import OnnxQueryEncoder
+
+        path = Path(stage_model(cfg, stage))
+        import json
+
+        dim = json.loads((path / "1_Pooling" / "config.json").read_text())["embedding_dimension"] \
+            if (path / "1_Pooling" / "config.json").is_file() else 384
+        return OnnxQueryEncoder(path, d.max_length, _fingerprint_of(path, d.max_length), dim, d.query_quantize)
+    return dense_encoder(cfg, stage)
+
+
+# -- the engine: one current version, swapped on reload -------------------------------------------------------
+class SearchEngine:
+    """Answers queries from the indexes `make index` built for a config (thread-safe; see the module doc).
+
+    Everything an :class:`IndexVersion` offers is reachable on the engine (``engine.bm25``,
+    ``engine.candidate_sets(...)``, ...) and answered by the current version."""
+
+    _OWN = ("_version", "_reload_lock", "_batching", "load_models", "_overrides")
+
+    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True):
+        object.__setattr__(self, "_version", IndexVersion(cfg, bm25, verify, load_models))
+        object.__setattr__(self, "_reload_lock", threading.Lock())
+        object.__setattr__(self, "_batching", None)
+        object.__setattr__(self, "load_models", load_models)
+
+    @classmethod
+    def from_config(cls, path: str | Path | Config, verify: bool = True, load_models: bool = True,
+                    **overrides) -> "SearchEngine":
+        """Load the engine for a config file (or an already loaded :class:`Config`).
+
+        Fails with a clear error if an index is missing, corrupt, from another
+        format version, built with other settings than the config's, or (dense)
+        built with another encoder.  ``load_models=False`` defers loading the
+        models to their first use (event ingestion needs none).
+        """
+        cfg = path if isinstance(path, Config) else load_config(path, **overrides)
+        return cls(cfg, open_bm25(cfg, verify), verify=verify, load_models=load_models)
+
+    def __getattr__(self, name):
+        return getattr(self._version, name)
+
+    def __setattr__(self, name, value):
+        if name in self._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._version, name, value)
+
+    @property
+    def version(self) -> IndexVersion:
+        """The version answering queries now (take it once to make several calls on one version)."""
+        return self._version
+
+    def query(self, text: str, k: int = 10, offset: int = 0, filters: dict | None = None,
+              mask: np.ndarray | None = None, user_id: str | None = None, personalize: float = 1.0,
+              explain: bool = False) -> QueryResult:
+        """Ranked hits ``offset+1 .. offset+k`` for a query, with per-step timings and the versions that answered.
 
         ``filters`` restricts results by category, brand or price range;
         ``mask`` (one bool per product row) is the general form.  Both are
@@ -372,33 +683,62 @@ class SearchEngine:
         unknown user or one with no events get exactly the non-personalized
         ranking.  ``explain=True`` gives each hit its stage scores and ranks,
         cross-encoder score, personal features and final score.
+        The text is cleaned (:mod:`engine.query_input`); a query with nothing to
+        search for gets no hits and a ``reason``.  Bad arguments raise
+        :class:`engine.types.QueryError` naming the parameter.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"query text must be a string, not {type(text).__name__}")
-        if k < 1:
-            raise ValueError("k must be >= 1")
-        if not 0.0 <= personalize <= 1.0:
-            raise ValueError(f"personalize must be within [0, 1], got {personalize}")
-        fmask = self.filter_mask(filters)
-        if fmask is not None:
-            mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
-        mask = self._with_live(mask)
-        if self.cfg.rerank.model:
-            cand = self.candidate_sets([text], mask, self._tail_depth(k))[0]
-            ranker = self.ranker()
-            profile = self.profile(user_id) if (user_id is not None and personalize > 0 and ranker is not None
-                                                 and ranker.uses_personal) else None
-            res, notes = self.rank_candidates(cand, k, profile, personalize, explain)
-            return self.hits(res, notes)
-        stages = self.cfg.search.stages
-        if len(stages) == 1:
-            return self.hits(self._retrieve(text, k, stages[0], mask))
-        return self.hits(self._fused(text, k, stages, mask))
+        return self._version.query(text, k, offset, filters, mask, user_id, personalize, explain)
 
-    def hits(self, res: SearchResult, notes: list[dict] | None = None) -> list[Hit]:
-        ids, titles = self.products.ids, self.products.titles
-        return [Hit(ids[int(r)], titles[int(r)], float(s), i + 1, notes[i] if notes else None)
-                for i, (r, s) in enumerate(zip(res.rows, res.scores))]
+    def query_batch(self, texts: Sequence[str], k: int = 10, offset: int = 0, filters: dict | None = None,
+                    mask: np.ndarray | None = None, user_ids: Sequence[str | None] | None = None,
+                    personalize: float = 1.0, explain: bool = False) -> list[QueryResult]:
+        """:meth:`query` for several texts at once: dense queries encoded in one batch and every query's
+        cross-encoder pairs scored in one run (``user_ids``: one per text, or None)."""
+        return self._version.query_batch(texts, k, offset, filters, mask, user_ids, personalize, explain)
 
-    def query_many(self, texts: Sequence[str], k: int = 10) -> list[list[Hit]]:
-        return [self.query(t, k=k) for t in texts]
+    def enable_batching(self, window_ms: float, max_pairs: int) -> None:
+        """Gather the cross-encoder pairs of concurrent queries (the service turns this on); kept across reloads."""
+        object.__setattr__(self, "_batching", (window_ms, max_pairs))
+        self._version.enable_batching(window_ms, max_pairs)
+
+    def reload(self) -> dict:
+        """Open the indexes the ``<index_dir>`` links point at now and the config's models, beside the running
+        version, and switch to them in one step when anything changed (unchanged models are shared, not
+        reloaded).  Queries in flight finish on the version they started on.  On any error the running version
+        stays and the error is raised.  Returns ``{"changed": bool, "versions": ...}``."""
+        with self._reload_lock:
+            old = self._version
+            if not self.stale():
+                return {"changed": False, "versions": old.versions()}
+            new = IndexVersion(old.cfg, open_bm25(old.cfg, old.verify), old.verify, self.load_models,
+                               previous=old, number=old.number + 1)
+            if self._batching:
+                new.enable_batching(*self._batching)
+            object.__setattr__(self, "_version", new)
+            return {"changed": True, "versions": new.versions()}
+
+    def stale(self) -> bool:
+        """Whether a rebuilt index was swapped in (or a model changed) since the running version opened."""
+        v = self._version
+        if _build_id((v.cfg.index_dir / "bm25").resolve()) != v.bm25.manifest.get("build_id"):
+            return True
+        for stage, (enc, index) in list(v._dense.items()):
+            from indexer.dense import stage_index_dir
+
+            if _build_id(stage_index_dir(v.cfg, stage).resolve()) != index.manifest.get("build_id"):
+                return True
+            if enc.fingerprint != _encoder_fingerprint(v.cfg, stage):
+                return True
+        ce = v._cross_encoder
+        if ce is not None and ce.fingerprint() != _fingerprint_of(Path(ce.path), ce.max_length):
+            return True
+        if v._ranker is not None:
+            from engine.ranker import Ranker
+
+            if v._ranker.signature != Ranker.file_signature(v._ranker.path):
+                return True
+        return False
+
+    def delete(self, product_ids: Sequence[str]) -> int:
+        """Delete products from every stage at once: no query started after this returns shows them."""
+        return self._version.delete(product_ids)

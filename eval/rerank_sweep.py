@@ -27,7 +27,7 @@ import numpy as np
 from engine.fusion import reciprocal_rank_fusion
 from engine.rerank import CrossEncoder, combine, first_stage_scores, standardize
 from eval import metrics
-from indexer.bm25 import SearchResult
+from indexer.types import SearchResult
 
 
 def main(argv=None) -> int:

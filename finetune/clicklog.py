@@ -21,12 +21,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from indexer.types import EcomsearchError
+
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
 FIELDS = ("user_id", "query", "product_id", "event", "timestamp")
 
 
-class ClickLogError(ValueError):
-    pass
+class ClickLogError(EcomsearchError, ValueError):
+    """A click log that cannot be read (file, line, field)."""
 
 
 @dataclass(frozen=True)

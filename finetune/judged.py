@@ -6,9 +6,11 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
+from indexer.types import EcomsearchError
 
-class QueriesError(ValueError):
-    pass
+
+class QueriesError(EcomsearchError, ValueError):
+    """A judged-queries file that cannot be read (file, line, field)."""
 
 
 @dataclass

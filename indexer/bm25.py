@@ -22,6 +22,7 @@ from indexer.config import BM25Config, Config, TextConfig
 from indexer.products import ProductTable
 from indexer.store import IndexLoadError, read_manifest, sha256_file, write_index
 from indexer.text import Tokenizer
+from indexer.types import SearchResult
 
 KIND = "bm25"
 
@@ -41,10 +42,6 @@ def build_retriever(token_lists: Sequence[list[str]], cfg: BM25Config, progress:
     return retriever
 
 
-@dataclass
-class SearchResult:
-    rows: np.ndarray  # int64 product rows, best first
-    scores: np.ndarray  # float32, > 0
 
 
 def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray) -> np.ndarray:

@@ -25,11 +25,21 @@ class StageBuild:
 
 def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     """Read the config's catalog; rejected rows (with --skip-bad-rows) go to the side file."""
+    from indexer.catalog import CatalogError
+    from indexer.updates import with_additions
+
     skip = cfg.catalog.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
-    catalog = read_catalog(cfg.catalog.path, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=skip)
+    try:
+        catalog = read_catalog(cfg.catalog.path, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=skip)
+    except CatalogError as e:
+        if skip and e.errors:  # every row bad: still say which and why
+            write_rejects(e.errors, cfg.rejects_path)
+            raise CatalogError(f"{e} ({len(e.errors)} rejected rows with reasons in {cfg.rejects_path})",
+                               e.errors) from None
+        raise
     if skip:  # rewritten on every skipping build, so it never lists rows of an older catalog
         write_rejects(catalog.rejected, cfg.rejects_path)
-    return catalog
+    return with_additions(cfg, catalog)
 
 
 def index_stages(cfg: Config, extra: Iterable[str] = ()) -> list[str]:

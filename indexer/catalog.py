@@ -20,8 +20,14 @@ from typing import Iterator
 
 import numpy as np
 
+from indexer.types import EcomsearchError
+
 FIELDS = ("id", "title", "category", "brand", "price", "attributes")
 MAX_ERRORS_SHOWN = 10
+# a CSV/TSV field may be this long (Python's csv module stops at 131,072 characters by default); a longer one
+# is a row error, not a crash
+MAX_FIELD_CHARS = 1 << 20
+MAX_TITLE_CHARS = 2000  # a longer title is rejected (a pasted description, a broken export)
 
 
 @dataclass
@@ -37,7 +43,7 @@ class RowError:
         return f"{where}: field '{self.field}': {self.reason}" if self.field else f"{where}: {self.reason}"
 
 
-class CatalogError(ValueError):
+class CatalogError(EcomsearchError, ValueError):
     """A catalog could not be read; ``errors`` lists every bad row found."""
 
     def __init__(self, message: str, errors: list[RowError] | None = None):
@@ -130,13 +136,31 @@ def _records(path: Path, fmt: str, errors: list[RowError]) -> Iterator[tuple[int
             linenos.append(lineno)
             yield text
 
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.reader(text_only(), delimiter=delimiter, quoting=quoting)
     try:
         header = next(reader)
     except StopIteration:
+        if errors and errors[0].line == 1:
+            raise CatalogError(f"{path}:1: the header row is not valid UTF-8 ({errors[0].reason}); save the file "
+                               "as UTF-8", errors) from None
         raise CatalogError(f"{path}: the file is empty (a header row is required)") from None
+    except csv.Error as e:
+        raise CatalogError(f"{path}:1: unreadable header row: {e}") from None
+    if linenos and linenos[0] != 1:  # line 1 was not UTF-8 and was skipped: a data row would pose as the header
+        raise CatalogError(f"{path}:1: the header row is not valid UTF-8 ({errors[0].reason}); save the file as "
+                           "UTF-8", errors)
     header = [h.strip() for h in header]
-    for row in reader:
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a field over the size limit: that row is bad, the file goes on
+            errors.append(RowError(str(path), linenos[-1], None, f"unreadable row: {e} (at most {MAX_FIELD_CHARS:,} "
+                                   "characters per field)", ""))
+            continue
         lineno = linenos[-1]
         raw = delimiter.join(row)
         if not any(c.strip() for c in row):
@@ -211,6 +235,9 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
     seen: dict[str, int] = {}
     header_checked = False
 
+    def named(f: str) -> str:  # a field as the file spells it: "id (column 'pid')" when mapped
+        return f if colmap[f] == f else f"{f} (column {colmap[f]!r})"
+
     for lineno, rec, raw in _records(path, fmt, errors):
         if not header_checked and fmt != "jsonl":
             missing = [f"{f} (column {colmap[f]!r})" for f in ("id", "title") if colmap[f] not in rec]
@@ -220,17 +247,24 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
         header_checked = True
 
         def bad(fieldname: str, reason: str) -> None:
-            errors.append(RowError(str(path), lineno, fieldname, reason, raw))
+            errors.append(RowError(str(path), lineno, named(fieldname), reason, raw))
 
         pid = rec.get(colmap["id"])
+        if isinstance(pid, bool) or not isinstance(pid, (str, int, type(None))):
+            bad("id", f"must be a string or an integer, not {type(pid).__name__}")
+            continue
         pid = "" if pid is None else str(pid).strip()
         if not pid:
-            bad("id", "missing or empty")
+            bad("id", "missing or empty" if colmap["id"] in rec else
+                f"no field {colmap['id']!r} in the row (it has {', '.join(map(repr, list(rec)[:8]))})")
             continue
         title = rec.get(colmap["title"])
         if not isinstance(title, str) or not title.strip():
             bad("title", "missing or empty" if title in (None, "") or isinstance(title, str) else
                 f"must be a string, not {type(title).__name__}")
+            continue
+        if len(title) > MAX_TITLE_CHARS:
+            bad("title", f"{len(title):,} characters, more than {MAX_TITLE_CHARS:,}")
             continue
         if pid in seen:
             bad("id", f"duplicate id {pid!r} (first on line {seen[pid]})")

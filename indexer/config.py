@@ -13,6 +13,8 @@ config file.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -21,8 +23,10 @@ from typing import Any
 
 import yaml
 
+from indexer.types import FIRST_STAGES, EcomsearchError
 
-class ConfigError(ValueError):
+
+class ConfigError(EcomsearchError, ValueError):
     """A config file is missing, malformed or names an unknown field."""
 
 
@@ -79,6 +83,10 @@ class DenseConfig:
     device: str = "auto"  # auto: cuda when torch sees a GPU, else cpu
     # FAISS index factory string: Flat, HNSW32, IVF4096,PQ32, ...
     factory: str = "Flat"
+    # how queries are encoded at search time (products are always encoded by torch at build time):
+    # torch, or onnx (+ quantize: none | int8), exported by `python -m finetune.export_onnx`
+    query_runtime: str = "torch"
+    query_quantize: str = "none"
     # search-time parameters: nprobe (IVF), efSearch (HNSW)
     nprobe: int = 32
     ef_search: int = 128
@@ -96,6 +104,12 @@ class SearchConfig:
     stages: list[str] = field(default_factory=lambda: ["bm25"])
     # candidates each first stage hands on
     candidates: int = 100
+    # longer queries are cut here (the result says `truncated`); a 1 MB query costs no more than this
+    max_query_chars: int = 256
+    # the deepest hit a query may ask for (k + offset)
+    max_k: int = 1000
+    # recent results kept per (query, filters, k, offset, user-profile version, index version); 0: no cache
+    cache_size: int = 2048
 
 
 @dataclass
@@ -112,6 +126,10 @@ class RerankConfig:
     max_length: int | None = None
     batch_size: int = 128
     device: str = "auto"
+    # how the cross-encoder runs: torch, or onnx (ONNX Runtime on the CPU, from `python -m finetune.export_onnx`)
+    runtime: str = "torch"
+    # onnx only: none, or int8 (dynamic quantization of the weights)
+    quantize: str = "none"
     # the learned final ranker (LightGBM LambdaRank, trained by `make finetune`); None: the z-score mix above
     ranker: str | None = None
 
@@ -234,6 +252,21 @@ class EvalConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The HTTP service (engine.service, `make serve`)."""
+
+    # cross-encoder work of concurrent requests is gathered for up to this long and scored in one batch
+    batch_window_ms: float = 3.0
+    max_batch_pairs: int = 1024
+    # request bodies above this are refused (413)
+    max_body_bytes: int = 1_000_000
+    # a POST /events batch holds at most this many events
+    max_events: int = 10_000
+    # > 0: reload the engine when a rebuilt index is swapped in (checked this often); 0: only POST /admin/reload
+    watch_seconds: float = 2.0
+
+
+@dataclass
 class Config:
     name: str
     catalog: CatalogConfig
@@ -246,6 +279,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     source: Path | None = None
     root: Path = Path(".")
 
@@ -296,10 +330,53 @@ def _build(cls, data: dict | None, where: str, root: Path):
         if name in _PATH_FIELDS and value is not None:
             p = Path(value)
             data[name] = p if p.is_absolute() else (root / p).resolve()
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        if not _has_type(value, hints[name]):
+            raise ConfigError(f"{where}.{name}: expected {_type_name(hints[name])}, got {type(value).__name__} "
+                              f"{value!r}")
     try:
         return cls(**data)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from None
+
+
+def _has_type(value: Any, tp: Any) -> bool:
+    """Whether a YAML value fits a field's annotation (int for a float; never a bool for a number)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if origin is list:
+        return isinstance(value, list) and (not args or all(_has_type(v, args[0]) for v in value))
+    if origin is dict:
+        return isinstance(value, dict) and (not args or all(_has_type(k, args[0]) and _has_type(v, args[1])
+                                                            for k, v in value.items()))
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is Path:
+        return isinstance(value, (str, Path))
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, (dict, tp))
+    return isinstance(value, tp) if isinstance(tp, type) else True
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if tp is type(None):
+        return "null"
+    if args:
+        return f"{typing.get_origin(tp).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "a path" if tp is Path else getattr(tp, "__name__", str(tp))
 
 
 def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig:
@@ -364,7 +441,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
     where = str(source or "config")
     raw = dict(raw)
     known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "rerank", "finetune", "eval",
-             "personal"}
+             "personal", "serve"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -386,6 +463,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         finetune=_build_finetune(raw.get("finetune"), f"{where}: finetune", root),
         eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
         personal=_build(PersonalConfig, raw.get("personal"), f"{where}: personal", root),
+        serve=_build(ServeConfig, raw.get("serve"), f"{where}: serve", root),
         source=source,
         root=root,
     )
@@ -428,6 +506,16 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: rerank.ranker orders the cross-encoder's candidates: set rerank.model too")
     if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
         raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
+    for name, runtime, quantize in (("rerank", cfg.rerank.runtime, cfg.rerank.quantize),
+                                    ("dense.query", cfg.dense.query_runtime, cfg.dense.query_quantize)):
+        if runtime not in ("torch", "onnx") or quantize not in ("none", "int8"):
+            raise ConfigError(f"{where}: {name} runtime must be torch or onnx and quantize none or int8, "
+                              f"not {runtime!r} / {quantize!r}")
+        if quantize != "none" and runtime != "onnx":
+            raise ConfigError(f"{where}: {name} quantize {quantize!r} needs runtime onnx")
+    sc = cfg.search
+    if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
+        raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
     pc = cfg.personal
     if pc.store != "sqlite":
         raise ConfigError(f"{where}: personal.store {pc.store!r} is not built in (sqlite); a shop's own store "
@@ -439,7 +527,7 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: personal.gains names unknown event(s) {sorted(bad)}")
     if pc.path is None:
         pc.path = cfg.index_dir / "events.sqlite"
-    stages = {"bm25", "dense", "dense-base", "hybrid"}
+    stages = set(FIRST_STAGES)
     bad = [s for s in cfg.search.stages if s not in stages]
     if bad:
         raise ConfigError(f"{where}: search.stages {bad} not available; this build has {sorted(stages)}")

@@ -29,11 +29,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from indexer.bm25 import SearchResult
 from indexer.store import IndexLoadError, read_manifest, write_index
+from indexer.types import DENSE_STAGES, SearchResult  # noqa: F401  (DENSE_STAGES re-exported)
 
 KIND = "dense"
-DENSE_STAGES = ("dense", "dense-base")  # the stages with a dense index (dense-base: the zero-shot base model)
 log = logging.getLogger(__name__)
 
 

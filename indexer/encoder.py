@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from indexer.types import EcomsearchError
+
 HUB_ID = "intfloat/multilingual-e5-small"
 QUERY_PREFIX = "query: "
 PASSAGE_PREFIX = "passage: "
 
 
-class ModelMissingError(FileNotFoundError):
+class ModelMissingError(EcomsearchError, FileNotFoundError):
     """A configured model is not on disk and cannot be fetched; the message names the command that builds it."""
 
 
@@ -111,13 +114,15 @@ class Encoder:
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
         self.fingerprint = model_fingerprint(self.model_path, self.max_length)
+        self._lock = threading.Lock()  # the fast tokenizer is not safe to share between threads
 
     def _encode(self, texts: Sequence[str], prefix: str, progress: bool) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         # sentence-transformers sorts each call's texts by length before batching
-        vecs = self.model.encode([prefix + t for t in texts], batch_size=self.batch_size, convert_to_numpy=True,
-                                 normalize_embeddings=True, show_progress_bar=progress)
+        with self._lock:
+            vecs = self.model.encode([prefix + t for t in texts], batch_size=self.batch_size, convert_to_numpy=True,
+                                     normalize_embeddings=True, show_progress_bar=progress)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:

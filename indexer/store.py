@@ -19,13 +19,15 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
+from indexer.types import EcomsearchError
+
 # per index kind; bumped whenever its files change meaning (bm25 2: stored token ids per product;
 # dense 2: product vectors and k-means product groups stored beside the FAISS index)
 FORMAT_VERSIONS = {"bm25": 2, "dense": 2}
 MANIFEST = "manifest.json"
 
 
-class IndexLoadError(RuntimeError):
+class IndexLoadError(EcomsearchError, RuntimeError):
     """An index directory is missing, from another format version, or corrupt."""
 
 
@@ -47,9 +49,35 @@ def _checksums(folder: Path) -> dict[str, dict]:
 
 
 def write_index(final: Path, build: Callable[[Path], dict], kind: str, config_hash: str) -> dict:
-    """Build an index into a fresh folder with ``build(folder) -> manifest extras``, then swap it in."""
+    """Build an index into a fresh folder with ``build(folder) -> manifest extras``, then swap it in.
+
+    One build per index at a time (a file lock); the folders of builds that were killed before their
+    manifest was written are removed first."""
+    import fcntl
+
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    with open(final.parent / f".{final.name}.build.lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            remove_partial_builds(final)
+            return _write_index(final, build, kind, config_hash)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def remove_partial_builds(final: Path) -> list[Path]:
+    """Remove ``<name>@<build id>`` folders without a manifest (a build killed half way), never the serving one."""
+    serving = final.resolve() if final.is_symlink() else None
+    removed = []
+    for folder in final.parent.glob(f"{final.name}@*"):
+        if folder.is_dir() and not folder.is_symlink() and folder != serving and not (folder / MANIFEST).is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _write_index(final: Path, build: Callable[[Path], dict], kind: str, config_hash: str) -> dict:
     build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     folder = final.parent / f"{final.name}@{build_id}"
     folder.mkdir()

@@ -8,12 +8,23 @@
   product is picked up by the next full rebuild).
 - **Delete**: a product id goes to ``<index_dir>/deleted.txt`` (written
   atomically).  Every stage masks deleted rows inside retrieval, so they are
-  never returned again; the next full rebuild leaves them out of the index
-  files altogether.
+  never returned again (a running engine checks the file on every query);
+  every full rebuild leaves them out of the index files.
+- **Durable**: added products are also appended to ``<index_dir>/additions.jsonl``,
+  which every full rebuild merges into the catalog (a product the catalog
+  file itself holds wins), so an addition survives ``make index``; a deleted
+  product stays deleted across rebuilds (``deleted.txt`` is kept) until it is
+  added again.
+- **Two processes**: adds and deletes take an exclusive file lock
+  (``<index_dir>/.updates.lock``) around their read-modify-write, so two at
+  once lose nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import time
 from typing import Iterable
@@ -24,16 +35,44 @@ from indexer.bm25 import KIND as BM25_KIND
 from indexer.bm25 import BM25Index
 from indexer.catalog import Catalog
 from indexer.config import Config
-from indexer.store import read_manifest, write_index
+from indexer.store import IndexLoadError, read_manifest, write_index
 
 DELETED = "deleted.txt"
+ADDITIONS = "additions.jsonl"
+LOCK = ".updates.lock"
+
+
+@contextlib.contextmanager
+def updates_lock(cfg: Config):
+    """An exclusive lock (flock) over the index folder's adds and deletes, across processes."""
+    cfg.index_dir.mkdir(parents=True, exist_ok=True)
+    with open(cfg.index_dir / LOCK, "a+b") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def deleted_signature(cfg: Config) -> tuple | None:
+    """(inode, size, mtime) of ``deleted.txt`` (None when absent): changes with every write (atomic replace)."""
+    try:
+        st = os.stat(cfg.index_dir / DELETED)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def deleted_ids(cfg: Config) -> set[str]:
     path = cfg.index_dir / DELETED
     if not path.is_file():
         return set()
-    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise IndexLoadError(f"{path}: not UTF-8 text (byte {e.start}): the deleted-products list is damaged; "
+                             "restore it, or remove it and delete the products again") from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 def _write_deleted(cfg: Config, ids: set[str]) -> None:
@@ -54,24 +93,75 @@ def live_mask(products, deleted: set[str]) -> np.ndarray | None:
 def delete_products(cfg: Config, ids: Iterable[str]) -> int:
     """Mark products deleted in every stage; unknown ids are an error. Returns how many were newly deleted."""
     ids = [str(i) for i in ids]
-    index = BM25Index.load(cfg.index_dir / BM25_KIND, cfg.text, verify=False)
-    known = set(index.products.ids.tolist())
-    unknown = [i for i in ids if i not in known]
-    if unknown:
-        raise KeyError(f"not in the index at {cfg.index_dir}: {', '.join(unknown[:10])}"
-                       + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
-    before = deleted_ids(cfg)
-    _write_deleted(cfg, before | set(ids))
+    with updates_lock(cfg):
+        index = BM25Index.load((cfg.index_dir / BM25_KIND).resolve(), cfg.text, verify=False)
+        known = set(index.products.ids.tolist())
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise KeyError(f"not in the index at {cfg.index_dir}: {', '.join(unknown[:10])}"
+                           + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+        before = deleted_ids(cfg)
+        _write_deleted(cfg, before | set(ids))
     return len(set(ids) - before)
 
 
 def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
-    """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild)."""
+    """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild) and to the
+    durable additions file every rebuild merges."""
+    with updates_lock(cfg):
+        report = _add_products(cfg, catalog, progress)
+        _append_additions(cfg, catalog)
+    return report
+
+
+def _catalog_rows(catalog: Catalog) -> Iterable[dict]:
+    for i, pid in enumerate(catalog.ids):
+        row = {"id": pid, "title": catalog.titles[i]}
+        if catalog.categories[i]:
+            row["category"] = catalog.categories[i]
+        if catalog.brands[i]:
+            row["brand"] = catalog.brands[i]
+        if np.isfinite(catalog.prices[i]):
+            row["price"] = float(catalog.prices[i])
+        if catalog.attributes[i]:
+            row["attributes"] = catalog.attributes[i]
+        yield row
+
+
+def _append_additions(cfg: Config, catalog: Catalog) -> None:
+    path = cfg.index_dir / ADDITIONS
+    with open(path, "a", encoding="utf-8") as f:
+        for row in _catalog_rows(catalog):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
+    """The catalog plus the products added since (``additions.jsonl``) that it does not hold itself."""
+    from indexer.catalog import read_catalog
+
+    path = cfg.index_dir / ADDITIONS
+    if not path.is_file() or path.stat().st_size == 0:
+        return catalog
+    added = read_catalog(path, None, "jsonl")
+    have = set(catalog.ids)
+    keep = [i for i, pid in enumerate(added.ids) if pid not in have]
+    if not keep:
+        return catalog
+    pick = lambda col: [col[i] for i in keep]  # noqa: E731
+    return Catalog(catalog.ids + pick(added.ids), catalog.titles + pick(added.titles),
+                   catalog.categories + pick(added.categories), catalog.brands + pick(added.brands),
+                   np.concatenate([catalog.prices, np.asarray(added.prices)[keep]]),
+                   catalog.attributes + pick(added.attributes), catalog.source, catalog.rejected)
+
+
+def _add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
     from indexer.dense import DENSE_STAGES
 
     t0 = time.perf_counter()
     bm25_dir = cfg.index_dir / BM25_KIND
-    old = BM25Index.load(bm25_dir, cfg.text, config_hash=cfg.index_fingerprint(), mmap=False, verify=False)
+    old = BM25Index.load(bm25_dir.resolve(), cfg.text, config_hash=cfg.index_fingerprint(), mmap=False, verify=False)
     present = set(catalog.ids) & set(old.products.ids.tolist())
     if present:
         shown = ", ".join(sorted(present)[:10])
@@ -90,9 +180,11 @@ def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
         from indexer.dense import KIND as DENSE_KIND
         from indexer.dense import DenseIndex, dense_encoder
 
+        folder = folder.resolve()
         manifest = read_manifest(folder, DENSE_KIND, verify=False)
         encoder = dense_encoder(cfg, stage)
         dense = DenseIndex.load(folder, encoder.fingerprint, verify=False)
+        folder = cfg.index_dir / stage
         dense.on_gpu = False
         dense.add(encoder.encode_passages(texts, progress=progress), rows)
         extras = {k: manifest[k] for k in ("catalog_sha256", "factory", "groups_configured") if k in manifest}

@@ -5,7 +5,7 @@ import pytest
 
 from engine import SearchEngine
 from engine.fusion import reciprocal_rank_fusion
-from indexer.bm25 import SearchResult
+from indexer.types import SearchResult
 from indexer.build import build_indexes, ensure_indexes, stale_stages
 from indexer.dense import DenseIndex
 from indexer.encoder import Encoder, ModelMissingError, resolve_model

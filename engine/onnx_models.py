@@ -1,0 +1,121 @@
+"""The query encoder and the cross-encoder on ONNX Runtime (CPU), from the graphs `finetune.export_onnx` wrote.
+
+Same interface as their torch counterparts (``encode_queries``; ``predict`` and ``fingerprint``), so the engine
+swaps them by config (``dense.query_runtime`` / ``rerank.runtime``, ``quantize: int8``).  Tokenization is the
+model's own fast tokenizer; a lock keeps it to one thread at a time (a Rust tokenizer shared by threads fails
+with "Already borrowed").  An export made from other weights than the model folder's is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, model_fingerprint
+from indexer.onnx_files import onnx_file, read_export
+
+
+def _session(model_path: Path, quantize: str, kind: str, threads: int = 0):
+    import onnxruntime as ort
+
+    export = read_export(model_path)
+    f = onnx_file(model_path, quantize)
+    if export is None or not f.is_file():
+        raise ModelMissingError(f"no ONNX export of {model_path} ({f} missing); run "
+                                "`python -m finetune.export_onnx --config <config>`")
+    if export.get("kind") != kind:
+        raise ModelMissingError(f"{f} is a {export.get('kind')} export, not a {kind}")
+    if export.get("source_fingerprint") != model_fingerprint(model_path, 0):
+        raise ModelMissingError(f"{f} was exported from other weights than {model_path} now holds; re-run "
+                                "`python -m finetune.export_onnx --config <config>`")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"]), export
+
+
+def _tokenizer(model_path: Path):
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    return AutoTokenizer.from_pretrained(str(model_path))
+
+
+class OnnxCrossEncoder:
+    """(query, title) pairs → relevance scores, as :class:`engine.rerank.CrossEncoder`, on ONNX Runtime."""
+
+    def __init__(self, path: Path, max_length: int, batch_size: int = 128, quantize: str = "none", threads: int = 0):
+        self.path = Path(path)
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.quantize = quantize
+        self.session, export = _session(self.path, quantize, "cross-encoder", threads)
+        self.inputs = export["inputs"]
+        self.tokenizer = _tokenizer(self.path)
+        self._tok_lock = threading.Lock()
+
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.path, self.max_length)
+
+    def describe(self) -> str:
+        return f"{self.path.name} (onnx {self.quantize}, max_length {self.max_length})"
+
+    def predict(self, queries: Sequence[str], titles: Sequence[str], batch_size: int | None = None) -> np.ndarray:
+        if len(queries) != len(titles):
+            raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
+        n = len(queries)
+        out = np.zeros(n, dtype=np.float32)
+        if n == 0:
+            return out
+        bs = batch_size or self.batch_size
+        order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
+        for i in range(0, n, bs):
+            idx = order[i : i + bs]
+            with self._tok_lock:
+                feats = self.tokenizer([QUERY_PREFIX + queries[j] for j in idx],
+                                       [PASSAGE_PREFIX + titles[j] for j in idx], padding=True,
+                                       truncation="longest_first", max_length=self.max_length, return_tensors="np")
+            feed = {k: feats[k].astype(np.int64) for k in self.inputs}
+            out[idx] = self.session.run(None, feed)[0][:, 0]
+        return out
+
+
+class OnnxQueryEncoder:
+    """Queries → L2-normalized mean-pooled vectors (the e5 recipe), as :class:`indexer.encoder.Encoder`
+    does for queries, on ONNX Runtime.  Products stay encoded by torch at build time; the vectors agree
+    (tested) so one index serves both."""
+
+    def __init__(self, path: Path, max_length: int, fingerprint: str, dim: int, quantize: str = "none",
+                 threads: int = 0):
+        self.path = Path(path)
+        self.max_length = max_length
+        self.fingerprint = fingerprint  # the torch encoder's: the index was built with it
+        self.dim = dim
+        self.quantize = quantize
+        self.session, export = _session(self.path, quantize, "query-encoder", threads)
+        self.inputs = export["inputs"]
+        self.tokenizer = _tokenizer(self.path)
+        self._tok_lock = threading.Lock()
+
+    def encode_queries(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        if len(texts) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        with self._tok_lock:
+            feats = self.tokenizer([QUERY_PREFIX + t for t in texts], padding=True, truncation=True,
+                                   max_length=self.max_length, return_tensors="np")
+        feed = {k: feats[k].astype(np.int64) for k in self.inputs}
+        hidden = self.session.run(None, feed)[0]
+        mask = feats["attention_mask"][..., None].astype(np.float32)
+        vecs = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
+        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def describe(self) -> dict:
+        return {"model": str(self.path), "runtime": f"onnx {self.quantize}", "max_length": self.max_length,
+                "dim": self.dim, "fingerprint": self.fingerprint}

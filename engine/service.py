@@ -1,0 +1,399 @@
+"""The HTTP search service (FastAPI on uvicorn): `make serve CONFIG=... [PORT=8000]`.
+
+Thin: every endpoint calls :class:`engine.search.SearchEngine`.  Endpoints:
+
+- ``GET /search?q=&k=&offset=&user=&category=&brand=&price_min=&price_max=&explain=&personalize=``:
+  ``{"hits": [{"product_id", "title", "score", "rank"[, "explain"]}], "timings_ms", "versions", ...}``
+- ``POST /events``: one event ``{"user_id", "product_id", "event"[, "timestamp"][, "query"]}``, a list of them,
+  or ``{"events": [...]}``: all checked first, then recorded (nothing is stored when one is bad)
+- ``DELETE /users/{id}``: forget a user (events and profile)
+- ``POST /products`` (catalog rows, as the JSONL catalog format) and ``DELETE /products/{id}``
+- ``POST /admin/reload``: switch to a rebuilt index / changed models (also done by a watcher every
+  ``serve.watch_seconds``)
+- ``GET /health`` (the process answers), ``GET /ready`` (indexes and models loaded: 200, else 503),
+  ``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI), ``GET /`` (a search page)
+
+Errors are JSON ``{"error": {"param": ..., "message": ...}}``: 400 malformed JSON, 404 unknown product/route,
+413 oversized body, 422 a bad parameter (named); an unexpected failure is a 500 with an id, never a stack trace.
+Concurrent searches share the cross-encoder through dynamic micro-batching (:mod:`engine.batching`).
+"""
+
+
+import argparse
+import json
+import logging
+import math
+import re
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from engine.types import EcomsearchError, QueryError
+
+log = logging.getLogger("ecomsearch.service")
+STATIC = Path(__file__).with_name("static")
+SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain",
+                 "personalize"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, param: str | None, message: str):
+        super().__init__(message)
+        self.status, self.param, self.message = status, param, message
+
+
+def _error(status: int, param: str | None, message: str, **extra):
+    from fastapi.responses import JSONResponse
+
+    body = {"error": {"param": param, "message": message, **extra}}
+    return JSONResponse(body, status_code=status)
+
+
+class Metrics:
+    """Prometheus counters and histograms of one app (its own registry: several apps in one process
+    never collide)."""
+
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        buckets = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
+        self.requests = Counter("ecomsearch_requests_total", "HTTP requests", ["endpoint", "method", "status"],
+                                registry=self.registry)
+        self.latency = Histogram("ecomsearch_request_seconds", "HTTP request latency", ["endpoint"],
+                                 buckets=buckets, registry=self.registry)
+        self.stage = Histogram("ecomsearch_stage_seconds", "Time per search step", ["stage"], buckets=buckets,
+                               registry=self.registry)
+        self.cache = Counter("ecomsearch_candidate_cache_total", "Candidate cache lookups", ["result"],
+                             registry=self.registry)
+        self.reloads = Counter("ecomsearch_reloads_total", "Engine reloads that switched versions",
+                               registry=self.registry)
+        self.version = Gauge("ecomsearch_engine_version", "The engine version answering", registry=self.registry)
+
+
+def demo_users(engine, n: int = 8) -> list[dict]:
+    """The simulated users of a click-log config (the demo's) with most engagement and their favourite
+    brand, for the page's user picker; [] for judged-pairs data."""
+    from collections import Counter, defaultdict
+
+    from finetune.clicklog import iter_clicklog
+
+    log_path = engine.cfg.finetune.train
+    if log_path is None or not Path(log_path).is_file() or Path(log_path).suffix != ".jsonl":
+        return []
+    index = {pid: i for i, pid in enumerate(engine.products.ids.tolist())}
+    brands = engine.products.brands
+    codes = engine.products.brand_codes
+    taste: dict[str, Counter] = defaultdict(Counter)
+    for _, e in iter_clicklog(log_path):
+        if isinstance(e, Exception) or e.event == "impression":
+            continue
+        row = index.get(e.product_id)
+        if row is None:
+            continue
+        code = int(codes[row])
+        if 0 <= code < len(brands):
+            taste[e.user_id][brands[code]] += 1
+    top = sorted(taste, key=lambda u: -sum(taste[u].values()))[:n]
+    return [{"user_id": u, "events": sum(taste[u].values()),
+             "favourite_brands": [b for b, _ in taste[u].most_common(2)]} for u in top]
+
+
+def create_app(engine, watch: bool | None = None):
+    """The FastAPI app over one engine (micro-batching on; a reload watcher when ``serve.watch_seconds`` > 0)."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    cfg = engine.cfg
+    sc = cfg.serve
+    metrics = Metrics()
+    if cfg.rerank.model:
+        engine.enable_batching(sc.batch_window_ms, sc.max_batch_pairs)
+    metrics.version.set(engine.version.number)
+    app = FastAPI(title="ecomsearch", version="0.1.0",
+                  description="Product search: BM25 + dense candidates, cross-encoder rerank, personal ranking.")
+    app.state.engine = engine
+    app.state.metrics = metrics
+    state = {"ready": True, "users": None}
+    stop = threading.Event()
+
+    # -- errors: JSON naming the parameter, never a stack trace ------------------------------------------------
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return _error(exc.status, exc.param, exc.message)
+
+    @app.exception_handler(QueryError)
+    async def _query_error(request, exc: QueryError):
+        return _error(422, exc.param, exc.reason)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request, exc: RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body")]
+        if err.get("type") == "json_invalid":
+            return _error(400, "body", f"malformed JSON: {err.get('msg', '')}")
+        return _error(422, ".".join(loc) or None, str(err.get("msg", "invalid value")))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc: StarletteHTTPException):
+        return _error(exc.status_code, None, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request, exc: Exception):
+        ref = uuid.uuid4().hex[:12]
+        log.exception("request %s failed (error id %s)", request.url.path, ref)
+        return _error(500, None, "internal error; the server log has the details", error_id=ref)
+
+    @app.middleware("http")
+    async def _observe(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return _error(400, "content-length", f"not a number: {length!r}")
+            if int(length) > sc.max_body_bytes:
+                return _error(413, "body", f"{int(length):,} bytes; at most {sc.max_body_bytes:,}")
+        route = request.scope.get("route")
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route") or route
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        return response
+
+    async def json_body(request: Request, max_bytes: int):
+        body = b""
+        async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
+            body += chunk
+            if len(body) > max_bytes:
+                raise ApiError(413, "body", f"more than {max_bytes:,} bytes")
+        if not body.strip():
+            raise ApiError(400, "body", "empty; send JSON")
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, "body", f"malformed JSON: {e}") from None
+
+    # -- search ------------------------------------------------------------------------------------------------
+    @app.get("/search", summary="Search the catalog")
+    def search(request: Request, q: str | None = None, k: int = 10, offset: int = 0, user: str | None = None,
+               category: list[str] | None = None, brand: list[str] | None = None, price_min: float | None = None,
+               price_max: float | None = None, explain: bool = False, personalize: float = 1.0):
+        unknown = sorted(set(request.query_params) - SEARCH_PARAMS)
+        if unknown:
+            raise ApiError(422, unknown[0], f"unknown parameter; use {', '.join(sorted(SEARCH_PARAMS))}")
+        if q is None:
+            raise ApiError(422, "q", "missing: give the query text as q=")
+        if not q.strip():
+            raise ApiError(422, "q", "empty: give the query text as q=")
+        for name, value in (("price_min", price_min), ("price_max", price_max), ("personalize", personalize)):
+            if value is not None and not math.isfinite(value):
+                raise ApiError(422, name, f"must be a finite number, got {value}")
+        filters = {"category": category[0] if category and len(category) == 1 else category,
+                   "brand": brand[0] if brand and len(brand) == 1 else brand,
+                   "price_min": price_min, "price_max": price_max}
+        filters = {f: v for f, v in filters.items() if v is not None}
+        if user is not None and not user.strip():
+            raise ApiError(422, "user", "must not be empty")
+        try:
+            res = engine.query(q, k=k, offset=offset, filters=filters or None, user_id=user,
+                               personalize=personalize, explain=explain)
+        except QueryError:
+            raise
+        for step, ms in res.timings_ms.items():
+            if step not in ("pairs", "cache_hits") and isinstance(ms, float):
+                metrics.stage.labels(step).observe(ms / 1000.0)
+        if "cache_hits" in res.timings_ms:
+            metrics.cache.labels("hit" if res.timings_ms["cache_hits"] else "miss").inc()
+        return res.to_dict()
+
+    # -- events and users --------------------------------------------------------------------------------------
+    @app.post("/events", summary="Record one event or a batch", status_code=200)
+    async def events(request: Request):
+        from engine.events import EventError, PrivacyError
+
+        body = await json_body(request, sc.max_body_bytes)
+        items = body.get("events") if isinstance(body, dict) and "events" in body else body
+        items = [items] if isinstance(items, dict) else items
+        if not isinstance(items, list) or not items:
+            raise ApiError(422, "events", "send an event object, a list of them, or {\"events\": [...]}")
+        if len(items) > sc.max_events:
+            raise ApiError(413, "events", f"{len(items):,} events; at most {sc.max_events:,} per request")
+        ev = engine.user_events()
+        checked = []
+        allowed = {"user_id", "product_id", "event", "timestamp", "query"}
+        for i, item in enumerate(items):
+            where = f"events[{i}]" if len(items) > 1 else "event"
+            if not isinstance(item, dict):
+                raise ApiError(422, where, "must be a JSON object")
+            extra = sorted(set(item) - allowed)
+            if extra:
+                raise ApiError(422, f"{where}.{extra[0]}", f"unknown field; use {', '.join(sorted(allowed))}")
+            for name in ("user_id", "product_id", "event"):
+                if not isinstance(item.get(name), str):
+                    raise ApiError(422, f"{where}.{name}", "required, a string")
+            if item.get("query") is not None and not isinstance(item["query"], str):
+                raise ApiError(422, f"{where}.query", "must be a string")
+            try:
+                ev.validate(item["user_id"], item["product_id"], item["event"], item.get("timestamp"))
+            except EventError as e:
+                field = re.search(r"field '(\w+)'", str(e))
+                raise ApiError(422, f"{where}.{field.group(1)}" if field else where, str(e)) from None
+            except PrivacyError as e:
+                raise ApiError(403, "user_id", str(e)) from None
+            checked.append(item)
+        try:
+            for item in checked:
+                ev.record(item["user_id"], item["product_id"], item["event"], item.get("timestamp"),
+                          item.get("query"))
+        except PrivacyError as e:
+            raise ApiError(403, "user_id", str(e)) from None
+        return {"recorded": len(checked)}
+
+    @app.delete("/users/{user_id}", summary="Forget a user: every event and the profile")
+    def forget(user_id: str):
+        from engine.events import PrivacyError
+
+        try:
+            return {"user": user_id, "events_deleted": engine.forget_user(user_id)}
+        except PrivacyError as e:
+            raise ApiError(403, "user_id", str(e)) from None
+
+    # -- products ----------------------------------------------------------------------------------------------
+    @app.post("/products", summary="Add products (catalog rows); searchable when this returns")
+    async def add_products(request: Request):
+        from indexer.catalog import CatalogError, read_catalog
+        from indexer.updates import add_products as add
+
+        body = await json_body(request, sc.max_body_bytes)
+        rows = body.get("products") if isinstance(body, dict) and "products" in body else body
+        rows = [rows] if isinstance(rows, dict) else rows
+        if not isinstance(rows, list) or not rows:
+            raise ApiError(422, "products", "send a product object, a list of them, or {\"products\": [...]}")
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "add.jsonl"
+            f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+            try:
+                catalog = read_catalog(f, None, "jsonl")
+            except CatalogError as e:
+                first = e.errors[0] if e.errors else None
+                param = f"products[{first.line - 1}].{first.field}" if first and first.field else "products"
+                raise ApiError(422, param, first.reason if first else str(e)) from None
+            try:
+                report = await _in_thread(add, engine.cfg, catalog, False)
+            except ValueError as e:
+                raise ApiError(409, "products", str(e)) from None
+        reloaded = await _in_thread(engine.reload)
+        metrics.reloads.inc(int(reloaded["changed"]))
+        metrics.version.set(engine.version.number)
+        return {"added": report["added"], "versions": reloaded["versions"]}
+
+    @app.delete("/products/{product_id}", summary="Delete a product; never returned once this returns")
+    def delete_product(product_id: str):
+        try:
+            n = engine.delete([product_id])
+        except KeyError:
+            raise ApiError(404, "product_id", f"{product_id!r} is not in the index") from None
+        return {"product_id": product_id, "deleted": bool(n)}
+
+    # -- operations --------------------------------------------------------------------------------------------
+    @app.post("/admin/reload", summary="Switch to a rebuilt index or changed models")
+    def reload():
+        try:
+            out = engine.reload()
+        except EcomsearchError as e:
+            raise ApiError(409, None, f"reload failed, the running version keeps serving: {e}") from None
+        metrics.reloads.inc(int(out["changed"]))
+        metrics.version.set(engine.version.number)
+        return out
+
+    @app.get("/health", summary="The process answers")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="Indexes and models are loaded")
+    def ready():
+        v = engine.version
+        loaded = {"bm25": True, "dense": "dense" not in cfg.search.stages or "dense" in v._dense,
+                  "cross_encoder": not cfg.rerank.model or v._cross_encoder is not None,
+                  "ranker": not cfg.rerank.ranker or v._ranker is not None}
+        ok = state["ready"] and all(loaded.values())
+        return JSONResponse({"ready": ok, "loaded": loaded, "versions": v.versions()}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    def prometheus():
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/facets", summary="Categories, brands and (demo) users for the search page")
+    def facets():
+        if state["users"] is None:
+            state["users"] = demo_users(engine)
+        p = engine.products
+        return {"categories": sorted(c for c in p.categories if c), "brands": sorted(b for b in p.brands if b),
+                "users": state["users"], "config": cfg.name}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page():
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    if watch if watch is not None else sc.watch_seconds > 0:
+        def watcher():
+            while not stop.wait(sc.watch_seconds):
+                try:
+                    if engine.stale():
+                        out = engine.reload()
+                        metrics.reloads.inc(int(out["changed"]))
+                        metrics.version.set(engine.version.number)
+                        log.info("reloaded: %s", out["versions"])
+                except Exception:  # a half-written build: keep serving, try again next round
+                    log.exception("reload failed; the running version keeps serving")
+
+        threading.Thread(target=watcher, name="index-watcher", daemon=True).start()
+
+    @app.on_event("shutdown")
+    def _stop():
+        stop.set()
+
+    return app
+
+
+async def _in_thread(fn, *args):
+    import anyio
+
+    return await anyio.to_thread.run_sync(lambda: fn(*args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engine.service", description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="configs/demo.yaml")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--log-level", default="warning")
+    args = ap.parse_args(argv)
+    import uvicorn
+
+    from engine.search import SearchEngine
+    from indexer.config import parse_overrides
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        engine = SearchEngine.from_config(args.config, **parse_overrides(args.set))
+    except EcomsearchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    app = create_app(engine)
+    print(f"ecomsearch: {engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
