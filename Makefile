@@ -7,7 +7,10 @@ STAGES ?= bm25,dense-base,dense,hybrid,rerank
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 EXTRAS := $(if $(GPU),gpu,cpu),test
 
-.PHONY: install model demo demo-data index finetune eval eval-personal bench test test-slow ablation clean
+PORT ?= 8000
+HOST ?= 127.0.0.1
+
+.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving load-test test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -40,13 +43,26 @@ demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/de
 	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
 	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
 	$(PY) -m eval.demo_personal --config configs/demo.yaml "蓝牙耳机"
+	@echo
+	@echo "Search page and API: make serve (then open http://$(HOST):$(PORT)/ ; API docs at http://$(HOST):$(PORT)/docs)"
 
 index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m indexer --config $(CONFIG)
 
-# retrain the bi-encoder and the cross-encoder from the config's finetune section, rebuild the dense index
+# retrain the bi-encoder and the cross-encoder from the config's finetune section, rebuild the dense index,
+# export the models the config serves to ONNX (used where the config says runtime: onnx)
 finetune: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
 	$(PY) -m finetune --config $(CONFIG) $(if $(RESUME),--resume)
+	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
+
+onnx: .venv/.installed
+	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
+
+# the HTTP service (FastAPI on uvicorn) over the config's engine: http://$(HOST):$(PORT)/
+serve: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
+	$(PY) -m indexer --config $(CONFIG) --if-stale
+	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
+	$(PY) -m engine.service --config $(CONFIG) --host $(HOST) --port $(PORT)
 
 eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)
@@ -60,6 +76,13 @@ bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/d
 	$(PY) -m eval.bench_dense $(if $(FULL),--full)
 	$(PY) -m indexer --config configs/demo.yaml --if-stale
 	$(PY) -m eval.bench_personal --config configs/demo.yaml
+	$(PY) -m eval.bench_serving --config configs/demo.yaml $(if $(FULL),--full)
+
+# quality against latency of the serving levers, and the HTTP load test (WenTian; ../shared/datasets)
+bench-serving: .venv/.installed
+	$(PY) -m eval.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
+load-test: .venv/.installed
+	$(PY) -m eval.load_test --config $(CONFIG) --out reports/serving/load-$(basename $(notdir $(CONFIG)))
 
 ablation: .venv/.installed
 	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv

@@ -7,9 +7,7 @@ import sys
 import time
 
 from engine.search import SearchEngine
-from indexer.config import ConfigError
-from indexer.encoder import ModelMissingError
-from indexer.store import IndexLoadError
+from engine.types import EcomsearchError, QueryError
 
 
 def format_explain(e: dict) -> str:
@@ -26,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("-k", type=int, default=5)
+    ap.add_argument("--offset", type=int, default=0, help="skip this many hits (paging)")
     ap.add_argument("--category", help="only products of this category")
     ap.add_argument("--brand", help="only products of this brand")
     ap.add_argument("--price-max", type=float)
@@ -36,18 +35,23 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         engine = SearchEngine.from_config(args.config)
-    except (ConfigError, IndexLoadError, ModelMissingError) as e:
+    except EcomsearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     filters = {k: v for k, v in {"category": args.category, "brand": args.brand, "price_max": args.price_max}.items()
                if v is not None}
     for q in args.queries:
         t0 = time.perf_counter()
-        hits = engine.query(q, k=args.k, filters=filters or None, user_id=args.user, personalize=args.personalize,
-                            explain=args.explain)
+        try:
+            hits = engine.query(q, k=args.k, offset=args.offset, filters=filters or None, user_id=args.user,
+                                personalize=args.personalize, explain=args.explain)
+        except QueryError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         ms = (time.perf_counter() - t0) * 1000
         who = f", user {args.user}" if args.user else ""
-        print(f"\n{q}  ({len(hits)} hits, {ms:.1f} ms{who})")
+        why = f"; {hits.reason}" if hits.reason else ""
+        print(f"\n{q}  ({len(hits)} hits, {ms:.1f} ms{who}{why})")
         for h in hits:
             print(f"  {h.rank:>2}. [{h.product_id}] {h.title}  ({h.score:.4g})")
             if h.explain:

@@ -142,6 +142,8 @@ class CrossEncoder:
 def standardize(x: np.ndarray) -> np.ndarray:
     """Zero mean, unit standard deviation over one query's candidates (all zeros when constant)."""
     x = np.asarray(x, dtype=np.float64)
+    if len(x) < 2:  # nothing to standardize against (and no numpy warning for an empty list)
+        return np.zeros_like(x)
     sd = x.std()
     return np.zeros_like(x) if sd == 0 else (x - x.mean()) / sd
 

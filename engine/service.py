@@ -20,6 +20,7 @@ Concurrent searches share the cross-encoder through dynamic micro-batching (:mod
 
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -30,6 +31,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Annotated
 
 from engine.types import EcomsearchError, QueryError
 
@@ -104,7 +106,7 @@ def demo_users(engine, n: int = 8) -> list[dict]:
 
 def create_app(engine, watch: bool | None = None):
     """The FastAPI app over one engine (micro-batching on; a reload watcher when ``serve.watch_seconds`` > 0)."""
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -115,12 +117,18 @@ def create_app(engine, watch: bool | None = None):
     if cfg.rerank.model:
         engine.enable_batching(sc.batch_window_ms, sc.max_batch_pairs)
     metrics.version.set(engine.version.number)
-    app = FastAPI(title="ecomsearch", version="0.1.0",
+    stop = threading.Event()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        stop.set()  # the index watcher ends with the app
+
+    app = FastAPI(title="ecomsearch", version="0.1.0", lifespan=lifespan,
                   description="Product search: BM25 + dense candidates, cross-encoder rerank, personal ranking.")
     app.state.engine = engine
     app.state.metrics = metrics
     state = {"ready": True, "users": None}
-    stop = threading.Event()
 
     # -- errors: JSON naming the parameter, never a stack trace ------------------------------------------------
     @app.exception_handler(ApiError)
@@ -182,7 +190,8 @@ def create_app(engine, watch: bool | None = None):
     # -- search ------------------------------------------------------------------------------------------------
     @app.get("/search", summary="Search the catalog")
     def search(request: Request, q: str | None = None, k: int = 10, offset: int = 0, user: str | None = None,
-               category: list[str] | None = None, brand: list[str] | None = None, price_min: float | None = None,
+               category: Annotated[list[str] | None, Query()] = None,
+               brand: Annotated[list[str] | None, Query()] = None, price_min: float | None = None,
                price_max: float | None = None, explain: bool = False, personalize: float = 1.0):
         unknown = sorted(set(request.query_params) - SEARCH_PARAMS)
         if unknown:
@@ -356,10 +365,6 @@ def create_app(engine, watch: bool | None = None):
                     log.exception("reload failed; the running version keeps serving")
 
         threading.Thread(target=watcher, name="index-watcher", daemon=True).start()
-
-    @app.on_event("shutdown")
-    def _stop():
-        stop.set()
 
     return app
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from indexer.config import Config, ConfigError, load_config
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, model_fingerprint, resolve_model
-from indexer.onnx_files import EXPORT_FILE, onnx_dir, onnx_file
+from indexer.onnx_files import EXPORT_FILE, onnx_dir, onnx_file, read_export
 
 SAMPLE = [("华为手机", "华为 mate60 pro 5g 全网通 智能手机 黑色"), ("iphone15 256gb", "Apple iPhone 15 256GB 蓝色"),
           ("降噪耳机 sony", "索尼 WH-1000XM5 无线降噪耳机")]
@@ -88,15 +88,27 @@ def export_model(path: Path, kind: str, max_length: int, check: bool = True) -> 
     return report
 
 
-def export_config(cfg: Config) -> list[dict]:
-    """Export what the config serves with: the cross-encoder (rerank.model) and the dense query encoder."""
+def current(path: Path, kind: str) -> bool:
+    """Whether ``path`` has an export of this kind made from the weights it holds now."""
+    export = read_export(path)
+    return bool(export) and export.get("kind") == kind and export.get("source_fingerprint") == \
+        model_fingerprint(path, 0) and onnx_file(path, "none").is_file() and onnx_file(path, "int8").is_file()
+
+
+def export_config(cfg: Config, if_missing: bool = False, only_used: bool = False) -> list[dict]:
+    """Export what the config serves with: the cross-encoder (rerank.model) and the dense query encoder.
+    ``if_missing``: keep current exports; ``only_used``: only models the config runs on ONNX."""
     done = []
-    if cfg.rerank.model:
-        p = Path(resolve_model(cfg.rerank.model, cfg.root))
-        done.append(export_model(p, "cross-encoder", cfg.rerank.max_length or 96))
-    if "dense" in cfg.search.stages:
-        p = Path(resolve_model(cfg.dense.model, cfg.root))
-        done.append(export_model(p, "query-encoder", cfg.dense.max_length))
+    todo = []
+    if cfg.rerank.model and (not only_used or cfg.rerank.runtime == "onnx"):
+        todo.append((Path(resolve_model(cfg.rerank.model, cfg.root)), "cross-encoder", cfg.rerank.max_length or 96))
+    if "dense" in cfg.search.stages and (not only_used or cfg.dense.query_runtime == "onnx"):
+        todo.append((Path(resolve_model(cfg.dense.model, cfg.root)), "query-encoder", cfg.dense.max_length))
+    for path, kind, max_length in todo:
+        if if_missing and current(path, kind):
+            done.append({"kind": kind, "source": str(path), "kept": "current export"})
+            continue
+        done.append(export_model(path, kind, max_length))
     return done
 
 
@@ -104,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finetune.export_onnx", description=__doc__)
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--if-missing", action="store_true",
+                    help="only the models the config runs on ONNX, and only where no current export exists")
     args = ap.parse_args(argv)
     from indexer.config import parse_overrides
 
     try:
         cfg = load_config(args.config, **parse_overrides(args.set))
-        for r in export_config(cfg):
+        for r in export_config(cfg, if_missing=args.if_missing, only_used=args.if_missing):
             print(json.dumps(r))
     except (ConfigError, ModelMissingError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -55,8 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def add_rejects_path(cfg):
+    """Where ``--add --skip-bad-rows`` writes the rows it rejected: ``<index_dir>.added.rejected.jsonl``."""
+    return cfg.index_dir.with_name(cfg.index_dir.name + ".added.rejected.jsonl")
+
+
 def update(args) -> int:
-    from indexer.catalog import read_catalog
+    from indexer.catalog import read_catalog, write_rejects
     from indexer.updates import add_products, delete_products
 
     try:
@@ -65,10 +70,24 @@ def update(args) -> int:
             n = delete_products(cfg, args.delete)
             print(f"deleted {n} product(s) from every stage of {cfg.index_dir} (purged at the next rebuild)")
         if args.add:
-            new = read_catalog(args.add, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=args.skip_bad_rows)
+            rejects = add_rejects_path(cfg)
+            try:
+                new = read_catalog(args.add, cfg.catalog.columns, cfg.catalog.format,
+                                   skip_bad_rows=args.skip_bad_rows)
+            except CatalogError as e:
+                if args.skip_bad_rows and e.errors:  # every row bad: the reasons still go to the side file
+                    write_rejects(e.errors, rejects)
+                    raise CatalogError(f"{e} ({len(e.errors)} rejected rows with reasons in {rejects})") from None
+                raise
+            if args.skip_bad_rows:
+                write_rejects(new.rejected, rejects)
             report = add_products(cfg, new, progress=not args.no_progress)
             stages = ", ".join(f"{k}: {v}" for k, v in report["stages"].items())
             print(f"added {report['added']} product(s) in {report['seconds']} s; products per stage: {stages}")
+            if new.rejected:
+                print(f"{len(new.rejected)} rejected row(s), with reasons, written to {rejects}")
+            print("a running engine sees the additions after its reload (the service: POST /admin/reload, or its "
+                  "index watcher within serve.watch_seconds)")
     except (ConfigError, CatalogError, IndexLoadError, ModelMissingError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

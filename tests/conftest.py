@@ -112,3 +112,22 @@ def trained(job_cfg):
     from finetune.job import run_job
 
     return run_job(job_cfg, progress=False)
+
+
+def copy_config(cfg, tmp: Path, **rerank):
+    """``cfg`` over a private copy of its built indexes (tests that delete, add or rebuild), with a user key."""
+    import dataclasses
+    import shutil
+
+    index_dir = tmp / "indexes" / cfg.index_dir.name
+    shutil.copytree(cfg.index_dir, index_dir, symlinks=True,
+                    ignore=shutil.ignore_patterns("events.sqlite*", "deleted.txt", "additions.jsonl"))
+    return dataclasses.replace(
+        cfg, index_dir=index_dir, rerank=dataclasses.replace(cfg.rerank, **rerank),
+        personal=dataclasses.replace(cfg.personal, user_key="test-key", path=index_dir / "events.sqlite"))
+
+
+@pytest.fixture()
+def live_cfg(job_cfg, trained, tmp_path):
+    """The tiny trained pipeline (bm25 + dense + cross-encoder + ranker) over a private copy of its indexes."""
+    return copy_config(job_cfg, tmp_path)

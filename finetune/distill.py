@@ -1,0 +1,186 @@
+"""`python -m finetune.distill --config C --teacher T --layers 2 --out S`: a small cross-encoder distilled from a
+larger one.
+
+The teacher scores the candidates serving will rerank (the union of the bm25 and dense top ``--depth``) of
+training queries (the config's judged training file) and of unlabeled real queries (the Taobao query log);
+queries that are also evaluation queries are left out.  Teacher scores are cached on disk in chunks, so a
+killed run resumes where it stopped.  The student starts from the teacher's first ``--layers`` layers (and its
+scoring head) and learns the teacher's order: a listwise KL divergence between the softmax of the teacher's and
+the student's scores over groups of a query's candidates (the teacher's best always in the group).  Early
+stopping watches the student's agreement with the teacher (mean per-query Pearson correlation) on held-out
+distillation queries: no judged dev query is used for training or for choosing the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from indexer.config import CrossEncoderTrainConfig, load_config, parse_overrides
+
+QUERYLOG = "../shared/datasets/querylog/taobao_queries.tsv"
+
+
+def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: int = 0) -> list[str]:
+    """Training queries (seeded sample) and unlabeled query-log queries, none of them an evaluation query."""
+    from finetune.judged import read_queries
+
+    rng = np.random.default_rng(seed)
+    held = set()
+    if cfg.eval.queries and Path(cfg.eval.queries).is_file():
+        held = set(read_queries(cfg.eval.queries).texts.values())
+    train = sorted(set(read_queries(cfg.finetune.train).texts.values()) - held)
+    out = [train[i] for i in rng.permutation(len(train))[:n_train]]
+    if log_path is not None and log_path.is_file() and n_log:
+        lines = log_path.read_text(encoding="utf-8").splitlines()
+        col = lines[0].split("\t").index("query")
+        log = sorted({ln.split("\t")[col].strip() for ln in lines[1:] if ln.strip()} - held - set(out))
+        out += [log[i] for i in rng.permutation(len(log))[:n_log]]
+    return out
+
+
+def teacher_scores(engine, teacher, queries: list[str], cache: Path, chunk: int = 128) -> list[tuple[str, list[str], np.ndarray]]:
+    """Per query: (query, candidate titles, teacher scores); computed chunk by chunk, cached (resumable)."""
+    from tqdm import tqdm
+
+    cache.mkdir(parents=True, exist_ok=True)
+    out = []
+    titles = engine.products.titles
+    for start in tqdm(range(0, len(queries), chunk), desc="teacher scores"):
+        part = queries[start : start + chunk]
+        key = hashlib.sha256(json.dumps(part, ensure_ascii=False).encode()).hexdigest()[:16]
+        f = cache / f"chunk-{start:07d}-{key}.json"
+        if f.is_file():
+            out += [(q, t, np.asarray(s, dtype=np.float32)) for q, t, s in json.loads(f.read_text(encoding="utf-8"))]
+            continue
+        cands = [c for c, _, _ in engine.stage_candidates(part, engine.live)]
+        pair_q = [q for q, c in zip(part, cands) for _ in c.rows]
+        pair_t = titles.take(r for c in cands for r in c.rows)
+        scores = teacher.predict(pair_q, pair_t)
+        rows, pos = [], 0
+        for q, c in zip(part, cands):
+            n = len(c.rows)
+            rows.append((q, list(pair_t[pos : pos + n]), scores[pos : pos + n].tolist()))
+            pos += n
+        f.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        out += [(q, t, np.asarray(s, dtype=np.float32)) for q, t, s in rows]
+    return out
+
+
+def batches(data, batch_size: int, group: int, rng: np.random.Generator):
+    """Groups of ``group`` candidates per query: the teacher's best plus a random draw of the rest."""
+    usable = [d for d in data if len(d[1]) >= group]
+    while True:
+        order = rng.permutation(len(usable))
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            batch = []
+            for j in order[i : i + batch_size]:
+                q, titles, s = usable[j]
+                best = int(np.argmax(s))
+                rest = np.delete(np.arange(len(titles)), best)
+                pick = np.concatenate([[best], rng.choice(rest, group - 1, replace=False)])
+                batch.append((q, [titles[p] for p in pick], s[pick]))
+            yield batch
+
+
+def kl_loss(student, batch, temperature: float = 1.0):
+    import torch
+
+    g = len(batch[0][1])
+    queries = [q for q, ts, _ in batch for _ in ts]
+    titles = [t for _, ts, _ in batch for t in ts]
+    logits = student.logits(queries, titles).float().view(len(batch), g) / temperature
+    target = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32) / temperature
+    return torch.nn.functional.kl_div(torch.log_softmax(logits, 1), torch.log_softmax(target, 1), log_target=True,
+                                      reduction="batchmean")
+
+
+def agreement(student, held) -> float:
+    """Mean per-query Pearson correlation of the student's scores with the teacher's."""
+    pair_q = [q for q, ts, _ in held for _ in ts]
+    pair_t = [t for _, ts, _ in held for t in ts]
+    s = student.predict(pair_q, pair_t)
+    out, pos = [], 0
+    for _, ts, t in held:
+        a = s[pos : pos + len(ts)]
+        pos += len(ts)
+        if np.std(a) > 0 and np.std(t) > 0:
+            out.append(float(np.corrcoef(a, t)[0, 1]))
+    return float(np.mean(out)) if out else 0.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m finetune.distill", description=__doc__)
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap.add_argument("--teacher", required=True, help="the cross-encoder folder whose scores the student learns")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--train-queries", type=int, default=1500)
+    ap.add_argument("--log-queries", type=int, default=3000)
+    ap.add_argument("--querylog", default=QUERYLOG)
+    ap.add_argument("--depth", type=int, default=30, help="bm25 and dense candidates per query (serving's depth)")
+    ap.add_argument("--held-out", type=int, default=150, help="distillation queries kept for early stopping")
+    ap.add_argument("--max-steps", type=int, default=1500)
+    ap.add_argument("--max-minutes", type=float, default=15.0)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--max-length", type=int, default=96)
+    args = ap.parse_args(argv)
+
+    from engine.onnx_models import OnnxCrossEncoder
+    from engine.rerank import CrossEncoder
+    from engine.search import SearchEngine
+    from finetune import loop
+
+    overrides = parse_overrides(args.set)
+    overrides.setdefault("rerank", {}).update({"depth": args.depth, "ranker": None, "model": None})
+    cfg = load_config(args.config, **overrides)
+    engine = SearchEngine.from_config(cfg)
+    teacher_path = Path(args.teacher)
+    try:  # the teacher's exact scores, faster: its fp32 ONNX export where there is one
+        teacher = OnnxCrossEncoder(teacher_path, args.max_length, 128, "none")
+    except Exception:
+        teacher = CrossEncoder.load(teacher_path, max_length=args.max_length)
+    t0 = time.perf_counter()
+    queries = distill_queries(cfg, args.train_queries, args.log_queries, Path(args.querylog))
+    cache = Path(args.out + ".teacher-cache") / f"{teacher.fingerprint()}-d{args.depth}"
+    data = teacher_scores(engine, teacher, queries, cache)
+    scoring_min = (time.perf_counter() - t0) / 60
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(data))
+    held = [data[i] for i in order[: args.held_out]]
+    train = [data[i] for i in order[args.held_out :]]
+    student = CrossEncoder.from_base(teacher_path, num_layers=args.layers, max_length=args.max_length, device="cpu")
+    student.model.get_input_embeddings().weight.requires_grad_(False)
+    settings = CrossEncoderTrainConfig(num_layers=args.layers, lr=args.lr, batch_size=args.batch_size,
+                                       group_size=args.group, max_length=args.max_length, max_steps=args.max_steps,
+                                       max_minutes=args.max_minutes, warmup_steps=50,
+                                       eval_every=max(50, args.max_steps // 6))
+    params = [p for p in student.model.parameters() if p.requires_grad]
+    out = Path(args.out)
+    card = {"distilled_from": str(teacher_path), "teacher_fingerprint": teacher.fingerprint(), "layers": args.layers,
+            "queries": {"train": min(args.train_queries, len(queries)), "querylog": len(queries) - args.train_queries,
+                        "held_out_for_early_stopping": len(held)},
+            "pairs": int(sum(len(d[1]) for d in data)), "depth": args.depth, "loss": "listwise KL to the teacher",
+            "teacher_scoring_minutes": round(scoring_min, 1)}
+    result = loop.run(student.model, params, lambda r: batches(train, args.batch_size, args.group, r),
+                      lambda b: kl_loss(student, b), settings, out,
+                      save=lambda folder: student.save(folder, card=card),
+                      evaluate=lambda: agreement(student, held), log_path=Path(args.out + ".log.json"),
+                      desc=f"student ({args.layers} layers)", extra_log=card)
+    card.update({"training": {k: v for k, v in result.items() if k != "log"}})
+    (out / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(json.dumps(card, indent=1, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
