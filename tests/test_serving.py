@@ -140,3 +140,26 @@ def test_the_search_page_and_its_contract(client):
     r = client.get("/search", params={"q": "蓝牙耳机", "k": "10", "category": facets["categories"][0],
                                       "user": facets["users"][0]["user_id"], "explain": "true"})
     assert r.status_code == 200
+
+
+def test_the_index_watcher_switches_to_a_rebuilt_index(live_cfg):
+    import dataclasses
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from indexer.build import build_indexes
+
+    cfg = dataclasses.replace(live_cfg, serve=dataclasses.replace(live_cfg.serve, watch_seconds=0.2))
+    engine = SearchEngine.from_config(cfg)
+    with TestClient(create_app(engine), raise_server_exceptions=False) as c:
+        before = c.get("/search", params={"q": "蓝牙耳机"}).json()["versions"]
+        build_indexes(cfg, stages=["bm25"], progress=False)  # `make index` from another process
+        for _ in range(100):
+            if engine.version.number > 1:
+                break
+            time.sleep(0.1)
+        after = c.get("/search", params={"q": "蓝牙耳机"}).json()["versions"]
+        assert after["engine_version"] == "2" and after["bm25"] != before["bm25"]
+        assert after["dense"] == before["dense"]  # unchanged parts are shared, not reloaded
+        assert "ecomsearch_reloads_total 1.0" in c.get("/metrics").text

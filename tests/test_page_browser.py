@@ -1,0 +1,73 @@
+"""The search page at `/` in a real headless browser (Debian's Chromium driven by Playwright), against the real
+HTTP server; skipped where neither is installed (`.ci/run` installs both)."""
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt install chromium)")
+
+
+@pytest.fixture()
+def server(live_cfg):
+    import uvicorn
+
+    from engine.search import SearchEngine
+    from engine.service import create_app
+
+    engine = SearchEngine.from_config(live_cfg)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(engine, watch=False), host="127.0.0.1", port=port,
+                                        log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", engine
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_the_page_searches_filters_personalizes_and_explains(server):
+    url, engine = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_function("document.querySelectorAll('#user option').length > 1")
+        categories = page.eval_on_selector_all("#category option", "os => os.map(o => o.value)")
+        assert "" in categories and len(categories) > 2
+        page.fill("#q", "蓝牙耳机")
+        page.fill("#k", "5")
+        page.click("#go")
+        page.wait_for_selector(".hit")
+        shown = page.eval_on_selector_all(".hit", "hs => hs.map(h => h.dataset.productId)")
+        assert shown == [h.product_id for h in engine.query("蓝牙耳机", k=5)]
+        assert "hits in" in page.inner_text("#status")
+        # a filter, a user and the explain view
+        category = categories[1]
+        page.select_option("#category", category)
+        page.select_option("#user", index=1)
+        page.check("#explain")
+        page.click("#go")
+        page.wait_for_selector(".hit .explain")
+        ids = page.eval_on_selector_all(".hit", "hs => hs.map(h => h.dataset.productId)")
+        rows = [engine.products.row_of(i) for i in ids]
+        assert ids and all(engine.products.categories[int(engine.products.category_codes[r])] == category
+                           for r in rows)
+        assert "cross-encoder" in page.inner_text(".hit .explain")
+        # a bad request shows the API's error naming the parameter
+        page.fill("#q", "   ")
+        page.click("#go")
+        page.wait_for_selector("#status.error")
+        assert "q: empty" in page.inner_text("#status")
+        browser.close()
