@@ -141,3 +141,24 @@ def test_a_killed_build_leaves_no_partial_folder_behind(bm25_cfg):
     build_indexes(cfg, progress=False)
     assert not partial.exists() and not serving.exists()  # the old version is replaced, the partial one removed
     assert sorted(p.name.split("@")[0] for p in cfg.index_dir.glob("bm25@*")) == ["bm25"]
+
+
+def test_adds_and_deletes_from_two_processes_at_once_lose_nothing(bm25_cfg, tmp_path):
+    cfg = load_config(bm25_cfg)
+    files = [jsonl(tmp_path / f"add{i}.jsonl", [{"id": f"A{i}-{j}", "title": f"新品 {i} 号 {j} 款 音箱"}
+                                                 for j in range(5)]) for i in range(2)]
+    victims = SearchEngine.from_config(cfg, load_models=False).products.ids.tolist()[:6]
+    procs = [subprocess.Popen([sys.executable, "-m", "indexer", "--config", str(bm25_cfg), "--add", str(f),
+                               "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for f in files]
+    procs += [subprocess.Popen([sys.executable, "-m", "indexer", "--config", str(bm25_cfg), "--delete", *victims[i::2]],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for p in procs:
+        assert p.wait(300) == 0, p.stderr.read()
+    eng = SearchEngine.from_config(cfg)
+    ids = set(eng.products.ids.tolist())
+    assert {f"A{i}-{j}" for i in range(2) for j in range(5)} <= ids
+    from indexer.updates import deleted_ids
+
+    assert deleted_ids(cfg) == set(victims)
+    assert len((cfg.index_dir / "additions.jsonl").read_text().splitlines()) == 10
