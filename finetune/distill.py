@@ -27,7 +27,7 @@ from indexer.config import CrossEncoderTrainConfig, load_config, parse_overrides
 QUERYLOG = "../shared/datasets/querylog/taobao_queries.tsv"
 
 
-def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: int = 0) -> list[str]:
+def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: int = 0) -> tuple[list[str], list[str]]:
     """Training queries (seeded sample) and unlabeled query-log queries, none of them an evaluation query."""
     from finetune.judged import read_queries
 
@@ -35,14 +35,22 @@ def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: 
     held = set()
     if cfg.eval.queries and Path(cfg.eval.queries).is_file():
         held = set(read_queries(cfg.eval.queries).texts.values())
-    train = sorted(set(read_queries(cfg.finetune.train).texts.values()) - held)
+    path = Path(cfg.finetune.train)
+    if path.suffix == ".jsonl":  # a click log: the queries users typed
+        from finetune.clicklog import read_clicklog
+
+        texts = {e.query for e in read_clicklog(path) if e.query}
+    else:  # judged pairs
+        texts = set(read_queries(path).texts.values())
+    train = sorted(texts - held)
     out = [train[i] for i in rng.permutation(len(train))[:n_train]]
+    extra: list[str] = []
     if log_path is not None and log_path.is_file() and n_log:
         lines = log_path.read_text(encoding="utf-8").splitlines()
         col = lines[0].split("\t").index("query")
         log = sorted({ln.split("\t")[col].strip() for ln in lines[1:] if ln.strip()} - held - set(out))
-        out += [log[i] for i in rng.permutation(len(log))[:n_log]]
-    return out
+        extra = [log[i] for i in rng.permutation(len(log))[:n_log]]
+    return out, extra
 
 
 def teacher_scores(engine, teacher, queries: list[str], cache: Path, chunk: int = 128) -> list[tuple[str, list[str], np.ndarray]]:
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.rerank import CrossEncoder
     from engine.search import SearchEngine
     from finetune import loop
+    from indexer.encoder import ModelMissingError
 
     overrides = parse_overrides(args.set)
     overrides.setdefault("rerank", {}).update({"depth": args.depth, "ranker": None, "model": None})
@@ -147,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     teacher_path = Path(args.teacher)
     try:  # the teacher's exact scores, faster: its fp32 ONNX export where there is one
         teacher = OnnxCrossEncoder(teacher_path, args.max_length, 128, "none")
-    except Exception:
+    except ModelMissingError:  # no export: torch
         teacher = CrossEncoder.load(teacher_path, max_length=args.max_length)
     t0 = time.perf_counter()
-    queries = distill_queries(cfg, args.train_queries, args.log_queries, Path(args.querylog))
+    train_q, log_q = distill_queries(cfg, args.train_queries, args.log_queries, Path(args.querylog))
+    queries = train_q + log_q
     cache = Path(args.out + ".teacher-cache") / f"{teacher.fingerprint()}-d{args.depth}"
     data = teacher_scores(engine, teacher, queries, cache)
     scoring_min = (time.perf_counter() - t0) / 60
@@ -167,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     params = [p for p in student.model.parameters() if p.requires_grad]
     out = Path(args.out)
     card = {"distilled_from": str(teacher_path), "teacher_fingerprint": teacher.fingerprint(), "layers": args.layers,
-            "queries": {"train": min(args.train_queries, len(queries)), "querylog": len(queries) - args.train_queries,
+            "queries": {"train": len(train_q), "querylog": len(log_q),
                         "held_out_for_early_stopping": len(held)},
             "pairs": int(sum(len(d[1]) for d in data)), "depth": args.depth, "loss": "listwise KL to the teacher",
             "teacher_scoring_minutes": round(scoring_min, 1)}

@@ -229,3 +229,34 @@ def test_onnx_runtime_scores_and_vectors_match_torch(live_cfg):
     for q in QUERIES:
         assert _ids(onnx_eng.query(q, k=10)) == _ids(torch_eng.query(q, k=10))
     assert "onnx" in onnx_eng.query("猫粮").versions["cross_encoder"]
+
+
+def test_distillation_trains_a_smaller_student_from_teacher_scores_and_resumes_its_cache(live_cfg, tmp_path):
+    import json
+
+    import yaml
+
+    from finetune.distill import main as distill
+
+    raw = {"name": "t", "root": str(live_cfg.root), "catalog": {"path": str(live_cfg.catalog.path)},
+           "index_dir": str(live_cfg.index_dir), "text": {"unknown_word_ngrams": 1},
+           "dense": {"model": str(live_cfg.dense.model), "base_model": str(live_cfg.dense.base_model),
+                     "max_length": 64}, "search": {"stages": ["bm25", "dense"]},
+           "finetune": {"train": str(live_cfg.finetune.train)}, "eval": {"queries": str(live_cfg.eval.queries)}}
+    cfg_path = tmp_path / "t.yaml"
+    cfg_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    log = tmp_path / "log.tsv"
+    log.write_text("qid\tquery\n1\t蓝牙耳机 降噪\n2\t猫粮 成猫\n3\t洗衣液\n", encoding="utf-8")
+    teacher = live_cfg.rerank.model
+    args = ["--config", str(cfg_path), "--teacher", str(teacher), "--layers", "1", "--out", str(tmp_path / "s"),
+            "--train-queries", "30", "--log-queries", "3", "--querylog", str(log), "--depth", "10",
+            "--held-out", "5", "--max-steps", "4", "--batch-size", "4", "--group", "4", "--max-length", "32"]
+    assert distill(args) == 0
+    card = json.loads((tmp_path / "s" / "model_card.json").read_text())
+    assert card["layers"] == 1 and 1 <= card["queries"]["querylog"] <= 3 and card["pairs"] > 0
+    assert json.loads((tmp_path / "s" / "config.json").read_text())["num_hidden_layers"] == 1
+    chunks = list((tmp_path / "s.teacher-cache").rglob("chunk-*.json"))
+    assert chunks
+    # a second run reads the teacher's scores from the cache (no teacher pass): same pairs
+    assert distill(args) == 0
+    assert json.loads((tmp_path / "s" / "model_card.json").read_text())["pairs"] == card["pairs"]
