@@ -67,23 +67,15 @@ class OnnxCrossEncoder:
         return f"{self.path.name} (onnx {self.quantize}, max_length {self.max_length})"
 
     def predict(self, queries: Sequence[str], titles: Sequence[str], batch_size: int | None = None) -> np.ndarray:
-        if len(queries) != len(titles):
-            raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
-        n = len(queries)
-        out = np.zeros(n, dtype=np.float32)
-        if n == 0:
-            return out
-        bs = batch_size or self.batch_size
-        order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
-        for i in range(0, n, bs):
-            idx = order[i : i + bs]
+        from engine.rerank import score_in_batches
+
+        def score(qs, ts):
             with self._tok_lock:
-                feats = self.tokenizer([QUERY_PREFIX + queries[j] for j in idx],
-                                       [PASSAGE_PREFIX + titles[j] for j in idx], padding=True,
+                feats = self.tokenizer([QUERY_PREFIX + q for q in qs], [PASSAGE_PREFIX + t for t in ts], padding=True,
                                        truncation="longest_first", max_length=self.max_length, return_tensors="np")
-            feed = {k: feats[k].astype(np.int64) for k in self.inputs}
-            out[idx] = self.session.run(None, feed)[0][:, 0]
-        return out
+            return self.session.run(None, {k: feats[k].astype(np.int64) for k in self.inputs})[0][:, 0]
+
+        return score_in_batches(queries, titles, batch_size or self.batch_size, score)
 
 
 class OnnxQueryEncoder:

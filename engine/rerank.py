@@ -109,22 +109,14 @@ class CrossEncoder:
         """Scores of the pairs ``(queries[i], titles[i])``, float32, in input order."""
         import torch
 
-        if len(queries) != len(titles):
-            raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
-        n = len(queries)
-        out = np.zeros(n, dtype=np.float32)
-        if n == 0:
-            return out
-        bs = batch_size or self.batch_size
-        order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
+        def score(qs, ts):
+            return self.logits(qs, ts).float().cpu().numpy()
+
         with self._lock:
             was_training = self.model.training
             self.model.eval()
             with torch.inference_mode():
-                for i in range(0, n, bs):
-                    idx = order[i : i + bs]
-                    scores = self.logits([queries[j] for j in idx], [titles[j] for j in idx])
-                    out[idx] = scores.float().cpu().numpy()
+                out = score_in_batches(queries, titles, batch_size or self.batch_size, score)
             self.model.train(was_training)
         return out
 
@@ -137,6 +129,20 @@ class CrossEncoder:
                                                    "passage_prefix": PASSAGE_PREFIX}, indent=1), encoding="utf-8")
         if card is not None:
             (p / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
+def score_in_batches(queries: Sequence[str], titles: Sequence[str], batch_size: int, score) -> np.ndarray:
+    """``score(queries, titles)`` over batches of pairs sorted by length (short padding), float32 scores back in
+    input order: the batching every cross-encoder runtime shares."""
+    if len(queries) != len(titles):
+        raise ValueError(f"{len(queries)} queries but {len(titles)} titles")
+    n = len(queries)
+    out = np.zeros(n, dtype=np.float32)
+    order = np.argsort([len(q) + len(t) for q, t in zip(queries, titles)], kind="stable")
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        out[idx] = score([queries[j] for j in idx], [titles[j] for j in idx])
+    return out
 
 
 def standardize(x: np.ndarray) -> np.ndarray:

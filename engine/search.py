@@ -86,19 +86,6 @@ class IndexVersion:
                 self.ranker()
         self._previous = None
 
-    @classmethod
-    def from_config(cls, path: str | Path | Config, verify: bool = True, load_models: bool = True,
-                    **overrides) -> "SearchEngine":
-        """Load the engine for a config file (or an already loaded :class:`Config`).
-
-        Fails with a clear error if an index is missing, corrupt, from another
-        format version, built with other settings than the config's, or (dense)
-        built with another encoder.  ``load_models=False`` defers loading the
-        models to their first use (event ingestion needs none).
-        """
-        cfg = path if isinstance(path, Config) else load_config(path, **overrides)
-        return cls(cfg, open_bm25(cfg, verify), verify=verify, load_models=load_models)
-
     def dense_stage(self, stage: str):
         """The encoder and FAISS index of a dense stage, loaded once."""
         if stage in self._dense:

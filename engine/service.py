@@ -187,6 +187,16 @@ def create_app(engine, watch: bool | None = None):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ApiError(400, "body", f"malformed JSON: {e}") from None
 
+    async def json_items(request: Request, key: str, one: str) -> list:
+        """The body as a list of objects: one object, a list of them, or ``{key: [...]}``."""
+        body = await json_body(request, sc.max_body_bytes)
+        items = body.get(key) if isinstance(body, dict) and key in body else body
+        items = [items] if isinstance(items, dict) else items
+        if not isinstance(items, list) or not items:
+            raise ApiError(422, key, f"send {'an' if one[0] in 'aeiou' else 'a'} {one} object, a list of them, "
+                                     f"or {{\"{key}\": [...]}}")
+        return items
+
     # -- search ------------------------------------------------------------------------------------------------
     @app.get("/search", summary="Search the catalog")
     def search(request: Request, q: str | None = None, k: int = 10, offset: int = 0, user: str | None = None,
@@ -226,11 +236,7 @@ def create_app(engine, watch: bool | None = None):
     async def events(request: Request):
         from engine.events import EventError, PrivacyError
 
-        body = await json_body(request, sc.max_body_bytes)
-        items = body.get("events") if isinstance(body, dict) and "events" in body else body
-        items = [items] if isinstance(items, dict) else items
-        if not isinstance(items, list) or not items:
-            raise ApiError(422, "events", "send an event object, a list of them, or {\"events\": [...]}")
+        items = await json_items(request, "events", "event")
         if len(items) > sc.max_events:
             raise ApiError(413, "events", f"{len(items):,} events; at most {sc.max_events:,} per request")
         ev = engine.user_events()
@@ -279,11 +285,7 @@ def create_app(engine, watch: bool | None = None):
         from indexer.catalog import CatalogError, read_catalog
         from indexer.updates import add_products as add
 
-        body = await json_body(request, sc.max_body_bytes)
-        rows = body.get("products") if isinstance(body, dict) and "products" in body else body
-        rows = [rows] if isinstance(rows, dict) else rows
-        if not isinstance(rows, list) or not rows:
-            raise ApiError(422, "products", "send a product object, a list of them, or {\"products\": [...]}")
+        rows = await json_items(request, "products", "product")
         with tempfile.TemporaryDirectory() as tmp:
             f = Path(tmp) / "add.jsonl"
             f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
