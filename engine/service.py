@@ -114,7 +114,7 @@ def create_app(engine, watch: bool | None = None):
     cfg = engine.cfg
     sc = cfg.serve
     metrics = Metrics()
-    if cfg.rerank.model:
+    if cfg.rerank.model and sc.batch_window_ms > 0:  # 0: every request scores its own pairs
         engine.enable_batching(sc.batch_window_ms, sc.max_batch_pairs)
     metrics.version.set(engine.version.number)
     stop = threading.Event()

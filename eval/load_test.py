@@ -3,7 +3,8 @@
 Starts ``python -m engine.service`` for the config (its own process, a free port), waits for ``/ready``, then an
 async ``httpx`` driver sends ``--n`` queries from the query log (``../shared/datasets/querylog``) with 1, 4 and
 16 concurrent clients (closed loop: each client sends its next query when the last one answered), once with the
-cross-encoder micro-batching on and once off (``serve.batch_window_ms=0``: every request runs its own batch).
+cross-encoder micro-batching on and once off (``serve.batch_window_ms=0``: every request runs its own batch),
+the candidate cache off (every level replays the same queries).
 Reported per run: QPS, p50/p90/p99 latency, errors (any non-200 answer or failed connection).
 
 ``--churn`` (the demo config): while clients query, a second task deletes products (``DELETE /products``),
@@ -137,7 +138,9 @@ def scrape(url: str) -> dict:
 
 def run_load(config: str, sets: list[str], queries: list[str], levels: list[int], batching: bool,
              log: Path | None) -> list[dict]:
-    sets = list(sets) + ([] if batching else ["serve.batch_window_ms=0"]) + ["serve.watch_seconds=0"]
+    # the candidate cache off: every level replays the same queries, and each must cost what a new query costs
+    sets = list(sets) + ([] if batching else ["serve.batch_window_ms=0"]) + ["serve.watch_seconds=0",
+                                                                              "search.cache_size=0"]
     with Service(config, sets, log=log) as svc:
         svc.wait_ready()
         asyncio.run(drive(svc.url, queries[:20], 2))  # warm up

@@ -255,7 +255,7 @@ class EvalConfig:
 class ServeConfig:
     """The HTTP service (engine.service, `make serve`)."""
 
-    # cross-encoder work of concurrent requests is gathered for up to this long and scored in one batch
+    # cross-encoder work of concurrent requests is gathered for up to this long and scored in one batch (0: off)
     batch_window_ms: float = 3.0
     max_batch_pairs: int = 1024
     # request bodies above this are refused (413)
