@@ -397,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     app = create_app(engine)
+    engine.query(engine.products.titles[0], k=10)  # first-call costs (ranker, event store) before the first client
     print(f"ecomsearch: {engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
