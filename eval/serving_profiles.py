@@ -28,25 +28,41 @@ from finetune.judged import read_queries
 from indexer.config import load_config, parse_overrides
 
 # name -> (what changes, overrides); the first is the reference every other is compared with
+CE = "models/wentian/cross-encoder"  # the 4-layer cross-encoder (`make finetune CONFIG=configs/wentian.yaml`)
+STUDENT = "models/wentian/cross-encoder-L2-distilled"  # `python -m finetune.distill ... --layers 2`
+# every profile names every lever, so that none depends on what the config currently chooses
+REF = {"rerank": {"model": CE, "runtime": "torch", "quantize": "none", "depth": 50, "max_length": None,
+                  "ranker": "models/wentian/ranker"},
+       "dense": {"query_runtime": "torch", "query_quantize": "none"}}
+
+
+def lever(rerank: dict | None = None, dense: dict | None = None) -> dict:
+    return {"rerank": {**REF["rerank"], **(rerank or {})}, "dense": {**REF["dense"], **(dense or {})}}
+
+
 FP32 = {"runtime": "onnx"}  # ONNX Runtime fp32: the same scores as torch (max difference ~1e-5), 4x faster
 INT8 = {"runtime": "onnx", "quantize": "int8"}
-QENC = {"dense": {"query_runtime": "onnx", "query_quantize": "int8"}}
+QENC = {"query_runtime": "onnx", "query_quantize": "int8"}
 # name -> (what changes, overrides); "torch" is the reference every other is compared with.  Each lever alone is
 # measured on ONNX fp32 (torch's scores, so the same quality as torch would give, at ONNX's speed); then combined.
 PROFILES: dict[str, tuple[str, dict]] = {
-    "hybrid": ("first stages only (no rerank)", {"rerank": {"model": None, "ranker": None}}),
-    "torch": ("4-layer cross-encoder, torch, depth 50, max length 96, ranker (reference)", {}),
-    "onnx-fp32": ("ONNX Runtime, fp32", {"rerank": FP32}),
-    "onnx-int8": ("ONNX Runtime, int8 weights", {"rerank": INT8}),
-    "qenc-int8": ("+ query encoder on ONNX int8 (cross-encoder ONNX fp32)", {"rerank": FP32, **QENC}),
-    "depth30": ("depth 30 (ONNX fp32)", {"rerank": {**FP32, "depth": 30}}),
-    "depth20": ("depth 20 (ONNX fp32)", {"rerank": {**FP32, "depth": 20}}),
+    "hybrid": ("first stages only (no rerank)", lever({"model": None, "ranker": None})),
+    "torch": ("4-layer cross-encoder, torch, depth 50, max length 96, ranker (reference)", lever()),
+    "onnx-fp32": ("ONNX Runtime, fp32", lever(FP32)),
+    "onnx-int8": ("ONNX Runtime, int8 weights", lever(INT8)),
+    "qenc-int8": ("+ query encoder on ONNX int8 (cross-encoder ONNX fp32)", lever(FP32, QENC)),
+    "depth30": ("depth 30 (ONNX fp32)", lever({**FP32, "depth": 30})),
+    "depth20": ("depth 20 (ONNX fp32)", lever({**FP32, "depth": 20})),
     "len48-mix": ("max length 48 (ONNX fp32; z-score mix: the ranker was trained at 96)",
-                  {"rerank": {**FP32, "max_length": 48, "ranker": None}}),
-    "mix": ("z-score mix instead of the ranker (ONNX fp32)", {"rerank": {**FP32, "ranker": None}}),
-    "int8+qenc": ("ONNX int8 cross-encoder and query encoder", {"rerank": INT8, **QENC}),
-    "int8+qenc+d30": ("ONNX int8 cross-encoder and query encoder, depth 30", {"rerank": {**INT8, "depth": 30}, **QENC}),
-    "int8+qenc+d20": ("ONNX int8 cross-encoder and query encoder, depth 20", {"rerank": {**INT8, "depth": 20}, **QENC}),
+                  lever({**FP32, "max_length": 48, "ranker": None})),
+    "mix": ("z-score mix instead of the ranker (ONNX fp32)", lever({**FP32, "ranker": None})),
+    "int8+qenc": ("ONNX int8 cross-encoder and query encoder", lever(INT8, QENC)),
+    "int8+qenc+d30": ("ONNX int8 cross-encoder and query encoder, depth 30", lever({**INT8, "depth": 30}, QENC)),
+    "int8+qenc+d20": ("ONNX int8 cross-encoder and query encoder, depth 20", lever({**INT8, "depth": 20}, QENC)),
+    "int8+qenc+d20-mix": ("the same with the z-score mix (to compare with the student)",
+                          lever({**INT8, "depth": 20, "ranker": None}, QENC)),
+    "student+int8+qenc+d20-mix": ("2-layer student distilled from the 4-layer model, ONNX int8, depth 20, "
+                                  "z-score mix", lever({**INT8, "depth": 20, "ranker": None, "model": STUDENT}, QENC)),
 }
 
 
