@@ -104,11 +104,11 @@ class IndexVersion:
             d = self.cfg.dense
             folder = folder.resolve()  # one build folder, opened once: a swap during the load cannot mix two
             old = self._previous._dense.get(stage) if self._previous is not None else None
-            if old is not None and old[1].manifest.get("build_id") == _build_id(folder) \
-                    and old[0].fingerprint == _encoder_fingerprint(self.cfg, stage):
+            same_encoder = old is not None and old[0].fingerprint == _encoder_fingerprint(self.cfg, stage)
+            if same_encoder and old[1].manifest.get("build_id") == _build_id(folder):
                 self._dense[stage] = old  # same index build, same encoder
                 return old
-            encoder = query_encoder(self.cfg, stage)
+            encoder = old[0] if same_encoder else query_encoder(self.cfg, stage)
             index = DenseIndex.load(folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe,
                                     ef_search=d.ef_search)
             if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") \

@@ -297,7 +297,7 @@ def create_app(engine, watch: bool | None = None):
                 raise ApiError(422, param, first.reason if first else str(e)) from None
             try:
                 report = await _in_thread(add, engine.cfg, catalog, False)
-            except ValueError as e:
+            except (ValueError, EcomsearchError) as e:  # already there; an index that cannot take additions
                 raise ApiError(409, "products", str(e)) from None
         reloaded = await _in_thread(engine.reload)
         metrics.reloads.inc(int(reloaded["changed"]))

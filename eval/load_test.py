@@ -199,14 +199,13 @@ async def churn(url: str, config: str, queries: list[str], product_ids: list[str
             steps.append(f"added product {new_id} found after reload: "
                          f"{any(h['product_id'] == new_id for h in r.json()['hits'])}")
 
-    loop_queries = queries * 50
     done = asyncio.Event()
 
     async def clients():
         results = []
         i = 0
         while not done.is_set():
-            batch = loop_queries[i : i + 40]
+            batch = [queries[(i + j) % len(queries)] for j in range(40)]
             i += 40
             results.append(await drive(url, batch, 4, check=check))
         return results
@@ -291,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"skipped: {qpath} not found (../shared/datasets is not on this machine)", file=sys.stderr)
         return 0
     queries = read_queries(qpath, args.n)
-    levels = [int(c) for c in args.concurrency.split(",")]
+    levels = [int(c) for c in args.concurrency.split(",") if c]
     result = {"config": args.config, "sets": args.set, "n": len(queries), "runs": []}
-    for mode in args.batching.split(","):
+    for mode in [m for m in args.batching.split(",") if m and levels]:
         result["runs"] += run_load(args.config, args.set, queries, levels, mode == "on", out / f"service-{mode}.log")
     if args.churn:
         result["churn"] = run_churn(args.config, args.set, queries[:200], out)

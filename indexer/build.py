@@ -10,7 +10,7 @@ from typing import Iterable
 from indexer import bm25
 from indexer.catalog import Catalog, read_catalog, write_rejects
 from indexer.config import Config
-from indexer.dense import DENSE_STAGES
+from indexer.dense import DENSE_STAGES, index_stages  # noqa: F401  (index_stages: re-exported)
 from indexer.store import IndexLoadError, read_manifest, sha256_file
 
 
@@ -40,19 +40,6 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     if skip:  # rewritten on every skipping build, so it never lists rows of an older catalog
         write_rejects(catalog.rejected, cfg.rejects_path)
     return with_additions(cfg, catalog)
-
-
-def index_stages(cfg: Config, extra: Iterable[str] = ()) -> list[str]:
-    """The indexes a config needs: always bm25 (it holds the product table), plus its dense stages
-    (``dense-base`` only where its model differs from ``dense``'s: otherwise they share one index)."""
-    stages = ["bm25"]
-    for s in list(cfg.search.stages) + list(extra):
-        s = "dense" if s in ("hybrid", "rerank") else s
-        if s in DENSE_STAGES:
-            from indexer.dense import stage_index_dir
-
-            stages.append(stage_index_dir(cfg, s).name)
-    return list(dict.fromkeys(stages))
 
 
 def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,

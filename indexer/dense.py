@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Iterable
 
 import faiss
 import numpy as np
@@ -239,3 +240,14 @@ def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_h
     manifest = write_index(path, lambda folder: {**dense.save_to(folder), **extras}, KIND, config_hash)
     dense.manifest = manifest
     return manifest, dense
+
+
+def index_stages(cfg, extra: Iterable[str] = ()) -> list[str]:
+    """The indexes a config needs: always bm25 (it holds the product table), plus its dense stages
+    (``dense-base`` only where its model differs from ``dense``'s: otherwise they share one index)."""
+    stages = ["bm25"]
+    for s in list(cfg.search.stages) + list(extra):
+        s = "dense" if s in ("hybrid", "rerank") else s
+        if s in DENSE_STAGES:
+            stages.append(stage_index_dir(cfg, s).name)
+    return list(dict.fromkeys(stages))

@@ -172,10 +172,14 @@ def _add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
     texts = catalog.index_texts()
     report = {"added": len(catalog), "stages": {}}
 
-    # dense stages first: a reader that sees the new BM25 table also finds the new vectors
+    # dense stages first: a reader that sees the new BM25 table also finds the new vectors.  Only the stages the
+    # config uses: another one left in the folder (an older build, another format) is not this config's business
+    from indexer.dense import index_stages
+
+    used = set(index_stages(cfg))
     for stage in DENSE_STAGES:
         folder = cfg.index_dir / stage
-        if not (folder / "manifest.json").is_file():
+        if stage not in used or not (folder / "manifest.json").is_file():
             continue
         from indexer.dense import KIND as DENSE_KIND
         from indexer.dense import DenseIndex, dense_encoder
