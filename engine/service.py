@@ -165,11 +165,9 @@ def create_app(engine, watch: bool | None = None):
                 return _error(400, "content-length", f"not a number: {length!r}")
             if int(length) > sc.max_body_bytes:
                 return _error(413, "body", f"{int(length):,} bytes; at most {sc.max_body_bytes:,}")
-        route = request.scope.get("route")
         t0 = time.perf_counter()
         response = await call_next(request)
-        route = request.scope.get("route") or route
-        endpoint = getattr(route, "path", "unmatched")
+        endpoint = getattr(request.scope.get("route"), "path", "unmatched")
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
         return response
@@ -219,11 +217,8 @@ def create_app(engine, watch: bool | None = None):
         filters = {f: v for f, v in filters.items() if v is not None}
         if user is not None and not user.strip():
             raise ApiError(422, "user", "must not be empty")
-        try:
-            res = engine.query(q, k=k, offset=offset, filters=filters or None, user_id=user,
-                               personalize=personalize, explain=explain)
-        except QueryError:
-            raise
+        res = engine.query(q, k=k, offset=offset, filters=filters or None, user_id=user, personalize=personalize,
+                           explain=explain)  # a QueryError becomes a 422 naming the parameter
         for step, ms in res.timings_ms.items():
             if step not in ("pairs", "cache_hits") and isinstance(ms, float):
                 metrics.stage.labels(step).observe(ms / 1000.0)

@@ -163,3 +163,14 @@ def test_the_index_watcher_switches_to_a_rebuilt_index(live_cfg):
         assert after["engine_version"] == "2" and after["bm25"] != before["bm25"]
         assert after["dense"] == before["dense"]  # unchanged parts are shared, not reloaded
         assert "ecomsearch_reloads_total 1.0" in c.get("/metrics").text
+
+
+def test_a_server_side_failure_is_a_json_500_with_an_error_id_and_no_stack_trace(client):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire at /secret/path")
+
+    client.engine.version.query = broken
+    r = client.get("/search", params={"q": "蓝牙耳机"})
+    assert r.status_code == 500
+    err = r.json()["error"]
+    assert err["error_id"] and "Traceback" not in r.text and "/secret/path" not in r.text
