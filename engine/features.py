@@ -59,8 +59,8 @@ class Candidates:
         for name, lst in zip(stages, top):
             scores[name], rank = stage_lookup(rows, lst)
             ranks[name] = np.where(rank > 0, rank, depth + 1.0)
-        return cls(rows, np.asarray(fused.scores, dtype=np.float64), first_stage_scores(fused, top, first_mode),
-                   scores, ranks, None, list(lists))
+        first = first_stage_scores(fused, top, first_mode, [scores[name] for name in stages])
+        return cls(rows, np.asarray(fused.scores, dtype=np.float64), first, scores, ranks, None, list(lists))
 
 
 def ctr_popularity(counts: np.ndarray, totals: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ with "Already borrowed").  An export made from other weights than the model fold
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -19,95 +20,96 @@ from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, mod
 from indexer.onnx_files import onnx_file, read_export
 
 
-def _session(model_path: Path, quantize: str, kind: str, threads: int = 0):
-    import onnxruntime as ort
+class _OnnxModel:
+    """An exported model's ONNX Runtime session and tokenizer: the part both encoders share."""
 
-    export = read_export(model_path)
-    f = onnx_file(model_path, quantize)
-    if export is None or not f.is_file():
-        raise ModelMissingError(f"no ONNX export of {model_path} ({f} missing); run "
-                                "`python -m finetune.export_onnx --config <config>`")
-    if export.get("kind") != kind:
-        raise ModelMissingError(f"{f} is a {export.get('kind')} export, not a {kind}")
-    if export.get("source_fingerprint") != model_fingerprint(model_path, 0):
-        raise ModelMissingError(f"{f} was exported from other weights than {model_path} now holds; re-run "
-                                "`python -m finetune.export_onnx --config <config>`")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or (os.cpu_count() or 1)
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"]), export
+    kind = ""  # the export kind this class runs (export.json)
 
+    def __init__(self, path: Path, max_length: int, quantize: str = "none", threads: int = 0):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
-def _tokenizer(model_path: Path):
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    return AutoTokenizer.from_pretrained(str(model_path))
-
-
-class OnnxCrossEncoder:
-    """(query, title) pairs → relevance scores, as :class:`engine.rerank.CrossEncoder`, on ONNX Runtime."""
-
-    def __init__(self, path: Path, max_length: int, batch_size: int = 128, quantize: str = "none", threads: int = 0):
         self.path = Path(path)
         self.max_length = max_length
-        self.batch_size = batch_size
         self.quantize = quantize
-        self.session, export = _session(self.path, quantize, "cross-encoder", threads)
+        export = read_export(self.path)
+        f = onnx_file(self.path, quantize)
+        if export is None or not f.is_file():
+            raise ModelMissingError(f"no ONNX export of {self.path} ({f} missing); run "
+                                    "`python -m finetune.export_onnx --config <config>`")
+        if export.get("kind") != self.kind:
+            raise ModelMissingError(f"{f} is a {export.get('kind')} export, not a {self.kind}")
+        if export.get("source_fingerprint") != model_fingerprint(self.path, 0):
+            raise ModelMissingError(f"{f} was exported from other weights than {self.path} now holds; re-run "
+                                    "`python -m finetune.export_onnx --config <config>`")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(f), so, providers=["CPUExecutionProvider"])
         self.inputs = export["inputs"]
-        self.tokenizer = _tokenizer(self.path)
+        hf_logging.set_verbosity_error()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self._tok_lock = threading.Lock()
 
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.path, self.max_length)
+    @property
+    def runtime(self) -> str:
+        return f"onnx-{self.quantize}"
 
-    def describe(self) -> str:
-        return f"{self.path.name} (onnx {self.quantize}, max_length {self.max_length})"
+    def _run(self, *texts, truncation) -> tuple[np.ndarray, dict]:
+        """The graph's output for tokenized ``texts`` (one list, or two for pairs), and the features."""
+        with self._tok_lock:
+            feats = self.tokenizer(*texts, padding=True, truncation=truncation, max_length=self.max_length,
+                                   return_tensors="np")
+        return self.session.run(None, {k: feats[k].astype(np.int64) for k in self.inputs})[0], feats
+
+
+class OnnxCrossEncoder(_OnnxModel):
+    """(query, title) pairs → relevance scores, as :class:`engine.rerank.CrossEncoder`, on ONNX Runtime."""
+
+    kind = "cross-encoder"
+
+    def __init__(self, path: Path, max_length: int, batch_size: int = 128, quantize: str = "none", threads: int = 0):
+        super().__init__(path, max_length, quantize, threads)
+        self.batch_size = batch_size
+        self._fingerprint = model_fingerprint(self.path, self.max_length)  # the weights exported (checked above)
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
 
     def predict(self, queries: Sequence[str], titles: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         from engine.rerank import score_in_batches
 
         def score(qs, ts):
-            with self._tok_lock:
-                feats = self.tokenizer([QUERY_PREFIX + q for q in qs], [PASSAGE_PREFIX + t for t in ts], padding=True,
-                                       truncation="longest_first", max_length=self.max_length, return_tensors="np")
-            return self.session.run(None, {k: feats[k].astype(np.int64) for k in self.inputs})[0][:, 0]
+            logits, _ = self._run([QUERY_PREFIX + q for q in qs], [PASSAGE_PREFIX + t for t in ts],
+                                  truncation="longest_first")
+            return logits[:, 0]
 
         return score_in_batches(queries, titles, batch_size or self.batch_size, score)
 
 
-class OnnxQueryEncoder:
+class OnnxQueryEncoder(_OnnxModel):
     """Queries → L2-normalized mean-pooled vectors (the e5 recipe), as :class:`indexer.encoder.Encoder`
     does for queries, on ONNX Runtime.  Products stay encoded by torch at build time; the vectors agree
     (tested) so one index serves both."""
 
-    def __init__(self, path: Path, max_length: int, fingerprint: str, dim: int, quantize: str = "none",
-                 threads: int = 0):
-        self.path = Path(path)
-        self.max_length = max_length
+    kind = "query-encoder"
+
+    def __init__(self, path: Path, max_length: int, fingerprint: str, quantize: str = "none", threads: int = 0):
+        super().__init__(path, max_length, quantize, threads)
         self.fingerprint = fingerprint  # the torch encoder's: the index was built with it
-        self.dim = dim
-        self.quantize = quantize
-        self.session, export = _session(self.path, quantize, "query-encoder", threads)
-        self.inputs = export["inputs"]
-        self.tokenizer = _tokenizer(self.path)
-        self._tok_lock = threading.Lock()
+        self.dim = int(json.loads((self.path / "config.json").read_text())["hidden_size"])  # mean pooling keeps it
 
     def encode_queries(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._tok_lock:
-            feats = self.tokenizer([QUERY_PREFIX + t for t in texts], padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="np")
-        feed = {k: feats[k].astype(np.int64) for k in self.inputs}
-        hidden = self.session.run(None, feed)[0]
+        hidden, feats = self._run([QUERY_PREFIX + t for t in texts], truncation=True)
         mask = feats["attention_mask"][..., None].astype(np.float32)
         vecs = (hidden * mask).sum(1) / np.maximum(mask.sum(1), 1e-9)
         vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def describe(self) -> dict:
-        return {"model": str(self.path), "runtime": f"onnx {self.quantize}", "max_length": self.max_length,
+        return {"model": str(self.path), "runtime": self.runtime, "max_length": self.max_length,
                 "dim": self.dim, "fingerprint": self.fingerprint}

@@ -26,8 +26,16 @@ from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, pic
 SETTINGS_FILE = "cross_encoder.json"  # the max length it was trained with, the prefixes it reads
 
 
+def trained_max_length(path: Path, default: int = 96) -> int:
+    """The max length a cross-encoder folder was trained with (``cross_encoder.json``)."""
+    f = Path(path) / SETTINGS_FILE
+    return json.loads(f.read_text())["max_length"] if f.is_file() else default
+
+
 class CrossEncoder:
     """(query, title) pairs → relevance scores with a fine-tuned ``BertForSequenceClassification``."""
+
+    runtime = "torch"  # what answers: torch, or onnx-<quantize> (engine.onnx_models)
 
     def __init__(self, model, tokenizer, max_length: int = 96, batch_size: int = 64, path: Path | None = None):
         self.path = path  # the folder it was loaded from (None: built in memory)
@@ -44,10 +52,16 @@ class CrossEncoder:
         return next(self.model.parameters()).device
 
     def fingerprint(self) -> str:
-        """Hash of the model's files and max length (what a ranker trained on its scores depends on)."""
+        """Hash of the files this model was loaded from, and its max length (what a ranker trained on its scores
+        depends on).  Pinned when first asked (at load): files changed on disk later are not these weights."""
         from indexer.encoder import model_fingerprint
 
-        return model_fingerprint(self.path, self.max_length) if self.path is not None else ""
+        if self.path is None:
+            return ""
+        pinned = self.__dict__.setdefault("_fingerprints", {})
+        if self.max_length not in pinned:
+            pinned[self.max_length] = model_fingerprint(self.path, self.max_length)
+        return pinned[self.max_length]
 
     @property
     def num_layers(self) -> int:
@@ -66,13 +80,14 @@ class CrossEncoder:
         if not (p / "config.json").is_file():
             raise ModelMissingError(f"cross-encoder {p} not found; build it with `make finetune`")
         if max_length is None:
-            settings = p / SETTINGS_FILE
-            max_length = json.loads(settings.read_text())["max_length"] if settings.is_file() else 96
+            max_length = trained_max_length(p)
         device = pick_device(device)
         model = AutoModelForSequenceClassification.from_pretrained(str(p)).to(device).eval()
         if device.startswith("cuda") and half_on_gpu:
             model.half()
-        return cls(model, AutoTokenizer.from_pretrained(str(p)), max_length, batch_size, path=p)
+        ce = cls(model, AutoTokenizer.from_pretrained(str(p)), max_length, batch_size, path=p)
+        ce.fingerprint()  # pinned to the files just read
+        return ce
 
     @classmethod
     def from_base(cls, base: str | Path, num_layers: int | None = None, max_length: int = 96,
@@ -168,18 +183,22 @@ def stage_lookup(rows: np.ndarray, lst) -> tuple[np.ndarray, np.ndarray]:
     return np.where(found, sc[order][pos], float(sc.min())), np.where(found, order[pos] + 1.0, 0.0)
 
 
-def first_stage_scores(fused, lists: Sequence, mode: str = "rrf") -> np.ndarray:
+def first_stage_scores(fused, lists: Sequence, mode: str = "rrf",
+                       looked_up: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """The first-stage score of each fused candidate: ``rrf`` (the reciprocal-rank-fusion score) or
     ``scores`` (the mean over stages of each stage's standardized raw score: BM25 score, dense cosine;
-    a candidate outside a stage's list gets that list's lowest score, an upper bound of its own)."""
+    a candidate outside a stage's list gets that list's lowest score, an upper bound of its own).
+    ``looked_up``: each list's :func:`stage_lookup` scores where the caller has them already."""
     if mode == "rrf":
         return np.asarray(fused.scores, dtype=np.float64)
     if mode != "scores":
         raise ValueError(f"unknown first-stage score {mode!r}; use rrf or scores")
+    if looked_up is None:
+        looked_up = [stage_lookup(fused.rows, lst)[0] for lst in lists]
     total = np.zeros(len(fused.rows))
-    for lst in lists:
+    for lst, vals in zip(lists, looked_up):
         if len(lst.rows):
-            total += standardize(stage_lookup(fused.rows, lst)[0])
+            total += standardize(vals)
     return total / max(1, len(lists))
 
 

@@ -41,7 +41,7 @@ from engine.types import (DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryE
                           SearchResult)
 from indexer.bm25 import BM25Index
 from indexer.config import Config, ConfigError, load_config
-from indexer.encoder import ModelMissingError
+from indexer.encoder import ModelMissingError, model_fingerprint
 from indexer.store import IndexLoadError
 
 _EMPTY = SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
@@ -75,6 +75,7 @@ class IndexVersion:
         self._cache: OrderedDict = OrderedDict()  # (text, filters, depth, deleted) -> Candidates
         self._cache_lock = threading.Lock()
         self.cache_hits = self.cache_misses = 0
+        self._versions: tuple | None = None  # (loaded parts, versions()), see versions()
         self.reload_deleted()
         if load_models:
             for stage in cfg.search.stages:
@@ -137,14 +138,15 @@ class IndexVersion:
             path = Path(resolve_model(r.model, self.cfg.root))
             old = self._previous._cross_encoder if self._previous is not None else None
             if old is not None and old.path == path and _same_runtime(old, r) and \
-                    old.fingerprint() == _fingerprint_of(path, old.max_length):
+                    old.fingerprint() == model_fingerprint(path, old.max_length):
                 self._cross_encoder, self._scorer = old, self._previous._scorer
                 return old
             if r.runtime == "onnx":
                 from engine.onnx_models import OnnxCrossEncoder
+                from engine.rerank import trained_max_length
 
-                max_length = r.max_length or _trained_max_length(path)
-                self._cross_encoder = OnnxCrossEncoder(path, max_length, r.batch_size, r.quantize)
+                self._cross_encoder = OnnxCrossEncoder(path, r.max_length or trained_max_length(path), r.batch_size,
+                                                       r.quantize)
             else:
                 self._cross_encoder = CrossEncoder.load(path, max_length=r.max_length, batch_size=r.batch_size,
                                                         device=r.device)
@@ -157,7 +159,7 @@ class IndexVersion:
 
         with self._lock:
             ce = self.cross_encoder()
-            if not hasattr(self._scorer, "batches"):
+            if not isinstance(self._scorer, MicroBatcher):
                 self._scorer = MicroBatcher(ce, window_ms, max_pairs)
 
     def score_pairs(self, queries: Sequence[str], titles: Sequence[str]) -> np.ndarray:
@@ -247,7 +249,7 @@ class IndexVersion:
         """Delete products from every stage at once (never returned again; purged at the next rebuild)."""
         from indexer.updates import delete_products
 
-        n = delete_products(self.cfg, product_ids)
+        n = delete_products(self.cfg, product_ids, known=self.products.row_map())
         self.reload_deleted()
         return n
 
@@ -453,7 +455,15 @@ class IndexVersion:
         return [found[kk] for kk in keys]
 
     def versions(self) -> dict[str, str]:
-        """What answers a query: the index builds, the models (name and fingerprint), the engine's version."""
+        """What answers a query: the index builds, the models (name and fingerprint), the engine's version.
+        Computed once per set of loaded parts (a version's parts never change; lazy loads add to them)."""
+        loaded = (tuple(self._dense), self._cross_encoder is not None, self._ranker is not None)
+        cached = self._versions
+        if cached is None or cached[0] != loaded:
+            cached = self._versions = (loaded, self._describe_versions())
+        return cached[1]
+
+    def _describe_versions(self) -> dict[str, str]:
         v = {"config": self.cfg.name, "engine_version": str(self.number),
              "bm25": str(self.bm25.manifest.get("build_id", ""))}
         for stage, (enc, index) in sorted(self._dense.items()):
@@ -461,8 +471,7 @@ class IndexVersion:
             v[f"{stage}_encoder"] = f"{Path(str(enc.describe()['model'])).name}@{enc.fingerprint}"
         if self._cross_encoder is not None:
             ce = self._cross_encoder
-            runtime = f"onnx-{ce.quantize}" if hasattr(ce, "quantize") else "torch"
-            v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({runtime})"
+            v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({ce.runtime})"
         if self._ranker is not None:
             v["ranker"] = f"{self._ranker.path.name}@{self._ranker.signature[2]}"
         return v
@@ -495,7 +504,7 @@ class IndexVersion:
         filters = check_filters(filters)
         key = None if mask is not None else tuple(sorted((f, tuple(v) if isinstance(v, list) else v)
                                                          for f, v in (filters or {}).items()))
-        fmask = self.filter_mask(filters)
+        fmask = self.products.mask(**filters) if filters else None  # checked above
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
         mask = self._with_live(mask)
@@ -569,32 +578,16 @@ def _build_id(folder: Path) -> str | None:
         return None
 
 
-def _fingerprint_of(path: Path, max_length: int) -> str:
-    from indexer.encoder import model_fingerprint
-
-    return model_fingerprint(path, max_length)
-
-
 def _encoder_fingerprint(cfg: Config, stage: str) -> str:
     from indexer.dense import stage_model
 
-    return _fingerprint_of(Path(stage_model(cfg, stage)), cfg.dense.max_length)
-
-
-def _trained_max_length(path: Path) -> int:
-    import json
-
-    from engine.rerank import SETTINGS_FILE
-
-    f = path / SETTINGS_FILE
-    return json.loads(f.read_text())["max_length"] if f.is_file() else 96
+    return model_fingerprint(Path(stage_model(cfg, stage)), cfg.dense.max_length)
 
 
 def _same_runtime(ce, r) -> bool:
-    quantize = getattr(ce, "quantize", None)
-    wanted = (r.runtime, r.quantize if r.runtime == "onnx" else None)
-    return ("onnx" if quantize is not None else "torch", quantize) == wanted and \
-        (r.max_length is None or r.max_length == ce.max_length)
+    """Whether a loaded cross-encoder runs as the config's ``rerank`` section says."""
+    wanted = "torch" if r.runtime == "torch" else f"onnx-{r.quantize}"
+    return ce.runtime == wanted and (r.max_length is None or r.max_length == ce.max_length)
 
 
 def query_encoder(cfg: Config, stage: str):
@@ -607,11 +600,7 @@ def query_encoder(cfg: Config, stage: str):
         from engine.onnx_models import OnnxQueryEncoder
 
         path = Path(stage_model(cfg, stage))
-        import json
-
-        dim = json.loads((path / "1_Pooling" / "config.json").read_text())["embedding_dimension"] \
-            if (path / "1_Pooling" / "config.json").is_file() else 384
-        return OnnxQueryEncoder(path, d.max_length, _fingerprint_of(path, d.max_length), dim, d.query_quantize)
+        return OnnxQueryEncoder(path, d.max_length, model_fingerprint(path, d.max_length), d.query_quantize)
     return dense_encoder(cfg, stage)
 
 
@@ -622,7 +611,7 @@ class SearchEngine:
     Everything an :class:`IndexVersion` offers is reachable on the engine (``engine.bm25``,
     ``engine.candidate_sets(...)``, ...) and answered by the current version."""
 
-    _OWN = ("_version", "_reload_lock", "_batching", "load_models", "_overrides")
+    _OWN = ("_version", "_reload_lock", "_batching", "load_models")
 
     def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True):
         object.__setattr__(self, "_version", IndexVersion(cfg, bm25, verify, load_models))
@@ -717,7 +706,7 @@ class SearchEngine:
             if enc.fingerprint != _encoder_fingerprint(v.cfg, stage):
                 return True
         ce = v._cross_encoder
-        if ce is not None and ce.fingerprint() != _fingerprint_of(Path(ce.path), ce.max_length):
+        if ce is not None and ce.fingerprint() != model_fingerprint(Path(ce.path), ce.max_length):
             return True
         if v._ranker is not None:
             from engine.ranker import Ranker

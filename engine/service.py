@@ -86,7 +86,7 @@ def demo_users(engine, n: int = 8) -> list[dict]:
     log_path = engine.cfg.finetune.train
     if log_path is None or not Path(log_path).is_file() or Path(log_path).suffix != ".jsonl":
         return []
-    index = {pid: i for i, pid in enumerate(engine.products.ids.tolist())}
+    index = engine.products.row_map()
     brands = engine.products.brands
     codes = engine.products.brand_codes
     taste: dict[str, Counter] = defaultdict(Counter)
@@ -229,13 +229,19 @@ def create_app(engine, watch: bool | None = None):
     # -- events and users --------------------------------------------------------------------------------------
     @app.post("/events", summary="Record one event or a batch", status_code=200)
     async def events(request: Request):
-        from engine.events import EventError, PrivacyError
-
         items = await json_items(request, "events", "event")
         if len(items) > sc.max_events:
             raise ApiError(413, "events", f"{len(items):,} events; at most {sc.max_events:,} per request")
+        return await _in_thread(record_events, items)  # validation and the SQLite write off the event loop
+
+    def record_events(items: list) -> dict:
+        """Check every event, then store them all in one transaction (profiles folded in bulk)."""
+        import numpy as np
+
+        from engine.events import EventError, PrivacyError
+
         ev = engine.user_events()
-        checked = []
+        checked = []  # (user hash, product id, row, event, time, query)
         allowed = {"user_id", "product_id", "event", "timestamp", "query"}
         for i, item in enumerate(items):
             where = f"events[{i}]" if len(items) > 1 else "event"
@@ -250,19 +256,17 @@ def create_app(engine, watch: bool | None = None):
             if item.get("query") is not None and not isinstance(item["query"], str):
                 raise ApiError(422, f"{where}.query", "must be a string")
             try:
-                ev.validate(item["user_id"], item["product_id"], item["event"], item.get("timestamp"))
+                user, row, event, ts = ev.validate(item["user_id"], item["product_id"], item["event"],
+                                                   item.get("timestamp"))
             except EventError as e:
                 field = re.search(r"field '(\w+)'", str(e))
                 raise ApiError(422, f"{where}.{field.group(1)}" if field else where, str(e)) from None
             except PrivacyError as e:
                 raise ApiError(403, "user_id", str(e)) from None
-            checked.append(item)
-        try:
-            for item in checked:
-                ev.record(item["user_id"], item["product_id"], item["event"], item.get("timestamp"),
-                          item.get("query"))
-        except PrivacyError as e:
-            raise ApiError(403, "user_id", str(e)) from None
+            checked.append((user, item["product_id"].strip(), row, event, ts, item.get("query")))
+        users, pids, rows, events, ts, queries = (list(col) for col in zip(*checked))
+        ev.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), events, np.asarray(ts, dtype=np.float64),
+                       queries)
         return {"recorded": len(checked)}
 
     @app.delete("/users/{user_id}", summary="Forget a user: every event and the profile")

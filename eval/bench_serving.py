@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         http_queries = texts * (1 + 200 // max(1, len(texts)))
         n = 200
         if args.full and QUERYLOG.is_file():
-            from eval.load_test import read_queries as log_queries
+            from indexer.vocab_trim import read_query_column
 
-            http_queries, n = log_queries(QUERYLOG, 1000), 1000
+            http_queries, n = read_query_column(QUERYLOG, distinct=False)[:1000], 1000
         runs = run_load(args.config, [], http_queries[:n], [1, 4], True, None)
         result["http"] = runs
     out = Path(args.out)

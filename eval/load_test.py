@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.vocab_trim import read_query_column
+
 QUERYLOG = Path("../shared/datasets/querylog/taobao_queries.tsv")
 
 
@@ -35,12 +37,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def read_queries(path: Path, n: int) -> list[str]:
-    lines = path.read_text(encoding="utf-8").splitlines()
-    col = lines[0].split("\t").index("query")
-    return [ln.split("\t")[col] for ln in lines[1 : n + 1] if ln.strip()]
 
 
 class Service:
@@ -122,18 +118,6 @@ async def drive(url: str, queries: list[str], concurrency: int, k: int = 10, che
             "error_samples": errors[:5], "seconds": round(wall, 2), "qps": round(len(queries) / wall, 2),
             "p50_ms": round(float(np.percentile(lat, 50)), 1), "p90_ms": round(float(np.percentile(lat, 90)), 1),
             "p99_ms": round(float(np.percentile(lat, 99)), 1)}
-
-
-def scrape(url: str) -> dict:
-    """The service's micro-batching counters from /metrics-free state: requests per cross-encoder batch."""
-    import httpx
-
-    text = httpx.get(url + "/metrics", timeout=5.0).text
-    out = {}
-    for line in text.splitlines():
-        if line.startswith("ecomsearch_stage_seconds_count{stage=\"cross_encoder\"}"):
-            out["cross_encoder_calls_observed"] = float(line.split()[-1])
-    return out
 
 
 def run_load(config: str, sets: list[str], queries: list[str], levels: list[int], batching: bool,
@@ -289,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if not qpath.is_file():
         print(f"skipped: {qpath} not found (../shared/datasets is not on this machine)", file=sys.stderr)
         return 0
-    queries = read_queries(qpath, args.n)
+    queries = read_query_column(qpath, distinct=False)[: args.n]
     levels = [int(c) for c in args.concurrency.split(",") if c]
     result = {"config": args.config, "sets": args.set, "n": len(queries), "runs": []}
     for mode in [m for m in args.batching.split(",") if m and levels]:

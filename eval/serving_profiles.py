@@ -24,8 +24,10 @@ import numpy as np
 from engine.search import SearchEngine
 from eval import metrics
 from eval.bootstrap import bootstrap_ci, paired_bootstrap
+from eval.load_test import QUERYLOG
 from finetune.judged import read_queries
 from indexer.config import load_config, parse_overrides
+from indexer.vocab_trim import read_query_column
 
 # name -> (what changes, overrides); the first is the reference every other is compared with
 CE = "models/wentian/cross-encoder"  # the 4-layer cross-encoder (`make finetune CONFIG=configs/wentian.yaml`)
@@ -127,10 +129,7 @@ def measure_cache(config: str, base: dict, overrides: dict, log_path: Path, n: i
     """Replay ``n`` query-log queries in their order with the candidate cache on."""
     cfg = profile_config(config, base, overrides)
     engine = SearchEngine.from_config(cfg)
-    lines = log_path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
-    col = header.index("query") if "query" in header else 0
-    texts = [ln.split("\t")[col] for ln in lines[1 : n + 1]]
+    texts = read_query_column(log_path, distinct=False)[:n]  # repeats kept: they are what a cache serves
     lat = []
     for t in texts:
         t0 = time.perf_counter()
@@ -210,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                     help='another profile: NAME={"rerank": {...}} (e.g. a student cross-encoder)')
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--cache-profile", help="measure the candidate cache with this profile")
-    ap.add_argument("--cache-log", default="../shared/datasets/querylog/taobao_queries.tsv")
+    ap.add_argument("--cache-log", default=str(QUERYLOG))
     ap.add_argument("--cache-queries", type=int, default=1000)
     ap.add_argument("--out", default="reports/serving/wentian")
     args = ap.parse_args(argv)

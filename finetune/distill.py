@@ -28,27 +28,22 @@ QUERYLOG = "../shared/datasets/querylog/taobao_queries.tsv"
 
 
 def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Training queries (seeded sample) and unlabeled query-log queries, none of them an evaluation query."""
+    """Training queries (seeded sample of what ``make finetune`` trains on: judged pairs, or a click log's
+    queries before its time cut) and unlabeled query-log queries; none of them a dev or evaluation query."""
+    from finetune.job import load_training_data
     from finetune.judged import read_queries
+    from indexer.vocab_trim import read_query_column
 
     rng = np.random.default_rng(seed)
-    held = set()
+    data = load_training_data(cfg)
+    held = set(data.dev.texts.values())
     if cfg.eval.queries and Path(cfg.eval.queries).is_file():
-        held = set(read_queries(cfg.eval.queries).texts.values())
-    path = Path(cfg.finetune.train)
-    if path.suffix == ".jsonl":  # a click log: the queries users typed
-        from finetune.clicklog import read_clicklog
-
-        texts = {e.query for e in read_clicklog(path) if e.query}
-    else:  # judged pairs
-        texts = set(read_queries(path).texts.values())
-    train = sorted(texts - held)
+        held |= set(read_queries(cfg.eval.queries).texts.values())
+    train = sorted(set(data.train.texts.values()) - held)
     out = [train[i] for i in rng.permutation(len(train))[:n_train]]
     extra: list[str] = []
     if log_path is not None and log_path.is_file() and n_log:
-        lines = log_path.read_text(encoding="utf-8").splitlines()
-        col = lines[0].split("\t").index("query")
-        log = sorted({ln.split("\t")[col].strip() for ln in lines[1:] if ln.strip()} - held - set(out))
+        log = sorted(set(read_query_column(log_path)) - held - set(out))
         extra = [log[i] for i in rng.permutation(len(log))[:n_log]]
     return out, extra
 

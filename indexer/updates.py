@@ -27,7 +27,7 @@ import fcntl
 import json
 import os
 import time
-from typing import Iterable
+from typing import Container, Iterable
 
 import numpy as np
 
@@ -35,6 +35,7 @@ from indexer.bm25 import KIND as BM25_KIND
 from indexer.bm25 import BM25Index
 from indexer.catalog import Catalog
 from indexer.config import Config
+from indexer.products import ProductTable
 from indexer.store import IndexLoadError, read_manifest, write_index
 
 DELETED = "deleted.txt"
@@ -83,20 +84,26 @@ def _write_deleted(cfg: Config, ids: set[str]) -> None:
 
 
 def live_mask(products, deleted: set[str]) -> np.ndarray | None:
-    """One bool per product row: False for deleted products (None when nothing is deleted)."""
+    """One bool per product row: False for deleted products (None when nothing is deleted).  Looked up through
+    the table's id -> row map: the work grows with the deleted ids, not with the catalog."""
     if not deleted:
         return None
-    ids = np.asarray(products.ids.tolist(), dtype=object)
-    return ~np.isin(ids, np.asarray(sorted(deleted), dtype=object))
+    row_of = products.row_map()
+    live = np.ones(len(products), dtype=bool)
+    live[[row_of[i] for i in deleted if i in row_of]] = False
+    return live
 
 
-def delete_products(cfg: Config, ids: Iterable[str]) -> int:
-    """Mark products deleted in every stage; unknown ids are an error. Returns how many were newly deleted."""
+def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | None = None) -> int:
+    """Mark products deleted in every stage; unknown ids are an error. Returns how many were newly deleted.
+    ``known``: ids a caller already holds (a running engine's product table); only ids outside it are looked
+    up in the built index (a newer build may hold them)."""
     ids = [str(i) for i in ids]
     with updates_lock(cfg):
-        index = BM25Index.load((cfg.index_dir / BM25_KIND).resolve(), cfg.text, verify=False)
-        known = set(index.products.ids.tolist())
-        unknown = [i for i in ids if i not in known]
+        unknown = [i for i in ids if known is None or i not in known]
+        if unknown:
+            built = ProductTable.load((cfg.index_dir / BM25_KIND).resolve()).row_map()
+            unknown = [i for i in unknown if i not in built]
         if unknown:
             raise KeyError(f"not in the index at {cfg.index_dir}: {', '.join(unknown[:10])}"
                            + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))

@@ -48,8 +48,9 @@ def ensure_trimmed(cfg, passages: list[str], catalog_sha: str | None) -> Path:
     return out
 
 
-def read_query_column(path: Path) -> list[str]:
-    """The distinct texts of the ``query`` column of a TSV/CSV file with a header row."""
+def read_query_column(path: Path, distinct: bool = True) -> list[str]:
+    """The texts of the ``query`` column of a TSV/CSV file with a header row, in file order (each once when
+    ``distinct``)."""
     import csv
 
     with open(path, encoding="utf-8", newline="") as f:
@@ -59,7 +60,8 @@ def read_query_column(path: Path) -> list[str]:
         if "query" not in header:
             raise ValueError(f"{path}:1: dense.trim_queries needs a 'query' column, found {header}")
         col = header.index("query")
-        return list(dict.fromkeys(row[col] for row in reader if len(row) > col and row[col].strip()))
+        texts = (row[col] for row in reader if len(row) > col and row[col].strip())
+        return list(dict.fromkeys(texts)) if distinct else list(texts)
 
 
 def used_piece_ids(tokenizer_json: Path, texts: Iterable[str], batch: int = 4096) -> set[int]:
