@@ -11,7 +11,12 @@ One row per reranked candidate, columns named by :data:`FEATURES`:
 - personal (all 0 for a user without a profile: :data:`COLD`): cosine of the
   product to the user's centroid, the user's affinity (share) to the
   product's category, brand, group and price band, whether the user bought
-  it, and the strength of the user's history (log of the decayed gains).
+  it, the strength of the user's history (log of the decayed gains), and
+  the user's own click-through rate on the product's category, brand, group
+  and price band relative to their average (engaged weight over exposure,
+  smoothed by :data:`EXPOSURE_PRIOR` impressions at their average rate:
+  1 = as often as anything else, below 1 = shown and passed over; 0 when no
+  impressions of the user are known).
 
 Everything is vectorized over the candidates (no per-product Python).
 Product counts come from the live event store when serving and from a
@@ -31,10 +36,14 @@ from engine.rerank import first_stage_scores, stage_lookup, standardize
 
 NON_PERSONAL = ("ce", "ce_z", "first_stage", "bm25_score", "bm25_rank", "dense_score", "dense_rank", "rrf", "ctr",
                 "popularity")
-PERSONAL = ("centroid_cos", "category_aff", "brand_aff", "group_aff", "price_band_aff", "bought", "history")
+PERSONAL = ("centroid_cos", "category_aff", "brand_aff", "group_aff", "price_band_aff", "bought", "history",
+            "category_ctr", "brand_ctr", "group_ctr", "price_band_ctr")
 FEATURES = NON_PERSONAL + PERSONAL
 PERSONAL_IDX = np.array([FEATURES.index(f) for f in PERSONAL])
 COLD = np.zeros(len(PERSONAL))  # the personal features of a user the engine knows nothing about
+# smoothing of a user's own click-through rate on a facet value, in impressions: a value shown to the user
+# fewer times than this stays near the user's average rate
+EXPOSURE_PRIOR = 3.0
 # event columns of the product counts (engine.events.EVENTS order)
 IMPRESSION, CLICK, CART, PURCHASE = range(4)
 
@@ -104,6 +113,17 @@ def personal_features(rows: np.ndarray, profile: Profile | None, facets: Product
     if bought_rows is not None and len(bought_rows):
         out[:, 5] = np.isin(rows, bought_rows)
     out[:, 6] = np.log1p(profile.strength(now, half_life))
+    if profile.exposure_total > 0:
+        to_now_w, to_now_e = profile.weight_at(now, half_life), profile.exposure_at(now, half_life)
+        rate = profile.weight * to_now_w / (profile.exposure_total * to_now_e)
+        for j, f in enumerate(FACETS):
+            if f == "group" and profile.groups_id != facets.groups_id:
+                continue
+            codes = np.asarray(facets.codes(f))[rows]
+            engaged = _lookup(profile.affinities.get(f) or {}, codes) * to_now_w
+            seen = _lookup(profile.exposure.get(f) or {}, codes) * to_now_e
+            ctr = (engaged + EXPOSURE_PRIOR * rate) / (seen + EXPOSURE_PRIOR)
+            out[:, 7 + j] = np.where(codes >= 0, ctr / rate, 1.0)  # no value: as the average
     return out
 
 

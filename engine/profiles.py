@@ -11,7 +11,14 @@ A profile summarises what one (hashed) user engaged with:
   quintile within its category), the same decayed weights per facet value,
   capped at ``affinity_cap`` values per facet (the weakest dropped), read
   as shares (the value's weight over the facet's total, 0..1);
-- **bought**: the products purchased (the most recent ``bought_cap``).
+- **bought**: the products purchased (the most recent ``bought_cap``);
+- **exposure** per facet value: the decayed count of the user's impressions
+  of it (what the shop showed them), with its own reference time.  Engaged
+  weight over exposure is the user's own click-through rate on a brand or
+  price band: what they chose *given what they saw*.  A shop shows some brands
+  far more than others, and shares of engagement alone mostly repeat that.
+  Impressions change nothing else: a user with impressions only is still
+  cold (``weight`` 0).
 
 Profiles are updated online, one event at a time (:func:`apply_event`), and
 in bulk with numpy for a whole log (:func:`build_profiles`); both give the
@@ -30,6 +37,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 FACETS = ("category", "brand", "group", "price_band")
+EXPOSURE_CAP = 4  # exposure keeps this many times ``affinity_cap`` values per facet
 DAY = 86400.0
 
 
@@ -108,6 +116,17 @@ class Profile:
     n_events: int = 0
     groups_id: str = ""
     version: int = 0
+    exposure: dict[str, dict[str, float]] = field(default_factory=dict)  # facet -> value -> decayed impressions
+    exposure_t: float = 0.0  # the time exposure refers to (the newest impression's)
+    exposure_total: float = 0.0  # decayed impressions in all
+
+    def exposure_at(self, now: float, half_life: float) -> float:
+        """The factor that brings exposure weights to ``now``."""
+        return 2.0 ** (-max(now - self.exposure_t, 0.0) / half_life)
+
+    def weight_at(self, now: float, half_life: float) -> float:
+        """The factor that brings engagement weights (affinities) to ``now``."""
+        return 2.0 ** (-max(now - self.t, 0.0) / half_life)
 
     def strength(self, now: float, half_life: float) -> float:
         """The decayed total gain at ``now`` (0 for an empty profile)."""
@@ -129,7 +148,8 @@ class Profile:
     # a compact, versioned serialization (JSON with the centroid as base64 float32)
     def dumps(self) -> bytes:
         payload = {"v": 1, "t": self.t, "w": self.weight, "n": self.n_events, "g": self.groups_id,
-                   "aff": self.affinities, "bought": self.bought,
+                   "aff": self.affinities, "bought": self.bought, "exp": self.exposure, "et": self.exposure_t,
+                   "ew": self.exposure_total,
                    "c": None if self.centroid is None else base64.b64encode(
                        np.asarray(self.centroid, dtype=np.float32).tobytes()).decode("ascii")}
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
@@ -139,7 +159,8 @@ class Profile:
         d = json.loads(blob)
         c = None if d.get("c") is None else np.frombuffer(base64.b64decode(d["c"]), dtype=np.float32).copy()
         return cls(t=d["t"], weight=d["w"], centroid=c, affinities=d.get("aff", {}), bought=d.get("bought", []),
-                   n_events=d.get("n", 0), groups_id=d.get("g", ""), version=version)
+                   n_events=d.get("n", 0), groups_id=d.get("g", ""), version=version, exposure=d.get("exp", {}),
+                   exposure_t=d.get("et", 0.0), exposure_total=d.get("ew", 0.0))
 
 
 def bought_rows(profile: Profile | None, row_map: Mapping[str, int]) -> np.ndarray:
@@ -168,17 +189,40 @@ def _cap(values: dict[str, float], cap: int) -> dict[str, float]:
     return dict(keep)
 
 
+def _apply_impression(profile: Profile, facets: ProductFacets, row: int, ts: float, settings: ProfileSettings) -> None:
+    hl = settings.half_life
+    if profile.exposure_total <= 0 or ts >= profile.exposure_t:
+        decay = 2.0 ** (-(ts - profile.exposure_t) / hl) if profile.exposure_total > 0 else 1.0
+        w = 1.0
+        profile.exposure_total *= decay
+        for values in profile.exposure.values():
+            for k in values:
+                values[k] *= decay
+        profile.exposure_t = ts
+    else:
+        w = 2.0 ** (-(profile.exposure_t - ts) / hl)
+    profile.exposure_total += w
+    for f, key in facet_keys(facets, row).items():
+        values = profile.exposure.setdefault(f, {})
+        values[key] = values.get(key, 0.0) + w
+        profile.exposure[f] = _cap(values, EXPOSURE_CAP * settings.affinity_cap)
+
+
 def apply_event(profile: Profile, facets: ProductFacets, row: int, product_id: str, event: str, ts: float,
                 settings: ProfileSettings) -> bool:
-    """Update ``profile`` in place with one event; returns False when the event carries no gain
-    (impressions), which leaves the profile unchanged."""
+    """Update ``profile`` in place with one event; returns False when the event changes nothing
+    (an event type with no gain other than an impression).  An impression only adds exposure."""
     gain = float(settings.gains.get(event, 0.0))
+    if profile.groups_id != facets.groups_id:  # group codes of another dense build mean nothing here
+        profile.affinities.pop("group", None)
+        profile.exposure.pop("group", None)
+        profile.groups_id = facets.groups_id
+    if event == "impression":
+        _apply_impression(profile, facets, row, ts, settings)
+        return True
     if gain <= 0:
         return False
     hl = settings.half_life
-    if profile.groups_id != facets.groups_id:  # group codes of another dense build mean nothing here
-        profile.affinities.pop("group", None)
-        profile.groups_id = facets.groups_id
     if profile.n_events == 0 or ts >= profile.t:
         decay = 2.0 ** (-(ts - profile.t) / hl) if profile.n_events else 1.0
         w = gain
@@ -207,6 +251,20 @@ def apply_event(profile: Profile, facets: ProductFacets, row: int, product_id: s
     return True
 
 
+def _facet_sums(uidx: np.ndarray, rows: np.ndarray, w: np.ndarray, facets: ProductFacets):
+    """Per facet: (user index, facet value, summed weight) triples of the events."""
+    for f in FACETS:
+        codes = np.asarray(facets.codes(f))[rows]
+        ok = codes >= 0
+        if not ok.any():
+            continue
+        span = int(codes.max()) + 1
+        key = uidx[ok].astype(np.int64) * span + codes[ok]
+        k_uniq, k_inv = np.unique(key, return_inverse=True)
+        sums = np.bincount(k_inv, weights=w[ok])
+        yield f, k_uniq // span, k_uniq % span, sums
+
+
 def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[str], events: np.ndarray,
                    ts: np.ndarray, facets: ProductFacets, settings: ProfileSettings,
                    event_names: Sequence[str]) -> dict[str, Profile]:
@@ -214,17 +272,40 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
 
     ``users`` (user keys), ``rows`` (product rows), ``events`` (codes into ``event_names``) and ``ts`` are
     parallel arrays.  Vectorized: decayed weights per event, then one sparse product for the centroids
-    and one grouped sum per facet.
+    and one grouped sum per facet (engagement and, from impressions, exposure).
     """
     import scipy.sparse as sp
 
+    users, rows, ts, events = np.asarray(users), np.asarray(rows), np.asarray(ts), np.asarray(events)
     gains = np.array([float(settings.gains.get(e, 0.0)) for e in event_names])[events]
-    keep = gains > 0
-    users, rows, gains, ts = np.asarray(users)[keep], np.asarray(rows)[keep], gains[keep], np.asarray(ts)[keep]
-    codes_evt = np.asarray(events)[keep]
-    pids = np.asarray(product_ids, dtype=object)[keep] if len(product_ids) else np.zeros(0, dtype=object)
-    if len(users) == 0:
+    names = list(event_names)
+    seen = events == names.index("impression") if "impression" in names else np.zeros(len(events), dtype=bool)
+    keep = (gains > 0) & ~seen
+    if not keep.any() and not seen.any():
         return {}
+    profiles: dict[str, Profile] = {}
+    # exposure: impressions only
+    if seen.any():
+        eu, erows, ets = users[seen], rows[seen], ts[seen]
+        uniq, uidx = np.unique(eu, return_inverse=True)
+        t_last = np.full(len(uniq), -np.inf)
+        np.maximum.at(t_last, uidx, ets)
+        w = np.exp2(-(t_last[uidx] - ets) / settings.half_life)
+        total = np.bincount(uidx, weights=w, minlength=len(uniq))
+        for i, u in enumerate(uniq):
+            profiles[str(u)] = Profile(groups_id=facets.groups_id, exposure_t=float(t_last[i]),
+                                       exposure_total=float(total[i]))
+        for f, ui, vals, sums in _facet_sums(uidx, erows, w, facets):
+            for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
+                profiles[str(uniq[u])].exposure.setdefault(f, {})[str(v)] = x
+        for p in profiles.values():
+            for f in list(p.exposure):
+                p.exposure[f] = _cap(p.exposure[f], EXPOSURE_CAP * settings.affinity_cap)
+    if not keep.any():
+        return profiles
+    users, rows, gains, ts = users[keep], rows[keep], gains[keep], ts[keep]
+    codes_evt = events[keep]
+    pids = np.asarray(product_ids, dtype=object)[keep] if len(product_ids) else np.zeros(0, dtype=object)
     uniq, uidx = np.unique(users, return_inverse=True)
     t_last = np.full(len(uniq), -np.inf)
     np.maximum.at(t_last, uidx, ts)
@@ -233,23 +314,16 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
     n_events = np.bincount(uidx, minlength=len(uniq))
     m = sp.csr_matrix((w, (uidx, rows)), shape=(len(uniq), len(facets)))
     centroids = np.asarray(m @ np.asarray(facets.vectors, dtype=np.float32), dtype=np.float32)
-    profiles = {str(u): Profile(t=float(t_last[i]), weight=float(weight[i]), centroid=centroids[i].copy(),
-                                n_events=int(n_events[i]), groups_id=facets.groups_id) for i, u in enumerate(uniq)}
-    for f in FACETS:
-        codes = np.asarray(facets.codes(f))[rows]
-        ok = codes >= 0
-        if not ok.any():
-            continue
-        key = uidx[ok].astype(np.int64) * (int(codes.max()) + 1) + codes[ok]
-        k_uniq, k_inv = np.unique(key, return_inverse=True)
-        sums = np.bincount(k_inv, weights=w[ok])
-        span = int(codes.max()) + 1
-        for k, s in zip(k_uniq.tolist(), sums.tolist()):
-            profiles[str(uniq[k // span])].affinities.setdefault(f, {})[str(k % span)] = s
+    for i, u in enumerate(uniq):
+        p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
+        p.t, p.weight, p.centroid, p.n_events = float(t_last[i]), float(weight[i]), centroids[i].copy(), int(n_events[i])
+    for f, ui, vals, sums in _facet_sums(uidx, rows, w, facets):
+        for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
+            profiles[str(uniq[u])].affinities.setdefault(f, {})[str(v)] = x
     for p in profiles.values():
         for f in list(p.affinities):
             p.affinities[f] = _cap(p.affinities[f], settings.affinity_cap)
-    bought = np.flatnonzero(codes_evt == list(event_names).index("purchase")) if "purchase" in event_names else []
+    bought = np.flatnonzero(codes_evt == names.index("purchase")) if "purchase" in names else []
     if len(bought):
         order = bought[np.argsort(ts[bought], kind="stable")]
         for i in order:
@@ -263,26 +337,43 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
     return profiles
 
 
+def _merge_values(old: dict, new: dict, a: float, b: float, cap: int, drop_old: set[str]) -> dict:
+    out: dict[str, dict[str, float]] = {}
+    for f in set(old) | set(new):
+        vals = {} if f in drop_old else {k: v * a for k, v in old.get(f, {}).items()}
+        for k, v in new.get(f, {}).items():
+            vals[k] = vals.get(k, 0.0) + v * b
+        out[f] = _cap(vals, cap)
+    return out
+
+
 def merge_profiles(old: Profile, new: Profile, settings: ProfileSettings) -> Profile:
     """``old`` followed by ``new`` (both for one user): decayed to the later time and summed."""
-    if old.n_events == 0:
-        return new
-    if new.n_events == 0:
-        return old
     hl = settings.half_life
-    t = max(old.t, new.t)
-    a, b = 2.0 ** (-(t - old.t) / hl), 2.0 ** (-(t - new.t) / hl)
-    centroid = (old.centroid * a if old.centroid is not None else 0) + (new.centroid * b if new.centroid is not None else 0)
-    aff: dict[str, dict[str, float]] = {}
-    for f in set(old.affinities) | set(new.affinities):
-        if f == "group" and old.groups_id != new.groups_id:
-            vals = {k: v * b for k, v in new.affinities.get(f, {}).items()}
-        else:
-            vals = {k: v * a for k, v in old.affinities.get(f, {}).items()}
-            for k, v in new.affinities.get(f, {}).items():
-                vals[k] = vals.get(k, 0.0) + v * b
-        aff[f] = _cap(vals, settings.affinity_cap)
-    bought = [p for p in old.bought if p not in new.bought] + new.bought
-    return Profile(t=t, weight=old.weight * a + new.weight * b, centroid=np.asarray(centroid, dtype=np.float32),
-                   affinities=aff, bought=bought[-settings.bought_cap:], n_events=old.n_events + new.n_events,
-                   groups_id=new.groups_id, version=old.version)
+    drop = {"group"} if old.groups_id != new.groups_id else set()
+    if old.n_events == 0:
+        merged = Profile(**{**new.__dict__, "version": old.version})
+    elif new.n_events == 0:
+        merged = Profile(**{**old.__dict__, "groups_id": new.groups_id,
+                            "affinities": {f: v for f, v in old.affinities.items() if f not in drop}})
+    else:
+        t = max(old.t, new.t)
+        a, b = 2.0 ** (-(t - old.t) / hl), 2.0 ** (-(t - new.t) / hl)
+        centroid = (old.centroid * a if old.centroid is not None else 0) + \
+            (new.centroid * b if new.centroid is not None else 0)
+        bought = [p for p in old.bought if p not in new.bought] + new.bought
+        merged = Profile(t=t, weight=old.weight * a + new.weight * b, centroid=np.asarray(centroid, dtype=np.float32),
+                         affinities=_merge_values(old.affinities, new.affinities, a, b, settings.affinity_cap, drop),
+                         bought=bought[-settings.bought_cap:], n_events=old.n_events + new.n_events,
+                         groups_id=new.groups_id, version=old.version)
+    if old.exposure_total > 0 and new.exposure_total > 0:
+        t = max(old.exposure_t, new.exposure_t)
+        a, b = 2.0 ** (-(t - old.exposure_t) / hl), 2.0 ** (-(t - new.exposure_t) / hl)
+        merged.exposure = _merge_values(old.exposure, new.exposure, a, b, EXPOSURE_CAP * settings.affinity_cap, drop)
+        merged.exposure_t, merged.exposure_total = t, old.exposure_total * a + new.exposure_total * b
+    elif new.exposure_total > 0:
+        merged.exposure, merged.exposure_t, merged.exposure_total = new.exposure, new.exposure_t, new.exposure_total
+    else:
+        merged.exposure = {f: v for f, v in old.exposure.items() if f not in drop}
+        merged.exposure_t, merged.exposure_total = old.exposure_t, old.exposure_total
+    return merged

@@ -2,7 +2,11 @@
 
 A ranker folder (``models/<config>/ranker/``, written by ``finetune.ranker``)
 holds ``model.txt`` (the LightGBM booster), ``features.json`` (the feature
-names it reads, in order) and ``model_card.json``.
+names it reads, in order) and ``model_card.json``; a staged ranker also
+``personal.txt``: a second booster over the personal features only, trained
+on top of the first (its scores as the starting point), so the model is
+``f(x) = g(non-personal) + h(personal)``.  A ranker without ``personal.txt``
+is one booster over all its features.
 
 The personalization knob: with ``f`` the model, ``x`` a candidate's features
 and ``x₀`` the same features with the personal ones set to a cold user's
@@ -23,19 +27,35 @@ from engine.features import COLD, FEATURES, PERSONAL
 from indexer.encoder import ModelMissingError
 
 MODEL_FILE = "model.txt"
+PERSONAL_FILE = "personal.txt"
+# inputs a model is trained with but that serving does not know, and the value serving gives them: the
+# logged position (finetune.ranker's position-bias term, additive: the same shift for every candidate)
+TRAINING_ONLY = {"position": 0.0}
 FEATURES_FILE = "features.json"
 
 
 class Ranker:
-    def __init__(self, booster, features: list[str], card: dict | None = None):
-        unknown = [f for f in features if f not in FEATURES]
+    def __init__(self, booster, features: list[str], card: dict | None = None, personal=None,
+                 personal_features: list[str] | None = None):
+        unknown = [f for f in features if f not in FEATURES and f not in TRAINING_ONLY]
         if unknown:
             raise ValueError(f"ranker reads unknown feature(s) {unknown}; this engine computes {list(FEATURES)}")
         self.booster = booster
         self.features = list(features)
-        self.cols = np.array([FEATURES.index(f) for f in features])
+        known = [i for i, f in enumerate(features) if f in FEATURES]
+        self.cols = np.array([FEATURES.index(features[i]) for i in known])
+        self.known = np.array(known, dtype=np.int64)  # where the engine's features go in the model's input
+        self.constants = [(i, TRAINING_ONLY[f]) for i, f in enumerate(features) if f in TRAINING_ONLY]
         self.personal_cols = np.array([i for i, f in enumerate(features) if f in PERSONAL], dtype=np.int64)
         self.cold = np.array([COLD[PERSONAL.index(features[i])] for i in self.personal_cols])
+        # the staged form: h over personal features only, added to the booster's score
+        self.personal = personal
+        self.personal_features = list(personal_features or [])
+        bad = [f for f in self.personal_features if f not in PERSONAL]
+        if bad or (personal is not None and not self.personal_features):
+            raise ValueError(f"a personal booster reads personal features only, not {bad or 'none'}")
+        self.h_cols = np.array([FEATURES.index(f) for f in self.personal_features], dtype=np.int64)
+        self.h_cold = np.array([COLD[PERSONAL.index(f)] for f in self.personal_features])
         self.card = card or {}
         self.path = Path(".")
         self.signature: tuple = ()
@@ -53,7 +73,7 @@ class Ranker:
 
     @property
     def uses_personal(self) -> bool:
-        return len(self.personal_cols) > 0
+        return len(self.personal_cols) > 0 or self.personal is not None
 
     @classmethod
     def load(cls, path: str | Path) -> "Ranker":
@@ -62,11 +82,14 @@ class Ranker:
         p = Path(path)
         if not (p / MODEL_FILE).is_file():
             raise ModelMissingError(f"ranker {p} not found; train it with `make finetune`")
-        features = json.loads((p / FEATURES_FILE).read_text(encoding="utf-8"))["features"]
+        spec = json.loads((p / FEATURES_FILE).read_text(encoding="utf-8"))
+        features = spec["features"]
         card_path = p / "model_card.json"
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         signature = cls.file_signature(p)
-        ranker = cls(lgb.Booster(model_file=str(p / MODEL_FILE)), features, card)
+        personal = lgb.Booster(model_file=str(p / PERSONAL_FILE)) if (p / PERSONAL_FILE).is_file() else None
+        ranker = cls(lgb.Booster(model_file=str(p / MODEL_FILE)), features, card, personal,
+                     spec.get("personal_model") if personal is not None else None)
         ranker.path, ranker.signature = p, signature
         return ranker
 
@@ -74,8 +97,13 @@ class Ranker:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
         self.booster.save_model(str(p / MODEL_FILE))
-        (p / FEATURES_FILE).write_text(json.dumps({"features": self.features, "personal": [
-            f for f in self.features if f in PERSONAL]}, indent=1), encoding="utf-8")
+        spec = {"features": self.features, "personal": [f for f in self.features if f in PERSONAL]}
+        if self.personal is not None:
+            self.personal.save_model(str(p / PERSONAL_FILE))
+            spec["personal_model"] = self.personal_features
+        else:
+            (p / PERSONAL_FILE).unlink(missing_ok=True)
+        (p / FEATURES_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
         (p / "model_card.json").write_text(json.dumps(self.card, indent=1, ensure_ascii=False, default=str),
                                            encoding="utf-8")
 
@@ -83,18 +111,33 @@ class Ranker:
         """(final scores, non-personal scores ``f(x₀)``) of one query's candidates."""
         if not 0.0 <= personalize <= 1.0:
             raise ValueError(f"personalize must be within [0, 1], got {personalize}")
-        Z = X[:, self.cols]
+        if self.constants:
+            Z = np.empty((len(X), len(self.features)))
+            Z[:, self.known] = X[:, self.cols]
+            for i, v in self.constants:
+                Z[:, i] = v
+        else:
+            Z = X[:, self.cols]
         cold = Z.copy()
         if len(self.personal_cols):
             cold[:, self.personal_cols] = self.cold
-        if not warm or personalize == 0.0 or not len(self.personal_cols) or len(X) == 0:
-            base = self._predict(cold)
+        off = not warm or personalize == 0.0 or not self.uses_personal or len(X) == 0
+        if self.personal is not None:  # staged: g(x₀) + personalize · (h(x) − h(x₀))
+            base = self._predict(self.booster, cold)
+            if off:
+                return base, base
+            H = X[:, self.h_cols]
+            h = self._predict(self.personal, np.vstack([np.broadcast_to(self.h_cold, H.shape), H]))
+            return base + personalize * (h[len(X):] - h[: len(X)]), base
+        if off:
+            base = self._predict(self.booster, cold)
             return base, base
-        both = self._predict(np.vstack([cold, Z]))
+        both = self._predict(self.booster, np.vstack([cold, Z]))
         base, full = both[: len(X)], both[len(X):]
         return base + personalize * (full - base), base
 
-    def _predict(self, Z: np.ndarray) -> np.ndarray:
+    @staticmethod
+    def _predict(booster, Z: np.ndarray) -> np.ndarray:
         if len(Z) == 0:
             return np.zeros(0)
-        return np.asarray(self.booster.predict(np.ascontiguousarray(Z), num_threads=1), dtype=np.float64)
+        return np.asarray(booster.predict(np.ascontiguousarray(Z), num_threads=1), dtype=np.float64)

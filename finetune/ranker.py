@@ -41,7 +41,9 @@ from engine.features import FEATURES, PERSONAL, StatsTimeline, timeline_ctr_popu
 from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, bought_rows
 
 EVENT_NAMES = ("impression", "click", "add_to_cart", "purchase")
-MONOTONE = {"centroid_cos": 1, "category_aff": 1, "brand_aff": 1, "group_aff": 1, "price_band_aff": 1}
+POSITION = "position"  # training only: the rank a logged product was shown at (engine.ranker sets it to 0)
+MONOTONE = {"position": -1, "centroid_cos": 1, "category_aff": 1, "brand_aff": 1, "group_aff": 1, "price_band_aff": 1,
+            "category_ctr": 1, "brand_ctr": 1, "group_ctr": 1, "price_band_ctr": 1}
 SESSION_GAP = 1800.0
 
 
@@ -211,12 +213,19 @@ class Dataset:
     y: np.ndarray
     groups: np.ndarray  # rows per session
     sessions: list[int]  # index of each kept session in the input list
+    position: np.ndarray | None = None  # each row's logged position (0 = top; -1 unknown: judged pairs)
 
     def split(self, n_first: int) -> tuple["Dataset", "Dataset"]:
         """(the first ``n_first`` sessions, the rest)."""
         cut = int(self.groups[:n_first].sum())
-        return (Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first]),
-                Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:]))
+        pos = (None, None) if self.position is None else (self.position[:cut], self.position[cut:])
+        return (Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0]),
+                Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1]))
+
+    @property
+    def logged(self) -> bool:
+        """Whether rows carry the position they were shown at (a click log, not judged pairs)."""
+        return self.position is not None and bool((self.position >= 0).any())
 
 
 def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float,
@@ -224,45 +233,68 @@ def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, 
     """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
     row_of = engine.products.row_map() if pit is not None else {}
     half_life = engine.cfg.personal.half_life_days * 86400.0
-    Xs, ys, groups, kept = [], [], [], []
+    Xs, ys, groups, kept, positions = [], [], [], [], []
     for i, s in enumerate(tqdm(sessions, desc="ranker features", disable=not progress, mininterval=2.0)):
         cand = cands[s.query]
         if not len(cand.rows):
             continue
         y = np.array([s.gains.get(int(r), 0.0) for r in cand.rows])
         X = session_features(engine, cand, s, pit, prior, row_of, half_life)
+        pos = np.full(len(y), -1.0)
         if s.shown:  # logged sessions: only what the user saw has a label; the rest is unknown, not 0
             seen = np.isin(cand.rows, s.shown)
+            where = {r: j for j, r in enumerate(s.shown)}
             X, y = X[seen], y[seen]
+            pos = np.array([where[int(r)] for r in cand.rows[seen]], dtype=np.float64)
         if len(y) < 2 or y.max() <= 0:
             continue
         Xs.append(X)
         ys.append(y)
         groups.append(len(y))
         kept.append(i)
+        positions.append(pos)
     if not Xs:
-        return Dataset(np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), [])
-    return Dataset(np.vstack(Xs), np.concatenate(ys), np.asarray(groups, dtype=np.int64), kept)
+        return Dataset(np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), [], np.zeros(0))
+    return Dataset(np.vstack(Xs), np.concatenate(ys), np.asarray(groups, dtype=np.int64), kept,
+                   np.concatenate(positions))
 
 
-def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = FEATURES, progress: bool = True):
-    """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`)."""
+def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = FEATURES, progress: bool = True,
+        init: tuple[np.ndarray, np.ndarray | None] | None = None):
+    """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`).
+
+    ``init``: starting scores of the train and valid rows (boosting continues from another model's
+    scores); the logged position is then left to that model."""
     import lightgbm as lgb
 
     cols = [FEATURES.index(f) for f in features]
+    names = list(features)
+    debias = tcfg.position_debias and train.logged and init is None
+    if debias:
+        names.append(POSITION)
     params = {
         "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "lambdarank_truncation_level": 20,
         "num_leaves": tcfg.num_leaves, "learning_rate": tcfg.learning_rate, "min_data_in_leaf": tcfg.min_data_in_leaf,
         "feature_fraction": 1.0, "bagging_fraction": 1.0, "lambda_l2": 1.0, "seed": tcfg.seed, "deterministic": True,
         "num_threads": 2, "verbosity": -1, "feature_pre_filter": False,
-        "monotone_constraints": [MONOTONE.get(f, 0) for f in features], "monotone_constraints_method": "advanced",
+        "monotone_constraints": [MONOTONE.get(f, 0) for f in names], "monotone_constraints_method": "advanced",
     }
+    if debias:
+        # position bias: the logged position gets trees of its own (an additive h(position)), so the other
+        # features explain what position does not; serving sets it to 0 for every candidate, a constant shift
+        params["interaction_constraints"] = [list(range(len(features))), [len(features)]]
+
+    def matrix(d: Dataset) -> np.ndarray:
+        X = d.X[:, cols]
+        return np.column_stack([X, np.maximum(d.position, 0.0)]) if debias else X
+
     ints = lambda y: np.rint(y).astype(np.int32)  # noqa: E731 (LambdaRank labels are integer grades)
-    dtrain = lgb.Dataset(train.X[:, cols], ints(train.y), group=train.groups, feature_name=list(features),
-                         free_raw_data=False)
+    dtrain = lgb.Dataset(matrix(train), ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
+                         init_score=None if init is None else init[0])
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
-        dvalid = lgb.Dataset(valid.X[:, cols], ints(valid.y), group=valid.groups, reference=dtrain)
+        dvalid = lgb.Dataset(matrix(valid), ints(valid.y), group=valid.groups, reference=dtrain,
+                             init_score=None if init is None else init[1])
         valid_sets = [dvalid]
         callbacks.append(lgb.early_stopping(tcfg.early_stopping, verbose=False))
     evals: dict = {}
@@ -270,7 +302,50 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
     booster = lgb.train(params, dtrain, num_boost_round=tcfg.num_rounds, valid_sets=valid_sets,
                         valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
     curve = evals.get("valid", {}).get("ndcg@10", [])
+    booster.matrix = matrix  # how this booster's inputs are laid out from a Dataset
     return booster, curve
+
+
+def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
+    """``g`` over the non-personal features (and the logged position), then ``h`` over the personal ones,
+    boosted from ``g``'s scores: ``f = g + h``.  Each stops early on its own, so the weaker personal
+    signal is not cut short by when the relevance part stops improving.  Returns
+    ``(g, h, curve of g, curve of g + h)``."""
+    base = [f for f in features if f not in PERSONAL]
+    personal = [f for f in features if f in PERSONAL]
+    g, curve_g = fit(train, valid, tcfg, base, progress)
+    has_valid = valid is not None and len(valid.groups) > 0
+    init = (g.predict(g.matrix(train)), g.predict(g.matrix(valid)) if has_valid else None)
+    h, curve_h = fit(train, valid if has_valid else None, tcfg, personal, progress, init=init)
+    return g, h, curve_g, curve_h
+
+
+def ndcg_per_group(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each group (rows in group order), gains ``2^y − 1`` as LightGBM's lambdarank uses."""
+    out = np.zeros(len(groups))
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    start = 0
+    for i, n in enumerate(groups):
+        yy, ss = y[start:start + n], scores[start:start + n]
+        start += n
+        gains = 2.0 ** yy - 1
+        ideal = np.sort(gains)[::-1][:k]
+        got = gains[np.argsort(-ss, kind="stable")][:k]
+        idcg = float(ideal @ disc[: len(ideal)])
+        out[i] = float(got @ disc[: len(got)]) / idcg if idcg > 0 else 0.0
+    return out
+
+
+def personal_gain(g, h, valid: Dataset) -> dict:
+    """Does ``h`` help on the validation sessions?  Per-session NDCG@10 of ``g + h`` minus ``g``: mean, its
+    standard error and the one-sided z (the boost is kept when z ≥ 1.645, i.e. p < 0.05)."""
+    base = g.predict(g.matrix(valid))
+    both = base + h.predict(h.matrix(valid))
+    d = ndcg_per_group(valid.y, both, valid.groups) - ndcg_per_group(valid.y, base, valid.groups)
+    se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    mean = float(d.mean()) if len(d) else 0.0
+    return {"sessions": int(len(d)), "ndcg@10_diff": round(mean, 4), "se": round(se, 4),
+            "z": round(mean / se, 2) if se > 0 else 0.0}
 
 
 def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, tcfg, out,
@@ -289,20 +364,46 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
                          "the ranker needs more data")
     n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 else 0
     train, valid = data.split(n - n_valid)
-    booster, curve = fit(train, valid if n_valid else None, tcfg, features, progress)
+    pcols = [FEATURES.index(f) for f in features if f in PERSONAL]
+    knows_users = bool(pcols) and bool(np.any(data.X[:, pcols] != 0))
+    if not knows_users:  # no session knows its user (judged pairs): personal features would be constant
+        features = [f for f in features if f not in PERSONAL]
+    h = None
+    check = None
+    if tcfg.staged and knows_users and len(pcols) < len(features):
+        booster, h, curve_g, curve = fit_staged(train, valid if n_valid else None, tcfg, features, progress)
+        if n_valid:
+            check = personal_gain(booster, h, valid)
+            check["kept"] = check["z"] >= 1.645
+            if not check["kept"]:  # the personal boost does not beat noise on held-out sessions: never hurt
+                h, curve = None, curve_g
+    else:
+        booster, curve = fit(train, valid if n_valid else None, tcfg, features, progress)
+        curve_g = None
     importance = dict(zip(booster.feature_name(), booster.feature_importance("gain").round(2).tolist()))
+    if h is not None:
+        importance.update(zip(h.feature_name(), h.feature_importance("gain").round(2).tolist()))
     card = {
         "model": "LightGBM LambdaRank (NDCG@10)", "data": description, "sessions": n, "train_sessions": n - n_valid,
-        "valid_sessions": n_valid, "rows": int(len(data.y)), "features": list(features),
-        "personal_features": [f for f in features if f in PERSONAL],
+        "valid_sessions": n_valid, "rows": int(len(data.y)),
+        "features": booster.feature_name() + (h.feature_name() if h is not None else []),
+        "personal_features": h.feature_name() if h is not None else [f for f in booster.feature_name() if f in PERSONAL],
         "best_iteration": int(booster.best_iteration or booster.current_iteration()),
         "valid_ndcg@10": round(float(max(curve)), 4) if curve else None,
+        "form": "staged: g(non-personal) + h(personal)" if h is not None else "one booster",
         "importance_gain": importance, "minutes": round((time.perf_counter() - t0) / 60, 2),
         "training": dataclasses.asdict(tcfg),
         "point_in_time": "profiles and product counts from events strictly before each session",
     }
     ce = engine.cross_encoder()
     card["cross_encoder"] = {"path": str(ce.path), "fingerprint": ce.fingerprint()}
-    ranker = Ranker(booster, list(features), card)
+    if check is not None:
+        card["personal_check"] = check
+    if h is not None:
+        card["personal_best_iteration"] = int(h.best_iteration or h.current_iteration())
+        card["valid_ndcg@10_non_personal"] = round(float(max(curve_g)), 4) if curve_g else None
+    if POSITION in booster.feature_name():
+        card["position_debias"] = "the logged position trained as an additive term; 0 for every candidate at serving"
+    ranker = Ranker(booster, booster.feature_name(), card, h, h.feature_name() if h is not None else None)
     ranker.save(out)
     return card

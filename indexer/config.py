@@ -215,6 +215,10 @@ class RankerTrainConfig:
     max_queries: int = 2000
     # click logs: the last share of training sessions (by time) stops the boosting early
     valid_fraction: float = 0.15
+    # click logs: learn the position bias from the logged positions (an additive term dropped at serving time)
+    position_debias: bool = True
+    # personal features in a second booster on top of the first (f = g + h), each stopped early on its own
+    staged: bool = True
     seed: int = 0
 
 

@@ -145,6 +145,10 @@ def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path):
         for f in ("category", "brand", "group", "price_band"):
             assert a.shares(f).keys() == b.shares(f).keys()
             np.testing.assert_allclose(list(a.shares(f).values()), [b.shares(f)[k] for k in a.shares(f)], rtol=1e-6)
+            ea, eb = a.exposure.get(f, {}), b.exposure.get(f, {})
+            assert ea.keys() == eb.keys()
+            np.testing.assert_allclose([ea[k] for k in ea], [eb[k] for k in ea], rtol=1e-6)
+        assert a.exposure_t == b.exposure_t and a.exposure_total == pytest.approx(b.exposure_total, rel=1e-9)
     np.testing.assert_array_equal(bulk.stats().counts, online.stats().counts)
 
 
@@ -162,7 +166,105 @@ def test_profile_weights_decay_with_the_half_life_and_affinities_are_capped():
     late = Profile(**{**p.__dict__, "affinities": {k: dict(v) for k, v in p.affinities.items()}})
     apply_event(late, facets, 2, "P2", "click", T0, s)  # an old event arriving late counts at its age
     assert late.weight == pytest.approx(2.0) and late.t == p.t
-    assert apply_event(p, facets, 3, "P3", "impression", T0 + 11 * DAY, s) is False
+    # an impression adds exposure only: the engagement side (weight, time, centroid, affinities) is unchanged
+    before = (p.weight, p.t, p.centroid.copy(), {k: dict(v) for k, v in p.affinities.items()}, p.n_events)
+    assert apply_event(p, facets, 3, "P3", "impression", T0 + 11 * DAY, s) is True
+    assert (p.weight, p.t, p.affinities, p.n_events) == (before[0], before[1], before[3], before[4])
+    np.testing.assert_array_equal(p.centroid, before[2])
+    assert p.exposure_total == 1.0 and p.exposure["brand"] == {str(facets.brand[3]): 1.0}
+    apply_event(p, facets, 3, "P3", "impression", T0 + 21 * DAY, s)  # one half-life later: the first counts 0.5
+    assert p.exposure_total == pytest.approx(1.5) and p.exposure_t == T0 + 21 * DAY
+    assert apply_event(p, facets, 3, "P3", "no_such_gain", T0 + 22 * DAY, s) is False
+
+
+def test_a_users_own_click_rate_on_a_brand_corrects_for_what_they_were_shown():
+    from engine.features import personal_features
+
+    facets, s = tiny_facets(), ProfileSettings(half_life_days=30)
+    p = Profile()
+    for i in range(10):  # brand 0 (row 0) shown ten times, clicked once; brand 1 (row 1) shown once, clicked once
+        apply_event(p, facets, 0, "P0", "impression", T0 + i, s)
+    apply_event(p, facets, 0, "P0", "click", T0 + 20, s)
+    apply_event(p, facets, 1, "P1", "impression", T0 + 30, s)
+    apply_event(p, facets, 1, "P1", "click", T0 + 40, s)
+    X = personal_features(np.array([0, 1, 4]), p, facets, T0 + 50, s.half_life)
+    aff, ctr = X[:, PERSONAL.index("brand_aff")], X[:, PERSONAL.index("brand_ctr")]
+    assert aff[0] == pytest.approx(aff[1], rel=1e-4)  # one click each: engagement shares cannot tell them apart
+    assert ctr[1] > 1.0 > ctr[0]  # given what was shown, brand 1 is chosen, brand 0 passed over
+    assert ctr[2] == pytest.approx(1.0, abs=1e-3)  # brand 2, never shown: the user's average
+    # smoothing: rate 2/11, brand 0 (1 + 3 r) / (10 + 3) / r
+    r = 2 / 11
+    assert ctr[0] == pytest.approx((1 + 3 * r) / 13 / r, rel=1e-3)
+    clicks_only = Profile()
+    apply_event(clicks_only, facets, 0, "P0", "click", T0, s)  # no impressions known: the rates are 0
+    assert not personal_features(np.array([0, 1]), clicks_only, facets, T0, s.half_life)[
+        :, [PERSONAL.index(f"{f}_ctr") for f in ("category", "brand", "group", "price_band")]].any()
+
+
+def _logged_data(rng, n_sessions=600, personal_effect=1.0, shown=10):
+    """Logged sessions: clicks follow ce, position bias and (scaled by ``personal_effect``) brand_ctr."""
+    from finetune.ranker import Dataset
+
+    n = n_sessions * shown
+    X = np.zeros((n, len(FEATURES)))
+    X[:, FEATURES.index("ce")] = rng.normal(size=n)
+    X[:, FEATURES.index("brand_ctr")] = rng.gamma(2.0, 0.5, size=n)
+    X[:, FEATURES.index("history")] = 1.0
+    pos = np.tile(np.arange(shown, dtype=float), n_sessions)
+    logit = X[:, FEATURES.index("ce")] + personal_effect * 1.5 * np.log(X[:, FEATURES.index("brand_ctr")]) \
+        - 0.4 * pos - 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
+    return Dataset(X, y, np.full(n_sessions, shown), list(range(n_sessions)), pos)
+
+
+def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
+    from engine.ranker import Ranker
+    from finetune.ranker import fit
+    from indexer.config import RankerTrainConfig
+
+    data = _logged_data(np.random.default_rng(1), personal_effect=0.0)
+    train, valid = data.split(500)
+    feats = ["ce", "bm25_score"]
+    booster, _ = fit(train, valid, RankerTrainConfig(num_rounds=60, early_stopping=60), feats, progress=False)
+    assert booster.feature_name() == feats + ["position"]
+    Z = np.column_stack([np.zeros(10), np.zeros(10), np.arange(10.0)])
+    assert (np.diff(booster.predict(Z)) <= 0).all() and booster.predict(Z)[0] > booster.predict(Z)[-1]
+    Ranker(booster, booster.feature_name(), {}).save(tmp_path / "r")
+    ranker = Ranker.load(tmp_path / "r")
+    X = np.zeros((5, len(FEATURES)))
+    X[:, FEATURES.index("ce")] = [2.0, -1.0, 0.5, 1.0, -2.0]
+    score, _ = ranker.score(X)
+    np.testing.assert_allclose(score, booster.predict(np.column_stack([X[:, [0, 3]], np.zeros(5)])))
+    assert np.argsort(-score).tolist() == [0, 3, 2, 1, 4]  # ce alone orders them
+
+
+def test_the_staged_ranker_keeps_a_personal_boost_only_when_held_out_sessions_confirm_it(tmp_path):
+    from engine.ranker import Ranker
+    from finetune.ranker import fit_staged, personal_gain
+    from indexer.config import RankerTrainConfig
+
+    tcfg = RankerTrainConfig(num_rounds=80, early_stopping=20)
+    feats = ["ce", "bm25_score", "brand_ctr", "history"]
+    results = {}
+    for effect in (1.0, 0.0):
+        train, valid = _logged_data(np.random.default_rng(2), n_sessions=1500, personal_effect=effect).split(1200)
+        g, h, _, _ = fit_staged(train, valid, tcfg, feats, progress=False)
+        assert "brand_ctr" not in g.feature_name() and set(h.feature_name()) == {"brand_ctr", "history"}
+        results[effect] = (g, h, personal_gain(g, h, valid))
+    assert results[1.0][2]["z"] >= 1.645 > results[0.0][2]["z"]  # a real taste is kept, none is not
+    g, h, _ = results[1.0]
+    Ranker(g, g.feature_name(), {}, h, h.feature_name()).save(tmp_path / "r")
+    ranker = Ranker.load(tmp_path / "r")
+    assert (tmp_path / "r" / "personal.txt").is_file() and ranker.uses_personal
+    X = np.zeros((6, len(FEATURES)))
+    X[:, FEATURES.index("ce")] = 0.5
+    X[:, FEATURES.index("history")] = 1.0
+    X[:, FEATURES.index("brand_ctr")] = [0.2, 0.5, 1.0, 1.5, 2.5, 4.0]
+    full, base = ranker.score(X, 1.0)
+    assert np.ptp(base) == 0 and np.argsort(-full).tolist() == [5, 4, 3, 2, 1, 0]
+    half, _ = ranker.score(X, 0.5)
+    np.testing.assert_allclose(half - base, 0.5 * (full - base))
+    np.testing.assert_array_equal(ranker.score(X, 1.0, warm=False)[0], base)
 
 
 def test_price_bands_are_quantiles_within_each_category():
