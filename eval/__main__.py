@@ -1,25 +1,85 @@
 """`python -m eval --config CONFIG --queries Q.tsv --stages bm25 --out DIR`
 
 Indexes the config's whole corpus (reusing a current index), retrieves every
-judged query with each stage, and writes DIR/metrics.json, DIR/report.md,
+judged query with each stage, and writes DIR/metrics.json, DIR/report.md
+(each stage's 95% bootstrap interval, each stage's paired gain over the one
+before with its p-value, the queries each stage hurt most), DIR/per_query.tsv,
 DIR/recall.png and the runs.
+
+`python -m eval --config CONFIG --compare A B --stages rerank --out DIR`
+evaluates the same queries and stages twice, under A and under B, and reports
+the paired difference B − A: the check to run before shipping a change.  A and
+B are each a config file (.yaml) or a model folder, which replaces the model of
+the same kind in CONFIG: a ranker folder (model.txt) → rerank.ranker, a
+cross-encoder → rerank.model, a bi-encoder (sentence-transformers folder) →
+dense.model.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
 from engine.search import STAGES, SearchEngine
 from eval.evaluate import evaluate
-from finetune.judged import QueriesError, read_queries
 from eval.report import write_report
+from eval.significance import fmt_interval, paired
+from finetune.judged import QueriesError, read_queries
 from indexer.build import ensure_indexes
 from indexer.catalog import CatalogError
 from indexer.config import ConfigError, load_config, parse_overrides
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
+
+
+def variant(cfg, spec: str):
+    """The config ``spec`` names: a config file, or ``cfg`` with one model replaced by a folder."""
+    p = Path(spec)
+    if p.suffix in (".yaml", ".yml"):
+        return load_config(p)
+    if not p.is_dir():
+        raise ConfigError(f"--compare: {spec} is neither a config file (.yaml) nor a model folder")
+    if (p / "model.txt").is_file():
+        return dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=str(p.resolve())))
+    if (p / "modules.json").is_file():  # a sentence-transformers folder: the bi-encoder
+        return dataclasses.replace(cfg, dense=dataclasses.replace(cfg.dense, model=str(p.resolve())))
+    if (p / "config.json").is_file():
+        return dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, model=str(p.resolve())))
+    raise ConfigError(f"--compare: {spec} holds no ranker (model.txt), bi-encoder (modules.json) or "
+                      "cross-encoder (config.json)")
+
+
+def run_config(cfg, queries, stages, progress: bool):
+    ensure_indexes(cfg, stages, progress=progress)
+    engine = SearchEngine.from_config(cfg)
+    return engine, evaluate(engine, queries, stages, progress=progress)
+
+
+def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, seed: int = 0) -> dict:
+    """Evaluate under ``a`` and ``b``; write ``compare.json`` and ``compare.md`` (B − A per stage)."""
+    results = {}
+    for name, spec in (("A", a), ("B", b)):
+        c = variant(cfg, spec)
+        _, res = run_config(c, queries, stages, progress)
+        results[name] = res
+        write_report(out / name, res, {"config": spec}, queries.texts, queries.relevance)
+    payload = {"A": a, "B": b, "n_queries": len(queries), "stages": {}}
+    lines = [f"# Compare: B − A on {len(queries)} queries", "", f"- A: {a}", f"- B: {b}", "",
+             "| stage | metric | A | B | B − A [95% CI] | p |", "| --- | --- | ---: | ---: | --- | ---: |"]
+    for ra, rb in zip(results["A"], results["B"]):
+        d = paired(ra.per_query, rb.per_query, seed)
+        payload["stages"][ra.stage] = d
+        for m, v in d.items():
+            lines.append(f"| {ra.stage} | {m} | {v['a']:.4f} | {v['b']:.4f} | "
+                         f"{fmt_interval(v['diff'], v['ci_low'], v['ci_high'], signed=True)} | {v['p_value']:.3f} |")
+    lines += ["", "Paired bootstrap over queries (2,000 resamples); p two-sided. Per-side reports in A/ and B/."]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    (out / "compare.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return payload
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)")
     ap.add_argument("--stages", default="bm25", help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                    help="two configs or model folders on the same queries: the paired difference B − A")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                     help="override a config field, e.g. --set rerank.model=models/wentian/cross-encoder-L12 "
                          "--set rerank.weight=0.6 (repeatable)")
@@ -39,24 +101,29 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         print(f"error: unknown stage(s) {bad}; available: {list(STAGES)}", file=sys.stderr)
         return 2
+    progress = not args.no_progress
     try:
         cfg = load_config(args.config, **parse_overrides(args.set))
         qpath = args.queries or cfg.eval.queries
         if qpath is None:
             raise QueriesError("no --queries given and the config sets no eval.queries")
         queries = read_queries(qpath)
-        ensure_indexes(cfg, stages, progress=not args.no_progress)
-        engine = SearchEngine.from_config(cfg)
+        if args.compare:
+            payload = compare(cfg, *args.compare, queries, stages, Path(args.out), progress)
+            for stage, d in payload["stages"].items():
+                print(stage, " ".join(f"{m}: {v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] p={v['p_value']:.3f}"
+                                      for m, v in d.items()))
+            print(f"wrote {args.out}/compare.md and compare.json")
+            return 0
+        engine, results = run_config(cfg, queries, stages, progress)
     except (ConfigError, QueriesError, CatalogError, IndexLoadError, ModelMissingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     judged = {p for rel in queries.relevance.values() for p in rel}
-    known = set(engine.products.ids.tolist())
-    missing = judged - known
+    missing = judged - set(engine.products.ids.tolist())
     if missing:
         print(f"warning: {len(missing)} judged product(s) are not in the catalog and can never be retrieved",
               file=sys.stderr)
-    results = evaluate(engine, queries, stages, progress=not args.no_progress)
     context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
                "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
                "index": engine.bm25.manifest.get("build_id", "")}
@@ -64,17 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         r = cfg.rerank
         ce = engine.cross_encoder()
         context["rerank"] = (f"{r.model} ({ce.num_layers} layers, max_length {ce.max_length}, {ce.device}), "
-                             f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}")
+                             f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}"
+                             + (f", ranker {r.ranker}" if r.ranker else ""))
     if args.set:
         context["overrides"] = " ".join(args.set)
     for stage in stages:
         if stage in ("dense", "dense-base"):
             enc, idx = engine.dense_stage(stage)
             context[f"{stage} encoder"] = f"{enc.model_path} (max_length {enc.max_length}, {enc.device}), {idx.manifest.get('factory')}"
-    payload = write_report(Path(args.out), results, context)
+    products = engine.products
+    row_of = products.row_map()
+    payload = write_report(Path(args.out), results, context, queries.texts, queries.relevance,
+                           lambda pid: products.titles[row_of[pid]] if pid in row_of else "")
     for stage, m in payload.items():
         print(stage, " ".join(f"{k}={v}" for k, v in m.items()))
-    print(f"wrote {args.out}/metrics.json and report.md")
+    print(f"wrote {args.out}/metrics.json, report.md and per_query.tsv")
     return 0
 
 

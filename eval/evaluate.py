@@ -22,6 +22,7 @@ class StageResult:
     run: dict[str, dict[str, float]]
     latency_ms: np.ndarray
     recall_curve: list[float] = field(default_factory=list)
+    per_query: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> value per query (qrels order)
 
 
 def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: int, progress: bool = True,
@@ -53,6 +54,25 @@ def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: i
     return run, lat
 
 
+PER_QUERY = ("mrr@10", "ndcg@10")  # besides recall at the main cut (:func:`main_recall`)
+
+
+def main_recall(ks: list[int]) -> str:
+    """The recall the reports lead with: recall@100 when measured, else the deepest cut."""
+    return "recall@100" if 100 in ks else f"recall@{max(ks)}"
+
+
+def per_query_metrics(queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None,
+                      ks: list[int]) -> dict[str, np.ndarray]:
+    """Each query's MRR@10, NDCG@10 and main recall (qrels order: ``queries.relevance``)."""
+    qrels = queries.gains(gain_offset)
+    recall_qrels, thr = (queries.relevance, relevant_threshold) if relevant_threshold is not None else (qrels, None)
+    rk = main_recall(ks)
+    return {"mrr@10": metrics.mrr(qrels, run, 10, per_query=True),
+            "ndcg@10": metrics.ndcg(qrels, run, 10, per_query=True),
+            rk: metrics.recall(recall_qrels, run, int(rk.split("@")[1]), threshold=thr, per_query=True)}
+
+
 def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None,
               ks: list[int]) -> tuple[dict[str, float], list[float]]:
     qrels = queries.gains(gain_offset)
@@ -77,5 +97,6 @@ def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], pr
     for stage in stages:
         run, lat = run_stage(engine, queries, stage, depth, progress)
         m, curve = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
-        results.append(StageResult(stage, m, run, lat, curve))
+        pq = per_query_metrics(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
+        results.append(StageResult(stage, m, run, lat, curve, pq))
     return results

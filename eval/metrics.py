@@ -25,8 +25,8 @@ Run = Mapping[str, "Mapping[str, float] | Sequence[str]"]
 
 def _ranked(result) -> list[str]:
     if isinstance(result, Mapping):
-        # score descending, ties by product id so that results are deterministic
-        return [pid for pid, _ in sorted(result.items(), key=lambda kv: (-kv[1], kv[0]))]
+        # score descending; ties keep the run's own order (the order the system returned them in)
+        return [pid for pid, _ in sorted(result.items(), key=lambda kv: -kv[1])]
     return list(result)
 
 

@@ -83,6 +83,32 @@ def test_eval_cli_writes_metrics_and_report(demo_cfg, tmp_path):
     assert "| bm25 |" in report and (tmp_path / "out" / "recall.png").stat().st_size > 1000
 
 
+def test_eval_compare_gives_the_paired_difference_of_two_configs(demo_cfg, tmp_path):
+    import yaml
+
+    files = []
+    for name, k1 in (("a", 1.2), ("b", 0.3)):
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(yaml.safe_dump({
+            "name": "demo", "root": ".", "catalog": {"path": str(demo_cfg.catalog.path)},
+            "index_dir": str(tmp_path / f"idx-{name}"), "text": {"unknown_word_ngrams": 1}, "bm25": {"k1": k1}}),
+            encoding="utf-8")
+        files.append(str(f))
+    q = str(demo_cfg.eval.queries)
+    assert eval_main(["--config", files[0], "--queries", q, "--stages", "bm25", "--out", str(tmp_path / "same"),
+                      "--compare", files[0], files[0], "--no-progress"]) == 0
+    same = json.loads((tmp_path / "same" / "compare.json").read_text())["stages"]["bm25"]["mrr@10"]
+    assert same["diff"] == 0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0
+    assert eval_main(["--config", files[0], "--queries", q, "--stages", "bm25", "--out", str(tmp_path / "k1"),
+                      "--compare", *files, "--no-progress"]) == 0
+    d = json.loads((tmp_path / "k1" / "compare.json").read_text())["stages"]["bm25"]
+    a = json.loads((tmp_path / "k1" / "A" / "metrics.json").read_text())["bm25"]
+    b = json.loads((tmp_path / "k1" / "B" / "metrics.json").read_text())["bm25"]
+    assert d["mrr@10"]["diff"] == pytest.approx(b["mrr@10"] - a["mrr@10"], abs=2e-4) and d["mrr@10"]["diff"] != 0
+    assert d["mrr@10"]["ci_low"] <= d["mrr@10"]["diff"] <= d["mrr@10"]["ci_high"]
+    assert "| bm25 | mrr@10 |" in (tmp_path / "k1" / "compare.md").read_text()
+
+
 def test_eval_cli_rejects_unknown_stage(tmp_path, capsys):
     assert eval_main(["--config", str(ROOT / "configs/demo.yaml"), "--queries", "x.tsv", "--stages", "dense2",
                       "--out", str(tmp_path)]) == 2

@@ -46,3 +46,9 @@ def test_hand_computed_values():
     # a query missing from the run scores 0 and still counts
     assert metrics.mrr({**qrels, "q2": {"a": 1}}, run, 10) == 0.25
     assert metrics.recall_curve(qrels, run, [1, 2, 4]) == pytest.approx([0, 1 / 3, 2 / 3])
+
+
+def test_ties_keep_the_order_the_system_returned():
+    qrels = {"q": {"b": 1}}
+    assert metrics.mrr(qrels, {"q": {"b": 2.0, "a": 2.0}}, 10) == 1.0  # b returned first among equals
+    assert metrics.mrr(qrels, {"q": {"a": 2.0, "b": 2.0}}, 10) == 0.5
