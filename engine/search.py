@@ -35,11 +35,13 @@ import numpy as np
 
 from engine.features import FEATURES, PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
 from engine.fusion import reciprocal_rank_fusion
+from engine.understanding import QueryRewriter, Rewrite
 from engine.query_input import NOTHING_TO_SEARCH, check_filters, check_int, check_personalize, clean_text, searchable
 from engine.rerank import CrossEncoder, combine
 from engine.types import (DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryError, QueryResult,  # noqa: F401
                           SearchResult)
 from indexer.bm25 import BM25Index
+from indexer.query_tables import query_tables
 from indexer.config import Config, ConfigError, load_config
 from indexer.encoder import ModelMissingError, model_fingerprint
 from indexer.store import IndexLoadError
@@ -69,6 +71,7 @@ class IndexVersion:
         self._ranker = None
         self._events = None
         self._facets = None
+        self._rewriter: QueryRewriter | None = None
         self._previous = previous  # models are taken over from it where unchanged (then dropped)
         self._lock = threading.RLock()  # lazy loads
         self._live: tuple = (None, None)  # (signature of deleted.txt, mask)
@@ -272,7 +275,20 @@ class IndexVersion:
         text, _ = clean_text(text, self.cfg.search.max_query_chars)
         if not searchable(text):
             return _EMPTY
-        return self._retrieve(text, k, stage, self._with_live(mask))
+        return self._retrieve(self.understand(text).text, k, stage, self._with_live(mask))
+
+    def rewriter(self) -> QueryRewriter:
+        """Query understanding over this version's catalog vocabulary (tables from the BM25 build)."""
+        if self._rewriter is None:
+            q = self.cfg.query
+            self._rewriter = QueryRewriter(query_tables(self.bm25), self.bm25.tokenizer.normalize, q.rules, q.min_df)
+        return self._rewriter
+
+    def understand(self, text: str) -> Rewrite:
+        """What the engine searches for ``text`` (``query.rewrite`` off: the text itself)."""
+        if not self.cfg.query.rewrite or not searchable(text):
+            return Rewrite(text)
+        return self.rewriter().rewrite(text)
 
     def _retrieve(self, text: str, k: int, stage: str, mask: np.ndarray | None) -> SearchResult:
         """One stage's top-k; ``mask`` already excludes deleted products."""
@@ -376,9 +392,11 @@ class IndexVersion:
         if ranker is not None:
             X = self.features(cand, profile if ranker.uses_personal else None, now)
             score, base = ranker.score(X, personalize, warm=profile is not None)
+            # a tree ensemble scores in steps: candidates it cannot tell apart keep the z-score mix's order
+            order = np.lexsort((-combine(cand.ce, cand.first, r.weight), -score))
         else:
             score = combine(cand.ce, cand.first, r.weight)
-        order = np.argsort(-score, kind="stable")
+            order = np.argsort(-score, kind="stable")
         rows, scores = cand.rows[order], score[order].astype(np.float32)
         if k > n:  # the hybrid ranking continues below the reranked candidates
             tail = reciprocal_rank_fusion(cand.lists, k)
@@ -421,9 +439,9 @@ class IndexVersion:
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages, pairs for rerank)."""
         if stage in DENSE_STAGES:
-            return self._retrieve_batch(texts, k, stage, self.live)
+            return self._retrieve_batch([self.understand(t).text for t in texts], k, stage, self.live)
         if stage == "rerank":
-            return self._reranked(texts, k, self.live)
+            return self._reranked([self.understand(t).text for t in texts], k, self.live)
         return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
     def _cached_candidate_sets(self, texts: list[str], mask: np.ndarray | None, key, deep: int,
@@ -501,6 +519,9 @@ class IndexVersion:
             if u is not None and (not isinstance(u, str) or not u.strip()):
                 raise QueryError("user", f"must be a non-empty string, got {u!r}")
         cleaned = [clean_text(t, sc.max_query_chars) for t in texts]
+        t_u = time.perf_counter()
+        rewrites = [self.understand(t) for t, _ in cleaned]
+        t_understood = time.perf_counter() - t_u
         filters = check_filters(filters)
         key = None if mask is not None else tuple(sorted((f, tuple(v) if isinstance(v, list) else v)
                                                          for f, v in (filters or {}).items()))
@@ -514,7 +535,7 @@ class IndexVersion:
         ranked: dict[int, tuple[SearchResult, list | None]] = {}
         with np.errstate(all="ignore"):  # a filter that leaves nothing: empty lists, no warnings
             if self.cfg.rerank.model and todo:
-                cands = self._cached_candidate_sets([cleaned[i][0] for i in todo], mask, key,
+                cands = self._cached_candidate_sets([rewrites[i].text for i in todo], mask, key,
                                                     self._tail_depth(depth), timings)
                 t0 = time.perf_counter()
                 ranker = self.ranker()
@@ -526,11 +547,12 @@ class IndexVersion:
             else:
                 stages = self.cfg.search.stages
                 for i in todo:
-                    t = cleaned[i][0]
+                    t = rewrites[i].text
                     res = self._retrieve(t, depth, stages[0], mask) if len(stages) == 1 \
                         else self._fused(t, depth, stages, mask)
                     ranked[i] = (res, None)
         timings["total"] = (time.perf_counter() - t_start) * 1000
+        timings["understand"] = round(t_understood * 1000, 3)
         timings = {kk: (round(v, 3) if isinstance(v, float) else v) for kk, v in timings.items()}
         versions = self.versions()
         out = []
@@ -542,7 +564,8 @@ class IndexVersion:
             res, notes = ranked[i]
             hits = self.hits(SearchResult(res.rows[offset:depth], res.scores[offset:depth]),
                              notes[offset:depth] if notes else None, first_rank=offset + 1)
-            out.append(QueryResult(hits, text, timings, versions, truncated=truncated, k=k, offset=offset))
+            out.append(QueryResult(hits, text, timings, versions, truncated=truncated, k=k, offset=offset,
+                                   searched=rewrites[i].text, rewrites=rewrites[i].steps))
         return out
 
     def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:

@@ -53,6 +53,8 @@ class QueryResult:
     truncated: bool = False  # the query was longer than search.max_query_chars and was cut
     k: int = 10
     offset: int = 0
+    searched: str | None = None  # what the engine searched after query understanding (None: as cleaned)
+    rewrites: list[dict] = field(default_factory=list)  # the rewrite steps: {"rule", "from", "to"}
 
     def __len__(self) -> int:
         return len(self.hits)
@@ -77,4 +79,7 @@ class QueryResult:
             d["reason"] = self.reason
         if self.truncated:
             d["truncated"] = True
+        if self.rewrites:  # query understanding changed what was searched
+            d["searched"] = self.searched
+            d["rewrites"] = self.rewrites
         return d

@@ -46,9 +46,12 @@ it changes nothing when there is none.  The behaviour model:
   intervals of the difference, for warm and cold users.
 
 **Guard on real queries** (the config's judged ``eval.queries``): each
-query gets a synthetic history of 5 clicks, (a) on products of the judged
-product's own group (the judged product excluded), or (b) on random
-products; MRR@10 with the medium-taste ranker, personalized vs not.  The
+query gets a synthetic history of 5 sessions, each showing 10 products and
+one of them clicked: (a) a product of the judged product's own group (the
+judged product excluded), or (b) a random product; the 9 others shown are
+random; MRR@10 with the medium-taste ranker (the strong one's when the
+ranker's held-out check dropped medium's personal part), personalized vs
+not.  The
 same queries compare the config's own learned ranker (``rerank.ranker``,
 no user) with the z-score mix on the same candidates.
 
@@ -218,6 +221,7 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
                 if gains:
                     log.eval_sessions.append((user.uid, q, float(t), gains))
                 continue
+            t = min(t, cut - 300.0)  # a session's events (shown over seconds, bought within minutes) stay before the cut
             sess = Session(user.uid, q, float(t))
             # the shop shows 10 of the top 30 non-personal candidates, best first with some exploration
             # (a Plackett-Luce draw on 1.5 z: Gumbel top-k), as logged ranking data usually has
@@ -367,8 +371,11 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
         for name, pool in (("group_history", same), ("random_history", np.arange(len(groups)))):
             hist = rng.choice(pool, size=min(n_history, len(pool)), replace=False) if len(pool) else []
             prof = Profile()
-            for i, r in enumerate(hist):
-                apply_event(prof, fac, int(r), engine.products.ids[int(r)], "click", t - DAY + i, settings)
+            for i, r in enumerate(hist):  # a session: the product among 9 random others shown, then clicked
+                ts = t - DAY + 100 * i
+                for j, o in enumerate([int(r)] + rng.integers(0, len(groups), size=9).tolist()):
+                    apply_event(prof, fac, o, engine.products.ids[o], "impression", ts + j, settings)
+                apply_event(prof, fac, int(r), engine.products.ids[int(r)], "click", ts + 20, settings)
             prof = prof if prof.weight > 0 else None
             personal = personal_features(c.rows, prof, fac, t, hl) if prof else None
             X = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), personal)
@@ -420,7 +427,8 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
                          f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
                          f"{m['ci_high']:+.4f}] |")
     if "guard" in payload:
-        lines += ["", "## Guard on real dev queries (synthetic histories, medium-taste ranker)", "",
+        lines += ["", f"## Guard on real dev queries (synthetic histories, {payload.get('guard_ranker', 'medium')}"
+                      "-taste ranker)", "",
                   "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |", "| --- | ---: | ---: | ---: | --- |"]
         for name, g in payload["guard"].items():
             m = g["mrr@10"]
@@ -541,15 +549,20 @@ def main(argv: list[str] | None = None) -> int:
     guard_path = args.guard
     if guard_path is None:
         guard_path = cfg.eval.queries
-    if guard_path and guard_path != "none" and "medium" in rankers:
+    # the guard needs a ranker that learned a taste: medium's, or (when its held-out check dropped the
+    # personal part) the strongest taste's that kept one
+    personal = [t for t in ("medium", "strong") if t in rankers and rankers[t].uses_personal]
+    if guard_path and guard_path != "none" and personal:
         from engine.ranker import Ranker
+
+        payload["guard_ranker"] = personal[0]
 
         shipped = None
         if shipped_ranker:
             p = Path(shipped_ranker)
             p = p if p.is_absolute() else cfg.root / p
             shipped = Ranker.load(p) if (p / "model.txt").is_file() else None
-        g = guard(engine, rankers["medium"], Path(guard_path), 5, args.seed, progress, args.guard_limit,
+        g = guard(engine, rankers[personal[0]], Path(guard_path), 5, args.seed, progress, args.guard_limit,
                   cache_dir=cache, shipped=shipped)
         if "ranker_vs_mix" in g:
             payload["ranker_vs_mix"] = g.pop("ranker_vs_mix")

@@ -222,6 +222,15 @@ class Dataset:
         return (Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0]),
                 Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1]))
 
+    def shuffled(self, seed: int = 0) -> "Dataset":
+        """The same sessions with rows in a random order within each (seeded): a ranking that cannot tell
+        rows apart must not inherit the logged order (its position bias) when it is measured."""
+        rng = np.random.default_rng(seed)
+        key = np.repeat(np.arange(len(self.groups)), self.groups) + rng.random(len(self.y))
+        perm = np.argsort(key, kind="stable")
+        pos = None if self.position is None else self.position[perm]
+        return Dataset(self.X[perm], self.y[perm], self.groups, self.sessions, pos)
+
     @property
     def logged(self) -> bool:
         """Whether rows carry the position they were shown at (a click log, not judged pairs)."""
@@ -260,16 +269,20 @@ def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, 
 
 
 def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = FEATURES, progress: bool = True,
-        init: tuple[np.ndarray, np.ndarray | None] | None = None):
+        init: tuple[np.ndarray, np.ndarray | None] | None = None, debias: bool | None = None):
     """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`).
 
     ``init``: starting scores of the train and valid rows (boosting continues from another model's
-    scores); the logged position is then left to that model."""
+    scores); the logged position is then left to that model.  ``debias`` (default: the config's
+    ``position_debias`` for logged data): learn the logged position as a term of its own.  Validation
+    rows always get position 0, as serving does, so early stopping measures the ranking that will serve."""
     import lightgbm as lgb
 
     cols = [FEATURES.index(f) for f in features]
     names = list(features)
-    debias = tcfg.position_debias and train.logged and init is None
+    if debias is None:
+        debias = tcfg.position_debias
+    debias = debias and train.logged and init is None
     if debias:
         names.append(POSITION)
     params = {
@@ -284,16 +297,18 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
         # features explain what position does not; serving sets it to 0 for every candidate, a constant shift
         params["interaction_constraints"] = [list(range(len(features))), [len(features)]]
 
-    def matrix(d: Dataset) -> np.ndarray:
+    def matrix(d: Dataset, serving: bool = False) -> np.ndarray:
         X = d.X[:, cols]
-        return np.column_stack([X, np.maximum(d.position, 0.0)]) if debias else X
+        if not debias:
+            return X
+        return np.column_stack([X, np.zeros(len(X)) if serving else np.maximum(d.position, 0.0)])
 
     ints = lambda y: np.rint(y).astype(np.int32)  # noqa: E731 (LambdaRank labels are integer grades)
     dtrain = lgb.Dataset(matrix(train), ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
                          init_score=None if init is None else init[0])
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
-        dvalid = lgb.Dataset(matrix(valid), ints(valid.y), group=valid.groups, reference=dtrain,
+        dvalid = lgb.Dataset(matrix(valid, serving=True), ints(valid.y), group=valid.groups, reference=dtrain,
                              init_score=None if init is None else init[1])
         valid_sets = [dvalid]
         callbacks.append(lgb.early_stopping(tcfg.early_stopping, verbose=False))
@@ -306,6 +321,22 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
     return booster, curve
 
 
+def fit_base(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
+    """:func:`fit`, with and without the position term when the data is logged and ``position_debias`` is on,
+    keeping the one whose validation NDCG@10 (position 0 for every row, as serving) is higher.  Whether
+    the position term helps depends on the logging policy: where the shown order is nearly the relevance
+    order (little exploration), position takes over what relevance should explain."""
+    booster, curve = fit(train, valid, tcfg, features, progress)
+    booster.position_choice = None
+    if POSITION in booster.feature_name() and curve:
+        plain, curve_plain = fit(train, valid, tcfg, features, progress, debias=False)
+        choice = {"with_position": round(float(max(curve)), 4), "without": round(float(max(curve_plain)), 4)}
+        if max(curve_plain) >= max(curve):
+            booster, curve = plain, curve_plain
+        booster.position_choice = choice
+    return booster, curve
+
+
 def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
     """``g`` over the non-personal features (and the logged position), then ``h`` over the personal ones,
     boosted from ``g``'s scores: ``f = g + h``.  Each stops early on its own, so the weaker personal
@@ -313,9 +344,9 @@ def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[s
     ``(g, h, curve of g, curve of g + h)``."""
     base = [f for f in features if f not in PERSONAL]
     personal = [f for f in features if f in PERSONAL]
-    g, curve_g = fit(train, valid, tcfg, base, progress)
+    g, curve_g = fit_base(train, valid, tcfg, base, progress)
     has_valid = valid is not None and len(valid.groups) > 0
-    init = (g.predict(g.matrix(train)), g.predict(g.matrix(valid)) if has_valid else None)
+    init = (g.predict(g.matrix(train)), g.predict(g.matrix(valid, serving=True)) if has_valid else None)
     h, curve_h = fit(train, valid if has_valid else None, tcfg, personal, progress, init=init)
     return g, h, curve_g, curve_h
 
@@ -339,7 +370,7 @@ def ndcg_per_group(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int
 def personal_gain(g, h, valid: Dataset) -> dict:
     """Does ``h`` help on the validation sessions?  Per-session NDCG@10 of ``g + h`` minus ``g``: mean, its
     standard error and the one-sided z (the boost is kept when z ≥ 1.645, i.e. p < 0.05)."""
-    base = g.predict(g.matrix(valid))
+    base = g.predict(g.matrix(valid, serving=True))
     both = base + h.predict(h.matrix(valid))
     d = ndcg_per_group(valid.y, both, valid.groups) - ndcg_per_group(valid.y, base, valid.groups)
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
@@ -364,6 +395,7 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
                          "the ranker needs more data")
     n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 else 0
     train, valid = data.split(n - n_valid)
+    valid = valid.shuffled(tcfg.seed)  # measured as served: ties must not inherit the logged order
     pcols = [FEATURES.index(f) for f in features if f in PERSONAL]
     knows_users = bool(pcols) and bool(np.any(data.X[:, pcols] != 0))
     if not knows_users:  # no session knows its user (judged pairs): personal features would be constant
@@ -378,7 +410,7 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
             if not check["kept"]:  # the personal boost does not beat noise on held-out sessions: never hurt
                 h, curve = None, curve_g
     else:
-        booster, curve = fit(train, valid if n_valid else None, tcfg, features, progress)
+        booster, curve = fit_base(train, valid if n_valid else None, tcfg, features, progress)
         curve_g = None
     importance = dict(zip(booster.feature_name(), booster.feature_importance("gain").round(2).tolist()))
     if h is not None:
@@ -402,6 +434,8 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
     if h is not None:
         card["personal_best_iteration"] = int(h.best_iteration or h.current_iteration())
         card["valid_ndcg@10_non_personal"] = round(float(max(curve_g)), 4) if curve_g else None
+    if getattr(booster, "position_choice", None):
+        card["position_choice"] = booster.position_choice  # validation NDCG@10 as served, with and without
     if POSITION in booster.feature_name():
         card["position_debias"] = "the logged position trained as an additive term; 0 for every candidate at serving"
     ranker = Ranker(booster, booster.feature_name(), card, h, h.feature_name() if h is not None else None)

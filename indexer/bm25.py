@@ -110,6 +110,7 @@ class BM25Index:
         self.tokenizer = tokenizer
         self.manifest = manifest or {}
         self.doc_tokens = doc_tokens or {}
+        self.folder: Path | None = None  # the build folder it was loaded from
         self._n = len(products)
 
     def __len__(self) -> int:
@@ -170,6 +171,10 @@ class BM25Index:
             np.save(folder / f"doc_tokens-{fname}.ids.npy", self.doc_tokens[fname].ids)
         self.products.save(folder)
         (folder / "dict_words.txt").write_text("\n".join(self.tokenizer.added_words), encoding="utf-8")
+        if "words" in self.retrievers:  # what query understanding reads (engine.understanding)
+            from indexer.query_tables import build_query_tables
+
+            build_query_tables(self).save(folder)
         any_r = next(iter(self.retrievers.values()))
         return {"n_products": len(self.products),
                 "bm25": {"method": any_r.method, "k1": any_r.k1, "b": any_r.b, "fields": self.weights,
@@ -191,7 +196,9 @@ class BM25Index:
         mode = "r" if mmap else None
         doc_tokens = {f: DocTokens(np.load(folder / f"doc_tokens-{f}.indptr.npy", mmap_mode=mode),
                                    np.load(folder / f"doc_tokens-{f}.ids.npy", mmap_mode=mode)) for f in weights}
-        return cls(retrievers, weights, ProductTable.load(folder, mmap=mmap), tokenizer, manifest, doc_tokens)
+        index = cls(retrievers, weights, ProductTable.load(folder, mmap=mmap), tokenizer, manifest, doc_tokens)
+        index.folder = folder
+        return index
 
     # -- searching --------------------------------------------------------
     def scores(self, text: str) -> np.ndarray | None:

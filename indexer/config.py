@@ -271,6 +271,17 @@ class ServeConfig:
 
 
 @dataclass
+class QueryConfig:
+    """Query understanding before retrieval (engine.understanding)."""
+
+    rewrite: bool = True
+    # which rules run, in this order: normalize, units, aliases, pinyin, typos
+    rules: list[str] = field(default_factory=lambda: ["normalize", "units", "aliases", "pinyin", "typos"])
+    # a word the catalog has in fewer titles than this is not a catalog word (pinyin, typos)
+    min_df: int = 3
+
+
+@dataclass
 class Config:
     name: str
     catalog: CatalogConfig
@@ -284,6 +295,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     personal: PersonalConfig = field(default_factory=PersonalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
     source: Path | None = None
     root: Path = Path(".")
 
@@ -445,7 +457,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
     where = str(source or "config")
     raw = dict(raw)
     known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "rerank", "finetune", "eval",
-             "personal", "serve"}
+             "personal", "serve", "query"}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -468,6 +480,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
         personal=_build(PersonalConfig, raw.get("personal"), f"{where}: personal", root),
         serve=_build(ServeConfig, raw.get("serve"), f"{where}: serve", root),
+        query=_build(QueryConfig, raw.get("query"), f"{where}: query", root),
         source=source,
         root=root,
     )

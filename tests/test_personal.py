@@ -217,6 +217,17 @@ def _logged_data(rng, n_sessions=600, personal_effect=1.0, shown=10):
     return Dataset(X, y, np.full(n_sessions, shown), list(range(n_sessions)), pos)
 
 
+def test_validation_rows_are_shuffled_within_their_sessions_only():
+    data = _logged_data(np.random.default_rng(3), n_sessions=30)
+    sh = data.shuffled(0)
+    assert sh.groups.tolist() == data.groups.tolist() and not np.array_equal(sh.position, data.position)
+    for i in range(30):
+        a, b = slice(10 * i, 10 * i + 10), slice(10 * i, 10 * i + 10)
+        assert sorted(sh.position[b]) == sorted(data.position[a]) and sorted(sh.y[b]) == sorted(data.y[a])
+    order = np.lexsort((data.position, np.repeat(np.arange(30), 10)))
+    np.testing.assert_array_equal(sh.X[np.lexsort((sh.position, np.repeat(np.arange(30), 10)))], data.X[order])
+
+
 def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
     from engine.ranker import Ranker
     from finetune.ranker import fit
@@ -224,6 +235,7 @@ def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
 
     data = _logged_data(np.random.default_rng(1), personal_effect=0.0)
     train, valid = data.split(500)
+    valid = valid.shuffled()
     feats = ["ce", "bm25_score"]
     booster, _ = fit(train, valid, RankerTrainConfig(num_rounds=60, early_stopping=60), feats, progress=False)
     assert booster.feature_name() == feats + ["position"]
@@ -248,6 +260,7 @@ def test_the_staged_ranker_keeps_a_personal_boost_only_when_held_out_sessions_co
     results = {}
     for effect in (1.0, 0.0):
         train, valid = _logged_data(np.random.default_rng(2), n_sessions=1500, personal_effect=effect).split(1200)
+        valid = valid.shuffled()
         g, h, _, _ = fit_staged(train, valid, tcfg, feats, progress=False)
         assert "brand_ctr" not in g.feature_name() and set(h.feature_name()) == {"brand_ctr", "history"}
         results[effect] = (g, h, personal_gain(g, h, valid))
