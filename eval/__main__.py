@@ -52,18 +52,19 @@ def variant(cfg, spec: str):
                       "cross-encoder (config.json)")
 
 
-def run_config(cfg, queries, stages, progress: bool):
+def run_config(cfg, queries, stages, progress: bool, judged_only: bool = False):
     ensure_indexes(cfg, stages, progress=progress)
     engine = SearchEngine.from_config(cfg)
-    return engine, evaluate(engine, queries, stages, progress=progress)
+    return engine, evaluate(engine, queries, stages, progress=progress, judged_only=judged_only)
 
 
-def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, seed: int = 0) -> dict:
+def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, seed: int = 0,
+            judged_only: bool = False) -> dict:
     """Evaluate under ``a`` and ``b``; write ``compare.json`` and ``compare.md`` (B − A per stage)."""
     results = {}
     for name, spec in (("A", a), ("B", b)):
         c = variant(cfg, spec)
-        _, res = run_config(c, queries, stages, progress)
+        _, res = run_config(c, queries, stages, progress, judged_only)
         results[name] = res
         write_report(out / name, res, {"config": spec}, queries.texts, queries.relevance)
     payload = {"A": a, "B": b, "n_queries": len(queries), "stages": {}}
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)")
     ap.add_argument("--stages", default="bm25", help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--judged-only", action="store_true",
+                    help="each query ranks only its own judged products (a reranking benchmark: Home Depot)")
     ap.add_argument("--compare", nargs=2, metavar=("A", "B"),
                     help="two configs or model folders on the same queries: the paired difference B − A")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
@@ -109,13 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             raise QueriesError("no --queries given and the config sets no eval.queries")
         queries = read_queries(qpath)
         if args.compare:
-            payload = compare(cfg, *args.compare, queries, stages, Path(args.out), progress)
+            payload = compare(cfg, *args.compare, queries, stages, Path(args.out), progress,
+                              judged_only=args.judged_only)
             for stage, d in payload["stages"].items():
                 print(stage, " ".join(f"{m}: {v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] p={v['p_value']:.3f}"
                                       for m, v in d.items()))
             print(f"wrote {args.out}/compare.md and compare.json")
             return 0
-        engine, results = run_config(cfg, queries, stages, progress)
+        engine, results = run_config(cfg, queries, stages, progress, args.judged_only)
     except (ConfigError, QueriesError, CatalogError, IndexLoadError, ModelMissingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -127,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
                "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
                "index": engine.bm25.manifest.get("build_id", "")}
+    if args.judged_only:
+        context["ranking"] = "judged only: each query ranks only its own judged products"
     if "rerank" in stages:
         r = cfg.rerank
         ce = engine.cross_encoder()

@@ -25,6 +25,30 @@ class StageResult:
     per_query: dict[str, np.ndarray] = field(default_factory=dict)  # metric -> value per query (qrels order)
 
 
+def run_judged_only(engine: SearchEngine, queries: JudgedQueries, stage: str, progress: bool = True):
+    """Each query ranks only its own judged products (``--judged-only``: a reranking benchmark such as
+    Home Depot's graded pairs).  A judged product the stage does not score (no shared token) follows
+    those it does, in catalog order."""
+    ids = engine.products.ids
+    row_of = engine.products.row_map()
+    n = len(engine.products)
+    run, lat = {}, []
+    for qid, text in tqdm(list(queries.texts.items()), desc=f"eval {stage} (judged only)", disable=not progress,
+                          mininterval=1.0):
+        rows = sorted(row_of[p] for p in queries.relevance[qid] if p in row_of)
+        mask = np.zeros(n, dtype=bool)
+        mask[rows] = True
+        t0 = time.perf_counter()
+        res = engine.retrieve(text, k=max(len(rows), 1), stage=stage, mask=mask)
+        lat.append((time.perf_counter() - t0) * 1000)
+        scored = {ids[int(r)]: float(s) for r, s in zip(res.rows, res.scores) if mask[int(r)]}
+        floor = min(scored.values(), default=0.0) - 1.0
+        for i, r in enumerate(r for r in rows if ids[r] not in scored):
+            scored[ids[r]] = floor - i
+        run[qid] = scored
+    return run, np.asarray(lat)
+
+
 def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: int, progress: bool = True,
               latency_sample: int = 200):
     """``{qid: {pid: score}}`` for the top ``depth`` products of a stage, and single-query latencies in ms.
@@ -90,12 +114,16 @@ def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshol
     return out, curve
 
 
-def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], progress: bool = True) -> list[StageResult]:
+def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], progress: bool = True,
+             judged_only: bool = False) -> list[StageResult]:
     ecfg = engine.cfg.eval
     depth = max(ecfg.ks)
     results = []
     for stage in stages:
-        run, lat = run_stage(engine, queries, stage, depth, progress)
+        if judged_only:
+            run, lat = run_judged_only(engine, queries, stage, progress)
+        else:
+            run, lat = run_stage(engine, queries, stage, depth, progress)
         m, curve = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
         pq = per_query_metrics(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
         results.append(StageResult(stage, m, run, lat, curve, pq))

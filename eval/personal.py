@@ -49,9 +49,8 @@ it changes nothing when there is none.  The behaviour model:
 query gets a synthetic history of 5 sessions, each showing 10 products and
 one of them clicked: (a) a product of the judged product's own group (the
 judged product excluded), or (b) a random product; the 9 others shown are
-random; MRR@10 with the medium-taste ranker (the strong one's when the
-ranker's held-out check dropped medium's personal part), personalized vs
-not.  The
+random; MRR@10 with the medium-taste ranker (and, as ``guard_strong``, the
+strong-taste one), personalized vs not.  The
 same queries compare the config's own learned ranker (``rerank.ranker``,
 no user) with the z-score mix on the same candidates.
 
@@ -426,11 +425,12 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
                          f"{n.get('oracle', float('nan')):.4f} | "
                          f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
                          f"{m['ci_high']:+.4f}] |")
-    if "guard" in payload:
-        lines += ["", f"## Guard on real dev queries (synthetic histories, {payload.get('guard_ranker', 'medium')}"
-                      "-taste ranker)", "",
+    for key, taste in (("guard", "medium"), ("guard_strong", "strong")):
+        if key not in payload:
+            continue
+        lines += ["", f"## Guard on real dev queries (synthetic histories, {taste}-taste ranker)", "",
                   "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |", "| --- | ---: | ---: | ---: | --- |"]
-        for name, g in payload["guard"].items():
+        for name, g in payload[key].items():
             m = g["mrr@10"]
             lines.append(f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
                          f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |")
@@ -549,29 +549,28 @@ def main(argv: list[str] | None = None) -> int:
     guard_path = args.guard
     if guard_path is None:
         guard_path = cfg.eval.queries
-    # the guard needs a ranker that learned a taste: medium's, or (when its held-out check dropped the
-    # personal part) the strongest taste's that kept one
-    personal = [t for t in ("medium", "strong") if t in rankers and rankers[t].uses_personal]
-    if guard_path and guard_path != "none" and personal:
+    if guard_path and guard_path != "none" and "medium" in rankers:
         from engine.ranker import Ranker
-
-        payload["guard_ranker"] = personal[0]
 
         shipped = None
         if shipped_ranker:
             p = Path(shipped_ranker)
             p = p if p.is_absolute() else cfg.root / p
             shipped = Ranker.load(p) if (p / "model.txt").is_file() else None
-        g = guard(engine, rankers[personal[0]], Path(guard_path), 5, args.seed, progress, args.guard_limit,
+        g = guard(engine, rankers["medium"], Path(guard_path), 5, args.seed, progress, args.guard_limit,
                   cache_dir=cache, shipped=shipped)
         if "ranker_vs_mix" in g:
             payload["ranker_vs_mix"] = g.pop("ranker_vs_mix")
             m = payload["ranker_vs_mix"]["mrr@10"]
             print(f"{shipped_ranker} vs z-score mix on {guard_path}: MRR@10 {m['zscore_mix']:.4f} -> {m['ranker']:.4f}")
         payload["guard"] = g
-        for name, g in payload["guard"].items():
-            print(f"guard {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "
-                  f"({g['mrr@10']['diff']:+.4f})")
+        if "strong" in rankers and rankers["strong"].uses_personal:  # the same histories, the strong-taste ranker
+            payload["guard_strong"] = guard(engine, rankers["strong"], Path(guard_path), 5, args.seed, progress,
+                                            args.guard_limit, cache_dir=cache)
+        for key in ("guard", "guard_strong"):
+            for name, g in payload.get(key, {}).items():
+                print(f"{key} {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "
+                      f"({g['mrr@10']['diff']:+.4f})")
     context = {"config": str(args.config), "facets": list(world.facets), "query pool": f"{len(world.queries)} "
                f"training queries ({int(world.ambiguous.sum())} ambiguous)", "users": args.users,
                "mean sessions per user": args.sessions, "days": f"{args.days:g} (last {args.eval_days:g} evaluate)",

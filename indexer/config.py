@@ -58,6 +58,8 @@ class TextConfig:
     fold_plurals: bool = True
     # join a number and a following unit ("500 ml" -> 500ml)
     join_units: bool = True
+    # English measurements: fractions as decimals, unit spellings as one token (1/2 in. = 1/2" = 0.5in)
+    english_units: bool = False
 
 
 @dataclass
@@ -308,6 +310,10 @@ class Config:
         }
         payload["catalog"].pop("skip_bad_rows", None)
         payload["catalog"].pop("rejects_path", None)
+        # settings added after indexes existed count only when set: an index built before them stays current
+        for name, off in (("english_units", False),):
+            if payload["text"].get(name) == off:
+                payload["text"].pop(name)
         # the contents of the word lists matter, not only their paths
         for name in ("user_dict", "stopwords"):
             p = getattr(self.text, name)

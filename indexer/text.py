@@ -52,6 +52,40 @@ _UNIT_JOIN = re.compile(r"(\d+(?:\.\d+)?)\s+(" + "|".join(sorted(LATIN_UNITS, ke
 # Han run | Latin/number run (5.65, 3.5mm, iphone15, v1.2) | anything else is a separator
 _SEGMENT = re.compile(r"([\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+)|([a-z0-9]+(?:\.[0-9]+[a-z0-9]*)*)")
 _NUM_HAN_UNIT = re.compile(r"(" + "|".join(sorted(HAN_UNITS, key=len, reverse=True)) + r")")
+# English measurements (text.english_units): fractions become decimals (1-1/2 → 1.5, 5/8 → 0.625) and a
+# number's unit, spelled any of the ways titles and shoppers spell it, becomes one canonical token
+# (1/2 in. / 1/2 inch / 1/2" → 0.5in; 3-gal. / 3 gallon → 3gal).
+_MIXED_FRACTION = re.compile(r"(?<![\d.])(\d+)[\s-]+(\d+)/(\d+)(?![\d/])")
+_FRACTION = re.compile(r"(?<![\d./])(\d+)/(\d+)(?![\d/])")
+ENGLISH_UNITS = {
+    "in": ("inches", "inch", "in", '"', "''"), "ft": ("feet", "foot", "ft", "'"),
+    "gal": ("gallons", "gallon", "gal"), "lb": ("pounds", "pound", "lbs", "lb"), "oz": ("ounces", "ounce", "oz"),
+    "qt": ("quarts", "quart", "qt"), "pt": ("pints", "pint", "pt"), "sqft": ("square feet", "square foot", "sq ft", "sqft"),
+    "cuft": ("cubic feet", "cubic foot", "cu ft", "cuft"), "v": ("volts", "volt", "v"),
+    "w": ("watts", "watt", "w"), "amp": ("amps", "amp", "a"), "ga": ("gauge", "ga"), "mm": ("millimeters", "mm"),
+    "cm": ("centimeters", "cm"), "yd": ("yards", "yard", "yd"), "btu": ("btu",), "mah": ("mah",),
+}
+_SPACES = re.compile(r"\s+")
+_EN_UNIT_OF = {spelling: canon for canon, spellings in ENGLISH_UNITS.items() for spelling in spellings}
+_EN_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*-?\s*(" + "|".join(
+    re.escape(u).replace(r"\ ", r"\.?\s*") for u in sorted(_EN_UNIT_OF, key=len, reverse=True))
+    + r")(?:\.(?!\d))?(?![a-z0-9])")
+
+
+def english_measurements(text: str) -> str:
+    """Fractions → decimals and number + unit → one canonical token, on normalized (lower-case) text."""
+    def dec(x: float) -> str:
+        return f"{x:.3f}".rstrip("0").rstrip(".")
+
+    text = _MIXED_FRACTION.sub(lambda m: dec(int(m.group(1)) + int(m.group(2)) / max(int(m.group(3)), 1)), text)
+    text = _FRACTION.sub(lambda m: dec(int(m.group(1)) / max(int(m.group(2)), 1)), text)
+    def unit(m: re.Match) -> str:
+        spelled = _SPACES.sub(" ", m.group(2).replace(".", ""))
+        return f"{m.group(1)}{_EN_UNIT_OF[spelled]} "
+
+    return _EN_UNIT.sub(unit, text)
+
+
 # Token fields a BM25 index can be built on.
 FIELDS = ("words", "chars")
 _ALNUM_PARTS = re.compile(r"[a-z]+|[0-9]+(?:\.[0-9]+)?")
@@ -153,6 +187,8 @@ class Tokenizer:
             raise ValueError(f"unknown field(s) {bad}; fields are {FIELDS}")
         cfg = self.cfg
         text = self.normalize(text)
+        if cfg.english_units:
+            text = english_measurements(text)
         if cfg.join_units:
             text = _UNIT_JOIN.sub(r"\1\2", text)
         out: dict[str, list[str]] = {f: [] for f in fields}

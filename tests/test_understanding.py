@@ -125,3 +125,39 @@ def test_the_perturbed_file_keeps_columns_ids_and_rows_and_is_seeded(tmp_path):
     assert log[0] == "qid\tkind\toriginal\tperturbed" and len(log) == 4
     others = {perturb_file(src, tmp_path / f"s{s}.tsv", seed=s) and (tmp_path / f"s{s}.tsv").read_text() for s in range(6)}
     assert len(others) > 1  # the seed matters
+
+
+# -- English measurements (text.english_units: Home Depot) --------------------------------------------------
+@pytest.mark.parametrize("typed, want", [
+    ("1/2 in. x 10 ft. PVC Pipe", ["0.5in", "10ft"]),
+    ('1/2 inch pvc pipes', ["0.5in", "pipe"]),
+    ('5/8" drywall screws', ["0.625in", "screw"]),
+    ("1-1/2 in. Copper Fittings", ["1.5in", "fitting"]),
+    ("BEHR DeckOver 1-gal. #SC-141", ["1gal"]),
+    ("3 gallon bucket", ["3gal"]),
+    ("60 watt light bulbs", ["60w", "bulb"]),
+    ("12-Gauge wire", ["12ga"]),
+    ("100 sq. ft. roll", ["100sqft"]),
+])
+def test_english_measurements_become_one_token_however_they_are_spelled(typed, want):
+    from indexer.config import TextConfig
+    from indexer.text import Tokenizer
+
+    tokens = Tokenizer(TextConfig(english_units=True)).tokenize(typed)
+    assert all(w in tokens for w in want), tokens
+    plain = Tokenizer(TextConfig()).tokenize(typed)
+    assert not all(w in plain for w in want)  # off by default: Chinese catalogs tokenize as before
+
+
+def test_a_setting_added_later_leaves_existing_index_fingerprints_alone(tmp_path):
+    import dataclasses
+
+    cat = tmp_path / "c.jsonl"
+    cat.write_text('{"id": "1", "title": "x"}\n', encoding="utf-8")
+    cfg = make_config(tmp_path, cat)
+    on = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, english_units=True))
+    assert cfg.index_fingerprint() != on.index_fingerprint()
+    payload_keys = json.dumps(dataclasses.asdict(cfg.text), default=str)
+    assert "english_units" in payload_keys  # the field exists, yet the default does not enter the hash
+    legacy = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, join_units=False))
+    assert legacy.index_fingerprint() != cfg.index_fingerprint()
