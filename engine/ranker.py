@@ -5,8 +5,9 @@ holds ``model.txt`` (the LightGBM booster), ``features.json`` (the feature
 names it reads, in order) and ``model_card.json``; a staged ranker also
 ``personal.txt``: a second booster over the personal features only, trained
 on top of the first (its scores as the starting point), so the model is
-``f(x) = g(non-personal) + h(personal)``.  A ranker without ``personal.txt``
-is one booster over all its features.
+``f(x) = g(non-personal) + s · h(personal)``, ``s`` the share of ``h`` the
+held-out sessions vouch for (``personal_scale`` in ``features.json``).  A
+ranker without ``personal.txt`` is one booster over all its features.
 
 The personalization knob: with ``f`` the model, ``x`` a candidate's features
 and ``x₀`` the same features with the personal ones set to a cold user's
@@ -36,7 +37,7 @@ FEATURES_FILE = "features.json"
 
 class Ranker:
     def __init__(self, booster, features: list[str], card: dict | None = None, personal=None,
-                 personal_features: list[str] | None = None):
+                 personal_features: list[str] | None = None, personal_scale: float = 1.0):
         unknown = [f for f in features if f not in FEATURES and f not in TRAINING_ONLY]
         if unknown:
             raise ValueError(f"ranker reads unknown feature(s) {unknown}; this engine computes {list(FEATURES)}")
@@ -56,6 +57,8 @@ class Ranker:
             raise ValueError(f"a personal booster reads personal features only, not {bad or 'none'}")
         self.h_cols = np.array([FEATURES.index(f) for f in self.personal_features], dtype=np.int64)
         self.h_cold = np.array([COLD[PERSONAL.index(f)] for f in self.personal_features])
+        # how much of h the held-out sessions vouch for (finetune.ranker: 1 − 1/z²)
+        self.personal_scale = float(personal_scale)
         self.card = card or {}
         self.path = Path(".")
         self.signature: tuple = ()
@@ -89,7 +92,7 @@ class Ranker:
         signature = cls.file_signature(p)
         personal = lgb.Booster(model_file=str(p / PERSONAL_FILE)) if (p / PERSONAL_FILE).is_file() else None
         ranker = cls(lgb.Booster(model_file=str(p / MODEL_FILE)), features, card, personal,
-                     spec.get("personal_model") if personal is not None else None)
+                     spec.get("personal_model") if personal is not None else None, spec.get("personal_scale", 1.0))
         ranker.path, ranker.signature = p, signature
         return ranker
 
@@ -101,6 +104,7 @@ class Ranker:
         if self.personal is not None:
             self.personal.save_model(str(p / PERSONAL_FILE))
             spec["personal_model"] = self.personal_features
+            spec["personal_scale"] = self.personal_scale
         else:
             (p / PERSONAL_FILE).unlink(missing_ok=True)
         (p / FEATURES_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
@@ -128,7 +132,7 @@ class Ranker:
                 return base, base
             H = X[:, self.h_cols]
             h = self._predict(self.personal, np.vstack([np.broadcast_to(self.h_cold, H.shape), H]))
-            return base + personalize * (h[len(X):] - h[: len(X)]), base
+            return base + personalize * self.personal_scale * (h[len(X):] - h[: len(X)]), base
         if off:
             base = self._predict(self.booster, cold)
             return base, base

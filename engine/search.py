@@ -281,7 +281,8 @@ class IndexVersion:
         """Query understanding over this version's catalog vocabulary (tables from the BM25 build)."""
         if self._rewriter is None:
             q = self.cfg.query
-            self._rewriter = QueryRewriter(query_tables(self.bm25), self.bm25.tokenizer.normalize, q.rules, q.min_df)
+            tok = self.bm25.tokenizer
+            self._rewriter = QueryRewriter(query_tables(self.bm25), tok.normalize, q.rules, q.min_df, tok.lexicon)
         return self._rewriter
 
     def understand(self, text: str) -> Rewrite:

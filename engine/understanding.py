@@ -6,16 +6,17 @@ Rules, in order, each reading the catalog's own vocabulary
 - ``normalize``: full-width → half-width, traditional → simplified, lower case
   (the tokenizer's normalization, applied to the text every stage sees, the
   dense encoder and the cross-encoder included);
-- ``units``: a number's unit in the spelling the catalog uses for it
-  (``500毫升`` → ``500ml`` in a catalog that writes ``ml``; ``1.5千克`` →
-  ``1.5kg``);
+- ``units``: a number's unit in the spelling the catalog uses for that
+  number (``500毫升`` → ``500ml`` where titles have ``500ml`` more often than
+  ``500毫升``; ``1.5千克`` → ``1.5kg``);
 - ``aliases``: a brand or product name in the other script when the catalog
   rarely writes the typed one (``huawei`` → ``华为`` where titles say 华为):
   the typed form must be in fewer than a quarter of the titles its partner is;
 - ``pinyin``: a run of Latin letters that is not a catalog word but spells
   catalog words in toneless pinyin (``shouji`` → 手机, ``lanyaerji`` → 蓝牙耳机);
-- ``typos``: one character that no catalog word covers, replaced by a
-  homophone that makes a catalog word (``蓝牙耳鸡`` → ``蓝牙耳机``, the typo a
+- ``typos``: one character that no catalog word, no dictionary word (jieba's)
+  and no character pair of the titles covers, replaced by a homophone that
+  makes a catalog word and leaves the whole run covered (``蓝牙耳鸡`` → ``蓝牙耳机``, the typo a
   pinyin input method makes), or a Latin word one edit from a catalog word
   (``samsumg`` → ``samsung``); the word made must be in ``3 × min_df`` titles.
 
@@ -31,10 +32,11 @@ import re
 from dataclasses import dataclass, field
 
 from indexer.query_tables import UNIT_GROUPS, QueryTables
+from indexer.text import fold_plural
 
 RULES = ("normalize", "units", "aliases", "pinyin", "typos")
-_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*(" + "|".join(sorted({u for g in UNIT_GROUPS for u in g}, key=len, reverse=True))
-                   + r")(?![a-z])")
+_UNIT = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*(" + "|".join(sorted({u for g in UNIT_GROUPS for u in g}, key=len,
+                                                                      reverse=True)) + r")(?![a-z0-9])")
 _LATIN_RUN = re.compile(r"[a-z]+")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]+")
 _TOKEN = re.compile(r"[a-z][a-z0-9\-]*[a-z0-9]|[\u4e00-\u9fff]{2,4}")
@@ -51,7 +53,7 @@ class Rewrite:
 
 
 class QueryRewriter:
-    def __init__(self, tables: QueryTables, normalize, rules=RULES, min_df: int = 3):
+    def __init__(self, tables: QueryTables, normalize, rules=RULES, min_df: int = 3, lexicon=None):
         unknown = [r for r in rules if r not in RULES]
         if unknown:
             raise ValueError(f"unknown query rule(s) {unknown}; the rules are {list(RULES)}")
@@ -60,6 +62,10 @@ class QueryRewriter:
         self.rules = tuple(r for r in RULES if r in rules)
         self.min_df = min_df
         self.df = tables.df
+        # a general dictionary (the tokenizer's jieba words): a word it knows is no typo, even where a small
+        # catalog never uses it
+        self.lexicon = lexicon if lexicon is not None else {}
+        self.bigrams = set(tables.bigrams)
         self._unit_of = {u: g for g in UNIT_GROUPS for u in g}
         self._deletes: dict[str, list[str]] | None = None
 
@@ -83,10 +89,9 @@ class QueryRewriter:
         def best(m: re.Match) -> str:
             num, unit = m.group(1), m.group(2)
             group = self._unit_of[unit]
-            # this number with each spelling, as catalog tokens; else the spelling the catalog uses most
-            scores = [(self.df.get(f"{num}{u}", 0), self.tables.units.get(u, 0), u) for u in group]
-            choice = max(scores)[2]
-            if choice == unit or max(scores)[:2] == (0, 0):
+            # this number with each spelling, as catalog tokens: the one the catalog has most, if it has one
+            n, choice = max((self.df.get(f"{num}{u}", 0), u) for u in group)
+            if choice == unit or n <= self.df.get(f"{num}{unit}", 0):
                 return m.group(0)
             log.steps.append({"rule": "units", "from": m.group(0), "to": f"{num}{choice}"})
             return f"{num}{choice}"
@@ -106,7 +111,7 @@ class QueryRewriter:
     def _pinyin(self, text: str, log: Rewrite) -> str:
         def convert(m: re.Match) -> str:
             run = m.group(0)
-            if len(run) < 4 or self.df.get(run, 0) >= self.min_df:
+            if len(run) < 4 or max(self.df.get(run, 0), self.df.get(fold_plural(run), 0)) >= self.min_df:
                 return run
             words = self.segment_pinyin(run)
             if words is None:
@@ -142,8 +147,8 @@ class QueryRewriter:
                 return text[: m.start()] + fixed + text[m.end():]  # one typo per query
         for m in _LATIN_RUN.finditer(text):
             run = m.group(0)
-            if len(run) < 4 or run in self.df:
-                continue
+            if len(run) < 4 or run in self.df or fold_plural(run) in self.df:
+                continue  # a catalog word (as the index stores it: plurals folded)
             fixed = self._latin_typo(run)
             if fixed is not None:
                 log.steps.append({"rule": "typos", "from": run, "to": fixed})
@@ -151,11 +156,14 @@ class QueryRewriter:
         return text
 
     def _covered(self, run: str) -> list[bool]:
-        """Which characters of a Han run lie inside some catalog word of 2+ characters."""
+        """Which characters of a Han run lie inside a catalog or dictionary word of 2+ characters, or in a
+        pair of characters the catalog's titles write."""
         cov = [False] * len(run)
         for i in range(len(run)):
+            if run[i:i + 2] in self.bigrams:
+                cov[i] = cov[i + 1] = True
             for j in range(i + 2, min(len(run), i + 6) + 1):
-                if self.df.get(run[i:j], 0) >= self.min_df:
+                if self.df.get(run[i:j], 0) >= self.min_df or self.lexicon.get(run[i:j], 0) > 0:
                     for p in range(i, j):
                         cov[p] = True
         return cov
@@ -180,8 +188,8 @@ class QueryRewriter:
                         if b - a < 2:
                             continue
                         n = self.df.get(fixed[a:b], 0)
-                        if n >= 3 * self.min_df and (best is None or n > best[0]):
-                            best = (n, fixed)
+                        if n >= 3 * self.min_df and (best is None or n > best[0]) and all(self._covered(fixed)):
+                            best = (n, fixed)  # the fix makes a catalog word and leaves nothing uncovered
         return best[1] if best else None
 
     def _latin_typo(self, run: str) -> str | None:

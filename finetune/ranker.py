@@ -369,7 +369,7 @@ def ndcg_per_group(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int
 
 def personal_gain(g, h, valid: Dataset) -> dict:
     """Does ``h`` help on the validation sessions?  Per-session NDCG@10 of ``g + h`` minus ``g``: mean, its
-    standard error and the one-sided z (the boost is kept when z ≥ 1.645, i.e. p < 0.05)."""
+    standard error and z (mean over standard error)."""
     base = g.predict(g.matrix(valid, serving=True))
     both = base + h.predict(h.matrix(valid))
     d = ndcg_per_group(valid.y, both, valid.groups) - ndcg_per_group(valid.y, base, valid.groups)
@@ -406,8 +406,12 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
         booster, h, curve_g, curve = fit_staged(train, valid if n_valid else None, tcfg, features, progress)
         if n_valid:
             check = personal_gain(booster, h, valid)
-            check["kept"] = check["z"] >= 1.645
-            if not check["kept"]:  # the personal boost does not beat noise on held-out sessions: never hurt
+            # shrink the boost by how sure the held-out sessions are of it (positive-part James-Stein:
+            # 1 − 1/z²); no better than noise (z ≤ 1): dropped, never hurt
+            z = check["z"]
+            check["scale"] = round(max(0.0, 1.0 - 1.0 / z ** 2), 3) if z > 1 else 0.0
+            check["kept"] = check["scale"] > 0
+            if not check["kept"]:
                 h, curve = None, curve_g
     else:
         booster, curve = fit_base(train, valid if n_valid else None, tcfg, features, progress)
@@ -438,6 +442,7 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
         card["position_choice"] = booster.position_choice  # validation NDCG@10 as served, with and without
     if POSITION in booster.feature_name():
         card["position_debias"] = "the logged position trained as an additive term; 0 for every candidate at serving"
-    ranker = Ranker(booster, booster.feature_name(), card, h, h.feature_name() if h is not None else None)
+    ranker = Ranker(booster, booster.feature_name(), card, h, h.feature_name() if h is not None else None,
+                    check["scale"] if h is not None and check is not None else 1.0)
     ranker.save(out)
     return card

@@ -10,10 +10,15 @@ catalog's language:
   documents or more) → the most frequent word spelled so (``shouji`` → 手机);
 - ``homophones``: toneless syllable → the catalog's Han characters read so
   (what a pinyin input method confuses: 耳鸡 for 耳机);
+- ``bigrams``: the pairs of adjacent Han characters in two or more titles
+  (a pair the catalog writes is no typo, even inside a word jieba does not
+  know);
 - ``aliases``: a Latin token and a Han word that name the same thing across
   scripts (``huawei`` ↔ 华为, ``apple`` ↔ 苹果), mined from co-occurrence in
   titles: each is the other's most frequent partner of the other script, they
-  share at least ``min_pair`` titles and at least half the rarer one's titles.
+  share at least ``min_pair`` titles and at least half the rarer one's titles,
+  are written side by side in a third of those, and the Han word is a name
+  (a proper-noun tag in jieba's dictionary, or a word it does not know).
 
 Vectorized with numpy/scipy over the token ids; pinyin via ``pypinyin``.
 """
@@ -28,9 +33,12 @@ from pathlib import Path
 import numpy as np
 
 TABLES_FILE = "query_tables.json"
-FORMAT = 1
+# jieba's part-of-speech tags of names (people, places, organisations, other proper nouns): the Han side of
+# an alias is one of these, or a word jieba does not know (a newer brand)
+FORMAT = 3
+NAME_TAGS = {"nr", "nrt", "nrfg", "ns", "nt", "nz"}
 _HAN_WORD = re.compile(r"[\u4e00-\u9fff]{2,4}")
-_HAN_CHAR = re.compile(r"[\u4e00-\u9fff]")
+_HAN_RUN = re.compile(r"[\u4e00-\u9fff]{2,}")
 _LATIN = re.compile(r"[a-z][a-z0-9\-]*[a-z]")
 _NUM_UNIT = re.compile(r"\d+(?:\.\d+)?([a-z\u4e00-\u9fff]+)")
 # unit spellings that mean the same unit (query understanding picks the catalog's)
@@ -46,6 +54,7 @@ class QueryTables:
     pinyin: dict[str, list] = field(default_factory=dict)  # key -> [word, df]
     homophones: dict[str, str] = field(default_factory=dict)  # syllable -> characters
     aliases: dict[str, list[str]] = field(default_factory=dict)
+    bigrams: list[str] = field(default_factory=list)  # adjacent Han character pairs in 2+ titles
 
     def save(self, folder: Path) -> Path:
         path = Path(folder) / TABLES_FILE
@@ -108,8 +117,14 @@ def build_query_tables(bm25, min_df: int = 2, min_pair: int = 3) -> QueryTables:
     homophones = {s: "".join(sorted(c)) for s, c in chars.items()}
 
     titles = [bm25.tokenizer.normalize(t) for t in bm25.products.titles]
+    pairs: dict[str, int] = {}
+    for t in titles:
+        for run in _HAN_RUN.findall(t):
+            for bg in {run[i:i + 2] for i in range(len(run) - 1)}:
+                pairs[bg] = pairs.get(bg, 0) + 1
+    bigrams = sorted(bg for bg, n in pairs.items() if n >= 2)
     return QueryTables(df_map, n_docs, units, pinyin, homophones,
-                       mine_aliases(doc_tokens, tokens, df, titles, min_df, min_pair))
+                       mine_aliases(doc_tokens, tokens, df, titles, min_df, min_pair), bigrams)
 
 
 def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df: int = 2,
@@ -136,6 +151,10 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
         return {}
     best_h = np.asarray(C.argmax(axis=1)).ravel()  # each Latin token's most frequent Han partner
     best_l = np.asarray(C.argmax(axis=0)).ravel()  # each Han word's most frequent Latin partner
+    import jieba.posseg
+
+    jieba.posseg.dt.tokenizer.check_initialized()
+    tags = jieba.posseg.dt.word_tag_tab
     Xc = X.tocsc()
     aliases: dict[str, list[str]] = {}
     for li in range(len(L)):
@@ -146,6 +165,8 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
         if shared < 0.5 * min(df[L[li]], df[H[hi]]):
             continue
         a, b = str(tokens[L[li]]), str(tokens[H[hi]])
+        if tags.get(b) is not None and tags[b] not in NAME_TAGS:
+            continue  # a common word (代购, 照明), not a name
         both = np.intersect1d(Xc.indices[Xc.indptr[L[li]]:Xc.indptr[L[li] + 1]],
                               Xc.indices[Xc.indptr[H[hi]]:Xc.indptr[H[hi] + 1]])
         side = re.compile(re.escape(a) + r"[\s/()（）\-]{0,2}" + re.escape(b) + "|" + re.escape(b)

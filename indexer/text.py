@@ -169,6 +169,11 @@ class Tokenizer:
     def normalize(self, text: str) -> str:
         return normalize(text, self.cfg.traditional_to_simplified)
 
+    @property
+    def lexicon(self) -> dict[str, int]:
+        """jieba's dictionary (word → frequency; 0 for prefixes that are no word)."""
+        return self._freq
+
     def __call__(self, text: str) -> list[str]:
         return self.tokenize(text)
 
