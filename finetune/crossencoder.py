@@ -12,7 +12,10 @@ distribution serving sees.
 
 A group's loss is weighted by its positive's gain (click 1, add-to-cart 2,
 purchase 3 by default).  Word embeddings can stay frozen (most of the base
-model's parameters, and most of AdamW's cost on a CPU).
+model's parameters, and most of AdamW's cost on a CPU).  With
+``lora_rank > 0`` only LoRA adapters on the attention's query and value
+projections and the classifier head train (``peft``); checkpoints hold the
+adapters (``lora/``) and the merged model.
 """
 
 from __future__ import annotations
@@ -89,6 +92,27 @@ def rerank_mrr(queries: Sequence[str], candidates: Sequence[Sequence[str]], posi
     return evaluate
 
 
+def with_lora(model: CrossEncoder, cfg: CrossEncoderTrainConfig) -> Callable[[Path], None]:
+    """Wrap ``model.model`` in LoRA adapters (peft) and return the checkpoint writer: the adapters alone
+    (``<out>/lora/``: what a parameter-efficient run adds) and the merged model beside them, a plain
+    transformers folder that serving loads and exports like any other."""
+    import copy
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=["query", "value"])
+    model.model = get_peft_model(model.model, lcfg)
+    peft_model = model.model
+
+    def save(folder: Path) -> None:
+        folder = Path(folder)
+        peft_model.save_pretrained(str(folder / "lora"))
+        merged = copy.deepcopy(peft_model).merge_and_unload()
+        CrossEncoder(merged, model.tokenizer, model.max_length, model.batch_size).save(folder)
+    return save
+
+
 def train(model: CrossEncoder, examples: Sequence[Group], cfg: CrossEncoderTrainConfig, out: Path,
           evaluate: Callable[[CrossEncoder], float] | None = None, log_path: Path | None = None,
           progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
@@ -97,10 +121,13 @@ def train(model: CrossEncoder, examples: Sequence[Group], cfg: CrossEncoderTrain
     model.max_length = cfg.max_length
     if cfg.freeze_word_embeddings:
         model.model.get_input_embeddings().weight.requires_grad_(False)
+    save = lambda folder: model.save(folder)  # noqa: E731
+    if cfg.lora_rank > 0:
+        save = with_lora(model, cfg)
     params = [p for p in model.model.parameters() if p.requires_grad]
     return loop.run(model.model, params, lambda rng: groups(examples, cfg.batch_size, cfg.group_size, rng),
                     lambda batch: group_loss(model, batch, cfg.loss), cfg, Path(out),
-                    save=lambda folder: model.save(folder),
+                    save=save,
                     evaluate=None if evaluate is None else (lambda: evaluate(model)),
                     log_path=log_path, resume=resume, progress=progress, desc=f"cross-encoder ({model.num_layers} layers)",
                     extra_log=extra_log)

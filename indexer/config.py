@@ -202,6 +202,11 @@ class CrossEncoderTrainConfig(TrainingLoopConfig):
     eval_every: int = 100
     # dev queries whose candidates each evaluation reranks (a subset of finetune.dev_queries: scoring is costly)
     eval_queries: int = 100
+    # parameter-efficient fine-tuning: LoRA adapters of this rank on the attention's query and value
+    # projections (peft), the classifier head trained in full; 0 = full fine-tuning
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
 
 
 @dataclass

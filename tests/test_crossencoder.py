@@ -75,6 +75,30 @@ def test_train_keeps_the_best_checkpoint_and_reloads_with_the_same_scores(tiny_m
     np.testing.assert_allclose(a.predict(q, t, batch_size=1), a.predict(q, t), atol=1e-5)
 
 
+def test_lora_trains_only_adapters_and_saves_them_beside_a_merged_model_that_scores_the_same(tiny_model, demo_dir,
+                                                                                           tmp_path):
+    ce = CrossEncoder.from_base(tiny_model, device="cpu")
+    total = sum(p.numel() for p in ce.model.parameters())
+    before = {k: v.clone() for k, v in ce.model.state_dict().items()}
+    cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-2, batch_size=8, group_size=4, max_steps=6, eval_every=6,
+                                  warmup_steps=1, max_length=64, lora_rank=4, lora_dropout=0.0)
+    report = train(ce, demo_groups(demo_dir), cfg, tmp_path / "ce", evaluate=dev_metric(demo_dir), progress=False)
+    assert report["steps"] == 6
+    trainable = sum(p.numel() for p in ce.model.parameters() if p.requires_grad)
+    assert 0 < trainable < 0.2 * total  # adapters and the head, not the encoder
+    base_weights = {k.replace("base_model.model.", ""): v for k, v in ce.model.state_dict().items()
+                    if "lora_" not in k and "modules_to_save" not in k and "original_module" not in k}
+    frozen = [k for k in before if "classifier" not in k and k.replace(".weight", ".base_layer.weight") not in base_weights
+              and k in base_weights]
+    assert all(torch.equal(before[k], base_weights[k]) for k in frozen) and frozen  # the encoder did not move
+    adapter = list((tmp_path / "ce" / "lora").glob("adapter_model.*"))
+    assert adapter and adapter[0].stat().st_size < 0.5 * sum(f.stat().st_size for f in (tmp_path / "ce").glob("model*"))
+    merged = CrossEncoder.load(tmp_path / "ce", device="cpu")
+    ce.model.eval()
+    q, t = ["华为 手机", "猫粮"], ["华为 Mate60 手机", "皇家 猫粮 2kg"]
+    np.testing.assert_allclose(merged.predict(q, t), ce.predict(q, t), atol=1e-4)  # merging changes nothing
+
+
 def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model, demo_dir, tmp_path, monkeypatch):
     cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=8, eval_every=4,
                                   warmup_steps=2, max_length=64)
