@@ -136,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     if "rerank" in stages:
         r = cfg.rerank
         ce = engine.cross_encoder()
-        context["rerank"] = (f"{r.model} ({ce.num_layers} layers, max_length {ce.max_length}, {ce.device}), "
+        layers = getattr(ce, "num_layers", None)
+        context["rerank"] = (f"{r.model} ({layers or '?'} layers, max_length {ce.max_length}, "
+                             f"{getattr(ce, 'runtime', 'torch')} on {getattr(ce, 'device', 'cpu')}), "
                              f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}"
                              + (f", ranker {r.ranker}" if r.ranker else ""))
     if args.set:
