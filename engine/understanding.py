@@ -39,17 +39,13 @@ _UNIT = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*(" + "|".join(sorted({u for
                                                                       reverse=True)) + r")(?![a-z0-9])")
 _LATIN_RUN = re.compile(r"[a-z]+")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]+")
-_TOKEN = re.compile(r"[a-z][a-z0-9\-]*[a-z0-9]|[\u4e00-\u9fff]{2,4}")
+_LATIN_WORD = re.compile(r"(?<![a-z0-9])[a-z][a-z0-9\-]*[a-z0-9](?![a-z0-9])")
 
 
 @dataclass
 class Rewrite:
     text: str  # what the engine searches
     steps: list[dict] = field(default_factory=list)  # {"rule", "from", "to"}
-
-    @property
-    def changed(self) -> bool:
-        return bool(self.steps)
 
 
 class QueryRewriter:
@@ -67,6 +63,7 @@ class QueryRewriter:
         self.lexicon = lexicon if lexicon is not None else {}
         self.bigrams = set(tables.bigrams)
         self._unit_of = {u: g for g in UNIT_GROUPS for u in g}
+        self._han_aliases = [k for k in tables.aliases if not k.isascii()]
         self._deletes: dict[str, list[str]] | None = None
 
     def rewrite(self, text: str) -> Rewrite:
@@ -98,7 +95,8 @@ class QueryRewriter:
         return _UNIT.sub(best, text)
 
     def _aliases(self, text: str, log: Rewrite) -> str:
-        for tok in sorted(set(_TOKEN.findall(text)), key=len, reverse=True):
+        found = set(_LATIN_WORD.findall(text)) | {k for k in self._han_aliases if k in text}
+        for tok in sorted(found, key=len, reverse=True):
             partners = self.tables.aliases.get(tok)
             if not partners:
                 continue

@@ -15,7 +15,7 @@ catalog's language:
   know);
 - ``aliases``: a Latin token and a Han word that name the same thing across
   scripts (``huawei`` ↔ 华为, ``apple`` ↔ 苹果), mined from co-occurrence in
-  titles: each is the other's most frequent partner of the other script, they
+  titles: the Han word is the Latin name's most frequent Han partner, they
   share at least ``min_pair`` titles and at least half the rarer one's titles,
   are written side by side in a third of those, and the Han word is a name
   (a proper-noun tag in jieba's dictionary, or a word it does not know).
@@ -35,7 +35,7 @@ import numpy as np
 TABLES_FILE = "query_tables.json"
 # jieba's part-of-speech tags of names (people, places, organisations, other proper nouns): the Han side of
 # an alias is one of these, or a word jieba does not know (a newer brand)
-FORMAT = 3
+FORMAT = 4
 NAME_TAGS = {"nr", "nrt", "nrfg", "ns", "nt", "nz"}
 _HAN_WORD = re.compile(r"[\u4e00-\u9fff]{2,4}")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]{2,}")
@@ -135,7 +135,11 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
     two words (``led`` and 照明 share titles too, but not as one name)."""
     import scipy.sparse as sp
 
-    latin = np.array([bool(_LATIN.fullmatch(str(t))) and len(str(t)) >= 2 for t in tokens]) & (df >= min_df)
+    from indexer.text import LATIN_UNITS
+
+    # a name is letters (not a unit, not a model number)
+    latin = np.array([str(t).isascii() and str(t).isalpha() and len(str(t)) >= 2 and str(t) not in LATIN_UNITS
+                      for t in tokens]) & (df >= min_df)
     han = np.array([bool(_HAN_WORD.fullmatch(str(t))) for t in tokens]) & (df >= min_df)
     if not latin.any() or not han.any():
         return {}
@@ -150,7 +154,6 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
     if C.nnz == 0:
         return {}
     best_h = np.asarray(C.argmax(axis=1)).ravel()  # each Latin token's most frequent Han partner
-    best_l = np.asarray(C.argmax(axis=0)).ravel()  # each Han word's most frequent Latin partner
     import jieba.posseg
 
     jieba.posseg.dt.tokenizer.check_initialized()
@@ -160,7 +163,7 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
     for li in range(len(L)):
         hi = int(best_h[li])
         shared = C[li, hi]
-        if shared < min_pair or int(best_l[hi]) != li:
+        if shared < min_pair:
             continue
         if shared < 0.5 * min(df[L[li]], df[H[hi]]):
             continue
