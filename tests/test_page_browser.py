@@ -53,6 +53,11 @@ def test_the_page_searches_filters_personalizes_and_explains(server):
         shown = page.eval_on_selector_all(".hit", "hs => hs.map(h => h.dataset.productId)")
         assert shown == [h.product_id for h in engine.query("蓝牙耳机", k=5)]
         assert "hits in" in page.inner_text("#status")
+        # what query understanding rewrote is shown
+        page.fill("#q", "藍牙耳機")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('normalize')")
+        assert "藍牙耳機 → 蓝牙耳机" in page.inner_text("#status")
         # a filter, a user and the explain view
         category = categories[1]
         page.select_option("#category", category)
