@@ -83,6 +83,29 @@ def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, see
     return payload
 
 
+def describe_run(cfg, engine, stages) -> dict:
+    """What a report says it measured: corpus, index build, and for each model stage the model, its runtime
+    and settings (torch or ONNX encoders alike)."""
+    out = {"corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
+           "index": engine.bm25.manifest.get("build_id", "")}
+    if "rerank" in stages and cfg.rerank.model:
+        r = cfg.rerank
+        ce = engine.cross_encoder()
+        layers = getattr(ce, "num_layers", None)
+        out["rerank"] = (f"{r.model} ({layers or '?'} layers, max_length {ce.max_length}, "
+                         f"{getattr(ce, 'runtime', 'torch')} on {getattr(ce, 'device', 'cpu')}), "
+                         f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}"
+                         + (f", ranker {r.ranker}" if r.ranker else ""))
+    for stage in stages:
+        if stage in ("dense", "dense-base"):
+            enc, idx = engine.dense_stage(stage)
+            path = getattr(enc, "model_path", None) or getattr(enc, "path", "?")
+            out[f"{stage} encoder"] = (f"{path} (max_length {getattr(enc, 'max_length', '?')}, "
+                                       f"{getattr(enc, 'runtime', 'torch')} on {getattr(enc, 'device', 'cpu')}), "
+                                       f"{idx.manifest.get('factory')}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,24 +152,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: {len(missing)} judged product(s) are not in the catalog and can never be retrieved",
               file=sys.stderr)
     context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
-               "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
-               "index": engine.bm25.manifest.get("build_id", "")}
+               **describe_run(cfg, engine, stages)}
     if args.judged_only:
         context["ranking"] = "judged only: each query ranks only its own judged products"
-    if "rerank" in stages:
-        r = cfg.rerank
-        ce = engine.cross_encoder()
-        layers = getattr(ce, "num_layers", None)
-        context["rerank"] = (f"{r.model} ({layers or '?'} layers, max_length {ce.max_length}, "
-                             f"{getattr(ce, 'runtime', 'torch')} on {getattr(ce, 'device', 'cpu')}), "
-                             f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}"
-                             + (f", ranker {r.ranker}" if r.ranker else ""))
     if args.set:
         context["overrides"] = " ".join(args.set)
-    for stage in stages:
-        if stage in ("dense", "dense-base"):
-            enc, idx = engine.dense_stage(stage)
-            context[f"{stage} encoder"] = f"{enc.model_path} (max_length {enc.max_length}, {enc.device}), {idx.manifest.get('factory')}"
     products = engine.products
     row_of = products.row_map()
     payload = write_report(Path(args.out), results, context, queries.texts, queries.relevance,

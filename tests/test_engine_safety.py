@@ -229,6 +229,10 @@ def test_onnx_runtime_scores_and_vectors_match_torch(live_cfg):
     for q in QUERIES:
         assert _ids(onnx_eng.query(q, k=10)) == _ids(torch_eng.query(q, k=10))
     assert "onnx" in onnx_eng.query("猫粮").versions["cross_encoder"]
+    from eval.__main__ import describe_run  # what an eval report says it ran: ONNX models described too
+
+    described = describe_run(cfg, onnx_eng, ["dense", "rerank"])
+    assert "onnx" in described["rerank"] and "onnx" in described["dense encoder"]
 
 
 def test_distillation_trains_a_smaller_student_from_teacher_scores_and_resumes_its_cache(live_cfg, tmp_path):
