@@ -358,7 +358,12 @@ def _build(cls, data: dict | None, where: str, root: Path):
             p = Path(value)
             data[name] = p if p.is_absolute() else (root / p).resolve()
     hints = typing.get_type_hints(cls)
-    for name, value in data.items():
+    for name, value in list(data.items()):
+        if isinstance(value, str) and _has_type(1.0, hints[name]) and not _has_type(value, hints[name]):
+            try:  # YAML 1.1 reads 5e-4 (no dot) as a string; a float field takes it as the number it spells
+                data[name] = value = float(value)
+            except ValueError:
+                pass
         if not _has_type(value, hints[name]):
             raise ConfigError(f"{where}.{name}: expected {_type_name(hints[name])}, got {type(value).__name__} "
                               f"{value!r}")
