@@ -216,7 +216,9 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
         where = {int(r): i for i, r in enumerate(c.rows)}
         positives.append({where[r] for r in _rows_of(engine, data.dev.positives[qid]) if r in where})
     evaluate = rerank_mrr(dev_texts, cand_titles, positives)
-    base = stage_model(cfg, "dense-base")
+    # the layers it starts from: the base model's, or the fine-tuned bi-encoder's (already tuned to these
+    # queries and titles)
+    base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
     model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
     report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
                    progress=progress, resume=resume)

@@ -202,6 +202,9 @@ class CrossEncoderTrainConfig(TrainingLoopConfig):
     eval_every: int = 100
     # dev queries whose candidates each evaluation reranks (a subset of finetune.dev_queries: scoring is costly)
     eval_queries: int = 100
+    # the encoder layers it starts from: base (the config's dense.base_model) or bi-encoder (dense.model,
+    # the fine-tuned bi-encoder)
+    init: str = "base"
     # parameter-efficient fine-tuning: LoRA adapters of this rank on the attention's query and value
     # projections (peft), the classifier head trained in full; 0 = full fine-tuning
     lora_rank: int = 0
@@ -531,6 +534,9 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: finetune.{name}.negatives_window must be [start, end) with 0 <= start < end")
     if ft.crossencoder.loss not in ("listwise", "pointwise"):
         raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise or pointwise")
+    if ft.crossencoder.init not in ("base", "bi-encoder"):
+        raise ConfigError(f"{where}: finetune.crossencoder.init must be base or bi-encoder, not "
+                          f"{ft.crossencoder.init!r}")
     if ft.crossencoder.group_size < 2:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
     if cfg.rerank.first_stage not in ("rrf", "scores"):

@@ -115,6 +115,8 @@ def test_a_config_value_of_the_wrong_type_is_a_config_error(demo_dir, tmp_path):
                        ({"personal": {"gains": {"click": "x"}}}, "personal.gains")):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", **bad))
+    with pytest.raises(ConfigError, match="crossencoder.init must be base or bi-encoder"):
+        load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", finetune={"crossencoder": {"init": "bert"}}))
     # YAML 1.1 reads 5e-4 (no dot) as a string: a float field takes the number it spells
     cfg = load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", bm25={"k1": "5e-1"}))
     assert cfg.bm25.k1 == 0.5
