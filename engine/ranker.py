@@ -65,14 +65,20 @@ class Ranker:
 
     @staticmethod
     def file_signature(path: str | Path) -> tuple:
-        """(size, mtime, sha-256 prefix) of the model file: what tells a reload that the ranker changed."""
+        """(size, mtime, sha-256 prefix) of the model files (and the staged scale): what tells a reload that the
+        ranker changed."""
         import hashlib
 
-        f = Path(path) / MODEL_FILE
-        if not f.is_file():
+        p = Path(path)
+        if not (p / MODEL_FILE).is_file():
             return ()
-        st = f.stat()
-        return (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()[:12])
+        out: tuple = ()  # model.txt's (size, mtime, sha) first: [2] names the model in versions()
+        for name in (MODEL_FILE, PERSONAL_FILE, FEATURES_FILE):
+            f = p / name
+            if f.is_file():
+                st = f.stat()
+                out += (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()[:12])
+        return out
 
     @property
     def uses_personal(self) -> bool:
