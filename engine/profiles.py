@@ -130,9 +130,7 @@ class Profile:
 
     def strength(self, now: float, half_life: float) -> float:
         """The decayed total gain at ``now`` (0 for an empty profile)."""
-        if self.weight <= 0:
-            return 0.0
-        return self.weight * 2.0 ** (-max(now - self.t, 0.0) / half_life)
+        return self.weight * self.weight_at(now, half_life) if self.weight > 0 else 0.0
 
     def shares(self, facet: str) -> dict[str, float]:
         values = self.affinities.get(facet) or {}
@@ -189,23 +187,33 @@ def _cap(values: dict[str, float], cap: int) -> dict[str, float]:
     return dict(keep)
 
 
-def _apply_impression(profile: Profile, facets: ProductFacets, row: int, ts: float, settings: ProfileSettings) -> None:
-    hl = settings.half_life
-    if profile.exposure_total <= 0 or ts >= profile.exposure_t:
-        decay = 2.0 ** (-(ts - profile.exposure_t) / hl) if profile.exposure_total > 0 else 1.0
-        w = 1.0
-        profile.exposure_total *= decay
-        for values in profile.exposure.values():
-            for k in values:
-                values[k] *= decay
-        profile.exposure_t = ts
-    else:
-        w = 2.0 ** (-(profile.exposure_t - ts) / hl)
-    profile.exposure_total += w
+def _advance(t_ref: float, empty: bool, ts: float, half_life: float) -> tuple[float, float, float]:
+    """An event at ``ts`` on weights kept relative to ``t_ref``: (decay to apply to the kept weights, the
+    event's own factor, the new reference time).  A newer event moves the reference to it; an older one
+    arriving late counts at its age relative to the reference."""
+    if empty or ts >= t_ref:
+        return (1.0 if empty else 2.0 ** (-(ts - t_ref) / half_life)), 1.0, ts
+    return 1.0, 2.0 ** (-(t_ref - ts) / half_life), t_ref
+
+
+def _decay_values(store: dict[str, dict[str, float]], decay: float) -> None:
+    for values in store.values():
+        for k in values:
+            values[k] *= decay
+
+
+def _add_facets(store: dict[str, dict[str, float]], facets: ProductFacets, row: int, w: float, cap: int) -> None:
     for f, key in facet_keys(facets, row).items():
-        values = profile.exposure.setdefault(f, {})
+        values = store.setdefault(f, {})
         values[key] = values.get(key, 0.0) + w
-        profile.exposure[f] = _cap(values, EXPOSURE_CAP * settings.affinity_cap)
+        store[f] = _cap(values, cap)
+
+
+def _apply_impression(profile: Profile, facets: ProductFacets, row: int, ts: float, settings: ProfileSettings) -> None:
+    decay, w, profile.exposure_t = _advance(profile.exposure_t, profile.exposure_total <= 0, ts, settings.half_life)
+    profile.exposure_total = profile.exposure_total * decay + w
+    _decay_values(profile.exposure, decay)
+    _add_facets(profile.exposure, facets, row, w, EXPOSURE_CAP * settings.affinity_cap)
 
 
 def apply_event(profile: Profile, facets: ProductFacets, row: int, product_id: str, event: str, ts: float,
@@ -222,26 +230,17 @@ def apply_event(profile: Profile, facets: ProductFacets, row: int, product_id: s
         return True
     if gain <= 0:
         return False
-    hl = settings.half_life
-    if profile.n_events == 0 or ts >= profile.t:
-        decay = 2.0 ** (-(ts - profile.t) / hl) if profile.n_events else 1.0
-        w = gain
+    decay, age, profile.t = _advance(profile.t, profile.n_events == 0, ts, settings.half_life)
+    w = gain * age
+    if decay != 1.0:
         profile.weight *= decay
         if profile.centroid is not None:
             profile.centroid *= decay
-        for values in profile.affinities.values():
-            for k in values:
-                values[k] *= decay
-        profile.t = ts
-    else:  # an older event arriving late: weighted by its age relative to the profile's time
-        w = gain * 2.0 ** (-(profile.t - ts) / hl)
+        _decay_values(profile.affinities, decay)
     vec = np.asarray(facets.vectors[row], dtype=np.float32)
     profile.centroid = w * vec if profile.centroid is None else profile.centroid + w * vec
     profile.weight += w
-    for f, key in facet_keys(facets, row).items():
-        values = profile.affinities.setdefault(f, {})
-        values[key] = values.get(key, 0.0) + w
-        profile.affinities[f] = _cap(values, settings.affinity_cap)
+    _add_facets(profile.affinities, facets, row, w, settings.affinity_cap)
     if event == "purchase":
         if product_id in profile.bought:
             profile.bought.remove(product_id)
@@ -265,6 +264,26 @@ def _facet_sums(uidx: np.ndarray, rows: np.ndarray, w: np.ndarray, facets: Produ
         yield f, k_uniq // span, k_uniq % span, sums
 
 
+def _decayed(users: np.ndarray, ts: np.ndarray, half_life: float):
+    """(distinct users, each event's user index, each user's newest time, each event's decay to it)."""
+    uniq, uidx = np.unique(users, return_inverse=True)
+    t_last = np.full(len(uniq), -np.inf)
+    np.maximum.at(t_last, uidx, ts)
+    return uniq, uidx, t_last, np.exp2(-(t_last[uidx] - ts) / half_life)
+
+
+def _fill_facets(profiles: dict[str, Profile], uniq: np.ndarray, uidx: np.ndarray, rows: np.ndarray, w: np.ndarray,
+                 facets: ProductFacets, attr: str, cap: int) -> None:
+    """The grouped per-facet sums of ``w`` into each profile's ``attr`` (affinities or exposure), capped."""
+    for f, ui, vals, sums in _facet_sums(uidx, rows, w, facets):
+        for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
+            getattr(profiles[str(uniq[u])], attr).setdefault(f, {})[str(v)] = x
+    for p in profiles.values():
+        store = getattr(p, attr)
+        for f in list(store):
+            store[f] = _cap(store[f], cap)
+
+
 def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[str], events: np.ndarray,
                    ts: np.ndarray, facets: ProductFacets, settings: ProfileSettings,
                    event_names: Sequence[str]) -> dict[str, Profile]:
@@ -284,32 +303,21 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
     if not keep.any() and not seen.any():
         return {}
     profiles: dict[str, Profile] = {}
-    # exposure: impressions only
-    if seen.any():
-        eu, erows, ets = users[seen], rows[seen], ts[seen]
-        uniq, uidx = np.unique(eu, return_inverse=True)
-        t_last = np.full(len(uniq), -np.inf)
-        np.maximum.at(t_last, uidx, ets)
-        w = np.exp2(-(t_last[uidx] - ets) / settings.half_life)
+    if seen.any():  # exposure: impressions only
+        erows = rows[seen]
+        uniq, uidx, t_last, w = _decayed(users[seen], ts[seen], settings.half_life)
         total = np.bincount(uidx, weights=w, minlength=len(uniq))
         for i, u in enumerate(uniq):
             profiles[str(u)] = Profile(groups_id=facets.groups_id, exposure_t=float(t_last[i]),
                                        exposure_total=float(total[i]))
-        for f, ui, vals, sums in _facet_sums(uidx, erows, w, facets):
-            for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
-                profiles[str(uniq[u])].exposure.setdefault(f, {})[str(v)] = x
-        for p in profiles.values():
-            for f in list(p.exposure):
-                p.exposure[f] = _cap(p.exposure[f], EXPOSURE_CAP * settings.affinity_cap)
+        _fill_facets(profiles, uniq, uidx, erows, w, facets, "exposure", EXPOSURE_CAP * settings.affinity_cap)
     if not keep.any():
         return profiles
     users, rows, gains, ts = users[keep], rows[keep], gains[keep], ts[keep]
     codes_evt = events[keep]
     pids = np.asarray(product_ids, dtype=object)[keep] if len(product_ids) else np.zeros(0, dtype=object)
-    uniq, uidx = np.unique(users, return_inverse=True)
-    t_last = np.full(len(uniq), -np.inf)
-    np.maximum.at(t_last, uidx, ts)
-    w = gains * np.exp2(-(t_last[uidx] - ts) / settings.half_life)
+    uniq, uidx, t_last, decay = _decayed(users, ts, settings.half_life)
+    w = gains * decay
     weight = np.bincount(uidx, weights=w, minlength=len(uniq))
     n_events = np.bincount(uidx, minlength=len(uniq))
     m = sp.csr_matrix((w, (uidx, rows)), shape=(len(uniq), len(facets)))
@@ -317,12 +325,7 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
     for i, u in enumerate(uniq):
         p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
         p.t, p.weight, p.centroid, p.n_events = float(t_last[i]), float(weight[i]), centroids[i].copy(), int(n_events[i])
-    for f, ui, vals, sums in _facet_sums(uidx, rows, w, facets):
-        for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
-            profiles[str(uniq[u])].affinities.setdefault(f, {})[str(v)] = x
-    for p in profiles.values():
-        for f in list(p.affinities):
-            p.affinities[f] = _cap(p.affinities[f], settings.affinity_cap)
+    _fill_facets(profiles, uniq, uidx, rows, w, facets, "affinities", settings.affinity_cap)
     bought = np.flatnonzero(codes_evt == names.index("purchase")) if "purchase" in names else []
     if len(bought):
         order = bought[np.argsort(ts[bought], kind="stable")]

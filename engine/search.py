@@ -262,13 +262,6 @@ class IndexVersion:
             return mask
         return live if mask is None else (live & np.asarray(mask, dtype=bool))
 
-    def filter_mask(self, filters: dict | None) -> np.ndarray | None:
-        """Boolean mask from ``{"category": ..., "brand": ..., "price_min": ..., "price_max": ...}``."""
-        filters = check_filters(filters)
-        if not filters:
-            return None
-        return self.products.mask(**filters)
-
     def retrieve(self, text: str, k: int = 10, stage: str = "bm25", mask: np.ndarray | None = None) -> SearchResult:
         """Rows and scores of the top-k products of one stage (no strings decoded); deleted products never.
         A query with nothing to search for (see :mod:`engine.query_input`) gets no hits from every stage."""
@@ -279,10 +272,12 @@ class IndexVersion:
 
     def rewriter(self) -> QueryRewriter:
         """Query understanding over this version's catalog vocabulary (tables from the BM25 build)."""
-        if self._rewriter is None:
-            q = self.cfg.query
-            tok = self.bm25.tokenizer
-            self._rewriter = QueryRewriter(query_tables(self.bm25), tok.normalize, q.rules, q.min_df, tok.lexicon)
+        with self._lock:  # built once (an index from before the tables were saved builds them here)
+            if self._rewriter is None:
+                q = self.cfg.query
+                tok = self.bm25.tokenizer
+                self._rewriter = QueryRewriter(query_tables(self.bm25), tok.normalize, q.rules, q.min_df,
+                                               tok.lexicon)
         return self._rewriter
 
     def understand(self, text: str) -> Rewrite:
@@ -522,7 +517,7 @@ class IndexVersion:
         cleaned = [clean_text(t, sc.max_query_chars) for t in texts]
         t_u = time.perf_counter()
         rewrites = [self.understand(t) for t, _ in cleaned]
-        t_understood = time.perf_counter() - t_u
+        t_understood = (time.perf_counter() - t_u) * 1000
         filters = check_filters(filters)
         key = None if mask is not None else tuple(sorted((f, tuple(v) if isinstance(v, list) else v)
                                                          for f, v in (filters or {}).items()))
@@ -552,8 +547,8 @@ class IndexVersion:
                     res = self._retrieve(t, depth, stages[0], mask) if len(stages) == 1 \
                         else self._fused(t, depth, stages, mask)
                     ranked[i] = (res, None)
+        timings["understand"] = t_understood
         timings["total"] = (time.perf_counter() - t_start) * 1000
-        timings["understand"] = round(t_understood * 1000, 3)
         timings = {kk: (round(v, 3) if isinstance(v, float) else v) for kk, v in timings.items()}
         versions = self.versions()
         out = []

@@ -181,13 +181,11 @@ class QueryRewriter:
                 if h == run[p]:
                     continue
                 fixed = run[:p] + h + run[p + 1:]
-                for a in range(max(0, p - 3), p + 1):
-                    for b in range(p + 1, min(len(run), a + 4) + 1):
-                        if b - a < 2:
-                            continue
-                        n = self.df.get(fixed[a:b], 0)
-                        if n >= 3 * self.min_df and (best is None or n > best[0]) and all(self._covered(fixed)):
-                            best = (n, fixed)  # the fix makes a catalog word and leaves nothing uncovered
+                # the most frequent catalog word (2-4 characters) the fix makes through position p
+                n = max((self.df.get(fixed[a:b], 0) for a in range(max(0, p - 3), p + 1)
+                         for b in range(max(a + 2, p + 1), min(len(run), a + 4) + 1)), default=0)
+                if n >= 3 * self.min_df and (best is None or n > best[0]) and all(self._covered(fixed)):
+                    best = (n, fixed)  # the fix makes a catalog word and leaves nothing uncovered
         return best[1] if best else None
 
     def _latin_typo(self, run: str) -> str | None:

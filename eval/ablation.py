@@ -49,7 +49,7 @@ def evaluate_index(index: BM25Index, queries, ecfg) -> dict:
     for qid, text in queries.texts.items():
         res = index.search(text, k=depth)
         run[qid] = {ids[int(r)]: float(s) for r, s in zip(res.rows, res.scores)}
-    m, _ = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
+    m, _, _ = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
     return m
 
 

@@ -78,40 +78,28 @@ def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: i
     return run, lat
 
 
-PER_QUERY = ("mrr@10", "ndcg@10")  # besides recall at the main cut (:func:`main_recall`)
-
-
 def main_recall(ks: list[int]) -> str:
     """The recall the reports lead with: recall@100 when measured, else the deepest cut."""
     return "recall@100" if 100 in ks else f"recall@{max(ks)}"
 
 
-def per_query_metrics(queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None,
-                      ks: list[int]) -> dict[str, np.ndarray]:
-    """Each query's MRR@10, NDCG@10 and main recall (qrels order: ``queries.relevance``)."""
-    qrels = queries.gains(gain_offset)
-    recall_qrels, thr = (queries.relevance, relevant_threshold) if relevant_threshold is not None else (qrels, None)
-    rk = main_recall(ks)
-    return {"mrr@10": metrics.mrr(qrels, run, 10, per_query=True),
-            "ndcg@10": metrics.ndcg(qrels, run, 10, per_query=True),
-            rk: metrics.recall(recall_qrels, run, int(rk.split("@")[1]), threshold=thr, per_query=True)}
-
-
 def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None,
-              ks: list[int]) -> tuple[dict[str, float], list[float]]:
+              ks: list[int]) -> tuple[dict[str, float], list[float], dict[str, np.ndarray]]:
+    """(the means, the recall curve, each query's MRR@10 / NDCG@10 / main recall in qrels order): every
+    per-query value computed once, the means taken from them."""
     qrels = queries.gains(gain_offset)
     # recall counts a product as relevant by its judged relevance (Home Depot: >= 2.5), else by gain > 0
     recall_qrels, thr = (queries.relevance, relevant_threshold) if relevant_threshold is not None else (qrels, None)
-    out = {
-        "mrr@10": metrics.mrr(qrels, run, 10),
-        "ndcg@10": metrics.ndcg(qrels, run, 10),
-    }
+    per = {"mrr@10": metrics.mrr(qrels, run, 10, per_query=True),
+           "ndcg@10": metrics.ndcg(qrels, run, 10, per_query=True)}
     for k in ks:
-        out[f"recall@{k}"] = metrics.recall(recall_qrels, run, k, threshold=thr)
+        per[f"recall@{k}"] = metrics.recall(recall_qrels, run, k, threshold=thr, per_query=True)
+    out = {m: float(v.mean()) if len(v) else 0.0 for m, v in per.items()}
     out["map"] = metrics.average_precision(qrels, run)
     out["n_queries"] = len(qrels)
     curve = metrics.recall_curve(recall_qrels, run, [k for k in RECALL_CURVE_KS if k <= max(ks)], threshold=thr)
-    return out, curve
+    lead = main_recall(ks)
+    return out, curve, {m: per[m] for m in ("mrr@10", "ndcg@10", lead)}
 
 
 def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], progress: bool = True,
@@ -124,7 +112,6 @@ def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], pr
             run, lat = run_judged_only(engine, queries, stage, progress)
         else:
             run, lat = run_stage(engine, queries, stage, depth, progress)
-        m, curve = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
-        pq = per_query_metrics(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
+        m, curve, pq = score_run(queries, run, ecfg.gain_offset, ecfg.relevant_threshold, ecfg.ks)
         results.append(StageResult(stage, m, run, lat, curve, pq))
     return results

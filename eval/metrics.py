@@ -23,7 +23,8 @@ Qrels = Mapping[str, Mapping[str, float]]
 Run = Mapping[str, "Mapping[str, float] | Sequence[str]"]
 
 
-def _ranked(result) -> list[str]:
+def ranked(result) -> list[str]:
+    """A run entry's product ids, best first."""
     if isinstance(result, Mapping):
         # score descending; ties keep the run's own order (the order the system returned them in)
         return [pid for pid, _ in sorted(result.items(), key=lambda kv: -kv[1])]
@@ -38,7 +39,7 @@ def _gain_matrix(qrels: Qrels, run: Run, k: int | None, threshold: float | None 
     """
     qids = list(qrels)
     if k is None:
-        k = max([len(_ranked(run.get(q, ()))) for q in qids] + [max((len(v) for v in qrels.values()), default=1), 1])
+        k = max([len(ranked(run.get(q, ()))) for q in qids] + [max((len(v) for v in qrels.values()), default=1), 1])
     n = len(qids)
     gains = np.zeros((n, k), dtype=np.float64)
     rel = np.zeros((n, k), dtype=bool)
@@ -47,8 +48,7 @@ def _gain_matrix(qrels: Qrels, run: Run, k: int | None, threshold: float | None 
     is_rel = (lambda g: g >= threshold) if threshold is not None else (lambda g: g > 0)
     for i, q in enumerate(qids):
         judged = qrels[q]
-        ranked = _ranked(run.get(q, ()))[:k]
-        for j, pid in enumerate(ranked):
+        for j, pid in enumerate(ranked(run.get(q, ()))[:k]):
             g = judged.get(pid)
             if g is not None:
                 gains[i, j] = max(g, 0.0)

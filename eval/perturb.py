@@ -31,6 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.text import opencc_char_table
+
 KINDS = ("traditional", "fullwidth", "pinyin", "alias", "units", "typo")
 BRANDS = (("华为", "huawei"), ("苹果", "apple"), ("小米", "xiaomi"), ("三星", "samsung"), ("耐克", "nike"),
           ("阿迪达斯", "adidas"), ("联想", "lenovo"), ("索尼", "sony"), ("美的", "midea"), ("海尔", "haier"),
@@ -52,7 +54,7 @@ _LATIN_WORD = re.compile(r"[A-Za-z]{4,}")
 class Perturber:
     def __init__(self, texts, seed: int = 0):
         self.seed = seed
-        self._s2t = _s2t_table()
+        self._s2t = opencc_char_table("STCharacters")
         from pypinyin import lazy_pinyin
 
         self._py = lambda s: lazy_pinyin(s, errors="ignore")  # noqa: E731
@@ -139,21 +141,6 @@ def _words(text: str) -> list[str]:
     import jieba
 
     return [w for w in jieba.lcut(text) if _HAN_WORD.fullmatch(w)]
-
-
-def _s2t_table() -> dict[int, str]:
-    """Simplified → traditional, one character to its first traditional form (OpenCC's table)."""
-    import opencc
-
-    path = Path(opencc.__file__).parent / "dictionary" / "STCharacters.txt"
-    table = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        parts = line.split("\t")
-        if len(parts) == 2 and len(parts[0]) == 1:
-            first = parts[1].split(" ")[0]
-            if first != parts[0]:
-                table[ord(parts[0])] = first
-    return table
 
 
 def perturb_file(src: Path, dst: Path, seed: int) -> dict[str, int]:

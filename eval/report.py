@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.evaluate import RECALL_CURVE_KS, StageResult
+from eval.metrics import ranked
 from eval.significance import fmt_interval, intervals, most_hurt, paired
 
 
@@ -119,8 +120,7 @@ def hurt_lines(results: list[StageResult], qids: list[str], texts: dict[str, str
             judged = ", ".join(f"{title(p)[:30]} ({p})" for p, g in relevance.get(q, {}).items() if g > 0)[:90]
 
             def top(run):
-                ranked = sorted(run.get(q, {}).items(), key=lambda kv: -kv[1])[:3]
-                return "; ".join(title(p)[:24] or p for p, _ in ranked)
+                return "; ".join(title(p)[:24] or p for p in ranked(run.get(q, {}))[:3])
             lines.append(f"| {texts.get(q, q)} | {judged} | {a:.2f} → {b:.2f} | {top(prev.run)} | {top(r.run)} |"
                          .replace("\n", " "))
     return lines

@@ -29,13 +29,16 @@ from indexer.config import load_config, parse_overrides
 METRICS = ("mrr@10", "ndcg@10")
 
 
-def run(cfg, queries, stage: str, rewrite: bool, progress: bool) -> dict[str, np.ndarray]:
+def run(cfg, sets: dict, stage: str, rewrite: bool, progress: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Each query set's per-query metrics under one engine (models loaded once per setting)."""
     from engine.search import SearchEngine
 
-    cfg = dataclasses.replace(cfg, query=dataclasses.replace(cfg.query, rewrite=rewrite))
-    engine = SearchEngine.from_config(cfg)
-    res = evaluate(engine, queries, [stage], progress=progress)[0]
-    return {m: res.per_query[m] for m in METRICS}
+    engine = SearchEngine.from_config(dataclasses.replace(cfg, query=dataclasses.replace(cfg.query, rewrite=rewrite)))
+    out = {}
+    for name, queries in sets.items():
+        res = evaluate(engine, queries, [stage], progress=progress)[0]
+        out[name] = {m: res.per_query[m] for m in METRICS}
+    return out
 
 
 def kinds_of(perturbed: Path) -> dict[str, str]:
@@ -65,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = not args.no_progress
     res = {}
-    for name, q in (("clean", clean), ("perturbed", pert)):
-        for rewrite in (False, True):
-            res[f"{name}/{'on' if rewrite else 'off'}"] = run(cfg, q, args.stage, rewrite, progress)
+    for rewrite in (False, True):
+        for name, pq in run(cfg, {"clean": clean, "perturbed": pert}, args.stage, rewrite, progress).items():
+            res[f"{name}/{'on' if rewrite else 'off'}"] = pq
+    res = {k: res[k] for k in ("clean/off", "clean/on", "perturbed/off", "perturbed/on")}  # the report's order
     out = {"config": args.config, "stage": args.stage, "n_queries": len(clean), "runs": {}, "compare": {}}
     for key, pq in res.items():
         out["runs"][key] = {m: round(float(v.mean()), 4) for m, v in pq.items()}

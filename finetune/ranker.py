@@ -278,7 +278,6 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
     rows always get position 0, as serving does, so early stopping measures the ranking that will serve."""
     import lightgbm as lgb
 
-    cols = [FEATURES.index(f) for f in features]
     names = list(features)
     if debias is None:
         debias = tcfg.position_debias
@@ -297,18 +296,12 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
         # features explain what position does not; serving sets it to 0 for every candidate, a constant shift
         params["interaction_constraints"] = [list(range(len(features))), [len(features)]]
 
-    def matrix(d: Dataset, serving: bool = False) -> np.ndarray:
-        X = d.X[:, cols]
-        if not debias:
-            return X
-        return np.column_stack([X, np.zeros(len(X)) if serving else np.maximum(d.position, 0.0)])
-
     ints = lambda y: np.rint(y).astype(np.int32)  # noqa: E731 (LambdaRank labels are integer grades)
-    dtrain = lgb.Dataset(matrix(train), ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
+    dtrain = lgb.Dataset(model_inputs(names, train), ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
                          init_score=None if init is None else init[0])
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
-        dvalid = lgb.Dataset(matrix(valid, serving=True), ints(valid.y), group=valid.groups, reference=dtrain,
+        dvalid = lgb.Dataset(model_inputs(names, valid, serving=True), ints(valid.y), group=valid.groups, reference=dtrain,
                              init_score=None if init is None else init[1])
         valid_sets = [dvalid]
         callbacks.append(lgb.early_stopping(tcfg.early_stopping, verbose=False))
@@ -317,61 +310,69 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
     booster = lgb.train(params, dtrain, num_boost_round=tcfg.num_rounds, valid_sets=valid_sets,
                         valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
     curve = evals.get("valid", {}).get("ndcg@10", [])
-    booster.matrix = matrix  # how this booster's inputs are laid out from a Dataset
     return booster, curve
+
+
+def model_inputs(names: Sequence[str], d: Dataset, serving: bool = False) -> np.ndarray:
+    """The input matrix of a model reading ``names`` (a booster's ``feature_name()``): the engine's features,
+    and the logged position where the model has the position term (0 for every row when ``serving``)."""
+    X = d.X[:, [FEATURES.index(f) for f in names if f != POSITION]]
+    if POSITION not in names:
+        return X
+    return np.column_stack([X, np.zeros(len(X)) if serving else np.maximum(d.position, 0.0)])
 
 
 def fit_base(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
     """:func:`fit`, with and without the position term when the data is logged and ``position_debias`` is on,
     keeping the one whose validation NDCG@10 (position 0 for every row, as serving) is higher.  Whether
     the position term helps depends on the logging policy: where the shown order is nearly the relevance
-    order (little exploration), position takes over what relevance should explain."""
+    order (little exploration), position takes over what relevance should explain.  Returns
+    ``(booster, curve, choice)``, ``choice`` the two validation NDCG@10 (None when there was no choice)."""
     booster, curve = fit(train, valid, tcfg, features, progress)
-    booster.position_choice = None
-    if POSITION in booster.feature_name() and curve:
-        plain, curve_plain = fit(train, valid, tcfg, features, progress, debias=False)
-        choice = {"with_position": round(float(max(curve)), 4), "without": round(float(max(curve_plain)), 4)}
-        if max(curve_plain) >= max(curve):
-            booster, curve = plain, curve_plain
-        booster.position_choice = choice
-    return booster, curve
+    if POSITION not in booster.feature_name() or not curve:
+        return booster, curve, None
+    plain, curve_plain = fit(train, valid, tcfg, features, progress, debias=False)
+    choice = {"with_position": round(float(max(curve)), 4), "without": round(float(max(curve_plain)), 4)}
+    if max(curve_plain) >= max(curve):
+        return plain, curve_plain, choice
+    return booster, curve, choice
 
 
 def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
     """``g`` over the non-personal features (and the logged position), then ``h`` over the personal ones,
     boosted from ``g``'s scores: ``f = g + h``.  Each stops early on its own, so the weaker personal
     signal is not cut short by when the relevance part stops improving.  Returns
-    ``(g, h, curve of g, curve of g + h)``."""
+    ``(g, h, curve of g, curve of g + h, g's position choice)``."""
     base = [f for f in features if f not in PERSONAL]
     personal = [f for f in features if f in PERSONAL]
-    g, curve_g = fit_base(train, valid, tcfg, base, progress)
+    g, curve_g, choice = fit_base(train, valid, tcfg, base, progress)
     has_valid = valid is not None and len(valid.groups) > 0
-    init = (g.predict(g.matrix(train)), g.predict(g.matrix(valid, serving=True)) if has_valid else None)
+    names = g.feature_name()
+    init = (g.predict(model_inputs(names, train)),
+            g.predict(model_inputs(names, valid, serving=True)) if has_valid else None)
     h, curve_h = fit(train, valid if has_valid else None, tcfg, personal, progress, init=init)
-    return g, h, curve_g, curve_h
+    return g, h, curve_g, curve_h, choice
 
 
 def ndcg_per_group(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int = 10) -> np.ndarray:
-    """NDCG@k of each group (rows in group order), gains ``2^y − 1`` as LightGBM's lambdarank uses."""
-    out = np.zeros(len(groups))
-    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    """NDCG@k of each group (rows in group order; ties keep row order), gains ``2^y − 1`` as LightGBM's
+    lambdarank uses: :func:`eval.metrics.ndcg` over one query per group."""
+    from eval import metrics
+
+    qrels, run = {}, {}
     start = 0
     for i, n in enumerate(groups):
-        yy, ss = y[start:start + n], scores[start:start + n]
+        qrels[i] = {str(j): float(g) for j, g in enumerate(2.0 ** y[start:start + n] - 1)}
+        run[i] = metrics.top_ids(np.arange(n), scores[start:start + n], k)
         start += n
-        gains = 2.0 ** yy - 1
-        ideal = np.sort(gains)[::-1][:k]
-        got = gains[np.argsort(-ss, kind="stable")][:k]
-        idcg = float(ideal @ disc[: len(ideal)])
-        out[i] = float(got @ disc[: len(got)]) / idcg if idcg > 0 else 0.0
-    return out
+    return metrics.ndcg(qrels, run, k, per_query=True)
 
 
 def personal_gain(g, h, valid: Dataset) -> dict:
     """Does ``h`` help on the validation sessions?  Per-session NDCG@10 of ``g + h`` minus ``g``: mean, its
     standard error and z (mean over standard error)."""
-    base = g.predict(g.matrix(valid, serving=True))
-    both = base + h.predict(h.matrix(valid))
+    base = g.predict(model_inputs(g.feature_name(), valid, serving=True))
+    both = base + h.predict(model_inputs(h.feature_name(), valid))
     d = ndcg_per_group(valid.y, both, valid.groups) - ndcg_per_group(valid.y, base, valid.groups)
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
     mean = float(d.mean()) if len(d) else 0.0
@@ -403,7 +404,8 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
     h = None
     check = None
     if tcfg.staged and knows_users and len(pcols) < len(features):
-        booster, h, curve_g, curve = fit_staged(train, valid if n_valid else None, tcfg, features, progress)
+        booster, h, curve_g, curve, choice = fit_staged(train, valid if n_valid else None, tcfg, features,
+                                                        progress)
         if n_valid:
             check = personal_gain(booster, h, valid)
             # shrink the boost by how sure the held-out sessions are of it (positive-part James-Stein:
@@ -414,7 +416,7 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
             if not check["kept"]:
                 h, curve = None, curve_g
     else:
-        booster, curve = fit_base(train, valid if n_valid else None, tcfg, features, progress)
+        booster, curve, choice = fit_base(train, valid if n_valid else None, tcfg, features, progress)
         curve_g = None
     importance = dict(zip(booster.feature_name(), booster.feature_importance("gain").round(2).tolist()))
     if h is not None:
@@ -438,8 +440,8 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
     if h is not None:
         card["personal_best_iteration"] = int(h.best_iteration or h.current_iteration())
         card["valid_ndcg@10_non_personal"] = round(float(max(curve_g)), 4) if curve_g else None
-    if getattr(booster, "position_choice", None):
-        card["position_choice"] = booster.position_choice  # validation NDCG@10 as served, with and without
+    if choice:
+        card["position_choice"] = choice  # validation NDCG@10 as served, with and without
     if POSITION in booster.feature_name():
         card["position_debias"] = "the logged position trained as an additive term; 0 for every candidate at serving"
     ranker = Ranker(booster, booster.feature_name(), card, h, h.feature_name() if h is not None else None,

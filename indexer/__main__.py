@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stages = None
         if args.if_stale:
-            from indexer.build import index_stages, stale_stages
+            from indexer.build import stale_stages
+            from indexer.dense import index_stages
 
             stages = stale_stages(cfg, index_stages(cfg))
             if not stages:

@@ -10,7 +10,7 @@ from typing import Iterable
 from indexer import bm25
 from indexer.catalog import Catalog, read_catalog, write_rejects
 from indexer.config import Config
-from indexer.dense import DENSE_STAGES, index_stages  # noqa: F401  (index_stages: re-exported)
+from indexer.dense import DENSE_STAGES, index_stages
 from indexer.store import IndexLoadError, read_manifest, sha256_file
 
 

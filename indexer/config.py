@@ -30,6 +30,12 @@ class ConfigError(EcomsearchError, ValueError):
     """A config file is missing, malformed or names an unknown field."""
 
 
+# how a setting enters Config.index_fingerprint (field metadata; unmarked settings always do):
+NOT_INDEXED = {"index": "never"}  # it does not change what an index holds
+INDEXED_WHEN_SET = {"index": "when_set"}  # added after indexes existed: only a non-default value counts, so an
+                                          # index built before the setting stays current
+
+
 @dataclass
 class CatalogConfig:
     path: Path
@@ -37,9 +43,9 @@ class CatalogConfig:
     format: str = "auto"
     # our field name -> column name in the file (id, title, category, brand, price, attributes)
     columns: dict[str, str] = field(default_factory=dict)
-    skip_bad_rows: bool = False
+    skip_bad_rows: bool = field(default=False, metadata=NOT_INDEXED)
     # where rejected rows go with --skip-bad-rows; default: <index dir>/rejected.jsonl
-    rejects_path: Path | None = None
+    rejects_path: Path | None = field(default=None, metadata=NOT_INDEXED)
 
 
 @dataclass
@@ -59,7 +65,7 @@ class TextConfig:
     # join a number and a following unit ("500 ml" -> 500ml)
     join_units: bool = True
     # English measurements: fractions as decimals, unit spellings as one token (1/2 in. = 1/2" = 0.5in)
-    english_units: bool = False
+    english_units: bool = field(default=False, metadata=INDEXED_WHEN_SET)
 
 
 @dataclass
@@ -311,17 +317,7 @@ class Config:
 
     def index_fingerprint(self) -> str:
         """Hash of every setting that changes what an index holds."""
-        payload = {
-            "catalog": _jsonable(self.catalog),
-            "text": _jsonable(self.text),
-            "bm25": _jsonable(self.bm25),
-        }
-        payload["catalog"].pop("skip_bad_rows", None)
-        payload["catalog"].pop("rejects_path", None)
-        # settings added after indexes existed count only when set: an index built before them stays current
-        for name, off in (("english_units", False),):
-            if payload["text"].get(name) == off:
-                payload["text"].pop(name)
+        payload = {name: _indexed(getattr(self, name)) for name in ("catalog", "text", "bm25")}
         # the contents of the word lists matter, not only their paths
         for name in ("user_dict", "stopwords"):
             p = getattr(self.text, name)
@@ -333,6 +329,18 @@ class Config:
     @property
     def rejects_path(self) -> Path:
         return self.catalog.rejects_path or self.index_dir.with_name(self.index_dir.name + ".rejected.jsonl")
+
+
+def _indexed(section) -> dict:
+    """A config section's settings as they enter the index fingerprint (see :data:`NOT_INDEXED`)."""
+    out = {}
+    for f in dataclasses.fields(section):
+        how = f.metadata.get("index")
+        value = getattr(section, f.name)
+        if how == "never" or (how == "when_set" and value == f.default):
+            continue
+        out[f.name] = _jsonable(value)
+    return out
 
 
 def _jsonable(obj: Any) -> Any:

@@ -39,7 +39,6 @@ FORMAT = 4
 NAME_TAGS = {"nr", "nrt", "nrfg", "ns", "nt", "nz"}
 _HAN_WORD = re.compile(r"[\u4e00-\u9fff]{2,4}")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]{2,}")
-_LATIN = re.compile(r"[a-z][a-z0-9\-]*[a-z]")
 _NUM_UNIT = re.compile(r"\d+(?:\.\d+)?([a-z\u4e00-\u9fff]+)")
 # unit spellings that mean the same unit (query understanding picks the catalog's)
 UNIT_GROUPS = (("ml", "毫升"), ("l", "升"), ("kg", "千克", "公斤"), ("g", "克"), ("cm", "厘米"), ("mm", "毫米"),
@@ -146,9 +145,8 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
     n_docs = len(doc_tokens.indptr) - 1
     doc = np.repeat(np.arange(n_docs), np.diff(doc_tokens.indptr))
     X = sp.csr_matrix((np.ones(len(doc), dtype=np.float32), (doc, doc_tokens.ids)), shape=(n_docs, len(tokens)))
-    X.data[:] = 1.0  # presence (duplicates summed by csr: reset after)
     X.sum_duplicates()
-    X.data[:] = 1.0
+    X.data[:] = 1.0  # presence: a token twice in a title counts once
     L, H = np.flatnonzero(latin), np.flatnonzero(han)
     C = (X[:, L].T @ X[:, H]).tocsr()  # titles shared by each Latin token and Han word
     if C.nnz == 0:

@@ -91,12 +91,13 @@ FIELDS = ("words", "chars")
 _ALNUM_PARTS = re.compile(r"[a-z]+|[0-9]+(?:\.[0-9]+)?")
 
 
-@functools.lru_cache(maxsize=1)
-def _t2s_table() -> dict[int, str]:
-    """Single-character traditional → simplified table from OpenCC's data."""
+@functools.lru_cache(maxsize=2)
+def opencc_char_table(name: str = "TSCharacters") -> dict[int, str]:
+    """A single-character conversion table from OpenCC's data, for ``str.translate``: ``TSCharacters``
+    (traditional → simplified), ``STCharacters`` (simplified → traditional); the first candidate of each."""
     import opencc
 
-    path = Path(opencc.__file__).parent / "dictionary" / "TSCharacters.txt"
+    path = Path(opencc.__file__).parent / "dictionary" / f"{name}.txt"
     table: dict[int, str] = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         parts = line.split("\t")
@@ -115,7 +116,7 @@ def normalize(text: str, traditional_to_simplified: bool = True) -> str:
     """NFKC, optional traditional → simplified, lowercase, no control characters."""
     text = unicodedata.normalize("NFKC", text)
     if traditional_to_simplified:
-        text = text.translate(_t2s_table())
+        text = text.translate(opencc_char_table("TSCharacters"))
     text = _CONTROL.sub(" ", text.lower())
     return text
 

@@ -261,7 +261,7 @@ def test_the_staged_ranker_keeps_a_personal_boost_only_when_held_out_sessions_co
     for effect in (1.0, 0.0):
         train, valid = _logged_data(np.random.default_rng(2), n_sessions=1500, personal_effect=effect).split(1200)
         valid = valid.shuffled()
-        g, h, _, _ = fit_staged(train, valid, tcfg, feats, progress=False)
+        g, h, *_ = fit_staged(train, valid, tcfg, feats, progress=False)
         assert "brand_ctr" not in g.feature_name() and set(h.feature_name()) == {"brand_ctr", "history"}
         results[effect] = (g, h, personal_gain(g, h, valid))
     assert results[1.0][2]["z"] >= 3 and results[0.0][2]["z"] <= 1  # a real taste is sure, none is noise
