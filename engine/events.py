@@ -9,6 +9,8 @@
   threads or processes never lose an update, and an event is visible to the
   user's next query.  ``secure_delete`` is on: a forgotten user's rows are
   overwritten, not left in free pages.
+- :class:`PostgresEventStore` is the same interface on PostgreSQL
+  (``personal.store: postgres``) for replicas that share one database.
 - :class:`UserEvents` is what the engine uses: it validates events (unknown
   product, unknown event type, bad timestamp, empty user id), hashes user ids
   with HMAC-SHA256 (key from ``ECOMSEARCH_USER_KEY`` or ``personal.user_key``;
@@ -45,6 +47,7 @@ from finetune.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timest
 
 SCHEMA_VERSION = 1
 KEY_ENV = "ECOMSEARCH_USER_KEY"
+DSN_ENV = "ECOMSEARCH_PG_DSN"  # wins over personal.dsn (keeps the password out of the config file)
 EVENT_CODE = {e: i for i, e in enumerate(EVENTS)}
 DAY = 86400.0
 
@@ -236,6 +239,164 @@ class SQLiteEventStore(EventStore):
             self._local.con = None
 
 
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id BIGSERIAL PRIMARY KEY, user_key TEXT NOT NULL, product TEXT NOT NULL, event SMALLINT NOT NULL,
+    ts DOUBLE PRECISION NOT NULL, query TEXT);
+CREATE INDEX IF NOT EXISTS events_user ON events (user_key, ts);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS profiles (
+    user_key TEXT PRIMARY KEY, t DOUBLE PRECISION NOT NULL, version INTEGER NOT NULL, data BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS product_stats (
+    product TEXT PRIMARY KEY, impressions DOUBLE PRECISION NOT NULL DEFAULT 0,
+    clicks DOUBLE PRECISION NOT NULL DEFAULT 0, carts DOUBLE PRECISION NOT NULL DEFAULT 0,
+    purchases DOUBLE PRECISION NOT NULL DEFAULT 0);
+"""
+
+
+class PostgresEventStore(EventStore):
+    """The same store on PostgreSQL (``personal.store: postgres``, ``personal.dsn`` or ``ECOMSEARCH_PG_DSN``),
+    for many engine replicas sharing one database.
+
+    Tables live in their own schema (``personal.pg_schema``, default ``ecomsearch``), created at first use and
+    versioned like the SQLite file.  Each thread has its own connection.  A write is one transaction that
+    first takes a transaction-scoped advisory lock on the user (``pg_advisory_xact_lock``), so concurrent
+    writers of one user — in any replica — queue instead of losing a profile update, while different users
+    write in parallel; product counters are atomic upserts.  :meth:`forget` deletes the user's rows in one
+    transaction; PostgreSQL reclaims the dead rows' space at its next (auto)vacuum, which a shop's retention
+    policy should schedule (``VACUUM events, profiles``)."""
+
+    def __init__(self, dsn: str, schema: str = "ecomsearch"):
+        import psycopg  # noqa: F401  (fail here, with the reason, when the driver is missing)
+
+        if not dsn:
+            raise EventError("personal.dsn: a PostgreSQL connection string is needed for personal.store: postgres "
+                             "(or set ECOMSEARCH_PG_DSN)")
+        if not schema.isidentifier():
+            raise EventError(f"personal.pg_schema: {schema!r} is not a plain identifier")
+        self.dsn, self.schema = dsn, schema
+        self._local = threading.local()
+        self._all: list = []
+        self._all_lock = threading.Lock()
+        with self._write() as con:
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+            con.execute(f"SET LOCAL search_path TO {schema}")
+            con.execute("SELECT pg_advisory_xact_lock(hashtext('ecomsearch schema'))")
+            con.execute(_PG_SCHEMA)
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                con.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise EventError(f"{schema}: event store schema version {row[0]}, this engine reads "
+                                 f"{SCHEMA_VERSION}; migrate or use another personal.pg_schema")
+
+    def _con(self):
+        import psycopg
+
+        con = getattr(self._local, "con", None)
+        if con is None or con.closed:
+            con = psycopg.connect(self.dsn, autocommit=True, options=f"-c search_path={self.schema}")
+            self._local.con = con
+            with self._all_lock:
+                self._all.append(con)
+        return con
+
+    @contextlib.contextmanager
+    def _write(self):
+        con = self._con()
+        with con.transaction():
+            yield con
+
+    @staticmethod
+    def _lock_user(con, user: str) -> None:
+        con.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user,))
+
+    def append(self, user, product_id, row, event, ts, query, update):
+        col = _STAT_COLS[EVENT_CODE[event]]
+        with self._write() as con:
+            self._lock_user(con, user)
+            con.execute("INSERT INTO events (user_key, product, event, ts, query) VALUES (%s, %s, %s, %s, %s)",
+                        (user, product_id, EVENT_CODE[event], ts, query))
+            con.execute(f"INSERT INTO product_stats (product, {col}) VALUES (%s, 1) "
+                        f"ON CONFLICT (product) DO UPDATE SET {col} = product_stats.{col} + 1", (product_id,))
+            got = con.execute("SELECT data, version FROM profiles WHERE user_key = %s", (user,)).fetchone()
+            old = Profile.loads(bytes(got[0]), got[1]) if got else None
+            new = update(old)
+            if new is not None:
+                new.version = (old.version if old else 0) + 1
+                con.execute("INSERT INTO profiles (user_key, t, version, data) VALUES (%s, %s, %s, %s) "
+                            "ON CONFLICT (user_key) DO UPDATE SET t = excluded.t, version = excluded.version, "
+                            "data = excluded.data", (user, new.t, new.version, new.dumps()))
+        return new if new is not None else old
+
+    def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
+        with self._write() as con:
+            for u in sorted(profiles):  # one order for every writer: two bulk loads cannot deadlock
+                self._lock_user(con, u)
+            with con.cursor() as cur:
+                with cur.copy("COPY events (user_key, product, event, ts, query) FROM STDIN") as cp:
+                    for row in zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries):
+                        cp.write_row(row)
+                cur.executemany("INSERT INTO product_stats (product, impressions, clicks, carts, purchases) "
+                                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product) DO UPDATE SET "
+                                "impressions = product_stats.impressions + excluded.impressions, "
+                                "clicks = product_stats.clicks + excluded.clicks, "
+                                "carts = product_stats.carts + excluded.carts, "
+                                "purchases = product_stats.purchases + excluded.purchases",
+                                [(p, *map(float, c)) for p, c in stats.items()])
+                cur.executemany("INSERT INTO profiles (user_key, t, version, data) VALUES (%s, %s, %s, %s) "
+                                "ON CONFLICT (user_key) DO UPDATE SET t = excluded.t, version = excluded.version, "
+                                "data = excluded.data", [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
+
+    def profile(self, user):
+        got = self._con().execute("SELECT data, version FROM profiles WHERE user_key = %s", (user,)).fetchone()
+        return Profile.loads(bytes(got[0]), got[1]) if got else None
+
+    def profiles(self, users):
+        users = list(users)
+        rows = self._con().execute("SELECT user_key, data, version FROM profiles WHERE user_key = ANY(%s)",
+                                   (users,)).fetchall() if users else []
+        return {u: Profile.loads(bytes(data), version) for u, data, version in rows}
+
+    def product_counts(self):
+        rows = self._con().execute(f"SELECT product, {', '.join(_STAT_COLS)} FROM product_stats").fetchall()
+        return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
+
+    def forget(self, user):
+        with self._write() as con:
+            self._lock_user(con, user)
+            n = con.execute("DELETE FROM events WHERE user_key = %s", (user,)).rowcount
+            con.execute("DELETE FROM profiles WHERE user_key = %s", (user,))
+        return n
+
+    def purge_before(self, ts):
+        with self._write() as con:
+            n = con.execute("DELETE FROM events WHERE ts < %s", (ts,)).rowcount
+            con.execute("DELETE FROM profiles WHERE t < %s", (ts,))
+        return n
+
+    def count_events(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def close(self):
+        with self._all_lock:
+            for con in self._all:
+                con.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def open_store(personal_cfg) -> EventStore:
+    """The event store a config names (``personal.store``: ``sqlite`` or ``postgres``)."""
+    p = personal_cfg
+    if p.store == "sqlite":
+        return SQLiteEventStore(p.path)
+    if p.store == "postgres":
+        return PostgresEventStore(os.environ.get(DSN_ENV) or p.dsn or "", p.pg_schema)
+    raise EventError(f"personal.store: {p.store!r} is not one of sqlite, postgres")
+
+
 @dataclass
 class IngestReport:
     read: int = 0
@@ -277,7 +438,7 @@ class UserEvents:
         """The config's event store for an engine's product table (its id -> row map is shared, not rebuilt)."""
         p = cfg.personal
         key = os.environ.get(KEY_ENV) or p.user_key
-        return cls(SQLiteEventStore(p.path), facets, products.ids, ProfileSettings.from_config(p), key,
+        return cls(open_store(p), facets, products.ids, ProfileSettings.from_config(p), key,
                    p.retention_days, row_map=products.row_map())
 
     # -- users -------------------------------------------------------------------------------------------

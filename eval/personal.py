@@ -249,8 +249,63 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
     return log, cut
 
 
+class HistoryPosterior:
+    """What a profile could know at best: the Bayes ranking from each user's training sessions.
+
+    For every (user, facet value) the log-likelihood ratio of *liked* against *not liked* under the
+    simulator's own click model, summed over the user's logged impressions (each at its position and
+    relevance, clicked or not; the user's true taste on the other facets is given, so this is an upper
+    estimate).  With the share of liked values as the prior, each candidate's posterior per facet gives its
+    expected click probability; ranking by it is the best ranking that the training sessions support.
+    It separates two gaps: oracle − Bayes is what no profile can know (values the user never saw, noise),
+    Bayes − personal is what our features and ranker leave on the table."""
+
+    def __init__(self, world: World, users: dict, sessions: list, strength: float):
+        self.world, self.users, self.strength = world, users, strength
+        self.facets = list(world.facets)
+        n = len(self.facets)
+        self.llr: dict[str, dict] = {f: {} for f in self.facets}
+        self.prior = {}
+        for f in self.facets:
+            share = np.mean([len(u.liked[f]) / world.n_values[f] for u in users.values()]) if users else 0.5
+            self.prior[f] = float(np.log(share / (1.0 - share))) if 0 < share < 1 else 0.0
+        examine = 1.0 / (1.0 + np.arange(10)) ** 0.6
+        for s in sessions:
+            c = self.world.cands[s.query]
+            index = {int(r): i for i, r in enumerate(c.rows)}
+            u = users[s.user]
+            for pos, row in enumerate(s.shown[:len(examine)]):
+                rel = 3.0 / (1.0 + np.exp(-2.0 * world.z[s.query][index[row]])) - 2.5
+                clicked = row in s.gains
+                for f in self.facets:
+                    others = sum(int(world.facets[g][row]) in u.liked[g] for g in self.facets if g != f) / n
+                    p1 = examine[pos] * _sigmoid(rel + strength * 3.0 * (others + 1.0 / n - 0.3))
+                    p0 = examine[pos] * _sigmoid(rel + strength * 3.0 * (others - 0.3))
+                    key = (s.user, int(world.facets[f][row]))
+                    step = np.log(p1 / p0) if clicked else np.log((1.0 - p1) / (1.0 - p0))
+                    self.llr[f][key] = self.llr[f].get(key, 0.0) + step
+
+    def expected_clicks(self, uid: str, query: str) -> np.ndarray:
+        c = self.world.cands[query]
+        rel = 3.0 / (1.0 + np.exp(-2.0 * self.world.z[query])) - 2.5
+        n = len(self.facets)
+        post = [_sigmoid(self.prior[f] + np.array([self.llr[f].get((uid, int(k)), 0.0)
+                                                   for k in self.world.facets[f][c.rows]])) for f in self.facets]
+        out = np.zeros(len(c.rows))
+        for combo in np.ndindex(*([2] * n)):  # every liked / not-liked combination of the facets
+            w = np.ones(len(c.rows))
+            for b, p in zip(combo, post):
+                w = w * (p if b else 1.0 - p)
+            out += w * _sigmoid(rel + self.strength * 3.0 * (sum(combo) / n - 0.3))
+        return out
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
 def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of, users: dict | None = None,
-                      strength: float = 0.0) -> dict[str, np.ndarray]:
+                      strength: float = 0.0, bayes: HistoryPosterior | None = None) -> dict[str, np.ndarray]:
     """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
     simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling)."""
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
@@ -259,7 +314,7 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
     hl = cfg.personal.half_life_days * DAY
     row_of = engine.products.row_map()
     fac = engine.facets()
-    runs_b, runs_p, runs_o, qrels, warm = {}, {}, {}, {}, []
+    runs_b, runs_p, runs_o, runs_y, qrels, warm = {}, {}, {}, {}, {}, []
     for i, (uid, q, t, gains) in enumerate(sessions):
         c = world.cands[q]
         prof = profile_of(uid)
@@ -273,6 +328,8 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
         if users is not None:
             util = click_logit(world.z[q], taste_of(world, users[uid], c.rows), strength)
             runs_o[sid] = metrics.top_ids(c.rows, util)
+        if bayes is not None:
+            runs_y[sid] = metrics.top_ids(c.rows, bayes.expected_clicks(uid, q))
         qrels[sid] = {str(r): g for r, g in gains.items()}
         warm.append(prof is not None)
     out = {"warm": np.asarray(warm, dtype=bool)}
@@ -281,6 +338,8 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
         out[f"{name}/personal"] = fn(qrels, runs_p, 10, per_query=True)
         if runs_o:
             out[f"{name}/oracle"] = fn(qrels, runs_o, 10, per_query=True)
+        if runs_y:
+            out[f"{name}/bayes"] = fn(qrels, runs_y, 10, per_query=True)
     return out
 
 
@@ -292,8 +351,9 @@ def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
         for m in ("ndcg@10", "mrr@10"):
             block[m] = {k: round(v, 4) for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel],
                                                                     seed=seed).items()}
-            if f"{m}/oracle" in res:
-                block[m]["oracle"] = round(float(res[f"{m}/oracle"][sel].mean()), 4) if sel.any() else float("nan")
+            for ceiling in ("oracle", "bayes"):
+                if f"{m}/{ceiling}" in res:
+                    block[m][ceiling] = round(float(res[f"{m}/{ceiling}"][sel].mean()), 4) if sel.any() else float("nan")
         out[group] = block
     return out
 
@@ -316,8 +376,9 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     ranker = Ranker.load(out_dir / f"ranker-{taste}")
     profiles = pit.profiles_at(cut)
     profile_of = lambda uid: (p if (p := profiles.get(uid)) is not None and p.weight > 0 else None)  # noqa: E731
-    res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of,
-                            {u.uid: u for u in users}, TASTES[taste])
+    by_uid = {u.uid: u for u in users}
+    bayes = HistoryPosterior(world, by_uid, log.sessions, TASTES[taste])
+    res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes)
     summary = summarize(res, log.eval_sessions, args.seed)
     summary["train"] = {"events": len(log.events), "sessions": len(log.sessions), "ranker_sessions": card["sessions"],
                         "cut": cut, "importance_gain": card["importance_gain"],
@@ -411,9 +472,14 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
              "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions. "
              "Oracle: the simulator's own click utility with the user's true taste (a ceiling no profile reaches).",
              "", *[f"- {k}: {v}" for k, v in context.items()], "",
-             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | oracle | "
+             "Bayes: the best ranking the user's training sessions support — the simulator's own click model "
+             "(positions, relevance, taste strength) turned into a posterior per facet value from each user's "
+             "logged impressions and clicks, candidates ranked by expected click (an upper estimate: the other "
+             "facets' true taste is given). Oracle − Bayes is what no profile can know from the history; "
+             "Bayes − personal is what the features and ranker leave.", "",
+             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | Bayes | oracle | "
              "MRR@10 base | MRR@10 personal | diff [95% CI] |",
-             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- |"]
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
     for taste in TASTES:
         if taste not in payload:
             continue
@@ -422,7 +488,7 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
             n, m = b["ndcg@10"], b["mrr@10"]
             lines.append(f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
                          f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
-                         f"{n.get('oracle', float('nan')):.4f} | "
+                         f"{n.get('bayes', float('nan')):.4f} | {n.get('oracle', float('nan')):.4f} | "
                          f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
                          f"{m['ci_high']:+.4f}] |")
     for key, taste in (("guard", "medium"), ("guard_strong", "strong")):

@@ -13,6 +13,7 @@ config file.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 import hashlib
@@ -146,9 +147,12 @@ class RerankConfig:
 class PersonalConfig:
     """Events, user profiles and the personal features (engine.events, engine.profiles, engine.features)."""
 
-    # where events and profiles live: an embedded SQLite file (default <index_dir>/events.sqlite)
+    # where events and profiles live: an embedded SQLite file (default <index_dir>/events.sqlite), or
+    # PostgreSQL (store: postgres) shared by many replicas: dsn (ECOMSEARCH_PG_DSN wins) and a schema of its own
     store: str = "sqlite"
     path: Path | None = None
+    dsn: str | None = None
+    pg_schema: str = "ecomsearch"
     # the HMAC key user ids are hashed with; the environment variable ECOMSEARCH_USER_KEY wins.
     # Without either, recording events is refused (only the demo config ships a key)
     user_key: str | None = None
@@ -564,9 +568,12 @@ def _validate(cfg: Config, where: str) -> None:
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
         raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
     pc = cfg.personal
-    if pc.store != "sqlite":
-        raise ConfigError(f"{where}: personal.store {pc.store!r} is not built in (sqlite); a shop's own store "
-                          "plugs in through engine.events.EventStore")
+    if pc.store not in ("sqlite", "postgres"):
+        raise ConfigError(f"{where}: personal.store {pc.store!r} is not built in (sqlite, postgres); a shop's own "
+                          "store plugs in through engine.events.EventStore")
+    if pc.store == "postgres" and not (pc.dsn or os.environ.get("ECOMSEARCH_PG_DSN")):
+        raise ConfigError(f"{where}: personal.store postgres needs personal.dsn or the environment variable "
+                          "ECOMSEARCH_PG_DSN")
     if pc.half_life_days <= 0 or pc.retention_days <= 0:
         raise ConfigError(f"{where}: personal.half_life_days and personal.retention_days must be > 0")
     bad = set(pc.gains) - {"impression", "click", "add_to_cart", "purchase"}

@@ -131,3 +131,20 @@ def copy_config(cfg, tmp: Path, **rerank):
 def live_cfg(job_cfg, trained, tmp_path):
     """The tiny trained pipeline (bm25 + dense + cross-encoder + ranker) over a private copy of its indexes."""
     return copy_config(job_cfg, tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory):
+    """A real PostgreSQL server for the event-store tests (pip's `pgserver`: binaries in the wheel, started in a
+    temporary folder, stopped at the end).  Required under CI; skipped on a machine without it."""
+    import os
+
+    try:
+        import pgserver
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("pgserver is not installed (pip install -e '.[test]')")
+    srv = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    yield srv.get_uri()
+    srv.cleanup()

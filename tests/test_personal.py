@@ -2,14 +2,16 @@
 the learned ranker's personalize knob, cold users and explain."""
 
 import dataclasses
+import hashlib
 import multiprocessing as mp
 import threading
+import uuid
 
 import numpy as np
 import pytest
 
 from engine import SearchEngine
-from engine.events import EventError, PrivacyError, SQLiteEventStore, UserEvents
+from engine.events import EventError, PostgresEventStore, PrivacyError, SQLiteEventStore, UserEvents
 from engine.features import FEATURES, PERSONAL, StatsTimeline
 from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, price_bands_of
 from finetune.clicklog import Event
@@ -26,17 +28,32 @@ def tiny_facets(n=6, d=4):
                          np.array([3, 3, 4, 4, 3, 4])[:n].astype(np.int32), np.array([0, 4, 1, 2, -1, 0])[:n].astype(np.int32), "g1")
 
 
-def events_for(tmp_path, key="k", clock=None, retention_days=365.0):
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_kind(request):
+    """Run a test on the embedded SQLite store and on PostgreSQL (a real server, a fresh schema per test)."""
+    if request.param == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        return ("postgres", dsn, f"t{uuid.uuid4().hex[:12]}")
+    return ("sqlite", None, None)
+
+
+def open_test_store(kind, tmp_path):
+    if kind is None or kind[0] == "sqlite":
+        return SQLiteEventStore(tmp_path / "events.sqlite")
+    return PostgresEventStore(kind[1], kind[2] + "_" + hashlib.md5(str(tmp_path).encode()).hexdigest()[:6])
+
+
+def events_for(tmp_path, key="k", clock=None, retention_days=365.0, kind=None):
     facets = tiny_facets()
     ids = [f"P{i}" for i in range(len(facets))]
     kw = {"clock": clock} if clock else {}
-    return UserEvents(SQLiteEventStore(tmp_path / "events.sqlite"), facets, ids, ProfileSettings(30.0), key,
+    return UserEvents(open_test_store(kind, tmp_path), facets, ids, ProfileSettings(30.0), key,
                       retention_days, **kw)
 
 
 # -- events in ---------------------------------------------------------------------------------------------
-def test_bad_events_get_a_clear_error(tmp_path):
-    ev = events_for(tmp_path)
+def test_bad_events_get_a_clear_error(tmp_path, store_kind):
+    ev = events_for(tmp_path, kind=store_kind)
     with pytest.raises(EventError, match="product_id.*unknown product 'P99'"):
         ev.record("u1", "P99", "click", T0)
     with pytest.raises(EventError, match="'event'.*'like' is not one of"):
@@ -59,8 +76,8 @@ def test_events_are_refused_without_a_key_and_stored_only_hashed(tmp_path):
     assert ev.user_key("alice") != other.user_key("alice") and len(ev.user_key("alice")) == 32
 
 
-def test_an_event_is_visible_to_the_next_profile_read_and_impressions_do_not_count(tmp_path):
-    ev = events_for(tmp_path)
+def test_an_event_is_visible_to_the_next_profile_read_and_impressions_do_not_count(tmp_path, store_kind):
+    ev = events_for(tmp_path, kind=store_kind)
     ev.record("u1", "P2", "impression", T0)
     assert ev.profile("u1") is None  # nothing engaged with yet: a cold user
     ev.record("u1", "P2", "purchase", T0 + 10)
@@ -69,17 +86,18 @@ def test_an_event_is_visible_to_the_next_profile_read_and_impressions_do_not_cou
     assert ev.stats().counts[2].tolist() == [1, 0, 0, 1]
 
 
-def _writer(path, user_prefix, n):
-    ev = UserEvents(SQLiteEventStore(path), tiny_facets(), [f"P{i}" for i in range(6)], ProfileSettings(30.0), "k")
+def _writer(kind, tmp_path, user_prefix, n):
+    ev = UserEvents(open_test_store(kind, tmp_path), tiny_facets(), [f"P{i}" for i in range(6)],
+                    ProfileSettings(30.0), "k")
     for i in range(n):
         ev.record(f"{user_prefix}{i % 3}", f"P{i % 6}", "click", T0 + i)
 
 
-def test_concurrent_writers_in_threads_and_processes_lose_no_update(tmp_path):
-    ev = events_for(tmp_path)
+def test_concurrent_writers_in_threads_and_processes_lose_no_update(tmp_path, store_kind):
+    ev = events_for(tmp_path, kind=store_kind)
     threads = [threading.Thread(target=lambda: [ev.record(f"u{i % 3}", f"P{i % 6}", "click", T0 + i)
                                                 for i in range(40)]) for _ in range(4)]
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(tmp_path / "events.sqlite", "u", 40))
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(store_kind, tmp_path, "u", 40))
              for _ in range(2)]
     for t in threads + procs:
         t.start()
@@ -106,16 +124,29 @@ def test_forget_user_leaves_nothing_of_them_in_the_database_file(tmp_path):
     assert ev.user_key("bob").encode() in raw
 
 
-def test_retention_drops_old_events(tmp_path):
+def test_forget_user_leaves_no_row_of_them_in_postgres(tmp_path, pg_dsn):
+    ev = events_for(tmp_path, kind=("postgres", pg_dsn, "forget"))
+    for i in range(20):
+        ev.record("alice", f"P{i % 6}", "click", T0 + i, query="一个非常独特的查询词ZQX")
+        ev.record("bob", f"P{i % 6}", "click", T0 + i, query="猫粮")
+    alice = ev.user_key("alice")
+    assert ev.forget("alice") == 20
+    con = ev.store._con()
+    dump = str(con.execute("SELECT * FROM events").fetchall()) + str(con.execute("SELECT * FROM profiles").fetchall())
+    assert alice not in dump and "ZQX" not in dump and ev.user_key("bob") in dump
+    assert ev.profile("alice") is None and ev.profile("bob") is not None
+
+
+def test_retention_drops_old_events(tmp_path, store_kind):
     now = [T0 + 400 * DAY]
-    ev = events_for(tmp_path, clock=lambda: now[0], retention_days=365)
+    ev = events_for(tmp_path, clock=lambda: now[0], retention_days=365, kind=store_kind)
     ev.record("u1", "P1", "click", T0)  # 400 days old
     ev.record("u2", "P2", "click", T0 + 100 * DAY)
     assert ev.purge() == 1
     assert ev.store.count_events() == 1 and ev.profile("u1") is None and ev.profile("u2") is not None
 
 
-def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path):
+def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path, store_kind):
     import json
 
     log = tmp_path / "clicks.jsonl"
@@ -125,14 +156,14 @@ def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path):
            {"user_id": "u1", "query": "q", "product_id": "P1", "event": "click", "timestamp": "soon"},
            {"user_id": "", "query": "q", "product_id": "P1", "event": "click", "timestamp": T0}]
     log.write_text("\n".join(json.dumps(r) for r in rows[:20] + bad + rows[20:]) + "\n", encoding="utf-8")
-    bulk = events_for(tmp_path / "bulk")
+    bulk = events_for(tmp_path / "bulk", kind=store_kind)
     with pytest.raises(EventError, match=r"clicks.jsonl:21: field 'product_id'"):
         bulk.ingest(log)
     assert bulk.store.count_events() == 0  # a failed load stores nothing
     rep = bulk.ingest(log, skip_bad_rows=True)
     assert rep.recorded == 40 and [line for line, _ in rep.rejected] == [21, 22, 23]
     assert "timestamp" in rep.rejected[1][1] and "user_id" in rep.rejected[2][1]
-    online = events_for(tmp_path / "online")
+    online = events_for(tmp_path / "online", kind=store_kind)
     for r in rows:
         online.record(r["user_id"], r["product_id"], r["event"], r["timestamp"], r["query"])
     for u in ("u0", "u1", "u2", "u3"):
@@ -501,3 +532,22 @@ def test_a_ranker_trained_on_another_cross_encoder_is_refused(job_cfg, trained, 
     with pytest.raises(ModelMismatchError, match="retrain"):
         SearchEngine.from_config(dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank,
                                                                                           ranker=str(ranker))))
+
+
+def test_the_config_chooses_the_event_store_and_postgres_needs_a_dsn(tmp_path, pg_dsn, monkeypatch):
+    from conftest import make_config
+    from engine.events import open_store
+    from indexer.config import ConfigError
+
+    cat = tmp_path / "c.jsonl"
+    cat.write_text('{"id": "P1", "title": "耳机"}\n', encoding="utf-8")
+    monkeypatch.delenv("ECOMSEARCH_PG_DSN", raising=False)
+    with pytest.raises(ConfigError, match="personal.store postgres needs personal.dsn"):
+        make_config(tmp_path, cat, personal={"store": "postgres"})
+    with pytest.raises(ConfigError, match="not built in"):
+        make_config(tmp_path, cat, personal={"store": "mongo"})
+    cfg = make_config(tmp_path, cat, personal={"store": "postgres", "dsn": pg_dsn, "pg_schema": "cfgtest"})
+    store = open_store(cfg.personal)
+    assert isinstance(store, PostgresEventStore) and store.schema == "cfgtest"
+    store.close()
+    assert isinstance(open_store(make_config(tmp_path, cat).personal), SQLiteEventStore)

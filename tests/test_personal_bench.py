@@ -48,6 +48,25 @@ def test_simulated_users_click_what_they_like_only_when_they_have_a_taste(world)
     assert abs(share[0.0]) < 0.03 and share[2.0] > 0.05
 
 
+def test_the_bayes_ranking_from_history_learns_the_taste_only_when_there_is_one(world):
+    eng, w = world
+    rng = np.random.default_rng(2)
+    users = personal.make_users(w, 80, rng)
+    by_uid = {u.uid: u for u in users}
+    log, _ = personal.simulate(w, users, 0.0, 30, 10, 8, rng, eng.products.ids)
+    flat = personal.HistoryPosterior(w, by_uid, log.sessions, 0.0)
+    assert all(v == 0.0 for f in flat.llr.values() for v in f.values())  # no taste: clicks say nothing
+    q = w.queries[0]
+    assert np.array_equal(np.argsort(-flat.expected_clicks(users[0].uid, q), kind="stable"),
+                          np.argsort(-w.z[q], kind="stable"))  # so it ranks by relevance alone
+    log, _ = personal.simulate(w, users, 2.0, 30, 10, 8, rng, eng.products.ids)
+    bayes = personal.HistoryPosterior(w, by_uid, log.sessions, 2.0)
+    f = next(iter(w.facets))
+    liked = [v for (uid, code), v in bayes.llr[f].items() if code in by_uid[uid].liked[f]]
+    other = [v for (uid, code), v in bayes.llr[f].items() if code not in by_uid[uid].liked[f]]
+    assert np.mean(liked) > np.mean(other) + 0.5  # the history points at the liked values
+
+
 def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_cfg, trained, tmp_path):
     import yaml
 
