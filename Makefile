@@ -5,7 +5,7 @@ CONFIG ?= configs/demo.yaml
 OUT ?= reports/eval/$(basename $(notdir $(CONFIG)))
 STAGES ?= bm25,dense-base,dense,hybrid,rerank
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
-EXTRAS := $(if $(GPU),gpu,cpu),test
+EXTRAS := $(if $(GPU),gpu,cpu),test,scale
 
 PORT ?= 8000
 HOST ?= 127.0.0.1

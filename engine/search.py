@@ -72,6 +72,7 @@ class IndexVersion:
         self._events = None
         self._facets = None
         self._rewriter: QueryRewriter | None = None
+        self._milvus = None  # search.backend milvus: the first stages' collection
         self._previous = previous  # models are taken over from it where unchanged (then dropped)
         self._lock = threading.RLock()  # lazy loads
         self._live: tuple = (None, None)  # (signature of deleted.txt, mask)
@@ -80,6 +81,8 @@ class IndexVersion:
         self.cache_hits = self.cache_misses = 0
         self._versions: tuple | None = None  # (loaded parts, versions()), see versions()
         self.reload_deleted()
+        if cfg.search.backend == "milvus":
+            self.milvus()
         if load_models:
             for stage in cfg.search.stages:
                 if stage in DENSE_STAGES:
@@ -122,6 +125,19 @@ class IndexVersion:
                                      "`make index`")
             self._dense[stage] = (encoder, index)
         return self._dense[stage]
+
+    def milvus(self):
+        """The Milvus collection the bm25 and dense stages search (``search.backend: milvus``), opened once and
+        checked against this version's local builds."""
+        if self._milvus is None:
+            with self._lock:
+                if self._milvus is None:
+                    from indexer.backends.milvus import MilvusStages
+
+                    dense_dir = (self.cfg.index_dir / "dense").resolve()
+                    self._milvus = MilvusStages.open(self.cfg, self.bm25, _build_id(dense_dir)
+                                                     if dense_dir.exists() else None)
+        return self._milvus
 
     def cross_encoder(self) -> CrossEncoder:
         """The config's fine-tuned cross-encoder (``rerank.model``), loaded once."""
@@ -289,15 +305,26 @@ class IndexVersion:
     def _retrieve(self, text: str, k: int, stage: str, mask: np.ndarray | None) -> SearchResult:
         """One stage's top-k; ``mask`` already excludes deleted products."""
         if stage == "bm25":
+            if self._on_milvus(stage):
+                return self.milvus().bm25_search(text, k, mask)
             return self.bm25.search(text, k=k, mask=mask)
         if stage in DENSE_STAGES:
-            encoder, index = self.dense_stage(stage)
-            return index.search(encoder.encode_queries([text]), k=k, mask=mask)[0]
+            return self._dense_search(stage, self.dense_stage(stage)[0].encode_queries([text]), k, mask)[0]
         if stage == "hybrid":
             return self._fused(text, k, ("bm25", "dense"), mask)
         if stage == "rerank":
             return self._reranked([text], k, mask)[0]
         raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
+
+    def _on_milvus(self, stage: str) -> bool:
+        """Whether Milvus answers this stage: bm25, and dense when the collection holds its vectors (the
+        zero-shot ``dense-base`` comparison stage stays local)."""
+        return self.cfg.search.backend == "milvus" and stage in ("bm25", "dense")
+
+    def _dense_search(self, stage: str, vecs: np.ndarray, k: int, mask: np.ndarray | None) -> list[SearchResult]:
+        if self._on_milvus(stage):
+            return self.milvus().dense_search(vecs, k, mask)
+        return self.dense_stage(stage)[1].search(vecs, k=k, mask=mask)
 
     def _fused(self, text: str, k: int, stages: Sequence[str], mask: np.ndarray | None) -> SearchResult:
         """Each stage's candidates (``search.candidates`` deep), merged by reciprocal rank fusion."""
@@ -327,10 +354,10 @@ class IndexVersion:
                         timings: dict | None = None) -> list[SearchResult]:
         t0 = time.perf_counter()
         if stage in DENSE_STAGES:
-            encoder, index = self.dense_stage(stage)
+            encoder, _ = self.dense_stage(stage)
             vecs = encoder.encode_queries(list(texts))
             t1 = time.perf_counter()
-            out = index.search(vecs, k=k, mask=mask)
+            out = self._dense_search(stage, vecs, k, mask)
             if timings is not None:
                 timings[f"{stage}_encode"] = (t1 - t0) * 1000
                 timings[f"{stage}_search"] = (time.perf_counter() - t1) * 1000
@@ -525,6 +552,10 @@ class IndexVersion:
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
         mask = self._with_live(mask)
+        if fmask is not None and key is not None and self.cfg.search.backend == "milvus":
+            from indexer.backends.milvus import ExprMask, filters_expr
+
+            mask = ExprMask.wrap(mask, filters_expr(filters))  # Milvus filters by expression, not row lists
         depth = k + offset
         timings: dict = {"validate": (time.perf_counter() - t_start) * 1000}
         todo = [i for i, (t, _) in enumerate(cleaned) if searchable(t)]

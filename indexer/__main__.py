@@ -7,6 +7,7 @@ import sys
 
 from indexer.build import build_indexes, load_catalog
 from indexer.catalog import CatalogError
+from indexer.types import EcomsearchError
 from indexer.config import ConfigError, load_config
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
@@ -23,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--add", metavar="CATALOG", help="add the new products of this catalog file to the built "
                     "indexes, without a full rebuild")
     ap.add_argument("--delete", metavar="ID", nargs="+", help="delete products from every stage")
+    ap.add_argument("--backend", choices=("local", "milvus"), default=None,
+                    help="milvus: after the local build, write it into the Milvus collection (search.milvus) "
+                         "unless it holds the current build already (default: the config's search.backend)")
     args = ap.parse_args(argv)
     if args.add or args.delete:
         return update(args)
@@ -47,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"indexes in {cfg.index_dir} are current; nothing to rebuild")
                 return 0
         builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages)
-    except (ModelMissingError, ValueError, IndexLoadError) as e:
+        if (args.backend or cfg.search.backend) == "milvus":
+            from indexer.backends.milvus import ensure_collection, resolve_uri
+
+            info = ensure_collection(cfg, progress=not args.no_progress)
+            where = resolve_uri(cfg)
+            print(f"milvus: {where} holds the current build" if info is None else
+                  f"milvus: {info.n_products} products -> {where} ({info.collection}) in {info.seconds:.1f} s "
+                  f"({info.rows_per_s:.0f} rows/s)")
+    except (ModelMissingError, ValueError, IndexLoadError, EcomsearchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for b in builds:

@@ -67,12 +67,13 @@ def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray) -> np.ndarray:
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best rows with a positive score, best first (ties by row)."""
+    """The k best rows with a positive score, best first (ties by row, also at the k-th place: the same
+    products whatever the partition picks, as every backend returns them)."""
     cand = np.flatnonzero(scores > 0)
     if len(cand) > k:
-        part = np.argpartition(-scores[cand], k - 1)[:k]
-        cand = cand[part]
-    order = np.lexsort((cand, -scores[cand]))
+        kth = -np.partition(-scores[cand], k - 1)[k - 1]
+        cand = cand[scores[cand] >= kth]  # every product tied with the k-th, then cut by row below
+    order = np.lexsort((cand, -scores[cand]))[:k]
     rows = cand[order]
     return rows.astype(np.int64), scores[rows].astype(np.float32)
 

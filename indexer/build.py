@@ -124,8 +124,15 @@ def ensure_indexes(cfg: Config, stages: Iterable[str] = (), progress: bool = Tru
     """
     needed = index_stages(cfg, stages)
     stale = stale_stages(cfg, needed)
-    if not stale:
-        return
+    if stale:
+        _rebuild(cfg, needed, stale, progress)
+    if cfg.search.backend == "milvus":  # the collection mirrors the local builds
+        from indexer.backends.milvus import ensure_collection
+
+        ensure_collection(cfg, progress=progress)
+
+
+def _rebuild(cfg: Config, needed, stale, progress: bool) -> None:
     built = {b.stage: b for b in build_indexes(cfg, progress=progress, stages=stale)}
     if "bm25" in built:
         n = built["bm25"].n_products

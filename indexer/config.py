@@ -109,8 +109,29 @@ class DenseConfig:
 
 
 @dataclass
+class MilvusConfig:
+    """``search.backend: milvus`` (indexer.backends.milvus): where the collection lives and how it is indexed."""
+
+    # a Milvus Lite file (default <index_dir>/milvus.db, started inside the engine) or http://host:19530
+    uri: str | None = None
+    # the alias queries use (default: the config's name); each build is a collection of its own behind it
+    collection: str | None = None
+    # the vector index: FLAT (exact, as FAISS Flat) or IVF_FLAT here; HNSW on a Milvus server
+    index_type: str = "FLAT"
+    nlist: int = 128
+    nprobe: int = 16
+    # rows per insert call (Milvus Lite stalls on one very large insert)
+    insert_batch: int = 1000
+    # with several BM25 token fields, each field is searched this many times deeper than asked, then merged
+    bm25_oversample: int = 4
+
+
+@dataclass
 class SearchConfig:
     stages: list[str] = field(default_factory=lambda: ["bm25"])
+    # where the first stages run: local (bm25s + FAISS in this process) or milvus (one Milvus collection)
+    backend: str = "local"
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
     # candidates each first stage hands on
     candidates: int = 100
     # longer queries are cut here (the result says `truncated`); a 1 MB query costs no more than this
@@ -436,6 +457,14 @@ def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig
     return ft
 
 
+def _build_search(data: dict | None, where: str, root: Path) -> SearchConfig:
+    data = dict(data or {})
+    mv = _build(MilvusConfig, data.pop("milvus", None), f"{where}.milvus", root)
+    sc = _build(SearchConfig, data, where, root)
+    sc.milvus = mv
+    return sc
+
+
 def load_config(path: str | Path, **overrides: Any) -> Config:
     """Load a YAML config into a :class:`Config`.
 
@@ -505,7 +534,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         text=_build(TextConfig, raw.get("text"), f"{where}: text", root),
         bm25=_build(BM25Config, raw.get("bm25"), f"{where}: bm25", root),
         dense=_build(DenseConfig, raw.get("dense"), f"{where}: dense", root),
-        search=_build(SearchConfig, raw.get("search"), f"{where}: search", root),
+        search=_build_search(raw.get("search"), f"{where}: search", root),
         rerank=_build(RerankConfig, raw.get("rerank"), f"{where}: rerank", root),
         finetune=_build_finetune(raw.get("finetune"), f"{where}: finetune", root),
         eval=_build(EvalConfig, raw.get("eval"), f"{where}: eval", root),
@@ -565,6 +594,13 @@ def _validate(cfg: Config, where: str) -> None:
         if quantize != "none" and runtime != "onnx":
             raise ConfigError(f"{where}: {name} quantize {quantize!r} needs runtime onnx")
     sc = cfg.search
+    if sc.backend not in ("local", "milvus"):
+        raise ConfigError(f"{where}: search.backend {sc.backend!r} is not one of local, milvus")
+    if sc.milvus.index_type.upper() not in ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"):
+        raise ConfigError(f"{where}: search.milvus.index_type {sc.milvus.index_type!r} is not one of FLAT, IVF_FLAT, "
+                          "IVF_SQ8, HNSW")
+    if sc.milvus.insert_batch < 1 or sc.milvus.bm25_oversample < 1:
+        raise ConfigError(f"{where}: search.milvus.insert_batch and bm25_oversample must be >= 1")
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
         raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
     pc = cfg.personal

@@ -15,6 +15,8 @@
   file itself holds wins), so an addition survives ``make index``; a deleted
   product stays deleted across rebuilds (``deleted.txt`` is kept) until it is
   added again.
+- **Milvus** (``search.backend: milvus``): deletes are deleted from the
+  collection and additions inserted into it, under the same lock.
 - **Two processes**: adds and deletes take an exclusive file lock
   (``<index_dir>/.updates.lock``) around their read-modify-write, so two at
   once lose nothing.
@@ -109,6 +111,10 @@ def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | Non
                            + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
         before = deleted_ids(cfg)
         _write_deleted(cfg, before | set(ids))
+        if cfg.search.backend == "milvus":  # the collection forgets them too (its BM25 statistics included)
+            from indexer.backends.milvus import delete_ids
+
+            delete_ids(cfg, ids)
     return len(set(ids) - before)
 
 
@@ -118,6 +124,10 @@ def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
     with updates_lock(cfg):
         report = _add_products(cfg, catalog, progress)
         _append_additions(cfg, catalog)
+        if cfg.search.backend == "milvus":  # the new rows, and the new builds they now mirror
+            from indexer.backends.milvus import add_rows
+
+            report["stages"]["milvus"] = add_rows(cfg, progress)
     return report
 
 
