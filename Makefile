@@ -47,7 +47,7 @@ demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/de
 	@echo "Search page and API: make serve (then open http://$(HOST):$(PORT)/ ; API docs at http://$(HOST):$(PORT)/docs)"
 
 index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
-	$(PY) -m indexer --config $(CONFIG)
+	$(PY) -m indexer --config $(CONFIG) $(if $(BACKEND),--backend $(BACKEND))
 
 # retrain the bi-encoder and the cross-encoder from the config's finetune section, rebuild the dense index,
 # export the models the config serves to ONNX (used where the config says runtime: onnx)
@@ -60,9 +60,10 @@ onnx: .venv/.installed
 
 # the HTTP service (FastAPI on uvicorn) over the config's engine: http://$(HOST):$(PORT)/
 serve: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
-	$(PY) -m indexer --config $(CONFIG) --if-stale
+	$(PY) -m indexer --config $(CONFIG) --if-stale $(if $(BACKEND),--backend $(BACKEND))
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
-	$(PY) -m engine.service --config $(CONFIG) --host $(HOST) --port $(PORT)
+	$(PY) -m engine.service --config $(CONFIG) --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(BACKEND),--set search.backend=$(BACKEND))
 
 eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)

@@ -24,7 +24,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
+import socket
 import sys
 import tempfile
 import threading
@@ -36,6 +38,8 @@ from typing import Annotated
 from engine.types import EcomsearchError, QueryError
 
 log = logging.getLogger("ecomsearch.service")
+REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+SERVE_ENV = "ECOMSEARCH_SERVE"  # what each replica opens: {"config": path, "set": [overrides]}
 STATIC = Path(__file__).with_name("static")
 SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain",
                  "personalize"}
@@ -167,6 +171,7 @@ def create_app(engine, watch: bool | None = None):
                 return _error(413, "body", f"{int(length):,} bytes; at most {sc.max_body_bytes:,}")
         t0 = time.perf_counter()
         response = await call_next(request)
+        response.headers["X-Ecomsearch-Replica"] = REPLICA  # which of several replicas answered
         endpoint = getattr(request.scope.get("route"), "path", "unmatched")
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
@@ -376,6 +381,57 @@ async def _in_thread(fn, *args):
     return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
+def replica_app():
+    """One replica (uvicorn ``--workers``/``factory``): the engine the supervisor described in
+    ``ECOMSEARCH_SERVE``, warmed up, behind the same app.  Replicas share nothing in memory: the index folder,
+    the Milvus collection and the event store are shared, so any replica answers any request."""
+    from engine.search import SearchEngine
+    from indexer.config import parse_overrides
+
+    spec = json.loads(os.environ[SERVE_ENV])
+    engine = SearchEngine.from_config(spec["config"], **parse_overrides(spec.get("set", [])))
+    app = create_app(engine)
+    engine.query(engine.products.titles[0], k=10)
+    return app
+
+
+def shared_milvus(cfg):
+    """For replicas over a Milvus Lite file: start its server once here and return the URI (a unix socket)
+    every replica connects to (a Lite file opens in one process only).  None for a Milvus server URI."""
+    from indexer.backends.milvus import _lite_file, resolve_uri
+
+    uri = resolve_uri(cfg)
+    if not _lite_file(uri):
+        return None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from milvus_lite.server_manager import server_manager_instance
+    return server_manager_instance.start_and_get_uri(uri)
+
+
+def serve_replicas(args, overrides: list[str]) -> int:
+    """``--workers N``: N replica processes on one port (uvicorn's workers; the kernel spreads connections)."""
+    import uvicorn
+
+    from indexer.config import load_config, parse_overrides
+
+    cfg = load_config(args.config, **parse_overrides(overrides))
+    if cfg.search.backend == "milvus":
+        uri = shared_milvus(cfg)
+        if uri:
+            overrides = overrides + [f"search.milvus.uri={uri}"]
+    if cfg.personal.store == "sqlite":
+        log.warning("replicas share the SQLite event store %s: one machine only (personal.store: postgres for "
+                    "several)", cfg.personal.path)
+    os.environ[SERVE_ENV] = json.dumps({"config": str(Path(args.config).resolve()), "set": overrides})
+    print(f"ecomsearch: {cfg.name}, {args.workers} replicas on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run("engine.service:replica_app", factory=True, workers=args.workers, host=args.host, port=args.port,
+                log_level=args.log_level, access_log=False)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.service", description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="configs/demo.yaml")
@@ -383,7 +439,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--log-level", default="warning")
+    ap.add_argument("--workers", type=int, default=1, help="stateless engine replicas sharing the port, the "
+                    "index folder, the Milvus collection and the event store")
     args = ap.parse_args(argv)
+    if args.workers > 1:
+        try:
+            return serve_replicas(args, list(args.set))
+        except EcomsearchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     import uvicorn
 
     from engine.search import SearchEngine

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> int:
             stages = stale_stages(cfg, index_stages(cfg))
             if not stages:
                 print(f"indexes in {cfg.index_dir} are current; nothing to rebuild")
-                return 0
-        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages)
+        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages) \
+            if stages is None or stages else []
         if (args.backend or cfg.search.backend) == "milvus":
             from indexer.backends.milvus import ensure_collection, resolve_uri
 

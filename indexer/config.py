@@ -495,6 +495,34 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def config_to_dict(cfg: Config) -> dict:
+    """The config as the YAML mapping :func:`load_config` reads (paths absolute): what a child process or
+    another replica needs to open the same engine."""
+
+    def plain(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    raw = plain(cfg)
+    raw.pop("source", None)
+    return raw
+
+
+def write_config(cfg: Config, path: str | Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
 def parse_overrides(items: list[str]) -> dict[str, dict]:
     """``["rerank.weight=0.6", "finetune.crossencoder.max_steps=900"]`` -> nested overrides for
     :func:`load_config` (values read as YAML scalars)."""

@@ -275,6 +275,11 @@ def delete_ids(cfg, product_ids) -> int:
     return len(rows)
 
 
+def _lite_file(uri: str) -> bool:
+    """A Milvus Lite database file (not a server or socket URI)."""
+    return not re.match(r"^[a-z]+:", uri)
+
+
 def manifest_path(cfg) -> Path:
     return Path(cfg.index_dir) / f"milvus-{base_name(cfg)}.json"
 
@@ -287,7 +292,7 @@ def read_collection_manifest(cfg) -> dict | None:
         m = json.loads(manifest_path(cfg).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if m.get("uri") != resolve_uri(cfg) or m.get("alias") != base_name(cfg):
+    if m.get("alias") != base_name(cfg):  # (the URI may differ: replicas reach a Lite file through its socket)
         return None
     return m
 
