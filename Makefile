@@ -47,7 +47,7 @@ demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/de
 	@echo "Search page and API: make serve (then open http://$(HOST):$(PORT)/ ; API docs at http://$(HOST):$(PORT)/docs)"
 
 index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
-	$(PY) -m indexer --config $(CONFIG) $(if $(BACKEND),--backend $(BACKEND))
+	$(PY) -m indexer --config $(CONFIG) $(if $(BACKEND),--backend $(BACKEND)) $(if $(RAY),--ray)
 
 # retrain the bi-encoder and the cross-encoder from the config's finetune section, rebuild the dense index,
 # export the models the config serves to ONNX (used where the config says runtime: onnx)

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=("local", "milvus"), default=None,
                     help="milvus: after the local build, write it into the Milvus collection (search.milvus) "
                          "unless it holds the current build already (default: the config's search.backend)")
+    ap.add_argument("--ray", action="store_true", help="tokenize and encode the titles on Ray Data workers "
+                    "(RAY_ADDRESS for a cluster; always with --backend milvus)")
+    ap.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: every CPU)")
     args = ap.parse_args(argv)
     if args.add or args.delete:
         return update(args)
@@ -49,7 +52,14 @@ def main(argv: list[str] | None = None) -> int:
             stages = stale_stages(cfg, index_stages(cfg))
             if not stages:
                 print(f"indexes in {cfg.index_dir} are current; nothing to rebuild")
-        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages) \
+        runner = None
+        if (args.ray or args.ray_workers or (args.backend or cfg.search.backend) == "milvus") and \
+                (stages is None or stages):
+            from indexer.distributed import RayRunner
+
+            runner = RayRunner(args.ray_workers)
+            print(f"ray: {runner.workers} workers")
+        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages, runner=runner) \
             if stages is None or stages else []
         if (args.backend or cfg.search.backend) == "milvus":
             from indexer.backends.milvus import ensure_collection, resolve_uri

@@ -119,15 +119,18 @@ class BM25Index:
 
     # -- building ---------------------------------------------------------
     @classmethod
-    def build(cls, catalog: Catalog, text_cfg: TextConfig, bm25_cfg: BM25Config, progress: bool = False) -> "BM25Index":
+    def build(cls, catalog: Catalog, text_cfg: TextConfig, bm25_cfg: BM25Config, progress: bool = False,
+              runner=None) -> "BM25Index":
+        """``runner`` (:class:`indexer.distributed.RayRunner`): tokenize the titles on its workers."""
         words = [w for col in (catalog.brands, catalog.categories) for w in col if w] if text_cfg.dict_from_catalog else []
         tokenizer = Tokenizer(text_cfg, extra_words=words)
+        many = runner.tokenizer(tokenizer, text_cfg, tokenizer.added_words) if runner is not None else tokenizer
         texts = catalog.index_texts()
         retrievers, doc_tokens = {}, {}
         stats = {"tokenize_s": 0.0, "index_s": 0.0, "n_without_tokens": 0}
         for fname in bm25_cfg.fields:
             t0 = time.perf_counter()
-            tokens = tokenizer.tokenize_many(texts, progress=progress, desc=f"tokenize titles ({fname})", field=fname)
+            tokens = many.tokenize_many(texts, progress=progress, desc=f"tokenize titles ({fname})", field=fname)
             t1 = time.perf_counter()
             retrievers[fname] = r = build_retriever(tokens, bm25_cfg, progress=progress)
             doc_tokens[fname] = DocTokens.from_lists([[r.vocab_dict[t] for t in doc] for doc in tokens])
@@ -236,10 +239,10 @@ class BM25Index:
         return SearchResult(rows, top)
 
 
-def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True) -> tuple[Path, dict, "BM25Index"]:
+def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True, runner=None) -> tuple[Path, dict, "BM25Index"]:
     """Build the BM25 index for ``cfg`` and swap it in at ``<index_dir>/bm25``."""
     t0 = time.perf_counter()
-    index = BM25Index.build(catalog, cfg.text, cfg.bm25, progress=progress)
+    index = BM25Index.build(catalog, cfg.text, cfg.bm25, progress=progress, runner=runner)
     build_s = time.perf_counter() - t0
     extras = {"catalog": str(catalog.source), "catalog_sha256": sha256_file(catalog.source) if catalog.source else None,
               "n_rejected": len(catalog.rejected), "n_without_tokens": index.build_stats["n_without_tokens"],

@@ -43,11 +43,13 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
 
 
 def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,
-                  catalog: Catalog | None = None, stages: Iterable[str] | None = None) -> list[StageBuild]:
+                  catalog: Catalog | None = None, stages: Iterable[str] | None = None,
+                  runner=None) -> list[StageBuild]:
     """Build the indexes of ``stages`` (default: what the config's stages need).
 
     Each replaces the previous version only when it is complete, so a failed
-    build leaves the previous index serving.
+    build leaves the previous index serving.  ``runner``
+    (:class:`indexer.distributed.RayRunner`): tokenize and encode the titles on Ray workers.
     """
     from indexer.updates import deleted_ids, exclude_deleted
 
@@ -59,7 +61,7 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "bm25":
-            path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress)
+            path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress, runner=runner)
             detail = ""
         elif stage in DENSE_STAGES:
             from indexer import dense
@@ -69,6 +71,8 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
 
                 ensure_trimmed(cfg, catalog.index_texts(), catalog_sha)
             encoder = dense.dense_encoder(cfg, stage)
+            if runner is not None:
+                encoder = runner.encoder(encoder)
             path = cfg.index_dir / stage
             manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
                                                cfg.index_fingerprint(), progress=progress,
