@@ -47,6 +47,13 @@ class CrossEncoder:
         # and two model calls on the same cores only slow each other down
         self._lock = threading.Lock()
 
+    def __getstate__(self):  # sent to training processes (finetune.distributed): a lock does not travel
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def device(self):
         return next(self.model.parameters()).device

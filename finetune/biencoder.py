@@ -65,14 +65,37 @@ def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int)
     q, d = embed(queries), embed(docs)
     q = torch.nn.functional.normalize(q, dim=-1)
     d = torch.nn.functional.normalize(d, dim=-1)
+    labels = torch.arange(len(batch), device=device)
+    rank, size = loop.world()
+    if size > 1:
+        # data parallel: every process's titles are in-batch negatives for every query, as in one process
+        # (the gather is differentiable: each process's embeddings get the gradients of all the losses)
+        import torch.distributed as dist
+        import torch.distributed.nn.functional as dist_fn
+
+        sizes = [torch.zeros(1, dtype=torch.long) for _ in range(size)]
+        dist.all_gather(sizes, torch.tensor([len(d)], dtype=torch.long))
+        sizes = [int(x) for x in sizes]
+        pad = max(sizes) - len(d)  # all_gather needs equal shapes
+        parts = dist_fn.all_gather(torch.nn.functional.pad(d, (0, 0, 0, pad)))
+        d = torch.cat([p[:n] for p, n in zip(parts, sizes)])
+        labels = labels + sum(sizes[:rank])
     scores = scale * q @ d.T
-    return torch.nn.functional.cross_entropy(scores, torch.arange(len(batch), device=device))
+    return torch.nn.functional.cross_entropy(scores, labels)
 
 
 def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Path,
           evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
           progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
-    """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``."""
+    """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``.
+    With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
+    checkpoint on disk is the result (``model`` itself stays as it was)."""
+    if cfg.workers > 1 and loop.world()[1] == 1:
+        from finetune.distributed import train_on_workers
+
+        return train_on_workers(
+            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log), cfg.workers,
+            use_gpu=torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     model.max_seq_length = cfg.max_length
     if cfg.freeze_word_embeddings:

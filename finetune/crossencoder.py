@@ -116,7 +116,15 @@ def with_lora(model: CrossEncoder, cfg: CrossEncoderTrainConfig) -> Callable[[Pa
 def train(model: CrossEncoder, examples: Sequence[Group], cfg: CrossEncoderTrainConfig, out: Path,
           evaluate: Callable[[CrossEncoder], float] | None = None, log_path: Path | None = None,
           progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
-    """Train ``model`` in place; keep the best checkpoint (by ``evaluate``) in ``out``."""
+    """Train ``model`` in place; keep the best checkpoint (by ``evaluate``) in ``out``.
+    With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
+    checkpoint on disk is the result (``model`` itself stays as it was)."""
+    if cfg.workers > 1 and loop.world()[1] == 1:
+        from finetune.distributed import train_on_workers
+
+        return train_on_workers(
+            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log), cfg.workers,
+            use_gpu=torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     model.max_length = cfg.max_length
     if cfg.freeze_word_embeddings:

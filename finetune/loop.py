@@ -2,6 +2,12 @@
 mixed precision on a GPU, step and wall-time caps, evaluation every N steps with the best checkpoint kept,
 a JSON log per evaluation, a progress bar, and resume from the last evaluation.
 
+**Data parallel** (``workers`` > 1, inside a torch process group: :mod:`finetune.distributed`): every
+process draws the same global batch from the same seeded generator and trains on its share
+(``batch[rank::world]``); gradients (and the logged loss) are averaged over the processes after each backward,
+so the model takes the same steps as one process on the whole batch.  Only rank 0 evaluates, saves and logs;
+whether to stop is rank 0's decision, broadcast each step (wall-time caps differ per process).
+
 Its settings are a :class:`TrainingLoopConfig` (either model's training config; the whole config is saved
 with the resumable state, and only ``max_minutes`` may differ on resume).  The model-specific parts come in
 as functions: ``loss_fn(batch)``, ``evaluate()`` (higher is better) and
@@ -31,6 +37,20 @@ def amp_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the torch process group this process trains in; (0, 1) outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard(batch, rank: int, size: int):
+    """This process's share of a global batch (every ``size``-th item from ``rank``)."""
+    return batch if size == 1 else batch[rank::size]
+
+
 def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: Callable[[np.random.Generator], Iterator],
         loss_fn: Callable[[object], torch.Tensor], settings: TrainingLoopConfig, out: Path,
         save: Callable[[Path], None], evaluate: Callable[[], float] | None = None,
@@ -43,6 +63,8 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
     cap counting the minutes already spent.  The state file is removed when the run finishes.
     """
     device = next(model.parameters()).device
+    rank, size = world()
+    lead = rank == 0
     dtype = amp_dtype(device)  # mixed precision on a GPU (bf16, else fp16); fp32 on a CPU
     # fp16 needs loss scaling; bf16 does not
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
@@ -74,13 +96,18 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
         return (time.perf_counter() - start) / 60
 
     def write_log() -> None:
-        if log_path is not None:
+        if log_path is not None and lead:
             payload = {"settings": asdict(settings), **(extra_log or {}), "log": log}
             log_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
 
     def checkpoint(loss: float | None) -> None:
         nonlocal best
         entry = {"step": step, "minutes": round(minutes(), 2), "loss": None if loss is None else round(loss, 4)}
+        if size > 1:
+            entry["workers"] = size
+        if not lead:  # rank 0 evaluates, saves and keeps the resumable state
+            log.append(entry)
+            return
         if evaluate is not None:
             model.eval()
             with torch.no_grad():
@@ -99,7 +126,7 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
     if evaluate is not None and step == 0:
         checkpoint(None)
     model.train()
-    bar = tqdm(total=settings.max_steps, initial=step, desc=desc, disable=not progress)
+    bar = tqdm(total=settings.max_steps, initial=step, desc=desc, disable=not progress or not lead)
     running: list[float] = []
     step_times: list[float] = []
     done = step >= settings.max_steps or minutes() >= settings.max_minutes
@@ -108,30 +135,70 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
         step += 1
         t_step = time.perf_counter()
         with torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = loss_fn(batch)
+            loss = loss_fn(shard(batch, rank, size))
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            _average_gradients(params, size)
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             scaler.step(opt)
             scaler.update()
         else:
             loss.backward()
+            _average_gradients(params, size)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
         sched.step()
-        running.append(loss.item())  # .item() waits for the GPU: the step time below is real
+        running.append(_mean_over_workers(loss.detach(), size))  # waits for the GPU: the step time is real
         step_times.append(time.perf_counter() - t_step)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
-        done = step >= settings.max_steps or minutes() >= settings.max_minutes
+        done = _agree(step >= settings.max_steps or minutes() >= settings.max_minutes, size)
         if step % settings.eval_every == 0 or done:
             checkpoint(float(np.mean(running[-settings.eval_every:])))
     bar.close()
-    if evaluate is None:
-        save(out)
-    state_path.unlink(missing_ok=True)
+    if lead:
+        if evaluate is None:
+            save(out)
+        state_path.unlink(missing_ok=True)
     return {"steps": step, "minutes": round(minutes(), 2), "best_dev": None if best == -math.inf else best,
             "seconds_per_step": round(float(np.median(step_times[3:] or step_times or [0.0])), 4),
             "amp": str(dtype).replace("torch.", "") if dtype else "fp32", "device": str(device), "log": log}
+
+
+def _average_gradients(params: list[torch.nn.Parameter], size: int) -> None:
+    """Average each gradient over the processes (one flat all-reduce: a single message per step)."""
+    if size == 1:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= size
+    i = 0
+    for g in grads:
+        g.copy_(flat[i : i + g.numel()].view_as(g))
+        i += g.numel()
+
+
+def _mean_over_workers(x: torch.Tensor, size: int) -> float:
+    if size > 1:
+        import torch.distributed as dist
+
+        x = x.float().clone()
+        dist.all_reduce(x)
+        x /= size
+    return float(x.item())
+
+
+def _agree(flag: bool, size: int) -> bool:
+    """Rank 0's decision, the same in every process (a wall-time cap is read on each clock)."""
+    if size == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
