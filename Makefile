@@ -10,7 +10,7 @@ EXTRAS := $(if $(GPU),gpu,cpu),test,scale
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving load-test test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -82,6 +82,8 @@ bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/d
 # quality against latency of the serving levers, and the HTTP load test (WenTian; ../shared/datasets)
 bench-serving: .venv/.installed
 	$(PY) -m eval.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
+bench-scale: .venv/.installed models/base/config.json data/demo/catalog.jsonl
+	$(PY) -m eval.bench_scale --config configs/wentian.yaml
 load-test: .venv/.installed
 	$(PY) -m eval.load_test --config $(CONFIG) --out reports/serving/load-$(basename $(notdir $(CONFIG)))
 

@@ -177,5 +177,11 @@ def test_wentian_bm25_and_dense_match_on_milvus(tmp_path):
             c, d = local.retrieve(q, k=10, stage="dense"), remote.retrieve(q, k=10, stage="dense")
             overlap += len(set(c.rows) & set(d.rows)) / max(1, len(c.rows))
         assert same / len(queries) >= 0.99 and overlap / len(queries) >= 0.99
+        # the whole pipeline (cross-encoder, ranker) on 200 judged dev queries
+        qrels = dict(list(demo_queries(cfg).items())[:200])
+        mrr = {}
+        for name, eng in (("local", local), ("milvus", remote)):
+            mrr[name] = metrics.mrr(qrels, {q: [h.product_id for h in eng.query(q, k=10)] for q in qrels}, 10)
+        assert mrr["local"] > 0.4 and abs(mrr["local"] - mrr["milvus"]) <= 0.005, mrr
     finally:
         milvus.manifest_path(mv).unlink(missing_ok=True)
