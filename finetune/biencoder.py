@@ -84,9 +84,44 @@ def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int)
     return torch.nn.functional.cross_entropy(scores, labels)
 
 
+def distill_kl_loss(model, batch, scale: float, temperature: float = 1.0) -> torch.Tensor:
+    """Listwise KL from the teacher's scores to the student's (``scale`` × cosine) over each query's group of
+    candidates: the bi-encoder learns the cross-encoder's order among the titles retrieval hands it."""
+    g = len(batch[0][1])
+    device = model.device
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        feats = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model.tokenize(texts).items()}
+        return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
+
+    q = embed([QUERY_PREFIX + query for query, _, _ in batch])
+    d = embed([PASSAGE_PREFIX + t for _, titles, _ in batch for t in titles]).view(len(batch), g, -1)
+    student = scale * torch.einsum("bd,bgd->bg", q, d) / temperature
+    teacher = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32, device=device) / temperature
+    return torch.nn.functional.kl_div(torch.log_softmax(student, 1), torch.log_softmax(teacher, 1), log_target=True,
+                                      reduction="batchmean")
+
+
+def read_teacher_cache(folder: Path, exclude: set[str] = frozenset()) -> list[tuple[str, list[str], np.ndarray]]:
+    """(query, candidate titles, teacher scores) from a `finetune.distill` teacher cache (its chunk files), queries
+    in ``exclude`` (dev and evaluation queries) left out."""
+    import json
+
+    files = sorted(Path(folder).glob("chunk-*.json"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no teacher-score chunks (run `python -m finetune.distill` first)")
+    out = []
+    for f in files:
+        for q, titles, scores in json.loads(f.read_text(encoding="utf-8")):
+            if q not in exclude:
+                out.append((q, titles, np.asarray(scores, dtype=np.float32)))
+    return out
+
+
 def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Path,
           evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
-          progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
+          progress: bool = True, resume: bool = False, extra_log: dict | None = None,
+          distill: Sequence | None = None) -> dict:
     """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``.
     With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
     checkpoint on disk is the result (``model`` itself stays as it was)."""
@@ -94,15 +129,27 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Pa
         from finetune.distributed import train_on_workers
 
         return train_on_workers(
-            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log), cfg.workers,
-            use_gpu=torch.cuda.is_available())
+            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log, distill),
+            cfg.workers, use_gpu=torch.cuda.is_available())
     torch.manual_seed(cfg.seed)
     model.max_seq_length = cfg.max_length
     if cfg.freeze_word_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
-    return loop.run(model, params, lambda rng: batches(examples, cfg.batch_size, rng),
-                    lambda batch: mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives), cfg, Path(out),
+    make_batches = lambda rng: batches(examples, cfg.batch_size, rng)  # noqa: E731
+    loss_fn = lambda batch: mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives)  # noqa: E731
+    if distill:
+        from finetune.distill import batches as teacher_batches
+
+        def make_batches(rng):  # a judged batch and a distillation batch each step
+            return zip(batches(examples, cfg.batch_size, rng),
+                       teacher_batches(distill, cfg.distill_batch, cfg.distill_group, rng))
+
+        def loss_fn(batch):
+            judged, taught = batch
+            return mnrl_loss(model, judged, cfg.scale, cfg.hard_negatives) + cfg.distill_weight * \
+                distill_kl_loss(model, taught, cfg.scale, cfg.distill_temperature)
+    return loop.run(model, params, make_batches, loss_fn, cfg, Path(out),
                     save=lambda folder: model.save(str(folder)),
                     evaluate=None if evaluate is None else (lambda: evaluate(model)),
                     log_path=log_path, resume=resume, progress=progress, desc="bi-encoder",

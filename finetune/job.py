@@ -132,6 +132,14 @@ def _rows_of(engine, pids) -> list[int]:
     return rows
 
 
+def _eval_query_texts(cfg: Config) -> set[str]:
+    """The texts of the config's evaluation queries (never trained on)."""
+    from finetune.judged import read_queries
+
+    q = cfg.eval.queries
+    return set(read_queries(q).texts.values()) if q and Path(q).is_file() else set()
+
+
 def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, progress: bool) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -166,11 +174,19 @@ def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, pr
     for qid in data.dev.texts:
         positives.append({pool_rows.setdefault(r, len(pool_rows)) for r in _rows_of(engine, data.dev.positives[qid])})
     evaluate = pool_mrr(dev_texts, [titles[r] for r in pool_rows], positives)
-    base = stage_model(cfg, "dense-base")
+    base = t.init_from or stage_model(cfg, "dense-base")
     model = SentenceTransformer(str(base), device="cuda" if torch.cuda.is_available() else "cpu")
+    distill, distill_note = None, {}
+    if t.distill_from is not None:
+        from finetune.biencoder import read_teacher_cache
+
+        held = set(data.dev.texts.values()) | _eval_query_texts(cfg)
+        distill = read_teacher_cache(t.distill_from, exclude=held)
+        distill_note = {"distillation": f"listwise KL to the teacher scores in {t.distill_from} ({len(distill)} "
+                                        f"queries, dev and evaluation queries left out), weight {t.distill_weight}"}
     report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
-                   progress=progress, resume=resume)
-    return {"base_model": str(base), "data": data.description, "pairs": len(examples),
+                   progress=progress, resume=resume, distill=distill)
+    return {"base_model": str(base), "data": data.description, "pairs": len(examples), **distill_note,
             "hard_negatives": f"{t.hard_negatives} per query from bm25/dense-base ranks "
                               f"{t.negatives_window[0]}-{t.negatives_window[1]}, positives and near-duplicates skipped",
             "mining_seconds": round(mining_s, 1),

@@ -47,8 +47,13 @@ def world() -> tuple[int, int]:
 
 
 def shard(batch, rank: int, size: int):
-    """This process's share of a global batch (every ``size``-th item from ``rank``)."""
-    return batch if size == 1 else batch[rank::size]
+    """This process's share of a global batch (every ``size``-th item from ``rank``; each part of a tuple of
+    batches)."""
+    if size == 1:
+        return batch
+    if isinstance(batch, tuple):
+        return tuple(b[rank::size] for b in batch)
+    return batch[rank::size]
 
 
 def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: Callable[[np.random.Generator], Iterator],

@@ -216,6 +216,16 @@ class BiEncoderTrainConfig(TrainingLoopConfig):
     negatives_window: list[int] = field(default_factory=lambda: [10, 50])
     max_length: int = 64
     freeze_word_embeddings: bool = True
+    # start from this model folder instead of the zero-shot base model (e.g. continue the fine-tuned one)
+    init_from: Path | None = None
+    # distillation: a teacher-score cache of `python -m finetune.distill` (the cross-encoder's scores of each
+    # training / unlabeled query's candidates); the bi-encoder also learns the teacher's order over them
+    # (listwise KL), weighted by distill_weight, on distill_batch queries x distill_group candidates a step
+    distill_from: Path | None = None
+    distill_weight: float = 1.0
+    distill_batch: int = 8
+    distill_group: int = 8
+    distill_temperature: float = 1.0
 
 
 @dataclass
@@ -383,7 +393,8 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "trim_queries", "train", "dev", "out_dir"}
+_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "trim_queries", "train", "dev", "out_dir",
+                "distill_from", "init_from"}
 
 
 def _build(cls, data: dict | None, where: str, root: Path):

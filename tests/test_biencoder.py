@@ -58,3 +58,36 @@ def test_train_keeps_the_best_checkpoint_and_reloads_identically(tiny_model, dem
     a = Encoder(tmp_path / "bi", max_length=64, device="cpu").encode_queries(["华为 手机"])
     b = Encoder(tmp_path / "bi", max_length=64, device="cpu").encode_queries(["华为 手机"])
     np.testing.assert_array_equal(a, b)
+
+
+def test_distillation_teaches_the_bi_encoder_the_teachers_order(tiny_model, demo_dir, tmp_path):
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from finetune.biencoder import distill_kl_loss, read_teacher_cache
+
+    titles = read_catalog(demo_dir / "catalog.jsonl").titles[:120]
+    rng = np.random.default_rng(0)
+    taught = []  # the teacher ranks each query's own title first, the others by a fixed random preference
+    for i, t in enumerate(titles[:60]):
+        others = [titles[j] for j in rng.choice(np.delete(np.arange(len(titles)), i), 9, replace=False)]
+        taught.append((f"q{i} {t[:6]}", [t] + others, np.concatenate([[6.0], np.linspace(2.0, -2.0, 9)]).tolist()))
+    cache = tmp_path / "teacher"
+    cache.mkdir()
+    (cache / "chunk-0000000-x.json").write_text(json.dumps(taught, ensure_ascii=False), encoding="utf-8")
+    data = read_teacher_cache(cache, exclude={taught[0][0]})
+    assert len(data) == 59 and all(q != taught[0][0] for q, _, _ in data)
+    examples = [Example(f"q{i} {t[:6]}", t, [], f"p{i}") for i, t in enumerate(titles[:60])]
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    group = [(q, ts[:8], s[:8]) for q, ts, s in data[:16]]
+    with torch.no_grad():
+        before = float(distill_kl_loss(model, group, 20.0))
+    cfg = BiEncoderTrainConfig(lr=2e-3, batch_size=8, scale=20, max_steps=30, eval_every=30, warmup_steps=2,
+                               max_length=32, freeze_word_embeddings=False, distill_weight=2.0, distill_batch=8,
+                               distill_group=8)
+    report = train(model, examples, cfg, tmp_path / "student", progress=False, distill=data)
+    assert report["steps"] == 30
+    with torch.no_grad():
+        after = float(distill_kl_loss(model, group, 20.0))
+    assert after < 0.8 * before
