@@ -125,6 +125,35 @@ CREATE TABLE IF NOT EXISTS product_stats (
 _STAT_COLS = ("impressions", "clicks", "carts", "purchases")
 
 
+def _sql(p: str, user: str) -> dict[str, str]:
+    """One write's statements in a dialect: ``p`` the placeholder, ``user`` the user column."""
+    return {
+        "event": f"INSERT INTO events ({user}, product, event, ts, query) VALUES ({p}, {p}, {p}, {p}, {p})",
+        "stat": f"INSERT INTO product_stats AS s (product, {{col}}) VALUES ({p}, 1) "
+                f"ON CONFLICT (product) DO UPDATE SET {{col}} = s.{{col}} + 1",
+        "profile": f"SELECT data, version FROM profiles WHERE {user} = {p}",
+        "save": f"INSERT INTO profiles ({user}, t, version, data) VALUES ({p}, {p}, {p}, {p}) "
+                f"ON CONFLICT ({user}) DO UPDATE SET t = excluded.t, version = excluded.version, data = excluded.data",
+    }
+
+
+_SQLITE_SQL, _PG_SQL = _sql("?", "user"), _sql("%s", "user_key")
+
+
+def _append_event(con, sql: dict, user, product_id, event, ts, query, update) -> Profile | None:
+    """The body of one write, inside the store's transaction: the event row, the product counter, the
+    profile's read-modify-write."""
+    con.execute(sql["event"], (user, product_id, EVENT_CODE[event], ts, query))
+    con.execute(sql["stat"].format(col=_STAT_COLS[EVENT_CODE[event]]), (product_id,))
+    got = con.execute(sql["profile"], (user,)).fetchone()
+    old = Profile.loads(bytes(got[0]), got[1]) if got else None
+    new = update(old)
+    if new is not None:
+        new.version = (old.version if old else 0) + 1
+        con.execute(sql["save"], (user, new.t, new.version, new.dumps()))
+    return new if new is not None else old
+
+
 class SQLiteEventStore(EventStore):
     def __init__(self, path: str | Path, timeout: float = 30.0):
         self.path = Path(path)
@@ -166,20 +195,7 @@ class SQLiteEventStore(EventStore):
 
     def append(self, user, product_id, row, event, ts, query, update):
         with self._write() as con:
-            con.execute("INSERT INTO events (user, product, event, ts, query) VALUES (?, ?, ?, ?, ?)",
-                        (user, product_id, EVENT_CODE[event], ts, query))
-            col = _STAT_COLS[EVENT_CODE[event]]
-            con.execute(f"INSERT INTO product_stats (product, {col}) VALUES (?, 1) "
-                        f"ON CONFLICT(product) DO UPDATE SET {col} = {col} + 1", (product_id,))
-            got = con.execute("SELECT data, version FROM profiles WHERE user = ?", (user,)).fetchone()
-            old = Profile.loads(got[0], got[1]) if got else None
-            new = update(old)
-            if new is not None:
-                new.version = (old.version if old else 0) + 1
-                con.execute("INSERT INTO profiles (user, t, version, data) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
-                            "data = excluded.data", (user, new.t, new.version, new.dumps()))
-        return new if new is not None else old
+            return _append_event(con, _SQLITE_SQL, user, product_id, event, ts, query, update)
 
     def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
         with self._write() as con:
@@ -313,22 +329,9 @@ class PostgresEventStore(EventStore):
         con.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (user,))
 
     def append(self, user, product_id, row, event, ts, query, update):
-        col = _STAT_COLS[EVENT_CODE[event]]
         with self._write() as con:
             self._lock_user(con, user)
-            con.execute("INSERT INTO events (user_key, product, event, ts, query) VALUES (%s, %s, %s, %s, %s)",
-                        (user, product_id, EVENT_CODE[event], ts, query))
-            con.execute(f"INSERT INTO product_stats (product, {col}) VALUES (%s, 1) "
-                        f"ON CONFLICT (product) DO UPDATE SET {col} = product_stats.{col} + 1", (product_id,))
-            got = con.execute("SELECT data, version FROM profiles WHERE user_key = %s", (user,)).fetchone()
-            old = Profile.loads(bytes(got[0]), got[1]) if got else None
-            new = update(old)
-            if new is not None:
-                new.version = (old.version if old else 0) + 1
-                con.execute("INSERT INTO profiles (user_key, t, version, data) VALUES (%s, %s, %s, %s) "
-                            "ON CONFLICT (user_key) DO UPDATE SET t = excluded.t, version = excluded.version, "
-                            "data = excluded.data", (user, new.t, new.version, new.dumps()))
-        return new if new is not None else old
+            return _append_event(con, _PG_SQL, user, product_id, event, ts, query, update)
 
     def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
         with self._write() as con:

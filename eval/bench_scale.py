@@ -158,10 +158,10 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
     (pgserver), the demo catalog's products and facets."""
     import pgserver
 
-    from engine.events import EVENTS, PostgresEventStore, SQLiteEventStore, UserEvents
+    from engine.events import PostgresEventStore, SQLiteEventStore, UserEvents
     from engine.profiles import ProfileSettings
     from engine.search import SearchEngine
-    from eval.bench_personal import write_events
+    from eval.bench_personal import time_record_events, write_events
     from indexer.config import load_config
 
     cfg = load_config(ROOT / cfg_path)
@@ -178,13 +178,7 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
             for name, make in (("sqlite", lambda k: SQLiteEventStore(tmp / f"{k}.sqlite")),
                                ("postgres", lambda k: PostgresEventStore(srv.get_uri(), f"bench_{k}"))):
                 ev = UserEvents(make("online"), facets, ids, settings, "bench-key")
-                rng = np.random.default_rng(0)
-                lat = []
-                for i in range(2000):
-                    pid = ids[int(rng.integers(len(ids)))]
-                    t0 = time.perf_counter()
-                    ev.record(f"u{int(rng.integers(1000))}", pid, EVENTS[1 + int(rng.integers(3))], 1_767_225_600 + i)
-                    lat.append(time.perf_counter() - t0)
+                lat = time_record_events(ev, ids, np.random.default_rng(0))
                 bulk = UserEvents(make("bulk"), facets, ids, settings, "bench-key")
                 t0 = time.perf_counter()
                 rep = bulk.ingest(log)
