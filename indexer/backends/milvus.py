@@ -252,8 +252,8 @@ def add_rows(cfg, progress: bool = False) -> int:
     dense = DenseIndex.load(dense_dir, None) if info.get("dense_build") and dense_dir.exists() else None
     start, stop = int(info["n_products"]), len(bm25.products)
     client = _client(resolve_uri(cfg))
-    insert_rows(client, info["collection"], bm25, exact_vectors(dense) if dense is not None else None, range(start, stop),
-                cfg.search.milvus.insert_batch, progress)
+    vectors = exact_vectors(dense) if dense is not None else None
+    insert_rows(client, info["collection"], bm25, vectors, range(start, stop), cfg.search.milvus.insert_batch, progress)
     client.flush(info["collection"])
     write_collection_manifest(cfg, collection=info["collection"], bm25_build=bm25.manifest.get("build_id"),
                               dense_build=dense.manifest.get("build_id") if dense is not None else None,
@@ -287,7 +287,7 @@ def manifest_path(cfg) -> Path:
 def read_collection_manifest(cfg) -> dict | None:
     """Which collection holds this index folder's builds: ``<index_dir>/milvus-<name>.json`` (uri, collection, the
     bm25 and dense build ids it mirrors), replaced atomically when a build or an addition completes, as the
-    local build folders' links are.  None when absent or written for another URI or alias."""
+    local build folders' links are.  None when absent or written for another collection name."""
     try:
         m = json.loads(manifest_path(cfg).read_text(encoding="utf-8"))
     except (OSError, ValueError):
