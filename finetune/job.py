@@ -106,9 +106,27 @@ def without_rerank(cfg: Config, **dense) -> Config:
                                search=SearchConfig(stages=["bm25"], candidates=cfg.search.candidates))
 
 
+# settings that leave the trained model as it was when unset: left out of the hash then, so a model trained
+# before they existed is still current (``workers`` changes only the wall time, never the updates)
+_DISTILL = ("distill_weight", "distill_batch", "distill_group", "distill_temperature")
+
+
+def _hashed(p):
+    if not dataclasses.is_dataclass(p):
+        return p
+    d = dataclasses.asdict(p)
+    d.pop("workers", None)
+    for key in ("init_from", "distill_from"):
+        if key in d and d[key] is None:
+            d.pop(key)
+    if "distill_weight" in d and "distill_from" not in d:
+        for key in _DISTILL:
+            d.pop(key, None)
+    return d
+
+
 def settings_hash(*parts) -> str:
-    blob = json.dumps([dataclasses.asdict(p) if dataclasses.is_dataclass(p) else p for p in parts],
-                      sort_keys=True, default=str, ensure_ascii=False)
+    blob = json.dumps([_hashed(p) for p in parts], sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -103,7 +103,7 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
     def write_log() -> None:
         if log_path is not None and lead:
             payload = {"settings": asdict(settings), **(extra_log or {}), "log": log}
-            log_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
+            log_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str), encoding="utf-8")
 
     def checkpoint(loss: float | None) -> None:
         nonlocal best

@@ -184,8 +184,13 @@ def build_collection(cfg, bm25, dense, progress: bool = True) -> BuildInfo:
     if client.has_collection(name):
         client.drop_collection(name)
     client.create_collection(name, schema=schema, index_params=index_params)
+    from indexer.updates import deleted_ids
+
+    gone = deleted_ids(cfg)  # deleted since the local build: never in the collection (filters would not mask them)
+    ids = bm25.products.ids
+    rows = [r for r in range(n) if ids[r] not in gone] if gone else range(n)
     try:
-        insert_rows(client, name, bm25, vectors, range(n), mc.insert_batch, progress)
+        insert_rows(client, name, bm25, vectors, rows, mc.insert_batch, progress)
         client.flush(name)
         client.load_collection(name)
         old = (read_collection_manifest(cfg) or {}).get("collection")
