@@ -515,6 +515,8 @@ class IndexVersion:
             v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({ce.runtime})"
         if self._ranker is not None:
             v["ranker"] = f"{self._ranker.path.name}@{self._ranker.signature[2]}"
+        if self._milvus is not None:  # which collection answered the first stages
+            v["milvus"] = self._milvus.collection
         return v
 
     def query(self, text: str, k: int = 10, offset: int = 0, filters: dict | None = None,

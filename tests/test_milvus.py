@@ -60,6 +60,8 @@ def pair(job_cfg, trained, tmp_path):
 
 def test_bm25_is_identical_and_dense_overlaps_on_every_demo_query(pair):
     local, mv = SearchEngine.from_config(pair[0]), SearchEngine.from_config(pair[1])
+    assert mv.query("手机").versions["milvus"] == milvus.read_collection_manifest(pair[1])["collection"]
+    assert "milvus" not in local.query("手机").versions
     queries = list(demo_queries(pair[0]))
     assert len(queries) > 20
     dense_overlap = []
