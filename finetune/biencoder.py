@@ -118,6 +118,28 @@ def read_teacher_cache(folder: Path, exclude: set[str] = frozenset()) -> list[tu
     return out
 
 
+def with_lora(model, cfg: BiEncoderTrainConfig) -> Callable[[Path], None]:
+    """Wrap the transformer of ``model`` (a SentenceTransformer) in LoRA adapters (peft) and return the
+    checkpoint writer: the adapters alone (``<out>/lora/``) and the merged model, a plain sentence-transformers
+    folder the index job and serving load like any other."""
+    import copy
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lcfg = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=["query", "value"])
+    # the adapters are injected into the transformer in place: the SentenceTransformer's forward trains them
+    peft_model = get_peft_model(model[0].auto_model, lcfg)
+
+    def save(folder: Path) -> None:
+        folder = Path(folder)
+        peft_model.save_pretrained(str(folder / "lora"))
+        merged = copy.deepcopy(model)
+        merged[0].model = copy.deepcopy(peft_model).merge_and_unload()
+        merged.save(str(folder))
+    return save
+
+
 def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Path,
           evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
           progress: bool = True, resume: bool = False, extra_log: dict | None = None,
@@ -135,6 +157,9 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Pa
     model.max_seq_length = cfg.max_length
     if cfg.freeze_word_embeddings:
         model[0].auto_model.get_input_embeddings().weight.requires_grad_(False)
+    save = lambda folder: model.save(str(folder))  # noqa: E731
+    if cfg.lora_rank > 0:
+        save = with_lora(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     make_batches = lambda rng: batches(examples, cfg.batch_size, rng)  # noqa: E731
     loss_fn = lambda batch: mnrl_loss(model, batch, cfg.scale, cfg.hard_negatives)  # noqa: E731
@@ -150,7 +175,7 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Pa
             return mnrl_loss(model, judged, cfg.scale, cfg.hard_negatives) + cfg.distill_weight * \
                 distill_kl_loss(model, taught, cfg.scale, cfg.distill_temperature)
     return loop.run(model, params, make_batches, loss_fn, cfg, Path(out),
-                    save=lambda folder: model.save(str(folder)),
+                    save=save,
                     evaluate=None if evaluate is None else (lambda: evaluate(model)),
                     log_path=log_path, resume=resume, progress=progress, desc="bi-encoder",
                     extra_log=extra_log)

@@ -122,6 +122,10 @@ def _hashed(p):
     if "distill_weight" in d and "distill_from" not in d:
         for key in _DISTILL:
             d.pop(key, None)
+    if "distill_weight" in d or "scale" in d:  # the bi-encoder's LoRA settings, while LoRA is off
+        if d.get("lora_rank") == 0:
+            for key in ("lora_rank", "lora_alpha", "lora_dropout"):
+                d.pop(key, None)
     return d
 
 

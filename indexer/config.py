@@ -226,6 +226,11 @@ class BiEncoderTrainConfig(TrainingLoopConfig):
     distill_batch: int = 8
     distill_group: int = 8
     distill_temperature: float = 1.0
+    # > 0: train LoRA adapters of this rank on the attention's query and value projections (peft) instead of
+    # the whole model; the adapters are saved under <out>/lora/ and the merged model as the bi-encoder
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.1
 
 
 @dataclass

@@ -91,3 +91,24 @@ def test_distillation_teaches_the_bi_encoder_the_teachers_order(tiny_model, demo
     with torch.no_grad():
         after = float(distill_kl_loss(model, group, 20.0))
     assert after < 0.8 * before
+
+
+def test_lora_trains_adapters_only_and_saves_a_merged_model_that_encodes_the_same(tiny_model, demo_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    titles = read_catalog(demo_dir / "catalog.jsonl").titles[:64]
+    examples = [Example(f"q{i} {t[:6]}", t, [titles[(i + 5) % len(titles)]], f"p{i}") for i, t in enumerate(titles)]
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    base = {k: v.clone() for k, v in model[0].auto_model.state_dict().items()}
+    cfg = BiEncoderTrainConfig(lr=5e-3, batch_size=8, scale=20, max_steps=8, eval_every=8, warmup_steps=1,
+                               max_length=32, freeze_word_embeddings=False, lora_rank=4)
+    train(model, examples, cfg, tmp_path / "lora-be", progress=False)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)  # only the adapters learn
+    assert (tmp_path / "lora-be" / "lora" / "adapter_model.safetensors").is_file()
+    saved = SentenceTransformer(str(tmp_path / "lora-be"), device="cpu")
+    merged = saved[0].auto_model.state_dict()
+    assert not any("lora" in k for k in merged)  # a plain model
+    assert any(not torch.equal(merged[k], base[k]) for k in base if k in merged)  # the adapters were merged in
+    model.eval()
+    np.testing.assert_allclose(saved.encode(titles[:4]), model.encode(titles[:4]), atol=1e-5)
