@@ -23,6 +23,11 @@ What lives where:
   index combines them.
 - **Everything after retrieval stays ours**: fusion, cross-encoder, ranker and
   personalization get the same :class:`~indexer.types.SearchResult` rows.
+- **Where the scores can differ from the local index's**: a *filtered* query
+  over several token fields scales each field by its best score among the
+  filtered products (locally: among all products); after a delete Milvus's
+  BM25 statistics leave the product out at once (locally: at the next
+  rebuild).
 
 Milvus Lite (a local ``.db`` file, the default URI ``<index_dir>/milvus.db``)
 is started by the client inside the engine's process: nothing to run by hand.
