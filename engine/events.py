@@ -154,7 +154,39 @@ def _append_event(con, sql: dict, user, product_id, event, ts, query, update) ->
     return new if new is not None else old
 
 
-class SQLiteEventStore(EventStore):
+def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
+    """Record the schema version in a new store; refuse a store another schema version wrote."""
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        con.execute(f"INSERT INTO meta VALUES ('schema_version', {placeholder})", (str(SCHEMA_VERSION),))
+    elif int(row[0]) != SCHEMA_VERSION:
+        raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
+
+
+class _SQLEventStore(EventStore):
+    """What the SQL stores share: the same tables, one connection per thread (``_con``), one write
+    transaction (``_write``), statements in the store's dialect (``_sql``)."""
+
+    _sql: dict[str, str]
+
+    def _con(self):
+        raise NotImplementedError
+
+    def profile(self, user):
+        got = self._con().execute(self._sql["profile"], (user,)).fetchone()
+        return Profile.loads(bytes(got[0]), got[1]) if got else None
+
+    def product_counts(self):
+        rows = self._con().execute(f"SELECT product, {', '.join(_STAT_COLS)} FROM product_stats").fetchall()
+        return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
+
+    def count_events(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+class SQLiteEventStore(_SQLEventStore):
+    _sql = _SQLITE_SQL
+
     def __init__(self, path: str | Path, timeout: float = 30.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -163,12 +195,7 @@ class SQLiteEventStore(EventStore):
         con = self._con()
         with con:
             con.executescript(_SCHEMA)
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                con.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise EventError(f"{self.path}: event store schema version {row[0]}, this engine reads "
-                                 f"{SCHEMA_VERSION}; migrate or move the file aside")
+            _stamp_schema(con, "?", str(self.path), "migrate or move the file aside")
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -195,7 +222,7 @@ class SQLiteEventStore(EventStore):
 
     def append(self, user, product_id, row, event, ts, query, update):
         with self._write() as con:
-            return _append_event(con, _SQLITE_SQL, user, product_id, event, ts, query, update)
+            return _append_event(con, self._sql, user, product_id, event, ts, query, update)
 
     def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
         with self._write() as con:
@@ -210,10 +237,6 @@ class SQLiteEventStore(EventStore):
                             "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
                             "data = excluded.data", ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
 
-    def profile(self, user):
-        got = self._con().execute("SELECT data, version FROM profiles WHERE user = ?", (user,)).fetchone()
-        return Profile.loads(got[0], got[1]) if got else None
-
     def profiles(self, users):
         users = list(users)
         out = {}
@@ -224,10 +247,6 @@ class SQLiteEventStore(EventStore):
             for u, data, version in con.execute(q, chunk):
                 out[u] = Profile.loads(data, version)
         return out
-
-    def product_counts(self):
-        rows = self._con().execute(f"SELECT product, {', '.join(_STAT_COLS)} FROM product_stats").fetchall()
-        return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
 
     def forget(self, user):
         with self._write() as con:
@@ -244,9 +263,6 @@ class SQLiteEventStore(EventStore):
         if n:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return n
-
-    def count_events(self) -> int:
-        return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def close(self):
         con = getattr(self._local, "con", None)
@@ -271,7 +287,7 @@ CREATE TABLE IF NOT EXISTS product_stats (
 """
 
 
-class PostgresEventStore(EventStore):
+class PostgresEventStore(_SQLEventStore):
     """The same store on PostgreSQL (``personal.store: postgres``, ``personal.dsn`` or ``ECOMSEARCH_PG_DSN``),
     for many engine replicas sharing one database.
 
@@ -282,6 +298,8 @@ class PostgresEventStore(EventStore):
     write in parallel; product counters are atomic upserts.  :meth:`forget` deletes the user's rows in one
     transaction; PostgreSQL reclaims the dead rows' space at its next (auto)vacuum, which a shop's retention
     policy should schedule (``VACUUM events, profiles``)."""
+
+    _sql = _PG_SQL
 
     def __init__(self, dsn: str, schema: str = "ecomsearch"):
         import psycopg  # noqa: F401  (fail here, with the reason, when the driver is missing)
@@ -300,12 +318,7 @@ class PostgresEventStore(EventStore):
             con.execute(f"SET LOCAL search_path TO {schema}")
             con.execute("SELECT pg_advisory_xact_lock(hashtext('ecomsearch schema'))")
             con.execute(_PG_SCHEMA)
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                con.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise EventError(f"{schema}: event store schema version {row[0]}, this engine reads "
-                                 f"{SCHEMA_VERSION}; migrate or use another personal.pg_schema")
+            _stamp_schema(con, "%s", schema, "migrate or use another personal.pg_schema")
 
     def _con(self):
         import psycopg
@@ -331,7 +344,7 @@ class PostgresEventStore(EventStore):
     def append(self, user, product_id, row, event, ts, query, update):
         with self._write() as con:
             self._lock_user(con, user)
-            return _append_event(con, _PG_SQL, user, product_id, event, ts, query, update)
+            return _append_event(con, self._sql, user, product_id, event, ts, query, update)
 
     def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
         with self._write() as con:
@@ -352,19 +365,11 @@ class PostgresEventStore(EventStore):
                                 "ON CONFLICT (user_key) DO UPDATE SET t = excluded.t, version = excluded.version, "
                                 "data = excluded.data", [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
 
-    def profile(self, user):
-        got = self._con().execute("SELECT data, version FROM profiles WHERE user_key = %s", (user,)).fetchone()
-        return Profile.loads(bytes(got[0]), got[1]) if got else None
-
     def profiles(self, users):
         users = list(users)
         rows = self._con().execute("SELECT user_key, data, version FROM profiles WHERE user_key = ANY(%s)",
                                    (users,)).fetchall() if users else []
         return {u: Profile.loads(bytes(data), version) for u, data, version in rows}
-
-    def product_counts(self):
-        rows = self._con().execute(f"SELECT product, {', '.join(_STAT_COLS)} FROM product_stats").fetchall()
-        return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
 
     def forget(self, user):
         with self._write() as con:
@@ -378,9 +383,6 @@ class PostgresEventStore(EventStore):
             n = con.execute("DELETE FROM events WHERE ts < %s", (ts,)).rowcount
             con.execute("DELETE FROM profiles WHERE t < %s", (ts,))
         return n
-
-    def count_events(self) -> int:
-        return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def close(self):
         with self._all_lock:

@@ -134,9 +134,8 @@ class IndexVersion:
                 if self._milvus is None:
                     from indexer.backends.milvus import MilvusStages
 
-                    dense_dir = (self.cfg.index_dir / "dense").resolve()
-                    self._milvus = MilvusStages.open(self.cfg, self.bm25, _build_id(dense_dir)
-                                                     if dense_dir.exists() else None)
+                    dense_build = _build_id((self.cfg.index_dir / "dense").resolve())  # None: no dense index
+                    self._milvus = MilvusStages.open(self.cfg, self.bm25, dense_build)
         return self._milvus
 
     def cross_encoder(self) -> CrossEncoder:

@@ -381,34 +381,24 @@ async def _in_thread(fn, *args):
     return await anyio.to_thread.run_sync(lambda: fn(*args))
 
 
-def replica_app():
-    """One replica (uvicorn ``--workers``/``factory``): the engine the supervisor described in
-    ``ECOMSEARCH_SERVE``, warmed up, behind the same app.  Replicas share nothing in memory: the index folder,
-    the Milvus collection and the event store are shared, so any replica answers any request."""
+def serving_app(config, overrides: list[str]):
+    """The engine a config (and ``--set`` overrides) describes, warmed up (first-call costs: ranker, event
+    store) before the first client, behind the app."""
     from engine.search import SearchEngine
     from indexer.config import parse_overrides
 
-    spec = json.loads(os.environ[SERVE_ENV])
-    engine = SearchEngine.from_config(spec["config"], **parse_overrides(spec.get("set", [])))
+    engine = SearchEngine.from_config(config, **parse_overrides(overrides))
     app = create_app(engine)
     engine.query(engine.products.titles[0], k=10)
     return app
 
 
-def shared_milvus(cfg):
-    """For replicas over a Milvus Lite file: start its server once here and return the URI (a unix socket)
-    every replica connects to (a Lite file opens in one process only).  None for a Milvus server URI."""
-    from indexer.backends.milvus import _lite_file, resolve_uri
-
-    uri = resolve_uri(cfg)
-    if not _lite_file(uri):
-        return None
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from milvus_lite.server_manager import server_manager_instance
-    return server_manager_instance.start_and_get_uri(uri)
+def replica_app():
+    """One replica (uvicorn ``--workers``/``factory``): the app the supervisor described in ``ECOMSEARCH_SERVE``.
+    Replicas share nothing in memory: the index folder, the Milvus collection and the event store are shared, so
+    any replica answers any request."""
+    spec = json.loads(os.environ[SERVE_ENV])
+    return serving_app(spec["config"], spec.get("set", []))
 
 
 def serve_replicas(args, overrides: list[str]) -> int:
@@ -419,7 +409,9 @@ def serve_replicas(args, overrides: list[str]) -> int:
 
     cfg = load_config(args.config, **parse_overrides(overrides))
     if cfg.search.backend == "milvus":
-        uri = shared_milvus(cfg)
+        from indexer.backends.milvus import serve_lite
+
+        uri = serve_lite(cfg)
         if uri:
             overrides = overrides + [f"search.milvus.uri={uri}"]
     if cfg.personal.store == "sqlite":
@@ -450,18 +442,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     import uvicorn
 
-    from engine.search import SearchEngine
-    from indexer.config import parse_overrides
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        engine = SearchEngine.from_config(args.config, **parse_overrides(args.set))
+        app = serving_app(args.config, args.set)
     except EcomsearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    app = create_app(engine)
-    engine.query(engine.products.titles[0], k=10)  # first-call costs (ranker, event store) before the first client
-    print(f"ecomsearch: {engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)", flush=True)
+    print(f"ecomsearch: {app.state.engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)",
+          flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     return 0
 

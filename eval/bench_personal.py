@@ -32,7 +32,8 @@ import numpy as np
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
 
 
-def _pct(x) -> dict:
+def pct_ms(x) -> dict:
+    """p50 and p99, in milliseconds, of durations in seconds."""
     x = np.asarray(x) * 1000
     return {"p50_ms": round(float(np.percentile(x, 50)), 3), "p99_ms": round(float(np.percentile(x, 99)), 3)}
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         ev = UserEvents(SQLiteEventStore(tmp / "online.sqlite"), facets, ids, settings, "bench-key")
-        result["record_event"] = _pct(time_record_events(ev, ids, rng))
+        result["record_event"] = pct_ms(time_record_events(ev, ids, rng))
         print(f"record_event: {result['record_event']}")
 
         # features + ranker for a warm user over 100 real candidates
@@ -113,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 X = engine.features(cand, None)
                 ranker.score(X, 1.0, warm=False)
                 cold.append(time.perf_counter() - t0)
-            result["features_and_ranker"] = {"candidates": int(len(cand.rows)), "warm_user": _pct(warm),
-                                             "no_user_peer": _pct(cold),
+            result["features_and_ranker"] = {"candidates": int(len(cand.rows)), "warm_user": pct_ms(warm),
+                                             "no_user_peer": pct_ms(cold),
                                              "ratio_warm_to_peer": round(float(np.median(warm) / np.median(cold)), 2)}
             print(f"features + ranker over {len(cand.rows)} candidates: {result['features_and_ranker']}")
 

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.bench_personal import pct_ms
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -34,11 +36,6 @@ def du(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
-
-
-def pct(xs: list[float]) -> dict:
-    a = np.asarray(xs) * 1000
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2)}
 
 
 def build_throughput(workers: list[int], progress: bool) -> list[dict]:
@@ -136,7 +133,7 @@ def backends(cfg, sizes: list[int], n_queries: int, progress: bool) -> list[dict
                     t = time.perf_counter()
                     fn(i)
                     times.append(time.perf_counter() - t)
-                row[name] = pct(times)
+                row[name] = pct_ms(times)
             overlap = []
             for i in range(len(queries)):
                 a = dense_n.search(qvecs[i:i + 1], 10)[0].rows
@@ -183,7 +180,7 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
                 t0 = time.perf_counter()
                 rep = bulk.ingest(log)
                 secs = time.perf_counter() - t0
-                out[name] = {"record_event": pct(lat), "bulk_events": rep.recorded, "bulk_users": rep.users,
+                out[name] = {"record_event": pct_ms(lat), "bulk_events": rep.recorded, "bulk_users": rep.users,
                              "bulk_events_per_s": round(rep.recorded / secs)}
                 print(f"events on {name}: {out[name]}", flush=True)
                 ev.store.close()

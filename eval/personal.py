@@ -77,6 +77,7 @@ DAY = 86400.0
 START = 1_767_225_600.0  # 2026-01-01
 TASTES = {"none": 0.0, "medium": 1.0, "strong": 2.0}
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
+EXAMINE = 1.0 / (1.0 + np.arange(10)) ** 0.6  # the chance a user looks at each of the 10 shown positions
 
 
 @dataclass
@@ -196,7 +197,6 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
     for i, a in enumerate(world.area.tolist()):
         by_area.setdefault(a, []).append(i)
     log = SimLog()
-    examine = 1.0 / (1.0 + np.arange(10)) ** 0.6
     for user in users:
         n = max(1, int(rng.poisson(sessions_per_user)))
         lo = cut if user.cold else START
@@ -207,7 +207,7 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
             q = world.queries[qi]
             c = world.cands[q]
             taste = taste_of(world, user, c.rows)
-            p_click = 1.0 / (1.0 + np.exp(-click_logit(world.z[q], taste, strength)))
+            p_click = _sigmoid(click_logit(world.z[q], taste, strength))
             p_cart = 0.25 + 0.25 * taste if strength > 0 else np.full(len(taste), 0.3)
             if t >= cut:  # evaluation: judgments without position bias
                 clicked = rng.random(len(c.rows)) < 0.5 * p_click
@@ -232,7 +232,7 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
                 ts = float(t) + pos
                 log.events.append(Event(user.uid, q, pid, "impression", ts))
                 sess.shown.append(row)
-                if rng.random() < examine[pos] * p_click[j]:
+                if rng.random() < EXAMINE[pos] * p_click[j]:
                     log.events.append(Event(user.uid, q, pid, "click", ts + 5))
                     g = 1.0
                     if rng.random() < p_cart[j]:
@@ -261,7 +261,7 @@ class HistoryPosterior:
     Bayes − personal is what our features and ranker leave on the table."""
 
     def __init__(self, world: World, users: dict, sessions: list, strength: float):
-        self.world, self.users, self.strength = world, users, strength
+        self.world, self.strength = world, strength
         self.facets = list(world.facets)
         n = len(self.facets)
         self.llr: dict[str, dict] = {f: {} for f in self.facets}
@@ -269,25 +269,23 @@ class HistoryPosterior:
         for f in self.facets:
             share = np.mean([len(u.liked[f]) / world.n_values[f] for u in users.values()]) if users else 0.5
             self.prior[f] = float(np.log(share / (1.0 - share))) if 0 < share < 1 else 0.0
-        examine = 1.0 / (1.0 + np.arange(10)) ** 0.6
         for s in sessions:
             c = self.world.cands[s.query]
             index = {int(r): i for i, r in enumerate(c.rows)}
             u = users[s.user]
-            for pos, row in enumerate(s.shown[:len(examine)]):
-                rel = 3.0 / (1.0 + np.exp(-2.0 * world.z[s.query][index[row]])) - 2.5
+            for pos, row in enumerate(s.shown[:len(EXAMINE)]):
+                z = world.z[s.query][index[row]]
                 clicked = row in s.gains
                 for f in self.facets:
                     others = sum(int(world.facets[g][row]) in u.liked[g] for g in self.facets if g != f) / n
-                    p1 = examine[pos] * _sigmoid(rel + strength * 3.0 * (others + 1.0 / n - 0.3))
-                    p0 = examine[pos] * _sigmoid(rel + strength * 3.0 * (others - 0.3))
+                    p1 = EXAMINE[pos] * _sigmoid(click_logit(z, others + 1.0 / n, strength))
+                    p0 = EXAMINE[pos] * _sigmoid(click_logit(z, others, strength))
                     key = (s.user, int(world.facets[f][row]))
                     step = np.log(p1 / p0) if clicked else np.log((1.0 - p1) / (1.0 - p0))
                     self.llr[f][key] = self.llr[f].get(key, 0.0) + step
 
     def expected_clicks(self, uid: str, query: str) -> np.ndarray:
         c = self.world.cands[query]
-        rel = 3.0 / (1.0 + np.exp(-2.0 * self.world.z[query])) - 2.5
         n = len(self.facets)
         post = [_sigmoid(self.prior[f] + np.array([self.llr[f].get((uid, int(k)), 0.0)
                                                    for k in self.world.facets[f][c.rows]])) for f in self.facets]
@@ -296,7 +294,7 @@ class HistoryPosterior:
             w = np.ones(len(c.rows))
             for b, p in zip(combo, post):
                 w = w * (p if b else 1.0 - p)
-            out += w * _sigmoid(rel + self.strength * 3.0 * (sum(combo) / n - 0.3))
+            out += w * _sigmoid(click_logit(self.world.z[query], sum(combo) / n, self.strength))
         return out
 
 

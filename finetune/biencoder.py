@@ -52,20 +52,18 @@ def batches(examples: Sequence[Example], batch_size: int, rng: np.random.Generat
             yield batch
 
 
+def embed(model, texts: list[str]) -> torch.Tensor:
+    """Normalized embeddings with gradients (the training forward pass; ``encode`` is for inference)."""
+    feats = {k: v.to(model.device) if torch.is_tensor(v) else v for k, v in model.tokenize(texts).items()}
+    return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
+
+
 def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int) -> torch.Tensor:
     queries = [QUERY_PREFIX + ex.query for ex in batch]
     docs = [PASSAGE_PREFIX + ex.positive for ex in batch]
     docs += [PASSAGE_PREFIX + n for ex in batch for n in ex.negatives[:max_negatives]]
-    device = model.device
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        feats = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model.tokenize(texts).items()}
-        return model(feats)["sentence_embedding"]
-
-    q, d = embed(queries), embed(docs)
-    q = torch.nn.functional.normalize(q, dim=-1)
-    d = torch.nn.functional.normalize(d, dim=-1)
-    labels = torch.arange(len(batch), device=device)
+    q, d = embed(model, queries), embed(model, docs)
+    labels = torch.arange(len(batch), device=model.device)
     rank, size = loop.world()
     if size > 1:
         # data parallel: every process's titles are in-batch negatives for every query, as in one process
@@ -88,16 +86,10 @@ def distill_kl_loss(model, batch, scale: float, temperature: float = 1.0) -> tor
     """Listwise KL from the teacher's scores to the student's (``scale`` × cosine) over each query's group of
     candidates: the bi-encoder learns the cross-encoder's order among the titles retrieval hands it."""
     g = len(batch[0][1])
-    device = model.device
-
-    def embed(texts: list[str]) -> torch.Tensor:
-        feats = {k: v.to(device) if torch.is_tensor(v) else v for k, v in model.tokenize(texts).items()}
-        return torch.nn.functional.normalize(model(feats)["sentence_embedding"], dim=-1)
-
-    q = embed([QUERY_PREFIX + query for query, _, _ in batch])
-    d = embed([PASSAGE_PREFIX + t for _, titles, _ in batch for t in titles]).view(len(batch), g, -1)
+    q = embed(model, [QUERY_PREFIX + query for query, _, _ in batch])
+    d = embed(model, [PASSAGE_PREFIX + t for _, titles, _ in batch for t in titles]).view(len(batch), g, -1)
     student = scale * torch.einsum("bd,bgd->bg", q, d) / temperature
-    teacher = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32, device=device) / temperature
+    teacher = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32, device=model.device) / temperature
     return torch.nn.functional.kl_div(torch.log_softmax(student, 1), torch.log_softmax(teacher, 1), log_target=True,
                                       reduction="batchmean")
 

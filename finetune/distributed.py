@@ -3,8 +3,9 @@
 :func:`train_on_workers` runs one training function in ``workers`` processes that Ray Train's
 ``TorchTrainer`` starts and joins into a torch process group (gloo on CPUs, NCCL on GPUs, one process per GPU
 on a cluster; ``RAY_ADDRESS`` for a cluster, else a local Ray).  The loop (:mod:`finetune.loop`) does the
-rest: shares of each batch, averaged gradients, rank 0 saving.  Each process builds its own copy of the model
-from ``make_model`` (seeded: the same initial weights everywhere) and trains it; rank 0's report comes back.
+rest: shares of each batch, averaged gradients, rank 0 saving.  The training function travels to each
+process with the model it closes over (so every process starts from the same weights) and trains its copy;
+rank 0's report comes back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def _worker(config: dict) -> None:
 
     from finetune import loop
 
-    rank, size = loop.world()
+    rank, _ = loop.world()
     torch.set_num_threads(max(1, int(config["threads"])))
     report = config["train"]()
     if rank == 0:

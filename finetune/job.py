@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from finetune.data import TrainingQueries, from_clicklog, from_judged, mine_hard_negatives, split_by_time, time_cut
-from indexer.config import Config, RerankConfig, SearchConfig
+from indexer.config import Config, RerankConfig, SearchConfig, marked_settings
 
 JOB_STAGES = ("bi-encoder", "cross-encoder", "ranker")
 
@@ -106,31 +106,10 @@ def without_rerank(cfg: Config, **dense) -> Config:
                                search=SearchConfig(stages=["bm25"], candidates=cfg.search.candidates))
 
 
-# settings that leave the trained model as it was when unset: left out of the hash then, so a model trained
-# before they existed is still current (``workers`` changes only the wall time, never the updates)
-_DISTILL = ("distill_weight", "distill_batch", "distill_group", "distill_temperature")
-
-
-def _hashed(p):
-    if not dataclasses.is_dataclass(p):
-        return p
-    d = dataclasses.asdict(p)
-    d.pop("workers", None)
-    for key in ("init_from", "distill_from"):
-        if key in d and d[key] is None:
-            d.pop(key)
-    if "distill_weight" in d and "distill_from" not in d:
-        for key in _DISTILL:
-            d.pop(key, None)
-    if "distill_weight" in d or "scale" in d:  # the bi-encoder's LoRA settings, while LoRA is off
-        if d.get("lora_rank") == 0:
-            for key in ("lora_rank", "lora_alpha", "lora_dropout"):
-                d.pop(key, None)
-    return d
-
-
 def settings_hash(*parts) -> str:
-    blob = json.dumps([_hashed(p) for p in parts], sort_keys=True, default=str, ensure_ascii=False)
+    # config sections enter with their "train" markers (indexer.config.NOT_TRAINED, TRAINED_WHEN_SET)
+    blob = json.dumps([marked_settings(p, "train") if dataclasses.is_dataclass(p) else p for p in parts],
+                      sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

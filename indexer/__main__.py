@@ -52,16 +52,17 @@ def main(argv: list[str] | None = None) -> int:
             stages = stale_stages(cfg, index_stages(cfg))
             if not stages:
                 print(f"indexes in {cfg.index_dir} are current; nothing to rebuild")
-        runner = None
-        if (args.ray or args.ray_workers or (args.backend or cfg.search.backend) == "milvus") and \
-                (stages is None or stages):
-            from indexer.distributed import RayRunner
+        milvus = (args.backend or cfg.search.backend) == "milvus"
+        builds = []
+        if stages is None or stages:
+            runner = None
+            if args.ray or args.ray_workers or milvus:
+                from indexer.distributed import RayRunner
 
-            runner = RayRunner(args.ray_workers)
-            print(f"ray: {runner.workers} workers")
-        builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages, runner=runner) \
-            if stages is None or stages else []
-        if (args.backend or cfg.search.backend) == "milvus":
+                runner = RayRunner(args.ray_workers)
+                print(f"ray: {runner.workers} workers")
+            builds = build_indexes(cfg, catalog=catalog, progress=not args.no_progress, stages=stages, runner=runner)
+        if milvus:
             from indexer.backends.milvus import ensure_collection, resolve_uri
 
             info = ensure_collection(cfg, progress=not args.no_progress)

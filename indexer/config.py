@@ -31,10 +31,13 @@ class ConfigError(EcomsearchError, ValueError):
     """A config file is missing, malformed or names an unknown field."""
 
 
-# how a setting enters Config.index_fingerprint (field metadata; unmarked settings always do):
+# how a setting enters a fingerprint (field metadata, one key per fingerprint; unmarked settings always do):
+# Config.index_fingerprint ("index") and a trained model's settings hash ("train", finetune.job)
 NOT_INDEXED = {"index": "never"}  # it does not change what an index holds
 INDEXED_WHEN_SET = {"index": "when_set"}  # added after indexes existed: only a non-default value counts, so an
                                           # index built before the setting stays current
+NOT_TRAINED = {"train": "never"}  # it does not change the trained model (wall time, where events are stored)
+TRAINED_WHEN_SET = {"train": "when_set"}  # added after models existed: a model trained before stays current
 
 
 @dataclass
@@ -172,8 +175,8 @@ class PersonalConfig:
     # PostgreSQL (store: postgres) shared by many replicas: dsn (ECOMSEARCH_PG_DSN wins) and a schema of its own
     store: str = "sqlite"
     path: Path | None = None
-    dsn: str | None = None
-    pg_schema: str = "ecomsearch"
+    dsn: str | None = field(default=None, metadata=NOT_TRAINED)
+    pg_schema: str = field(default="ecomsearch", metadata=NOT_TRAINED)
     # the HMAC key user ids are hashed with; the environment variable ECOMSEARCH_USER_KEY wins.
     # Without either, recording events is refused (only the demo config ships a key)
     user_key: str | None = None
@@ -203,7 +206,7 @@ class TrainingLoopConfig:
     seed: int = 0
     # data-parallel training processes (torch DDP over gloo/NCCL, started by Ray Train); each takes an equal
     # share of every batch, gradients are averaged: the same updates as one process, in less time per step
-    workers: int = 1
+    workers: int = field(default=1, metadata=NOT_TRAINED)
 
 
 @dataclass
@@ -217,20 +220,20 @@ class BiEncoderTrainConfig(TrainingLoopConfig):
     max_length: int = 64
     freeze_word_embeddings: bool = True
     # start from this model folder instead of the zero-shot base model (e.g. continue the fine-tuned one)
-    init_from: Path | None = None
+    init_from: Path | None = field(default=None, metadata=TRAINED_WHEN_SET)
     # distillation: a teacher-score cache of `python -m finetune.distill` (the cross-encoder's scores of each
     # training / unlabeled query's candidates); the bi-encoder also learns the teacher's order over them
     # (listwise KL), weighted by distill_weight, on distill_batch queries x distill_group candidates a step
-    distill_from: Path | None = None
-    distill_weight: float = 1.0
-    distill_batch: int = 8
-    distill_group: int = 8
-    distill_temperature: float = 1.0
+    distill_from: Path | None = field(default=None, metadata=TRAINED_WHEN_SET)
+    distill_weight: float = field(default=1.0, metadata=TRAINED_WHEN_SET)
+    distill_batch: int = field(default=8, metadata=TRAINED_WHEN_SET)
+    distill_group: int = field(default=8, metadata=TRAINED_WHEN_SET)
+    distill_temperature: float = field(default=1.0, metadata=TRAINED_WHEN_SET)
     # > 0: train LoRA adapters of this rank on the attention's query and value projections (peft) instead of
     # the whole model; the adapters are saved under <out>/lora/ and the merged model as the bi-encoder
-    lora_rank: int = 0
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.1
+    lora_rank: int = field(default=0, metadata=TRAINED_WHEN_SET)
+    lora_alpha: float = field(default=16.0, metadata=TRAINED_WHEN_SET)
+    lora_dropout: float = field(default=0.1, metadata=TRAINED_WHEN_SET)
 
 
 @dataclass
@@ -360,7 +363,7 @@ class Config:
 
     def index_fingerprint(self) -> str:
         """Hash of every setting that changes what an index holds."""
-        payload = {name: _indexed(getattr(self, name)) for name in ("catalog", "text", "bm25")}
+        payload = {name: marked_settings(getattr(self, name), "index") for name in ("catalog", "text", "bm25")}
         # the contents of the word lists matter, not only their paths
         for name in ("user_dict", "stopwords"):
             p = getattr(self.text, name)
@@ -374,11 +377,12 @@ class Config:
         return self.catalog.rejects_path or self.index_dir.with_name(self.index_dir.name + ".rejected.jsonl")
 
 
-def _indexed(section) -> dict:
-    """A config section's settings as they enter the index fingerprint (see :data:`NOT_INDEXED`)."""
+def marked_settings(section, key: str) -> dict:
+    """A config section's settings as they enter the fingerprint ``key`` (``index``, ``train``; see
+    :data:`NOT_INDEXED`, :data:`NOT_TRAINED`)."""
     out = {}
     for f in dataclasses.fields(section):
-        how = f.metadata.get("index")
+        how = f.metadata.get(key)
         value = getattr(section, f.name)
         if how == "never" or (how == "when_set" and value == f.default):
             continue

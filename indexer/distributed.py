@@ -45,8 +45,8 @@ class _TokenizeActor:
 
     def __call__(self, batch: dict) -> dict:
         # token lists as one joined string per title (Arrow keeps ragged lists of strings poorly)
-        return {"row": batch["row"], "tokens": np.array(["\x1f".join(self.tokenizer.tokenize(t, self.field))
-                                                         for t in batch["text"]], dtype=object)}
+        tokens = self.tokenizer.tokenize_many(list(batch["text"]), field=self.field)
+        return {"row": batch["row"], "tokens": np.array(["\x1f".join(t) for t in tokens], dtype=object)}
 
 
 class _EncodeActor:

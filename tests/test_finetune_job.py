@@ -110,3 +110,17 @@ def test_eval_overrides_parse_into_config_sections():
         {"rerank": {"weight": 0.6, "model": "models/x"}, "search": {"candidates": 50}}
     with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
         parse_overrides(["weight=0.6"])
+
+
+def test_settings_that_do_not_change_a_model_stay_out_of_its_settings_hash():
+    import dataclasses
+
+    from finetune.job import settings_hash
+    from indexer.config import BiEncoderTrainConfig, PersonalConfig
+
+    be, personal = BiEncoderTrainConfig(), PersonalConfig()
+    assert settings_hash(dataclasses.replace(be, workers=4)) == settings_hash(be)  # wall time only
+    assert settings_hash(dataclasses.replace(personal, dsn="postgresql://x", pg_schema="s")) == \
+        settings_hash(personal)  # where events are stored
+    assert settings_hash(dataclasses.replace(be, lora_rank=8)) != settings_hash(be)  # set: it counts
+    assert settings_hash(dataclasses.replace(be, lr=1e-4)) != settings_hash(be)

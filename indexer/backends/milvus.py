@@ -89,14 +89,15 @@ def quote(value: str) -> str:
 def filters_expr(filters: dict | None) -> str:
     """``{"category": .., "brand": .., "price_min": .., "price_max": ..}`` (checked by
     :func:`engine.query_input.check_filters`) as a Milvus boolean expression ("" for none)."""
+    filters = filters or {}
     parts = []
     for key in ("category", "brand"):
-        v = (filters or {}).get(key)
+        v = filters.get(key)
         if v is None:
             continue
         values = [v] if isinstance(v, str) else list(v)
         parts.append(f"{key} in [{', '.join(quote(x) for x in values)}]")
-    if (filters or {}).get("price_min") is not None or (filters or {}).get("price_max") is not None:
+    if filters.get("price_min") is not None or filters.get("price_max") is not None:
         parts.append("has_price == true")  # a product without a price fails a price filter
         if filters.get("price_min") is not None:
             parts.append(f"price >= {float(filters['price_min'])!r}")
@@ -135,6 +136,12 @@ def mask_expr(mask: np.ndarray | None) -> str:
     if len(keep) <= len(mask) - len(keep):
         return f"row in [{', '.join(map(str, keep.tolist()))}]" if len(keep) else "row < 0"
     return f"row not in [{', '.join(map(str, np.flatnonzero(~mask).tolist()))}]"
+
+
+def _as_result(hits, dtype) -> SearchResult:
+    """One query's Milvus hits as rows (the primary key is the product row) and scores, in Milvus's order."""
+    return SearchResult(np.fromiter((h["id"] for h in hits), dtype=np.int64, count=len(hits)),
+                        np.fromiter((h["distance"] for h in hits), dtype=dtype, count=len(hits)))
 
 
 def _token_text(tokens) -> str:
@@ -285,9 +292,22 @@ def delete_ids(cfg, product_ids) -> int:
     return len(rows)
 
 
-def _lite_file(uri: str) -> bool:
+def _is_lite_file(uri: str) -> bool:
     """A Milvus Lite database file (not a server or socket URI)."""
     return not re.match(r"^[a-z]+:", uri)
+
+
+def serve_lite(cfg) -> str | None:
+    """For several processes over a Milvus Lite file (replicas): start its server once, in this process, and
+    return the URI (a unix socket) they all connect to — a Lite file opens in one process only.  None for a
+    server URI."""
+    uri = resolve_uri(cfg)
+    if not _is_lite_file(uri):
+        return None
+    with warnings.catch_warnings():  # milvus-lite 2.5 imports pkg_resources
+        warnings.simplefilter("ignore")
+        from milvus_lite.server_manager import server_manager_instance
+    return server_manager_instance.start_and_get_uri(uri)
 
 
 def manifest_path(cfg) -> Path:
@@ -362,7 +382,7 @@ class MilvusStages:
         multi = len(self.fields) > 1
         # deeper than asked: products tied at the k-th score come back too, so ties break by row as locally
         limit = min(MAX_LIMIT, k * self.oversample)
-        per_field: dict[str, dict[int, float]] = {}
+        per_field: dict[str, SearchResult] = {}
         queries: dict[str, str] = {}
         for f in self.fields:
             vocab = self.bm25.retrievers[f].vocab_dict
@@ -373,50 +393,46 @@ class MilvusStages:
         if multi and len(per_field) > 1:
             # a product in one field's list but below another's: fetch its exact score in that field too,
             # so every candidate is scored as the local index scores it (all fields summed)
-            union = set().union(*per_field.values())
+            union = np.unique(np.concatenate([r.rows for r in per_field.values()]))
             for f, got in per_field.items():
-                missing = sorted(union - got.keys())
-                if missing:
-                    rows_expr = f"row in [{', '.join(map(str, missing))}]"
-                    got.update(self._field_hits(f, queries[f], len(missing),
-                                                f"({expr}) and {rows_expr}" if expr else rows_expr))
-        total: dict[int, float] = {}
+                missing = np.setdiff1d(union, got.rows)
+                if len(missing):
+                    rows_expr = f"row in [{', '.join(map(str, missing.tolist()))}]"
+                    more = self._field_hits(f, queries[f], len(missing),
+                                            f"({expr}) and {rows_expr}" if expr else rows_expr)
+                    per_field[f] = SearchResult(np.concatenate([got.rows, more.rows]),
+                                                np.concatenate([got.scores, more.scores]))
+        rows, scores = [], []
         for f, got in per_field.items():
-            if not got:
+            if not len(got.rows):
                 continue
-            best = max(got.values())
+            best = float(got.scores.max())
             if multi and best <= 0:
                 continue
             # Milvus's BM25 keeps the (k1 + 1) factor that bm25s's lucene variant drops: the same ranking, the
             # scores (which the learned ranker reads) brought to the local index's scale
-            scale = self.fields[f] / best if multi else 1.0 / (1.0 + self.k1)
-            for r, v in got.items():
-                total[r] = total.get(r, 0.0) + v * scale
-        if not total:
+            rows.append(got.rows)
+            scores.append(got.scores * (self.fields[f] / best if multi else 1.0 / (1.0 + self.k1)))
+        if not rows:
             return _EMPTY
-        rows = np.fromiter(total, dtype=np.int64, count=len(total))
-        scores = np.fromiter(total.values(), dtype=np.float64, count=len(total))
+        rows, inverse = np.unique(np.concatenate(rows), return_inverse=True)
+        scores = np.bincount(inverse, weights=np.concatenate(scores))  # each product's fields summed
         # Milvus computes in float32 and scales BM25 by (k1 + 1): equal local scores may differ in the last
         # bits here, so ties are read at 6 significant digits and broken by row, as the local index does
         tie = np.round(scores / scores.max(), 6)
         order = np.lexsort((rows, -tie))[:k]
         return SearchResult(rows[order], scores[order].astype(np.float32))
 
-    def _field_hits(self, f: str, query: str, limit: int, expr: str) -> dict[int, float]:
+    def _field_hits(self, f: str, query: str, limit: int, expr: str) -> SearchResult:
         hits = self.client.search(self.collection, data=[query], anns_field=f"{f}_sparse", limit=limit, filter=expr,
                                   search_params={"metric_type": "BM25"})[0]
-        return {int(h["id"]): float(h["distance"]) for h in hits}
+        return _as_result(hits, np.float64)
 
     def dense_search(self, qvecs: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[SearchResult]:
         q = np.ascontiguousarray(np.atleast_2d(qvecs), dtype=np.float32)
         res = self.client.search(self.collection, data=q.tolist(), anns_field="vector", limit=min(k, MAX_LIMIT),
                                  filter=mask_expr(mask), search_params=self.dense_params)
-        out = []
-        for hits in res:
-            rows = np.fromiter((h["id"] for h in hits), dtype=np.int64, count=len(hits))
-            s = np.fromiter((h["distance"] for h in hits), dtype=np.float32, count=len(hits))
-            out.append(SearchResult(rows, s))
-        return out
+        return [_as_result(hits, np.float32) for hits in res]
 
     def count(self) -> int:
         got = self.client.query(self.collection, filter="row >= 0", output_fields=["count(*)"])
