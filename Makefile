@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 CONFIG ?= configs/demo.yaml
+# eval-personal: sessions per simulated user at which the medium-taste lift is also measured (a learning curve)
+CURVE ?= 30,60
 OUT ?= reports/eval/$(basename $(notdir $(CONFIG)))
 STAGES ?= bm25,dense-base,dense,hybrid,rerank
 GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
@@ -70,7 +72,7 @@ eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG))
 
 # the personalization benchmark: simulated users at three taste strengths (+ the guard on judged dev queries)
 eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
-	$(PY) -m eval.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG)))
+	$(PY) -m eval.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG))) --curve $(CURVE)
 
 bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/demo/ranker/model.txt
 	$(PY) -m eval.bench_bm25 $(if $(FULL),--full)

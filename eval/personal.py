@@ -44,6 +44,12 @@ it changes nothing when there is none.  The behaviour model:
   personalized ranking (``personalize=1``) against the same ranker with
   ``personalize=0`` (the non-personal ranking), with 95% paired bootstrap
   intervals of the difference, for warm and cold users.
+- **References** on the same sessions: *relevance* (the simulator's own
+  relevance ``z`` alone), *Bayes* (:class:`HistoryPosterior`: the best
+  ranking each user's training sessions support) and the *oracle* (true
+  taste).  Bayes − relevance is the most any profile built from that much
+  history can lift; ``--curve 30,60`` repeats the medium taste with more
+  sessions per user, to show how the lift and that ceiling grow with history.
 
 **Guard on real queries** (the config's judged ``eval.queries``): each
 query gets a synthetic history of 5 sessions, each showing 10 products and
@@ -305,14 +311,15 @@ def _sigmoid(x):
 def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of, users: dict | None = None,
                       strength: float = 0.0, bayes: HistoryPosterior | None = None) -> dict[str, np.ndarray]:
     """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
-    simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling)."""
+    simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling), and
+    ``relevance``: the simulator's relevance alone (no taste; the base the Bayes ranking adds its posterior to)."""
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
 
     cfg = engine.cfg
     hl = cfg.personal.half_life_days * DAY
     row_of = engine.products.row_map()
     fac = engine.facets()
-    runs_b, runs_p, runs_o, runs_y, qrels, warm = {}, {}, {}, {}, {}, []
+    runs_b, runs_p, runs_o, runs_r, runs_y, qrels, warm = {}, {}, {}, {}, {}, {}, []
     for i, (uid, q, t, gains) in enumerate(sessions):
         c = world.cands[q]
         prof = profile_of(uid)
@@ -326,6 +333,7 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
         if users is not None:
             util = click_logit(world.z[q], taste_of(world, users[uid], c.rows), strength)
             runs_o[sid] = metrics.top_ids(c.rows, util)
+            runs_r[sid] = metrics.top_ids(c.rows, world.z[q])
         if bayes is not None:
             runs_y[sid] = metrics.top_ids(c.rows, bayes.expected_clicks(uid, q))
         qrels[sid] = {str(r): g for r, g in gains.items()}
@@ -336,6 +344,7 @@ def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile
         out[f"{name}/personal"] = fn(qrels, runs_p, 10, per_query=True)
         if runs_o:
             out[f"{name}/oracle"] = fn(qrels, runs_o, 10, per_query=True)
+            out[f"{name}/relevance"] = fn(qrels, runs_r, 10, per_query=True)
         if runs_y:
             out[f"{name}/bayes"] = fn(qrels, runs_y, 10, per_query=True)
     return out
@@ -349,7 +358,7 @@ def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
         for m in ("ndcg@10", "mrr@10"):
             block[m] = {k: round(v, 4) for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel],
                                                                     seed=seed).items()}
-            for ceiling in ("oracle", "bayes"):
+            for ceiling in ("oracle", "bayes", "relevance"):
                 if f"{m}/{ceiling}" in res:
                     block[m][ceiling] = round(float(res[f"{m}/{ceiling}"][sel].mean()), 4) if sel.any() else float("nan")
         out[group] = block
@@ -378,7 +387,9 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     bayes = HistoryPosterior(world, by_uid, log.sessions, TASTES[taste])
     res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes)
     summary = summarize(res, log.eval_sessions, args.seed)
+    per_user = np.unique([s.user for s in log.sessions], return_counts=True)[1]
     summary["train"] = {"events": len(log.events), "sessions": len(log.sessions), "ranker_sessions": card["sessions"],
+                        "history_sessions_per_warm_user": round(float(per_user.mean()), 1) if len(per_user) else 0.0,
                         "cut": cut, "importance_gain": card["importance_gain"],
                         "ambiguous_queries": int(world.ambiguous.sum()), "queries": len(world.queries)}
     return summary, ranker
@@ -475,9 +486,11 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
              "logged impressions and clicks, candidates ranked by expected click (an upper estimate: the other "
              "facets' true taste is given). Oracle − Bayes is what no profile can know from the history; "
              "Bayes − personal is what the features and ranker leave.", "",
-             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | Bayes | oracle | "
-             "MRR@10 base | MRR@10 personal | diff [95% CI] |",
-             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | --- |"]
+             "Relevance: the simulator's relevance alone (no taste), the ranking the Bayes posterior is added to; "
+             "Bayes − relevance is the most a profile built from this much history can lift NDCG@10.", "",
+             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | relevance | Bayes "
+             "| oracle | MRR@10 base | MRR@10 personal | diff [95% CI] |",
+             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
     for taste in TASTES:
         if taste not in payload:
             continue
@@ -486,9 +499,22 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
             n, m = b["ndcg@10"], b["mrr@10"]
             lines.append(f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
                          f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
-                         f"{n.get('bayes', float('nan')):.4f} | {n.get('oracle', float('nan')):.4f} | "
+                         f"{n.get('relevance', float('nan')):.4f} | {n.get('bayes', float('nan')):.4f} | "
+                         f"{n.get('oracle', float('nan')):.4f} | "
                          f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
                          f"{m['ci_high']:+.4f}] |")
+    if payload.get("curve"):
+        lines += ["", "## Lift by length of history (medium taste, warm users)", "",
+                  "The same simulation with more sessions per user: what the profile and ranker gain as history "
+                  "grows, against the most that history supports (Bayes − relevance).", "",
+                  "| sessions per user | training sessions per warm user | NDCG@10 diff [95% CI] | Bayes − relevance "
+                  "| share of it reached |", "| ---: | ---: | --- | ---: | ---: |"]
+        for row in payload["curve"]:
+            n = row["warm"]["ndcg@10"]
+            room = n["bayes"] - n["relevance"]
+            share = f"{n['diff'] / room:.0%}" if room > 0 else "–"
+            lines.append(f"| {row['sessions']:g} | {row['history_sessions_per_warm_user']:g} | {n['diff']:+.4f} "
+                         f"[{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | {room:+.4f} | {share} |")
     for key, taste in (("guard", "medium"), ("guard_strong", "strong")):
         if key not in payload:
             continue
@@ -575,6 +601,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=600, help="size of the query pool (training queries)")
     ap.add_argument("--users", type=int, default=400)
     ap.add_argument("--sessions", type=float, default=15.0, help="mean sessions per user")
+    ap.add_argument("--curve", default="", help="comma-separated sessions per user: the medium-taste lift at each "
+                                                "(a learning curve; empty: none)")
     ap.add_argument("--days", type=float, default=60.0)
     ap.add_argument("--eval-days", type=float, default=15.0)
     ap.add_argument("--guard", default=None, help="judged queries for the guard and the ranker-vs-mix comparison "
@@ -610,6 +638,17 @@ def main(argv: list[str] | None = None) -> int:
         w = payload[taste]["warm"]["ndcg@10"]
         print(f"{taste}: warm NDCG@10 {w['base']:.4f} -> {w['personal']:.4f} ({w['diff']:+.4f} "
               f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}]); cold diff {payload[taste]['cold']['ndcg@10']['diff']:+.4f}")
+    curve = []
+    for n_sessions in (float(x) for x in args.curve.split(",") if x.strip()):
+        run_args = argparse.Namespace(**{**vars(args), "sessions": n_sessions})
+        res, _ = run_taste(engine, world, "medium", run_args, args.seed + 1, out / f"curve-{n_sessions:g}", progress)
+        curve.append({"sessions": n_sessions, "warm": res["warm"],
+                      "history_sessions_per_warm_user": res["train"]["history_sessions_per_warm_user"]})
+        w = res["warm"]["ndcg@10"]
+        print(f"medium, {n_sessions:g} sessions per user: warm NDCG@10 {w['diff']:+.4f} "
+              f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}], Bayes − relevance {w['bayes'] - w['relevance']:+.4f}")
+    if curve:
+        payload["curve"] = curve
     guard_path = args.guard
     if guard_path is None:
         guard_path = cfg.eval.queries

@@ -81,7 +81,8 @@ def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_c
     cfg_file.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     out = tmp_path / "report"
     assert personal.main(["--config", str(cfg_file), "--out", str(out), "--queries", "60", "--users", "60",
-                          "--sessions", "8", "--tastes", "none,medium", "--guard", "none", "--no-progress"]) == 0
+                          "--sessions", "8", "--tastes", "none,medium", "--guard", "none", "--curve", "16",
+                          "--no-progress"]) == 0
     payload = json.loads((out / "personal.json").read_text())
     for taste in ("none", "medium"):
         for group in ("warm", "cold"):
@@ -90,7 +91,16 @@ def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_c
             assert {"base", "personal", "diff", "ci_low", "ci_high"} <= set(b["ndcg@10"])
         cold = payload[taste]["cold"]
         assert cold["n_queries"] > 0 and cold["ndcg@10"]["diff"] == 0 and cold["mrr@10"]["diff"] == 0
-    assert "simulated" in (out / "report.md").read_text() and (out / "lift.png").is_file()
+    # no taste: the Bayes ranking is the relevance ranking, so the ceiling's lift is exactly 0
+    none = payload["none"]["warm"]["ndcg@10"]
+    assert none["bayes"] == none["relevance"]
+    # the learning curve: the medium taste again with twice the history per user
+    (row,) = payload["curve"]
+    assert row["sessions"] == 16 and row["history_sessions_per_warm_user"] > \
+        payload["medium"]["train"]["history_sessions_per_warm_user"]
+    assert {"diff", "ci_low", "ci_high", "bayes", "relevance"} <= set(row["warm"]["ndcg@10"])
+    report = (out / "report.md").read_text()
+    assert "simulated" in report and "Lift by length of history" in report and (out / "lift.png").is_file()
 
 
 def test_bootstrap_intervals_cover_the_mean_and_a_zero_difference_has_p_one():
