@@ -94,9 +94,10 @@ def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshol
            "ndcg@10": metrics.ndcg(qrels, run, 10, per_query=True)}
     for k in ks:
         per[f"recall@{k}"] = metrics.recall(recall_qrels, run, k, threshold=thr, per_query=True)
-    out = {m: float(v.mean()) if len(v) else 0.0 for m, v in per.items()}
+    out = {m: metrics.nanmean(v) for m, v in per.items()}  # recall: over the queries with a relevant product
     out["map"] = metrics.average_precision(qrels, run)
     out["n_queries"] = len(qrels)
+    out["n_queries_recall"] = int((~np.isnan(per[f"recall@{ks[0]}"])).sum()) if ks else len(qrels)
     curve = metrics.recall_curve(recall_qrels, run, [k for k in RECALL_CURVE_KS if k <= max(ks)], threshold=thr)
     lead = main_recall(ks)
     return out, curve, {m: per[m] for m in ("mrr@10", "ndcg@10", lead)}

@@ -10,7 +10,11 @@ order) instead.
 Definitions follow trec_eval/ranx: NDCG with linear gains and a log2
 discount (Järvelin & Kekäläinen), reciprocal rank of the first relevant
 product, recall as the share of relevant products retrieved, average
-precision over all relevant products.
+precision over all relevant products.  Recall of a query with no relevant
+product is undefined (0/0): NaN per query and left out of the mean, as in
+ranx and BEIR, whose qrels hold only queries with a relevant product
+(counting it as 0 caps every system below 1; Home Depot dev: 188 of 1,000
+queries have no product rated ≥ 2.5).
 """
 
 from __future__ import annotations
@@ -87,11 +91,19 @@ def ndcg(qrels: Qrels, run: Run, k: int = 10, per_query: bool = False):
     return _mean(vals, per_query)
 
 
+def nanmean(values: np.ndarray) -> float:
+    """The mean of the defined (non-NaN) values; 0 when none is."""
+    values = np.asarray(values, dtype=np.float64)
+    ok = ~np.isnan(values)
+    return float(values[ok].mean()) if ok.any() else 0.0
+
+
 def recall(qrels: Qrels, run: Run, k: int = 100, threshold: float | None = None, per_query: bool = False):
-    """Share of the relevant products (gain > 0, or qrels value >= threshold) in the top k."""
+    """Share of the relevant products (gain > 0, or qrels value >= threshold) in the top k; NaN for a query
+    with no relevant product (per query), which the mean leaves out."""
     _, rel, n_rel, _ = _gain_matrix(qrels, run, k, threshold)
-    vals = np.divide(rel.sum(axis=1), n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0)
-    return _mean(vals, per_query)
+    vals = np.divide(rel.sum(axis=1), n_rel, out=np.full(len(n_rel), np.nan), where=n_rel > 0)
+    return vals if per_query else nanmean(vals)
 
 
 def average_precision(qrels: Qrels, run: Run, k: int | None = None, per_query: bool = False):
@@ -112,6 +124,6 @@ def recall_curve(qrels: Qrels, run: Run, ks: Sequence[int], threshold: float | N
     found = np.cumsum(rel, axis=1)
     out = []
     for k in ks:
-        vals = np.divide(found[:, k - 1], n_rel, out=np.zeros(len(n_rel)), where=n_rel > 0)
-        out.append(float(vals.mean()) if len(vals) else 0.0)
+        vals = np.divide(found[:, k - 1], n_rel, out=np.full(len(n_rel), np.nan), where=n_rel > 0)
+        out.append(nanmean(vals))
     return out

@@ -36,7 +36,7 @@ def write_report(out: Path, results: list[StageResult], context: dict, texts: di
                     f.write(f"{qid}\t{pid}\t{rank}\t{s:.6g}\n")
 
     plot = _plot_recall(out / "recall.png", results)
-    cols = [k for k in next(iter(payload.values())) if k != "n_queries"] if payload else []
+    cols = [k for k in next(iter(payload.values())) if k not in ("n_queries", "n_queries_recall")] if payload else []
     lines = [
         f"# Evaluation: {context.get('config_name', '')}",
         "",
@@ -50,7 +50,7 @@ def write_report(out: Path, results: list[StageResult], context: dict, texts: di
         m = payload[r.stage]
         lat = r.latency_ms
         lines.append(f"| {r.stage} | " + " | ".join(f"{m[c]:.4f}" for c in cols)
-                     + f" | {m['n_queries']} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} |")
+                     + f" | {_queries_cell(m)} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} |")
     if sig:
         lines += significance_lines(sig)
     if qids is not None and len(results) > 1 and results[0].per_query:
@@ -124,6 +124,12 @@ def hurt_lines(results: list[StageResult], qids: list[str], texts: dict[str, str
             lines.append(f"| {texts.get(q, q)} | {judged} | {a:.2f} → {b:.2f} | {top(prev.run)} | {top(r.run)} |"
                          .replace("\n", " "))
     return lines
+
+
+def _queries_cell(m: dict) -> str:
+    """The number of queries; and, where some have no relevant product, how many the recall is over."""
+    n, nr = m["n_queries"], m.get("n_queries_recall", m["n_queries"])
+    return f"{n}" if nr == n else f"{n} (recall: the {nr} with a relevant product)"
 
 
 def _plot_recall(path: Path, results: list[StageResult]) -> Path | None:

@@ -15,7 +15,8 @@ def intervals(per_query: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, d
     """``{metric: {mean, ci_low, ci_high}}``: the mean over queries and its 95% percentile bootstrap interval."""
     out = {}
     for m, values in per_query.items():
-        mean, lo, hi = bootstrap_ci(values, seed=seed)
+        values = np.asarray(values, dtype=np.float64)
+        mean, lo, hi = bootstrap_ci(values[~np.isnan(values)], seed=seed)  # undefined (NaN) queries left out
         out[m] = {"mean": mean, "ci_low": lo, "ci_high": hi}
     return out
 
@@ -27,7 +28,9 @@ def paired(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], seed: int =
     for m in a:
         if m not in b:
             continue
-        r = paired_bootstrap(a[m], b[m], seed=seed)
+        x, y = np.asarray(a[m], dtype=np.float64), np.asarray(b[m], dtype=np.float64)
+        ok = ~(np.isnan(x) | np.isnan(y))  # a query undefined on either side (recall with nothing to find)
+        r = paired_bootstrap(x[ok], y[ok], seed=seed)
         out[m] = {"a": r["base"], "b": r["personal"], "diff": r["diff"], "ci_low": r["ci_low"],
                   "ci_high": r["ci_high"], "p_value": r["p_value"]}
     return out

@@ -8,9 +8,14 @@ distribution serving sees.
 
 - ``listwise``: softmax cross-entropy of the positive against its group (the
   score is a logit with identity activation; only differences count);
-- ``pointwise``: binary cross-entropy per pair (positive 1, negatives 0).
+- ``pointwise``: binary cross-entropy per pair (positive 1, negatives 0);
+- ``graded`` (graded judged pairs, e.g. Home Depot's 1–3): a group is up to
+  ``group_size`` of one query's *judged* products, and the softmax over them
+  is matched to the judged order: cross-entropy against targets
+  proportional to ``2^gain − 1`` (ListNet), so a 3 learns to beat a 2.33,
+  not only a judged product an unseen one.
 
-A group's loss is weighted by its positive's gain (click 1, add-to-cart 2,
+A listwise or pointwise group's loss is weighted by its positive's gain (click 1, add-to-cart 2,
 purchase 3 by default).  Word embeddings can stay frozen (most of the base
 model's parameters, and most of AdamW's cost on a CPU).  With
 ``lora_rank > 0`` only LoRA adapters on the attention's query and value
@@ -55,6 +60,71 @@ def groups(examples: Sequence[Group], batch_size: int, group_size: int, rng: np.
                 picks = rng.choice(len(e.negatives), group_size - 1, replace=False)
                 batch.append((e.query, [e.positive] + [e.negatives[p] for p in picks], e.gain))
             yield batch
+
+
+@dataclass
+class GradedGroup:
+    """One query's judged products and their gains (graded pairs; ``loss: graded``)."""
+
+    query: str
+    titles: list[str]
+    gains: list[float]
+
+
+def graded_groups(examples: Sequence[GradedGroup], batch_size: int, group_size: int, rng: np.random.Generator):
+    """Batches of (query, titles, gains): up to ``group_size`` of each query's judged products, drawn afresh
+    every epoch; queries whose judged products all share one grade teach no order and are skipped."""
+    usable = [e for e in examples if len(e.titles) >= 2 and max(e.gains) > min(e.gains)]
+    if not usable:
+        raise ValueError("no training query has two judged products of different grades (loss: graded)")
+    while True:
+        order = rng.permutation(len(usable))
+        for i in range(0, len(order), batch_size):
+            batch = []
+            for j in order[i : i + batch_size]:
+                e = usable[j]
+                picks = rng.choice(len(e.titles), min(group_size, len(e.titles)), replace=False)
+                batch.append((e.query, [e.titles[p] for p in picks], [e.gains[p] for p in picks]))
+            yield batch
+
+
+def graded_loss(model: CrossEncoder, batch) -> torch.Tensor:
+    """Mean over the batch's queries of the cross-entropy between the softmax of their products' logits and
+    targets proportional to ``2^gain − 1`` (uniform where the drawn products share one grade)."""
+    sizes = [len(titles) for _, titles, _ in batch]
+    queries = [q for q, titles, _ in batch for _ in titles]
+    titles = [t for _, ts, _ in batch for t in ts]
+    flat = model.logits(queries, titles).float().view(-1)
+    g = max(sizes)
+    index = torch.tensor([i * g + j for i, n in enumerate(sizes) for j in range(n)], device=flat.device)
+    logits = torch.full((len(batch) * g,), float("-inf"), device=flat.device).index_put((index,), flat).view(-1, g)
+    mask = torch.isfinite(logits)
+    target = torch.zeros(len(batch), g, device=flat.device)
+    for i, (_, _, gains) in enumerate(batch):
+        w = 2.0 ** np.asarray(gains, dtype=np.float64) - 1.0
+        w = w / w.sum() if w.sum() > 0 else np.full(len(w), 1.0 / len(w))
+        target[i, : len(w)] = torch.as_tensor(w, dtype=torch.float32)
+    logp = torch.where(mask, torch.log_softmax(logits, dim=1), torch.zeros_like(logits))
+    return -(target * logp).sum(1).mean()
+
+
+def judged_ndcg(queries: Sequence[str], titles: Sequence[Sequence[str]], gains: Sequence[Sequence[float]],
+                batch_size: int = 128) -> Callable[[CrossEncoder], float]:
+    """Dev metric for graded pairs: NDCG@10 of the cross-encoder alone ordering each dev query's judged products
+    (the ``--judged-only`` benchmark's measure)."""
+    from eval import metrics
+
+    pair_q = [q for q, ts in zip(queries, titles) for _ in ts]
+    pair_t = [t for ts in titles for t in ts]
+    bounds = np.cumsum([0] + [len(ts) for ts in titles])
+    qrels = {str(i): {str(j): float(x) for j, x in enumerate(g)} for i, g in enumerate(gains)}
+
+    def evaluate(model: CrossEncoder) -> float:
+        scores = model.predict(pair_q, pair_t, batch_size=batch_size)
+        run = {str(i): metrics.top_ids(np.arange(bounds[i + 1] - bounds[i]), scores[bounds[i] : bounds[i + 1]])
+               for i in range(len(titles))}
+        return float(metrics.ndcg(qrels, run, 10)) if run else 0.0
+    return evaluate
 
 
 def group_loss(model: CrossEncoder, batch, loss: str = "listwise") -> torch.Tensor:
@@ -113,7 +183,7 @@ def with_lora(model: CrossEncoder, cfg: CrossEncoderTrainConfig) -> Callable[[Pa
     return save
 
 
-def train(model: CrossEncoder, examples: Sequence[Group], cfg: CrossEncoderTrainConfig, out: Path,
+def train(model: CrossEncoder, examples: Sequence[Group] | Sequence[GradedGroup], cfg: CrossEncoderTrainConfig, out: Path,
           evaluate: Callable[[CrossEncoder], float] | None = None, log_path: Path | None = None,
           progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
     """Train ``model`` in place; keep the best checkpoint (by ``evaluate``) in ``out``.
@@ -133,8 +203,13 @@ def train(model: CrossEncoder, examples: Sequence[Group], cfg: CrossEncoderTrain
     if cfg.lora_rank > 0:
         save = with_lora(model, cfg)
     params = [p for p in model.model.parameters() if p.requires_grad]
-    return loop.run(model.model, params, lambda rng: groups(examples, cfg.batch_size, cfg.group_size, rng),
-                    lambda batch: group_loss(model, batch, cfg.loss), cfg, Path(out),
+    if cfg.loss == "graded":
+        batches = lambda rng: graded_groups(examples, cfg.batch_size, cfg.group_size, rng)  # noqa: E731
+        step_loss = lambda batch: graded_loss(model, batch)  # noqa: E731
+    else:
+        batches = lambda rng: groups(examples, cfg.batch_size, cfg.group_size, rng)  # noqa: E731
+        step_loss = lambda batch: group_loss(model, batch, cfg.loss)  # noqa: E731
+    return loop.run(model.model, params, batches, step_loss, cfg, Path(out),
                     save=save,
                     evaluate=None if evaluate is None else (lambda: evaluate(model)),
                     log_path=log_path, resume=resume, progress=progress, desc=f"cross-encoder ({model.num_layers} layers)",

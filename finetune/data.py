@@ -34,6 +34,7 @@ class TrainingQueries:
     texts: dict[str, str] = field(default_factory=dict)  # qid -> query text
     positives: dict[str, dict[str, float]] = field(default_factory=dict)  # qid -> pid -> gain
     negatives: dict[str, set[str]] = field(default_factory=dict)  # qid -> pids shown and ignored
+    judged: dict[str, dict[str, float]] = field(default_factory=dict)  # judged pairs: qid -> pid -> relevance
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -78,15 +79,18 @@ def from_clicklog(events: Iterable[Event], gains: Mapping[str, float] | None = N
 
 
 def from_judged(texts: Mapping[str, str], relevance: Mapping[str, Mapping[str, float]],
-                min_relevance: float = 0.0) -> TrainingQueries:
-    """Judged pairs (e.g. WenTian train.tsv): relevance above ``min_relevance`` is a positive with that gain."""
+                min_relevance: float = 0.0, positive_at: float | None = None) -> TrainingQueries:
+    """Judged pairs (e.g. WenTian train.tsv): relevance above ``min_relevance`` (or, graded, at least
+    ``positive_at``) is a positive with that gain; the other judged products are known negatives."""
     out = TrainingQueries()
     for qid, judged in relevance.items():
-        pos = {p: float(r) for p, r in judged.items() if r > min_relevance}
-        neg = {p for p, r in judged.items() if r <= min_relevance}
+        is_pos = (lambda r: r >= positive_at) if positive_at is not None else (lambda r: r > min_relevance)
+        pos = {p: float(r) for p, r in judged.items() if is_pos(r)}
+        neg = {p for p, r in judged.items() if not is_pos(r)}
         out.texts[qid] = texts[qid]
         out.positives[qid] = pos
         out.negatives[qid] = neg
+        out.judged[qid] = {p: float(r) for p, r in judged.items()}
     return out
 
 

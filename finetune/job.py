@@ -75,16 +75,24 @@ def load_training_data(cfg: Config) -> TrainingData:
                 f"({len(train)} queries), {how} ({len(after)} events, {len(dev)} queries) evaluate")
     else:
         judged = read_queries(ft.train)
-        train = from_judged(judged.texts, judged.relevance)
+        train = from_judged(judged.texts, judged.relevance, positive_at=ft.positive_relevance)
         dev_path = ft.dev or cfg.eval.queries
         if dev_path is None:
             raise QueriesError("judged training pairs need dev queries: set finetune.dev or eval.queries")
         d = read_queries(dev_path)
-        dev = from_judged(d.texts, d.relevance)
+        dev = from_judged(d.texts, d.relevance, positive_at=ft.positive_relevance)
         desc = f"judged pairs {ft.train} ({len(train)} queries); dev {dev_path} ({len(dev)} queries)"
+        if ft.positive_relevance is not None:
+            n_pos = sum(len(v) for v in train.positives.values())
+            n_neg = sum(len(v) for v in train.negatives.values())
+            desc += (f"; graded: {n_pos} pairs rated >= {ft.positive_relevance:g} are positives, {n_neg} rated below "
+                     "are known negatives of their query")
     dev_qids = [q for q in dev.texts if dev.positives.get(q)][: ft.dev_queries]
-    dev = TrainingQueries({q: dev.texts[q] for q in dev_qids}, {q: dev.positives[q] for q in dev_qids})
-    return TrainingData(train, dev, str(ft.train), desc)
+    dev = TrainingQueries({q: dev.texts[q] for q in dev_qids}, {q: dev.positives[q] for q in dev_qids},
+                          judged={q: dev.judged[q] for q in dev_qids if q in dev.judged})
+    # what the models learn from (it enters their settings hashes): the file, and how its grades were read
+    source = str(ft.train) if ft.positive_relevance is None else f"{ft.train} (positives rated >= {ft.positive_relevance:g})"
+    return TrainingData(train, dev, source, desc)
 
 
 def clicklog_cut(cfg: Config, events) -> tuple[float, str]:
@@ -141,6 +149,14 @@ def _eval_query_texts(cfg: Config) -> set[str]:
     return set(read_queries(q).texts.values()) if q and Path(q).is_file() else set()
 
 
+def _negative_titles(engine, train: TrainingQueries, qid: str, mined: dict[str, list[str]]) -> list[str]:
+    """A query's negative titles for the cross-encoder: its known negatives (judged below the positives, or
+    shown and ignored when the config asks) first, then the mined ones."""
+    known = sorted(train.negatives.get(qid, ()))
+    pids = known + [p for p in mined.get(qid, []) if p not in train.negatives.get(qid, ())]
+    return [engine.products.titles[r] for r in _rows_of(engine, pids)]
+
+
 def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, progress: bool) -> dict:
     import torch
     from sentence_transformers import SentenceTransformer
@@ -160,6 +176,8 @@ def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, pr
     titles = engine.products.titles
     examples = []
     for qid, pos in data.train.positives.items():
+        # mined only: a product judged lower (Home Depot's 2.33 against 2.67) is too close to be a bi-encoder's
+        # negative; the cross-encoder learns that order
         neg = [titles[r] for r in _rows_of(engine, negatives.get(qid, []))]
         for pid in pos:
             for row in _rows_of(engine, [pid]):
@@ -211,6 +229,8 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     ensure_indexes(first, ["dense"], progress=progress)
     engine = SearchEngine.from_config(first)
     depth = cfg.rerank.depth
+    if t.loss == "graded":
+        return _train_graded_crossencoder(cfg, t, data, engine, out, resume, progress)
     t0 = time.perf_counter()
     lo, hi = t.negatives_window
     pool = 3 * (t.group_size - 1)
@@ -219,7 +239,7 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     titles = engine.products.titles
     examples = []
     for qid, pos in data.train.positives.items():
-        neg = [titles[r] for r in _rows_of(engine, negatives.get(qid, []))]
+        neg = _negative_titles(engine, data.train, qid, negatives)
         for pid, gain in pos.items():
             for row in _rows_of(engine, [pid]):
                 examples.append(Group(data.train.texts[qid], titles[row], neg, float(gain)))
@@ -247,6 +267,45 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
             "mining_seconds": round(mining_s, 1),
             "dev_metric": f"MRR@10 of the cross-encoder alone over the union of bm25 and dense top-{depth} "
                           f"({len(dev_texts)} dev queries)",
+            **report, "training": dataclasses.asdict(t)}
+
+
+def _train_graded_crossencoder(cfg: Config, t, data: TrainingData, engine, out: Path, resume: bool,
+                               progress: bool) -> dict:
+    """``loss: graded``: groups of each training query's judged products with their gains (relevance +
+    ``eval.gain_offset``); the dev metric is NDCG@10 over each dev query's judged products."""
+    from engine.rerank import CrossEncoder
+    from finetune.crossencoder import GradedGroup, judged_ndcg, train
+    from indexer.dense import stage_model
+
+    if not data.train.judged:
+        raise ValueError(f"finetune.crossencoder.loss graded needs judged pairs with grades; {data.source} has none")
+    titles = engine.products.titles
+    offset = cfg.eval.gain_offset
+
+    def groups_of(queries: TrainingQueries, qids) -> list[GradedGroup]:
+        out_groups = []
+        for qid in qids:
+            pairs = [(titles[row], r + offset) for pid, r in queries.judged.get(qid, {}).items()
+                     for row in _rows_of(engine, [pid])]
+            if pairs:
+                out_groups.append(GradedGroup(queries.texts[qid], [p[0] for p in pairs], [p[1] for p in pairs]))
+        return out_groups
+
+    examples = groups_of(data.train, data.train.judged)
+    dev = groups_of(data.dev, list(data.dev.texts)[: t.eval_queries])
+    evaluate = judged_ndcg([g.query for g in dev], [g.titles for g in dev], [g.gains for g in dev])
+    base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
+    model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
+    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
+                   progress=progress, resume=resume)
+    usable = sum(len(g.titles) >= 2 and max(g.gains) > min(g.gains) for g in examples)
+    return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
+            "groups": len(examples), "usable_groups": usable,
+            "loss": f"graded (ListNet): up to {t.group_size} judged products per query, targets 2^gain - 1, "
+                    f"gain = relevance {offset:+g}",
+            "dev_metric": f"NDCG@10 of the cross-encoder alone over each dev query's judged products "
+                          f"({len(dev)} dev queries)",
             **report, "training": dataclasses.asdict(t)}
 
 
@@ -376,7 +435,8 @@ def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = Fals
         t = cfg.finetune.crossencoder
         layers = cross_encoder_layers if cross_encoder_layers is not None else t.num_layers
         key = settings_hash(dataclasses.replace(t, num_layers=layers), data.source, cfg.dense.base_model,
-                            len(data.train), cfg.rerank.depth)
+                            len(data.train), cfg.rerank.depth,
+                            *([cfg.eval.gain_offset] if t.loss == "graded" else []))  # graded: gains it learns
         if resume and finished(ce_out, key):
             summary["models"]["cross-encoder"] = f"{ce_out} (kept: finished with the same settings)"
         else:

@@ -243,7 +243,9 @@ class CrossEncoderTrainConfig(TrainingLoopConfig):
     # queries per step; each brings one positive and group_size - 1 negatives
     batch_size: int = 16
     group_size: int = 4
-    # listwise: softmax cross-entropy over each query's group; pointwise: binary cross-entropy per pair
+    # listwise: softmax cross-entropy over each query's group; pointwise: binary cross-entropy per pair;
+    # graded (graded judged pairs): softmax over up to group_size of a query's judged products matched to their
+    # grades (ListNet)
     loss: str = "listwise"
     # negatives come from the union of the bm25 and dense candidates it will rerank, ranks in this window
     negatives_window: list[int] = field(default_factory=lambda: [0, 50])
@@ -294,6 +296,10 @@ class FinetuneConfig:
     train_fraction: float = 0.8
     gains: dict[str, float] = field(default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3})
     impressions_as_negatives: bool = False
+    # graded judged pairs (Home Depot, 1-3): a judged product rated at least this is a positive, one rated below
+    # it a known negative of its query (the cross-encoder learns the judged order, not only judged vs. unseen);
+    # unset: every judged pair is a positive
+    positive_relevance: float | None = field(default=None, metadata=TRAINED_WHEN_SET)
     # judged pairs: dev queries for evaluation during training (default: eval.queries)
     dev: Path | None = None
     # dev queries used for the evaluations during training (the first N)
@@ -624,8 +630,8 @@ def _validate(cfg: Config, where: str) -> None:
         w = t.negatives_window
         if len(w) != 2 or not 0 <= w[0] < w[1]:
             raise ConfigError(f"{where}: finetune.{name}.negatives_window must be [start, end) with 0 <= start < end")
-    if ft.crossencoder.loss not in ("listwise", "pointwise"):
-        raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise or pointwise")
+    if ft.crossencoder.loss not in ("listwise", "pointwise", "graded"):
+        raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise, pointwise or graded")
     if ft.crossencoder.init not in ("base", "bi-encoder"):
         raise ConfigError(f"{where}: finetune.crossencoder.init must be base or bi-encoder, not "
                           f"{ft.crossencoder.init!r}")

@@ -57,6 +57,59 @@ def test_a_training_step_lowers_the_loss(tiny_model, demo_dir, loss):
     assert group_loss(ce, batch, loss).item() < before
 
 
+class FixedLogits:
+    """A stand-in cross-encoder whose logits are given (one per pair, in batch order)."""
+
+    def __init__(self, values):
+        self.values = torch.tensor(values, dtype=torch.float32)
+
+    def logits(self, queries, titles):
+        assert len(queries) == len(titles) == len(self.values)
+        return self.values
+
+
+def test_the_graded_loss_matches_the_softmax_to_the_judged_grades():
+    from finetune.crossencoder import graded_loss
+
+    batch = [("q1", ["a", "b", "c"], [2.0, 0.0, 1.0]), ("q2", ["d", "e"], [1.0, 1.0])]
+    value = graded_loss(FixedLogits([1.0, 0.0, 0.5, 0.2, -0.3]), batch).item()
+    s1 = np.array([1.0, 0.0, 0.5])
+    t1 = np.array([3.0, 0.0, 1.0]) / 4.0  # 2^gain - 1, normalized
+    s2 = np.array([0.2, -0.3])
+    t2 = np.array([0.5, 0.5])
+    ce = lambda s, t: -(t * (s - np.log(np.exp(s).sum()))).sum()  # noqa: E731
+    assert value == pytest.approx((ce(s1, t1) + ce(s2, t2)) / 2, rel=1e-5)  # the padding of q2 adds nothing
+    # the judged order lowers it, the reverse raises it
+    best = graded_loss(FixedLogits([3.0, -3.0, 0.0, 0.0, 0.0]), batch).item()
+    worst = graded_loss(FixedLogits([-3.0, 3.0, 0.0, 0.0, 0.0]), batch).item()
+    assert best < value < worst
+
+
+def test_graded_groups_skip_queries_of_one_grade_and_learn_the_judged_order(tiny_model, demo_dir, tmp_path):
+    from finetune.crossencoder import GradedGroup, graded_groups, judged_ndcg
+
+    cat = read_catalog(demo_dir / "catalog.jsonl")
+    # each query: its own product graded 2, one of the same brand 1, two others 0
+    ex = []
+    for i in range(40):
+        same = next(j for j in range(len(cat)) if j != i and cat.brands[j] == cat.brands[i])
+        others = [(i + 17 * k) % len(cat) for k in (1, 2)]
+        ex.append(GradedGroup(cat.titles[i], [cat.titles[i], cat.titles[same]] + [cat.titles[o] for o in others],
+                              [2.0, 1.0, 0.0, 0.0]))
+    flat = GradedGroup("x", ["a", "b"], [1.0, 1.0])
+    batch = next(graded_groups(ex + [flat], 50, 3, np.random.default_rng(0)))
+    assert len(batch) == 40 and all(len(titles) == 3 for _, titles, _ in batch)  # the one-grade query skipped
+    with pytest.raises(ValueError, match="different grades"):
+        next(graded_groups([flat], 4, 3, np.random.default_rng(0)))
+    ce = CrossEncoder.from_base(tiny_model, device="cpu")
+    metric = judged_ndcg([e.query for e in ex], [e.titles for e in ex], [e.gains for e in ex])
+    before = metric(ce)
+    cfg = CrossEncoderTrainConfig(loss="graded", batch_size=8, group_size=4, lr=1e-3, max_steps=40, warmup_steps=2,
+                                  eval_every=40, freeze_word_embeddings=False, max_length=32)
+    train(ce, ex, cfg, tmp_path / "ce", evaluate=metric, progress=False)
+    assert metric(CrossEncoder.load(tmp_path / "ce", device="cpu")) > before + 0.05
+
+
 def test_train_keeps_the_best_checkpoint_and_reloads_with_the_same_scores(tiny_model, demo_dir, tmp_path):
     ce = CrossEncoder.from_base(tiny_model, device="cpu")
     evaluate = dev_metric(demo_dir)

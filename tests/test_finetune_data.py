@@ -35,6 +35,10 @@ def test_gains_and_negatives_from_the_click_log():
 def test_judged_pairs():
     data = from_judged({"q1": "水杯"}, {"q1": {"P1": 3, "P2": 1}}, min_relevance=1)
     assert data.positives == {"q1": {"P1": 3.0}} and data.negatives == {"q1": {"P2"}}
+    # graded (Home Depot): rated at least 2.5 is a positive, rated below a known negative of its query
+    graded = from_judged({"q": "pvc pipe"}, {"q": {"A": 3, "B": 2.33, "C": 2.67, "D": 1, "E": 2.5}}, positive_at=2.5)
+    assert graded.positives == {"q": {"A": 3.0, "C": 2.67, "E": 2.5}} and graded.negatives == {"q": {"B", "D"}}
+    assert from_judged({"q": "x"}, {"q": {"A": 3, "B": 1}}).negatives == {"q": set()}  # ungraded: all positives
 
 
 def test_near_duplicate_titles():

@@ -124,3 +124,27 @@ def test_settings_that_do_not_change_a_model_stay_out_of_its_settings_hash():
         settings_hash(personal)  # where events are stored
     assert settings_hash(dataclasses.replace(be, lora_rank=8)) != settings_hash(be)  # set: it counts
     assert settings_hash(dataclasses.replace(be, lr=1e-4)) != settings_hash(be)
+
+
+def test_graded_pairs_give_known_negatives_first_and_their_own_settings_hash(job_cfg, trained, tmp_path):
+    import dataclasses
+
+    from finetune.data import TrainingQueries
+    from finetune.job import _negative_titles
+
+    eng = SearchEngine.from_config(job_cfg)
+    ids, titles = eng.products.ids, eng.products.titles
+    data = TrainingQueries({"q": "耳机"}, {"q": {ids[0]: 3.0}}, {"q": {ids[2], ids[1]}})
+    mined = {"q": [ids[1], ids[3], "no-such-product", ids[4]]}
+    # judged-lower products first (sorted), then the mined ones not already there; unknown ids skipped
+    known = [titles[i] for i in sorted((1, 2), key=lambda i: ids[i])]
+    assert _negative_titles(eng, data, "q", mined) == known + [titles[3], titles[4]]
+    # reading the grades changes what the models learn: it enters their settings hash (through the data source);
+    # unset, the source is the file as before
+    judged = tmp_path / "train.tsv"
+    judged.write_text("query\tpid\trelevance\n耳机\t" + ids[0] + "\t3\n耳机\t" + ids[1] + "\t1.33\n", encoding="utf-8")
+    ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged)
+    plain = load_training_data(dataclasses.replace(job_cfg, finetune=ft))
+    graded = load_training_data(dataclasses.replace(job_cfg, finetune=dataclasses.replace(ft, positive_relevance=2.5)))
+    assert plain.source == str(judged) and graded.source != plain.source
+    assert list(plain.train.negatives.values()) == [set()] and list(graded.train.negatives.values()) == [{ids[1]}]

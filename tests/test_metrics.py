@@ -48,6 +48,24 @@ def test_hand_computed_values():
     assert metrics.recall_curve(qrels, run, [1, 2, 4]) == pytest.approx([0, 1 / 3, 2 / 3])
 
 
+def test_recall_of_a_query_with_nothing_to_find_is_undefined_and_left_out():
+    from eval.significance import intervals, paired
+
+    # q2's judged products are all rated below the threshold: nothing to recall
+    qrels = {"q1": {"a": 3, "b": 3}, "q2": {"c": 2, "d": 1}, "q3": {"e": 3}}
+    run = {"q1": ["a", "x"], "q2": ["c", "d"], "q3": ["y"]}
+    per = metrics.recall(qrels, run, 10, threshold=2.5, per_query=True)
+    assert per[0] == 0.5 and np.isnan(per[1]) and per[2] == 0.0
+    assert metrics.recall(qrels, run, 10, threshold=2.5) == pytest.approx(0.25)  # over q1 and q3, not 3 queries
+    assert metrics.recall_curve(qrels, run, [1, 10], threshold=2.5) == pytest.approx([0.25, 0.25])
+    assert metrics.recall({"q": {"a": 1}}, {"q": ["a"]}, 10, threshold=2.5) == 0.0  # none defined: 0
+    # intervals and paired differences leave the undefined query out on both sides
+    other = np.array([1.0, np.nan, 1.0])
+    assert intervals({"recall@10": per})["recall@10"]["mean"] == pytest.approx(0.25)
+    d = paired({"recall@10": per}, {"recall@10": other})["recall@10"]
+    assert d["diff"] == pytest.approx(0.75) and d["a"] == pytest.approx(0.25)
+
+
 def test_ties_keep_the_order_the_system_returned():
     qrels = {"q": {"b": 1}}
     assert metrics.mrr(qrels, {"q": {"b": 2.0, "a": 2.0}}, 10) == 1.0  # b returned first among equals
