@@ -45,21 +45,25 @@ class Group:
     gain: float = 1.0
 
 
+def _epochs(usable: Sequence, batch_size: int, rng: np.random.Generator, draw: Callable):
+    """Endless batches of ``draw(example)`` over ``usable``, in a fresh random order every epoch."""
+    while True:
+        order = rng.permutation(len(usable))
+        for i in range(0, len(order), batch_size):
+            yield [draw(usable[j]) for j in order[i : i + batch_size]]
+
+
 def groups(examples: Sequence[Group], batch_size: int, group_size: int, rng: np.random.Generator):
     """Batches of (query, [positive, negatives...], gain) in a fresh random order per epoch; examples with
     fewer negatives than ``group_size - 1`` are skipped (they cannot fill a group)."""
     usable = [e for e in examples if len(e.negatives) >= group_size - 1]
     if not usable:
         raise ValueError(f"no training query has {group_size - 1} negatives; lower group_size or widen the window")
-    while True:
-        order = rng.permutation(len(usable))
-        for i in range(0, len(order), batch_size):
-            batch = []
-            for j in order[i : i + batch_size]:
-                e = usable[j]
-                picks = rng.choice(len(e.negatives), group_size - 1, replace=False)
-                batch.append((e.query, [e.positive] + [e.negatives[p] for p in picks], e.gain))
-            yield batch
+
+    def draw(e: Group):
+        picks = rng.choice(len(e.negatives), group_size - 1, replace=False)
+        return e.query, [e.positive] + [e.negatives[p] for p in picks], e.gain
+    return _epochs(usable, batch_size, rng, draw)
 
 
 @dataclass
@@ -77,15 +81,11 @@ def graded_groups(examples: Sequence[GradedGroup], batch_size: int, group_size: 
     usable = [e for e in examples if len(e.titles) >= 2 and max(e.gains) > min(e.gains)]
     if not usable:
         raise ValueError("no training query has two judged products of different grades (loss: graded)")
-    while True:
-        order = rng.permutation(len(usable))
-        for i in range(0, len(order), batch_size):
-            batch = []
-            for j in order[i : i + batch_size]:
-                e = usable[j]
-                picks = rng.choice(len(e.titles), min(group_size, len(e.titles)), replace=False)
-                batch.append((e.query, [e.titles[p] for p in picks], [e.gains[p] for p in picks]))
-            yield batch
+
+    def draw(e: GradedGroup):
+        picks = rng.choice(len(e.titles), min(group_size, len(e.titles)), replace=False)
+        return e.query, [e.titles[p] for p in picks], [e.gains[p] for p in picks]
+    return _epochs(usable, batch_size, rng, draw)
 
 
 def graded_loss(model: CrossEncoder, batch) -> torch.Tensor:
