@@ -72,7 +72,7 @@ eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG))
 
 # the personalization benchmark: simulated users at three taste strengths (+ the guard on judged dev queries)
 eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
-	$(PY) -m eval.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG))) --curve $(CURVE)
+	$(PY) -m eval.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG))) $(if $(CURVE),--curve $(CURVE))
 
 bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/demo/ranker/model.txt
 	$(PY) -m eval.bench_bm25 $(if $(FULL),--full)
