@@ -399,6 +399,12 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
     return out
 
 
+def config_stages(cfg: Config) -> list[str]:
+    """The models a config uses, so the ones `make finetune` trains: the bi-encoder always, the cross-encoder
+    and the ranker only where ``rerank.model`` is set (``--stages cross-encoder`` still trains one to try)."""
+    return list(JOB_STAGES) if cfg.rerank.model else ["bi-encoder"]
+
+
 def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = False, progress: bool = True,
             cross_encoder_layers: int | None = None, cross_encoder_out: Path | None = None) -> dict:
     """Train what ``stages`` name and rebuild the dense index; returns a summary (also in ``<out>/finetune.json``)."""

@@ -148,3 +148,13 @@ def test_graded_pairs_give_known_negatives_first_and_their_own_settings_hash(job
     graded = load_training_data(dataclasses.replace(job_cfg, finetune=dataclasses.replace(ft, positive_relevance=2.5)))
     assert plain.source == str(judged) and graded.source != plain.source
     assert list(plain.train.negatives.values()) == [set()] and list(graded.train.negatives.values()) == [{ids[1]}]
+
+
+def test_the_job_trains_what_the_config_uses(job_cfg):
+    import dataclasses
+
+    from finetune.job import JOB_STAGES, config_stages
+
+    assert config_stages(job_cfg) == list(JOB_STAGES)  # a reranking config: all three
+    no_rerank = dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank, model=None))
+    assert config_stages(no_rerank) == ["bi-encoder"]  # Home Depot: no cross-encoder to train by default
