@@ -131,6 +131,9 @@ def _sql(p: str, user: str) -> dict[str, str]:
         "event": f"INSERT INTO events ({user}, product, event, ts, query) VALUES ({p}, {p}, {p}, {p}, {p})",
         "stat": f"INSERT INTO product_stats AS s (product, {{col}}) VALUES ({p}, 1) "
                 f"ON CONFLICT (product) DO UPDATE SET {{col}} = s.{{col}} + 1",
+        "stats": f"INSERT INTO product_stats AS s (product, {', '.join(_STAT_COLS)}) VALUES ({p}, {p}, {p}, {p}, {p}) "
+                 f"ON CONFLICT (product) DO UPDATE SET "
+                 + ", ".join(f"{c} = s.{c} + excluded.{c}" for c in _STAT_COLS),
         "profile": f"SELECT data, version FROM profiles WHERE {user} = {p}",
         "save": f"INSERT INTO profiles ({user}, t, version, data) VALUES ({p}, {p}, {p}, {p}) "
                 f"ON CONFLICT ({user}) DO UPDATE SET t = excluded.t, version = excluded.version, data = excluded.data",
@@ -226,16 +229,9 @@ class SQLiteEventStore(_SQLEventStore):
 
     def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
         with self._write() as con:
-            con.executemany("INSERT INTO events (user, product, event, ts, query) VALUES (?, ?, ?, ?, ?)",
-                            zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries))
-            con.executemany("INSERT INTO product_stats (product, impressions, clicks, carts, purchases) "
-                            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(product) DO UPDATE SET "
-                            "impressions = impressions + excluded.impressions, clicks = clicks + excluded.clicks, "
-                            "carts = carts + excluded.carts, purchases = purchases + excluded.purchases",
-                            ((p, *map(float, c)) for p, c in stats.items()))
-            con.executemany("INSERT INTO profiles (user, t, version, data) VALUES (?, ?, ?, ?) "
-                            "ON CONFLICT(user) DO UPDATE SET t = excluded.t, version = excluded.version, "
-                            "data = excluded.data", ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
+            con.executemany(self._sql["event"], zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries))
+            con.executemany(self._sql["stats"], ((p, *map(float, c)) for p, c in stats.items()))
+            con.executemany(self._sql["save"], ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
 
     def profiles(self, users):
         users = list(users)
@@ -354,16 +350,8 @@ class PostgresEventStore(_SQLEventStore):
                 with cur.copy("COPY events (user_key, product, event, ts, query) FROM STDIN") as cp:
                     for row in zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries):
                         cp.write_row(row)
-                cur.executemany("INSERT INTO product_stats (product, impressions, clicks, carts, purchases) "
-                                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (product) DO UPDATE SET "
-                                "impressions = product_stats.impressions + excluded.impressions, "
-                                "clicks = product_stats.clicks + excluded.clicks, "
-                                "carts = product_stats.carts + excluded.carts, "
-                                "purchases = product_stats.purchases + excluded.purchases",
-                                [(p, *map(float, c)) for p, c in stats.items()])
-                cur.executemany("INSERT INTO profiles (user_key, t, version, data) VALUES (%s, %s, %s, %s) "
-                                "ON CONFLICT (user_key) DO UPDATE SET t = excluded.t, version = excluded.version, "
-                                "data = excluded.data", [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
+                cur.executemany(self._sql["stats"], [(p, *map(float, c)) for p, c in stats.items()])
+                cur.executemany(self._sql["save"], [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
 
     def profiles(self, users):
         users = list(users)

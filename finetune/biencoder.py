@@ -111,23 +111,20 @@ def read_teacher_cache(folder: Path, exclude: set[str] = frozenset()) -> list[tu
 
 
 def with_lora(model, cfg: BiEncoderTrainConfig) -> Callable[[Path], None]:
-    """Wrap the transformer of ``model`` (a SentenceTransformer) in LoRA adapters (peft) and return the
-    checkpoint writer: the adapters alone (``<out>/lora/``) and the merged model, a plain sentence-transformers
-    folder the index job and serving load like any other."""
+    """Wrap the transformer of ``model`` (a SentenceTransformer) in LoRA adapters (:mod:`finetune.lora`) and
+    return the checkpoint writer: the adapters and the merged model, a plain sentence-transformers folder the
+    index job and serving load like any other."""
     import copy
 
-    from peft import LoraConfig, TaskType, get_peft_model
+    from finetune import lora
 
-    lcfg = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=["query", "value"])
     # the adapters are injected into the transformer in place: the SentenceTransformer's forward trains them
-    peft_model = get_peft_model(model[0].auto_model, lcfg)
+    peft_model = lora.adapt(model[0].auto_model, cfg, "FEATURE_EXTRACTION")
 
     def save(folder: Path) -> None:
-        folder = Path(folder)
-        peft_model.save_pretrained(str(folder / "lora"))
+        merged_module = lora.save_adapters(peft_model, folder)
         merged = copy.deepcopy(model)
-        merged[0].model = copy.deepcopy(peft_model).merge_and_unload()
+        merged[0].model = merged_module
         merged.save(str(folder))
     return save
 

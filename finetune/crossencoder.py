@@ -53,10 +53,15 @@ def _epochs(usable: Sequence, batch_size: int, rng: np.random.Generator, draw: C
             yield [draw(usable[j]) for j in order[i : i + batch_size]]
 
 
+def usable_groups(examples: Sequence[Group], group_size: int) -> list[Group]:
+    """The examples that can fill a group: at least ``group_size - 1`` negatives."""
+    return [e for e in examples if len(e.negatives) >= group_size - 1]
+
+
 def groups(examples: Sequence[Group], batch_size: int, group_size: int, rng: np.random.Generator):
     """Batches of (query, [positive, negatives...], gain) in a fresh random order per epoch; examples with
     fewer negatives than ``group_size - 1`` are skipped (they cannot fill a group)."""
-    usable = [e for e in examples if len(e.negatives) >= group_size - 1]
+    usable = usable_groups(examples, group_size)
     if not usable:
         raise ValueError(f"no training query has {group_size - 1} negatives; lower group_size or widen the window")
 
@@ -75,10 +80,15 @@ class GradedGroup:
     gains: list[float]
 
 
+def usable_graded(examples: Sequence[GradedGroup]) -> list[GradedGroup]:
+    """The queries that teach an order: two judged products or more, not all of one grade."""
+    return [e for e in examples if len(e.titles) >= 2 and max(e.gains) > min(e.gains)]
+
+
 def graded_groups(examples: Sequence[GradedGroup], batch_size: int, group_size: int, rng: np.random.Generator):
     """Batches of (query, titles, gains): up to ``group_size`` of each query's judged products, drawn afresh
     every epoch; queries whose judged products all share one grade teach no order and are skipped."""
-    usable = [e for e in examples if len(e.titles) >= 2 and max(e.gains) > min(e.gains)]
+    usable = usable_graded(examples)
     if not usable:
         raise ValueError("no training query has two judged products of different grades (loss: graded)")
 
@@ -163,23 +173,15 @@ def rerank_mrr(queries: Sequence[str], candidates: Sequence[Sequence[str]], posi
 
 
 def with_lora(model: CrossEncoder, cfg: CrossEncoderTrainConfig) -> Callable[[Path], None]:
-    """Wrap ``model.model`` in LoRA adapters (peft) and return the checkpoint writer: the adapters alone
-    (``<out>/lora/``: what a parameter-efficient run adds) and the merged model beside them, a plain
-    transformers folder that serving loads and exports like any other."""
-    import copy
+    """Wrap ``model.model`` in LoRA adapters (:mod:`finetune.lora`; the classifier head trains in full) and
+    return the checkpoint writer: the adapters and the merged model, a plain transformers folder."""
+    from finetune import lora
 
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    lcfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=["query", "value"])
-    model.model = get_peft_model(model.model, lcfg)
-    peft_model = model.model
+    model.model = peft_model = lora.adapt(model.model, cfg, "SEQ_CLS")
 
     def save(folder: Path) -> None:
-        folder = Path(folder)
-        peft_model.save_pretrained(str(folder / "lora"))
-        merged = copy.deepcopy(peft_model).merge_and_unload()
-        CrossEncoder(merged, model.tokenizer, model.max_length, model.batch_size).save(folder)
+        merged = lora.save_adapters(peft_model, folder)
+        CrossEncoder(merged, model.tokenizer, model.max_length, model.batch_size).save(Path(folder))
     return save
 
 

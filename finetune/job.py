@@ -218,7 +218,7 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
                        num_layers: int | None = None) -> dict:
     from engine import SearchEngine
     from engine.rerank import CrossEncoder
-    from finetune.crossencoder import Group, rerank_mrr, train
+    from finetune.crossencoder import train
     from indexer.build import ensure_indexes
     from indexer.dense import stage_model
 
@@ -228,9 +228,24 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     first = without_rerank(cfg)
     ensure_indexes(first, ["dense"], progress=progress)
     engine = SearchEngine.from_config(first)
-    depth = cfg.rerank.depth
-    if t.loss == "graded":
-        return _train_graded_crossencoder(cfg, t, data, engine, out, resume, progress)
+    # the loss decides the training groups and the dev metric; the rest is one recipe
+    examples_of = _graded_examples if t.loss == "graded" else _group_examples
+    examples, evaluate, notes = examples_of(cfg, t, data, engine, out)
+    # the layers it starts from: the base model's, or the fine-tuned bi-encoder's (already tuned to these
+    # queries and titles)
+    base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
+    model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
+    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
+                   progress=progress, resume=resume)
+    return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
+            "groups": len(examples), **notes, **report, "training": dataclasses.asdict(t)}
+
+
+def _group_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
+    """Listwise / pointwise: one group per positive with the query's negatives (known ones first, then mined from
+    the candidates it will rerank); the dev metric is MRR@10 over each dev query's candidates."""
+    from finetune.crossencoder import Group, rerank_mrr, usable_groups
+
     t0 = time.perf_counter()
     lo, hi = t.negatives_window
     pool = 3 * (t.group_size - 1)
@@ -252,31 +267,19 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     for qid, c in zip(dev_qids, cands):
         where = {int(r): i for i, r in enumerate(c.rows)}
         positives.append({where[r] for r in _rows_of(engine, data.dev.positives[qid]) if r in where})
-    evaluate = rerank_mrr(dev_texts, cand_titles, positives)
-    # the layers it starts from: the base model's, or the fine-tuned bi-encoder's (already tuned to these
-    # queries and titles)
-    base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
-    model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
-    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
-                   progress=progress, resume=resume)
-    usable = sum(len(e.negatives) >= t.group_size - 1 for e in examples)
-    return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
-            "groups": len(examples), "usable_groups": usable,
-            "negatives": f"up to {pool} per query from the union of bm25 and dense ranks {lo}-{hi}, "
-                         f"{t.group_size - 1} sampled per group each epoch; positives and near-duplicates skipped",
-            "mining_seconds": round(mining_s, 1),
-            "dev_metric": f"MRR@10 of the cross-encoder alone over the union of bm25 and dense top-{depth} "
-                          f"({len(dev_texts)} dev queries)",
-            **report, "training": dataclasses.asdict(t)}
+    notes = {"usable_groups": len(usable_groups(examples, t.group_size)),
+             "negatives": f"up to {pool} per query from the union of bm25 and dense ranks {lo}-{hi}, "
+                          f"{t.group_size - 1} sampled per group each epoch; positives and near-duplicates skipped",
+             "mining_seconds": round(mining_s, 1),
+             "dev_metric": f"MRR@10 of the cross-encoder alone over the union of bm25 and dense top-"
+                           f"{cfg.rerank.depth} ({len(dev_texts)} dev queries)"}
+    return examples, rerank_mrr(dev_texts, cand_titles, positives), notes
 
 
-def _train_graded_crossencoder(cfg: Config, t, data: TrainingData, engine, out: Path, resume: bool,
-                               progress: bool) -> dict:
-    """``loss: graded``: groups of each training query's judged products with their gains (relevance +
+def _graded_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
+    """``loss: graded``: one group per training query, its judged products with their gains (relevance +
     ``eval.gain_offset``); the dev metric is NDCG@10 over each dev query's judged products."""
-    from engine.rerank import CrossEncoder
-    from finetune.crossencoder import GradedGroup, judged_ndcg, train
-    from indexer.dense import stage_model
+    from finetune.crossencoder import GradedGroup, judged_ndcg, usable_graded
 
     if not data.train.judged:
         raise ValueError(f"finetune.crossencoder.loss graded needs judged pairs with grades; {data.source} has none")
@@ -294,19 +297,12 @@ def _train_graded_crossencoder(cfg: Config, t, data: TrainingData, engine, out: 
 
     examples = groups_of(data.train, data.train.judged)
     dev = groups_of(data.dev, list(data.dev.texts)[: t.eval_queries])
-    evaluate = judged_ndcg([g.query for g in dev], [g.titles for g in dev], [g.gains for g in dev])
-    base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
-    model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
-    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
-                   progress=progress, resume=resume)
-    usable = sum(len(g.titles) >= 2 and max(g.gains) > min(g.gains) for g in examples)
-    return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
-            "groups": len(examples), "usable_groups": usable,
-            "loss": f"graded (ListNet): up to {t.group_size} judged products per query, targets 2^gain - 1, "
-                    f"gain = relevance {offset:+g}",
-            "dev_metric": f"NDCG@10 of the cross-encoder alone over each dev query's judged products "
-                          f"({len(dev)} dev queries)",
-            **report, "training": dataclasses.asdict(t)}
+    notes = {"usable_groups": len(usable_graded(examples)),
+             "loss": f"graded (ListNet): up to {t.group_size} judged products per query, targets 2^gain - 1, "
+                     f"gain = relevance {offset:+g}",
+             "dev_metric": f"NDCG@10 of the cross-encoder alone over each dev query's judged products "
+                           f"({len(dev)} dev queries)"}
+    return examples, judged_ndcg([g.query for g in dev], [g.titles for g in dev], [g.gains for g in dev]), notes
 
 
 def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: bool) -> dict:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"milvus: {where} holds the current build" if info is None else
                   f"milvus: {info.n_products} products -> {where} ({info.collection}) in {info.seconds:.1f} s "
                   f"({info.rows_per_s:.0f} rows/s)")
-    except (ModelMissingError, ValueError, IndexLoadError, EcomsearchError) as e:
+    except (ValueError, EcomsearchError) as e:  # ModelMissingError, IndexLoadError, ... are EcomsearchErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
     for b in builds:

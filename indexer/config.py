@@ -298,8 +298,9 @@ class FinetuneConfig:
     impressions_as_negatives: bool = False
     # graded judged pairs (Home Depot, 1-3): a judged product rated at least this is a positive, one rated below
     # it a known negative of its query (the cross-encoder learns the judged order, not only judged vs. unseen);
-    # unset: every judged pair is a positive
-    positive_relevance: float | None = field(default=None, metadata=TRAINED_WHEN_SET)
+    # unset: every judged pair is a positive.  It enters the models' settings hashes with the training data's
+    # source (finetune.job.load_training_data), as the file does
+    positive_relevance: float | None = None
     # judged pairs: dev queries for evaluation during training (default: eval.queries)
     dev: Path | None = None
     # dev queries used for the evaluations during training (the first N)
@@ -403,7 +404,7 @@ def _jsonable(obj: Any) -> Any:
         return str(obj)
     if isinstance(obj, dict):
         return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
     return obj
 
@@ -527,19 +528,7 @@ def _merge(base: dict, over: dict) -> dict:
 def config_to_dict(cfg: Config) -> dict:
     """The config as the YAML mapping :func:`load_config` reads (paths absolute): what a child process or
     another replica needs to open the same engine."""
-
-    def plain(v):
-        if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    raw = plain(cfg)
+    raw = _jsonable(cfg)
     raw.pop("source", None)
     return raw
 

@@ -76,9 +76,23 @@ def resolve_uri(cfg) -> str:
     return uri
 
 
+def _ident(name: str) -> str:
+    """A name Milvus accepts for a collection (letters, digits, underscores)."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", name)
+
+
 def base_name(cfg) -> str:
     name = cfg.search.milvus.collection or cfg.name
-    return re.sub(r"[^0-9A-Za-z_]", "_", name if not name[0].isdigit() else f"c_{name}")
+    return _ident(name if not name[0].isdigit() else f"c_{name}")
+
+
+def _local_builds(cfg, with_dense: bool):
+    """The local builds the config's index folder points at now: (BM25 index, dense index or None)."""
+    from indexer.bm25 import BM25Index
+    from indexer.dense import DenseIndex
+
+    bm25 = BM25Index.load((cfg.index_dir / "bm25").resolve(), cfg.text, config_hash=cfg.index_fingerprint())
+    return bm25, (DenseIndex.load((cfg.index_dir / "dense").resolve(), None) if with_dense else None)
 
 
 def quote(value: str) -> str:
@@ -166,7 +180,7 @@ def build_collection(cfg, bm25, dense, progress: bool = True) -> BuildInfo:
     t0 = time.perf_counter()
     client = _client(resolve_uri(cfg))
     build_id = (bm25.manifest.get("build_id") or "b") + ("_" + dense.manifest.get("build_id", "") if dense else "")
-    name = re.sub(r"[^0-9A-Za-z_]", "_", f"{base_name(cfg)}__{build_id}")[:250]
+    name = _ident(f"{base_name(cfg)}__{build_id}")[:250]
     n = len(bm25.products)
     fields = list(bm25.retrievers)
     k1, b = float(cfg.bm25.k1), float(cfg.bm25.b)
@@ -258,15 +272,10 @@ def insert_rows(client, name: str, bm25, vectors, rows, batch_size: int, progres
 def add_rows(cfg, progress: bool = False) -> int:
     """After products were added to the local builds (``python -m indexer --add``): insert the new rows into
     the collection and record the new builds.  Returns the number of rows inserted."""
-    from indexer.bm25 import BM25Index
-    from indexer.dense import DenseIndex
-
     info = read_collection_manifest(cfg)
     if info is None:
         raise MilvusError(f"no Milvus collection for {cfg.index_dir}; build it with `make index BACKEND=milvus`")
-    bm25 = BM25Index.load((cfg.index_dir / "bm25").resolve(), cfg.text, config_hash=cfg.index_fingerprint())
-    dense_dir = (cfg.index_dir / "dense").resolve()
-    dense = DenseIndex.load(dense_dir, None) if info.get("dense_build") and dense_dir.exists() else None
+    bm25, dense = _local_builds(cfg, with_dense=bool(info.get("dense_build")) and (cfg.index_dir / "dense").exists())
     start, stop = int(info["n_products"]), len(bm25.products)
     client = _client(resolve_uri(cfg))
     vectors = exact_vectors(dense) if dense is not None else None
@@ -442,13 +451,8 @@ class MilvusStages:
 def build_from_disk(cfg, progress: bool = True) -> BuildInfo:
     """The Milvus collection from the local build folders the config points at now (``make index
     BACKEND=milvus`` runs this after the local build)."""
-    from indexer.bm25 import BM25Index
-    from indexer.dense import DenseIndex
-
-    bm25 = BM25Index.load((cfg.index_dir / "bm25").resolve(), cfg.text, config_hash=cfg.index_fingerprint())
-    dense = None
-    if "dense" in cfg.search.stages or (cfg.rerank.model and (cfg.index_dir / "dense").exists()):
-        dense = DenseIndex.load((cfg.index_dir / "dense").resolve(), None)
+    bm25, dense = _local_builds(cfg, with_dense="dense" in cfg.search.stages
+                                or bool(cfg.rerank.model and (cfg.index_dir / "dense").exists()))
     return build_collection(cfg, bm25, dense, progress)
 
 
