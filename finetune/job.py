@@ -225,6 +225,10 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     t = cfg.finetune.crossencoder
     if num_layers is not None:
         t = dataclasses.replace(t, num_layers=num_layers)
+    held = ranker_held_out(cfg, data)
+    if held:  # the ranker's queries: it must see cross-encoder scores of queries the cross-encoder never saw
+        keep = [q for q in data.train.texts if q not in held]
+        data = dataclasses.replace(data, train=subset(data.train, keep))
     first = without_rerank(cfg)
     ensure_indexes(first, ["dense"], progress=progress)
     engine = SearchEngine.from_config(first)
@@ -237,8 +241,37 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
     report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
                    progress=progress, resume=resume)
+    if held:
+        notes["ranker_held_out"] = f"{len(held)} training queries left out: the ranker's (finetune.ranker.held_out)"
     return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
             "groups": len(examples), **notes, **report, "training": dataclasses.asdict(t)}
+
+
+def ranker_queries(data: TrainingData, t) -> list[str]:
+    """The judged training queries the ranker learns from: a seeded sample of ``t.max_queries``."""
+    import random
+
+    qids = list(data.train.texts)
+    random.Random(t.seed).shuffle(qids)
+    return qids[: t.max_queries]
+
+
+def ranker_held_out(cfg: Config, data: TrainingData) -> set[str]:
+    """The ranker's queries when ``finetune.ranker.held_out`` keeps them from the cross-encoder (judged pairs
+    with a ranker in use); empty otherwise."""
+    ft = cfg.finetune
+    if not (ft.ranker.held_out and cfg.rerank.model and cfg.rerank.ranker) or is_clicklog(Path(ft.train), ft.format):
+        return set()
+    return set(ranker_queries(data, ft.ranker))
+
+
+def subset(queries: TrainingQueries, qids) -> TrainingQueries:
+    """``queries`` restricted to ``qids``."""
+    qids = [q for q in qids if q in queries.texts]
+    return TrainingQueries({q: queries.texts[q] for q in qids},
+                           {q: queries.positives[q] for q in qids if q in queries.positives},
+                           {q: queries.negatives[q] for q in qids if q in queries.negatives},
+                           {q: queries.judged[q] for q in qids if q in queries.judged})
 
 
 def _group_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
@@ -308,8 +341,6 @@ def _graded_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
 def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: bool) -> dict:
     """The final ranker: from the click log's training-period sessions (point-in-time profiles and counts),
     or from the judged training queries (non-personal features only)."""
-    import random
-
     from engine import SearchEngine
     from engine.features import NON_PERSONAL
     from engine.profiles import ProfileSettings
@@ -342,14 +373,13 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
         card["holdout"] = holdout_sessions_report(engine, out, sessions_from_events(after, row_of, ft.gains), pit,
                                                   cut, progress)
         return card
-    qids = list(data.train.texts)
-    random.Random(t.seed).shuffle(qids)
     sessions = []
-    for qid in qids[: t.max_queries]:
+    for qid in ranker_queries(data, t):
         gains = {row_of[p]: g for p, g in data.train.positives[qid].items() if p in row_of}
         if gains:
             sessions.append(Session(None, data.train.texts[qid], 0.0, gains))
-    desc = (f"judged pairs {ft.train}: {len(sessions)} training queries (seeded sample of {len(qids)}), "
+    desc = (f"judged pairs {ft.train}: {len(sessions)} training queries (seeded sample of {len(data.train)}"
+            f"{', left out of the cross-encoder' if ranker_held_out(cfg, data) else ''}), "
             "the judged product as positive; no users, so non-personal features only")
     return train_ranker(engine, sessions, None, t, out, features=NON_PERSONAL, progress=progress, description=desc,
                         cache_dir=out.parent / "cache")
@@ -438,7 +468,9 @@ def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = Fals
         layers = cross_encoder_layers if cross_encoder_layers is not None else t.num_layers
         key = settings_hash(dataclasses.replace(t, num_layers=layers), data.source, cfg.dense.base_model,
                             len(data.train), cfg.rerank.depth,
-                            *([cfg.eval.gain_offset] if t.loss == "graded" else []))  # graded: gains it learns
+                            *([cfg.eval.gain_offset] if t.loss == "graded" else []),  # graded: gains it learns
+                            *(["ranker_held_out", ft.ranker.max_queries, ft.ranker.seed]
+                              if ranker_held_out(cfg, data) else []))
         if resume and finished(ce_out, key):
             summary["models"]["cross-encoder"] = f"{ce_out} (kept: finished with the same settings)"
         else:

@@ -277,6 +277,9 @@ class RankerTrainConfig:
     early_stopping: int = 40
     # judged pairs: how many training queries to score (each costs a cross-encoder pass over its candidates)
     max_queries: int = 2000
+    # judged pairs: leave those queries out of the cross-encoder's training, so the ranker learns how far to
+    # trust cross-encoder scores of queries it has not seen (as at serving time), not of ones it was fitted on
+    held_out: bool = field(default=False, metadata=TRAINED_WHEN_SET)
     # click logs: the last share of training sessions (by time) stops the boosting early
     valid_fraction: float = 0.15
     # click logs: learn the position bias from the logged positions (an additive term dropped at serving time)

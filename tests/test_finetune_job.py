@@ -158,3 +158,43 @@ def test_the_job_trains_what_the_config_uses(job_cfg):
     assert config_stages(job_cfg) == list(JOB_STAGES)  # a reranking config: all three
     no_rerank = dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank, model=None))
     assert config_stages(no_rerank) == ["bi-encoder"]  # Home Depot: no cross-encoder to train by default
+
+
+def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_cfg, trained, tmp_path, monkeypatch):
+    import dataclasses
+
+    import finetune.crossencoder
+    from finetune.job import ranker_held_out, ranker_queries, train_crossencoder
+
+    eng = SearchEngine.from_config(job_cfg)
+    ids, titles = eng.products.ids, eng.products.titles
+    judged = tmp_path / "train.tsv"
+    judged.write_text("query\tpid\trelevance\n" + "".join(f"{titles[i][:8]}\t{ids[i]}\t1\n" for i in range(12)),
+                      encoding="utf-8")
+    ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged, dev_queries=2,
+                             ranker=dataclasses.replace(job_cfg.finetune.ranker, max_queries=4, held_out=True))
+    cfg = dataclasses.replace(job_cfg, finetune=ft,
+                              rerank=dataclasses.replace(job_cfg.rerank, ranker=str(tmp_path / "ranker")))
+    data = load_training_data(cfg)
+    held = ranker_held_out(cfg, data)
+    assert len(held) == 4 and held == set(ranker_queries(data, ft.ranker)) and held <= set(data.train.texts)
+    # off, without a ranker in use, or for a click log (its ranker learns from sessions): nothing held out
+    off = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, ranker=job_cfg.finetune.ranker))
+    assert ranker_held_out(off, data) == set()
+    assert ranker_held_out(dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None)), data) == set()
+    assert ranker_held_out(dataclasses.replace(job_cfg, finetune=dataclasses.replace(
+        job_cfg.finetune, ranker=ft.ranker)), load_training_data(job_cfg)) == set()
+
+    seen = {}
+
+    def fake_train(model, examples, t, out, **kw):
+        seen["queries"] = {e.query for e in examples}
+        return {}
+    monkeypatch.setattr(finetune.crossencoder, "train", fake_train)
+    card = train_crossencoder(cfg, data, tmp_path / "ce", resume=False, progress=False)
+    held_texts = {data.train.texts[q] for q in held}
+    assert seen["queries"] and not seen["queries"] & held_texts  # the cross-encoder never saw the ranker's queries
+    assert seen["queries"] <= {data.train.texts[q] for q in data.train.texts if q not in held}
+    assert "4 training queries left out" in card["ranker_held_out"]
+    train_crossencoder(off, data, tmp_path / "ce-off", resume=False, progress=False)
+    assert seen["queries"] & held_texts  # without the setting they are trained on
