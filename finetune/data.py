@@ -39,6 +39,14 @@ class TrainingQueries:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def only(self, qids) -> "TrainingQueries":
+        """These queries restricted to ``qids`` (in that order; unknown ids skipped)."""
+        qids = [q for q in qids if q in self.texts]
+        return TrainingQueries({q: self.texts[q] for q in qids},
+                               {q: self.positives[q] for q in qids if q in self.positives},
+                               {q: self.negatives[q] for q in qids if q in self.negatives},
+                               {q: self.judged[q] for q in qids if q in self.judged})
+
 
 def time_cut(events: Sequence[Event], train_fraction: float) -> float:
     """The timestamp before which ``train_fraction`` of the events lie."""
@@ -83,8 +91,8 @@ def from_judged(texts: Mapping[str, str], relevance: Mapping[str, Mapping[str, f
     """Judged pairs (e.g. WenTian train.tsv): relevance above ``min_relevance`` (or, graded, at least
     ``positive_at``) is a positive with that gain; the other judged products are known negatives."""
     out = TrainingQueries()
+    is_pos = (lambda r: r >= positive_at) if positive_at is not None else (lambda r: r > min_relevance)
     for qid, judged in relevance.items():
-        is_pos = (lambda r: r >= positive_at) if positive_at is not None else (lambda r: r > min_relevance)
         pos = {p: float(r) for p, r in judged.items() if is_pos(r)}
         neg = {p for p, r in judged.items() if not is_pos(r)}
         out.texts[qid] = texts[qid]

@@ -88,8 +88,7 @@ def load_training_data(cfg: Config) -> TrainingData:
             desc += (f"; graded: {n_pos} pairs rated >= {ft.positive_relevance:g} are positives, {n_neg} rated below "
                      "are known negatives of their query")
     dev_qids = [q for q in dev.texts if dev.positives.get(q)][: ft.dev_queries]
-    dev = TrainingQueries({q: dev.texts[q] for q in dev_qids}, {q: dev.positives[q] for q in dev_qids},
-                          judged={q: dev.judged[q] for q in dev_qids if q in dev.judged})
+    dev = dev.only(dev_qids)
     # what the models learn from (it enters their settings hashes): the file, and how its grades were read
     source = str(ft.train) if ft.positive_relevance is None else f"{ft.train} (positives rated >= {ft.positive_relevance:g})"
     return TrainingData(train, dev, source, desc)
@@ -227,8 +226,7 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
         t = dataclasses.replace(t, num_layers=num_layers)
     held = ranker_held_out(cfg, data)
     if held:  # the ranker's queries: it must see cross-encoder scores of queries the cross-encoder never saw
-        keep = [q for q in data.train.texts if q not in held]
-        data = dataclasses.replace(data, train=subset(data.train, keep))
+        data = dataclasses.replace(data, train=data.train.only(q for q in data.train.texts if q not in held))
     first = without_rerank(cfg)
     ensure_indexes(first, ["dense"], progress=progress)
     engine = SearchEngine.from_config(first)
@@ -263,15 +261,6 @@ def ranker_held_out(cfg: Config, data: TrainingData) -> set[str]:
     if not (ft.ranker.held_out and cfg.rerank.model and cfg.rerank.ranker) or is_clicklog(Path(ft.train), ft.format):
         return set()
     return set(ranker_queries(data, ft.ranker))
-
-
-def subset(queries: TrainingQueries, qids) -> TrainingQueries:
-    """``queries`` restricted to ``qids``."""
-    qids = [q for q in qids if q in queries.texts]
-    return TrainingQueries({q: queries.texts[q] for q in qids},
-                           {q: queries.positives[q] for q in qids if q in queries.positives},
-                           {q: queries.negatives[q] for q in qids if q in queries.negatives},
-                           {q: queries.judged[q] for q in qids if q in queries.judged})
 
 
 def _group_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
