@@ -19,7 +19,9 @@
   judged.  Sessions without a positive and a negative teach nothing and are
   skipped.
 - **Model.**  LambdaRank (NDCG@10), the last ``valid_fraction`` of sessions by
-  time stops boosting early; the user-affinity features are constrained to
+  time stops boosting early (judged pairs, which have no time order, may
+  instead choose the number of trees by ``cv_folds``-fold cross-validation
+  and fit on every session: :func:`fit_cv`); the user-affinity features are constrained to
   be monotone increasing (more affinity never lowers a score).  Saved as
   ``model.txt`` + ``features.json`` + ``model_card.json``.
 """
@@ -268,6 +270,53 @@ def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, 
                    np.concatenate(positions))
 
 
+def _params(tcfg, names: Sequence[str]) -> dict:
+    """LightGBM LambdaRank parameters (NDCG@10) for a model reading ``names``."""
+    return {
+        "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "lambdarank_truncation_level": 20,
+        "num_leaves": tcfg.num_leaves, "learning_rate": tcfg.learning_rate, "min_data_in_leaf": tcfg.min_data_in_leaf,
+        "feature_fraction": 1.0, "bagging_fraction": 1.0, "lambda_l2": 1.0, "seed": tcfg.seed, "deterministic": True,
+        "num_threads": 2, "verbosity": -1, "feature_pre_filter": False,
+        "monotone_constraints": [MONOTONE.get(f, 0) for f in names], "monotone_constraints_method": "advanced",
+    }
+
+
+def _ints(y: np.ndarray) -> np.ndarray:
+    return np.rint(y).astype(np.int32)  # LambdaRank labels are integer grades
+
+
+def session_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (train rows, test rows) splits in which every session lies wholly on one side (seeded)."""
+    n = len(groups)
+    if not 2 <= k <= n:
+        raise ValueError(f"cross-validation needs 2 <= folds <= sessions, got {k} folds for {n} sessions")
+    starts = np.concatenate([[0], np.cumsum(groups)])
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
+    row_fold = np.repeat(fold_of, groups)
+    rows = np.arange(int(starts[-1]))
+    return [(rows[row_fold != f], rows[row_fold == f]) for f in range(k)]
+
+
+def fit_cv(data: Dataset, tcfg, features: Sequence[str] = FEATURES) -> tuple:
+    """Judged pairs: the number of boosting rounds chosen by ``tcfg.cv_folds``-fold cross-validation over
+    the sessions (LightGBM's ``cv``; each session wholly in one fold; stops when the folds' mean NDCG@10 has
+    not improved for ``early_stopping`` rounds), then one booster fitted on every session for that many
+    rounds.  Every session both trains and validates, so the choice does not hang on one small held-out
+    slice.  Returns ``(booster, curve)``, ``curve`` the folds' mean NDCG@10 per round."""
+    import lightgbm as lgb
+
+    names = list(features)
+    params = _params(tcfg, names)
+    full = lgb.Dataset(model_inputs(names, data), _ints(data.y), group=data.groups, feature_name=names,
+                       free_raw_data=False)
+    res = lgb.cv(params, full, num_boost_round=tcfg.num_rounds, folds=session_folds(data.groups, tcfg.cv_folds,
+                 tcfg.seed), callbacks=[lgb.early_stopping(tcfg.early_stopping, verbose=False)])
+    curve = [float(v) for v in next(v for key, v in res.items() if key.endswith("ndcg@10-mean"))]
+    booster = lgb.train(params, full, num_boost_round=len(curve))
+    return booster, curve
+
+
 def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = FEATURES, progress: bool = True,
         init: tuple[np.ndarray, np.ndarray | None] | None = None, debias: bool | None = None):
     """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`).
@@ -284,24 +333,17 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
     debias = debias and train.logged and init is None
     if debias:
         names.append(POSITION)
-    params = {
-        "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "lambdarank_truncation_level": 20,
-        "num_leaves": tcfg.num_leaves, "learning_rate": tcfg.learning_rate, "min_data_in_leaf": tcfg.min_data_in_leaf,
-        "feature_fraction": 1.0, "bagging_fraction": 1.0, "lambda_l2": 1.0, "seed": tcfg.seed, "deterministic": True,
-        "num_threads": 2, "verbosity": -1, "feature_pre_filter": False,
-        "monotone_constraints": [MONOTONE.get(f, 0) for f in names], "monotone_constraints_method": "advanced",
-    }
+    params = _params(tcfg, names)
     if debias:
         # position bias: the logged position gets trees of its own (an additive h(position)), so the other
         # features explain what position does not; serving sets it to 0 for every candidate, a constant shift
         params["interaction_constraints"] = [list(range(len(features))), [len(features)]]
 
-    ints = lambda y: np.rint(y).astype(np.int32)  # noqa: E731 (LambdaRank labels are integer grades)
-    dtrain = lgb.Dataset(model_inputs(names, train), ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
+    dtrain = lgb.Dataset(model_inputs(names, train), _ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
                          init_score=None if init is None else init[0])
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
-        dvalid = lgb.Dataset(model_inputs(names, valid, serving=True), ints(valid.y), group=valid.groups, reference=dtrain,
+        dvalid = lgb.Dataset(model_inputs(names, valid, serving=True), _ints(valid.y), group=valid.groups, reference=dtrain,
                              init_score=None if init is None else init[1])
         valid_sets = [dvalid]
         callbacks.append(lgb.early_stopping(tcfg.early_stopping, verbose=False))
@@ -394,7 +436,8 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
     if n < 10:
         raise ValueError(f"only {n} training sessions have a positive among the engine's candidates; "
                          "the ranker needs more data")
-    n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 else 0
+    cv = pit is None and tcfg.cv_folds > 1  # judged pairs: no time order, every session can validate
+    n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 and not cv else 0
     train, valid = data.split(n - n_valid)
     valid = valid.shuffled(tcfg.seed)  # measured as served: ties must not inherit the logged order
     pcols = [FEATURES.index(f) for f in features if f in PERSONAL]
@@ -415,6 +458,9 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
             check["kept"] = check["scale"] > 0
             if not check["kept"]:
                 h, curve = None, curve_g
+    elif cv:
+        booster, curve = fit_cv(data, tcfg, features)
+        choice = curve_g = None
     else:
         booster, curve, choice = fit_base(train, valid if n_valid else None, tcfg, features, progress)
         curve_g = None
@@ -428,6 +474,9 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
         "personal_features": h.feature_name() if h is not None else [f for f in booster.feature_name() if f in PERSONAL],
         "best_iteration": int(booster.best_iteration or booster.current_iteration()),
         "valid_ndcg@10": round(float(max(curve)), 4) if curve else None,
+        "validation": (f"{tcfg.cv_folds}-fold cross-validation over the sessions: rounds where the folds' mean "
+                       "NDCG@10 peaked, then one booster on every session") if cv else
+                      (f"the last {n_valid} sessions stop the boosting early" if n_valid else "none"),
         "form": "staged: g(non-personal) + h(personal)" if h is not None else "one booster",
         "importance_gain": importance, "minutes": round((time.perf_counter() - t0) / 60, 2),
         "training": dataclasses.asdict(tcfg),

@@ -282,6 +282,9 @@ class RankerTrainConfig:
     held_out: bool = field(default=False, metadata=TRAINED_WHEN_SET)
     # click logs: the last share of training sessions (by time) stops the boosting early
     valid_fraction: float = 0.15
+    # judged pairs: choose the number of trees by k-fold cross-validation over the training queries and fit on
+    # all of them (0: stop early on the last valid_fraction, as for click logs, whose validation must come later)
+    cv_folds: int = field(default=0, metadata=TRAINED_WHEN_SET)
     # click logs: learn the position bias from the logged positions (an additive term dropped at serving time)
     position_debias: bool = True
     # personal features in a second booster on top of the first (f = g + h), each stopped early on its own
@@ -629,6 +632,8 @@ def _validate(cfg: Config, where: str) -> None:
                           f"{ft.crossencoder.init!r}")
     if ft.crossencoder.group_size < 2:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
+    if ft.ranker.cv_folds < 0 or ft.ranker.cv_folds == 1:
+        raise ConfigError(f"{where}: finetune.ranker.cv_folds must be 0 (off) or >= 2, not {ft.ranker.cv_folds}")
     if cfg.rerank.first_stage not in ("rrf", "scores"):
         raise ConfigError(f"{where}: rerank.first_stage must be rrf or scores, not {cfg.rerank.first_stage!r}")
     if cfg.rerank.ranker and not cfg.rerank.model:

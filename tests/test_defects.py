@@ -117,6 +117,8 @@ def test_a_config_value_of_the_wrong_type_is_a_config_error(demo_dir, tmp_path):
             load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", **bad))
     with pytest.raises(ConfigError, match="crossencoder.init must be base or bi-encoder"):
         load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", finetune={"crossencoder": {"init": "bert"}}))
+    with pytest.raises(ConfigError, match=r"finetune\.ranker\.cv_folds must be 0 \(off\) or >= 2, not 1"):
+        load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", finetune={"ranker": {"cv_folds": 1}}))
     # YAML 1.1 reads 5e-4 (no dot) as a string: a float field takes the number it spells
     cfg = load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", bm25={"k1": "5e-1"}))
     assert cfg.bm25.k1 == 0.5

@@ -198,3 +198,27 @@ def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_
     assert "4 training queries left out" in card["ranker_held_out"]
     train_crossencoder(off, data, tmp_path / "ce-off", resume=False, progress=False)
     assert seen["queries"] & held_texts  # without the setting they are trained on
+
+
+def test_a_judged_pairs_ranker_can_choose_its_trees_by_cross_validation(job_cfg, trained, tmp_path):
+    import dataclasses
+
+    from finetune.job import train_ranker_stage
+
+    eng = SearchEngine.from_config(job_cfg)
+    ids, titles = eng.products.ids, eng.products.titles
+    judged = tmp_path / "train.tsv"
+    judged.write_text("query\tpid\trelevance\n" + "".join(f"{titles[i][:10]}\t{ids[i]}\t1\n" for i in range(40)),
+                      encoding="utf-8")
+    ranker = dataclasses.replace(job_cfg.finetune.ranker, max_queries=40, cv_folds=3, min_data_in_leaf=5,
+                                 early_stopping=5, num_rounds=60)
+    ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged, dev_queries=2, ranker=ranker)
+    cfg = dataclasses.replace(job_cfg, finetune=ft)
+    card = train_ranker_stage(cfg, load_training_data(cfg), tmp_path / "ranker", progress=False)
+    assert card["sessions"] >= 10 and card["valid_sessions"] == 0 and card["train_sessions"] == card["sessions"]
+    assert card["validation"].startswith("3-fold cross-validation")
+    assert 1 <= card["best_iteration"] <= 60
+    # without it the last sessions stop the boosting early, as for click logs
+    plain = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, ranker=dataclasses.replace(ranker, cv_folds=0)))
+    card = train_ranker_stage(plain, load_training_data(plain), tmp_path / "ranker-plain", progress=False)
+    assert card["valid_sessions"] > 0 and "stop the boosting early" in card["validation"]

@@ -551,3 +551,41 @@ def test_the_config_chooses_the_event_store_and_postgres_needs_a_dsn(tmp_path, p
     assert isinstance(store, PostgresEventStore) and store.schema == "cfgtest"
     store.close()
     assert isinstance(open_store(make_config(tmp_path, cat).personal), SQLiteEventStore)
+
+
+def test_cross_validation_folds_keep_every_session_whole():
+    from finetune.ranker import session_folds
+
+    groups = np.array([3, 1, 4, 2, 5, 2, 3])
+    folds = session_folds(groups, 3, seed=1)
+    session = np.repeat(np.arange(len(groups)), groups)
+    tests = [te for _, te in folds]
+    assert sorted(np.concatenate(tests).tolist()) == list(range(groups.sum()))  # each row tested exactly once
+    for tr, te in folds:
+        assert len(te) and not set(tr) & set(te) and len(tr) + len(te) == groups.sum()
+        assert not set(session[tr]) & set(session[te])  # no session split across train and test
+    assert [te.tolist() for _, te in session_folds(groups, 3, seed=1)] == [te.tolist() for te in tests]
+    with pytest.raises(ValueError, match="folds"):
+        session_folds(groups, 8)
+
+
+def test_cross_validation_chooses_the_rounds_and_fits_every_session():
+    from finetune.ranker import Dataset, fit_cv
+    from indexer.config import RankerTrainConfig
+
+    rng = np.random.default_rng(0)
+    n_sessions, per = 300, 8
+    n = n_sessions * per
+    X = np.zeros((n, len(FEATURES)))
+    X[:, FEATURES.index("ce")] = rng.normal(size=n)
+    X[:, FEATURES.index("bm25_score")] = rng.normal(size=n)  # noise
+    y = np.zeros(n)
+    best = X[:, FEATURES.index("ce")].reshape(n_sessions, per).argmax(1) + np.arange(n_sessions) * per
+    y[best] = 1.0
+    data = Dataset(X, y, np.full(n_sessions, per), list(range(n_sessions)))
+    tcfg = RankerTrainConfig(num_rounds=300, early_stopping=10, cv_folds=4, min_data_in_leaf=20)
+    booster, curve = fit_cv(data, tcfg, ["ce", "bm25_score"])
+    assert booster.current_iteration() == len(curve) < 300  # stopped where the folds' mean peaked
+    assert int(np.argmax(curve)) == len(curve) - 1 and curve[-1] > 0.9
+    Z = np.column_stack([np.linspace(-2, 2, 9), np.zeros(9)])
+    assert (np.diff(booster.predict(Z)) >= 0).all() and booster.predict(Z)[-1] > booster.predict(Z)[0]
