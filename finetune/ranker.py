@@ -290,11 +290,10 @@ def session_folds(groups: np.ndarray, k: int, seed: int = 0) -> list[tuple[np.nd
     n = len(groups)
     if not 2 <= k <= n:
         raise ValueError(f"cross-validation needs 2 <= folds <= sessions, got {k} folds for {n} sessions")
-    starts = np.concatenate([[0], np.cumsum(groups)])
     fold_of = np.empty(n, dtype=np.int64)
     fold_of[np.random.default_rng(seed).permutation(n)] = np.arange(n) % k
     row_fold = np.repeat(fold_of, groups)
-    rows = np.arange(int(starts[-1]))
+    rows = np.arange(len(row_fold))
     return [(rows[row_fold != f], rows[row_fold == f]) for f in range(k)]
 
 

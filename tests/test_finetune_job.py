@@ -160,21 +160,30 @@ def test_the_job_trains_what_the_config_uses(job_cfg):
     assert config_stages(no_rerank) == ["bi-encoder"]  # Home Depot: no cross-encoder to train by default
 
 
+def _judged_cfg(job_cfg, tmp_path, n: int, prefix: int, ranker):
+    """``job_cfg`` trained on judged pairs instead of its click log: the first ``prefix`` characters of each of
+    the first ``n`` product titles as a query judging that product (1), with the given ranker settings."""
+    import dataclasses
+
+    eng = SearchEngine.from_config(job_cfg)
+    ids, titles = eng.products.ids, eng.products.titles
+    judged = tmp_path / "train.tsv"
+    judged.write_text("query\tpid\trelevance\n" + "".join(f"{titles[i][:prefix]}\t{ids[i]}\t1\n" for i in range(n)),
+                      encoding="utf-8")
+    ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged, dev_queries=2, ranker=ranker)
+    return dataclasses.replace(job_cfg, finetune=ft)
+
+
 def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_cfg, trained, tmp_path, monkeypatch):
     import dataclasses
 
     import finetune.crossencoder
     from finetune.job import ranker_held_out, ranker_queries, train_crossencoder
 
-    eng = SearchEngine.from_config(job_cfg)
-    ids, titles = eng.products.ids, eng.products.titles
-    judged = tmp_path / "train.tsv"
-    judged.write_text("query\tpid\trelevance\n" + "".join(f"{titles[i][:8]}\t{ids[i]}\t1\n" for i in range(12)),
-                      encoding="utf-8")
-    ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged, dev_queries=2,
-                             ranker=dataclasses.replace(job_cfg.finetune.ranker, max_queries=4, held_out=True))
-    cfg = dataclasses.replace(job_cfg, finetune=ft,
-                              rerank=dataclasses.replace(job_cfg.rerank, ranker=str(tmp_path / "ranker")))
+    ranker = dataclasses.replace(job_cfg.finetune.ranker, max_queries=4, held_out=True)
+    cfg = _judged_cfg(job_cfg, tmp_path, 12, 8, ranker)
+    cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(tmp_path / "ranker")))
+    ft = cfg.finetune
     data = load_training_data(cfg)
     held = ranker_held_out(cfg, data)
     assert len(held) == 4 and held == set(ranker_queries(data, ft.ranker)) and held <= set(data.train.texts)
@@ -205,15 +214,10 @@ def test_a_judged_pairs_ranker_can_choose_its_trees_by_cross_validation(job_cfg,
 
     from finetune.job import train_ranker_stage
 
-    eng = SearchEngine.from_config(job_cfg)
-    ids, titles = eng.products.ids, eng.products.titles
-    judged = tmp_path / "train.tsv"
-    judged.write_text("query\tpid\trelevance\n" + "".join(f"{titles[i][:10]}\t{ids[i]}\t1\n" for i in range(40)),
-                      encoding="utf-8")
     ranker = dataclasses.replace(job_cfg.finetune.ranker, max_queries=40, cv_folds=3, min_data_in_leaf=5,
                                  early_stopping=5, num_rounds=60)
-    ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged, dev_queries=2, ranker=ranker)
-    cfg = dataclasses.replace(job_cfg, finetune=ft)
+    cfg = _judged_cfg(job_cfg, tmp_path, 40, 10, ranker)
+    ft = cfg.finetune
     card = train_ranker_stage(cfg, load_training_data(cfg), tmp_path / "ranker", progress=False)
     assert card["sessions"] >= 10 and card["valid_sessions"] == 0 and card["train_sessions"] == card["sessions"]
     assert card["validation"].startswith("3-fold cross-validation")
