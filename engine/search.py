@@ -44,7 +44,7 @@ from indexer.bm25 import BM25Index
 from indexer.query_tables import query_tables
 from indexer.config import Config, ConfigError, load_config
 from indexer.encoder import ModelMissingError, model_fingerprint
-from indexer.store import IndexLoadError
+from indexer.store import IndexLoadError, stage_folder, try_recover, version_root
 
 _EMPTY = SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
@@ -63,6 +63,7 @@ class IndexVersion:
         self.cfg = cfg
         self.bm25 = bm25
         self.products = bm25.products
+        self.root = getattr(bm25, "version_root", None) or version_root(cfg.index_dir)  # every stage: one version
         self.verify = verify
         self.number = number  # 1 for the first version an engine opened, +1 per reload that changed something
         self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
@@ -109,7 +110,7 @@ class IndexVersion:
                 self._dense[stage] = self.dense_stage(folder.name)
                 return self._dense[stage]
             d = self.cfg.dense
-            folder = folder.resolve()  # one build folder, opened once: a swap during the load cannot mix two
+            folder = stage_folder(self.cfg.index_dir, stage, self.root)  # this version's build, opened once
             old = self._previous._dense.get(stage) if self._previous is not None else None
             same_encoder = old is not None and old[0].fingerprint == _encoder_fingerprint(self.cfg, stage)
             if same_encoder and old[1].manifest.get("build_id") == _build_id(folder):
@@ -134,7 +135,7 @@ class IndexVersion:
                 if self._milvus is None:
                     from indexer.backends.milvus import MilvusStages
 
-                    dense_build = _build_id((self.cfg.index_dir / "dense").resolve())  # None: no dense index
+                    dense_build = _build_id(stage_folder(self.cfg.index_dir, "dense", self.root))  # None: none
                     self._milvus = MilvusStages.open(self.cfg, self.bm25, dense_build)
         return self._milvus
 
@@ -607,10 +608,15 @@ class IndexVersion:
 
 # -- opening a version ----------------------------------------------------------------------------------------
 def open_bm25(cfg: Config, verify: bool = True) -> BM25Index:
-    """The BM25 index (and product table) from the build folder ``<index_dir>/bm25`` points at now."""
+    """The BM25 index (and product table) of the serving version (``<index_dir>/current``, resolved once and kept
+    as ``version_root``: the other stages are opened from the same version)."""
     link = cfg.index_dir / "bm25"
+    root = version_root(cfg.index_dir)
     try:
-        return BM25Index.load(link.resolve(), cfg.text, config_hash=cfg.index_fingerprint(), verify=verify)
+        bm25 = BM25Index.load(stage_folder(cfg.index_dir, "bm25", root), cfg.text, config_hash=cfg.index_fingerprint(),
+                              verify=verify)
+        bm25.version_root = root
+        return bm25
     except IndexLoadError:
         catalog = cfg.catalog.path
         if catalog is not None and not Path(catalog).is_file():
@@ -662,13 +668,14 @@ class SearchEngine:
     Everything an :class:`IndexVersion` offers is reachable on the engine (``engine.bm25``,
     ``engine.candidate_sets(...)``, ...) and answered by the current version."""
 
-    _OWN = ("_version", "_reload_lock", "_batching", "load_models")
+    _OWN = ("_version", "_reload_lock", "_batching", "load_models", "_passage_encoders")
 
     def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True):
         object.__setattr__(self, "_version", IndexVersion(cfg, bm25, verify, load_models))
         object.__setattr__(self, "_reload_lock", threading.Lock())
         object.__setattr__(self, "_batching", None)
         object.__setattr__(self, "load_models", load_models)
+        object.__setattr__(self, "_passage_encoders", {})  # stage -> the encoder added products are embedded with
 
     @classmethod
     def from_config(cls, path: str | Path | Config, verify: bool = True, load_models: bool = True,
@@ -681,6 +688,7 @@ class SearchEngine:
         models to their first use (event ingestion needs none).
         """
         cfg = path if isinstance(path, Config) else load_config(path, **overrides)
+        try_recover(cfg.index_dir)  # an index left half-updated by a killed process: back to its last version
         return cls(cfg, open_bm25(cfg, verify), verify=verify, load_models=load_models)
 
     def __getattr__(self, name):
@@ -728,6 +736,33 @@ class SearchEngine:
         object.__setattr__(self, "_batching", (window_ms, max_pairs))
         self._version.enable_batching(window_ms, max_pairs)
 
+    def add_products(self, catalog, progress: bool = False) -> dict:
+        """Add new products (a validated :class:`indexer.catalog.Catalog`) to every stage without a rebuild, and
+        switch to the version that holds them: searchable when this returns.  The titles are embedded with the
+        encoders this engine already holds (loaded once, kept across adds), so adding one product costs encoding
+        one title.  Returns :func:`indexer.updates.add_products`'s report with ``versions``."""
+        from indexer.updates import add_products
+
+        report = add_products(self.cfg, catalog, progress, encoders=self._encoders_for_adding())
+        report["versions"] = self.reload()["versions"]
+        return report
+
+    def _encoders_for_adding(self) -> dict:
+        """stage -> passage encoder of every dense stage served: the loaded one where it embeds passages (torch),
+        else one loaded at the first add and kept while the stage's model stays the same."""
+        from indexer.dense import dense_encoder
+
+        out = {}
+        for stage, (enc, _) in list(self._version._dense.items()):
+            if hasattr(enc, "encode_passages"):
+                out[stage] = enc
+                continue
+            kept = self._passage_encoders.get(stage)
+            if kept is None or kept.fingerprint != enc.fingerprint:
+                kept = self._passage_encoders[stage] = dense_encoder(self.cfg, stage)
+            out[stage] = kept
+        return out
+
     def reload(self) -> dict:
         """Open the indexes the ``<index_dir>`` links point at now and the config's models, beside the running
         version, and switch to them in one step when anything changed (unchanged models are shared, not
@@ -747,12 +782,13 @@ class SearchEngine:
     def stale(self) -> bool:
         """Whether a rebuilt index was swapped in (or a model changed) since the running version opened."""
         v = self._version
-        if _build_id((v.cfg.index_dir / "bm25").resolve()) != v.bm25.manifest.get("build_id"):
+        if _build_id(stage_folder(v.cfg.index_dir, "bm25")) != v.bm25.manifest.get("build_id"):
             return True
         for stage, (enc, index) in list(v._dense.items()):
             from indexer.dense import stage_index_dir
 
-            if _build_id(stage_index_dir(v.cfg, stage).resolve()) != index.manifest.get("build_id"):
+            if _build_id(stage_folder(v.cfg.index_dir, stage_index_dir(v.cfg, stage).name)) \
+                    != index.manifest.get("build_id"):
                 return True
             if enc.fingerprint != _encoder_fingerprint(v.cfg, stage):
                 return True

@@ -239,8 +239,10 @@ class BM25Index:
         return SearchResult(rows, top)
 
 
-def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True, runner=None) -> tuple[Path, dict, "BM25Index"]:
-    """Build the BM25 index for ``cfg`` and swap it in at ``<index_dir>/bm25``."""
+def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True, runner=None,
+                   commit=None) -> tuple[Path, dict, "BM25Index"]:
+    """Build the BM25 index for ``cfg`` and swap it in at ``<index_dir>/bm25`` (with ``commit``, an
+    :class:`indexer.store.IndexCommit`: when it switches, with the other stages it built)."""
     t0 = time.perf_counter()
     index = BM25Index.build(catalog, cfg.text, cfg.bm25, progress=progress, runner=runner)
     build_s = time.perf_counter() - t0
@@ -248,7 +250,9 @@ def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True, runner=
               "n_rejected": len(catalog.rejected), "n_without_tokens": index.build_stats["n_without_tokens"],
               "build_seconds": round(build_s, 3)}
     path = cfg.index_dir / KIND
-    manifest = write_index(path, lambda folder: {**index.save_to(folder), **extras}, KIND, cfg.index_fingerprint())
+    save = lambda folder: {**index.save_to(folder), **extras}  # noqa: E731
+    manifest = commit.build(KIND, save, KIND, cfg.index_fingerprint()) if commit is not None \
+        else write_index(path, save, KIND, cfg.index_fingerprint())
     index.manifest = manifest
     return path, manifest, index
 

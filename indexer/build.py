@@ -11,7 +11,7 @@ from indexer import bm25
 from indexer.catalog import Catalog, read_catalog, write_rejects
 from indexer.config import Config
 from indexer.dense import DENSE_STAGES, index_stages
-from indexer.store import IndexLoadError, read_manifest, sha256_file
+from indexer.store import IndexCommit, IndexLoadError, index_commit, read_manifest, sha256_file, version_root
 
 
 @dataclass
@@ -29,6 +29,8 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     from indexer.updates import with_additions
 
     skip = cfg.catalog.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
+    if not Path(cfg.catalog.path).is_file():
+        raise CatalogError(f"{cfg.source or cfg.name}: catalog.path: file not found: {cfg.catalog.path}")
     try:
         catalog = read_catalog(cfg.catalog.path, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=skip)
     except CatalogError as e:
@@ -44,13 +46,17 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
 
 def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,
                   catalog: Catalog | None = None, stages: Iterable[str] | None = None,
-                  runner=None) -> list[StageBuild]:
+                  runner=None, commit: IndexCommit | None = None) -> list[StageBuild]:
     """Build the indexes of ``stages`` (default: what the config's stages need).
 
-    Each replaces the previous version only when it is complete, so a failed
-    build leaves the previous index serving.  ``runner``
-    (:class:`indexer.distributed.RayRunner`): tokenize and encode the titles on Ray workers.
+    They replace the serving version together, only when all are complete (one
+    switch, :class:`indexer.store.IndexCommit`; with ``commit``, when that one
+    switches), so a failed or killed build leaves the previous version serving.
+    ``runner`` (:class:`indexer.distributed.RayRunner`): tokenize and encode the titles on Ray workers.
     """
+    if commit is None:
+        with index_commit(cfg.index_dir) as c:
+            return build_indexes(cfg, skip_bad_rows, progress, catalog, stages, runner, c)
     from indexer.updates import deleted_ids, exclude_deleted
 
     stages = list(stages) if stages is not None else index_stages(cfg)
@@ -61,7 +67,7 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "bm25":
-            path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress, runner=runner)
+            path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress, runner=runner, commit=commit)
             detail = ""
         elif stage in DENSE_STAGES:
             from indexer import dense
@@ -77,7 +83,7 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
             manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
                                                cfg.index_fingerprint(), progress=progress,
                                                extras={"catalog_sha256": catalog_sha, "n_products": len(catalog)},
-                                               groups=cfg.dense.groups)
+                                               groups=cfg.dense.groups, commit=commit)
             detail = f"{manifest['factory']}, {manifest['titles_per_second']} titles/s, {manifest['n_groups']} groups"
         else:
             raise ValueError(f"no index for stage {stage!r}")
@@ -88,16 +94,27 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
 
 
 def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
-    """The stages whose index is missing, damaged, or built from another config, catalog or encoder."""
+    """The stages whose index is missing, damaged, built from another config, catalog or encoder, or holding
+    other products than the serving bm25 build (the stages of one version must hold the same rows)."""
+    from indexer.catalog import CatalogError
+
+    if not Path(cfg.catalog.path).is_file():
+        raise CatalogError(f"{cfg.source or cfg.name}: catalog.path: file not found: {cfg.catalog.path}")
     catalog_sha = sha256_file(cfg.catalog.path)
     stale = []
+    root = version_root(cfg.index_dir)
+    try:
+        n_rows = read_manifest(root / "bm25", "bm25", verify=False).get("n_products")
+    except IndexLoadError:
+        n_rows = None
     for stage in stages:
         try:
-            manifest = read_manifest(cfg.index_dir / stage, "bm25" if stage == "bm25" else "dense", verify=False)
+            manifest = read_manifest(root / stage, "bm25" if stage == "bm25" else "dense", verify=False)
         except IndexLoadError:
             stale.append(stage)
             continue
-        if manifest.get("config_hash") != cfg.index_fingerprint() or manifest.get("catalog_sha256") != catalog_sha:
+        if manifest.get("config_hash") != cfg.index_fingerprint() or manifest.get("catalog_sha256") != catalog_sha \
+                or (n_rows is not None and manifest.get("n_products") != n_rows):
             stale.append(stage)
         elif stage in DENSE_STAGES:
             from indexer.dense import stage_model
@@ -137,15 +154,16 @@ def ensure_indexes(cfg: Config, stages: Iterable[str] = (), progress: bool = Tru
 
 
 def _rebuild(cfg: Config, needed, stale, progress: bool) -> None:
-    built = {b.stage: b for b in build_indexes(cfg, progress=progress, stages=stale)}
-    if "bm25" in built:
-        n = built["bm25"].n_products
-        rows_changed = []
-        for stage in needed:
-            if stage in built or stage == "bm25":
-                continue
-            manifest = read_manifest(cfg.index_dir / stage, "dense", verify=False)
-            if manifest.get("n_products") != n:
-                rows_changed.append(stage)
-        if rows_changed:
-            build_indexes(cfg, progress=progress, stages=rows_changed)
+    with index_commit(cfg.index_dir) as commit:  # the stale stages and those whose rows changed: one switch
+        built = {b.stage: b for b in build_indexes(cfg, progress=progress, stages=stale, commit=commit)}
+        if "bm25" in built:
+            n = built["bm25"].n_products
+            rows_changed = []
+            for stage in needed:
+                if stage in built or stage == "bm25":
+                    continue
+                manifest = read_manifest(cfg.index_dir / stage, "dense", verify=False)
+                if manifest.get("n_products") != n:
+                    rows_changed.append(stage)
+            if rows_changed:
+                build_indexes(cfg, progress=progress, stages=rows_changed, commit=commit)

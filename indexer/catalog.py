@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from indexer.types import EcomsearchError
+from indexer.types import EcomsearchError, id_problem
 
 FIELDS = ("id", "title", "category", "brand", "price", "attributes")
 MAX_ERRORS_SHOWN = 10
@@ -28,6 +28,7 @@ MAX_ERRORS_SHOWN = 10
 # is a row error, not a crash
 MAX_FIELD_CHARS = 1 << 20
 MAX_TITLE_CHARS = 2000  # a longer title is rejected (a pasted description, a broken export)
+MAX_LABEL_CHARS = 200  # a category or brand name
 
 
 @dataclass
@@ -204,6 +205,8 @@ def _parse_price(value) -> float:
         raise ValueError("not a number")
     try:
         price = float(value.strip().lstrip("¥￥$") if isinstance(value, str) else value)
+    except OverflowError:  # an integer of hundreds of digits
+        raise ValueError(f"must be a finite number >= 0, got an integer of {value.bit_length()} bits") from None
     except (TypeError, ValueError):
         raise ValueError(f"not a number: {value!r}") from None
     if not math.isfinite(price) or price < 0:
@@ -222,10 +225,37 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
     if not path.is_file():
         raise CatalogError(f"catalog file not found: {path}")
     fmt = detect_format(path, fmt)
+    errors: list[RowError] = []
+    return _validated(_records(path, fmt, errors), errors, str(path), path, columns, check_header=fmt != "jsonl",
+                      skip_bad_rows=skip_bad_rows)
+
+
+def catalog_from_rows(rows: list, where: str = "products") -> Catalog:
+    """Validate catalog rows that arrive as JSON objects (``POST /products``): the rules of a catalog file,
+    and stricter: a field this format does not know (``colour``) is an error, not silently dropped.  Errors
+    name ``<where>:<n>`` with ``n`` the 1-based position of the row."""
+    errors: list[RowError] = []
+
+    def records():
+        for n, rec in enumerate(rows, start=1):
+            if not isinstance(rec, dict):
+                errors.append(RowError(where, n, None, "a product must be a JSON object"))
+                continue
+            unknown = [k for k in rec if k not in FIELDS]
+            if unknown:
+                errors.append(RowError(where, n, str(unknown[0]), f"unknown field; a product has {', '.join(FIELDS)}"))
+                continue
+            yield n, rec, ""
+
+    return _validated(records(), errors, where, None, None, check_header=False, skip_bad_rows=False)
+
+
+def _validated(records, errors: list[RowError], where: str, source: Path | None, columns: dict[str, str] | None,
+               check_header: bool, skip_bad_rows: bool) -> Catalog:
+    """The catalog of ``records`` (line, {column: value}, raw text), every row checked; bad rows are errors
+    (raised together) or, with ``skip_bad_rows``, rejects kept in ``Catalog.rejected``."""
     colmap = {f: f for f in FIELDS}
     colmap.update(columns or {})
-
-    errors: list[RowError] = []
     ids: list[str] = []
     titles: list[str] = []
     cats: list[str | None] = []
@@ -233,21 +263,21 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
     prices: list[float] = []
     attrs: list[dict | None] = []
     seen: dict[str, int] = {}
-    header_checked = False
+    header_checked = not check_header
 
     def named(f: str) -> str:  # a field as the file spells it: "id (column 'pid')" when mapped
         return f if colmap[f] == f else f"{f} (column {colmap[f]!r})"
 
-    for lineno, rec, raw in _records(path, fmt, errors):
-        if not header_checked and fmt != "jsonl":
+    for lineno, rec, raw in records:
+        if not header_checked:
             missing = [f"{f} (column {colmap[f]!r})" for f in ("id", "title") if colmap[f] not in rec]
             if missing:
-                raise CatalogError(f"{path}:1: header lacks required field(s) {', '.join(missing)}; "
+                raise CatalogError(f"{where}:1: header lacks required field(s) {', '.join(missing)}; "
                                    f"columns are {list(rec)}; map them with catalog.columns in the config")
         header_checked = True
 
         def bad(fieldname: str, reason: str) -> None:
-            errors.append(RowError(str(path), lineno, named(fieldname), reason, raw))
+            errors.append(RowError(where, lineno, named(fieldname), reason, raw))
 
         pid = rec.get(colmap["id"])
         if isinstance(pid, bool) or not isinstance(pid, (str, int, type(None))):
@@ -257,6 +287,10 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
         if not pid:
             bad("id", "missing or empty" if colmap["id"] in rec else
                 f"no field {colmap['id']!r} in the row (it has {', '.join(map(repr, list(rec)[:8]))})")
+            continue
+        problem = id_problem(pid)
+        if problem:
+            bad("id", problem)
             continue
         title = rec.get(colmap["title"])
         if not isinstance(title, str) or not title.strip():
@@ -279,23 +313,47 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
         except (ValueError, json.JSONDecodeError) as e:
             bad("attributes", str(e))
             continue
+        facets = {}
+        for name in ("category", "brand"):
+            try:
+                facets[name] = _parse_label(rec.get(colmap[name]))
+            except ValueError as e:
+                bad(name, str(e))
+                break
+        if len(facets) < 2:
+            continue
         seen[pid] = lineno
         ids.append(pid)
         titles.append(title.strip())
-        c, b = rec.get(colmap["category"]), rec.get(colmap["brand"])
-        cats.append(str(c).strip() or None if c is not None else None)
-        brands.append(str(b).strip() or None if b is not None else None)
+        cats.append(facets["category"])
+        brands.append(facets["brand"])
         prices.append(price)
         attrs.append(attributes)
 
+    errors.sort(key=lambda e: e.line)
     if errors and not skip_bad_rows:
         shown = "\n  ".join(str(e) for e in errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise CatalogError(f"{path}: {len(errors)} bad row(s); fix them or use --skip-bad-rows "
+        raise CatalogError(f"{where}: {len(errors)} bad row(s); fix them or use --skip-bad-rows "
                            f"to write them to a side file:\n  {shown}{more}", errors)
     if not ids:
-        raise CatalogError(f"{path}: no valid products", errors)
-    return Catalog(ids, titles, cats, brands, np.asarray(prices, dtype=np.float64), attrs, path, errors)
+        raise CatalogError(f"{where}: no valid products", errors)
+    return Catalog(ids, titles, cats, brands, np.asarray(prices, dtype=np.float64), attrs, source, errors)
+
+
+def _parse_label(value) -> str | None:
+    """A category or brand: a string (or a number, as written); an object, a list or a boolean is an error
+    (stored as its Python repr it would become a facet nobody can pick)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"must be a string, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a string, not {value!r}")
+    text = str(value).strip()
+    if len(text) > MAX_LABEL_CHARS:
+        raise ValueError(f"{len(text):,} characters, at most {MAX_LABEL_CHARS}")
+    return text or None
 
 
 def write_rejects(errors: list[RowError], path: Path) -> None:

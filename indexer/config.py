@@ -42,7 +42,9 @@ TRAINED_WHEN_SET = {"train": "when_set"}  # added after models existed: a model 
 
 @dataclass
 class CatalogConfig:
-    path: Path
+    # not in the index fingerprint: the catalog's content is (catalog_sha256 in each manifest), so a built tree
+    # copied to another folder stays current
+    path: Path = field(metadata=NOT_INDEXED)
     # jsonl | csv | tsv | auto (by extension)
     format: str = "auto"
     # our field name -> column name in the file (id, title, category, brand, price, attributes)
@@ -56,11 +58,11 @@ class CatalogConfig:
 class TextConfig:
     traditional_to_simplified: bool = True
     # extra jieba dictionary (one word per line, optional frequency and POS, jieba format)
-    user_dict: Path | None = None
+    user_dict: Path | None = field(default=None, metadata=NOT_INDEXED)  # its content is fingerprinted
     # add the catalog's brands and categories to jieba's dictionary
     dict_from_catalog: bool = True
     # stopword file; None uses the built-in list
-    stopwords: Path | None = None
+    stopwords: Path | None = field(default=None, metadata=NOT_INDEXED)  # its content is fingerprinted
     # also index each Latin/number part of a mixed token (iphone15pro -> iphone, 15, pro)
     split_alnum: bool = True
     # character n-grams (1..n) for Han words jieba does not know; 0 turns it off
@@ -192,6 +194,13 @@ class PersonalConfig:
     ctr_prior: float = 20.0
     # how often (seconds) a serving engine re-reads product statistics other processes recorded
     stats_refresh_seconds: float = 60.0
+    # what counts in the product statistics every shopper's ranking reads (engine.events.CreditRule): one event
+    # per user, product and type in each window of this many hours, and at most credits_per_user per window
+    credit_window_hours: float = field(default=24.0, metadata=NOT_TRAINED)
+    credits_per_user: int = field(default=200, metadata=NOT_TRAINED)
+    # an event's timestamp may lie this far in the future (clock skew); older than retention_days or later is
+    # refused (one event stamped in the year 9999 would otherwise outweigh a profile's whole history)
+    future_skew_seconds: float = field(default=300.0, metadata=NOT_TRAINED)
 
 
 @dataclass
@@ -343,6 +352,9 @@ class ServeConfig:
     max_events: int = 10_000
     # > 0: reload the engine when a rebuilt index is swapped in (checked this often); 0: only POST /admin/reload
     watch_seconds: float = 2.0
+    # web origins whose pages may call the API from a browser (CORS), e.g. ["https://shop.example"]; requests
+    # that change state from a page of any other origin are refused (docs/security.md)
+    cors_origins: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -380,8 +392,9 @@ class Config:
         # the contents of the word lists matter, not only their paths
         for name in ("user_dict", "stopwords"):
             p = getattr(self.text, name)
-            if p is not None and Path(p).is_file():
-                payload["text"][name + "_sha256"] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+            if p is not None:
+                payload["text"][name + "_sha256"] = hashlib.sha256(Path(p).read_bytes()).hexdigest() \
+                    if Path(p).is_file() else "missing"
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -512,6 +525,8 @@ def load_config(path: str | Path, **overrides: Any) -> Config:
         raise ConfigError(f"config file not found: {path}")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
@@ -573,6 +588,9 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    for key in ("root", "index_dir", "name"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key}: expected a string (a path), got {type(raw[key]).__name__} {raw[key]!r}")
     root = (base / raw.pop("root", "..")).resolve()
     if "catalog" not in raw or not isinstance(raw["catalog"], dict) or "path" not in raw["catalog"]:
         raise ConfigError(f"{where}: catalog.path is required")
@@ -616,6 +634,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
     if cfg.text.unknown_word_ngrams < 0:
         raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
+    for name in ("user_dict", "stopwords"):  # read by every tokenizer: a missing one is a config error, now
+        p = getattr(cfg.text, name)
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{where}: text.{name}: file not found: {p}")
     ft = cfg.finetune
     if ft.format not in ("auto", "clicklog", "judged"):
         raise ConfigError(f"{where}: finetune.format must be auto, clicklog or judged, not {ft.format!r}")

@@ -222,8 +222,10 @@ def stage_index_dir(cfg, stage: str) -> Path:
 
 
 def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_hash: str,
-                   progress: bool = True, extras: dict | None = None, groups: int = 0) -> tuple[dict, DenseIndex]:
-    """Encode ``texts`` (one per product row), group them, and swap a new dense index in at ``path``."""
+                   progress: bool = True, extras: dict | None = None, groups: int = 0,
+                   commit=None) -> tuple[dict, DenseIndex]:
+    """Encode ``texts`` (one per product row), group them, and swap a new dense index in at ``path`` (with
+    ``commit``, an :class:`indexer.store.IndexCommit`: when it switches, with the other stages it built)."""
     t0 = time.perf_counter()
     vecs = encoder.encode_passages(texts, progress=progress)
     t1 = time.perf_counter()
@@ -237,7 +239,9 @@ def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_h
     extras = {**(extras or {}), "factory": factory, "groups_configured": groups, "encode_seconds": round(t1 - t0, 2),
               "build_seconds": round(t2 - t1, 2), "kmeans_seconds": round(t3 - t2, 2),
               "titles_per_second": round(len(texts) / max(t1 - t0, 1e-9), 1)}
-    manifest = write_index(path, lambda folder: {**dense.save_to(folder), **extras}, KIND, config_hash)
+    save = lambda folder: {**dense.save_to(folder), **extras}  # noqa: E731
+    manifest = commit.build(Path(path).name, save, KIND, config_hash) if commit is not None \
+        else write_index(path, save, KIND, config_hash)
     dense.manifest = manifest
     return manifest, dense
 

@@ -108,10 +108,20 @@ class ProductTable:
                             np.concatenate([np.asarray(self.prices), np.asarray(catalog.prices, dtype=np.float64)]))
 
     def row_map(self) -> dict[str, int]:
-        """Product id -> row, built once."""
+        """Product id -> row, built once.  An id added again after its delete has two rows: the newest
+        answers (the older one is :meth:`superseded_rows`)."""
         if self._row_of is None:
             self._row_of = {pid: i for i, pid in enumerate(self.ids.tolist())}
         return self._row_of
+
+    def superseded_rows(self) -> np.ndarray:
+        """Rows whose id has a newer row (a deleted product added again before the next full rebuild): never
+        searched.  Empty for a table without repeated ids (the usual case: one length comparison)."""
+        row_of = self.row_map()
+        if len(row_of) == len(self):
+            return np.zeros(0, dtype=np.int64)
+        newest = np.fromiter((row_of[pid] for pid in self.ids.tolist()), dtype=np.int64, count=len(self))
+        return np.flatnonzero(newest != np.arange(len(self)))
 
     def row_of(self, pid: str) -> int:
         """Row of a product id (KeyError if absent)."""

@@ -1,15 +1,19 @@
 """Index directories: written atomically, read back only when intact.
 
-An index lives in a versioned folder ``<name>@<build id>`` next to a symlink
-``<name>`` that points at the serving version.  A build writes a fresh
-folder, records a manifest (format version, config hash, product count,
-SHA-256 of every file), and only then swaps the symlink with one atomic
-``rename``.  A build that fails leaves the previous index serving; readers
-that hold the old files open keep working.
+Each stage's index lives in a build folder ``<stage>@<build id>``.  The
+serving version is ``<index_dir>/current``, a symlink to a small folder
+``version@<id>`` with one link per stage; ``<index_dir>/<stage>`` links through
+it (``current/<stage>``).  A build (or an update) writes fresh build folders,
+records each one's manifest (format version, config hash, product count,
+SHA-256 of every file), and only then switches ``current`` with one atomic
+``rename``: every stage at once or none (:class:`IndexCommit`).  A build that
+fails or is killed leaves the previous version serving; readers that hold the
+old files open keep working.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -48,40 +52,40 @@ def _checksums(folder: Path) -> dict[str, dict]:
     return out
 
 
-def write_index(final: Path, build: Callable[[Path], dict], kind: str, config_hash: str) -> dict:
-    """Build an index into a fresh folder with ``build(folder) -> manifest extras``, then swap it in.
-
-    One build per index at a time (a file lock); the folders of builds that were killed before their
-    manifest was written are removed first."""
-    import fcntl
-
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with open(final.parent / f".{final.name}.build.lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            remove_partial_builds(final)
-            return _write_index(final, build, kind, config_hash)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+CURRENT = "current"  # <index_dir>/current -> version@<id>/ : one link per stage, switched as one
+VERSION = "version@"
+BUILD_LOCK = ".build.lock"
 
 
-def remove_partial_builds(final: Path) -> list[Path]:
-    """Remove ``<name>@<build id>`` folders without a manifest (a build killed half way), never the serving one."""
-    serving = final.resolve() if final.is_symlink() else None
-    removed = []
-    for folder in final.parent.glob(f"{final.name}@*"):
-        if folder.is_dir() and not folder.is_symlink() and folder != serving and not (folder / MANIFEST).is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
+def version_root(index_dir: Path) -> Path:
+    """The folder holding the serving version's stage links, resolved once (``<index_dir>/current``), so that
+    every stage a reader opens through it comes from one version; an index written before versions existed
+    has its stage links in ``index_dir`` itself."""
+    cur = Path(index_dir) / CURRENT
+    return cur.resolve() if cur.is_symlink() else Path(index_dir)
 
 
-def _write_index(final: Path, build: Callable[[Path], dict], kind: str, config_hash: str) -> dict:
-    build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    folder = final.parent / f"{final.name}@{build_id}"
-    folder.mkdir()
-    try:
+def stage_folder(index_dir: Path, stage: str, root: Path | None = None) -> Path:
+    """The build folder of ``stage`` in the version ``root`` (default: the serving one)."""
+    return ((root or version_root(index_dir)) / stage).resolve()
+
+
+class IndexCommit:
+    """Stages built into fresh ``<stage>@<build id>`` folders, switched in together by :meth:`commit`: one
+    atomic rename of ``<index_dir>/current`` to a version folder whose links name every stage's build (those
+    not rebuilt keep theirs).  Readers see the old version or the new one, never a mix; a process killed at any
+    moment leaves the last whole version serving (built folders it left are removed by the next build)."""
+
+    def __init__(self, index_dir: Path):
+        self.index_dir = Path(index_dir)
+        self.built: dict[str, Path] = {}
+
+    def build(self, stage: str, build: Callable[[Path], dict], kind: str, config_hash: str) -> dict:
+        """Write one stage's build into a fresh folder (``build(folder) -> manifest extras``); not yet serving."""
+        build_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        folder = self.index_dir / f"{stage}@{build_id}"
+        folder.mkdir()
+        self.built[stage] = folder
         extras = build(folder) or {}
         manifest = {
             "kind": kind,
@@ -92,26 +96,164 @@ def _write_index(final: Path, build: Callable[[Path], dict], kind: str, config_h
             **extras,
             "files": _checksums(folder),
         }
-        (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-        _swap_in(final, folder)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return manifest
+        _write_durably(folder / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+        return manifest
+
+    def commit(self) -> None:
+        if self.built:
+            switch_version(self.index_dir, {s: f.name for s, f in self.built.items()})
+
+    def abort(self) -> None:
+        for folder in self.built.values():
+            shutil.rmtree(folder, ignore_errors=True)
 
 
-def _swap_in(final: Path, folder: Path) -> None:
-    previous = final.resolve() if final.is_symlink() else None
-    if final.exists() and not final.is_symlink():
-        # an index folder from a copy or an older layout: keep it aside until the swap is done
-        aside = final.parent / f"{final.name}@replaced-{uuid.uuid4().hex[:6]}"
-        final.rename(aside)
-        previous = aside
-    link_tmp = final.parent / f".{final.name}.link-{uuid.uuid4().hex[:6]}"
-    os.symlink(folder.name, link_tmp)
-    os.replace(link_tmp, final)  # atomic: readers see the old index or the new one
-    if previous is not None and previous.exists() and previous != folder.resolve():
-        shutil.rmtree(previous, ignore_errors=True)
+@contextlib.contextmanager
+def index_commit(index_dir: Path):
+    """``with index_commit(dir) as c: c.build(...); c.build(...)``: every stage built, then one switch; an
+    exception (or a kill) switches nothing.  One build per index folder at a time (a file lock)."""
+    import fcntl
+
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    with open(index_dir / BUILD_LOCK, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            recover(index_dir)
+            c = IndexCommit(index_dir)
+            try:
+                yield c
+            except BaseException:
+                c.abort()
+                raise
+            c.commit()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def try_recover(index_dir: Path) -> bool:
+    """:func:`recover` when no build holds the index folder now (a starting engine never waits for a build);
+    False when one does or the folder is read-only."""
+    import fcntl
+
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        return False
+    try:
+        with open(index_dir / BUILD_LOCK, "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            try:
+                recover(index_dir)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    except PermissionError:
+        return False
+    return True
+
+
+def write_index(final: Path, build: Callable[[Path], dict], kind: str, config_hash: str) -> dict:
+    """Build one index into a fresh folder with ``build(folder) -> manifest extras``, then switch it in."""
+    final = Path(final)
+    with index_commit(final.parent) as c:
+        return c.build(final.name, build, kind, config_hash)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _link(target: str, where: Path) -> None:
+    """Point the symlink ``where`` at ``target`` in one atomic rename."""
+    tmp = where.parent / f".{where.name}.link-{uuid.uuid4().hex[:6]}"
+    os.symlink(target, tmp)
+    os.replace(tmp, where)
+
+
+def _stage_links(index_dir: Path) -> dict[str, str]:
+    """stage -> build folder name of the serving version (read from ``current``, or from the stage links of an
+    index written before versions; a stage folder copied in as a plain directory is renamed to a build folder)."""
+    cur = index_dir / CURRENT
+    if cur.is_symlink():
+        root = cur.resolve()
+        return {p.name: os.readlink(p).rsplit("/", 1)[-1] for p in root.iterdir() if p.is_symlink()}
+    links = {}
+    for p in index_dir.iterdir():
+        if p.name.startswith((".", VERSION)) or "@" in p.name or p.name == CURRENT:
+            continue
+        if p.is_symlink() and "@" in os.readlink(p):
+            links[p.name] = os.readlink(p).rsplit("/", 1)[-1]
+        elif p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file():
+            aside = index_dir / f"{p.name}@copied-{uuid.uuid4().hex[:6]}"
+            p.rename(aside)
+            _link(aside.name, p)
+            links[p.name] = aside.name
+    return links
+
+
+def switch_version(index_dir: Path, stages: dict[str, str]) -> None:
+    """Make a new version (the serving one with ``stages``' build folders replaced) serve, in one rename."""
+    index_dir = Path(index_dir)
+    old = _stage_links(index_dir)
+    new = {**old, **stages}
+    version = index_dir / f"{VERSION}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    version.mkdir()
+    for stage, folder in new.items():
+        os.symlink(f"../{folder}", version / stage)
+    _fsync_dir(version)
+    _link(version.name, index_dir / CURRENT)  # the switch: every stage at once
+    _fsync_dir(index_dir)
+    recover(index_dir)
+
+
+def recover(index_dir: Path) -> None:
+    """Bring an index folder to its serving version (called under the build lock): an index from before
+    versions gets one; stage links point through ``current``; build folders no version uses (a replaced build,
+    a build killed before its switch) and old version folders are removed.  A half-switched state cannot
+    outlive this: whatever was not switched in is dropped, the last whole version stays."""
+    index_dir = Path(index_dir)
+    if not index_dir.is_dir():
+        return
+    links = _stage_links(index_dir)
+    cur = index_dir / CURRENT
+    if not cur.is_symlink():
+        if not links:
+            return
+        version = index_dir / f"{VERSION}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        version.mkdir()
+        for stage, folder in links.items():
+            os.symlink(f"../{folder}", version / stage)
+        _link(version.name, cur)
+    serving = cur.resolve()
+    for stage in links:
+        want = f"{CURRENT}/{stage}"
+        where = index_dir / stage
+        if not where.is_symlink() or os.readlink(where) != want:
+            if where.exists() and not where.is_symlink():
+                continue  # not ours (a plain folder without a manifest): leave it
+            _link(want, where)
+    used = set(links.values())
+    for p in index_dir.iterdir():
+        if "@" not in p.name or p.is_symlink() or not p.is_dir():
+            continue
+        name = p.name.split("@", 1)[0]
+        if p.name.startswith(VERSION) and p != serving:
+            shutil.rmtree(p, ignore_errors=True)
+        elif (name in links or not (p / MANIFEST).is_file()) and p.name not in used and not p.name.startswith(VERSION):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_manifest(folder: Path, kind: str, verify: bool = True) -> dict:

@@ -6,15 +6,16 @@
   encoded).  Each stage is written as a new version and swapped in
   atomically.  A product already in the index is refused (a changed
   product is picked up by the next full rebuild).
-- **Delete**: a product id goes to ``<index_dir>/deleted.txt`` (written
-  atomically).  Every stage masks deleted rows inside retrieval, so they are
+- **Delete**: a product id goes to ``<index_dir>/deleted.json`` (a JSON list,
+  written atomically: no character of an id can split it in two; an older
+  index's one-id-per-line ``deleted.txt`` is still read).  Every stage masks deleted rows inside retrieval, so they are
   never returned again (a running engine checks the file on every query);
   every full rebuild leaves them out of the index files.
 - **Durable**: added products are also appended to ``<index_dir>/additions.jsonl``,
   which every full rebuild merges into the catalog (a product the catalog
   file itself holds wins), so an addition survives ``make index``; a deleted
-  product stays deleted across rebuilds (``deleted.txt`` is kept) until it is
-  added again.
+  product stays deleted across rebuilds (``deleted.json`` is kept) until it is
+  added again (no rebuild needed: the new row supersedes the deleted one).
 - **Milvus** (``search.backend: milvus``): deletes are deleted from the
   collection and additions inserted into it, under the same lock.
 - **Two processes**: adds and deletes take an exclusive file lock
@@ -38,9 +39,11 @@ from indexer.bm25 import BM25Index
 from indexer.catalog import Catalog
 from indexer.config import Config
 from indexer.products import ProductTable
-from indexer.store import IndexLoadError, read_manifest, write_index
+from indexer.store import IndexLoadError, index_commit, read_manifest, stage_folder, version_root
+from indexer.types import id_problem
 
-DELETED = "deleted.txt"
+DELETED = "deleted.json"
+LEGACY_DELETED = "deleted.txt"  # one id per line, as indexes before deleted.json wrote it
 ADDITIONS = "additions.jsonl"
 LOCK = ".updates.lock"
 
@@ -58,40 +61,61 @@ def updates_lock(cfg: Config):
 
 
 def deleted_signature(cfg: Config) -> tuple | None:
-    """(inode, size, mtime) of ``deleted.txt`` (None when absent): changes with every write (atomic replace)."""
-    try:
-        st = os.stat(cfg.index_dir / DELETED)
-    except FileNotFoundError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    """(inode, size, mtime) of the deleted list (None when absent): changes with every write (atomic replace)."""
+    for name in (DELETED, LEGACY_DELETED):
+        try:
+            st = os.stat(cfg.index_dir / name)
+        except FileNotFoundError:
+            continue
+        return (name, st.st_ino, st.st_size, st.st_mtime_ns)
+    return None
 
 
 def deleted_ids(cfg: Config) -> set[str]:
     path = cfg.index_dir / DELETED
+    legacy = cfg.index_dir / LEGACY_DELETED
     if not path.is_file():
-        return set()
+        if not legacy.is_file():
+            return set()
+        path = legacy
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise IndexLoadError(f"{path}: not UTF-8 text (byte {e.start}): the deleted-products list is damaged; "
                              "restore it, or remove it and delete the products again") from None
-    return {line.strip() for line in text.splitlines() if line.strip()}
+    if path == legacy:
+        return {line.strip() for line in text.split("\n") if line.strip()}
+    try:
+        ids = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise IndexLoadError(f"{path}: not valid JSON ({e.msg}): the deleted-products list is damaged; restore it, "
+                             "or remove it and delete the products again") from None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise IndexLoadError(f"{path}: expected a JSON list of product ids; the deleted-products list is damaged")
+    return set(ids)
 
 
 def _write_deleted(cfg: Config, ids: set[str]) -> None:
     path = cfg.index_dir / DELETED
     tmp = path.with_name(f".{DELETED}.{os.getpid()}")
-    tmp.write_text("".join(f"{i}\n" for i in sorted(ids)), encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(sorted(ids), f, ensure_ascii=False, indent=0)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    (cfg.index_dir / LEGACY_DELETED).unlink(missing_ok=True)  # its ids are in deleted.json now
 
 
 def live_mask(products, deleted: set[str]) -> np.ndarray | None:
-    """One bool per product row: False for deleted products (None when nothing is deleted).  Looked up through
-    the table's id -> row map: the work grows with the deleted ids, not with the catalog."""
-    if not deleted:
+    """One bool per product row: False for deleted products and for rows an id's newer row superseded (None
+    when every row is live).  Looked up through the table's id -> row map: the work grows with the deleted
+    ids, not with the catalog."""
+    superseded = products.superseded_rows()
+    if not deleted and not len(superseded):
         return None
     row_of = products.row_map()
     live = np.ones(len(products), dtype=bool)
+    live[superseded] = False
     live[[row_of[i] for i in deleted if i in row_of]] = False
     return live
 
@@ -101,10 +125,14 @@ def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | Non
     ``known``: ids a caller already holds (a running engine's product table); only ids outside it are looked
     up in the built index (a newer build may hold them)."""
     ids = [str(i) for i in ids]
+    for i in ids:
+        problem = id_problem(i)
+        if problem:
+            raise ValueError(f"product id {i!r}: {problem}")
     with updates_lock(cfg):
         unknown = [i for i in ids if known is None or i not in known]
         if unknown:
-            built = ProductTable.load((cfg.index_dir / BM25_KIND).resolve()).row_map()
+            built = ProductTable.load(stage_folder(cfg.index_dir, BM25_KIND)).row_map()
             unknown = [i for i in unknown if i not in built]
         if unknown:
             raise KeyError(f"not in the index at {cfg.index_dir}: {', '.join(unknown[:10])}"
@@ -118,11 +146,11 @@ def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | Non
     return len(set(ids) - before)
 
 
-def add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
-    """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild) and to the
-    durable additions file every rebuild merges."""
+def add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None) -> dict:
+    """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild, one switch) and
+    to the durable additions file every rebuild merges.  ``encoders``: see :func:`_add_products`."""
     with updates_lock(cfg):
-        report = _add_products(cfg, catalog, progress)
+        report = _add_products(cfg, catalog, progress, encoders)
         _append_additions(cfg, catalog)
         if cfg.search.backend == "milvus":  # the new rows, and the new builds they now mirror
             from indexer.backends.milvus import add_rows
@@ -155,13 +183,23 @@ def _append_additions(cfg: Config, catalog: Catalog) -> None:
 
 
 def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
-    """The catalog plus the products added since (``additions.jsonl``) that it does not hold itself."""
-    from indexer.catalog import read_catalog
+    """The catalog plus the products added since (``additions.jsonl``) that it does not hold itself (an id
+    added, deleted and added again: its last addition)."""
+    from indexer.catalog import CatalogError, catalog_from_rows
 
     path = cfg.index_dir / ADDITIONS
     if not path.is_file() or path.stat().st_size == 0:
         return catalog
-    added = read_catalog(path, None, "jsonl")
+    last: dict = {}
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                row = json.loads(raw)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CatalogError(f"{path}:{n}: damaged line ({e}); the products added since the last build are "
+                                   "read from this file: repair or remove that line") from None
+            last[str(row.get("id")) if isinstance(row, dict) else n] = row
+    added = catalog_from_rows(list(last.values()), str(path))
     have = set(catalog.ids)
     keep = [i for i, pid in enumerate(added.ids) if pid not in have]
     if not keep:
@@ -173,55 +211,55 @@ def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
                    catalog.attributes + pick(added.attributes), catalog.source, catalog.rejected)
 
 
-def _add_products(cfg: Config, catalog: Catalog, progress: bool = True) -> dict:
-    from indexer.dense import DENSE_STAGES
+def _add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None) -> dict:
+    """Every stage of the serving version with ``catalog``'s rows appended, switched in as one new version.
+    ``encoders``: stage -> a loaded passage encoder to reuse (a running engine's), so that adding one product
+    costs encoding one title, not loading a model."""
+    from indexer.dense import DENSE_STAGES, index_stages
 
     t0 = time.perf_counter()
-    bm25_dir = cfg.index_dir / BM25_KIND
-    old = BM25Index.load(bm25_dir.resolve(), cfg.text, config_hash=cfg.index_fingerprint(), mmap=False, verify=False)
-    present = set(catalog.ids) & set(old.products.ids.tolist())
+    root = version_root(cfg.index_dir)
+    old = BM25Index.load(stage_folder(cfg.index_dir, BM25_KIND, root), cfg.text, config_hash=cfg.index_fingerprint(),
+                         mmap=False, verify=False)
+    present = (set(catalog.ids) & set(old.products.row_map())) - deleted_ids(cfg)  # a deleted id may come back
     if present:
         shown = ", ".join(sorted(present)[:10])
-        raise ValueError(f"{catalog.source}: {len(present)} product(s) already in the index ({shown}); "
-                         "add only new products, or run a full rebuild (`make index`) for changed ones")
+        raise ValueError(f"{len(present)} product(s) already in the index ({shown}); add only new products, or "
+                         "run a full rebuild (`make index`) for changed ones")
     n_old = len(old)
     rows = np.arange(n_old, n_old + len(catalog), dtype=np.int64)
     texts = catalog.index_texts()
     report = {"added": len(catalog), "stages": {}}
+    with index_commit(cfg.index_dir) as commit:
+        new = old.add(catalog, progress=progress)
+        m = old.manifest
+        extras = {k: m[k] for k in ("catalog", "catalog_sha256", "n_rejected", "n_without_tokens") if k in m}
+        extras["added_since_build"] = m.get("added_since_build", 0) + len(catalog)
+        commit.build(BM25_KIND, lambda f: {**new.save_to(f), **extras}, BM25_KIND, m["config_hash"])
+        report["stages"]["bm25"] = len(new)
+        # only the dense stages the config uses: another one left in the folder (an older build, another
+        # format) is not this config's business
+        used = set(index_stages(cfg))
+        for stage in DENSE_STAGES:
+            if stage not in used or not (root / stage / "manifest.json").is_file():
+                continue
+            from indexer.dense import KIND as DENSE_KIND
+            from indexer.dense import DenseIndex, dense_encoder
 
-    # dense stages first: a reader that sees the new BM25 table also finds the new vectors.  Only the stages the
-    # config uses: another one left in the folder (an older build, another format) is not this config's business
-    from indexer.dense import index_stages
-
-    used = set(index_stages(cfg))
-    for stage in DENSE_STAGES:
-        folder = cfg.index_dir / stage
-        if stage not in used or not (folder / "manifest.json").is_file():
-            continue
-        from indexer.dense import KIND as DENSE_KIND
-        from indexer.dense import DenseIndex, dense_encoder
-
-        folder = folder.resolve()
-        manifest = read_manifest(folder, DENSE_KIND, verify=False)
-        encoder = dense_encoder(cfg, stage)
-        dense = DenseIndex.load(folder, encoder.fingerprint, verify=False)
-        folder = cfg.index_dir / stage
-        dense.on_gpu = False
-        dense.add(encoder.encode_passages(texts, progress=progress), rows)
-        extras = {k: manifest[k] for k in ("catalog_sha256", "factory", "groups_configured") if k in manifest}
-        extras["n_products"] = n_old + len(catalog)
-        extras["added_since_build"] = manifest.get("added_since_build", 0) + len(catalog)
-        write_index(folder, lambda f, d=dense, e=extras: {**d.save_to(f), **e}, DENSE_KIND, manifest["config_hash"])
-        report["stages"][stage] = dense.n
-
-    new = old.add(catalog, progress=progress)
-    m = old.manifest
-    extras = {k: m[k] for k in ("catalog", "catalog_sha256", "n_rejected", "n_without_tokens") if k in m}
-    extras["added_since_build"] = m.get("added_since_build", 0) + len(catalog)
-    write_index(bm25_dir, lambda f: {**new.save_to(f), **extras}, BM25_KIND, m["config_hash"])
-    report["stages"]["bm25"] = len(new)
+            folder = stage_folder(cfg.index_dir, stage, root)
+            manifest = read_manifest(folder, DENSE_KIND, verify=False)
+            encoder = (encoders or {}).get(stage) or dense_encoder(cfg, stage)
+            dense = DenseIndex.load(folder, encoder.fingerprint, verify=False)
+            dense.on_gpu = False
+            dense.add(encoder.encode_passages(texts, progress=progress), rows)
+            extras = {k: manifest[k] for k in ("catalog_sha256", "factory", "groups_configured") if k in manifest}
+            extras["n_products"] = n_old + len(catalog)
+            extras["added_since_build"] = manifest.get("added_since_build", 0) + len(catalog)
+            commit.build(stage, lambda f, d=dense, e=extras: {**d.save_to(f), **e}, DENSE_KIND,
+                         manifest["config_hash"])
+            report["stages"][stage] = dense.n
     deleted = deleted_ids(cfg)
-    if deleted & set(catalog.ids):  # deleted and purged earlier, now added again
+    if deleted & set(catalog.ids):  # deleted earlier, now added again: the new row serves
         _write_deleted(cfg, deleted - set(catalog.ids))
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
