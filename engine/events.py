@@ -40,12 +40,12 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from indexer.types import EcomsearchError
+from indexer.types import EcomsearchError, id_problem
 from engine.profiles import (Profile, ProductFacets, ProfileSettings, apply_event, bought_rows, build_profiles,
                              merge_profiles)
 from finetune.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: events.credited (whether an event counts in the product statistics)
 KEY_ENV = "ECOMSEARCH_USER_KEY"
 DSN_ENV = "ECOMSEARCH_PG_DSN"  # wins over personal.dsn (keeps the password out of the config file)
 EVENT_CODE = {e: i for i, e in enumerate(EVENTS)}
@@ -74,18 +74,23 @@ class ProductStats:
 
 
 class EventStore:
-    """Where events, profiles and product counters live.  Implement these for another database."""
+    """Where events, profiles and product counters live.  Implement these for another database.
+
+    The product counters hold exactly the stored events the store's :class:`CreditRule` (``credit``)
+    credited: deleting events (forgetting a user, the retention) takes their counts back."""
+
+    credit: "CreditRule"
 
     def append(self, user: str, product_id: str, row: int, event: str, ts: float, query: str | None,
-               update) -> Profile | None:
+               update) -> tuple[Profile | None, bool]:
         """Store one event and, in the same transaction, the profile ``update(profile | None) -> profile | None``
-        returns (None: unchanged).  Returns the stored profile."""
+        returns (None: unchanged).  Returns the stored profile and whether the event was credited."""
         raise NotImplementedError
 
     def append_many(self, users: Sequence[str], product_ids: Sequence[str], events: Sequence[str],
-                    ts: Sequence[float], queries: Sequence[str | None], profiles: dict[str, Profile],
-                    stats: dict[str, np.ndarray]) -> None:
-        """Store many events, replace the given profiles and add ``stats`` (product id -> counts) at once."""
+                    ts: Sequence[float], queries: Sequence[str | None], profiles: dict[str, Profile]) -> np.ndarray:
+        """Store many events, replace the given profiles and count the credited events, at once.  Returns
+        which events were credited."""
         raise NotImplementedError
 
     def profile(self, user: str) -> Profile | None:
@@ -113,7 +118,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, user TEXT NOT NULL, product TEXT NOT NULL, event INTEGER NOT NULL,
-    ts REAL NOT NULL, query TEXT);
+    ts REAL NOT NULL, query TEXT, credited INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS events_user ON events (user, ts);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS profiles (
@@ -128,9 +133,14 @@ _STAT_COLS = ("impressions", "clicks", "carts", "purchases")
 def _sql(p: str, user: str) -> dict[str, str]:
     """One write's statements in a dialect: ``p`` the placeholder, ``user`` the user column."""
     return {
-        "event": f"INSERT INTO events ({user}, product, event, ts, query) VALUES ({p}, {p}, {p}, {p}, {p})",
-        "stat": f"INSERT INTO product_stats AS s (product, {{col}}) VALUES ({p}, 1) "
-                f"ON CONFLICT (product) DO UPDATE SET {{col}} = s.{{col}} + 1",
+        "event": f"INSERT INTO events ({user}, product, event, ts, query, credited) VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+        # the credited events of some users in a time range (what the credit rule checks new events against)
+        "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
+                    f"AND {user} IN ({{users}})",
+        # what a set of events added to the product statistics (taken back when they are deleted)
+        "uncount": "SELECT product, event, COUNT(*) FROM events WHERE credited = 1 AND {where} GROUP BY product, event",
+        "unstat": "UPDATE product_stats SET " + ", ".join(f"{c} = {c} - {p}" for c in _STAT_COLS)
+                  + f" WHERE product = {p}",
         "stats": f"INSERT INTO product_stats AS s (product, {', '.join(_STAT_COLS)}) VALUES ({p}, {p}, {p}, {p}, {p}) "
                  f"ON CONFLICT (product) DO UPDATE SET "
                  + ", ".join(f"{c} = s.{c} + excluded.{c}" for c in _STAT_COLS),
@@ -143,25 +153,107 @@ def _sql(p: str, user: str) -> dict[str, str]:
 _SQLITE_SQL, _PG_SQL = _sql("?", "user"), _sql("%s", "user_key")
 
 
-def _append_event(con, sql: dict, user, product_id, event, ts, query, update) -> Profile | None:
-    """The body of one write, inside the store's transaction: the event row, the product counter, the
-    profile's read-modify-write."""
-    con.execute(sql["event"], (user, product_id, EVENT_CODE[event], ts, query))
-    con.execute(sql["stat"].format(col=_STAT_COLS[EVENT_CODE[event]]), (product_id,))
+def _append_event(con, sql: dict, user, product_id, event, ts, query, update,
+                  credit: "CreditRule") -> tuple[Profile | None, bool]:
+    """The body of one write, inside the store's transaction: the event row (credited or not), the product
+    counter, the profile's read-modify-write."""
+    code = EVENT_CODE[event]
+    credited = bool(credit.mask(con, sql, [user], [product_id], np.array([code]), np.array([ts]))[0])
+    con.execute(sql["event"], (user, product_id, code, ts, query, int(credited)))
+    if credited:
+        con.execute(sql["stats"], (product_id, *(1.0 if c == code else 0.0 for c in range(len(EVENTS)))))
     got = con.execute(sql["profile"], (user,)).fetchone()
     old = Profile.loads(bytes(got[0]), got[1]) if got else None
     new = update(old)
     if new is not None:
         new.version = (old.version if old else 0) + 1
         con.execute(sql["save"], (user, new.t, new.version, new.dumps()))
-    return new if new is not None else old
+    return (new if new is not None else old), credited
+
+
+@dataclass(frozen=True)
+class CreditRule:
+    """Which events count in the product statistics (click rate, popularity): one per user, product and event
+    type in each window of ``window_seconds`` (a bot's 1,000 clicks count once), and at most ``per_user`` per
+    user and window (a bot clicking through the catalog is capped).  Every event is still stored and still
+    shapes its own user's profile; only the statistics every shopper's ranking reads are protected."""
+
+    window_seconds: float = 86400.0
+    per_user: int = 200
+
+    def mask(self, con, sql: dict, users: Sequence[str], pids: Sequence[str], codes: np.ndarray,
+             ts: np.ndarray) -> np.ndarray:
+        """Whether each new event is credited, against the credited events stored (``con``: inside the write
+        transaction) and the earlier ones of this batch, in time order."""
+        ts = np.asarray(ts, dtype=np.float64)
+        n = len(ts)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        w = self.window_seconds
+        buckets = np.floor(ts / w)
+        lo, hi = float(buckets.min() * w), float((buckets.max() + 1) * w)
+        seen: set = set()
+        per: dict = {}
+        distinct = sorted(set(users))
+        for i in range(0, len(distinct), 500):
+            chunk = distinct[i : i + 500]
+            p = "?" if "?" in sql["event"] else "%s"
+            stmt = sql["credited"].format(users=", ".join([p] * len(chunk)))
+            for u, prod, ev, t in con.execute(stmt, (lo, hi, *chunk)).fetchall():
+                b = float(np.floor(t / w))
+                seen.add((u, prod, int(ev), b))
+                per[(u, b)] = per.get((u, b), 0) + 1
+        out = np.zeros(n, dtype=bool)
+        for i in np.argsort(ts, kind="stable"):
+            u, b = users[i], float(buckets[i])
+            key = (u, pids[i], int(codes[i]), b)
+            if key in seen or per.get((u, b), 0) >= self.per_user:
+                continue
+            seen.add(key)
+            per[(u, b)] = per.get((u, b), 0) + 1
+            out[i] = True
+        return out
+
+
+def _uncount(con, sql: dict, where: str, params: tuple) -> None:
+    """Take the credited events ``where`` selects out of the product statistics (before deleting them):
+    forgetting a user or dropping old events leaves no trace in the counts."""
+    rows = con.execute(sql["uncount"].format(where=where), params).fetchall()
+    if not rows:
+        return
+    per_product: dict[str, list[float]] = {}
+    for product, code, n in rows:
+        per_product.setdefault(product, [0.0] * len(EVENTS))[int(code)] += float(n)
+    args = [(*c, prod) for prod, c in per_product.items()]
+    if hasattr(con, "executemany"):  # sqlite3
+        con.executemany(sql["unstat"], args)
+    else:  # psycopg: on a cursor
+        with con.cursor() as cur:
+            cur.executemany(sql["unstat"], args)
+
+
+def _counts(pids: Sequence[str], codes: np.ndarray, credited: np.ndarray) -> list[tuple]:
+    """(product id, impressions, clicks, carts, purchases) rows of the credited events, one per product."""
+    per: dict[str, list[float]] = {}
+    for pid, code in zip(np.asarray(pids, dtype=object)[credited], codes[credited]):
+        per.setdefault(pid, [0.0] * len(EVENTS))[int(code)] += 1.0
+    return [(pid, *c) for pid, c in per.items()]
 
 
 def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
-    """Record the schema version in a new store; refuse a store another schema version wrote."""
+    """Record the schema version in a new store; bring a version-1 store to version 2 (every stored event
+    credited, the product statistics recounted from the events, so they hold what forgetting can take back);
+    refuse a store another schema version wrote."""
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         con.execute(f"INSERT INTO meta VALUES ('schema_version', {placeholder})", (str(SCHEMA_VERSION),))
+    elif int(row[0]) == 1:
+        con.execute("ALTER TABLE events ADD COLUMN credited SMALLINT NOT NULL DEFAULT 1")
+        con.execute("DELETE FROM product_stats")
+        con.execute(f"INSERT INTO product_stats (product, {', '.join(_STAT_COLS)}) SELECT product, "
+                    + ", ".join(f"SUM(CASE WHEN event = {i} THEN 1 ELSE 0 END)" for i in range(len(_STAT_COLS)))
+                    + " FROM events GROUP BY product")
+        con.execute(f"UPDATE meta SET value = {placeholder} WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     elif int(row[0]) != SCHEMA_VERSION:
         raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
 
@@ -190,15 +282,24 @@ class _SQLEventStore(EventStore):
 class SQLiteEventStore(_SQLEventStore):
     _sql = _SQLITE_SQL
 
-    def __init__(self, path: str | Path, timeout: float = 30.0):
+    def __init__(self, path: str | Path, timeout: float = 30.0, credit: CreditRule | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
+        self.credit = credit or CreditRule()
         self._local = threading.local()
-        con = self._con()
-        with con:
+        try:
+            con = self._con()
+            bad = [r[0] for r in con.execute("PRAGMA quick_check(5)").fetchall() if r[0] != "ok"]
+            if bad:
+                raise sqlite3.DatabaseError("; ".join(bad))
             con.executescript(_SCHEMA)
-            _stamp_schema(con, "?", str(self.path), "migrate or move the file aside")
+            with self._write() as con:
+                _stamp_schema(con, "?", str(self.path), "migrate or move the file aside")
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise EventError(f"{self.path}: the event store is damaged ({e}); it is not served. Restore it from a "
+                             "backup, or move it aside to start an empty one (personal.path)") from None
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -225,13 +326,17 @@ class SQLiteEventStore(_SQLEventStore):
 
     def append(self, user, product_id, row, event, ts, query, update):
         with self._write() as con:
-            return _append_event(con, self._sql, user, product_id, event, ts, query, update)
+            return _append_event(con, self._sql, user, product_id, event, ts, query, update, self.credit)
 
-    def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
+    def append_many(self, users, product_ids, events, ts, queries, profiles):
+        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         with self._write() as con:
-            con.executemany(self._sql["event"], zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries))
-            con.executemany(self._sql["stats"], ((p, *map(float, c)) for p, c in stats.items()))
+            credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
+            con.executemany(self._sql["event"], zip(users, product_ids, codes.tolist(), ts, queries,
+                                                    credited.astype(int).tolist()))
+            con.executemany(self._sql["stats"], _counts(product_ids, codes, credited))
             con.executemany(self._sql["save"], ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
+        return credited
 
     def profiles(self, users):
         users = list(users)
@@ -246,6 +351,7 @@ class SQLiteEventStore(_SQLEventStore):
 
     def forget(self, user):
         with self._write() as con:
+            _uncount(con, self._sql, "user = ?", (user,))
             n = con.execute("DELETE FROM events WHERE user = ?", (user,)).rowcount
             con.execute("DELETE FROM profiles WHERE user = ?", (user,))
         # move the change out of the write-ahead log into the (securely overwritten) database pages
@@ -254,6 +360,7 @@ class SQLiteEventStore(_SQLEventStore):
 
     def purge_before(self, ts):
         with self._write() as con:
+            _uncount(con, self._sql, "ts < ?", (ts,))
             n = con.execute("DELETE FROM events WHERE ts < ?", (ts,)).rowcount
             con.execute("DELETE FROM profiles WHERE t < ?", (ts,))
         if n:
@@ -271,7 +378,7 @@ _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id BIGSERIAL PRIMARY KEY, user_key TEXT NOT NULL, product TEXT NOT NULL, event SMALLINT NOT NULL,
-    ts DOUBLE PRECISION NOT NULL, query TEXT);
+    ts DOUBLE PRECISION NOT NULL, query TEXT, credited SMALLINT NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS events_user ON events (user_key, ts);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS profiles (
@@ -297,9 +404,10 @@ class PostgresEventStore(_SQLEventStore):
 
     _sql = _PG_SQL
 
-    def __init__(self, dsn: str, schema: str = "ecomsearch"):
+    def __init__(self, dsn: str, schema: str = "ecomsearch", credit: CreditRule | None = None):
         import psycopg  # noqa: F401  (fail here, with the reason, when the driver is missing)
 
+        self.credit = credit or CreditRule()
         if not dsn:
             raise EventError("personal.dsn: a PostgreSQL connection string is needed for personal.store: postgres "
                              "(or set ECOMSEARCH_PG_DSN)")
@@ -340,18 +448,21 @@ class PostgresEventStore(_SQLEventStore):
     def append(self, user, product_id, row, event, ts, query, update):
         with self._write() as con:
             self._lock_user(con, user)
-            return _append_event(con, self._sql, user, product_id, event, ts, query, update)
+            return _append_event(con, self._sql, user, product_id, event, ts, query, update, self.credit)
 
-    def append_many(self, users, product_ids, events, ts, queries, profiles, stats):
+    def append_many(self, users, product_ids, events, ts, queries, profiles):
+        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         with self._write() as con:
-            for u in sorted(profiles):  # one order for every writer: two bulk loads cannot deadlock
+            for u in sorted(set(users) | set(profiles)):  # one order for every writer: two loads cannot deadlock
                 self._lock_user(con, u)
+            credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
             with con.cursor() as cur:
-                with cur.copy("COPY events (user_key, product, event, ts, query) FROM STDIN") as cp:
-                    for row in zip(users, product_ids, (EVENT_CODE[e] for e in events), ts, queries):
+                with cur.copy("COPY events (user_key, product, event, ts, query, credited) FROM STDIN") as cp:
+                    for row in zip(users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist()):
                         cp.write_row(row)
-                cur.executemany(self._sql["stats"], [(p, *map(float, c)) for p, c in stats.items()])
+                cur.executemany(self._sql["stats"], _counts(product_ids, codes, credited))
                 cur.executemany(self._sql["save"], [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
+        return credited
 
     def profiles(self, users):
         users = list(users)
@@ -362,12 +473,14 @@ class PostgresEventStore(_SQLEventStore):
     def forget(self, user):
         with self._write() as con:
             self._lock_user(con, user)
+            _uncount(con, self._sql, "user_key = %s", (user,))
             n = con.execute("DELETE FROM events WHERE user_key = %s", (user,)).rowcount
             con.execute("DELETE FROM profiles WHERE user_key = %s", (user,))
         return n
 
     def purge_before(self, ts):
         with self._write() as con:
+            _uncount(con, self._sql, "ts < %s", (ts,))
             n = con.execute("DELETE FROM events WHERE ts < %s", (ts,)).rowcount
             con.execute("DELETE FROM profiles WHERE t < %s", (ts,))
         return n
@@ -383,10 +496,11 @@ class PostgresEventStore(_SQLEventStore):
 def open_store(personal_cfg) -> EventStore:
     """The event store a config names (``personal.store``: ``sqlite`` or ``postgres``)."""
     p = personal_cfg
+    credit = CreditRule(p.credit_window_hours * 3600.0, p.credits_per_user)
     if p.store == "sqlite":
-        return SQLiteEventStore(p.path)
+        return SQLiteEventStore(p.path, credit=credit)
     if p.store == "postgres":
-        return PostgresEventStore(os.environ.get(DSN_ENV) or p.dsn or "", p.pg_schema)
+        return PostgresEventStore(os.environ.get(DSN_ENV) or p.dsn or "", p.pg_schema, credit=credit)
     raise EventError(f"personal.store: {p.store!r} is not one of sqlite, postgres")
 
 
@@ -412,7 +526,7 @@ class UserEvents:
 
     def __init__(self, store: EventStore, facets: ProductFacets, product_ids, settings: ProfileSettings,
                  user_key: str | None, retention_days: float = 365.0, clock=time.time,
-                 row_map: dict[str, int] | None = None):
+                 row_map: dict[str, int] | None = None, future_skew_seconds: float = 300.0):
         self.store = store
         self.facets = facets
         self.product_ids = product_ids  # StringColumn or list, by row
@@ -420,6 +534,7 @@ class UserEvents:
         self.settings = settings
         self._key = user_key.encode("utf-8") if user_key else None
         self.retention = retention_days * DAY
+        self.skew = future_skew_seconds
         self.clock = clock
         self._stats: ProductStats | None = None
         self._stats_lock = threading.Lock()
@@ -432,13 +547,14 @@ class UserEvents:
         p = cfg.personal
         key = os.environ.get(KEY_ENV) or p.user_key
         return cls(open_store(p), facets, products.ids, ProfileSettings.from_config(p), key,
-                   p.retention_days, row_map=products.row_map())
+                   p.retention_days, row_map=products.row_map(), future_skew_seconds=p.future_skew_seconds)
 
     # -- users -------------------------------------------------------------------------------------------
     def user_key(self, user_id: str, for_write: bool = False) -> str | None:
         """The stored form of a user id: HMAC-SHA256 with the configured key (None: no key, reads only)."""
-        if not isinstance(user_id, str) or not user_id.strip():
-            raise EventError("field 'user_id': missing or empty")
+        problem = id_problem(user_id)
+        if problem:
+            raise EventError(f"field 'user_id': {problem}")
         if self._key is None:
             if for_write:
                 raise PrivacyError(f"no key to hash user ids with: set the environment variable {KEY_ENV} "
@@ -454,6 +570,9 @@ class UserEvents:
         return self._row_of
 
     def row_of(self, product_id: str) -> int:
+        problem = id_problem(product_id)
+        if problem:
+            raise EventError(f"field 'product_id': {problem}")
         try:
             return self.row_map()[product_id]
         except KeyError:
@@ -478,9 +597,20 @@ class UserEvents:
                 ts = parse_timestamp(timestamp)
             except (ValueError, TypeError) as e:
                 raise EventError(f"field 'timestamp': {e}") from None
-            if not np.isfinite(ts):
-                raise EventError(f"field 'timestamp': not a finite time: {timestamp!r}")
+            self.check_time(ts)
         return user, row, event, ts
+
+    def check_time(self, ts: float, now: float | None = None) -> None:
+        """Refuse a time outside [now - retention, now + future skew] (a stray 0, a year 9999, 1e300)."""
+        now = self.clock() if now is None else now
+        if not np.isfinite(ts):
+            raise EventError(f"field 'timestamp': not a finite time: {ts!r}")
+        if ts > now + self.skew:
+            raise EventError(f"field 'timestamp': {_when(ts)} is in the future (more than {self.skew:.0f} s after "
+                             f"the server's clock, {_when(now)})")
+        if ts < now - self.retention:
+            raise EventError(f"field 'timestamp': {_when(ts)} is older than the retention "
+                             f"({self.retention / DAY:g} days, personal.retention_days)")
 
     def record(self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None) -> Profile | None:
         """Record one event; the user's profile is updated in the same transaction."""
@@ -491,9 +621,9 @@ class UserEvents:
             prof = old or Profile()
             return prof if apply_event(prof, self.facets, row, pid, event, ts, self.settings) else None
 
-        prof = self.store.append(user, pid, row, event, ts, query, update)
+        prof, credited = self.store.append(user, pid, row, event, ts, query, update)
         with self._stats_lock:
-            if self._stats is not None:
+            if self._stats is not None and credited:
                 self._stats.add(row, EVENT_CODE[event])
         self._writes += 1
         if self._writes % 1000 == 0:
@@ -509,6 +639,7 @@ class UserEvents:
         hashed: dict[str, str] = {}
         users, pids, rows, evs, ts, queries = [], [], [], [], [], []
         row_of = self.row_map()
+        now = self.clock()
         for line, item in iter_clicklog(path):
             rep.read += 1
             if isinstance(item, ClickLogError):
@@ -517,6 +648,11 @@ class UserEvents:
                 row = row_of.get(item.product_id)
                 err = None if row is not None else \
                     f"{path}:{line}: field 'product_id': unknown product {item.product_id!r} (not in the index)"
+                if err is None:
+                    try:
+                        self.check_time(item.timestamp, now)
+                    except EventError as e:
+                        err = f"{path}:{line}: {e}"
             if err is not None:
                 if not skip_bad_rows:
                     raise EventError(err + " (use --skip-bad-rows to load the good rows and list the bad)")
@@ -552,15 +688,10 @@ class UserEvents:
         merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
         for u, p in merged.items():
             p.version = (old[u].version if u in old else 0) + 1
-        touched, inv = np.unique(rows, return_inverse=True)
-        counts = np.zeros((len(touched), len(EVENTS)))
-        np.add.at(counts, (inv, codes), 1)
-        ids = self.product_ids
-        stats = {ids[int(r)]: c for r, c in zip(touched, counts)}
-        self.store.append_many(users, pids, events, ts.tolist(), queries, merged, stats)
+        credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged)
         with self._stats_lock:
             if self._stats is not None:
-                self._stats.add(rows, codes)
+                self._stats.add(rows[credited], codes[credited])
 
     # -- reading -----------------------------------------------------------------------------------------
     def profile(self, user_id: str | None) -> Profile | None:
@@ -592,12 +723,31 @@ class UserEvents:
     def forget(self, user_id: str) -> int:
         """Delete every event and the profile of a user; returns the number of events deleted."""
         key = self.user_key(user_id, for_write=True)
-        return self.store.forget(key)
+        n = self.store.forget(key)
+        self.invalidate_stats()  # their counts left the store: read them again
+        return n
+
+    def invalidate_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = None
 
     def purge(self, now: float | None = None) -> int:
         """Drop events older than the retention (and profiles not updated since)."""
         now = self.clock() if now is None else now
-        return self.store.purge_before(now - self.retention)
+        n = self.store.purge_before(now - self.retention)
+        if n:
+            self.invalidate_stats()
+        return n
+
+
+def _when(ts: float) -> str:
+    """A time for a message: ISO 8601 where it has one, else the number."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:g}"
 
 
 def main(argv: list[str] | None = None) -> int:

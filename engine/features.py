@@ -74,11 +74,13 @@ class Candidates:
 
 def ctr_popularity(counts: np.ndarray, totals: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray]:
     """(smoothed click-through rate, popularity) of products from their event counts ``[n, 4]`` and the
-    catalog's totals ``[4]``: ``(clicks + prior * ctr_all) / (impressions + prior)`` and
-    ``log(1 + clicks + 2 carts + 3 purchases)``."""
+    catalog's totals ``[4]``: ``(clicks + prior * ctr_all) / (max(impressions, clicks) + prior)`` and
+    ``log(1 + clicks + 2 carts + 3 purchases)``.  A rate lies in [0, 1] by construction: a click nobody logged
+    an impression for counts as one (clicks sent without impressions cannot push a rate above 1)."""
     counts = np.asarray(counts, dtype=np.float64)
-    ctr_all = totals[CLICK] / totals[IMPRESSION] if totals[IMPRESSION] > 0 else 0.0
-    ctr = (counts[:, CLICK] + prior * ctr_all) / (counts[:, IMPRESSION] + prior)
+    ctr_all = min(totals[CLICK] / totals[IMPRESSION], 1.0) if totals[IMPRESSION] > 0 else 0.0
+    seen = np.maximum(counts[:, IMPRESSION], counts[:, CLICK])
+    ctr = (counts[:, CLICK] + prior * ctr_all) / (seen + prior)
     popularity = np.log1p(counts[:, CLICK] + 2 * counts[:, CART] + 3 * counts[:, PURCHASE])
     return ctr, popularity
 

@@ -43,7 +43,8 @@ def write_events(path: Path, n: int, product_ids: list[str], n_users: int, seed:
     users = rng.integers(0, n_users, n)
     prods = rng.integers(0, len(product_ids), n)
     evs = rng.choice(4, size=n, p=[0.6, 0.3, 0.07, 0.03])
-    ts = np.sort(1_767_225_600 + rng.uniform(0, 60 * 86400, n))
+    # the 60 days before now: an event store refuses times outside its retention and the future
+    ts = np.sort(time.time() - 61 * 86400 + rng.uniform(0, 60 * 86400, n))
     with open(path, "w", encoding="utf-8") as f:
         for u, p, e, t in zip(users.tolist(), prods.tolist(), evs.tolist(), ts.tolist()):
             f.write(f'{{"user_id": "user{u}", "query": "q{p % 997}", "product_id": "{product_ids[p]}", '

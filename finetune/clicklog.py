@@ -43,13 +43,17 @@ class Event:
 def parse_timestamp(value) -> float:
     if isinstance(value, bool):
         raise ValueError("not a timestamp")
+    if isinstance(value, int) and value.bit_length() > 64:
+        raise ValueError(f"not a time: an integer of {value.bit_length()} bits")
     if isinstance(value, (int, float)):
         return float(value)
-    s = str(value).strip()
+    s = str(value).strip()[:100]
     try:
         return float(s)
     except ValueError:
         pass
+    except OverflowError:
+        raise ValueError(f"not a time: {s[:40]!r}") from None
     try:
         dt = datetime.fromisoformat(s.replace("Z", "+00:00"))
     except ValueError:
