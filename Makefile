@@ -65,7 +65,7 @@ serve: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)
 	$(PY) -m indexer --config $(CONFIG) --if-stale $(if $(BACKEND),--backend $(BACKEND))
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
 	$(PY) -m engine.service --config $(CONFIG) --host $(HOST) --port $(PORT) $(if $(WORKERS),--workers $(WORKERS)) \
-		$(if $(BACKEND),--set search.backend=$(BACKEND))
+		$(if $(BACKEND),--set search.backend=$(BACKEND)) $(if $(findstring demo,$(CONFIG)),--demo-admin-key)
 
 eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval --config $(CONFIG) $(if $(QUERIES),--queries $(QUERIES)) --stages $(STAGES) --out $(OUT)

@@ -13,8 +13,10 @@ Thin: every endpoint calls :class:`engine.search.SearchEngine`.  Endpoints:
 - ``GET /health`` (the process answers), ``GET /ready`` (indexes and models loaded: 200, else 503),
   ``GET /metrics`` (Prometheus text), ``GET /docs`` (OpenAPI), ``GET /`` (a search page)
 
-Errors are JSON ``{"error": {"param": ..., "message": ...}}``: 400 malformed JSON, 404 unknown product/route,
-413 oversized body, 422 a bad parameter (named); an unexpected failure is a 500 with an id, never a stack trace.
+Errors are JSON ``{"error": {"param": ..., "message": ...}}``: 400 malformed JSON or HTTP, 401/403 a missing or
+wrong key, 404 unknown product/route, 413 oversized body, 415 a body that is not JSON, 422 a bad parameter
+(named); an unexpected failure is a 500 with an id, never a stack trace.  Keys, CORS and headers:
+:mod:`engine.http` and docs/security.md.
 Concurrent searches share the cross-encoder through dynamic micro-batching (:mod:`engine.batching`).
 """
 
@@ -26,7 +28,6 @@ import logging
 import math
 import os
 import re
-import socket
 import sys
 import tempfile
 import threading
@@ -35,27 +36,21 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
+from engine.http import (ADMIN_ENV, MAX_REQUEST_HEAD, ApiError, JsonErrorH11Protocol, Keys, check_json_body,
+                         check_origin, check_url, error_response,
+                         inline_script_hashes, parse_json, public, security_headers)
 from engine.types import EcomsearchError, QueryError
+from indexer.types import id_problem
 
 log = logging.getLogger("ecomsearch.service")
-REPLICA = f"{socket.gethostname()}:{os.getpid()}"
+REPLICA = f"replica-{uuid.uuid4().hex[:8]}"  # opaque: tells replicas apart without naming the host or pid
 SERVE_ENV = "ECOMSEARCH_SERVE"  # what each replica opens: {"config": path, "set": [overrides]}
 STATIC = Path(__file__).with_name("static")
 SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain",
                  "personalize"}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, param: str | None, message: str):
-        super().__init__(message)
-        self.status, self.param, self.message = status, param, message
-
-
-def _error(status: int, param: str | None, message: str, **extra):
-    from fastapi.responses import JSONResponse
-
-    body = {"error": {"param": param, "message": message, **extra}}
-    return JSONResponse(body, status_code=status)
+_error = error_response
 
 
 class Metrics:
@@ -108,9 +103,10 @@ def demo_users(engine, n: int = 8) -> list[dict]:
              "favourite_brands": [b for b, _ in taste[u].most_common(2)]} for u in top]
 
 
-def create_app(engine, watch: bool | None = None):
-    """The FastAPI app over one engine (micro-batching on; a reload watcher when ``serve.watch_seconds`` > 0)."""
-    from fastapi import FastAPI, Query, Request
+def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
+    """The FastAPI app over one engine (micro-batching on; a reload watcher when ``serve.watch_seconds`` > 0).
+    ``keys``: the API keys (default: from ``ECOMSEARCH_ADMIN_KEY`` / ``ECOMSEARCH_SEARCH_KEY``)."""
+    from fastapi import Depends, FastAPI, Query, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -132,16 +128,44 @@ def create_app(engine, watch: bool | None = None):
                   description="Product search: BM25 + dense candidates, cross-encoder rerank, personal ranking.")
     app.state.engine = engine
     app.state.metrics = metrics
+    keys = keys if keys is not None else Keys.from_env()
     state = {"ready": True, "users": None}
+    roots = (cfg.root, cfg.index_dir, tempfile.gettempdir())  # never named in a message a client reads
+    page_html = (STATIC / "index.html").read_text(encoding="utf-8")
+    page_scripts = inline_script_hashes(page_html)
+    if sc.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=sc.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+
+    def admin(request: Request) -> None:
+        keys.require_admin(request.headers.get("authorization"))
+
+    def searcher(request: Request) -> None:
+        keys.require_search(request.headers.get("authorization"))
+
+    ADMIN, SEARCH = [Depends(admin)], [Depends(searcher)]
 
     # -- errors: JSON naming the parameter, never a stack trace ------------------------------------------------
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
-        return _error(exc.status, exc.param, exc.message)
+        return _error(exc.status, exc.param, public(exc.message, *roots), exc.headers)
 
     @app.exception_handler(QueryError)
     async def _query_error(request, exc: QueryError):
         return _error(422, exc.param, exc.reason)
+
+    @app.exception_handler(EcomsearchError)
+    async def _input_error(request, exc: EcomsearchError):
+        from engine.events import EventError, PrivacyError
+
+        if isinstance(exc, PrivacyError):
+            return _error(403, "user_id", str(exc))
+        if isinstance(exc, EventError):  # a bad user id, product id, event or time wherever it arrives
+            field = re.search(r"field '(\w+)'", str(exc))
+            return _error(422, field.group(1) if field else None, public(str(exc), *roots))
+        return _unexpected_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request, exc: RequestValidationError):
@@ -155,23 +179,31 @@ def create_app(engine, watch: bool | None = None):
     async def _http(request, exc: StarletteHTTPException):
         return _error(exc.status_code, None, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request, exc: Exception):
+    def _unexpected_response(request, exc: BaseException):
         ref = uuid.uuid4().hex[:12]
-        log.exception("request %s failed (error id %s)", request.url.path, ref)
+        log.error("request %s failed (error id %s)", request.url.path, ref, exc_info=exc)
         return _error(500, None, "internal error; the server log has the details", error_id=ref)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return _error(400, "content-length", f"not a number: {length!r}")
-            if int(length) > sc.max_body_bytes:
-                return _error(413, "body", f"{int(length):,} bytes; at most {sc.max_body_bytes:,}")
         t0 = time.perf_counter()
-        response = await call_next(request)
-        response.headers["X-Ecomsearch-Replica"] = REPLICA  # which of several replicas answered
+        length = request.headers.get("content-length")
+        try:
+            if length is not None:
+                if not length.isdigit():
+                    raise ApiError(400, "content-length", f"not a number: {length[:40]!r}")
+                if int(length) > sc.max_body_bytes:
+                    raise ApiError(413, "body", f"{int(length):,} bytes; at most {sc.max_body_bytes:,}")
+            check_url(request.scope.get("query_string", b""))
+            check_origin(request.method, request.headers, sc.cors_origins)
+            check_json_body(request.method, request.headers)
+            response = await call_next(request)
+        except ApiError as e:
+            response = _error(e.status, e.param, e.message, e.headers)
+        except Exception as e:  # answered here, not re-raised: the connection stays usable (keep-alive)
+            response = _unexpected_response(request, e)
+        response.headers["X-Ecomsearch-Replica"] = REPLICA  # which of several replicas answered (opaque)
+        security_headers(response)
         endpoint = getattr(request.scope.get("route"), "path", "unmatched")
         metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
         metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
@@ -185,10 +217,7 @@ def create_app(engine, watch: bool | None = None):
                 raise ApiError(413, "body", f"more than {max_bytes:,} bytes")
         if not body.strip():
             raise ApiError(400, "body", "empty; send JSON")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, "body", f"malformed JSON: {e}") from None
+        return parse_json(body)
 
     async def json_items(request: Request, key: str, one: str) -> list:
         """The body as a list of objects: one object, a list of them, or ``{key: [...]}``."""
@@ -201,7 +230,7 @@ def create_app(engine, watch: bool | None = None):
         return items
 
     # -- search ------------------------------------------------------------------------------------------------
-    @app.get("/search", summary="Search the catalog")
+    @app.get("/search", summary="Search the catalog", dependencies=SEARCH)
     def search(request: Request, q: str | None = None, k: int = 10, offset: int = 0, user: str | None = None,
                category: Annotated[list[str] | None, Query()] = None,
                brand: Annotated[list[str] | None, Query()] = None, price_min: float | None = None,
@@ -220,8 +249,8 @@ def create_app(engine, watch: bool | None = None):
                    "brand": brand[0] if brand and len(brand) == 1 else brand,
                    "price_min": price_min, "price_max": price_max}
         filters = {f: v for f, v in filters.items() if v is not None}
-        if user is not None and not user.strip():
-            raise ApiError(422, "user", "must not be empty")
+        if user is not None and id_problem(user):
+            raise ApiError(422, "user", id_problem(user))
         res = engine.query(q, k=k, offset=offset, filters=filters or None, user_id=user, personalize=personalize,
                            explain=explain)  # a QueryError becomes a 422 naming the parameter
         for step, ms in res.timings_ms.items():
@@ -232,7 +261,7 @@ def create_app(engine, watch: bool | None = None):
         return res.to_dict()
 
     # -- events and users --------------------------------------------------------------------------------------
-    @app.post("/events", summary="Record one event or a batch", status_code=200)
+    @app.post("/events", summary="Record one event or a batch", status_code=200, dependencies=SEARCH)
     async def events(request: Request):
         items = await json_items(request, "events", "event")
         if len(items) > sc.max_events:
@@ -274,42 +303,37 @@ def create_app(engine, watch: bool | None = None):
                        queries)
         return {"recorded": len(checked)}
 
-    @app.delete("/users/{user_id}", summary="Forget a user: every event and the profile")
+    @app.delete("/users/{user_id}", summary="Forget a user: every event, the profile, their counts",
+                dependencies=ADMIN)
     def forget(user_id: str):
-        from engine.events import PrivacyError
-
-        try:
-            return {"user": user_id, "events_deleted": engine.forget_user(user_id)}
-        except PrivacyError as e:
-            raise ApiError(403, "user_id", str(e)) from None
+        return {"user": user_id, "events_deleted": engine.forget_user(user_id)}  # bad ids: EventError -> 422
 
     # -- products ----------------------------------------------------------------------------------------------
-    @app.post("/products", summary="Add products (catalog rows); searchable when this returns")
+    @app.post("/products", summary="Add products (catalog rows); searchable when this returns", dependencies=ADMIN)
     async def add_products(request: Request):
-        from indexer.catalog import CatalogError, read_catalog
-        from indexer.updates import add_products as add
+        from indexer.catalog import CatalogError, catalog_from_rows
 
         rows = await json_items(request, "products", "product")
-        with tempfile.TemporaryDirectory() as tmp:
-            f = Path(tmp) / "add.jsonl"
-            f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-            try:
-                catalog = read_catalog(f, None, "jsonl")
-            except CatalogError as e:
-                first = e.errors[0] if e.errors else None
-                param = f"products[{first.line - 1}].{first.field}" if first and first.field else "products"
-                raise ApiError(422, param, first.reason if first else str(e)) from None
-            try:
-                report = await _in_thread(add, engine.cfg, catalog, False)
-            except (ValueError, EcomsearchError) as e:  # already there; an index that cannot take additions
-                raise ApiError(409, "products", str(e)) from None
-        reloaded = await _in_thread(engine.reload)
-        metrics.reloads.inc(int(reloaded["changed"]))
+        try:
+            catalog = catalog_from_rows(rows)
+        except CatalogError as e:
+            first = e.errors[0] if e.errors else None
+            param = f"products[{first.line - 1}]" + (f".{first.field}" if first.field else "") if first else "products"
+            raise ApiError(422, param, first.reason if first else str(e)) from None
+        try:
+            report = await _in_thread(engine.add_products, catalog)
+        except (ValueError, EcomsearchError) as e:  # already there; an index that cannot take additions
+            raise ApiError(409, "products", str(e)) from None
+        metrics.reloads.inc()
         metrics.version.set(engine.version.number)
-        return {"added": report["added"], "versions": reloaded["versions"]}
+        return {"added": report["added"], "versions": report["versions"]}
 
-    @app.delete("/products/{product_id}", summary="Delete a product; never returned once this returns")
+    @app.delete("/products/{product_id}", summary="Delete a product; never returned once this returns",
+                dependencies=ADMIN)
     def delete_product(product_id: str):
+        problem = id_problem(product_id)
+        if problem:
+            raise ApiError(422, "product_id", problem)
         try:
             n = engine.delete([product_id])
         except KeyError:
@@ -317,7 +341,7 @@ def create_app(engine, watch: bool | None = None):
         return {"product_id": product_id, "deleted": bool(n)}
 
     # -- operations --------------------------------------------------------------------------------------------
-    @app.post("/admin/reload", summary="Switch to a rebuilt index or changed models")
+    @app.post("/admin/reload", summary="Switch to a rebuilt index or changed models", dependencies=ADMIN)
     def reload():
         try:
             out = engine.reload()
@@ -340,13 +364,13 @@ def create_app(engine, watch: bool | None = None):
         ok = state["ready"] and all(loaded.values())
         return JSONResponse({"ready": ok, "loaded": loaded, "versions": v.versions()}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", dependencies=SEARCH)
     def prometheus():
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/facets", summary="Categories, brands and (demo) users for the search page")
+    @app.get("/facets", summary="Categories, brands and (demo) users for the search page", dependencies=SEARCH)
     def facets():
         if state["users"] is None:
             state["users"] = demo_users(engine)
@@ -356,7 +380,9 @@ def create_app(engine, watch: bool | None = None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        response = HTMLResponse(page_html)
+        security_headers(response, page=True, script_hashes=page_scripts)
+        return response
 
     if watch if watch is not None else sc.watch_seconds > 0:
         def watcher():
@@ -420,7 +446,8 @@ def serve_replicas(args, overrides: list[str]) -> int:
     os.environ[SERVE_ENV] = json.dumps({"config": str(Path(args.config).resolve()), "set": overrides})
     print(f"ecomsearch: {cfg.name}, {args.workers} replicas on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run("engine.service:replica_app", factory=True, workers=args.workers, host=args.host, port=args.port,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False, http=JsonErrorH11Protocol,
+                h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
     return 0
 
 
@@ -433,7 +460,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log-level", default="warning")
     ap.add_argument("--workers", type=int, default=1, help="stateless engine replicas sharing the port, the "
                     "index folder, the Milvus collection and the event store")
+    ap.add_argument("--demo-admin-key", action="store_true", help=f"without {ADMIN_ENV} set: make a random admin "
+                    "key for this run and print it (`make serve` on the demo config)")
     args = ap.parse_args(argv)
+    if args.demo_admin_key and not os.environ.get(ADMIN_ENV):
+        import secrets
+
+        os.environ[ADMIN_ENV] = "demo-" + secrets.token_urlsafe(18)
+        print(f"demo admin key for this run (POST /products, DELETE /users/..., POST /admin/reload): "
+              f"Authorization: Bearer {os.environ[ADMIN_ENV]}", flush=True)
     if args.workers > 1:
         try:
             return serve_replicas(args, list(args.set))
@@ -450,7 +485,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"ecomsearch: {app.state.engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)",
           flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                http=JsonErrorH11Protocol, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
     return 0
 
 

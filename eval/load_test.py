@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.vocab_trim import read_query_column
+from engine.http import ADMIN_ENV
 
 QUERYLOG = Path("../shared/datasets/querylog/taobao_queries.tsv")
 
@@ -37,6 +38,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def admin_key() -> str:
+    """The admin key the load test's service runs with (``ECOMSEARCH_ADMIN_KEY``, or one made for this run)."""
+    import secrets
+
+    if not os.environ.get(ADMIN_ENV):
+        os.environ[ADMIN_ENV] = "load-test-" + secrets.token_urlsafe(12)
+    return os.environ[ADMIN_ENV]
 
 
 class Service:
@@ -49,7 +59,9 @@ class Service:
         for s in sets:
             cmd += ["--set", s]
         self.log = open(log, "w") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
+        self.admin_key = admin_key()  # the churn's adds, deletes and reloads are admin calls
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, ADMIN_ENV: self.admin_key})
 
     def wait_ready(self, timeout: float = 300.0) -> dict:
         import httpx
@@ -155,7 +167,8 @@ async def churn(url: str, config: str, queries: list[str], product_ids: list[str
         return None
 
     async def admin():
-        async with httpx.AsyncClient(timeout=600.0) as http:
+        headers = {"Authorization": f"Bearer {admin_key()}"}
+        async with httpx.AsyncClient(timeout=600.0, headers=headers) as http:
             for pid in product_ids[:3]:
                 r = await http.delete(f"{url}/products/{pid}")
                 r.raise_for_status()
