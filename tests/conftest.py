@@ -124,7 +124,8 @@ def copy_config(cfg, tmp: Path, **rerank):
                     ignore=shutil.ignore_patterns("events.sqlite*", "deleted.txt", "additions.jsonl"))
     return dataclasses.replace(
         cfg, index_dir=index_dir, rerank=dataclasses.replace(cfg.rerank, **rerank),
-        personal=dataclasses.replace(cfg.personal, user_key="test-key", path=index_dir / "events.sqlite"))
+        personal=dataclasses.replace(cfg.personal, user_key="test-key", path=index_dir / "events.sqlite",
+                                     retention_days=3650))  # the generated logs are dated 2026-01..03
 
 
 @pytest.fixture()

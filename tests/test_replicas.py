@@ -19,6 +19,8 @@ from indexer.config import write_config  # noqa: E402
 
 from conftest import ROOT, copy_config  # noqa: E402
 
+ADMIN = "replicas-test-admin-key"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -41,7 +43,8 @@ def replicas(job_cfg, trained, tmp_path, pg_dsn):
     port = free_port()
     log = open(tmp_path / "service.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "engine.service", "--config", str(path), "--port", str(port),
-                             "--workers", "2"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                             "--workers", "2"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "ECOMSEARCH_ADMIN_KEY": ADMIN})
     url = f"http://127.0.0.1:{port}"
     try:
         seen = set()
@@ -79,7 +82,7 @@ def test_two_replicas_serve_a_load_without_errors_and_share_deletes_and_events(r
 
     victim = out[0][2]["hits"][0]["product_id"]
     with httpx.Client(timeout=30) as c:
-        assert c.delete(f"{replicas}/products/{victim}").json()["deleted"] is True
+        assert c.delete(f"{replicas}/products/{victim}", headers={"Authorization": f"Bearer {ADMIN}"}).json()["deleted"]
         ev = c.post(f"{replicas}/events", json={"user_id": "u-shared", "product_id": out[0][2]["hits"][1]["product_id"],
                                                  "event": "purchase"})
         assert ev.status_code == 200

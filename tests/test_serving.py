@@ -4,16 +4,22 @@ import json
 
 import pytest
 
+from engine.http import Keys
 from engine.search import SearchEngine
 from engine.service import create_app
+
+ADMIN = "test-admin-key"
 
 
 @pytest.fixture()
 def client(live_cfg):
+    """The service over the tiny pipeline; the client sends the admin key (tests of the keys themselves:
+    test_security.py)."""
     from fastapi.testclient import TestClient
 
     engine = SearchEngine.from_config(live_cfg)
-    with TestClient(create_app(engine, watch=False), raise_server_exceptions=False) as c:
+    with TestClient(create_app(engine, watch=False, keys=Keys(admin=ADMIN)), raise_server_exceptions=False,
+                    headers={"Authorization": f"Bearer {ADMIN}"}) as c:
         c.engine = engine
         yield c
 
@@ -132,7 +138,7 @@ def test_the_search_page_and_its_contract(client):
     html = page.text
     for element in ('id="q"', 'id="category"', 'id="brand"', 'id="price_max"', 'id="user"', 'id="explain"'):
         assert element in html
-    assert 'fetch("/search?' in html and 'fetch("/facets")' in html
+    assert 'api("/search?' in html and 'api("/facets")' in html
     facets = client.get("/facets").json()
     assert facets["categories"] and facets["brands"]
     assert facets["users"] and {"user_id", "favourite_brands"} <= set(facets["users"][0])  # the demo click log
@@ -152,7 +158,7 @@ def test_the_index_watcher_switches_to_a_rebuilt_index(live_cfg):
 
     cfg = dataclasses.replace(live_cfg, serve=dataclasses.replace(live_cfg.serve, watch_seconds=0.2))
     engine = SearchEngine.from_config(cfg)
-    with TestClient(create_app(engine), raise_server_exceptions=False) as c:
+    with TestClient(create_app(engine, keys=Keys(admin=ADMIN)), raise_server_exceptions=False) as c:
         before = c.get("/search", params={"q": "蓝牙耳机"}).json()["versions"]
         build_indexes(cfg, stages=["bm25"], progress=False)  # `make index` from another process
         for _ in range(100):
