@@ -133,6 +133,7 @@ _STAT_COLS = ("impressions", "clicks", "carts", "purchases")
 def _sql(p: str, user: str) -> dict[str, str]:
     """One write's statements in a dialect: ``p`` the placeholder, ``user`` the user column."""
     return {
+        "p": p,
         "event": f"INSERT INTO events ({user}, product, event, ts, query, credited) VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
         # the credited events of some users in a time range (what the credit rule checks new events against)
         "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
@@ -197,8 +198,7 @@ class CreditRule:
         distinct = sorted(set(users))
         for i in range(0, len(distinct), 500):
             chunk = distinct[i : i + 500]
-            p = "?" if "?" in sql["event"] else "%s"
-            stmt = sql["credited"].format(users=", ".join([p] * len(chunk)))
+            stmt = sql["credited"].format(users=", ".join([sql["p"]] * len(chunk)))
             for u, prod, ev, t in con.execute(stmt, (lo, hi, *chunk)).fetchall():
                 b = float(np.floor(t / w))
                 seen.add((u, prod, int(ev), b))
@@ -224,12 +224,8 @@ def _uncount(con, sql: dict, where: str, params: tuple) -> None:
     per_product: dict[str, list[float]] = {}
     for product, code, n in rows:
         per_product.setdefault(product, [0.0] * len(EVENTS))[int(code)] += float(n)
-    args = [(*c, prod) for prod, c in per_product.items()]
-    if hasattr(con, "executemany"):  # sqlite3
-        con.executemany(sql["unstat"], args)
-    else:  # psycopg: on a cursor
-        with con.cursor() as cur:
-            cur.executemany(sql["unstat"], args)
+    for prod, c in per_product.items():  # one user's products, or one purge's: few rows
+        con.execute(sql["unstat"], (*c, prod))
 
 
 def _counts(pids: Sequence[str], codes: np.ndarray, credited: np.ndarray) -> list[tuple]:

@@ -607,14 +607,14 @@ class IndexVersion:
 
 
 # -- opening a version ----------------------------------------------------------------------------------------
-def open_bm25(cfg: Config, verify: bool = True) -> BM25Index:
+def open_bm25(cfg: Config, verify: bool = True, tokenizer=None) -> BM25Index:
     """The BM25 index (and product table) of the serving version (``<index_dir>/current``, resolved once and kept
     as ``version_root``: the other stages are opened from the same version)."""
     link = cfg.index_dir / "bm25"
     root = version_root(cfg.index_dir)
     try:
         bm25 = BM25Index.load(stage_folder(cfg.index_dir, "bm25", root), cfg.text, config_hash=cfg.index_fingerprint(),
-                              verify=verify)
+                              verify=verify, tokenizer=tokenizer)
         bm25.version_root = root
         return bm25
     except IndexLoadError:
@@ -743,7 +743,8 @@ class SearchEngine:
         one title.  Returns :func:`indexer.updates.add_products`'s report with ``versions``."""
         from indexer.updates import add_products
 
-        report = add_products(self.cfg, catalog, progress, encoders=self._encoders_for_adding())
+        report = add_products(self.cfg, catalog, progress, encoders=self._encoders_for_adding(),
+                              tokenizer=self._version.bm25.tokenizer)
         report["versions"] = self.reload()["versions"]
         return report
 
@@ -772,7 +773,7 @@ class SearchEngine:
             old = self._version
             if not self.stale():
                 return {"changed": False, "versions": old.versions()}
-            new = IndexVersion(old.cfg, open_bm25(old.cfg, old.verify), old.verify, self.load_models,
+            new = IndexVersion(old.cfg, open_bm25(old.cfg, old.verify, old.bm25.tokenizer), old.verify, self.load_models,
                                previous=old, number=old.number + 1)
             if self._batching:
                 new.enable_batching(*self._batching)

@@ -186,7 +186,10 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: Path, text_cfg: TextConfig, config_hash: str | None = None, mmap: bool = True,
-             verify: bool = True) -> "BM25Index":
+             verify: bool = True, tokenizer: Tokenizer | None = None) -> "BM25Index":
+        """An index from its build folder.  ``tokenizer``: one already built (a running engine's); reused when it
+        was built from the same text settings and dictionary words (loading jieba's dictionary is most of the
+        cost of opening a small index: an add followed by a reload would pay it twice)."""
         folder = Path(folder)
         manifest = read_manifest(folder, KIND, verify=verify)
         if config_hash is not None and manifest.get("config_hash") != config_hash:
@@ -195,8 +198,9 @@ class BM25Index:
         weights = manifest["bm25"]["fields"]
         retrievers = {f: bm25s.BM25.load(folder / f"bm25s-{f}", mmap=mmap, show_progress=False, verbosity=0)
                       for f in weights}
-        words = (folder / "dict_words.txt").read_text(encoding="utf-8").split("\n")
-        tokenizer = Tokenizer(text_cfg, extra_words=[w for w in words if w])
+        words = tuple(w for w in (folder / "dict_words.txt").read_text(encoding="utf-8").split("\n") if w)
+        if tokenizer is None or tokenizer.source != (text_cfg, words):
+            tokenizer = Tokenizer(text_cfg, extra_words=words)
         mode = "r" if mmap else None
         doc_tokens = {f: DocTokens(np.load(folder / f"doc_tokens-{f}.indptr.npy", mmap_mode=mode),
                                    np.load(folder / f"doc_tokens-{f}.ids.npy", mmap_mode=mode)) for f in weights}

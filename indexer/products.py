@@ -39,6 +39,12 @@ class StringColumn:
         lo, hi = self._offsets[i], self._offsets[i + 1]
         return self._blob[lo:hi].tobytes().decode("utf-8")
 
+    def extend(self, values: Sequence[str]) -> "StringColumn":
+        """A new column with ``values`` after these (the stored bytes are copied, not decoded)."""
+        new = StringColumn.from_strings(values)
+        offsets = np.concatenate([np.asarray(self._offsets), new._offsets[1:] + self._offsets[-1]])
+        return StringColumn(np.concatenate([np.asarray(self._blob), new._blob]), offsets)
+
     def take(self, rows: Iterable[int]) -> list[str]:
         return [self[int(i)] for i in rows]
 
@@ -102,8 +108,7 @@ class ProductTable:
 
         cat_codes, cats = extend(self.category_codes, self.categories, catalog.categories)
         brand_codes, brands = extend(self.brand_codes, self.brands, catalog.brands)
-        return ProductTable(StringColumn.from_strings(self.ids.tolist() + list(catalog.ids)),
-                            StringColumn.from_strings(self.titles.tolist() + list(catalog.titles)),
+        return ProductTable(self.ids.extend(catalog.ids), self.titles.extend(catalog.titles),
                             cat_codes, cats, brand_codes, brands,
                             np.concatenate([np.asarray(self.prices), np.asarray(catalog.prices, dtype=np.float64)]))
 

@@ -199,16 +199,19 @@ def _stage_links(index_dir: Path) -> dict[str, str]:
 def switch_version(index_dir: Path, stages: dict[str, str]) -> None:
     """Make a new version (the serving one with ``stages``' build folders replaced) serve, in one rename."""
     index_dir = Path(index_dir)
-    old = _stage_links(index_dir)
-    new = {**old, **stages}
-    version = index_dir / f"{VERSION}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    version.mkdir()
-    for stage, folder in new.items():
-        os.symlink(f"../{folder}", version / stage)
-    _fsync_dir(version)
-    _link(version.name, index_dir / CURRENT)  # the switch: every stage at once
+    _link(_new_version(index_dir, {**_stage_links(index_dir), **stages}), index_dir / CURRENT)
     _fsync_dir(index_dir)
     recover(index_dir)
+
+
+def _new_version(index_dir: Path, links: dict[str, str]) -> str:
+    """A version folder with one link per stage to its build folder (not serving yet); returns its name."""
+    version = index_dir / f"{VERSION}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    version.mkdir()
+    for stage, folder in links.items():
+        os.symlink(f"../{folder}", version / stage)
+    _fsync_dir(version)
+    return version.name
 
 
 def recover(index_dir: Path) -> None:
@@ -220,31 +223,22 @@ def recover(index_dir: Path) -> None:
     if not index_dir.is_dir():
         return
     links = _stage_links(index_dir)
+    if not links:
+        return
     cur = index_dir / CURRENT
     if not cur.is_symlink():
-        if not links:
-            return
-        version = index_dir / f"{VERSION}{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        version.mkdir()
-        for stage, folder in links.items():
-            os.symlink(f"../{folder}", version / stage)
-        _link(version.name, cur)
-    serving = cur.resolve()
+        _link(_new_version(index_dir, links), cur)
+    serving = os.readlink(cur)
     for stage in links:
-        want = f"{CURRENT}/{stage}"
         where = index_dir / stage
-        if not where.is_symlink() or os.readlink(where) != want:
-            if where.exists() and not where.is_symlink():
-                continue  # not ours (a plain folder without a manifest): leave it
-            _link(want, where)
-    used = set(links.values())
-    for p in index_dir.iterdir():
-        if "@" not in p.name or p.is_symlink() or not p.is_dir():
+        if where.is_symlink() or not where.exists():
+            if not where.is_symlink() or os.readlink(where) != f"{CURRENT}/{stage}":
+                _link(f"{CURRENT}/{stage}", where)
+    used = set(links.values()) | {serving}
+    for p in index_dir.iterdir():  # by name: the folder's own path may run through links
+        if "@" not in p.name or p.name in used or p.is_symlink() or not p.is_dir():
             continue
-        name = p.name.split("@", 1)[0]
-        if p.name.startswith(VERSION) and p != serving:
-            shutil.rmtree(p, ignore_errors=True)
-        elif (name in links or not (p / MANIFEST).is_file()) and p.name not in used and not p.name.startswith(VERSION):
+        if p.name.startswith(VERSION) or p.name.split("@", 1)[0] in links or not (p / MANIFEST).is_file():
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -143,6 +143,8 @@ class Tokenizer:
 
     def __init__(self, cfg: TextConfig | None = None, extra_words: Iterable[str] = ()):
         self.cfg = cfg or TextConfig()
+        extra_words = tuple(extra_words)
+        self.source = (self.cfg, extra_words)  # what it was built from: a load with the same reuses it
         # only Han words need jieba's help; Latin words are tokens already
         words = sorted({w for w in (self.normalize(x).strip() for x in extra_words)
                         if len(w) >= 2 and (m := _SEGMENT.fullmatch(w)) and m.group(1)})

@@ -146,11 +146,12 @@ def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | Non
     return len(set(ids) - before)
 
 
-def add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None) -> dict:
+def add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None,
+                 tokenizer=None) -> dict:
     """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild, one switch) and
-    to the durable additions file every rebuild merges.  ``encoders``: see :func:`_add_products`."""
+    to the durable additions file every rebuild merges.  ``encoders``, ``tokenizer``: see :func:`_add_products`."""
     with updates_lock(cfg):
-        report = _add_products(cfg, catalog, progress, encoders)
+        report = _add_products(cfg, catalog, progress, encoders, tokenizer)
         _append_additions(cfg, catalog)
         if cfg.search.backend == "milvus":  # the new rows, and the new builds they now mirror
             from indexer.backends.milvus import add_rows
@@ -211,16 +212,17 @@ def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
                    catalog.attributes + pick(added.attributes), catalog.source, catalog.rejected)
 
 
-def _add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None) -> dict:
+def _add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None,
+                  tokenizer=None) -> dict:
     """Every stage of the serving version with ``catalog``'s rows appended, switched in as one new version.
-    ``encoders``: stage -> a loaded passage encoder to reuse (a running engine's), so that adding one product
-    costs encoding one title, not loading a model."""
+    ``encoders`` (stage -> a loaded passage encoder) and ``tokenizer`` (the BM25 one): a running engine's, reused
+    so that adding one product costs encoding one title, not loading a model or jieba's dictionary."""
     from indexer.dense import DENSE_STAGES, index_stages
 
     t0 = time.perf_counter()
     root = version_root(cfg.index_dir)
     old = BM25Index.load(stage_folder(cfg.index_dir, BM25_KIND, root), cfg.text, config_hash=cfg.index_fingerprint(),
-                         mmap=False, verify=False)
+                         mmap=False, verify=False, tokenizer=tokenizer)
     present = (set(catalog.ids) & set(old.products.row_map())) - deleted_ids(cfg)  # a deleted id may come back
     if present:
         shown = ", ".join(sorted(present)[:10])
