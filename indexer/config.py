@@ -432,14 +432,25 @@ _PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "tr
                 "distill_from", "init_from"}
 
 
+def _section(data, where: str) -> dict:
+    """A config section as a dict (missing: empty); anything but a mapping is an error naming it."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {type(data).__name__} {str(data)[:60]}")
+    return dict(data)
+
+
 def _build(cls, data: dict | None, where: str, root: Path):
-    data = dict(data or {})
+    data = _section(data, where)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {sorted(unknown)}; known: {sorted(known)}")
     for name, value in list(data.items()):
         if name in _PATH_FIELDS and value is not None:
+            if not isinstance(value, str):
+                raise ConfigError(f"{where}.{name}: expected a path (a string), got {type(value).__name__} {value!r}")
             p = Path(value)
             data[name] = p if p.is_absolute() else (root / p).resolve()
     hints = typing.get_type_hints(cls)
@@ -497,7 +508,7 @@ def _type_name(tp: Any) -> str:
 
 
 def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig:
-    data = dict(data or {})
+    data = _section(data, where)
     bi = _build(BiEncoderTrainConfig, data.pop("biencoder", None), f"{where}.biencoder", root)
     ce = _build(CrossEncoderTrainConfig, data.pop("crossencoder", None), f"{where}.crossencoder", root)
     rk = _build(RankerTrainConfig, data.pop("ranker", None), f"{where}.ranker", root)
@@ -507,7 +518,7 @@ def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig
 
 
 def _build_search(data: dict | None, where: str, root: Path) -> SearchConfig:
-    data = dict(data or {})
+    data = _section(data, where)
     mv = _build(MilvusConfig, data.pop("milvus", None), f"{where}.milvus", root)
     sc = _build(SearchConfig, data, where, root)
     sc.milvus = mv

@@ -221,6 +221,7 @@ def cli_on(module, config, tmp_path):
 
 @pytest.mark.parametrize("patch, expect", [
     ({"index_dir": 5}, "index_dir"), ({"root": 5}, "root"), ({"text": {"user_dict": "nowhere.txt"}}, "text.user_dict"),
+    ({"catalog": {"path": 5}}, "catalog.path"), ({"bm25": [1, 2]}, "bm25: expected a mapping"),
 ])
 def test_cli_config_mistakes_are_one_line_naming_the_key(demo_dir, tmp_path, patch, expect):
     import yaml
