@@ -12,7 +12,7 @@ EXTRAS := $(if $(GPU),gpu,cpu),test,scale
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test probe-service test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -88,6 +88,10 @@ bench-scale: .venv/.installed models/base/config.json data/demo/catalog.jsonl
 	$(PY) -m eval.bench_scale --config configs/wentian.yaml
 load-test: .venv/.installed
 	$(PY) -m eval.load_test --config $(CONFIG) --out reports/serving/load-$(basename $(notdir $(CONFIG)))
+
+# issue 22's probe against a live service over the config's built index (it adds products and events: use a copy)
+probe-service: .venv/.installed
+	$(PY) -m eval.probe_service --config $(CONFIG) --log reports/probe/$(basename $(notdir $(CONFIG)))-service.log
 
 ablation: .venv/.installed
 	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv
