@@ -19,7 +19,7 @@
   one transaction), forgets users and drops events past the retention.
 
 `python -m engine.events ingest clicks.jsonl --config C [--skip-bad-rows]`
-loads a click log (the format of :mod:`finetune.clicklog`).
+loads a click log (the format of :mod:`core.formats.clicklog`).
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from indexer.types import EcomsearchError, id_problem
+from core.types import EcomsearchError, id_problem
 from engine.profiles import (Profile, ProductFacets, ProfileSettings, apply_event, bought_rows, build_profiles,
                              merge_profiles)
-from finetune.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
+from core.formats.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 
 SCHEMA_VERSION = 2  # 2: events.credited (whether an event counts in the product statistics)
 KEY_ENV = "ECOMSEARCH_USER_KEY"

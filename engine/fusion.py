@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from indexer.types import SearchResult
+from core.types import SearchResult
 
 
 def reciprocal_rank_fusion(results: Sequence[SearchResult], k: int, c: float = 60.0) -> SearchResult:

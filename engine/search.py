@@ -737,7 +737,7 @@ class SearchEngine:
         self._version.enable_batching(window_ms, max_pairs)
 
     def add_products(self, catalog, progress: bool = False) -> dict:
-        """Add new products (a validated :class:`indexer.catalog.Catalog`) to every stage without a rebuild, and
+        """Add new products (a validated :class:`core.formats.catalog.Catalog`) to every stage without a rebuild, and
         switch to the version that holds them: searchable when this returns.  The titles are embedded with the
         encoders this engine already holds (loaded once, kept across adds), so adding one product costs encoding
         one title.  Returns :func:`indexer.updates.add_products`'s report with ``versions``."""

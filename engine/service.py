@@ -40,7 +40,7 @@ from engine.http import (ADMIN_ENV, MAX_REQUEST_HEAD, ApiError, JsonErrorH11Prot
                          check_origin, check_url, error_response,
                          inline_script_hashes, parse_json, public, security_headers)
 from engine.types import EcomsearchError, QueryError
-from indexer.types import id_problem
+from core.types import id_problem
 
 log = logging.getLogger("ecomsearch.service")
 REPLICA = f"replica-{uuid.uuid4().hex[:8]}"  # opaque: tells replicas apart without naming the host or pid
@@ -80,7 +80,7 @@ def demo_users(engine, n: int = 8) -> list[dict]:
     brand, for the page's user picker; [] for judged-pairs data."""
     from collections import Counter, defaultdict
 
-    from finetune.clicklog import iter_clicklog
+    from core.formats.clicklog import iter_clicklog
 
     log_path = engine.cfg.finetune.train
     if log_path is None or not Path(log_path).is_file() or Path(log_path).suffix != ".jsonl":
@@ -311,7 +311,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     # -- products ----------------------------------------------------------------------------------------------
     @app.post("/products", summary="Add products (catalog rows); searchable when this returns", dependencies=ADMIN)
     async def add_products(request: Request):
-        from indexer.catalog import CatalogError, catalog_from_rows
+        from core.formats.catalog import CatalogError, catalog_from_rows
 
         rows = await json_items(request, "products", "product")
         try:

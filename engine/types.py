@@ -1,7 +1,7 @@
 """What the engine hands back: a hit, a query's typed result, and the engine's errors.
 
 The project-wide base types (:class:`EcomsearchError`, :class:`SearchResult`,
-the stage names) live in :mod:`indexer.types`, the bottom of the import graph;
+the stage names) live in :mod:`core.types`, the bottom of the import graph;
 they are re-exported here so that engine users import from one place.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from indexer.types import (BM25, DENSE, DENSE_BASE, DENSE_STAGES, FIRST_STAGES, HYBRID, RERANK,  # noqa: F401
+from core.types import (BM25, DENSE, DENSE_BASE, DENSE_STAGES, FIRST_STAGES, HYBRID, RERANK,  # noqa: F401
                            RERANK_FIRST_STAGES, STAGES, EcomsearchError, SearchResult)
 
 

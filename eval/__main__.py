@@ -27,9 +27,9 @@ from engine.search import STAGES, SearchEngine
 from eval.evaluate import evaluate
 from eval.report import write_report
 from eval.significance import fmt_interval, paired
-from finetune.judged import QueriesError, read_queries
+from core.formats.judged import QueriesError, read_queries
 from indexer.build import ensure_indexes
-from indexer.catalog import CatalogError
+from core.formats.catalog import CatalogError
 from indexer.config import ConfigError, load_config, parse_overrides
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError

@@ -19,7 +19,7 @@ from pathlib import Path
 import jieba
 
 from eval.evaluate import score_run
-from finetune.judged import read_queries
+from core.formats.judged import read_queries
 from indexer.bm25 import BM25Index, build_retriever
 from indexer.build import load_catalog
 from indexer.config import BM25Config, TextConfig, load_config

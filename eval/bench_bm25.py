@@ -87,7 +87,7 @@ def build(system: str, corpus: str, folder: str, config: str | None = None) -> d
     t0 = time.perf_counter()
     if system == "ecomsearch":
         from indexer.bm25 import KIND, BM25Index
-        from indexer.catalog import read_catalog
+        from core.formats.catalog import read_catalog
         from indexer.config import load_config
         from indexer.store import write_index
 

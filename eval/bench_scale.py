@@ -85,7 +85,7 @@ def backends(cfg, sizes: list[int], n_queries: int, progress: bool) -> list[dict
     from engine.search import SearchEngine
     from indexer.backends.milvus import MilvusStages, build_collection
     from indexer.bm25 import BM25Index
-    from indexer.catalog import read_catalog
+    from core.formats.catalog import read_catalog
     from indexer.dense import DenseIndex
 
     eng = SearchEngine.from_config(cfg, load_models=False)

@@ -83,8 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from engine.search import SearchEngine
-    from eval import metrics
-    from finetune.judged import read_queries
+    from core import metrics
+    from core.formats.judged import read_queries
 
     engine = SearchEngine.from_config(args.config, search={"cache_size": 0})
     cfg = engine.cfg

@@ -27,7 +27,7 @@ from eval.bench_bm25 import read_id_text
 
 
 def _examples(data: Path, n: int, seed: int = 0):
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
 
     ids, titles = read_id_text(data / "wentian" / "corpus.tsv")
     title_of = dict(zip(ids, titles))

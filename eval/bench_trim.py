@@ -17,7 +17,7 @@ from pathlib import Path
 
 from engine.search import SearchEngine
 from eval.evaluate import evaluate
-from finetune.judged import read_queries
+from core.formats.judged import read_queries
 from indexer.build import ensure_indexes
 from indexer.config import load_config
 from indexer.encoder import Encoder

@@ -26,7 +26,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune.clicklog import Event, write_clicklog
+from core.formats.clicklog import Event, write_clicklog
 
 # category: (nouns, brands [(latin, chinese)], specs, attribute pools, price range)
 CATEGORIES: dict[str, dict] = {

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.__main__ import format_explain
     from engine.search import SearchEngine
-    from finetune.clicklog import read_clicklog
-    from indexer.catalog import read_catalog
+    from core.formats.clicklog import read_clicklog
+    from core.formats.catalog import read_catalog
 
     engine = SearchEngine.from_config(args.config)
     cfg = engine.cfg

@@ -9,8 +9,8 @@ import numpy as np
 from tqdm import tqdm
 
 from engine.search import DENSE_STAGES, SearchEngine
-from eval import metrics
-from finetune.judged import JudgedQueries
+from core import metrics
+from core.formats.judged import JudgedQueries
 
 RECALL_CURVE_KS = [1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000]
 

@@ -76,8 +76,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.profiles import ProfileSettings, bought_rows
-from eval import metrics
-from eval.bootstrap import paired_bootstrap
+from core import metrics
+from core.bootstrap import paired_bootstrap
 
 DAY = 86400.0
 START = 1_767_225_600.0  # 2026-01-01
@@ -111,7 +111,7 @@ class World:
 
 @dataclass
 class SimLog:
-    events: list = field(default_factory=list)  # finetune.clicklog.Event
+    events: list = field(default_factory=list)  # core.formats.clicklog.Event
     sessions: list = field(default_factory=list)  # finetune.ranker.Session (training period)
     eval_sessions: list = field(default_factory=list)  # (user, query, t, gains {row: gain})
 
@@ -195,7 +195,7 @@ def click_logit(z: np.ndarray, taste: np.ndarray, strength: float) -> np.ndarray
 def simulate(world: World, users: list[SimUser], strength: float, days: float, eval_days: float,
              sessions_per_user: float, rng: np.random.Generator, row_ids) -> tuple[SimLog, float]:
     """Sessions of every user over ``days``; returns the log and the global time cut."""
-    from finetune.clicklog import Event
+    from core.formats.clicklog import Event
     from finetune.ranker import Session
 
     cut = START + (days - eval_days) * DAY
@@ -404,7 +404,7 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
 
     from engine.features import feature_matrix, personal_features
     from engine.profiles import Profile, apply_event
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
     from finetune.ranker import candidate_cache
 
     judged = read_queries(dev_path)
@@ -578,14 +578,14 @@ def query_pool(cfg, n: int, seed: int) -> list[str]:
     if ft.train is None or not Path(ft.train).is_file():
         raise FileNotFoundError(f"{cfg.source}: finetune.train ({ft.train}) is needed for the query pool")
     if is_clicklog(Path(ft.train), ft.format):
-        from finetune.clicklog import read_clicklog
+        from core.formats.clicklog import read_clicklog
         from finetune.job import clicklog_cut
 
         events = read_clicklog(ft.train)
         cut, _ = clicklog_cut(cfg, events)
         texts = sorted({e.query.strip() for e in events if e.timestamp < cut})
     else:
-        from finetune.judged import read_queries
+        from core.formats.judged import read_queries
 
         texts = sorted(set(read_queries(ft.train).texts.values()))
     rng = np.random.default_rng(seed)

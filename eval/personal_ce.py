@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from engine.ranker import Ranker
     from engine.rerank import CrossEncoder, combine
     from engine.search import SearchEngine
-    from eval import metrics
-    from eval.bootstrap import paired_bootstrap
-    from finetune.clicklog import read_clicklog
+    from core import metrics
+    from core.bootstrap import paired_bootstrap
+    from core.formats.clicklog import read_clicklog
     from finetune.crossencoder import Group, train
     from finetune.job import clicklog_cut
     from finetune.ranker import EventArrays, PointInTime, candidate_cache, session_features, sessions_from_events

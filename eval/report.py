@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.evaluate import RECALL_CURVE_KS, StageResult
-from eval.metrics import ranked
+from core.metrics import ranked
 from eval.significance import fmt_interval, intervals, most_hurt, paired
 
 

@@ -26,8 +26,8 @@ import numpy as np
 
 from engine.fusion import reciprocal_rank_fusion
 from engine.rerank import CrossEncoder, combine, first_stage_scores, standardize
-from eval import metrics
-from indexer.types import SearchResult
+from core import metrics
+from core.types import SearchResult
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
     from engine import SearchEngine
     from finetune.job import without_rerank
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
     from indexer.build import ensure_indexes
     from indexer.config import load_config
 

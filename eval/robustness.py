@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.bootstrap import paired_bootstrap
+from core.bootstrap import paired_bootstrap
 from eval.evaluate import evaluate
 from eval.significance import fmt_interval
-from finetune.judged import read_queries
+from core.formats.judged import read_queries
 from indexer.config import load_config, parse_overrides
 
 METRICS = ("mrr@10", "ndcg@10")

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from engine.search import SearchEngine
-from eval import metrics
-from eval.bootstrap import bootstrap_ci, paired_bootstrap
+from core import metrics
+from core.bootstrap import bootstrap_ci, paired_bootstrap
 from eval.load_test import QUERYLOG
-from finetune.judged import read_queries
+from core.formats.judged import read_queries
 from indexer.config import load_config, parse_overrides
 from indexer.vocab_trim import read_query_column
 

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from eval.bootstrap import bootstrap_ci, paired_bootstrap
+from core.bootstrap import bootstrap_ci, paired_bootstrap
 
 
 def intervals(per_query: Mapping[str, np.ndarray], seed: int = 0) -> dict[str, dict[str, float]]:

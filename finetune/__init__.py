@@ -1,1 +1,1 @@
-"""Click logs → training → models.  This slice defines the click-log format (``finetune.clicklog``)."""
+"""Click logs → training → models.  This slice defines the click-log format (``core.formats.clicklog``)."""

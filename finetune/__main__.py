@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from finetune.clicklog import ClickLogError
-    from finetune.judged import QueriesError
-    from indexer.catalog import CatalogError
+    from core.formats.clicklog import ClickLogError
+    from core.formats.judged import QueriesError
+    from core.formats.catalog import CatalogError
     from indexer.config import ConfigError, load_config, parse_overrides
     from indexer.encoder import ModelMissingError
     from indexer.store import IndexLoadError

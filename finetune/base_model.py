@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.types import EcomsearchError
+from core.types import EcomsearchError
 
 HUB_ID = "intfloat/multilingual-e5-small"
 QK = 32  # weights per Q4_0 block

@@ -122,7 +122,7 @@ def judged_ndcg(queries: Sequence[str], titles: Sequence[Sequence[str]], gains: 
                 batch_size: int = 128) -> Callable[[CrossEncoder], float]:
     """Dev metric for graded pairs: NDCG@10 of the cross-encoder alone ordering each dev query's judged products
     (the ``--judged-only`` benchmark's measure)."""
-    from eval import metrics
+    from core import metrics
 
     pair_q = [q for q, ts in zip(queries, titles) for _ in ts]
     pair_t = [t for ts in titles for t in ts]

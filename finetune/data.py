@@ -22,7 +22,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from finetune.clicklog import Event
+from core.formats.clicklog import Event
 
 DEFAULT_GAINS = {"click": 1, "add_to_cart": 2, "purchase": 3}
 

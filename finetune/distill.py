@@ -31,7 +31,7 @@ def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: 
     """Training queries (seeded sample of what ``make finetune`` trains on: judged pairs, or a click log's
     queries before its time cut) and unlabeled query-log queries; none of them a dev or evaluation query."""
     from finetune.job import load_training_data
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
     from indexer.vocab_trim import read_query_column
 
     rng = np.random.default_rng(seed)

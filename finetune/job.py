@@ -56,7 +56,7 @@ def is_clicklog(path: Path, fmt: str = "auto") -> bool:
 
 def load_training_data(cfg: Config) -> TrainingData:
     """Train and dev queries from the config's ``finetune`` section."""
-    from finetune.judged import QueriesError, read_queries
+    from core.formats.judged import QueriesError, read_queries
 
     ft = cfg.finetune
     if ft.train is None:
@@ -64,7 +64,7 @@ def load_training_data(cfg: Config) -> TrainingData:
     if not Path(ft.train).is_file():
         raise QueriesError(f"training data not found: {ft.train}")
     if is_clicklog(Path(ft.train), ft.format):
-        from finetune.clicklog import read_clicklog
+        from core.formats.clicklog import read_clicklog
 
         events = read_clicklog(ft.train)
         cut, how = clicklog_cut(cfg, events)
@@ -96,7 +96,7 @@ def load_training_data(cfg: Config) -> TrainingData:
 
 def clicklog_cut(cfg: Config, events) -> tuple[float, str]:
     """The global time cut of a click log (training strictly before it) and how it was chosen."""
-    from finetune.judged import QueriesError
+    from core.formats.judged import QueriesError
 
     ft = cfg.finetune
     if not events:
@@ -142,7 +142,7 @@ def _rows_of(engine, pids) -> list[int]:
 
 def _eval_query_texts(cfg: Config) -> set[str]:
     """The texts of the config's evaluation queries (never trained on)."""
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
 
     q = cfg.eval.queries
     return set(read_queries(q).texts.values()) if q and Path(q).is_file() else set()
@@ -345,7 +345,7 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
     row_of = engine.products.row_map()
     ft = cfg.finetune
     if is_clicklog(Path(ft.train), ft.format):
-        from finetune.clicklog import read_clicklog
+        from core.formats.clicklog import read_clicklog
 
         events = read_clicklog(ft.train)
         cut, how = clicklog_cut(cfg, events)
@@ -382,8 +382,8 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
     from engine.features import FEATURES
     from engine.ranker import Ranker
     from engine.rerank import combine
-    from eval import metrics
-    from eval.bootstrap import paired_bootstrap
+    from core import metrics
+    from core.bootstrap import paired_bootstrap
     from finetune.ranker import candidate_cache, session_features
 
     ranker = Ranker.load(ranker_dir)

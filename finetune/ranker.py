@@ -70,7 +70,7 @@ class EventArrays:
 
     @classmethod
     def from_events(cls, events: Iterable, row_of: Mapping[str, int]) -> "EventArrays":
-        """From :class:`finetune.clicklog.Event` objects; events on products not in the index are dropped."""
+        """From :class:`core.formats.clicklog.Event` objects; events on products not in the index are dropped."""
         kept = [(e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp)
                 for e in events if e.product_id in row_of]
         kept.sort(key=lambda x: x[4])
@@ -397,8 +397,8 @@ def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[s
 
 def ndcg_per_group(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int = 10) -> np.ndarray:
     """NDCG@k of each group (rows in group order; ties keep row order), gains ``2^y − 1`` as LightGBM's
-    lambdarank uses: :func:`eval.metrics.ndcg` over one query per group."""
-    from eval import metrics
+    lambdarank uses: :func:`core.metrics.ndcg` over one query per group."""
+    from core import metrics
 
     qrels, run = {}, {}
     start = 0

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from indexer.build import build_indexes, load_catalog
-from indexer.catalog import CatalogError
-from indexer.types import EcomsearchError
+from core.formats.catalog import CatalogError
+from core.types import EcomsearchError
 from indexer.config import ConfigError, load_config
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
@@ -85,7 +85,7 @@ def add_rejects_path(cfg):
 
 
 def update(args) -> int:
-    from indexer.catalog import read_catalog, write_rejects
+    from core.formats.catalog import read_catalog, write_rejects
     from indexer.updates import add_products, delete_products
 
     try:

@@ -17,12 +17,12 @@ from typing import Sequence
 import bm25s
 import numpy as np
 
-from indexer.catalog import Catalog
+from core.formats.catalog import Catalog
 from indexer.config import BM25Config, Config, TextConfig
 from indexer.products import ProductTable
 from indexer.store import IndexLoadError, read_manifest, sha256_file, write_index
 from indexer.text import Tokenizer
-from indexer.types import SearchResult
+from core.types import SearchResult
 
 KIND = "bm25"
 

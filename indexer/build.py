@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from indexer import bm25
-from indexer.catalog import Catalog, read_catalog, write_rejects
+from core.formats.catalog import Catalog, read_catalog, write_rejects
 from indexer.config import Config
 from indexer.dense import DENSE_STAGES, index_stages
 from indexer.store import IndexCommit, IndexLoadError, index_commit, read_manifest, sha256_file, version_root
@@ -25,7 +25,7 @@ class StageBuild:
 
 def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     """Read the config's catalog; rejected rows (with --skip-bad-rows) go to the side file."""
-    from indexer.catalog import CatalogError
+    from core.formats.catalog import CatalogError
     from indexer.updates import with_additions
 
     skip = cfg.catalog.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
@@ -96,7 +96,7 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
 def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
     """The stages whose index is missing, damaged, built from another config, catalog or encoder, or holding
     other products than the serving bm25 build (the stages of one version must hold the same rows)."""
-    from indexer.catalog import CatalogError
+    from core.formats.catalog import CatalogError
 
     if not Path(cfg.catalog.path).is_file():
         raise CatalogError(f"{cfg.source or cfg.name}: catalog.path: file not found: {cfg.catalog.path}")

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from indexer.types import FIRST_STAGES, EcomsearchError
+from core.types import FIRST_STAGES, EcomsearchError
 
 
 class ConfigError(EcomsearchError, ValueError):

@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from indexer.store import IndexLoadError, read_manifest, write_index
-from indexer.types import DENSE_STAGES, SearchResult  # noqa: F401  (DENSE_STAGES re-exported)
+from core.types import DENSE_STAGES, SearchResult  # noqa: F401  (DENSE_STAGES re-exported)
 
 KIND = "dense"
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from indexer.types import EcomsearchError
+from core.types import EcomsearchError
 
 HUB_ID = "intfloat/multilingual-e5-small"
 QUERY_PREFIX = "query: "

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from indexer.catalog import Catalog
+from core.formats.catalog import Catalog
 
 
 class StringColumn:

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Callable
 
-from indexer.types import EcomsearchError
+from core.types import EcomsearchError
 
 # per index kind; bumped whenever its files change meaning (bm25 2: stored token ids per product;
 # dense 2: product vectors and k-means product groups stored beside the FAISS index)

@@ -36,11 +36,11 @@ import numpy as np
 
 from indexer.bm25 import KIND as BM25_KIND
 from indexer.bm25 import BM25Index
-from indexer.catalog import Catalog
+from core.formats.catalog import Catalog
 from indexer.config import Config
 from indexer.products import ProductTable
 from indexer.store import IndexLoadError, index_commit, read_manifest, stage_folder, version_root
-from indexer.types import id_problem
+from core.types import id_problem
 
 DELETED = "deleted.json"
 LEGACY_DELETED = "deleted.txt"  # one id per line, as indexes before deleted.json wrote it
@@ -186,7 +186,7 @@ def _append_additions(cfg: Config, catalog: Catalog) -> None:
 def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
     """The catalog plus the products added since (``additions.jsonl``) that it does not hold itself (an id
     added, deleted and added again: its last addition)."""
-    from indexer.catalog import CatalogError, catalog_from_rows
+    from core.formats.catalog import CatalogError, catalog_from_rows
 
     path = cfg.index_dir / ADDITIONS
     if not path.is_file() or path.stat().st_size == 0:

@@ -55,7 +55,7 @@ def write_tiny_bert(out: Path, texts, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, demo_dir):
-    from indexer.catalog import read_catalog
+    from core.formats.catalog import read_catalog
 
     titles = read_catalog(demo_dir / "catalog.jsonl").titles
     return write_tiny_bert(tmp_path_factory.mktemp("models") / "tiny", titles)

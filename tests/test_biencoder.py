@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from finetune.biencoder import Example, batches, mnrl_loss, pool_mrr, train
-from indexer.catalog import read_catalog
+from core.formats.catalog import read_catalog
 from indexer.config import BiEncoderTrainConfig
 from indexer.encoder import Encoder
 

@@ -3,7 +3,7 @@ import pytest
 from rank_bm25 import BM25Okapi
 
 from indexer.bm25 import BM25Index, build_retriever, field_scores
-from indexer.catalog import read_catalog
+from core.formats.catalog import read_catalog
 from indexer.config import BM25Config, TextConfig
 
 
@@ -90,7 +90,7 @@ def test_bincount_scoring_matches_bm25s(method):
 
 
 def test_chars_field_matches_what_words_miss(tmp_path):
-    from indexer.catalog import Catalog
+    from core.formats.catalog import Catalog
 
     titles = ["猕猴桃 新鲜 水果", "桃子 水蜜桃", "猴子 毛绒 玩具"]
     cat = Catalog([str(i) for i in range(3)], titles, [None] * 3, [None] * 3, np.full(3, np.nan), [None] * 3)

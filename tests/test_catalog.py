@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from indexer.catalog import CatalogError, read_catalog, write_rejects
+from core.formats.catalog import CatalogError, read_catalog, write_rejects
 
 
 def write(path, text, mode="w"):

@@ -1,6 +1,6 @@
 import pytest
 
-from finetune.clicklog import ClickLogError, Event, read_clicklog, write_clicklog
+from core.formats.clicklog import ClickLogError, Event, read_clicklog, write_clicklog
 
 
 @pytest.mark.parametrize("name", ["log.jsonl", "log.tsv"])

@@ -5,7 +5,7 @@ import torch
 from engine.rerank import CrossEncoder, combine, standardize
 from finetune import crossencoder as ce_mod
 from finetune.crossencoder import Group, group_loss, groups, rerank_mrr, train
-from indexer.catalog import read_catalog
+from core.formats.catalog import read_catalog
 from indexer.config import CrossEncoderTrainConfig
 
 
@@ -195,7 +195,7 @@ def test_combine_standardizes_each_score():
 def test_first_stage_scores_fill_missing_stage_scores_with_the_lists_lowest():
     from engine.fusion import reciprocal_rank_fusion
     from engine.rerank import first_stage_scores
-    from indexer.types import SearchResult
+    from core.types import SearchResult
 
     bm = SearchResult(np.array([5, 3, 9]), np.array([12.0, 8.0, 2.0], dtype=np.float32))
     de = SearchResult(np.array([3, 7]), np.array([0.9, 0.8], dtype=np.float32))

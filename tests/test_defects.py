@@ -9,7 +9,7 @@ import yaml
 
 from engine.search import SearchEngine
 from indexer.build import build_indexes
-from indexer.catalog import CatalogError, read_catalog
+from core.formats.catalog import CatalogError, read_catalog
 from indexer.config import ConfigError, load_config
 from indexer.store import IndexLoadError
 

@@ -5,7 +5,7 @@ import pytest
 
 from engine import SearchEngine
 from engine.fusion import reciprocal_rank_fusion
-from indexer.types import SearchResult
+from core.types import SearchResult
 from indexer.build import build_indexes, ensure_indexes, stale_stages
 from indexer.dense import DenseIndex
 from indexer.encoder import Encoder, ModelMissingError, resolve_model
@@ -108,7 +108,7 @@ def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):
 
 def test_eval_dense_stages(dense_cfg, tmp_path):
     from eval.evaluate import evaluate
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
 
     ensure_indexes(dense_cfg, ["dense-base"], progress=False)
     eng = SearchEngine.from_config(dense_cfg)

@@ -5,9 +5,9 @@ import pytest
 from engine import SearchEngine
 from eval.__main__ import main as eval_main
 from eval.demo_data import write_demo
-from finetune.clicklog import EVENTS, read_clicklog
+from core.formats.clicklog import EVENTS, read_clicklog
 from indexer.build import build_indexes
-from indexer.catalog import read_catalog
+from core.formats.catalog import read_catalog
 
 from conftest import ROOT, make_config
 

@@ -1,7 +1,7 @@
 import pytest
 
 from engine import SearchEngine
-from finetune.clicklog import Event, read_clicklog
+from core.formats.clicklog import Event, read_clicklog
 from finetune.data import (from_clicklog, from_judged, mine_hard_negatives, near_duplicate, split_by_time,
                            time_cut)
 from indexer.build import build_indexes

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine import SearchEngine
-from finetune.clicklog import read_clicklog
+from core.formats.clicklog import read_clicklog
 from finetune.job import load_training_data, run_job
 from indexer.build import stale_stages
 from indexer.encoder import ModelMissingError, model_fingerprint

@@ -17,7 +17,7 @@ from engine import SearchEngine
 from engine.events import EventError
 from engine.features import ctr_popularity
 from indexer.build import build_indexes, stale_stages
-from indexer.catalog import CatalogError, catalog_from_rows
+from core.formats.catalog import CatalogError, catalog_from_rows
 from indexer.config import load_config, write_config
 from indexer.store import CURRENT, version_root
 from indexer.updates import DELETED, LEGACY_DELETED, add_products, deleted_ids, delete_products
@@ -78,7 +78,7 @@ KILL_DURING_ADD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
     from indexer.config import load_config
-    from indexer.catalog import catalog_from_rows
+    from core.formats.catalog import catalog_from_rows
     from indexer import dense
     from indexer.updates import add_products
     original = dense.DenseIndex.save_to

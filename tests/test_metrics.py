@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from ranx import Qrels, Run, evaluate
 
-from eval import metrics
+from core import metrics
 
 
 def random_case(seed, n_q=60, n_docs=80):

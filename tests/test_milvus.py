@@ -12,10 +12,10 @@ if not os.environ.get("CI"):  # CI installs the scale extra: there a missing Mil
     pytest.importorskip("pymilvus", reason="pip install -e '.[scale]'")
 
 from engine import SearchEngine  # noqa: E402
-from eval import metrics  # noqa: E402
+from core import metrics  # noqa: E402
 from indexer.backends import milvus  # noqa: E402
 from indexer.build import build_indexes, ensure_indexes  # noqa: E402
-from indexer.catalog import read_catalog  # noqa: E402
+from core.formats.catalog import read_catalog  # noqa: E402
 from indexer.updates import add_products  # noqa: E402
 
 from conftest import SHARED, copy_config, make_config  # noqa: E402

@@ -14,7 +14,7 @@ from engine import SearchEngine
 from engine.events import EventError, PostgresEventStore, PrivacyError, SQLiteEventStore, UserEvents
 from engine.features import FEATURES, PERSONAL, StatsTimeline
 from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, price_bands_of
-from finetune.clicklog import Event
+from core.formats.clicklog import Event
 
 DAY = 86400.0
 T0 = 1_767_225_600.0
@@ -345,7 +345,7 @@ def test_product_counts_and_profiles_use_only_events_before_the_query_time():
 def test_ranker_training_sessions_never_see_their_own_or_later_clicks(job_cfg, trained):
     """Each session's personal features equal those computed from the events strictly before it."""
     from engine.features import personal_features
-    from finetune.clicklog import read_clicklog
+    from core.formats.clicklog import read_clicklog
     from finetune.ranker import EventArrays, PointInTime, sessions_from_events
 
     eng = SearchEngine.from_config(job_cfg)

@@ -7,7 +7,7 @@ import pytest
 
 from engine import SearchEngine
 from eval import personal
-from eval.bootstrap import bootstrap_ci, paired_bootstrap
+from core.bootstrap import bootstrap_ci, paired_bootstrap
 
 
 @pytest.fixture(scope="module")

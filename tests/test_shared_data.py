@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 def evaluate_bm25(config: str, tmp_path):
     from engine import SearchEngine
     from eval.evaluate import evaluate
-    from finetune.judged import read_queries
+    from core.formats.judged import read_queries
     from indexer.build import build_indexes
     from indexer.config import load_config
 

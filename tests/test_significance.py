@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from eval.bootstrap import bootstrap_ci, paired_bootstrap
+from core.bootstrap import bootstrap_ci, paired_bootstrap
 from eval.evaluate import StageResult
 from eval.report import write_report
 from eval.significance import intervals, most_hurt, paired

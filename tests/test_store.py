@@ -5,7 +5,7 @@ import pytest
 
 from engine import SearchEngine
 from indexer.build import build_indexes, index_is_current
-from indexer.catalog import CatalogError
+from core.formats.catalog import CatalogError
 from indexer.store import IndexLoadError, write_index
 
 from conftest import make_config

@@ -6,7 +6,7 @@ import pytest
 from engine import SearchEngine
 from indexer.bm25 import BM25Index
 from indexer.build import build_indexes
-from indexer.catalog import read_catalog
+from core.formats.catalog import read_catalog
 from indexer.config import BM25Config, TextConfig
 from indexer.updates import add_products
 

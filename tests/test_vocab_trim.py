@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from indexer.catalog import read_catalog
+from core.formats.catalog import read_catalog
 from indexer.encoder import Encoder
 from indexer.vocab_trim import trim_model
 

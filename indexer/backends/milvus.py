@@ -22,7 +22,7 @@ What lives where:
   deeper than asked), scaled by its best score and weighted, as the local
   index combines them.
 - **Everything after retrieval stays ours**: fusion, cross-encoder, ranker and
-  personalization get the same :class:`~indexer.types.SearchResult` rows.
+  personalization get the same :class:`~core.types.SearchResult` rows.
 - **Where the scores can differ from the local index's**: a *filtered* query
   over several token fields scales each field by its best score among the
   filtered products (locally: among all products); after a delete Milvus's
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.types import EcomsearchError, SearchResult
+from core.types import EcomsearchError, SearchResult
 
 log = logging.getLogger(__name__)
 MAX_VARCHAR = 65535

@@ -1,9 +1,8 @@
-"""The one home of the types every package shares: the error base class, a stage's result, stage names.
+"""The one home of the types every package shares: the error base class, a stage's result, stage names, what
+an identifier may hold.
 
-It lives at the bottom of the import graph (``indexer``), because the offline
-jobs (indexer, finetune) and the online engine all use it and the engine
-imports the indexer, never the other way round.  ``engine.types`` re-exports
-it beside the engine's own result types.
+It lives in the bottom layer (``core``), which every package imports and which imports none of them.
+``engine.types`` re-exports it beside the engine's own result types.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.types import EcomsearchError
+from core.types import EcomsearchError
 
 
 class QueriesError(EcomsearchError, ValueError):

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from indexer.types import EcomsearchError
+from core.types import EcomsearchError
 
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
 FIELDS = ("user_id", "query", "product_id", "event", "timestamp")

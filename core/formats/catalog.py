@@ -20,7 +20,7 @@ from typing import Iterator
 
 import numpy as np
 
-from indexer.types import EcomsearchError, id_problem
+from core.types import EcomsearchError, id_problem
 
 FIELDS = ("id", "title", "category", "brand", "price", "attributes")
 MAX_ERRORS_SHOWN = 10
