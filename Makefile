@@ -12,7 +12,7 @@ EXTRAS := $(if $(GPU),gpu,cpu),test,scale
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
-.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test probe-service test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test probe-service lint test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -95,6 +95,12 @@ probe-service: .venv/.installed
 
 ablation: .venv/.installed
 	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv
+
+# ruff (lint rules + format check) and import-linter (every import goes down the layers; pyproject.toml)
+lint: .venv/.installed
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/lint-imports
 
 test: .venv/.installed
 	$(PY) -m pytest -q

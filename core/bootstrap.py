@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def bootstrap_ci(x: np.ndarray, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    x: np.ndarray, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
     """(mean, low, high): the mean of ``x`` and its percentile bootstrap ``1 - alpha`` interval."""
     x = np.asarray(x, dtype=np.float64)
     if len(x) == 0:
@@ -16,8 +18,9 @@ def bootstrap_ci(x: np.ndarray, n_resamples: int = 2000, alpha: float = 0.05, se
     return float(x.mean()), float(lo), float(hi)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int = 2000, alpha: float = 0.05,
-                     seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, n_resamples: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> dict[str, float]:
     """The mean difference ``b - a`` of paired per-query values with its bootstrap interval and a two-sided
     p-value (the share of resampled differences on the other side of 0, doubled)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -34,5 +37,11 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, n_resamples: int = 2000, alph
         p = 1.0
     else:
         p = float(min(1.0, 2 * min((means <= 0).mean(), (means >= 0).mean())))
-    return {"base": float(a.mean()), "personal": float(b.mean()), "diff": float(d.mean()),
-            "ci_low": float(lo), "ci_high": float(hi), "p_value": p}
+    return {
+        "base": float(a.mean()),
+        "personal": float(b.mean()),
+        "diff": float(d.mean()),
+        "ci_low": float(lo),
+        "ci_high": float(hi),
+        "p_value": p,
+    }

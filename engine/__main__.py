@@ -16,8 +16,10 @@ def format_explain(e: dict) -> str:
         return e["note"]
     stages = ", ".join(f"{s} #{v['rank']} {v['score']:.3g}" for s, v in e["stages"].items())
     personal = ", ".join(f"{k} {v:.2f}" for k, v in e["personal"].items() if v) or "none (no profile)"
-    return (f"{stages}; cross-encoder {e['cross_encoder']:.3g}; ctr {e['ctr']:.3f}; personal: {personal}; "
-            f"non-personal {e['non_personal_score']:.3g} -> final {e['final_score']:.3g} ({e['ranker']})")
+    return (
+        f"{stages}; cross-encoder {e['cross_encoder']:.3g}; ctr {e['ctr']:.3f}; personal: {personal}; "
+        f"non-personal {e['non_personal_score']:.3g} -> final {e['final_score']:.3g} ({e['ranker']})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +40,23 @@ def main(argv: list[str] | None = None) -> int:
     except EcomsearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    filters = {k: v for k, v in {"category": args.category, "brand": args.brand, "price_max": args.price_max}.items()
-               if v is not None}
+    filters = {
+        k: v
+        for k, v in {"category": args.category, "brand": args.brand, "price_max": args.price_max}.items()
+        if v is not None
+    }
     for q in args.queries:
         t0 = time.perf_counter()
         try:
-            hits = engine.query(q, k=args.k, offset=args.offset, filters=filters or None, user_id=args.user,
-                                personalize=args.personalize, explain=args.explain)
+            hits = engine.query(
+                q,
+                k=args.k,
+                offset=args.offset,
+                filters=filters or None,
+                user_id=args.user,
+                personalize=args.personalize,
+                explain=args.explain,
+            )
         except QueryError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -18,20 +18,17 @@
   (:mod:`engine.profiles`), ingests click logs in bulk (vectorized profiles,
   one transaction), forgets users and drops events past the retention.
 
-`python -m engine.events ingest clicks.jsonl --config C [--skip-bad-rows]`
+`python -m engine.events_cli ingest clicks.jsonl --config C [--skip-bad-rows]`
 loads a click log (the format of :mod:`core.formats.clicklog`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
 import hmac
-import json
 import os
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,8 +38,15 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from core.types import EcomsearchError, id_problem
-from engine.profiles import (Profile, ProductFacets, ProfileSettings, apply_event, bought_rows, build_profiles,
-                             merge_profiles)
+from engine.profiles import (
+    Profile,
+    ProductFacets,
+    ProfileSettings,
+    apply_event,
+    bought_rows,
+    build_profiles,
+    merge_profiles,
+)
 from core.formats.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 
 SCHEMA_VERSION = 2  # 2: events.credited (whether an event counts in the product statistics)
@@ -81,14 +85,22 @@ class EventStore:
 
     credit: "CreditRule"
 
-    def append(self, user: str, product_id: str, row: int, event: str, ts: float, query: str | None,
-               update) -> tuple[Profile | None, bool]:
+    def append(
+        self, user: str, product_id: str, row: int, event: str, ts: float, query: str | None, update
+    ) -> tuple[Profile | None, bool]:
         """Store one event and, in the same transaction, the profile ``update(profile | None) -> profile | None``
         returns (None: unchanged).  Returns the stored profile and whether the event was credited."""
         raise NotImplementedError
 
-    def append_many(self, users: Sequence[str], product_ids: Sequence[str], events: Sequence[str],
-                    ts: Sequence[float], queries: Sequence[str | None], profiles: dict[str, Profile]) -> np.ndarray:
+    def append_many(
+        self,
+        users: Sequence[str],
+        product_ids: Sequence[str],
+        events: Sequence[str],
+        ts: Sequence[float],
+        queries: Sequence[str | None],
+        profiles: dict[str, Profile],
+    ) -> np.ndarray:
         """Store many events, replace the given profiles and count the credited events, at once.  Returns
         which events were credited."""
         raise NotImplementedError
@@ -134,28 +146,30 @@ def _sql(p: str, user: str) -> dict[str, str]:
     """One write's statements in a dialect: ``p`` the placeholder, ``user`` the user column."""
     return {
         "p": p,
-        "event": f"INSERT INTO events ({user}, product, event, ts, query, credited) VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+        "event": f"INSERT INTO events ({user}, product, event, ts, query, credited) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
         # the credited events of some users in a time range (what the credit rule checks new events against)
         "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
-                    f"AND {user} IN ({{users}})",
+        f"AND {user} IN ({{users}})",
         # what a set of events added to the product statistics (taken back when they are deleted)
         "uncount": "SELECT product, event, COUNT(*) FROM events WHERE credited = 1 AND {where} GROUP BY product, event",
-        "unstat": "UPDATE product_stats SET " + ", ".join(f"{c} = {c} - {p}" for c in _STAT_COLS)
-                  + f" WHERE product = {p}",
+        "unstat": "UPDATE product_stats SET "
+        + ", ".join(f"{c} = {c} - {p}" for c in _STAT_COLS)
+        + f" WHERE product = {p}",
         "stats": f"INSERT INTO product_stats AS s (product, {', '.join(_STAT_COLS)}) VALUES ({p}, {p}, {p}, {p}, {p}) "
-                 f"ON CONFLICT (product) DO UPDATE SET "
-                 + ", ".join(f"{c} = s.{c} + excluded.{c}" for c in _STAT_COLS),
+        f"ON CONFLICT (product) DO UPDATE SET " + ", ".join(f"{c} = s.{c} + excluded.{c}" for c in _STAT_COLS),
         "profile": f"SELECT data, version FROM profiles WHERE {user} = {p}",
         "save": f"INSERT INTO profiles ({user}, t, version, data) VALUES ({p}, {p}, {p}, {p}) "
-                f"ON CONFLICT ({user}) DO UPDATE SET t = excluded.t, version = excluded.version, data = excluded.data",
+        f"ON CONFLICT ({user}) DO UPDATE SET t = excluded.t, version = excluded.version, data = excluded.data",
     }
 
 
 _SQLITE_SQL, _PG_SQL = _sql("?", "user"), _sql("%s", "user_key")
 
 
-def _append_event(con, sql: dict, user, product_id, event, ts, query, update,
-                  credit: "CreditRule") -> tuple[Profile | None, bool]:
+def _append_event(
+    con, sql: dict, user, product_id, event, ts, query, update, credit: "CreditRule"
+) -> tuple[Profile | None, bool]:
     """The body of one write, inside the store's transaction: the event row (credited or not), the product
     counter, the profile's read-modify-write."""
     code = EVENT_CODE[event]
@@ -182,8 +196,9 @@ class CreditRule:
     window_seconds: float = 86400.0
     per_user: int = 200
 
-    def mask(self, con, sql: dict, users: Sequence[str], pids: Sequence[str], codes: np.ndarray,
-             ts: np.ndarray) -> np.ndarray:
+    def mask(
+        self, con, sql: dict, users: Sequence[str], pids: Sequence[str], codes: np.ndarray, ts: np.ndarray
+    ) -> np.ndarray:
         """Whether each new event is credited, against the credited events stored (``con``: inside the write
         transaction) and the earlier ones of this batch, in time order."""
         ts = np.asarray(ts, dtype=np.float64)
@@ -246,9 +261,11 @@ def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
     elif int(row[0]) == 1:
         con.execute("ALTER TABLE events ADD COLUMN credited SMALLINT NOT NULL DEFAULT 1")
         con.execute("DELETE FROM product_stats")
-        con.execute(f"INSERT INTO product_stats (product, {', '.join(_STAT_COLS)}) SELECT product, "
-                    + ", ".join(f"SUM(CASE WHEN event = {i} THEN 1 ELSE 0 END)" for i in range(len(_STAT_COLS)))
-                    + " FROM events GROUP BY product")
+        con.execute(
+            f"INSERT INTO product_stats (product, {', '.join(_STAT_COLS)}) SELECT product, "
+            + ", ".join(f"SUM(CASE WHEN event = {i} THEN 1 ELSE 0 END)" for i in range(len(_STAT_COLS)))
+            + " FROM events GROUP BY product"
+        )
         con.execute(f"UPDATE meta SET value = {placeholder} WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     elif int(row[0]) != SCHEMA_VERSION:
         raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
@@ -294,8 +311,10 @@ class SQLiteEventStore(_SQLEventStore):
                 _stamp_schema(con, "?", str(self.path), "migrate or move the file aside")
         except sqlite3.DatabaseError as e:
             self.close()
-            raise EventError(f"{self.path}: the event store is damaged ({e}); it is not served. Restore it from a "
-                             "backup, or move it aside to start an empty one (personal.path)") from None
+            raise EventError(
+                f"{self.path}: the event store is damaged ({e}); it is not served. Restore it from a "
+                "backup, or move it aside to start an empty one (personal.path)"
+            ) from None
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -328,8 +347,9 @@ class SQLiteEventStore(_SQLEventStore):
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         with self._write() as con:
             credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
-            con.executemany(self._sql["event"], zip(users, product_ids, codes.tolist(), ts, queries,
-                                                    credited.astype(int).tolist()))
+            con.executemany(
+                self._sql["event"], zip(users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist())
+            )
             con.executemany(self._sql["stats"], _counts(product_ids, codes, credited))
             con.executemany(self._sql["save"], ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
         return credited
@@ -405,8 +425,10 @@ class PostgresEventStore(_SQLEventStore):
 
         self.credit = credit or CreditRule()
         if not dsn:
-            raise EventError("personal.dsn: a PostgreSQL connection string is needed for personal.store: postgres "
-                             "(or set ECOMSEARCH_PG_DSN)")
+            raise EventError(
+                "personal.dsn: a PostgreSQL connection string is needed for personal.store: postgres "
+                "(or set ECOMSEARCH_PG_DSN)"
+            )
         if not schema.isidentifier():
             raise EventError(f"personal.pg_schema: {schema!r} is not a plain identifier")
         self.dsn, self.schema = dsn, schema
@@ -462,8 +484,13 @@ class PostgresEventStore(_SQLEventStore):
 
     def profiles(self, users):
         users = list(users)
-        rows = self._con().execute("SELECT user_key, data, version FROM profiles WHERE user_key = ANY(%s)",
-                                   (users,)).fetchall() if users else []
+        rows = (
+            self._con()
+            .execute("SELECT user_key, data, version FROM profiles WHERE user_key = ANY(%s)", (users,))
+            .fetchall()
+            if users
+            else []
+        )
         return {u: Profile.loads(bytes(data), version) for u, data, version in rows}
 
     def forget(self, user):
@@ -509,8 +536,10 @@ class IngestReport:
     seconds: float = 0.0
 
     def summary(self) -> str:
-        return (f"{self.recorded} events recorded for {self.users} users, {len(self.rejected)} rejected "
-                f"(of {self.read} rows), {self.seconds:.1f} s")
+        return (
+            f"{self.recorded} events recorded for {self.users} users, {len(self.rejected)} rejected "
+            f"(of {self.read} rows), {self.seconds:.1f} s"
+        )
 
 
 class UserEvents:
@@ -520,9 +549,18 @@ class UserEvents:
     vector and facet codes.
     """
 
-    def __init__(self, store: EventStore, facets: ProductFacets, product_ids, settings: ProfileSettings,
-                 user_key: str | None, retention_days: float = 365.0, clock=time.time,
-                 row_map: dict[str, int] | None = None, future_skew_seconds: float = 300.0):
+    def __init__(
+        self,
+        store: EventStore,
+        facets: ProductFacets,
+        product_ids,
+        settings: ProfileSettings,
+        user_key: str | None,
+        retention_days: float = 365.0,
+        clock=time.time,
+        row_map: dict[str, int] | None = None,
+        future_skew_seconds: float = 300.0,
+    ):
         self.store = store
         self.facets = facets
         self.product_ids = product_ids  # StringColumn or list, by row
@@ -542,8 +580,16 @@ class UserEvents:
         """The config's event store for an engine's product table (its id -> row map is shared, not rebuilt)."""
         p = cfg.personal
         key = os.environ.get(KEY_ENV) or p.user_key
-        return cls(open_store(p), facets, products.ids, ProfileSettings.from_config(p), key,
-                   p.retention_days, row_map=products.row_map(), future_skew_seconds=p.future_skew_seconds)
+        return cls(
+            open_store(p),
+            facets,
+            products.ids,
+            ProfileSettings.from_config(p),
+            key,
+            p.retention_days,
+            row_map=products.row_map(),
+            future_skew_seconds=p.future_skew_seconds,
+        )
 
     # -- users -------------------------------------------------------------------------------------------
     def user_key(self, user_id: str, for_write: bool = False) -> str | None:
@@ -553,8 +599,10 @@ class UserEvents:
             raise EventError(f"field 'user_id': {problem}")
         if self._key is None:
             if for_write:
-                raise PrivacyError(f"no key to hash user ids with: set the environment variable {KEY_ENV} "
-                                   "(or personal.user_key in the config); events are never stored with raw ids")
+                raise PrivacyError(
+                    f"no key to hash user ids with: set the environment variable {KEY_ENV} "
+                    "(or personal.user_key in the config); events are never stored with raw ids"
+                )
             return None
         return hmac.new(self._key, user_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
@@ -602,13 +650,19 @@ class UserEvents:
         if not np.isfinite(ts):
             raise EventError(f"field 'timestamp': not a finite time: {ts!r}")
         if ts > now + self.skew:
-            raise EventError(f"field 'timestamp': {_when(ts)} is in the future (more than {self.skew:.0f} s after "
-                             f"the server's clock, {_when(now)})")
+            raise EventError(
+                f"field 'timestamp': {_when(ts)} is in the future (more than {self.skew:.0f} s after "
+                f"the server's clock, {_when(now)})"
+            )
         if ts < now - self.retention:
-            raise EventError(f"field 'timestamp': {_when(ts)} is older than the retention "
-                             f"({self.retention / DAY:g} days, personal.retention_days)")
+            raise EventError(
+                f"field 'timestamp': {_when(ts)} is older than the retention "
+                f"({self.retention / DAY:g} days, personal.retention_days)"
+            )
 
-    def record(self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None) -> Profile | None:
+    def record(
+        self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None
+    ) -> Profile | None:
         """Record one event; the user's profile is updated in the same transaction."""
         user, row, event, ts = self.validate(user_id, product_id, event, timestamp)
         pid = product_id.strip()
@@ -642,8 +696,11 @@ class UserEvents:
                 err = str(item)
             else:
                 row = row_of.get(item.product_id)
-                err = None if row is not None else \
-                    f"{path}:{line}: field 'product_id': unknown product {item.product_id!r} (not in the index)"
+                err = (
+                    None
+                    if row is not None
+                    else f"{path}:{line}: field 'product_id': unknown product {item.product_id!r} (not in the index)"
+                )
                 if err is None:
                     try:
                         self.check_time(item.timestamp, now)
@@ -663,23 +720,37 @@ class UserEvents:
             evs.append(item.event)
             ts.append(item.timestamp)
             queries.append(item.query)
-        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, np.asarray(ts, dtype=np.float64),
-                         queries)
+        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, np.asarray(ts, dtype=np.float64), queries)
         rep.recorded = len(users)
         rep.users = len(set(users))
         rep.seconds = time.perf_counter() - t0
         return rep
 
-    def append_bulk(self, users: Sequence[str], pids: Sequence[str], rows: np.ndarray, events: Sequence[str],
-                    ts: np.ndarray, queries: Sequence[str | None]) -> None:
+    def append_bulk(
+        self,
+        users: Sequence[str],
+        pids: Sequence[str],
+        rows: np.ndarray,
+        events: Sequence[str],
+        ts: np.ndarray,
+        queries: Sequence[str | None],
+    ) -> None:
         """Store already validated events (hashed users) and fold them into the users' profiles."""
         if len(users) == 0:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         order = np.argsort(ts, kind="stable")
         users_a = np.asarray(users, dtype=object)[order]
-        new = build_profiles(users_a.astype(str), rows[order], np.asarray(pids, dtype=object)[order], codes[order],
-                             ts[order], self.facets, self.settings, EVENTS)
+        new = build_profiles(
+            users_a.astype(str),
+            rows[order],
+            np.asarray(pids, dtype=object)[order],
+            codes[order],
+            ts[order],
+            self.facets,
+            self.settings,
+            EVENTS,
+        )
         old = self.store.profiles(new)
         merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
         for u, p in merged.items():
@@ -744,52 +815,3 @@ def _when(ts: float) -> str:
         return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return f"{ts:g}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.events", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    ing = sub.add_parser("ingest", help="load a click log (JSONL or TSV) into the event store")
-    ing.add_argument("path")
-    ing.add_argument("--config", default="configs/demo.yaml")
-    ing.add_argument("--skip-bad-rows", action="store_true", help="store the good rows, list the bad with reasons")
-    ing.add_argument("--rejects", help="write rejected rows with reasons to this JSONL file")
-    fg = sub.add_parser("forget", help="delete every event and the profile of a user")
-    fg.add_argument("user_id")
-    fg.add_argument("--config", default="configs/demo.yaml")
-    pg = sub.add_parser("purge", help="drop events older than personal.retention_days")
-    pg.add_argument("--config", default="configs/demo.yaml")
-    args = ap.parse_args(argv)
-
-    from engine.search import SearchEngine
-    from indexer.config import ConfigError
-    from indexer.encoder import ModelMissingError
-    from indexer.store import IndexLoadError
-
-    try:
-        engine = SearchEngine.from_config(args.config, load_models=False)
-        events = engine.user_events()
-        if args.cmd == "ingest":
-            rep = events.ingest(args.path, skip_bad_rows=args.skip_bad_rows)
-            for line, reason in rep.rejected[:20]:
-                print(f"rejected: {reason}", file=sys.stderr)
-            if len(rep.rejected) > 20:
-                print(f"... and {len(rep.rejected) - 20} more rejected rows", file=sys.stderr)
-            if args.rejects and rep.rejected:
-                with open(args.rejects, "w", encoding="utf-8") as f:
-                    for line, reason in rep.rejected:
-                        f.write(json.dumps({"line": line, "reason": reason}, ensure_ascii=False) + "\n")
-            print(rep.summary())
-        elif args.cmd == "forget":
-            print(f"forgot {events.forget(args.user_id)} events and the profile")
-        else:
-            print(f"dropped {events.purge()} events past the retention")
-    except (ConfigError, IndexLoadError, ModelMissingError, EventError, PrivacyError, ClickLogError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

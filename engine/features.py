@@ -34,10 +34,31 @@ import numpy as np
 from engine.profiles import FACETS, Profile, ProductFacets
 from engine.rerank import first_stage_scores, stage_lookup, standardize
 
-NON_PERSONAL = ("ce", "ce_z", "first_stage", "bm25_score", "bm25_rank", "dense_score", "dense_rank", "rrf", "ctr",
-                "popularity")
-PERSONAL = ("centroid_cos", "category_aff", "brand_aff", "group_aff", "price_band_aff", "bought", "history",
-            "category_ctr", "brand_ctr", "group_ctr", "price_band_ctr")
+NON_PERSONAL = (
+    "ce",
+    "ce_z",
+    "first_stage",
+    "bm25_score",
+    "bm25_rank",
+    "dense_score",
+    "dense_rank",
+    "rrf",
+    "ctr",
+    "popularity",
+)
+PERSONAL = (
+    "centroid_cos",
+    "category_aff",
+    "brand_aff",
+    "group_aff",
+    "price_band_aff",
+    "bought",
+    "history",
+    "category_ctr",
+    "brand_ctr",
+    "group_ctr",
+    "price_band_ctr",
+)
 FEATURES = NON_PERSONAL + PERSONAL
 PERSONAL_IDX = np.array([FEATURES.index(f) for f in PERSONAL])
 COLD = np.zeros(len(PERSONAL))  # the personal features of a user the engine knows nothing about
@@ -61,8 +82,9 @@ class Candidates:
     lists: list = field(default_factory=list)  # each stage's full list (the hybrid tail below the candidates)
 
     @classmethod
-    def from_stages(cls, fused, top: Sequence, lists: Sequence, stages: Sequence[str], first_mode: str,
-                    depth: int) -> "Candidates":
+    def from_stages(
+        cls, fused, top: Sequence, lists: Sequence, stages: Sequence[str], first_mode: str, depth: int
+    ) -> "Candidates":
         rows = np.asarray(fused.rows)
         scores, ranks = {}, {}
         for name, lst in zip(stages, top):
@@ -97,8 +119,14 @@ def _lookup(shares: dict[str, float], codes: np.ndarray) -> np.ndarray:
     return np.where((keys[pos] == codes) & (codes >= 0), vals[pos], 0.0)
 
 
-def personal_features(rows: np.ndarray, profile: Profile | None, facets: ProductFacets, now: float,
-                      half_life: float, bought_rows: np.ndarray | None = None) -> np.ndarray:
+def personal_features(
+    rows: np.ndarray,
+    profile: Profile | None,
+    facets: ProductFacets,
+    now: float,
+    half_life: float,
+    bought_rows: np.ndarray | None = None,
+) -> np.ndarray:
     """``[n, len(PERSONAL)]`` for the candidate rows; all :data:`COLD` without a profile."""
     out = np.zeros((len(rows), len(PERSONAL)))
     if profile is None or profile.weight <= 0:
@@ -129,7 +157,9 @@ def personal_features(rows: np.ndarray, profile: Profile | None, facets: Product
     return out
 
 
-def feature_matrix(cand: Candidates, ctr: np.ndarray, popularity: np.ndarray, personal: np.ndarray | None) -> np.ndarray:
+def feature_matrix(
+    cand: Candidates, ctr: np.ndarray, popularity: np.ndarray, personal: np.ndarray | None
+) -> np.ndarray:
     """``[n, len(FEATURES)]`` for one query's candidates (``ctr``/``popularity``: one per candidate)."""
     n = len(cand.rows)
     X = np.zeros((n, len(FEATURES)))
@@ -181,6 +211,8 @@ class StatsTimeline:
         return np.array([np.searchsorted(x, t, side="left") for x in self.totals_t], dtype=np.float64)
 
 
-def timeline_ctr_popularity(timeline: StatsTimeline, rows: np.ndarray, t: float, prior: float) -> tuple[np.ndarray, np.ndarray]:
+def timeline_ctr_popularity(
+    timeline: StatsTimeline, rows: np.ndarray, t: float, prior: float
+) -> tuple[np.ndarray, np.ndarray]:
     """(ctr, popularity) of ``rows`` from events before ``t`` (the global click rate also before ``t``)."""
     return ctr_popularity(timeline.at(rows, t), timeline.totals(t), prior)

@@ -69,18 +69,32 @@ class Keys:
 
     def require_admin(self, authorization: str | None) -> None:
         if self.admin is None:
-            raise ApiError(403, "authorization", f"admin endpoints are off: set the environment variable {ADMIN_ENV} "
-                                                 "on the server and send Authorization: Bearer <that key>")
+            raise ApiError(
+                403,
+                "authorization",
+                f"admin endpoints are off: set the environment variable {ADMIN_ENV} "
+                "on the server and send Authorization: Bearer <that key>",
+            )
         if not _matches(authorization, self.admin):
-            raise ApiError(401, "authorization", "this endpoint needs the admin key: Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "authorization",
+                "this endpoint needs the admin key: Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     def require_search(self, authorization: str | None) -> None:
         if self.search is None:
             return
-        if not (_matches(authorization, self.search) or (self.admin is not None and _matches(authorization, self.admin))):
-            raise ApiError(401, "authorization", "this service needs a search key: Authorization: Bearer <key>",
-                           headers={"WWW-Authenticate": "Bearer"})
+        if not (
+            _matches(authorization, self.search) or (self.admin is not None and _matches(authorization, self.admin))
+        ):
+            raise ApiError(
+                401,
+                "authorization",
+                "this service needs a search key: Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
 
 def _matches(authorization: str | None, key: str) -> bool:
@@ -99,8 +113,11 @@ def check_origin(method: str, headers, allowed: list[str]) -> None:
     host = headers.get("host", "")
     if re.sub(r"^https?://", "", origin) == host:
         return  # the service's own page
-    raise ApiError(403, "origin", f"requests from {origin[:100]!r} are not allowed; add the origin to "
-                                  "serve.cors_origins in the config")
+    raise ApiError(
+        403,
+        "origin",
+        f"requests from {origin[:100]!r} are not allowed; add the origin to serve.cors_origins in the config",
+    )
 
 
 def check_url(query_string: bytes) -> None:
@@ -127,14 +144,17 @@ def security_headers(response, page: bool = False, script_hashes: tuple[str, ...
         scripts = " ".join(f"'sha256-{h}'" for h in script_hashes) or "'none'"
         response.headers["Content-Security-Policy"] = (
             f"default-src 'none'; script-src {scripts}; style-src 'unsafe-inline'; connect-src 'self'; "
-            "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+            "img-src 'self' data:; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+        )
         response.headers["X-Frame-Options"] = "DENY"
 
 
 def inline_script_hashes(html: str) -> tuple[str, ...]:
     """The CSP hashes of a page's inline scripts (the page's own code runs; an injected script does not)."""
-    return tuple(base64.b64encode(hashlib.sha256(m.encode("utf-8")).digest()).decode()
-                 for m in re.findall(r"<script>(.*?)</script>", html, flags=re.S))
+    return tuple(
+        base64.b64encode(hashlib.sha256(m.encode("utf-8")).digest()).decode()
+        for m in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    )
 
 
 def parse_json(body: bytes):
@@ -157,10 +177,15 @@ class JsonErrorH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         import h11
 
-        body = json.dumps({"error": {"param": "request", "message": f"malformed or oversized HTTP request "
-                                                                   f"({msg.rstrip('.')})"}}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close"), (b"x-content-type-options", b"nosniff")]
+        body = json.dumps(
+            {"error": {"param": "request", "message": f"malformed or oversized HTTP request ({msg.rstrip('.')})"}}
+        ).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"x-content-type-options", b"nosniff"),
+        ]
         self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
         self.transport.write(self.conn.send(h11.Data(data=body)))
         self.transport.write(self.conn.send(h11.EndOfMessage()))

@@ -36,13 +36,16 @@ class _OnnxModel:
         export = read_export(self.path)
         f = onnx_file(self.path, quantize)
         if export is None or not f.is_file():
-            raise ModelMissingError(f"no ONNX export of {self.path} ({f} missing); run "
-                                    "`python -m finetune.export_onnx --config <config>`")
+            raise ModelMissingError(
+                f"no ONNX export of {self.path} ({f} missing); run `python -m finetune.export_onnx --config <config>`"
+            )
         if export.get("kind") != self.kind:
             raise ModelMissingError(f"{f} is a {export.get('kind')} export, not a {self.kind}")
         if export.get("source_fingerprint") != model_fingerprint(self.path, 0):
-            raise ModelMissingError(f"{f} was exported from other weights than {self.path} now holds; re-run "
-                                    "`python -m finetune.export_onnx --config <config>`")
+            raise ModelMissingError(
+                f"{f} was exported from other weights than {self.path} now holds; re-run "
+                "`python -m finetune.export_onnx --config <config>`"
+            )
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads or (os.cpu_count() or 1)
         so.inter_op_num_threads = 1
@@ -60,8 +63,9 @@ class _OnnxModel:
     def _run(self, *texts, truncation) -> tuple[np.ndarray, dict]:
         """The graph's output for tokenized ``texts`` (one list, or two for pairs), and the features."""
         with self._tok_lock:
-            feats = self.tokenizer(*texts, padding=True, truncation=truncation, max_length=self.max_length,
-                                   return_tensors="np")
+            feats = self.tokenizer(
+                *texts, padding=True, truncation=truncation, max_length=self.max_length, return_tensors="np"
+            )
         return self.session.run(None, {k: feats[k].astype(np.int64) for k in self.inputs})[0], feats
 
 
@@ -82,8 +86,9 @@ class OnnxCrossEncoder(_OnnxModel):
         from engine.rerank import score_in_batches
 
         def score(qs, ts):
-            logits, _ = self._run([QUERY_PREFIX + q for q in qs], [PASSAGE_PREFIX + t for t in ts],
-                                  truncation="longest_first")
+            logits, _ = self._run(
+                [QUERY_PREFIX + q for q in qs], [PASSAGE_PREFIX + t for t in ts], truncation="longest_first"
+            )
             return logits[:, 0]
 
         return score_in_batches(queries, titles, batch_size or self.batch_size, score)
@@ -111,5 +116,10 @@ class OnnxQueryEncoder(_OnnxModel):
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def describe(self) -> dict:
-        return {"model": str(self.path), "runtime": self.runtime, "max_length": self.max_length,
-                "dim": self.dim, "fingerprint": self.fingerprint}
+        return {
+            "model": str(self.path),
+            "runtime": self.runtime,
+            "max_length": self.max_length,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+        }

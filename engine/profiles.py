@@ -65,12 +65,21 @@ class ProductFacets:
         vectors = dense_index.vectors if dense_index is not None and dense_index.vectors is not None else None
         if vectors is None:
             vectors = np.zeros((n, 1), dtype=np.float32)
-        groups = dense_index.groups if dense_index is not None and dense_index.groups is not None \
+        groups = (
+            dense_index.groups
+            if dense_index is not None and dense_index.groups is not None
             else np.full(n, -1, dtype=np.int32)
-        gid = (dense_index.manifest.get("build_id", "") if dense_index is not None else "")
+        )
+        gid = dense_index.manifest.get("build_id", "") if dense_index is not None else ""
         cat = np.asarray(products.category_codes, dtype=np.int32)
-        return cls(vectors[:n], cat, np.asarray(products.brand_codes, dtype=np.int32),
-                   np.asarray(groups, dtype=np.int32)[:n], price_bands_of(products.prices, cat, price_bands), gid)
+        return cls(
+            vectors[:n],
+            cat,
+            np.asarray(products.brand_codes, dtype=np.int32),
+            np.asarray(groups, dtype=np.int32)[:n],
+            price_bands_of(products.prices, cat, price_bands),
+            gid,
+        )
 
 
 def price_bands_of(prices: np.ndarray, categories: np.ndarray, bands: int = 5) -> np.ndarray:
@@ -145,20 +154,40 @@ class Profile:
 
     # a compact, versioned serialization (JSON with the centroid as base64 float32)
     def dumps(self) -> bytes:
-        payload = {"v": 1, "t": self.t, "w": self.weight, "n": self.n_events, "g": self.groups_id,
-                   "aff": self.affinities, "bought": self.bought, "exp": self.exposure, "et": self.exposure_t,
-                   "ew": self.exposure_total,
-                   "c": None if self.centroid is None else base64.b64encode(
-                       np.asarray(self.centroid, dtype=np.float32).tobytes()).decode("ascii")}
+        payload = {
+            "v": 1,
+            "t": self.t,
+            "w": self.weight,
+            "n": self.n_events,
+            "g": self.groups_id,
+            "aff": self.affinities,
+            "bought": self.bought,
+            "exp": self.exposure,
+            "et": self.exposure_t,
+            "ew": self.exposure_total,
+            "c": None
+            if self.centroid is None
+            else base64.b64encode(np.asarray(self.centroid, dtype=np.float32).tobytes()).decode("ascii"),
+        }
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def loads(cls, blob: bytes, version: int = 0) -> "Profile":
         d = json.loads(blob)
         c = None if d.get("c") is None else np.frombuffer(base64.b64decode(d["c"]), dtype=np.float32).copy()
-        return cls(t=d["t"], weight=d["w"], centroid=c, affinities=d.get("aff", {}), bought=d.get("bought", []),
-                   n_events=d.get("n", 0), groups_id=d.get("g", ""), version=version, exposure=d.get("exp", {}),
-                   exposure_t=d.get("et", 0.0), exposure_total=d.get("ew", 0.0))
+        return cls(
+            t=d["t"],
+            weight=d["w"],
+            centroid=c,
+            affinities=d.get("aff", {}),
+            bought=d.get("bought", []),
+            n_events=d.get("n", 0),
+            groups_id=d.get("g", ""),
+            version=version,
+            exposure=d.get("exp", {}),
+            exposure_t=d.get("et", 0.0),
+            exposure_total=d.get("ew", 0.0),
+        )
 
 
 def bought_rows(profile: Profile | None, row_map: Mapping[str, int]) -> np.ndarray:
@@ -216,8 +245,9 @@ def _apply_impression(profile: Profile, facets: ProductFacets, row: int, ts: flo
     _add_facets(profile.exposure, facets, row, w, EXPOSURE_CAP * settings.affinity_cap)
 
 
-def apply_event(profile: Profile, facets: ProductFacets, row: int, product_id: str, event: str, ts: float,
-                settings: ProfileSettings) -> bool:
+def apply_event(
+    profile: Profile, facets: ProductFacets, row: int, product_id: str, event: str, ts: float, settings: ProfileSettings
+) -> bool:
     """Update ``profile`` in place with one event; returns False when the event changes nothing
     (an event type with no gain other than an impression).  An impression only adds exposure."""
     gain = float(settings.gains.get(event, 0.0))
@@ -245,7 +275,7 @@ def apply_event(profile: Profile, facets: ProductFacets, row: int, product_id: s
         if product_id in profile.bought:
             profile.bought.remove(product_id)
         profile.bought.append(product_id)
-        profile.bought = profile.bought[-settings.bought_cap:]
+        profile.bought = profile.bought[-settings.bought_cap :]
     profile.n_events += 1
     return True
 
@@ -272,8 +302,16 @@ def _decayed(users: np.ndarray, ts: np.ndarray, half_life: float):
     return uniq, uidx, t_last, np.exp2(-(t_last[uidx] - ts) / half_life)
 
 
-def _fill_facets(profiles: dict[str, Profile], uniq: np.ndarray, uidx: np.ndarray, rows: np.ndarray, w: np.ndarray,
-                 facets: ProductFacets, attr: str, cap: int) -> None:
+def _fill_facets(
+    profiles: dict[str, Profile],
+    uniq: np.ndarray,
+    uidx: np.ndarray,
+    rows: np.ndarray,
+    w: np.ndarray,
+    facets: ProductFacets,
+    attr: str,
+    cap: int,
+) -> None:
     """The grouped per-facet sums of ``w`` into each profile's ``attr`` (affinities or exposure), capped."""
     for f, ui, vals, sums in _facet_sums(uidx, rows, w, facets):
         for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
@@ -284,9 +322,16 @@ def _fill_facets(profiles: dict[str, Profile], uniq: np.ndarray, uidx: np.ndarra
             store[f] = _cap(store[f], cap)
 
 
-def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[str], events: np.ndarray,
-                   ts: np.ndarray, facets: ProductFacets, settings: ProfileSettings,
-                   event_names: Sequence[str]) -> dict[str, Profile]:
+def build_profiles(
+    users: np.ndarray,
+    rows: np.ndarray,
+    product_ids: Sequence[str],
+    events: np.ndarray,
+    ts: np.ndarray,
+    facets: ProductFacets,
+    settings: ProfileSettings,
+    event_names: Sequence[str],
+) -> dict[str, Profile]:
     """Profiles of many users at once (bulk ingestion): the same numbers as applying their events one by one.
 
     ``users`` (user keys), ``rows`` (product rows), ``events`` (codes into ``event_names``) and ``ts`` are
@@ -308,8 +353,9 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
         uniq, uidx, t_last, w = _decayed(users[seen], ts[seen], settings.half_life)
         total = np.bincount(uidx, weights=w, minlength=len(uniq))
         for i, u in enumerate(uniq):
-            profiles[str(u)] = Profile(groups_id=facets.groups_id, exposure_t=float(t_last[i]),
-                                       exposure_total=float(total[i]))
+            profiles[str(u)] = Profile(
+                groups_id=facets.groups_id, exposure_t=float(t_last[i]), exposure_total=float(total[i])
+            )
         _fill_facets(profiles, uniq, uidx, erows, w, facets, "exposure", EXPOSURE_CAP * settings.affinity_cap)
     if not keep.any():
         return profiles
@@ -324,7 +370,12 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
     centroids = np.asarray(m @ np.asarray(facets.vectors, dtype=np.float32), dtype=np.float32)
     for i, u in enumerate(uniq):
         p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
-        p.t, p.weight, p.centroid, p.n_events = float(t_last[i]), float(weight[i]), centroids[i].copy(), int(n_events[i])
+        p.t, p.weight, p.centroid, p.n_events = (
+            float(t_last[i]),
+            float(weight[i]),
+            centroids[i].copy(),
+            int(n_events[i]),
+        )
     _fill_facets(profiles, uniq, uidx, rows, w, facets, "affinities", settings.affinity_cap)
     bought = np.flatnonzero(codes_evt == names.index("purchase")) if "purchase" in names else []
     if len(bought):
@@ -336,7 +387,7 @@ def build_profiles(users: np.ndarray, rows: np.ndarray, product_ids: Sequence[st
                 p.bought.remove(pid)
             p.bought.append(pid)
         for p in profiles.values():
-            p.bought = p.bought[-settings.bought_cap:]
+            p.bought = p.bought[-settings.bought_cap :]
     return profiles
 
 
@@ -357,18 +408,30 @@ def merge_profiles(old: Profile, new: Profile, settings: ProfileSettings) -> Pro
     if old.n_events == 0:
         merged = Profile(**{**new.__dict__, "version": old.version})
     elif new.n_events == 0:
-        merged = Profile(**{**old.__dict__, "groups_id": new.groups_id,
-                            "affinities": {f: v for f, v in old.affinities.items() if f not in drop}})
+        merged = Profile(
+            **{
+                **old.__dict__,
+                "groups_id": new.groups_id,
+                "affinities": {f: v for f, v in old.affinities.items() if f not in drop},
+            }
+        )
     else:
         t = max(old.t, new.t)
         a, b = 2.0 ** (-(t - old.t) / hl), 2.0 ** (-(t - new.t) / hl)
-        centroid = (old.centroid * a if old.centroid is not None else 0) + \
-            (new.centroid * b if new.centroid is not None else 0)
+        centroid = (old.centroid * a if old.centroid is not None else 0) + (
+            new.centroid * b if new.centroid is not None else 0
+        )
         bought = [p for p in old.bought if p not in new.bought] + new.bought
-        merged = Profile(t=t, weight=old.weight * a + new.weight * b, centroid=np.asarray(centroid, dtype=np.float32),
-                         affinities=_merge_values(old.affinities, new.affinities, a, b, settings.affinity_cap, drop),
-                         bought=bought[-settings.bought_cap:], n_events=old.n_events + new.n_events,
-                         groups_id=new.groups_id, version=old.version)
+        merged = Profile(
+            t=t,
+            weight=old.weight * a + new.weight * b,
+            centroid=np.asarray(centroid, dtype=np.float32),
+            affinities=_merge_values(old.affinities, new.affinities, a, b, settings.affinity_cap, drop),
+            bought=bought[-settings.bought_cap :],
+            n_events=old.n_events + new.n_events,
+            groups_id=new.groups_id,
+            version=old.version,
+        )
     if old.exposure_total > 0 and new.exposure_total > 0:
         t = max(old.exposure_t, new.exposure_t)
         a, b = 2.0 ** (-(t - old.exposure_t) / hl), 2.0 ** (-(t - new.exposure_t) / hl)

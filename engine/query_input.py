@@ -84,8 +84,9 @@ def check_filters(filters) -> dict | None:
     if filters is None:
         return None
     if not isinstance(filters, dict):
-        raise QueryError("filters", f"must be a dict such as {{'category': '耳机'}}, got {type(filters).__name__} "
-                                    f"{filters!r}")
+        raise QueryError(
+            "filters", f"must be a dict such as {{'category': '耳机'}}, got {type(filters).__name__} {filters!r}"
+        )
     unknown = sorted(set(filters) - set(FILTERS))
     if unknown:
         raise QueryError(str(unknown[0]), f"unknown filter; use {', '.join(FILTERS)}")

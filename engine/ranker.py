@@ -36,8 +36,15 @@ FEATURES_FILE = "features.json"
 
 
 class Ranker:
-    def __init__(self, booster, features: list[str], card: dict | None = None, personal=None,
-                 personal_features: list[str] | None = None, personal_scale: float = 1.0):
+    def __init__(
+        self,
+        booster,
+        features: list[str],
+        card: dict | None = None,
+        personal=None,
+        personal_features: list[str] | None = None,
+        personal_scale: float = 1.0,
+    ):
         unknown = [f for f in features if f not in FEATURES and f not in TRAINING_ONLY]
         if unknown:
             raise ValueError(f"ranker reads unknown feature(s) {unknown}; this engine computes {list(FEATURES)}")
@@ -97,8 +104,14 @@ class Ranker:
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         signature = cls.file_signature(p)
         personal = lgb.Booster(model_file=str(p / PERSONAL_FILE)) if (p / PERSONAL_FILE).is_file() else None
-        ranker = cls(lgb.Booster(model_file=str(p / MODEL_FILE)), features, card, personal,
-                     spec.get("personal_model") if personal is not None else None, spec.get("personal_scale", 1.0))
+        ranker = cls(
+            lgb.Booster(model_file=str(p / MODEL_FILE)),
+            features,
+            card,
+            personal,
+            spec.get("personal_model") if personal is not None else None,
+            spec.get("personal_scale", 1.0),
+        )
         ranker.path, ranker.signature = p, signature
         return ranker
 
@@ -114,8 +127,9 @@ class Ranker:
         else:
             (p / PERSONAL_FILE).unlink(missing_ok=True)
         (p / FEATURES_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
-        (p / "model_card.json").write_text(json.dumps(self.card, indent=1, ensure_ascii=False, default=str),
-                                           encoding="utf-8")
+        (p / "model_card.json").write_text(
+            json.dumps(self.card, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
+        )
 
     def score(self, X: np.ndarray, personalize: float = 1.0, warm: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(final scores, non-personal scores ``f(x₀)``) of one query's candidates."""
@@ -138,12 +152,12 @@ class Ranker:
                 return base, base
             H = X[:, self.h_cols]
             h = self._predict(self.personal, np.vstack([np.broadcast_to(self.h_cold, H.shape), H]))
-            return base + personalize * self.personal_scale * (h[len(X):] - h[: len(X)]), base
+            return base + personalize * self.personal_scale * (h[len(X) :] - h[: len(X)]), base
         if off:
             base = self._predict(self.booster, cold)
             return base, base
         both = self._predict(self.booster, np.vstack([cold, Z]))
-        base, full = both[: len(X)], both[len(X):]
+        base, full = both[: len(X)], both[len(X) :]
         return base + personalize * (full - base), base
 
     @staticmethod

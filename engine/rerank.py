@@ -75,8 +75,14 @@ class CrossEncoder:
         return int(self.model.config.num_hidden_layers)
 
     @classmethod
-    def load(cls, path: str | Path, max_length: int | None = None, batch_size: int = 64, device: str = "auto",
-             half_on_gpu: bool = True) -> "CrossEncoder":
+    def load(
+        cls,
+        path: str | Path,
+        max_length: int | None = None,
+        batch_size: int = 64,
+        device: str = "auto",
+        half_on_gpu: bool = True,
+    ) -> "CrossEncoder":
         """A trained cross-encoder from a folder `make finetune` wrote; ``max_length`` defaults to the one
         it was trained with (``cross_encoder.json``)."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -97,8 +103,15 @@ class CrossEncoder:
         return ce
 
     @classmethod
-    def from_base(cls, base: str | Path, num_layers: int | None = None, max_length: int = 96,
-                  batch_size: int = 64, device: str = "auto", seed: int = 0) -> "CrossEncoder":
+    def from_base(
+        cls,
+        base: str | Path,
+        num_layers: int | None = None,
+        max_length: int = 96,
+        batch_size: int = 64,
+        device: str = "auto",
+        seed: int = 0,
+    ) -> "CrossEncoder":
         """A new cross-encoder initialised from the base model's encoder, keeping its first ``num_layers``
         layers (all when None); the one-logit head on [CLS] starts from seeded random weights."""
         import torch
@@ -118,9 +131,14 @@ class CrossEncoder:
         return cls(model.to(pick_device(device)), AutoTokenizer.from_pretrained(str(base)), max_length, batch_size)
 
     def features(self, queries: Sequence[str], titles: Sequence[str]) -> dict:
-        feats = self.tokenizer([QUERY_PREFIX + q for q in queries], [PASSAGE_PREFIX + t for t in titles],
-                               padding=True, truncation="longest_first", max_length=self.max_length,
-                               return_tensors="pt")
+        feats = self.tokenizer(
+            [QUERY_PREFIX + q for q in queries],
+            [PASSAGE_PREFIX + t for t in titles],
+            padding=True,
+            truncation="longest_first",
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         return {k: v.to(self.device) for k, v in feats.items()}
 
     def logits(self, queries: Sequence[str], titles: Sequence[str]):
@@ -147,8 +165,13 @@ class CrossEncoder:
         p.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(p))
         self.tokenizer.save_pretrained(str(p))
-        (p / SETTINGS_FILE).write_text(json.dumps({"max_length": self.max_length, "query_prefix": QUERY_PREFIX,
-                                                   "passage_prefix": PASSAGE_PREFIX}, indent=1), encoding="utf-8")
+        (p / SETTINGS_FILE).write_text(
+            json.dumps(
+                {"max_length": self.max_length, "query_prefix": QUERY_PREFIX, "passage_prefix": PASSAGE_PREFIX},
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
         if card is not None:
             (p / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False), encoding="utf-8")
 
@@ -190,8 +213,9 @@ def stage_lookup(rows: np.ndarray, lst) -> tuple[np.ndarray, np.ndarray]:
     return np.where(found, sc[order][pos], float(sc.min())), np.where(found, order[pos] + 1.0, 0.0)
 
 
-def first_stage_scores(fused, lists: Sequence, mode: str = "rrf",
-                       looked_up: Sequence[np.ndarray] | None = None) -> np.ndarray:
+def first_stage_scores(
+    fused, lists: Sequence, mode: str = "rrf", looked_up: Sequence[np.ndarray] | None = None
+) -> np.ndarray:
     """The first-stage score of each fused candidate: ``rrf`` (the reciprocal-rank-fusion score) or
     ``scores`` (the mean over stages of each stage's standardized raw score: BM25 score, dense cosine;
     a candidate outside a stage's list gets that list's lowest score, an upper bound of its own).

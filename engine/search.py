@@ -38,8 +38,15 @@ from engine.fusion import reciprocal_rank_fusion
 from engine.understanding import QueryRewriter, Rewrite
 from engine.query_input import NOTHING_TO_SEARCH, check_filters, check_int, check_personalize, clean_text, searchable
 from engine.rerank import CrossEncoder, combine
-from engine.types import (DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryError, QueryResult,  # noqa: F401
-                          SearchResult)
+from engine.types import (
+    DENSE_STAGES,
+    RERANK_FIRST_STAGES,
+    STAGES,
+    Hit,
+    QueryError,
+    QueryResult,  # noqa: F401
+    SearchResult,
+)
 from indexer.bm25 import BM25Index
 from indexer.query_tables import query_tables
 from indexer.config import Config, ConfigError, load_config
@@ -58,8 +65,15 @@ class IndexVersion:
     """One version of everything a query reads: the indexes (from their resolved build folders), the models,
     the deleted mask.  :class:`SearchEngine` answers from one and swaps to a new one on reload."""
 
-    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True,
-                 previous: "IndexVersion | None" = None, number: int = 1):
+    def __init__(
+        self,
+        cfg: Config,
+        bm25: BM25Index,
+        verify: bool = True,
+        load_models: bool = True,
+        previous: "IndexVersion | None" = None,
+        number: int = 1,
+    ):
         self.cfg = cfg
         self.bm25 = bm25
         self.products = bm25.products
@@ -117,13 +131,17 @@ class IndexVersion:
                 self._dense[stage] = old  # same index build, same encoder
                 return old
             encoder = old[0] if same_encoder else query_encoder(self.cfg, stage)
-            index = DenseIndex.load(folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe,
-                                    ef_search=d.ef_search)
-            if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") \
-                    or index.n != len(self.products):
-                raise IndexLoadError(f"{self.cfg.index_dir}: the {stage} index ({index.n} products) and the bm25 "
-                                     f"index ({len(self.products)}) do not hold the same catalog; rebuild both with "
-                                     "`make index`")
+            index = DenseIndex.load(
+                folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe, ef_search=d.ef_search
+            )
+            if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") or index.n != len(
+                self.products
+            ):
+                raise IndexLoadError(
+                    f"{self.cfg.index_dir}: the {stage} index ({index.n} products) and the bm25 "
+                    f"index ({len(self.products)}) do not hold the same catalog; rebuild both with "
+                    "`make index`"
+                )
             self._dense[stage] = (encoder, index)
         return self._dense[stage]
 
@@ -152,23 +170,31 @@ class IndexVersion:
 
             r = self.cfg.rerank
             if not r.model:
-                raise ModelMissingError(f"{self.cfg.source or self.cfg.name}: the rerank stage needs rerank.model "
-                                        "(a cross-encoder `make finetune` trains)")
+                raise ModelMissingError(
+                    f"{self.cfg.source or self.cfg.name}: the rerank stage needs rerank.model "
+                    "(a cross-encoder `make finetune` trains)"
+                )
             path = Path(resolve_model(r.model, self.cfg.root))
             old = self._previous._cross_encoder if self._previous is not None else None
-            if old is not None and old.path == path and _same_runtime(old, r) and \
-                    old.fingerprint() == model_fingerprint(path, old.max_length):
+            if (
+                old is not None
+                and old.path == path
+                and _same_runtime(old, r)
+                and old.fingerprint() == model_fingerprint(path, old.max_length)
+            ):
                 self._cross_encoder, self._scorer = old, self._previous._scorer
                 return old
             if r.runtime == "onnx":
                 from engine.onnx_models import OnnxCrossEncoder
                 from engine.rerank import trained_max_length
 
-                self._cross_encoder = OnnxCrossEncoder(path, r.max_length or trained_max_length(path), r.batch_size,
-                                                       r.quantize)
+                self._cross_encoder = OnnxCrossEncoder(
+                    path, r.max_length or trained_max_length(path), r.batch_size, r.quantize
+                )
             else:
-                self._cross_encoder = CrossEncoder.load(path, max_length=r.max_length, batch_size=r.batch_size,
-                                                        device=r.device)
+                self._cross_encoder = CrossEncoder.load(
+                    path, max_length=r.max_length, batch_size=r.batch_size, device=r.device
+                )
             self._scorer = self._cross_encoder
         return self._cross_encoder
 
@@ -196,15 +222,17 @@ class IndexVersion:
                     path = Path(self.cfg.rerank.ranker)
                     path = path if path.is_absolute() else self.cfg.root / path
                     old = self._previous._ranker if self._previous is not None else None
-                    ranker = old if old is not None and old.signature == Ranker.file_signature(path) \
-                        else Ranker.load(path)
+                    ranker = (
+                        old if old is not None and old.signature == Ranker.file_signature(path) else Ranker.load(path)
+                    )
                     trained_on = ranker.card.get("cross_encoder", {}).get("fingerprint")
                     ce = self.cross_encoder()
                     if trained_on and trained_on != ce.fingerprint():
                         raise ModelMismatchError(
                             f"ranker {path} was trained on the scores of cross-encoder "
                             f"{ranker.card['cross_encoder'].get('path')}, not on rerank.model {self.cfg.rerank.model}; "
-                            "retrain it with `make finetune` (python -m finetune --stages ranker)")
+                            "retrain it with `make finetune` (python -m finetune --stages ranker)"
+                        )
                     self._ranker = ranker
         return self._ranker
 
@@ -215,8 +243,11 @@ class IndexVersion:
                 if self._facets is None:
                     from engine.profiles import ProductFacets
 
-                    dense = self.dense_stage("dense")[1] if "dense" in self.cfg.search.stages \
-                        or self.cfg.rerank.model else None
+                    dense = (
+                        self.dense_stage("dense")[1]
+                        if "dense" in self.cfg.search.stages or self.cfg.rerank.model
+                        else None
+                    )
                     self._facets = ProductFacets.from_tables(self.products, dense, self.cfg.personal.price_bands)
         return self._facets
 
@@ -249,7 +280,7 @@ class IndexVersion:
     def reload_deleted(self) -> None:
         """Re-read the deleted products (``<index_dir>/deleted.txt``) when the file changed; they are masked in
         every stage.  Called by every query: a delete by any process shows in the next query."""
-        from indexer.updates import deleted_ids, deleted_signature, live_mask
+        from indexer.deleted import deleted_ids, deleted_signature, live_mask
 
         sig = deleted_signature(self.cfg)
         if sig == self._live[0]:
@@ -292,8 +323,7 @@ class IndexVersion:
             if self._rewriter is None:
                 q = self.cfg.query
                 tok = self.bm25.tokenizer
-                self._rewriter = QueryRewriter(query_tables(self.bm25), tok.normalize, q.rules, q.min_df,
-                                               tok.lexicon)
+                self._rewriter = QueryRewriter(query_tables(self.bm25), tok.normalize, q.rules, q.min_df, tok.lexicon)
         return self._rewriter
 
     def understand(self, text: str) -> Rewrite:
@@ -331,15 +361,21 @@ class IndexVersion:
         depth = max(k, self.cfg.search.candidates)
         return reciprocal_rank_fusion([self._retrieve(text, depth, s, mask) for s in stages], k)
 
-    def candidates_many(self, texts: Sequence[str], mask: np.ndarray | None = None,
-                        stages: Sequence[str] = RERANK_FIRST_STAGES) -> list[SearchResult]:
+    def candidates_many(
+        self, texts: Sequence[str], mask: np.ndarray | None = None, stages: Sequence[str] = RERANK_FIRST_STAGES
+    ) -> list[SearchResult]:
         """What the cross-encoder reranks: per query, the union of the stages' top ``rerank.depth``,
         in reciprocal-rank-fusion order with its scores (dense queries encoded in one batch)."""
         return [fused for fused, _, _ in self.stage_candidates(texts, mask, stages)]
 
-    def stage_candidates(self, texts: Sequence[str], mask: np.ndarray | None,
-                         stages: Sequence[str] = RERANK_FIRST_STAGES, deep: int = 0,
-                         timings: dict | None = None) -> list[tuple[SearchResult, list[SearchResult], list[SearchResult]]]:
+    def stage_candidates(
+        self,
+        texts: Sequence[str],
+        mask: np.ndarray | None,
+        stages: Sequence[str] = RERANK_FIRST_STAGES,
+        deep: int = 0,
+        timings: dict | None = None,
+    ) -> list[tuple[SearchResult, list[SearchResult], list[SearchResult]]]:
         """Per query: the fused union of the stages' top ``rerank.depth``, those top lists, and each stage's
         full list (``deep`` long where a caller needs more of it)."""
         depth = self.cfg.rerank.depth
@@ -350,8 +386,9 @@ class IndexVersion:
             out.append((reciprocal_rank_fusion(top, len(stages) * depth), top, list(lists)))
         return out
 
-    def _retrieve_batch(self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None,
-                        timings: dict | None = None) -> list[SearchResult]:
+    def _retrieve_batch(
+        self, texts: Sequence[str], k: int, stage: str, mask: np.ndarray | None, timings: dict | None = None
+    ) -> list[SearchResult]:
         t0 = time.perf_counter()
         if stage in DENSE_STAGES:
             encoder, _ = self.dense_stage(stage)
@@ -367,8 +404,9 @@ class IndexVersion:
             timings[stage] = (time.perf_counter() - t0) * 1000
         return out
 
-    def candidate_sets(self, texts: Sequence[str], mask: np.ndarray | None = None, deep: int = 0,
-                       timings: dict | None = None) -> list[Candidates]:
+    def candidate_sets(
+        self, texts: Sequence[str], mask: np.ndarray | None = None, deep: int = 0, timings: dict | None = None
+    ) -> list[Candidates]:
         """Per query: the reranked candidates (union of the bm25 and dense top ``rerank.depth``) with their
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
@@ -400,12 +438,20 @@ class IndexVersion:
         personal = None
         if profile is not None:
             now = time.time() if now is None else now
-            personal = personal_features(cand.rows, profile, self.facets(), now, pc.half_life_days * 86400.0,
-                                         ev.bought_rows(profile))
+            personal = personal_features(
+                cand.rows, profile, self.facets(), now, pc.half_life_days * 86400.0, ev.bought_rows(profile)
+            )
         return feature_matrix(cand, ctr, pop, personal)
 
-    def rank_candidates(self, cand: Candidates, k: int, profile=None, personalize: float = 1.0,
-                        explain: bool = False, now: float | None = None) -> tuple[SearchResult, list[dict] | None]:
+    def rank_candidates(
+        self,
+        cand: Candidates,
+        k: int,
+        profile=None,
+        personalize: float = 1.0,
+        explain: bool = False,
+        now: float | None = None,
+    ) -> tuple[SearchResult, list[dict] | None]:
         """The final order of one query's candidates (learned ranker, or the z-score mix without one), the
         rest of the hybrid list below them down to ``k``, and per hit an explanation when asked."""
         r = self.cfg.rerank
@@ -434,19 +480,28 @@ class IndexVersion:
             X = self.features(cand, None, now)
         notes = []
         for i in order[:k]:
-            stages = {s: {"score": float(cand.stage_scores[s][i]), "rank": int(cand.stage_ranks[s][i])}
-                      for s in cand.stage_scores}
-            notes.append({
-                "stages": stages, "rrf": float(cand.rrf[i]), "cross_encoder": float(cand.ce[i]),
-                "first_stage": float(cand.first[i]),
-                "ctr": float(X[i, FEATURES.index("ctr")]), "popularity": float(X[i, FEATURES.index("popularity")]),
-                "personal": {f: float(X[i, FEATURES.index(f)]) for f in PERSONAL},
-                "ranker": "lightgbm" if ranker is not None else f"z-score mix (weight {r.weight})",
-                "non_personal_score": float(base[i]) if base is not None else float(score[i]),
-                "final_score": float(score[i]),
-            })
-        notes += [{"stages": {}, "note": "below the reranked candidates: hybrid order"}
-                  for _ in range(len(res.rows) - len(notes))]
+            stages = {
+                s: {"score": float(cand.stage_scores[s][i]), "rank": int(cand.stage_ranks[s][i])}
+                for s in cand.stage_scores
+            }
+            notes.append(
+                {
+                    "stages": stages,
+                    "rrf": float(cand.rrf[i]),
+                    "cross_encoder": float(cand.ce[i]),
+                    "first_stage": float(cand.first[i]),
+                    "ctr": float(X[i, FEATURES.index("ctr")]),
+                    "popularity": float(X[i, FEATURES.index("popularity")]),
+                    "personal": {f: float(X[i, FEATURES.index(f)]) for f in PERSONAL},
+                    "ranker": "lightgbm" if ranker is not None else f"z-score mix (weight {r.weight})",
+                    "non_personal_score": float(base[i]) if base is not None else float(score[i]),
+                    "final_score": float(score[i]),
+                }
+            )
+        notes += [
+            {"stages": {}, "note": "below the reranked candidates: hybrid order"}
+            for _ in range(len(res.rows) - len(notes))
+        ]
         return res, notes
 
     def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:
@@ -467,8 +522,9 @@ class IndexVersion:
             return self._reranked([self.understand(t).text for t in texts], k, self.live)
         return [self.retrieve(t, k=k, stage=stage) for t in texts]
 
-    def _cached_candidate_sets(self, texts: list[str], mask: np.ndarray | None, key, deep: int,
-                               timings: dict) -> list[Candidates]:
+    def _cached_candidate_sets(
+        self, texts: list[str], mask: np.ndarray | None, key, deep: int, timings: dict
+    ) -> list[Candidates]:
         """:meth:`candidate_sets` through a cache of recent queries (``search.cache_size``): the candidates and
         their cross-encoder scores are the same for every user, so one entry serves every user's ranking.
         ``key`` is None when the mask cannot be named (an explicit mask): no caching then."""
@@ -505,8 +561,11 @@ class IndexVersion:
         return cached[1]
 
     def _describe_versions(self) -> dict[str, str]:
-        v = {"config": self.cfg.name, "engine_version": str(self.number),
-             "bm25": str(self.bm25.manifest.get("build_id", ""))}
+        v = {
+            "config": self.cfg.name,
+            "engine_version": str(self.number),
+            "bm25": str(self.bm25.manifest.get("build_id", "")),
+        }
         for stage, (enc, index) in sorted(self._dense.items()):
             v[stage] = str(index.manifest.get("build_id", ""))
             v[f"{stage}_encoder"] = f"{Path(str(enc.describe()['model'])).name}@{enc.fingerprint}"
@@ -519,16 +578,33 @@ class IndexVersion:
             v["milvus"] = self._milvus.collection
         return v
 
-    def query(self, text: str, k: int = 10, offset: int = 0, filters: dict | None = None,
-              mask: np.ndarray | None = None, user_id: str | None = None, personalize: float = 1.0,
-              explain: bool = False) -> QueryResult:
+    def query(
+        self,
+        text: str,
+        k: int = 10,
+        offset: int = 0,
+        filters: dict | None = None,
+        mask: np.ndarray | None = None,
+        user_id: str | None = None,
+        personalize: float = 1.0,
+        explain: bool = False,
+    ) -> QueryResult:
         """See :meth:`SearchEngine.query`."""
-        return self.query_batch([text], k, offset, filters, mask, None if user_id is None else [user_id],
-                                personalize, explain)[0]
+        return self.query_batch(
+            [text], k, offset, filters, mask, None if user_id is None else [user_id], personalize, explain
+        )[0]
 
-    def query_batch(self, texts: Sequence[str], k: int = 10, offset: int = 0, filters: dict | None = None,
-                    mask: np.ndarray | None = None, user_ids: Sequence[str | None] | None = None,
-                    personalize: float = 1.0, explain: bool = False) -> list[QueryResult]:
+    def query_batch(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        offset: int = 0,
+        filters: dict | None = None,
+        mask: np.ndarray | None = None,
+        user_ids: Sequence[str | None] | None = None,
+        personalize: float = 1.0,
+        explain: bool = False,
+    ) -> list[QueryResult]:
         """See :meth:`SearchEngine.query_batch`."""
         t_start = time.perf_counter()
         sc = self.cfg.search
@@ -548,8 +624,11 @@ class IndexVersion:
         rewrites = [self.understand(t) for t, _ in cleaned]
         t_understood = (time.perf_counter() - t_u) * 1000
         filters = check_filters(filters)
-        key = None if mask is not None else tuple(sorted((f, tuple(v) if isinstance(v, list) else v)
-                                                         for f, v in (filters or {}).items()))
+        key = (
+            None
+            if mask is not None
+            else tuple(sorted((f, tuple(v) if isinstance(v, list) else v) for f, v in (filters or {}).items()))
+        )
         fmask = self.products.mask(**filters) if filters else None  # checked above
         if fmask is not None:
             mask = fmask if mask is None else (fmask & np.asarray(mask, dtype=bool))
@@ -564,8 +643,9 @@ class IndexVersion:
         ranked: dict[int, tuple[SearchResult, list | None]] = {}
         with np.errstate(all="ignore"):  # a filter that leaves nothing: empty lists, no warnings
             if self.cfg.rerank.model and todo:
-                cands = self._cached_candidate_sets([rewrites[i].text for i in todo], mask, key,
-                                                    self._tail_depth(depth), timings)
+                cands = self._cached_candidate_sets(
+                    [rewrites[i].text for i in todo], mask, key, self._tail_depth(depth), timings
+                )
                 t0 = time.perf_counter()
                 ranker = self.ranker()
                 personal = ranker is not None and ranker.uses_personal and personalize > 0
@@ -577,8 +657,11 @@ class IndexVersion:
                 stages = self.cfg.search.stages
                 for i in todo:
                     t = rewrites[i].text
-                    res = self._retrieve(t, depth, stages[0], mask) if len(stages) == 1 \
+                    res = (
+                        self._retrieve(t, depth, stages[0], mask)
+                        if len(stages) == 1
                         else self._fused(t, depth, stages, mask)
+                    )
                     ranked[i] = (res, None)
         timings["understand"] = t_understood
         timings["total"] = (time.perf_counter() - t_start) * 1000
@@ -587,20 +670,39 @@ class IndexVersion:
         out = []
         for i, (text, truncated) in enumerate(cleaned):
             if i not in ranked:
-                out.append(QueryResult([], text, timings, versions, reason=NOTHING_TO_SEARCH,
-                                       truncated=truncated, k=k, offset=offset))
+                out.append(
+                    QueryResult(
+                        [], text, timings, versions, reason=NOTHING_TO_SEARCH, truncated=truncated, k=k, offset=offset
+                    )
+                )
                 continue
             res, notes = ranked[i]
-            hits = self.hits(SearchResult(res.rows[offset:depth], res.scores[offset:depth]),
-                             notes[offset:depth] if notes else None, first_rank=offset + 1)
-            out.append(QueryResult(hits, text, timings, versions, truncated=truncated, k=k, offset=offset,
-                                   searched=rewrites[i].text, rewrites=rewrites[i].steps))
+            hits = self.hits(
+                SearchResult(res.rows[offset:depth], res.scores[offset:depth]),
+                notes[offset:depth] if notes else None,
+                first_rank=offset + 1,
+            )
+            out.append(
+                QueryResult(
+                    hits,
+                    text,
+                    timings,
+                    versions,
+                    truncated=truncated,
+                    k=k,
+                    offset=offset,
+                    searched=rewrites[i].text,
+                    rewrites=rewrites[i].steps,
+                )
+            )
         return out
 
     def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:
         ids, titles = self.products.ids, self.products.titles
-        return [Hit(ids[int(r)], titles[int(r)], float(s), first_rank + i, notes[i] if notes else None)
-                for i, (r, s) in enumerate(zip(res.rows, res.scores))]
+        return [
+            Hit(ids[int(r)], titles[int(r)], float(s), first_rank + i, notes[i] if notes else None)
+            for i, (r, s) in enumerate(zip(res.rows, res.scores))
+        ]
 
     def query_many(self, texts: Sequence[str], k: int = 10) -> list[QueryResult]:
         return self.query_batch(list(texts), k=k)
@@ -613,16 +715,23 @@ def open_bm25(cfg: Config, verify: bool = True, tokenizer=None) -> BM25Index:
     link = cfg.index_dir / "bm25"
     root = version_root(cfg.index_dir)
     try:
-        bm25 = BM25Index.load(stage_folder(cfg.index_dir, "bm25", root), cfg.text, config_hash=cfg.index_fingerprint(),
-                              verify=verify, tokenizer=tokenizer)
+        bm25 = BM25Index.load(
+            stage_folder(cfg.index_dir, "bm25", root),
+            cfg.text,
+            config_hash=cfg.index_fingerprint(),
+            verify=verify,
+            tokenizer=tokenizer,
+        )
         bm25.version_root = root
         return bm25
     except IndexLoadError:
         catalog = cfg.catalog.path
         if catalog is not None and not Path(catalog).is_file():
-            raise ConfigError(f"{cfg.source or cfg.name}: catalog.path {catalog} not found (the index at {link} "
-                              "was built from another catalog or settings); fix the path, or rebuild with "
-                              "`make index`") from None
+            raise ConfigError(
+                f"{cfg.source or cfg.name}: catalog.path {catalog} not found (the index at {link} "
+                "was built from another catalog or settings); fix the path, or rebuild with "
+                "`make index`"
+            ) from None
         raise
 
 
@@ -678,8 +787,9 @@ class SearchEngine:
         object.__setattr__(self, "_passage_encoders", {})  # stage -> the encoder added products are embedded with
 
     @classmethod
-    def from_config(cls, path: str | Path | Config, verify: bool = True, load_models: bool = True,
-                    **overrides) -> "SearchEngine":
+    def from_config(
+        cls, path: str | Path | Config, verify: bool = True, load_models: bool = True, **overrides
+    ) -> "SearchEngine":
         """Load the engine for a config file (or an already loaded :class:`Config`).
 
         Fails with a clear error if an index is missing, corrupt, from another
@@ -705,9 +815,17 @@ class SearchEngine:
         """The version answering queries now (take it once to make several calls on one version)."""
         return self._version
 
-    def query(self, text: str, k: int = 10, offset: int = 0, filters: dict | None = None,
-              mask: np.ndarray | None = None, user_id: str | None = None, personalize: float = 1.0,
-              explain: bool = False) -> QueryResult:
+    def query(
+        self,
+        text: str,
+        k: int = 10,
+        offset: int = 0,
+        filters: dict | None = None,
+        mask: np.ndarray | None = None,
+        user_id: str | None = None,
+        personalize: float = 1.0,
+        explain: bool = False,
+    ) -> QueryResult:
         """Ranked hits ``offset+1 .. offset+k`` for a query, with per-step timings and the versions that answered.
 
         ``filters`` restricts results by category, brand or price range;
@@ -724,9 +842,17 @@ class SearchEngine:
         """
         return self._version.query(text, k, offset, filters, mask, user_id, personalize, explain)
 
-    def query_batch(self, texts: Sequence[str], k: int = 10, offset: int = 0, filters: dict | None = None,
-                    mask: np.ndarray | None = None, user_ids: Sequence[str | None] | None = None,
-                    personalize: float = 1.0, explain: bool = False) -> list[QueryResult]:
+    def query_batch(
+        self,
+        texts: Sequence[str],
+        k: int = 10,
+        offset: int = 0,
+        filters: dict | None = None,
+        mask: np.ndarray | None = None,
+        user_ids: Sequence[str | None] | None = None,
+        personalize: float = 1.0,
+        explain: bool = False,
+    ) -> list[QueryResult]:
         """:meth:`query` for several texts at once: dense queries encoded in one batch and every query's
         cross-encoder pairs scored in one run (``user_ids``: one per text, or None)."""
         return self._version.query_batch(texts, k, offset, filters, mask, user_ids, personalize, explain)
@@ -743,8 +869,9 @@ class SearchEngine:
         one title.  Returns :func:`indexer.updates.add_products`'s report with ``versions``."""
         from indexer.updates import add_products
 
-        report = add_products(self.cfg, catalog, progress, encoders=self._encoders_for_adding(),
-                              tokenizer=self._version.bm25.tokenizer)
+        report = add_products(
+            self.cfg, catalog, progress, encoders=self._encoders_for_adding(), tokenizer=self._version.bm25.tokenizer
+        )
         report["versions"] = self.reload()["versions"]
         return report
 
@@ -773,8 +900,14 @@ class SearchEngine:
             old = self._version
             if not self.stale():
                 return {"changed": False, "versions": old.versions()}
-            new = IndexVersion(old.cfg, open_bm25(old.cfg, old.verify, old.bm25.tokenizer), old.verify, self.load_models,
-                               previous=old, number=old.number + 1)
+            new = IndexVersion(
+                old.cfg,
+                open_bm25(old.cfg, old.verify, old.bm25.tokenizer),
+                old.verify,
+                self.load_models,
+                previous=old,
+                number=old.number + 1,
+            )
             if self._batching:
                 new.enable_batching(*self._batching)
             object.__setattr__(self, "_version", new)
@@ -788,8 +921,9 @@ class SearchEngine:
         for stage, (enc, index) in list(v._dense.items()):
             from indexer.dense import stage_index_dir
 
-            if _build_id(stage_folder(v.cfg.index_dir, stage_index_dir(v.cfg, stage).name)) \
-                    != index.manifest.get("build_id"):
+            if _build_id(stage_folder(v.cfg.index_dir, stage_index_dir(v.cfg, stage).name)) != index.manifest.get(
+                "build_id"
+            ):
                 return True
             if enc.fingerprint != _encoder_fingerprint(v.cfg, stage):
                 return True

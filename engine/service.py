@@ -20,7 +20,6 @@ wrong key, 404 unknown product/route, 413 oversized body, 415 a body that is not
 Concurrent searches share the cross-encoder through dynamic micro-batching (:mod:`engine.batching`).
 """
 
-
 import argparse
 import contextlib
 import json
@@ -36,9 +35,21 @@ import uuid
 from pathlib import Path
 from typing import Annotated
 
-from engine.http import (ADMIN_ENV, MAX_REQUEST_HEAD, ApiError, JsonErrorH11Protocol, Keys, check_json_body,
-                         check_origin, check_url, error_response,
-                         inline_script_hashes, parse_json, public, security_headers)
+from engine.http import (
+    ADMIN_ENV,
+    MAX_REQUEST_HEAD,
+    ApiError,
+    JsonErrorH11Protocol,
+    Keys,
+    check_json_body,
+    check_origin,
+    check_url,
+    error_response,
+    inline_script_hashes,
+    parse_json,
+    public,
+    security_headers,
+)
 from engine.types import EcomsearchError, QueryError
 from core.types import id_problem
 
@@ -46,8 +57,7 @@ log = logging.getLogger("ecomsearch.service")
 REPLICA = f"replica-{uuid.uuid4().hex[:8]}"  # opaque: tells replicas apart without naming the host or pid
 SERVE_ENV = "ECOMSEARCH_SERVE"  # what each replica opens: {"config": path, "set": [overrides]}
 STATIC = Path(__file__).with_name("static")
-SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain",
-                 "personalize"}
+SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain", "personalize"}
 
 
 _error = error_response
@@ -62,16 +72,21 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         buckets = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
-        self.requests = Counter("ecomsearch_requests_total", "HTTP requests", ["endpoint", "method", "status"],
-                                registry=self.registry)
-        self.latency = Histogram("ecomsearch_request_seconds", "HTTP request latency", ["endpoint"],
-                                 buckets=buckets, registry=self.registry)
-        self.stage = Histogram("ecomsearch_stage_seconds", "Time per search step", ["stage"], buckets=buckets,
-                               registry=self.registry)
-        self.cache = Counter("ecomsearch_candidate_cache_total", "Candidate cache lookups", ["result"],
-                             registry=self.registry)
-        self.reloads = Counter("ecomsearch_reloads_total", "Engine reloads that switched versions",
-                               registry=self.registry)
+        self.requests = Counter(
+            "ecomsearch_requests_total", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "ecomsearch_request_seconds", "HTTP request latency", ["endpoint"], buckets=buckets, registry=self.registry
+        )
+        self.stage = Histogram(
+            "ecomsearch_stage_seconds", "Time per search step", ["stage"], buckets=buckets, registry=self.registry
+        )
+        self.cache = Counter(
+            "ecomsearch_candidate_cache_total", "Candidate cache lookups", ["result"], registry=self.registry
+        )
+        self.reloads = Counter(
+            "ecomsearch_reloads_total", "Engine reloads that switched versions", registry=self.registry
+        )
         self.version = Gauge("ecomsearch_engine_version", "The engine version answering", registry=self.registry)
 
 
@@ -99,8 +114,10 @@ def demo_users(engine, n: int = 8) -> list[dict]:
         if 0 <= code < len(brands):
             taste[e.user_id][brands[code]] += 1
     top = sorted(taste, key=lambda u: -sum(taste[u].values()))[:n]
-    return [{"user_id": u, "events": sum(taste[u].values()),
-             "favourite_brands": [b for b, _ in taste[u].most_common(2)]} for u in top]
+    return [
+        {"user_id": u, "events": sum(taste[u].values()), "favourite_brands": [b for b, _ in taste[u].most_common(2)]}
+        for u in top
+    ]
 
 
 def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
@@ -124,8 +141,12 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         yield
         stop.set()  # the index watcher ends with the app
 
-    app = FastAPI(title="ecomsearch", version="0.1.0", lifespan=lifespan,
-                  description="Product search: BM25 + dense candidates, cross-encoder rerank, personal ranking.")
+    app = FastAPI(
+        title="ecomsearch",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Product search: BM25 + dense candidates, cross-encoder rerank, personal ranking.",
+    )
     app.state.engine = engine
     app.state.metrics = metrics
     keys = keys if keys is not None else Keys.from_env()
@@ -136,8 +157,13 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     if sc.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=sc.cors_origins, allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=sc.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
 
     def admin(request: Request) -> None:
         keys.require_admin(request.headers.get("authorization"))
@@ -225,16 +251,28 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         items = body.get(key) if isinstance(body, dict) and key in body else body
         items = [items] if isinstance(items, dict) else items
         if not isinstance(items, list) or not items:
-            raise ApiError(422, key, f"send {'an' if one[0] in 'aeiou' else 'a'} {one} object, a list of them, "
-                                     f"or {{\"{key}\": [...]}}")
+            raise ApiError(
+                422,
+                key,
+                f'send {"an" if one[0] in "aeiou" else "a"} {one} object, a list of them, or {{"{key}": [...]}}',
+            )
         return items
 
     # -- search ------------------------------------------------------------------------------------------------
     @app.get("/search", summary="Search the catalog", dependencies=SEARCH)
-    def search(request: Request, q: str | None = None, k: int = 10, offset: int = 0, user: str | None = None,
-               category: Annotated[list[str] | None, Query()] = None,
-               brand: Annotated[list[str] | None, Query()] = None, price_min: float | None = None,
-               price_max: float | None = None, explain: bool = False, personalize: float = 1.0):
+    def search(
+        request: Request,
+        q: str | None = None,
+        k: int = 10,
+        offset: int = 0,
+        user: str | None = None,
+        category: Annotated[list[str] | None, Query()] = None,
+        brand: Annotated[list[str] | None, Query()] = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        explain: bool = False,
+        personalize: float = 1.0,
+    ):
         unknown = sorted(set(request.query_params) - SEARCH_PARAMS)
         if unknown:
             raise ApiError(422, unknown[0], f"unknown parameter; use {', '.join(sorted(SEARCH_PARAMS))}")
@@ -245,14 +283,18 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         for name, value in (("price_min", price_min), ("price_max", price_max), ("personalize", personalize)):
             if value is not None and not math.isfinite(value):
                 raise ApiError(422, name, f"must be a finite number, got {value}")
-        filters = {"category": category[0] if category and len(category) == 1 else category,
-                   "brand": brand[0] if brand and len(brand) == 1 else brand,
-                   "price_min": price_min, "price_max": price_max}
+        filters = {
+            "category": category[0] if category and len(category) == 1 else category,
+            "brand": brand[0] if brand and len(brand) == 1 else brand,
+            "price_min": price_min,
+            "price_max": price_max,
+        }
         filters = {f: v for f, v in filters.items() if v is not None}
         if user is not None and id_problem(user):
             raise ApiError(422, "user", id_problem(user))
-        res = engine.query(q, k=k, offset=offset, filters=filters or None, user_id=user, personalize=personalize,
-                           explain=explain)  # a QueryError becomes a 422 naming the parameter
+        res = engine.query(
+            q, k=k, offset=offset, filters=filters or None, user_id=user, personalize=personalize, explain=explain
+        )  # a QueryError becomes a 422 naming the parameter
         for step, ms in res.timings_ms.items():
             if step not in ("pairs", "cache_hits") and isinstance(ms, float):
                 metrics.stage.labels(step).observe(ms / 1000.0)
@@ -290,8 +332,9 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             if item.get("query") is not None and not isinstance(item["query"], str):
                 raise ApiError(422, f"{where}.query", "must be a string")
             try:
-                user, row, event, ts = ev.validate(item["user_id"], item["product_id"], item["event"],
-                                                   item.get("timestamp"))
+                user, row, event, ts = ev.validate(
+                    item["user_id"], item["product_id"], item["event"], item.get("timestamp")
+                )
             except EventError as e:
                 field = re.search(r"field '(\w+)'", str(e))
                 raise ApiError(422, f"{where}.{field.group(1)}" if field else where, str(e)) from None
@@ -299,12 +342,10 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
                 raise ApiError(403, "user_id", str(e)) from None
             checked.append((user, item["product_id"].strip(), row, event, ts, item.get("query")))
         users, pids, rows, events, ts, queries = (list(col) for col in zip(*checked))
-        ev.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), events, np.asarray(ts, dtype=np.float64),
-                       queries)
+        ev.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), events, np.asarray(ts, dtype=np.float64), queries)
         return {"recorded": len(checked)}
 
-    @app.delete("/users/{user_id}", summary="Forget a user: every event, the profile, their counts",
-                dependencies=ADMIN)
+    @app.delete("/users/{user_id}", summary="Forget a user: every event, the profile, their counts", dependencies=ADMIN)
     def forget(user_id: str):
         return {"user": user_id, "events_deleted": engine.forget_user(user_id)}  # bad ids: EventError -> 422
 
@@ -328,8 +369,9 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         metrics.version.set(engine.version.number)
         return {"added": report["added"], "versions": report["versions"]}
 
-    @app.delete("/products/{product_id}", summary="Delete a product; never returned once this returns",
-                dependencies=ADMIN)
+    @app.delete(
+        "/products/{product_id}", summary="Delete a product; never returned once this returns", dependencies=ADMIN
+    )
     def delete_product(product_id: str):
         problem = id_problem(product_id)
         if problem:
@@ -358,9 +400,12 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     @app.get("/ready", summary="Indexes and models are loaded")
     def ready():
         v = engine.version
-        loaded = {"bm25": True, "dense": "dense" not in cfg.search.stages or "dense" in v._dense,
-                  "cross_encoder": not cfg.rerank.model or v._cross_encoder is not None,
-                  "ranker": not cfg.rerank.ranker or v._ranker is not None}
+        loaded = {
+            "bm25": True,
+            "dense": "dense" not in cfg.search.stages or "dense" in v._dense,
+            "cross_encoder": not cfg.rerank.model or v._cross_encoder is not None,
+            "ranker": not cfg.rerank.ranker or v._ranker is not None,
+        }
         ok = state["ready"] and all(loaded.values())
         return JSONResponse({"ready": ok, "loaded": loaded, "versions": v.versions()}, status_code=200 if ok else 503)
 
@@ -375,8 +420,12 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         if state["users"] is None:
             state["users"] = demo_users(engine)
         p = engine.products
-        return {"categories": sorted(c for c in p.categories if c), "brands": sorted(b for b in p.brands if b),
-                "users": state["users"], "config": cfg.name}
+        return {
+            "categories": sorted(c for c in p.categories if c),
+            "brands": sorted(b for b in p.brands if b),
+            "users": state["users"],
+            "config": cfg.name,
+        }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
@@ -385,6 +434,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         return response
 
     if watch if watch is not None else sc.watch_seconds > 0:
+
         def watcher():
             while not stop.wait(sc.watch_seconds):
                 try:
@@ -441,13 +491,23 @@ def serve_replicas(args, overrides: list[str]) -> int:
         if uri:
             overrides = overrides + [f"search.milvus.uri={uri}"]
     if cfg.personal.store == "sqlite":
-        log.warning("replicas share the SQLite event store %s: one machine only (personal.store: postgres for "
-                    "several)", cfg.personal.path)
+        log.warning(
+            "replicas share the SQLite event store %s: one machine only (personal.store: postgres for several)",
+            cfg.personal.path,
+        )
     os.environ[SERVE_ENV] = json.dumps({"config": str(Path(args.config).resolve()), "set": overrides})
     print(f"ecomsearch: {cfg.name}, {args.workers} replicas on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run("engine.service:replica_app", factory=True, workers=args.workers, host=args.host, port=args.port,
-                log_level=args.log_level, access_log=False, http=JsonErrorH11Protocol,
-                h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
+    uvicorn.run(
+        "engine.service:replica_app",
+        factory=True,
+        workers=args.workers,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        http=JsonErrorH11Protocol,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+    )
     return 0
 
 
@@ -458,17 +518,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--log-level", default="warning")
-    ap.add_argument("--workers", type=int, default=1, help="stateless engine replicas sharing the port, the "
-                    "index folder, the Milvus collection and the event store")
-    ap.add_argument("--demo-admin-key", action="store_true", help=f"without {ADMIN_ENV} set: make a random admin "
-                    "key for this run and print it (`make serve` on the demo config)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="stateless engine replicas sharing the port, the index folder, the Milvus collection and the event store",
+    )
+    ap.add_argument(
+        "--demo-admin-key",
+        action="store_true",
+        help=f"without {ADMIN_ENV} set: make a random admin "
+        "key for this run and print it (`make serve` on the demo config)",
+    )
     args = ap.parse_args(argv)
     if args.demo_admin_key and not os.environ.get(ADMIN_ENV):
         import secrets
 
         os.environ[ADMIN_ENV] = "demo-" + secrets.token_urlsafe(18)
-        print(f"demo admin key for this run (POST /products, DELETE /users/..., POST /admin/reload): "
-              f"Authorization: Bearer {os.environ[ADMIN_ENV]}", flush=True)
+        print(
+            f"demo admin key for this run (POST /products, DELETE /users/..., POST /admin/reload): "
+            f"Authorization: Bearer {os.environ[ADMIN_ENV]}",
+            flush=True,
+        )
     if args.workers > 1:
         try:
             return serve_replicas(args, list(args.set))
@@ -483,10 +554,16 @@ def main(argv: list[str] | None = None) -> int:
     except EcomsearchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"ecomsearch: {app.state.engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)",
-          flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                http=JsonErrorH11Protocol, h11_max_incomplete_event_size=MAX_REQUEST_HEAD)
+    print(f"ecomsearch: {app.state.engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)", flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        http=JsonErrorH11Protocol,
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+    )
     return 0
 
 

@@ -9,8 +9,37 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.types import (BM25, DENSE, DENSE_BASE, DENSE_STAGES, FIRST_STAGES, HYBRID, RERANK,  # noqa: F401
-                           RERANK_FIRST_STAGES, STAGES, EcomsearchError, SearchResult)
+from core.types import (
+    BM25,
+    DENSE,
+    DENSE_BASE,
+    DENSE_STAGES,
+    FIRST_STAGES,
+    HYBRID,
+    RERANK,
+    RERANK_FIRST_STAGES,
+    STAGES,
+    EcomsearchError,
+    SearchResult,
+)
+
+# the shared types, re-exported beside the engine's own
+__all__ = [
+    "BM25",
+    "DENSE",
+    "DENSE_BASE",
+    "DENSE_STAGES",
+    "FIRST_STAGES",
+    "HYBRID",
+    "RERANK",
+    "RERANK_FIRST_STAGES",
+    "STAGES",
+    "EcomsearchError",
+    "SearchResult",
+    "QueryError",
+    "Hit",
+    "QueryResult",
+]
 
 
 class QueryError(EcomsearchError, ValueError):
@@ -73,8 +102,14 @@ class QueryResult:
         return NotImplemented
 
     def to_dict(self) -> dict:
-        d = {"query": self.query, "k": self.k, "offset": self.offset,
-             "hits": [h.to_dict() for h in self.hits], "timings_ms": self.timings_ms, "versions": self.versions}
+        d = {
+            "query": self.query,
+            "k": self.k,
+            "offset": self.offset,
+            "hits": [h.to_dict() for h in self.hits],
+            "timings_ms": self.timings_ms,
+            "versions": self.versions,
+        }
         if self.reason:
             d["reason"] = self.reason
         if self.truncated:

@@ -35,8 +35,11 @@ from indexer.query_tables import UNIT_GROUPS, QueryTables
 from indexer.text import fold_plural
 
 RULES = ("normalize", "units", "aliases", "pinyin", "typos")
-_UNIT = re.compile(r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*(" + "|".join(sorted({u for g in UNIT_GROUPS for u in g}, key=len,
-                                                                      reverse=True)) + r")(?![a-z0-9])")
+_UNIT = re.compile(
+    r"(?<![a-z0-9.])(\d+(?:\.\d+)?)\s*("
+    + "|".join(sorted({u for g in UNIT_GROUPS for u in g}, key=len, reverse=True))
+    + r")(?![a-z0-9])"
+)
 _LATIN_RUN = re.compile(r"[a-z]+")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]+")
 _LATIN_WORD = re.compile(r"(?<![a-z0-9])[a-z][a-z0-9\-]*[a-z0-9](?![a-z0-9])")
@@ -92,6 +95,7 @@ class QueryRewriter:
                 return m.group(0)
             log.steps.append({"rule": "units", "from": m.group(0), "to": f"{num}{choice}"})
             return f"{num}{choice}"
+
         return _UNIT.sub(best, text)
 
     def _aliases(self, text: str, log: Rewrite) -> str:
@@ -117,6 +121,7 @@ class QueryRewriter:
             han = "".join(words)
             log.steps.append({"rule": "pinyin", "from": run, "to": han})
             return han
+
         return _LATIN_RUN.sub(convert, text)
 
     def segment_pinyin(self, run: str) -> list[str] | None:
@@ -142,7 +147,7 @@ class QueryRewriter:
             fixed = self._han_typo(m.group(0))
             if fixed is not None:
                 log.steps.append({"rule": "typos", "from": m.group(0), "to": fixed})
-                return text[: m.start()] + fixed + text[m.end():]  # one typo per query
+                return text[: m.start()] + fixed + text[m.end() :]  # one typo per query
         for m in _LATIN_RUN.finditer(text):
             run = m.group(0)
             if len(run) < 4 or run in self.df or fold_plural(run) in self.df:
@@ -150,7 +155,7 @@ class QueryRewriter:
             fixed = self._latin_typo(run)
             if fixed is not None:
                 log.steps.append({"rule": "typos", "from": run, "to": fixed})
-                return text[: m.start()] + fixed + text[m.end():]
+                return text[: m.start()] + fixed + text[m.end() :]
         return text
 
     def _covered(self, run: str) -> list[bool]:
@@ -158,7 +163,7 @@ class QueryRewriter:
         pair of characters the catalog's titles write."""
         cov = [False] * len(run)
         for i in range(len(run)):
-            if run[i:i + 2] in self.bigrams:
+            if run[i : i + 2] in self.bigrams:
                 cov[i] = cov[i + 1] = True
             for j in range(i + 2, min(len(run), i + 6) + 1):
                 if self.df.get(run[i:j], 0) >= self.min_df or self.lexicon.get(run[i:j], 0) > 0:
@@ -180,10 +185,16 @@ class QueryRewriter:
             for h in self.tables.homophones.get(syl[0], ""):
                 if h == run[p]:
                     continue
-                fixed = run[:p] + h + run[p + 1:]
+                fixed = run[:p] + h + run[p + 1 :]
                 # the most frequent catalog word (2-4 characters) the fix makes through position p
-                n = max((self.df.get(fixed[a:b], 0) for a in range(max(0, p - 3), p + 1)
-                         for b in range(max(a + 2, p + 1), min(len(run), a + 4) + 1)), default=0)
+                n = max(
+                    (
+                        self.df.get(fixed[a:b], 0)
+                        for a in range(max(0, p - 3), p + 1)
+                        for b in range(max(a + 2, p + 1), min(len(run), a + 4) + 1)
+                    ),
+                    default=0,
+                )
                 if n >= 3 * self.min_df and (best is None or n > best[0]) and all(self._covered(fixed)):
                     best = (n, fixed)  # the fix makes a catalog word and leaves nothing uncovered
         return best[1] if best else None
@@ -193,10 +204,10 @@ class QueryRewriter:
             self._deletes = {}
             for w, n in self.df.items():
                 if len(w) >= 4 and n >= 3 * self.min_df and w.isascii() and w.isalpha():
-                    for v in {w[:i] + w[i + 1:] for i in range(len(w))} | {w}:
+                    for v in {w[:i] + w[i + 1 :] for i in range(len(w))} | {w}:
                         self._deletes.setdefault(v, []).append(w)
         cands = set(self._deletes.get(run, []))
-        for v in {run[:i] + run[i + 1:] for i in range(len(run))}:
+        for v in {run[:i] + run[i + 1 :] for i in range(len(run))}:
             cands.update(self._deletes.get(v, []))
         cands = [c for c in cands if c != run and _one_edit(run, c)]
         return max(cands, key=lambda c: (self.df[c], c)) if cands else None
@@ -208,10 +219,11 @@ def _one_edit(a: str, b: str) -> bool:
         return False
     if len(a) == len(b):
         diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1
-                                  and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
+        return len(diff) == 1 or (
+            len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+        )
     s, t = (a, b) if len(a) < len(b) else (b, a)
     i = 0
     while i < len(s) and s[i] == t[i]:
         i += 1
-    return s[i:] == t[i + 1:]
+    return s[i:] == t[i + 1 :]

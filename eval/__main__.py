@@ -48,8 +48,9 @@ def variant(cfg, spec: str):
         return dataclasses.replace(cfg, dense=dataclasses.replace(cfg.dense, model=str(p.resolve())))
     if (p / "config.json").is_file():
         return dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, model=str(p.resolve())))
-    raise ConfigError(f"--compare: {spec} holds no ranker (model.txt), bi-encoder (modules.json) or "
-                      "cross-encoder (config.json)")
+    raise ConfigError(
+        f"--compare: {spec} holds no ranker (model.txt), bi-encoder (modules.json) or cross-encoder (config.json)"
+    )
 
 
 def run_config(cfg, queries, stages, progress: bool, judged_only: bool = False):
@@ -58,8 +59,9 @@ def run_config(cfg, queries, stages, progress: bool, judged_only: bool = False):
     return engine, evaluate(engine, queries, stages, progress=progress, judged_only=judged_only)
 
 
-def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, seed: int = 0,
-            judged_only: bool = False) -> dict:
+def compare(
+    cfg, a: str, b: str, queries, stages, out: Path, progress: bool, seed: int = 0, judged_only: bool = False
+) -> dict:
     """Evaluate under ``a`` and ``b``; write ``compare.json`` and ``compare.md`` (B − A per stage)."""
     results = {}
     for name, spec in (("A", a), ("B", b)):
@@ -68,14 +70,23 @@ def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, see
         results[name] = res
         write_report(out / name, res, {"config": spec}, queries.texts, queries.relevance)
     payload = {"A": a, "B": b, "n_queries": len(queries), "stages": {}}
-    lines = [f"# Compare: B − A on {len(queries)} queries", "", f"- A: {a}", f"- B: {b}", "",
-             "| stage | metric | A | B | B − A [95% CI] | p |", "| --- | --- | ---: | ---: | --- | ---: |"]
+    lines = [
+        f"# Compare: B − A on {len(queries)} queries",
+        "",
+        f"- A: {a}",
+        f"- B: {b}",
+        "",
+        "| stage | metric | A | B | B − A [95% CI] | p |",
+        "| --- | --- | ---: | ---: | --- | ---: |",
+    ]
     for ra, rb in zip(results["A"], results["B"]):
         d = paired(ra.per_query, rb.per_query, seed)
         payload["stages"][ra.stage] = d
         for m, v in d.items():
-            lines.append(f"| {ra.stage} | {m} | {v['a']:.4f} | {v['b']:.4f} | "
-                         f"{fmt_interval(v['diff'], v['ci_low'], v['ci_high'], signed=True)} | {v['p_value']:.3f} |")
+            lines.append(
+                f"| {ra.stage} | {m} | {v['a']:.4f} | {v['b']:.4f} | "
+                f"{fmt_interval(v['diff'], v['ci_low'], v['ci_high'], signed=True)} | {v['p_value']:.3f} |"
+            )
     lines += ["", "Paired bootstrap over queries (2,000 resamples); p two-sided. Per-side reports in A/ and B/."]
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
@@ -86,40 +97,61 @@ def compare(cfg, a: str, b: str, queries, stages, out: Path, progress: bool, see
 def describe_run(cfg, engine, stages) -> dict:
     """What a report says it measured: corpus, index build, and for each model stage the model, its runtime
     and settings (torch or ONNX encoders alike)."""
-    out = {"corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
-           "index": engine.bm25.manifest.get("build_id", "")}
+    out = {
+        "corpus": f"{cfg.catalog.path} ({len(engine.products)} products)",
+        "index": engine.bm25.manifest.get("build_id", ""),
+    }
     if "rerank" in stages and cfg.rerank.model:
         r = cfg.rerank
         ce = engine.cross_encoder()
         layers = getattr(ce, "num_layers", None)
-        out["rerank"] = (f"{r.model} ({layers or '?'} layers, max_length {ce.max_length}, "
-                         f"{getattr(ce, 'runtime', 'torch')} on {getattr(ce, 'device', 'cpu')}), "
-                         f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}"
-                         + (f", ranker {r.ranker}" if r.ranker else ""))
+        out["rerank"] = (
+            f"{r.model} ({layers or '?'} layers, max_length {ce.max_length}, "
+            f"{getattr(ce, 'runtime', 'torch')} on {getattr(ce, 'device', 'cpu')}), "
+            f"union of bm25 and dense top-{r.depth}, weight {r.weight}, first stage {r.first_stage}"
+            + (f", ranker {r.ranker}" if r.ranker else "")
+        )
     for stage in stages:
         if stage in ("dense", "dense-base"):
             enc, idx = engine.dense_stage(stage)
             path = getattr(enc, "model_path", None) or getattr(enc, "path", "?")
-            out[f"{stage} encoder"] = (f"{path} (max_length {getattr(enc, 'max_length', '?')}, "
-                                       f"{getattr(enc, 'runtime', 'torch')} on {getattr(enc, 'device', 'cpu')}), "
-                                       f"{idx.manifest.get('factory')}")
+            out[f"{stage} encoder"] = (
+                f"{path} (max_length {getattr(enc, 'max_length', '?')}, "
+                f"{getattr(enc, 'runtime', 'torch')} on {getattr(enc, 'device', 'cpu')}), "
+                f"{idx.manifest.get('factory')}"
+            )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", required=True)
-    ap.add_argument("--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)")
+    ap.add_argument(
+        "--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)"
+    )
     ap.add_argument("--stages", default="bm25", help=f"comma-separated, from {', '.join(STAGES)}")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--judged-only", action="store_true",
-                    help="each query ranks only its own judged products (a reranking benchmark: Home Depot)")
-    ap.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                    help="two configs or model folders on the same queries: the paired difference B − A")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="override a config field, e.g. --set rerank.model=models/wentian/cross-encoder-L12 "
-                         "--set rerank.weight=0.6 (repeatable)")
+    ap.add_argument(
+        "--judged-only",
+        action="store_true",
+        help="each query ranks only its own judged products (a reranking benchmark: Home Depot)",
+    )
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="two configs or model folders on the same queries: the paired difference B − A",
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field, e.g. --set rerank.model=models/wentian/cross-encoder-L12 "
+        "--set rerank.weight=0.6 (repeatable)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     stages = [s for s in args.stages.replace(" ", ",").split(",") if s]
@@ -135,11 +167,17 @@ def main(argv: list[str] | None = None) -> int:
             raise QueriesError("no --queries given and the config sets no eval.queries")
         queries = read_queries(qpath)
         if args.compare:
-            payload = compare(cfg, *args.compare, queries, stages, Path(args.out), progress,
-                              judged_only=args.judged_only)
+            payload = compare(
+                cfg, *args.compare, queries, stages, Path(args.out), progress, judged_only=args.judged_only
+            )
             for stage, d in payload["stages"].items():
-                print(stage, " ".join(f"{m}: {v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] p={v['p_value']:.3f}"
-                                      for m, v in d.items()))
+                print(
+                    stage,
+                    " ".join(
+                        f"{m}: {v['diff']:+.4f} [{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] p={v['p_value']:.3f}"
+                        for m, v in d.items()
+                    ),
+                )
             print(f"wrote {args.out}/compare.md and compare.json")
             return 0
         engine, results = run_config(cfg, queries, stages, progress, args.judged_only)
@@ -149,18 +187,30 @@ def main(argv: list[str] | None = None) -> int:
     judged = {p for rel in queries.relevance.values() for p in rel}
     missing = judged - set(engine.products.ids.tolist())
     if missing:
-        print(f"warning: {len(missing)} judged product(s) are not in the catalog and can never be retrieved",
-              file=sys.stderr)
-    context = {"config_name": cfg.name, "config": str(args.config), "queries": str(qpath),
-               **describe_run(cfg, engine, stages)}
+        print(
+            f"warning: {len(missing)} judged product(s) are not in the catalog and can never be retrieved",
+            file=sys.stderr,
+        )
+    context = {
+        "config_name": cfg.name,
+        "config": str(args.config),
+        "queries": str(qpath),
+        **describe_run(cfg, engine, stages),
+    }
     if args.judged_only:
         context["ranking"] = "judged only: each query ranks only its own judged products"
     if args.set:
         context["overrides"] = " ".join(args.set)
     products = engine.products
     row_of = products.row_map()
-    payload = write_report(Path(args.out), results, context, queries.texts, queries.relevance,
-                           lambda pid: products.titles[row_of[pid]] if pid in row_of else "")
+    payload = write_report(
+        Path(args.out),
+        results,
+        context,
+        queries.texts,
+        queries.relevance,
+        lambda pid: products.titles[row_of[pid]] if pid in row_of else "",
+    )
     for stage, m in payload.items():
         print(stage, " ".join(f"{k}={v}" for k, v in m.items()))
     print(f"wrote {args.out}/metrics.json, report.md and per_query.tsv")

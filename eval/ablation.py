@@ -54,8 +54,9 @@ def evaluate_index(index: BM25Index, queries, ecfg) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.ablation", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", required=True)
     ap.add_argument("--queries", help="default: the config's eval.queries")
     ap.add_argument("--out", default="reports/ablation")
@@ -66,8 +67,15 @@ def main(argv=None) -> int:
     catalog = load_catalog(cfg)
     table = ProductTable.from_catalog(catalog)
 
-    off = TextConfig(traditional_to_simplified=False, split_alnum=False, unknown_word_ngrams=0, join_units=False,
-                     fold_plurals=False, dict_from_catalog=cfg.text.dict_from_catalog, user_dict=cfg.text.user_dict)
+    off = TextConfig(
+        traditional_to_simplified=False,
+        split_alnum=False,
+        unknown_word_ngrams=0,
+        join_units=False,
+        fold_plurals=False,
+        dict_from_catalog=cfg.text.dict_from_catalog,
+        user_dict=cfg.text.user_dict,
+    )
     step = lambda tc, **kw: dataclasses.replace(tc, **kw)  # noqa: E731
     t1 = step(off, traditional_to_simplified=True)
     t2 = step(t1, join_units=True)
@@ -100,8 +108,14 @@ def main(argv=None) -> int:
         else:
             index = BM25Index.build(catalog, tc, bc)
         m = evaluate_index(index, queries, cfg.eval)
-        rows.append({"change": name, "bm25": f"{bc.method} k1={bc.k1} b={bc.b}", **m,
-                     "seconds": round(time.perf_counter() - t0, 1)})
+        rows.append(
+            {
+                "change": name,
+                "bm25": f"{bc.method} k1={bc.k1} b={bc.b}",
+                **m,
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
         print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
     n_text = len(rows)
 
@@ -114,8 +128,9 @@ def main(argv=None) -> int:
         for k1 in (0.3, 0.6, 0.9, 1.2, 1.5):
             for b in (0.5, 0.75, 0.9):
                 grid_cfg = dataclasses.replace(bc, method=method, k1=k1, b=b)
-                index = BM25Index({f: build_retriever(t, grid_cfg) for f, t in field_tokens.items()},
-                                  dict(bc.fields), table, tok)
+                index = BM25Index(
+                    {f: build_retriever(t, grid_cfg) for f, t in field_tokens.items()}, dict(bc.fields), table, tok
+                )
                 m = evaluate_index(index, queries, cfg.eval)
                 rows.append({"change": name, "bm25": f"{method} k1={k1} b={b}", **m})
         print(f"grid {method} done", flush=True)
@@ -123,14 +138,25 @@ def main(argv=None) -> int:
     out = Path(args.out) / cfg.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False), encoding="utf-8")
-    lines = [f"# BM25 ablation: {cfg.name}, {qpath} ({len(queries)} queries), whole corpus ({len(catalog)}) indexed",
-             "", "Command: `python -m eval.ablation --config " + str(args.config) + "`", "",
-             "## Text processing, one change at a time (lucene k1=1.5 b=0.75)", "",
-             "| change | " + " | ".join(COLS) + " |", "| --- | " + " | ".join("---:" for _ in COLS) + " |"]
+    lines = [
+        f"# BM25 ablation: {cfg.name}, {qpath} ({len(queries)} queries), whole corpus ({len(catalog)}) indexed",
+        "",
+        "Command: `python -m eval.ablation --config " + str(args.config) + "`",
+        "",
+        "## Text processing, one change at a time (lucene k1=1.5 b=0.75)",
+        "",
+        "| change | " + " | ".join(COLS) + " |",
+        "| --- | " + " | ".join("---:" for _ in COLS) + " |",
+    ]
     for r in rows[:n_text]:
         lines.append(f"| {r['change']} | " + " | ".join(f"{r[c]:.4f}" for c in COLS) + " |")
-    lines += ["", f"## BM25 variant and k1/b on: {name} (top 12 of {len(rows) - n_text} by MRR@10)", "",
-              "| bm25 | " + " | ".join(COLS) + " |", "| --- | " + " | ".join("---:" for _ in COLS) + " |"]
+    lines += [
+        "",
+        f"## BM25 variant and k1/b on: {name} (top 12 of {len(rows) - n_text} by MRR@10)",
+        "",
+        "| bm25 | " + " | ".join(COLS) + " |",
+        "| --- | " + " | ".join("---:" for _ in COLS) + " |",
+    ]
     for r in sorted(rows[n_text:], key=lambda r: -r["mrr@10"])[:12]:
         lines.append(f"| {r['bm25']} | " + " | ".join(f"{r[c]:.4f}" for c in COLS) + " |")
     (out / "ablation.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

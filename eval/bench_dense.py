@@ -55,10 +55,16 @@ def encoder_throughput(encoder, texts: list[str], queries: list[str]) -> dict:
         t1 = time.perf_counter()
         encoder.encode_queries([q])
         lat.append((time.perf_counter() - t1) * 1000)
-    return {"device": encoder.device, "titles": len(texts), "seconds": round(s, 2),
-            "titles_per_second": round(len(texts) / s, 1), "max_length": encoder.max_length,
-            "batch_size": encoder.batch_size, "query_encode_p50_ms": round(float(np.percentile(lat, 50)), 2),
-            "query_encode_p99_ms": round(float(np.percentile(lat, 99)), 2)}
+    return {
+        "device": encoder.device,
+        "titles": len(texts),
+        "seconds": round(s, 2),
+        "titles_per_second": round(len(texts) / s, 1),
+        "max_length": encoder.max_length,
+        "batch_size": encoder.batch_size,
+        "query_encode_p50_ms": round(float(np.percentile(lat, 50)), 2),
+        "query_encode_p99_ms": round(float(np.percentile(lat, 99)), 2),
+    }
 
 
 def synthetic_vectors(base: np.ndarray, n: int, sigma: float, seed: int = 0) -> np.ndarray:
@@ -67,7 +73,7 @@ def synthetic_vectors(base: np.ndarray, n: int, sigma: float, seed: int = 0) -> 
     for start in range(0, n, 100_000):
         m = min(100_000, n - start)
         v = base[rng.integers(0, len(base), m)] + rng.normal(0, sigma, (m, base.shape[1])).astype(np.float32)
-        out[start:start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
+        out[start : start + m] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
 
 
@@ -81,8 +87,11 @@ def neighbourhood(base: np.ndarray, sigma: float, sample: int = 2000) -> dict:
     copies = base[idx] + rng.normal(0, sigma, (len(idx), base.shape[1])).astype(np.float32)
     copies /= np.linalg.norm(copies, axis=1, keepdims=True)
     to_source = (copies * base[idx]).sum(axis=1)
-    return {"real_nn1_cos_p10_p50_p90": np.percentile(nn1, [10, 50, 90]).round(3).tolist(),
-            "copy_to_source_cos_mean": round(float(to_source.mean()), 3), "sigma": sigma}
+    return {
+        "real_nn1_cos_p10_p50_p90": np.percentile(nn1, [10, 50, 90]).round(3).tolist(),
+        "copy_to_source_cos_mean": round(float(to_source.mean()), 3),
+        "sigma": sigma,
+    }
 
 
 def time_single_queries(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,10 +118,16 @@ def bench_faiss(vectors: np.ndarray, queries: np.ndarray, k: int = 10, gpu: bool
     d = vectors.shape[1]
     n = len(vectors)
     nlist = 4096 if n >= 200_000 else 1024
-    configs = [("Flat", {}), ("HNSW32", {"efSearch": 128}), ("HNSW32", {"efSearch": 512}),
-               ("HNSW32", {"efSearch": 1024}), (f"IVF{nlist},Flat", {"nprobe": 32}),
-               (f"IVF{nlist},Flat", {"nprobe": 128}), (f"IVF{nlist},PQ32", {"nprobe": 32}),
-               (f"IVF{nlist},PQ32,RFlat", {"nprobe": 64, "k_factor": 8})]
+    configs = [
+        ("Flat", {}),
+        ("HNSW32", {"efSearch": 128}),
+        ("HNSW32", {"efSearch": 512}),
+        ("HNSW32", {"efSearch": 1024}),
+        (f"IVF{nlist},Flat", {"nprobe": 32}),
+        (f"IVF{nlist},Flat", {"nprobe": 128}),
+        (f"IVF{nlist},PQ32", {"nprobe": 32}),
+        (f"IVF{nlist},PQ32,RFlat", {"nprobe": 64, "k_factor": 8}),
+    ]
     rows, built, truth, flat_p50 = [], {}, None, None
     for factory, params in configs:
         if factory not in built:
@@ -135,10 +150,20 @@ def bench_faiss(vectors: np.ndarray, queries: np.ndarray, k: int = 10, gpu: bool
         if truth is None:
             truth, flat_p50 = ids, float(np.percentile(lat, 50))
         p50 = float(np.percentile(lat, 50))
-        rows.append({"device": "cpu", "n_vectors": n, "factory": factory, "params": params,
-                     "build_s": round(build_s, 1), "size_mb": round(size / 2**20, 1),
-                     "p50_ms": round(p50, 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                     "recall@10": round(recall_at(ids, truth, k), 4), "speedup_vs_flat": round(flat_p50 / p50, 1)})
+        rows.append(
+            {
+                "device": "cpu",
+                "n_vectors": n,
+                "factory": factory,
+                "params": params,
+                "build_s": round(build_s, 1),
+                "size_mb": round(size / 2**20, 1),
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                "recall@10": round(recall_at(ids, truth, k), 4),
+                "speedup_vs_flat": round(flat_p50 / p50, 1),
+            }
+        )
         print("   ", json.dumps(rows[-1]), flush=True)
     if gpu:
         for factory in ("Flat", f"IVF{nlist},PQ32"):
@@ -146,8 +171,16 @@ def bench_faiss(vectors: np.ndarray, queries: np.ndarray, k: int = 10, gpu: bool
             if "IVF" in factory:
                 faiss.GpuParameterSpace().set_index_parameter(gi, "nprobe", 32)
             lat, ids = time_single_queries(gi, queries, k)
-            rows.append({"device": "gpu", "n_vectors": n, "factory": factory, "p50_ms": round(float(np.percentile(lat, 50)), 3),
-                         "p99_ms": round(float(np.percentile(lat, 99)), 3), "recall@10": round(recall_at(ids, truth, k), 4)})
+            rows.append(
+                {
+                    "device": "gpu",
+                    "n_vectors": n,
+                    "factory": factory,
+                    "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                    "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                    "recall@10": round(recall_at(ids, truth, k), 4),
+                }
+            )
             print("   ", json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -185,9 +218,17 @@ def torch_exact_search(vectors: np.ndarray, queries: np.ndarray, k: int = 10) ->
         t0 = time.perf_counter()
         torch.topk(qs @ db.T, k, dim=1).indices.cpu()
         batch_ms = (time.perf_counter() - t0) * 1000
-        rows.append({"device": "gpu", "n_vectors": len(vectors), "factory": f"exact (torch {str(dtype)[6:]})",
-                     "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                     "batch_ms": round(batch_ms, 2), "batch_queries": len(qs)})
+        rows.append(
+            {
+                "device": "gpu",
+                "n_vectors": len(vectors),
+                "factory": f"exact (torch {str(dtype)[6:]})",
+                "p50_ms": round(float(np.percentile(lat, 50)), 3),
+                "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                "batch_ms": round(batch_ms, 2),
+                "batch_queries": len(qs),
+            }
+        )
         print("   ", json.dumps(rows[-1]), flush=True)
         del db, qs
         torch.cuda.empty_cache()
@@ -195,19 +236,27 @@ def torch_exact_search(vectors: np.ndarray, queries: np.ndarray, k: int = 10) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_dense", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bench_dense", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--full", action="store_true", help="1,000,000 vectors instead of 100,000")
     ap.add_argument("--n", type=int, help="number of vectors (overrides --full)")
     ap.add_argument("--queries", type=int, default=500)
-    ap.add_argument("--sigma", type=float, default=0.015,
-                    help="noise per dimension: 0.015 keeps a copy closer to its source (cosine ≈ 0.96) than the "
-                         "source's nearest real neighbour (median ≈ 0.944 for WenTian titles)")
+    ap.add_argument(
+        "--sigma",
+        type=float,
+        default=0.015,
+        help="noise per dimension: 0.015 keeps a copy closer to its source (cosine ≈ 0.96) than the "
+        "source's nearest real neighbour (median ≈ 0.944 for WenTian titles)",
+    )
     ap.add_argument("--model", default=None, help="model folder (default: the WenTian config's base model)")
     ap.add_argument("--out", default="reports/bench/dense.json")
     ap.add_argument("--data", default=str(SHARED), help="folder with wentian/ and querylog/")
-    ap.add_argument("--random-weights", action="store_true",
-                    help="same architecture, random weights: speed only (recall figures are then meaningless)")
+    ap.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="same architecture, random weights: speed only (recall figures are then meaningless)",
+    )
     ap.add_argument("--gpu-only", action="store_true", help="skip the CPU encoder and CPU FAISS runs")
     args = ap.parse_args(argv)
     data = Path(args.data)
@@ -230,9 +279,16 @@ def main(argv=None) -> int:
     _, qtexts = read_id_text(qlog)
     rng = np.random.default_rng(0)
     qtexts = [qtexts[i] for i in rng.choice(len(qtexts), args.queries, replace=False)]
-    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-              "model": str(model), "encoder": [], "faiss": []}
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "model": str(model),
+        "encoder": [],
+        "faiss": [],
+    }
 
     enc = None  # the encoder that embeds the benchmark's vectors: the GPU one where there is a GPU
     if not args.gpu_only:
@@ -266,16 +322,36 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    cols = ["device", "n_vectors", "factory", "params", "build_s", "size_mb", "p50_ms", "p99_ms", "recall@10",
-            "speedup_vs_flat", "batch_ms"]
+    cols = [
+        "device",
+        "n_vectors",
+        "factory",
+        "params",
+        "build_s",
+        "size_mb",
+        "p50_ms",
+        "p99_ms",
+        "recall@10",
+        "speedup_vs_flat",
+        "batch_ms",
+    ]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in result["faiss"]:
         print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
-    ok = [r for r in result["faiss"] if r["device"] == "cpu" and r["factory"] != "Flat" and "recall@10" in r
-          and r["recall@10"] >= 0.95 and r["speedup_vs_flat"] >= 10]
+    ok = [
+        r
+        for r in result["faiss"]
+        if r["device"] == "cpu"
+        and r["factory"] != "Flat"
+        and "recall@10" in r
+        and r["recall@10"] >= 0.95
+        and r["speedup_vs_flat"] >= 10
+    ]
     if not args.gpu_only:
-        print("target (recall@10 >= 0.95 at >= 10x Flat): " + ("met by " + ", ".join(
-            f"{r['factory']} {r['params']}" for r in ok) if ok else "MISSED"))
+        print(
+            "target (recall@10 >= 0.95 at >= 10x Flat): "
+            + ("met by " + ", ".join(f"{r['factory']} {r['params']}" for r in ok) if ok else "MISSED")
+        )
     print(f"wrote {out}")
     return 0
 

@@ -47,8 +47,10 @@ def write_events(path: Path, n: int, product_ids: list[str], n_users: int, seed:
     ts = np.sort(time.time() - 61 * 86400 + rng.uniform(0, 60 * 86400, n))
     with open(path, "w", encoding="utf-8") as f:
         for u, p, e, t in zip(users.tolist(), prods.tolist(), evs.tolist(), ts.tolist()):
-            f.write(f'{{"user_id": "user{u}", "query": "q{p % 997}", "product_id": "{product_ids[p]}", '
-                    f'"event": "{EVENTS[e]}", "timestamp": {t:.0f}}}\n')
+            f.write(
+                f'{{"user_id": "user{u}", "query": "q{p % 997}", "product_id": "{product_ids[p]}", '
+                f'"event": "{EVENTS[e]}", "timestamp": {t:.0f}}}\n'
+            )
 
 
 def time_record_events(ev, ids: list[str], rng: np.random.Generator, n: int = 2000) -> list[float]:
@@ -63,8 +65,9 @@ def time_record_events(ev, ids: list[str], rng: np.random.Generator, n: int = 20
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_personal", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bench_personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=50_000)
@@ -115,9 +118,12 @@ def main(argv: list[str] | None = None) -> int:
                 X = engine.features(cand, None)
                 ranker.score(X, 1.0, warm=False)
                 cold.append(time.perf_counter() - t0)
-            result["features_and_ranker"] = {"candidates": int(len(cand.rows)), "warm_user": pct_ms(warm),
-                                             "no_user_peer": pct_ms(cold),
-                                             "ratio_warm_to_peer": round(float(np.median(warm) / np.median(cold)), 2)}
+            result["features_and_ranker"] = {
+                "candidates": int(len(cand.rows)),
+                "warm_user": pct_ms(warm),
+                "no_user_peer": pct_ms(cold),
+                "ratio_warm_to_peer": round(float(np.median(warm) / np.median(cold)), 2),
+            }
             print(f"features + ranker over {len(cand.rows)} candidates: {result['features_and_ranker']}")
 
         log = tmp / "events.jsonl"
@@ -139,16 +145,28 @@ def main(argv: list[str] | None = None) -> int:
         con = bulk.store._con()
         n_prof, blob = con.execute("SELECT COUNT(*), AVG(LENGTH(data)) FROM profiles").fetchone()
         sample = [bulk.store.profile(u) for (u,) in con.execute("SELECT user FROM profiles LIMIT 200")]
-        mem = np.mean([(x.centroid.nbytes if x.centroid is not None else 0)
-                       + sum(64 + 80 * len(v) for v in x.affinities.values()) + 60 * len(x.bought) + 200 for x in sample])
+        mem = np.mean(
+            [
+                (x.centroid.nbytes if x.centroid is not None else 0)
+                + sum(64 + 80 * len(v) for v in x.affinities.values())
+                + 60 * len(x.bought)
+                + 200
+                for x in sample
+            ]
+        )
         db_mb = sum(f.stat().st_size for f in tmp.glob("bulk.sqlite*")) / 2**20
         result["bulk_ingest"] = {
-            "events": rep.recorded, "users": rep.users, "seconds": round(bulk_s, 1),
-            "events_per_second": round(rep.recorded / bulk_s), "generate_seconds": round(gen_s, 1),
+            "events": rep.recorded,
+            "users": rep.users,
+            "seconds": round(bulk_s, 1),
+            "events_per_second": round(rep.recorded / bulk_s),
+            "generate_seconds": round(gen_s, 1),
             "peer_one_at_a_time_events_per_second": round(n_peer / peer_s),
             "speedup_over_peer": round((rep.recorded / bulk_s) / (n_peer / peer_s), 1),
-            "profiles": int(n_prof), "profile_bytes_stored_mean": round(float(blob or 0)),
-            "profile_bytes_in_memory_mean": round(float(mem)), "database_mb": round(db_mb, 1),
+            "profiles": int(n_prof),
+            "profile_bytes_stored_mean": round(float(blob or 0)),
+            "profile_bytes_in_memory_mean": round(float(mem)),
+            "database_mb": round(db_mb, 1),
             "vector_dim": int(facets.vectors.shape[1]),
         }
         print(f"bulk ingest: {result['bulk_ingest']}")

@@ -56,9 +56,15 @@ def build_throughput(workers: list[int], progress: bool) -> list[dict]:
             built = build_indexes(c, progress=False, runner=runner)
             secs = time.perf_counter() - t0
             n = built[0].n_products
-            out.append({"workers": w or "single process", "titles": n, "seconds": round(secs, 1),
-                        "titles_per_s": round(n / secs, 1),
-                        "stages": {b.stage: round(b.seconds, 1) for b in built}})
+            out.append(
+                {
+                    "workers": w or "single process",
+                    "titles": n,
+                    "seconds": round(secs, 1),
+                    "titles_per_s": round(n / secs, 1),
+                    "stages": {b.stage: round(b.seconds, 1) for b in built},
+                }
+            )
             print(f"build {out[-1]['workers']}: {n} titles in {secs:.1f} s ({n / secs:.0f} titles/s)", flush=True)
             if runner is not None:
                 ray.shutdown()
@@ -70,8 +76,10 @@ def synthetic_catalog(titles: list[str], vectors: np.ndarray, n: int, seed: int 
     rng = np.random.default_rng(seed)
     base = np.arange(n) % len(titles)
     other = rng.integers(0, len(titles), size=n)
-    out_t = [titles[b] if i < len(titles) else f"{titles[b]} {titles[o][len(titles[o]) // 2:]}"
-             for i, (b, o) in enumerate(zip(base, other))]
+    out_t = [
+        titles[b] if i < len(titles) else f"{titles[b]} {titles[o][len(titles[o]) // 2 :]}"
+        for i, (b, o) in enumerate(zip(base, other))
+    ]
     v = np.asarray(vectors, dtype=np.float32)[base].copy()
     extra = np.arange(n) >= len(titles)
     v[extra] += rng.normal(scale=0.03, size=(int(extra.sum()), v.shape[1])).astype(np.float32)
@@ -91,8 +99,9 @@ def backends(cfg, sizes: list[int], n_queries: int, progress: bool) -> list[dict
     eng = SearchEngine.from_config(cfg, load_models=False)
     encoder, dense = eng.version.dense_stage("dense")
     titles = eng.products.titles.tolist() if hasattr(eng.products.titles, "tolist") else list(eng.products.titles)
-    queries = list(dict.fromkeys(line.split("\t")[1] for line in
-                                 open(cfg.eval.queries, encoding="utf-8").read().splitlines()[1:]))[:n_queries]
+    queries = list(
+        dict.fromkeys(line.split("\t")[1] for line in open(cfg.eval.queries, encoding="utf-8").read().splitlines()[1:])
+    )[:n_queries]
     qvecs = encoder.encode_queries(queries)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     out = []
@@ -115,17 +124,28 @@ def backends(cfg, sizes: list[int], n_queries: int, progress: bool) -> list[dict
             index = DenseIndex.build(vecs, "Flat")
             faiss.write_index(index, str(local_dir / "faiss.index"))
             dense_n = DenseIndex(index, {}, {"build_id": f"bench{n}"}, vectors=vecs.astype(np.float16))
-            c = dataclasses.replace(cfg, index_dir=tmp / "idx", search=dataclasses.replace(
-                cfg.search, milvus=dataclasses.replace(cfg.search.milvus, uri=str(tmp / "milvus.db"),
-                                                       collection=f"bench{n}")))
+            c = dataclasses.replace(
+                cfg,
+                index_dir=tmp / "idx",
+                search=dataclasses.replace(
+                    cfg.search,
+                    milvus=dataclasses.replace(cfg.search.milvus, uri=str(tmp / "milvus.db"), collection=f"bench{n}"),
+                ),
+            )
             info = build_collection(c, bm25, dense_n, progress=progress)
             stages = MilvusStages.open(c, bm25, f"bench{n}")
-            row = {"products": n, "bm25_build_s": round(bm25_build, 1), "milvus_insert_rows_per_s": round(info.rows_per_s),
-                   "milvus_build_s": round(info.seconds, 1)}
-            for name, fn in (("local_bm25", lambda i: bm25.search(queries[i], 100)),
-                             ("milvus_bm25", lambda i: stages.bm25_search(queries[i], 100)),
-                             ("local_dense", lambda i: dense_n.search(qvecs[i:i + 1], 100)),
-                             ("milvus_dense", lambda i: stages.dense_search(qvecs[i:i + 1], 100))):
+            row = {
+                "products": n,
+                "bm25_build_s": round(bm25_build, 1),
+                "milvus_insert_rows_per_s": round(info.rows_per_s),
+                "milvus_build_s": round(info.seconds, 1),
+            }
+            for name, fn in (
+                ("local_bm25", lambda i: bm25.search(queries[i], 100)),
+                ("milvus_bm25", lambda i: stages.bm25_search(queries[i], 100)),
+                ("local_dense", lambda i: dense_n.search(qvecs[i : i + 1], 100)),
+                ("milvus_dense", lambda i: stages.dense_search(qvecs[i : i + 1], 100)),
+            ):
                 for i in range(min(5, len(queries))):
                     fn(i)  # warm-up
                 times = []
@@ -136,13 +156,15 @@ def backends(cfg, sizes: list[int], n_queries: int, progress: bool) -> list[dict
                 row[name] = pct_ms(times)
             overlap = []
             for i in range(len(queries)):
-                a = dense_n.search(qvecs[i:i + 1], 10)[0].rows
-                b = stages.dense_search(qvecs[i:i + 1], 10)[0].rows
+                a = dense_n.search(qvecs[i : i + 1], 10)[0].rows
+                b = stages.dense_search(qvecs[i : i + 1], 10)[0].rows
                 overlap.append(len(set(a) & set(b)) / max(1, len(a)))
             row["dense_top10_overlap"] = round(float(np.mean(overlap)), 4)
-            row["bytes_per_product"] = {"local_bm25_and_faiss": round(du(local_dir) / n),
-                                        "milvus_lite": round(sum(du(p) for p in tmp.glob("milvus.db*")) / n),
-                                        "vector_fp32": int(vecs.shape[1] * 4)}
+            row["bytes_per_product"] = {
+                "local_bm25_and_faiss": round(du(local_dir) / n),
+                "milvus_lite": round(sum(du(p) for p in tmp.glob("milvus.db*")) / n),
+                "vector_fp32": int(vecs.shape[1] * 4),
+            }
             print(json.dumps(row), flush=True)
             out.append(row)
             stages.client.drop_collection(stages.collection)
@@ -172,16 +194,22 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
         log = tmp / "events.jsonl"
         write_events(log, n_events, ids, n_users)
         try:
-            for name, make in (("sqlite", lambda k: SQLiteEventStore(tmp / f"{k}.sqlite")),
-                               ("postgres", lambda k: PostgresEventStore(srv.get_uri(), f"bench_{k}"))):
+            for name, make in (
+                ("sqlite", lambda k: SQLiteEventStore(tmp / f"{k}.sqlite")),
+                ("postgres", lambda k: PostgresEventStore(srv.get_uri(), f"bench_{k}")),
+            ):
                 ev = UserEvents(make("online"), facets, ids, settings, "bench-key")
                 lat = time_record_events(ev, ids, np.random.default_rng(0))
                 bulk = UserEvents(make("bulk"), facets, ids, settings, "bench-key")
                 t0 = time.perf_counter()
                 rep = bulk.ingest(log)
                 secs = time.perf_counter() - t0
-                out[name] = {"record_event": pct_ms(lat), "bulk_events": rep.recorded, "bulk_users": rep.users,
-                             "bulk_events_per_s": round(rep.recorded / secs)}
+                out[name] = {
+                    "record_event": pct_ms(lat),
+                    "bulk_events": rep.recorded,
+                    "bulk_users": rep.users,
+                    "bulk_events_per_s": round(rep.recorded / secs),
+                }
                 print(f"events on {name}: {out[name]}", flush=True)
                 ev.store.close()
                 bulk.store.close()
@@ -193,33 +221,55 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
 def write(out: Path, payload: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    lines = ["# Scale-out figures (`python -m eval.bench_scale`)", "",
-             f"Machine: {payload['machine']}.", "", "## Index job: single process against Ray Data workers", "",
-             "| workers | titles | seconds | titles/s | per stage (s) |", "| --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        "# Scale-out figures (`python -m eval.bench_scale`)",
+        "",
+        f"Machine: {payload['machine']}.",
+        "",
+        "## Index job: single process against Ray Data workers",
+        "",
+        "| workers | titles | seconds | titles/s | per stage (s) |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     for b in payload.get("build", []):
         lines.append(f"| {b['workers']} | {b['titles']} | {b['seconds']} | {b['titles_per_s']} | {b['stages']} |")
-    lines += ["", "## Milvus Lite against the local backend (k = 100, one query at a time)", "",
-              "| products | stage | local p50 / p99 ms | Milvus p50 / p99 ms | Milvus insert rows/s | bytes/product "
-              "local / Milvus |", "| ---: | --- | --- | --- | ---: | --- |"]
+    lines += [
+        "",
+        "## Milvus Lite against the local backend (k = 100, one query at a time)",
+        "",
+        "| products | stage | local p50 / p99 ms | Milvus p50 / p99 ms | Milvus insert rows/s | bytes/product "
+        "local / Milvus |",
+        "| ---: | --- | --- | --- | ---: | --- |",
+    ]
     for r in payload.get("backends", []):
         for st in ("bm25", "dense"):
             lo, mv = r[f"local_{st}"], r[f"milvus_{st}"]
             bp = r["bytes_per_product"]
-            lines.append(f"| {r['products']:,} | {st} | {lo['p50_ms']} / {lo['p99_ms']} | {mv['p50_ms']} / "
-                         f"{mv['p99_ms']} | {r['milvus_insert_rows_per_s']:,} | {bp['local_bm25_and_faiss']:,} / "
-                         f"{bp['milvus_lite']:,} |")
+            lines.append(
+                f"| {r['products']:,} | {st} | {lo['p50_ms']} / {lo['p99_ms']} | {mv['p50_ms']} / "
+                f"{mv['p99_ms']} | {r['milvus_insert_rows_per_s']:,} | {bp['local_bm25_and_faiss']:,} / "
+                f"{bp['milvus_lite']:,} |"
+            )
     if payload.get("events"):
-        lines += ["", "## Event stores (the demo catalog; PostgreSQL: a local server started by pgserver)", "",
-                  "| store | record one event p50 / p99 ms | bulk ingestion events/s |", "| --- | --- | ---: |"]
+        lines += [
+            "",
+            "## Event stores (the demo catalog; PostgreSQL: a local server started by pgserver)",
+            "",
+            "| store | record one event p50 / p99 ms | bulk ingestion events/s |",
+            "| --- | --- | ---: |",
+        ]
         for name, e in payload["events"].items():
-            lines.append(f"| {name} | {e['record_event']['p50_ms']} / {e['record_event']['p99_ms']} | "
-                         f"{e['bulk_events_per_s']:,} ({e['bulk_events']:,} events, {e['bulk_users']:,} users) |")
+            lines.append(
+                f"| {name} | {e['record_event']['p50_ms']} / {e['record_event']['p99_ms']} | "
+                f"{e['bulk_events_per_s']:,} ({e['bulk_events']:,} events, {e['bulk_users']:,} users) |"
+            )
     (out / "scale.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_scale", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bench_scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/wentian.yaml")
     ap.add_argument("--sizes", default="20000,200000")
     ap.add_argument("--queries", type=int, default=300)
@@ -237,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (cfg.index_dir / "dense").exists():
         print(f"error: {cfg.index_dir}/dense is not built (make index CONFIG={args.config})", file=sys.stderr)
         return 2
-    payload = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-               "config": args.config}
+    payload = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+        "config": args.config,
+    }
     if args.workers:
         payload["build"] = build_throughput([int(w) for w in args.workers.split(",")], not args.no_progress)
     if args.events:

@@ -30,8 +30,11 @@ import numpy as np
 
 def pct(ms) -> dict:
     ms = np.asarray(ms)
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "mean_ms": round(float(ms.mean()), 2)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "mean_ms": round(float(ms.mean()), 2),
+    }
 
 
 class PlainPipeline:
@@ -65,15 +68,17 @@ class PlainPipeline:
         q = self.encoder.encode(["query: " + text], normalize_embeddings=True)[0]
         top_dense = np.argsort(-(self.vectors @ q))[: self.depth]
         cand = list(dict.fromkeys(top_bm.tolist() + top_dense.tolist()))
-        scores = self.ce.predict([("query: " + text, "passage: " + self.titles[r]) for r in cand],
-                                 show_progress_bar=False)
+        scores = self.ce.predict(
+            [("query: " + text, "passage: " + self.titles[r]) for r in cand], show_progress_bar=False
+        )
         order = np.argsort(-np.asarray(scores), kind="stable")[:k]
         return [self.ids[cand[i]] for i in order]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_serving", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bench_serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--n", type=int, default=200, help="queries timed one at a time")
@@ -119,13 +124,23 @@ def main(argv: list[str] | None = None) -> int:
 
     overlap = float(np.mean([len(set(eng_top[q]) & set(peer_top[q])) / 10 for q in eng_top]))
     result = {
-        "config": str(args.config), "products": len(engine.products), "queries_timed": len(timed),
-        "engine": {**pct(eng_ms), "query_batch_ms_per_query": round(batch_ms_per_query, 2),
-                   "query_batch_same_top10": batch_same,
-                   "mrr@10": round(metrics.mrr(qrels, as_run(eng_top), 10), 4), "versions": engine.version.versions()},
-        "peer": {**pct(peer_ms), "what": "rank_bm25 BM25Okapi (jieba) + SentenceTransformer.encode + numpy dot + "
-                 "sentence_transformers CrossEncoder.predict, same models", "bm25_build_seconds":
-                 round(peer.build_seconds, 2), "mrr@10": round(metrics.mrr(qrels, as_run(peer_top), 10), 4)},
+        "config": str(args.config),
+        "products": len(engine.products),
+        "queries_timed": len(timed),
+        "engine": {
+            **pct(eng_ms),
+            "query_batch_ms_per_query": round(batch_ms_per_query, 2),
+            "query_batch_same_top10": batch_same,
+            "mrr@10": round(metrics.mrr(qrels, as_run(eng_top), 10), 4),
+            "versions": engine.version.versions(),
+        },
+        "peer": {
+            **pct(peer_ms),
+            "what": "rank_bm25 BM25Okapi (jieba) + SentenceTransformer.encode + numpy dot + "
+            "sentence_transformers CrossEncoder.predict, same models",
+            "bm25_build_seconds": round(peer.build_seconds, 2),
+            "mrr@10": round(metrics.mrr(qrels, as_run(peer_top), 10), 4),
+        },
         "speedup_p50": round(float(np.percentile(peer_ms, 50) / np.percentile(eng_ms, 50)), 2),
         "top10_overlap": round(overlap, 3),
     }

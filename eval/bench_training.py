@@ -43,15 +43,18 @@ def _examples(data: Path, n: int, seed: int = 0):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_training", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bench_training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--data", default="../shared/datasets", help="folder holding wentian/")
     ap.add_argument("--random-weights", action="store_true")
     ap.add_argument("--steps", type=int, default=40, help="timed training steps per model (after 5 warm-up steps)")
     ap.add_argument("--layers", default="4,12")
-    ap.add_argument("--ce-batches", help="cross-encoder queries x group size per step, e.g. 16x4,12x8 "
-                                         "(default: 16x4 on a CPU, 16x4,64x4 on a GPU)")
+    ap.add_argument(
+        "--ce-batches",
+        help="cross-encoder queries x group size per step, e.g. 16x4,12x8 (default: 16x4 on a CPU, 16x4,64x4 on a GPU)",
+    )
     ap.add_argument("--out", default="reports/bench")
     args = ap.parse_args(argv)
     data = Path(args.data)
@@ -74,9 +77,18 @@ def main(argv=None) -> int:
     examples, titles = _examples(data, 4000)
     spec = args.ce_batches or ("16x4,64x4" if device == "cuda" else "16x4")
     ce_batches = [tuple(int(v) for v in b.split("x")) for b in spec.split(",")]
-    result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                          "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None},
-              "model": str(args.model), "random_weights": args.random_weights, "steps": args.steps, "runs": []}
+    result = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        },
+        "model": str(args.model),
+        "random_weights": args.random_weights,
+        "steps": args.steps,
+        "runs": [],
+    }
 
     def timed(fn, steps: int) -> tuple[float, dict]:
         report = fn(steps)  # the loop times each step (median, the first 3 left out), not the final save
@@ -84,7 +96,7 @@ def main(argv=None) -> int:
 
     # bi-encoder: MNRL, batch 32 with one hard negative each (the WenTian recipe), and batch 128 on a GPU
     bi_examples = [biencoder.Example(q, p, n[:1], pid) for q, p, n, pid in examples]
-    for batch in ([32, 128] if device == "cuda" else [32]):
+    for batch in [32, 128] if device == "cuda" else [32]:
         st = SentenceTransformer(str(model), device=device)
 
         def run_bi(steps, st=st, batch=batch):
@@ -92,8 +104,16 @@ def main(argv=None) -> int:
             return biencoder.train(st, bi_examples, cfg, tmp / "bi", progress=False)
 
         sec, report = timed(run_bi, args.steps)
-        result["runs"].append({"model": "bi-encoder", "layers": 12, "batch": batch, "precision": report["amp"],
-                               "seconds_per_step": round(sec, 4), "pairs_per_second": round(batch / sec, 1)})
+        result["runs"].append(
+            {
+                "model": "bi-encoder",
+                "layers": 12,
+                "batch": batch,
+                "precision": report["amp"],
+                "seconds_per_step": round(sec, 4),
+                "pairs_per_second": round(batch / sec, 1),
+            }
+        )
         print(result["runs"][-1], flush=True)
         del st
 
@@ -106,14 +126,27 @@ def main(argv=None) -> int:
             ce = CrossEncoder.from_base(model, layers, max_length=96, device=device)
 
             def run_ce(steps, ce=ce, batch=batch, group=group, layers=layers):
-                cfg = CrossEncoderTrainConfig(num_layers=layers, batch_size=batch, group_size=group,
-                                              max_steps=steps, eval_every=10**6, warmup_steps=2)
+                cfg = CrossEncoderTrainConfig(
+                    num_layers=layers,
+                    batch_size=batch,
+                    group_size=group,
+                    max_steps=steps,
+                    eval_every=10**6,
+                    warmup_steps=2,
+                )
                 return crossencoder.train(ce, groups, cfg, tmp / "ce", progress=False)
 
             sec, report = timed(run_ce, args.steps)
-            result["runs"].append({"model": "cross-encoder", "layers": layers, "batch": f"{batch}x{group}",
-                                   "precision": report["amp"], "seconds_per_step": round(sec, 4),
-                                   "pairs_per_second": round(batch * group / sec, 1)})
+            result["runs"].append(
+                {
+                    "model": "cross-encoder",
+                    "layers": layers,
+                    "batch": f"{batch}x{group}",
+                    "precision": report["amp"],
+                    "seconds_per_step": round(sec, 4),
+                    "pairs_per_second": round(batch * group / sec, 1),
+                }
+            )
             print(result["runs"][-1], flush=True)
         # scoring: the saved model as the engine loads it (fp16 on a GPU)
         served = CrossEncoder.load(tmp / "ce", device=device)
@@ -132,10 +165,15 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             served.predict([q] * 100, score_t[i * 7 : i * 7 + 100])
             lat.append((time.perf_counter() - t0) * 1000)
-        result["runs"].append({"model": "cross-encoder scoring", "layers": layers,
-                               "precision": str(next(served.model.parameters()).dtype).replace("torch.", ""),
-                               "pairs_per_second": round(1 / bulk, 1),
-                               "one_query_100_candidates_ms_p50": round(float(np.median(lat)), 2)})
+        result["runs"].append(
+            {
+                "model": "cross-encoder scoring",
+                "layers": layers,
+                "precision": str(next(served.model.parameters()).dtype).replace("torch.", ""),
+                "pairs_per_second": round(1 / bulk, 1),
+                "one_query_100_candidates_ms_p50": round(float(np.median(lat)), 2),
+            }
+        )
         print(result["runs"][-1], flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -39,14 +39,19 @@ def measure(cfg, queries, texts: list[str]) -> dict:
     speed = len(texts) / (time.perf_counter() - t0)
     weights = Path(enc.model_path) / "model.safetensors"
     m = evaluate(engine, queries, ["dense"], progress=False)[0].metrics
-    return {"model": str(enc.model_path), "weights_mb": round(weights.stat().st_size / 2**20, 1),
-            "load_s": round(min(loads), 2), "titles_per_second": round(speed, 1),
-            **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()}}
+    return {
+        "model": str(enc.model_path),
+        "weights_mb": round(weights.stat().st_size / 2**20, 1),
+        "load_s": round(min(loads), 2),
+        "titles_per_second": round(speed, 1),
+        **{k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()},
+    }
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench_trim", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.bench_trim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/wentian.yaml")
     ap.add_argument("--train-queries", default="../shared/datasets/wentian/train.tsv")
     ap.add_argument("--out", default="reports/bench/trim.json")
@@ -60,9 +65,11 @@ def main(argv=None) -> int:
 
     texts = load_catalog(cfg).index_texts()[:1000]
     rows = {"full": measure(cfg, queries, texts)}
-    trimmed = dataclasses.replace(cfg, index_dir=cfg.index_dir.with_name(cfg.index_dir.name + "-trimmed"),
-                                  dense=dataclasses.replace(cfg.dense, trim_vocab=True,
-                                                            trim_queries=Path(args.train_queries).resolve()))
+    trimmed = dataclasses.replace(
+        cfg,
+        index_dir=cfg.index_dir.with_name(cfg.index_dir.name + "-trimmed"),
+        dense=dataclasses.replace(cfg.dense, trim_vocab=True, trim_queries=Path(args.train_queries).resolve()),
+    )
     rows["trimmed"] = measure(trimmed, queries, texts)
     rows["trimmed"]["trim"] = json.loads((trimmed_path(trimmed) / "trim.json").read_text())
     out = Path(args.out)

@@ -29,8 +29,9 @@ def pick_users(events, brand_of: dict[str, str], category_of: dict[str, str], ca
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.demo_personal", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.demo_personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--category", default="耳机", help="the category the two users are picked in")
     ap.add_argument("-k", type=int, default=5)
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n  {head}")
         for h in hits:
             row = engine.products.row_of(h.product_id)
-            print(f"    {h.rank}. [{h.product_id}] {h.title}  ({engine.products.brands[engine.products.brand_codes[row]]}, "
-                  f"¥{engine.products.prices[row]:g})")
+            brand = engine.products.brands[engine.products.brand_codes[row]]
+            print(f"    {h.rank}. [{h.product_id}] {h.title}  ({brand}, ¥{engine.products.prices[row]:g})")
     a, b = ([h.product_id for h in lists[u]] for u in users)
     print(f"\n  the two users share {len(set(a) & set(b))} of their top {args.k}")
     hit = lists[users[0]][0]

@@ -33,8 +33,9 @@ def run_judged_only(engine: SearchEngine, queries: JudgedQueries, stage: str, pr
     row_of = engine.products.row_map()
     n = len(engine.products)
     run, lat = {}, []
-    for qid, text in tqdm(list(queries.texts.items()), desc=f"eval {stage} (judged only)", disable=not progress,
-                          mininterval=1.0):
+    for qid, text in tqdm(
+        list(queries.texts.items()), desc=f"eval {stage} (judged only)", disable=not progress, mininterval=1.0
+    ):
         rows = sorted(row_of[p] for p in queries.relevance[qid] if p in row_of)
         mask = np.zeros(n, dtype=bool)
         mask[rows] = True
@@ -49,8 +50,14 @@ def run_judged_only(engine: SearchEngine, queries: JudgedQueries, stage: str, pr
     return run, np.asarray(lat)
 
 
-def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: int, progress: bool = True,
-              latency_sample: int = 200):
+def run_stage(
+    engine: SearchEngine,
+    queries: JudgedQueries,
+    stage: str,
+    depth: int,
+    progress: bool = True,
+    latency_sample: int = 200,
+):
     """``{qid: {pid: score}}`` for the top ``depth`` products of a stage, and single-query latencies in ms.
 
     Keyword stages run query by query (each one timed); dense and rerank
@@ -68,8 +75,9 @@ def run_stage(engine: SearchEngine, queries: JudgedQueries, stage: str, depth: i
         results, sample = None, texts
     lat = np.zeros(len(sample))
     timed = []
-    for i, text in enumerate(tqdm(sample, desc=f"time {stage}", disable=not progress or results is not None,
-                                  mininterval=1.0)):
+    for i, text in enumerate(
+        tqdm(sample, desc=f"time {stage}", disable=not progress or results is not None, mininterval=1.0)
+    ):
         t0 = time.perf_counter()
         timed.append(engine.retrieve(text, k=depth, stage=stage))
         lat[i] = (time.perf_counter() - t0) * 1000
@@ -83,15 +91,18 @@ def main_recall(ks: list[int]) -> str:
     return "recall@100" if 100 in ks else f"recall@{max(ks)}"
 
 
-def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None,
-              ks: list[int]) -> tuple[dict[str, float], list[float], dict[str, np.ndarray]]:
+def score_run(
+    queries: JudgedQueries, run, gain_offset: float, relevant_threshold: float | None, ks: list[int]
+) -> tuple[dict[str, float], list[float], dict[str, np.ndarray]]:
     """(the means, the recall curve, each query's MRR@10 / NDCG@10 / main recall in qrels order): every
     per-query value computed once, the means taken from them."""
     qrels = queries.gains(gain_offset)
     # recall counts a product as relevant by its judged relevance (Home Depot: >= 2.5), else by gain > 0
     recall_qrels, thr = (queries.relevance, relevant_threshold) if relevant_threshold is not None else (qrels, None)
-    per = {"mrr@10": metrics.mrr(qrels, run, 10, per_query=True),
-           "ndcg@10": metrics.ndcg(qrels, run, 10, per_query=True)}
+    per = {
+        "mrr@10": metrics.mrr(qrels, run, 10, per_query=True),
+        "ndcg@10": metrics.ndcg(qrels, run, 10, per_query=True),
+    }
     for k in ks:
         per[f"recall@{k}"] = metrics.recall(recall_qrels, run, k, threshold=thr, per_query=True)
     out = {m: metrics.nanmean(v) for m, v in per.items()}  # recall: over the queries with a relevant product
@@ -103,8 +114,9 @@ def score_run(queries: JudgedQueries, run, gain_offset: float, relevant_threshol
     return out, curve, {m: per[m] for m in ("mrr@10", "ndcg@10", lead)}
 
 
-def evaluate(engine: SearchEngine, queries: JudgedQueries, stages: list[str], progress: bool = True,
-             judged_only: bool = False) -> list[StageResult]:
+def evaluate(
+    engine: SearchEngine, queries: JudgedQueries, stages: list[str], progress: bool = True, judged_only: bool = False
+) -> list[StageResult]:
     ecfg = engine.cfg.eval
     depth = max(ecfg.ks)
     results = []

@@ -60,8 +60,9 @@ class Service:
             cmd += ["--set", s]
         self.log = open(log, "w") if log else subprocess.DEVNULL
         self.admin_key = admin_key()  # the churn's adds, deletes and reloads are admin calls
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, ADMIN_ENV: self.admin_key})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, ADMIN_ENV: self.admin_key}
+        )
 
     def wait_ready(self, timeout: float = 300.0) -> dict:
         import httpx
@@ -126,17 +127,28 @@ async def drive(url: str, queries: list[str], concurrency: int, k: int = 10, che
         t0 = time.perf_counter()
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "requests": len(queries), "errors": len(errors),
-            "error_samples": errors[:5], "seconds": round(wall, 2), "qps": round(len(queries) / wall, 2),
-            "p50_ms": round(float(np.percentile(lat, 50)), 1), "p90_ms": round(float(np.percentile(lat, 90)), 1),
-            "p99_ms": round(float(np.percentile(lat, 99)), 1)}
+    return {
+        "concurrency": concurrency,
+        "requests": len(queries),
+        "errors": len(errors),
+        "error_samples": errors[:5],
+        "seconds": round(wall, 2),
+        "qps": round(len(queries) / wall, 2),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p90_ms": round(float(np.percentile(lat, 90)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+    }
 
 
-def run_load(config: str, sets: list[str], queries: list[str], levels: list[int], batching: bool,
-             log: Path | None) -> list[dict]:
+def run_load(
+    config: str, sets: list[str], queries: list[str], levels: list[int], batching: bool, log: Path | None
+) -> list[dict]:
     # the candidate cache off: every level replays the same queries, and each must cost what a new query costs
-    sets = list(sets) + ([] if batching else ["serve.batch_window_ms=0"]) + ["serve.watch_seconds=0",
-                                                                              "search.cache_size=0"]
+    sets = (
+        list(sets)
+        + ([] if batching else ["serve.batch_window_ms=0"])
+        + ["serve.watch_seconds=0", "search.cache_size=0"]
+    )
     with Service(config, sets, log=log) as svc:
         svc.wait_ready()
         asyncio.run(drive(svc.url, queries[:20], 2))  # warm up
@@ -145,8 +157,12 @@ def run_load(config: str, sets: list[str], queries: list[str], levels: list[int]
             r = asyncio.run(drive(svc.url, queries, c))
             r["batching"] = batching
             out.append(r)
-            print(f"  batching {'on ' if batching else 'off'} c={c:>2}: {r['qps']:.1f} QPS, p50 {r['p50_ms']} ms, "
-                  f"p99 {r['p99_ms']} ms, {r['errors']} errors", file=sys.stderr, flush=True)
+            print(
+                f"  batching {'on ' if batching else 'off'} c={c:>2}: {r['qps']:.1f} QPS, p50 {r['p50_ms']} ms, "
+                f"p99 {r['p99_ms']} ms, {r['errors']} errors",
+                file=sys.stderr,
+                flush=True,
+            )
         return out
 
 
@@ -178,9 +194,16 @@ async def churn(url: str, config: str, queries: list[str], product_ids: list[str
             r = await http.post(f"{url}/products", json=new_rows)
             r.raise_for_status()
             steps.append(f"POST /products ({len(new_rows)})")
-            proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "indexer", "--config", config,
-                                                        "--no-progress", stdout=asyncio.subprocess.DEVNULL,
-                                                        stderr=asyncio.subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "indexer",
+                "--config",
+                config,
+                "--no-progress",
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             rc = await proc.wait()
             steps.append(f"python -m indexer (full rebuild): exit {rc}")
             r = await http.post(f"{url}/admin/reload")
@@ -193,8 +216,9 @@ async def churn(url: str, config: str, queries: list[str], product_ids: list[str
                 steps.append(f"DELETE /products/{pid}")
             new_id = new_rows[0]["id"]
             r = await http.get(f"{url}/search", params={"q": new_rows[0]["title"], "k": 10})
-            steps.append(f"added product {new_id} found after reload: "
-                         f"{any(h['product_id'] == new_id for h in r.json()['hits'])}")
+            steps.append(
+                f"added product {new_id} found after reload: {any(h['product_id'] == new_id for h in r.json()['hits'])}"
+            )
 
     done = asyncio.Event()
 
@@ -212,9 +236,13 @@ async def churn(url: str, config: str, queries: list[str], product_ids: list[str
     await asyncio.sleep(1.0)
     done.set()
     runs = await task
-    return {"requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
-            "error_samples": [e for r in runs for e in r["error_samples"]][:5],
-            "deleted_seen_after_delete": len(seen_after_delete), "steps": steps}
+    return {
+        "requests": sum(r["requests"] for r in runs),
+        "errors": sum(r["errors"] for r in runs),
+        "error_samples": [e for r in runs for e in r["error_samples"]][:5],
+        "deleted_seen_after_delete": len(seen_after_delete),
+        "steps": steps,
+    }
 
 
 def scratch_config(config: str, folder: Path) -> Path:
@@ -245,27 +273,47 @@ def run_churn(config: str, sets: list[str], queries: list[str], out: Path) -> di
         cfg_path = str(scratch_config(config, Path(tmp)))
         eng = SearchEngine.from_config(cfg_path, load_models=False)
         ids = [eng.products.ids[int(r)] for q in ("蓝牙耳机", "手机", "洗衣液") for r in eng.bm25.search(q, k=5).rows]
-        new_rows = [{"id": f"LOADTEST-{i}", "title": f"负载测试 新品 蓝牙耳机 型号{i}", "category": "耳机",
-                     "brand": "测试", "price": 99.0} for i in range(3)]
+        new_rows = [
+            {
+                "id": f"LOADTEST-{i}",
+                "title": f"负载测试 新品 蓝牙耳机 型号{i}",
+                "category": "耳机",
+                "brand": "测试",
+                "price": 99.0,
+            }
+            for i in range(3)
+        ]
         with Service(cfg_path, sets + ["serve.watch_seconds=0"], log=out / "service-churn.log") as svc:
             svc.wait_ready()
             return asyncio.run(churn(svc.url, cfg_path, queries, ids, new_rows))
 
 
 def write_report(out: Path, result: dict) -> None:
-    lines = ["# Load test: the HTTP service under concurrent clients", "",
-             f"Config `{result['config']}` ({' '.join(result['sets']) or 'as is'}), {result['n']} real queries "
-             f"from `{QUERYLOG.name}` per run, async httpx clients in closed loop, on this machine "
-             f"({os.cpu_count()} cores; the clients share them).", "",
-             "| micro-batching | clients | QPS | p50 ms | p90 ms | p99 ms | errors |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Load test: the HTTP service under concurrent clients",
+        "",
+        f"Config `{result['config']}` ({' '.join(result['sets']) or 'as is'}), {result['n']} real queries "
+        f"from `{QUERYLOG.name}` per run, async httpx clients in closed loop, on this machine "
+        f"({os.cpu_count()} cores; the clients share them).",
+        "",
+        "| micro-batching | clients | QPS | p50 ms | p90 ms | p99 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in result["runs"]:
-        lines.append(f"| {'on' if r['batching'] else 'off'} | {r['concurrency']} | {r['qps']} | {r['p50_ms']} | "
-                     f"{r['p90_ms']} | {r['p99_ms']} | {r['errors']} |")
+        lines.append(
+            f"| {'on' if r['batching'] else 'off'} | {r['concurrency']} | {r['qps']} | {r['p50_ms']} | "
+            f"{r['p90_ms']} | {r['p99_ms']} | {r['errors']} |"
+        )
     if result.get("churn"):
         c = result["churn"]
-        lines += ["", f"Churn (deletes, adds, a full rebuild and a reload while 4 clients query): "
-                      f"{c['requests']} requests, {c['errors']} errors, deleted products returned after their "
-                      f"delete: {c['deleted_seen_after_delete']}.", "", *[f"- {s}" for s in c["steps"]]]
+        lines += [
+            "",
+            f"Churn (deletes, adds, a full rebuild and a reload while 4 clients query): "
+            f"{c['requests']} requests, {c['errors']} errors, deleted products returned after their "
+            f"delete: {c['deleted_seen_after_delete']}.",
+            "",
+            *[f"- {s}" for s in c["steps"]],
+        ]
     (out / "load.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -192,8 +192,16 @@ def click_logit(z: np.ndarray, taste: np.ndarray, strength: float) -> np.ndarray
     return 3.0 / (1.0 + np.exp(-2.0 * z)) - 2.5 + strength * 3.0 * (taste - 0.3)
 
 
-def simulate(world: World, users: list[SimUser], strength: float, days: float, eval_days: float,
-             sessions_per_user: float, rng: np.random.Generator, row_ids) -> tuple[SimLog, float]:
+def simulate(
+    world: World,
+    users: list[SimUser],
+    strength: float,
+    days: float,
+    eval_days: float,
+    sessions_per_user: float,
+    rng: np.random.Generator,
+    row_ids,
+) -> tuple[SimLog, float]:
     """Sessions of every user over ``days``; returns the log and the global time cut."""
     from core.formats.clicklog import Event
     from finetune.ranker import Session
@@ -226,7 +234,9 @@ def simulate(world: World, users: list[SimUser], strength: float, days: float, e
                 if gains:
                     log.eval_sessions.append((user.uid, q, float(t), gains))
                 continue
-            t = min(t, cut - 300.0)  # a session's events (shown over seconds, bought within minutes) stay before the cut
+            t = min(
+                t, cut - 300.0
+            )  # a session's events (shown over seconds, bought within minutes) stay before the cut
             sess = Session(user.uid, q, float(t))
             # the shop shows 10 of the top 30 non-personal candidates, best first with some exploration
             # (a Plackett-Luce draw on 1.5 z: Gumbel top-k), as logged ranking data usually has
@@ -279,7 +289,7 @@ class HistoryPosterior:
             c = self.world.cands[s.query]
             index = {int(r): i for i, r in enumerate(c.rows)}
             u = users[s.user]
-            for pos, row in enumerate(s.shown[:len(EXAMINE)]):
+            for pos, row in enumerate(s.shown[: len(EXAMINE)]):
                 z = world.z[s.query][index[row]]
                 clicked = row in s.gains
                 for f in self.facets:
@@ -293,8 +303,12 @@ class HistoryPosterior:
     def expected_clicks(self, uid: str, query: str) -> np.ndarray:
         c = self.world.cands[query]
         n = len(self.facets)
-        post = [_sigmoid(self.prior[f] + np.array([self.llr[f].get((uid, int(k)), 0.0)
-                                                   for k in self.world.facets[f][c.rows]])) for f in self.facets]
+        post = [
+            _sigmoid(
+                self.prior[f] + np.array([self.llr[f].get((uid, int(k)), 0.0) for k in self.world.facets[f][c.rows]])
+            )
+            for f in self.facets
+        ]
         out = np.zeros(len(c.rows))
         for combo in np.ndindex(*([2] * n)):  # every liked / not-liked combination of the facets
             w = np.ones(len(c.rows))
@@ -308,8 +322,17 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def evaluate_sessions(engine, ranker, world: World, sessions: list, pit, profile_of, users: dict | None = None,
-                      strength: float = 0.0, bayes: HistoryPosterior | None = None) -> dict[str, np.ndarray]:
+def evaluate_sessions(
+    engine,
+    ranker,
+    world: World,
+    sessions: list,
+    pit,
+    profile_of,
+    users: dict | None = None,
+    strength: float = 0.0,
+    bayes: HistoryPosterior | None = None,
+) -> dict[str, np.ndarray]:
     """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
     simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling), and
     ``relevance``: the simulator's relevance alone (no taste; the base the Bayes ranking adds its posterior to)."""
@@ -356,11 +379,15 @@ def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
         users = {sessions[i][0] for i in np.flatnonzero(sel)}
         block = {"n_users": len(users), "n_queries": int(sel.sum())}
         for m in ("ndcg@10", "mrr@10"):
-            block[m] = {k: round(v, 4) for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel],
-                                                                    seed=seed).items()}
+            block[m] = {
+                k: round(v, 4)
+                for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel], seed=seed).items()
+            }
             for ceiling in ("oracle", "bayes", "relevance"):
                 if f"{m}/{ceiling}" in res:
-                    block[m][ceiling] = round(float(res[f"{m}/{ceiling}"][sel].mean()), 4) if sel.any() else float("nan")
+                    block[m][ceiling] = (
+                        round(float(res[f"{m}/{ceiling}"][sel].mean()), 4) if sel.any() else float("nan")
+                    )
         out[group] = block
     return out
 
@@ -375,28 +402,52 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     log, cut = simulate(world, users, TASTES[taste], args.days, args.eval_days, args.sessions, rng, row_ids)
     row_of = engine.products.row_map()
     assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
-    pit = PointInTime(EventArrays.from_events(log.events, row_of), engine.facets(),
-                      ProfileSettings.from_config(engine.cfg.personal))
+    pit = PointInTime(
+        EventArrays.from_events(log.events, row_of), engine.facets(), ProfileSettings.from_config(engine.cfg.personal)
+    )
     tcfg = engine.cfg.finetune.ranker
-    card = train_ranker(engine, log.sessions, pit, tcfg, out_dir / f"ranker-{taste}", cands=world.cands,
-                        progress=progress, description=f"simulated sessions before the cut, taste {taste}")
+    card = train_ranker(
+        engine,
+        log.sessions,
+        pit,
+        tcfg,
+        out_dir / f"ranker-{taste}",
+        cands=world.cands,
+        progress=progress,
+        description=f"simulated sessions before the cut, taste {taste}",
+    )
     ranker = Ranker.load(out_dir / f"ranker-{taste}")
     profiles = pit.profiles_at(cut)
-    profile_of = lambda uid: (p if (p := profiles.get(uid)) is not None and p.weight > 0 else None)  # noqa: E731
+    profile_of = lambda uid: p if (p := profiles.get(uid)) is not None and p.weight > 0 else None  # noqa: E731
     by_uid = {u.uid: u for u in users}
     bayes = HistoryPosterior(world, by_uid, log.sessions, TASTES[taste])
     res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes)
     summary = summarize(res, log.eval_sessions, args.seed)
     per_user = np.unique([s.user for s in log.sessions], return_counts=True)[1]
-    summary["train"] = {"events": len(log.events), "sessions": len(log.sessions), "ranker_sessions": card["sessions"],
-                        "history_sessions_per_warm_user": round(float(per_user.mean()), 1) if len(per_user) else 0.0,
-                        "cut": cut, "importance_gain": card["importance_gain"],
-                        "ambiguous_queries": int(world.ambiguous.sum()), "queries": len(world.queries)}
+    summary["train"] = {
+        "events": len(log.events),
+        "sessions": len(log.sessions),
+        "ranker_sessions": card["sessions"],
+        "history_sessions_per_warm_user": round(float(per_user.mean()), 1) if len(per_user) else 0.0,
+        "cut": cut,
+        "importance_gain": card["importance_gain"],
+        "ambiguous_queries": int(world.ambiguous.sum()),
+        "queries": len(world.queries),
+    }
     return summary, ranker
 
 
-def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: bool, limit: int | None = None,
-          cache_dir: Path | None = None, shipped=None) -> dict:
+def guard(
+    engine,
+    ranker,
+    dev_path: Path,
+    n_history: int,
+    seed: int,
+    progress: bool,
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+    shipped=None,
+) -> dict:
     """MRR@10 on judged dev queries with a synthetic history: (a) the judged product's group, (b) random.
     With ``shipped`` (the config's own learned ranker) also its non-personal ranking against the z-score mix
     on the same candidates (``ranker_vs_mix``)."""
@@ -454,8 +505,10 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
     out = {}
     for name in ("group_history", "random_history"):
         pers = metrics.mrr(qrels, runs[name], 10, per_query=True)
-        out[name] = {"n_queries": len(qrels), "mrr@10": {k: round(v, 4) for k, v in
-                                                          paired_bootstrap(base, pers, seed=seed).items()}}
+        out[name] = {
+            "n_queries": len(qrels),
+            "mrr@10": {k: round(v, 4) for k, v in paired_bootstrap(base, pers, seed=seed).items()},
+        }
     if shipped is not None:
         # on all judged dev queries (one missing from the candidates scores 0 for both)
         allq = {qid: qrels.get(qid, {"-": 0.0}) for qid in qids}
@@ -464,8 +517,11 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
             a = fn(allq, runs["mix"], 10, per_query=True)
             b = fn(allq, runs["shipped"], 10, per_query=True)
             res = paired_bootstrap(a, b, seed=seed)
-            block[name] = {"zscore_mix": round(res["base"], 4), "ranker": round(res["personal"], 4),
-                           **{k: round(res[k], 4) for k in ("diff", "ci_low", "ci_high", "p_value")}}
+            block[name] = {
+                "zscore_mix": round(res["base"], 4),
+                "ranker": round(res["personal"], 4),
+                **{k: round(res[k], 4) for k in ("diff", "ci_low", "ci_high", "p_value")},
+            }
         out["ranker_vs_mix"] = block
     return out
 
@@ -473,73 +529,108 @@ def guard(engine, ranker, dev_path: Path, n_history: int, seed: int, progress: b
 def write_report(out: Path, payload: dict, context: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "personal.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    lines = [f"# Personalization benchmark: {context['config']}", "",
-             "**The users are simulated** (see `eval/personal.py` for the behaviour model): stable tastes over "
-             + ", ".join(context["facets"]) + "; position-biased clicks on 10 of the engine's non-personal top 30 (Plackett-Luce draw) before "
-             "the time cut; judgments after it drawn from the same click model without position bias. "
-             "Personal = the ranker with `personalize=1` and the user's profile at the cut; base = the same ranker "
-             "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions. "
-             "Oracle: the simulator's own click utility with the user's true taste (a ceiling no profile reaches).",
-             "", *[f"- {k}: {v}" for k, v in context.items()], "",
-             "Bayes: the best ranking the user's training sessions support — the simulator's own click model "
-             "(positions, relevance, taste strength) turned into a posterior per facet value from each user's "
-             "logged impressions and clicks, candidates ranked by expected click (an upper estimate: the other "
-             "facets' true taste is given). Oracle − Bayes is what no profile can know from the history; "
-             "Bayes − personal is what the features and ranker leave.", "",
-             "Relevance: the simulator's relevance alone (no taste), the ranking the Bayes posterior is added to; "
-             "Bayes − relevance is the most a profile built from this much history can lift NDCG@10.", "",
-             "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | relevance | Bayes "
-             "| oracle | MRR@10 base | MRR@10 personal | diff [95% CI] |",
-             "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        f"# Personalization benchmark: {context['config']}",
+        "",
+        "**The users are simulated** (see `eval/personal.py` for the behaviour model): stable tastes over "
+        + ", ".join(context["facets"])
+        + "; position-biased clicks on 10 of the engine's non-personal top 30 (Plackett-Luce draw) before "
+        "the time cut; judgments after it drawn from the same click model without position bias. "
+        "Personal = the ranker with `personalize=1` and the user's profile at the cut; base = the same ranker "
+        "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions. "
+        "Oracle: the simulator's own click utility with the user's true taste (a ceiling no profile reaches).",
+        "",
+        *[f"- {k}: {v}" for k, v in context.items()],
+        "",
+        "Bayes: the best ranking the user's training sessions support — the simulator's own click model "
+        "(positions, relevance, taste strength) turned into a posterior per facet value from each user's "
+        "logged impressions and clicks, candidates ranked by expected click (an upper estimate: the other "
+        "facets' true taste is given). Oracle − Bayes is what no profile can know from the history; "
+        "Bayes − personal is what the features and ranker leave.",
+        "",
+        "Relevance: the simulator's relevance alone (no taste), the ranking the Bayes posterior is added to; "
+        "Bayes − relevance is the most a profile built from this much history can lift NDCG@10.",
+        "",
+        "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | relevance | Bayes "
+        "| oracle | MRR@10 base | MRR@10 personal | diff [95% CI] |",
+        "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for taste in TASTES:
         if taste not in payload:
             continue
         for group in ("warm", "cold"):
             b = payload[taste][group]
             n, m = b["ndcg@10"], b["mrr@10"]
-            lines.append(f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
-                         f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
-                         f"{n.get('relevance', float('nan')):.4f} | {n.get('bayes', float('nan')):.4f} | "
-                         f"{n.get('oracle', float('nan')):.4f} | "
-                         f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
-                         f"{m['ci_high']:+.4f}] |")
+            lines.append(
+                f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
+                f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
+                f"{n.get('relevance', float('nan')):.4f} | {n.get('bayes', float('nan')):.4f} | "
+                f"{n.get('oracle', float('nan')):.4f} | "
+                f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
+                f"{m['ci_high']:+.4f}] |"
+            )
     if payload.get("curve"):
-        lines += ["", "## Lift by length of history (medium taste, warm users)", "",
-                  "The same simulation with more sessions per user: what the profile and ranker gain as history "
-                  "grows, against the most that history supports (Bayes − relevance).", "",
-                  "| sessions per user | training sessions per warm user | NDCG@10 diff [95% CI] | Bayes − relevance "
-                  "| share of it reached |", "| ---: | ---: | --- | ---: | ---: |"]
+        lines += [
+            "",
+            "## Lift by length of history (medium taste, warm users)",
+            "",
+            "The same simulation with more sessions per user: what the profile and ranker gain as history "
+            "grows, against the most that history supports (Bayes − relevance).",
+            "",
+            "| sessions per user | training sessions per warm user | NDCG@10 diff [95% CI] | Bayes − relevance "
+            "| share of it reached |",
+            "| ---: | ---: | --- | ---: | ---: |",
+        ]
         for row in payload["curve"]:
             n = row["warm"]["ndcg@10"]
             room = n["bayes"] - n["relevance"]
             share = f"{n['diff'] / room:.0%}" if room > 0 else "–"
-            lines.append(f"| {row['sessions']:g} | {row['history_sessions_per_warm_user']:g} | {n['diff']:+.4f} "
-                         f"[{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | {room:+.4f} | {share} |")
+            lines.append(
+                f"| {row['sessions']:g} | {row['history_sessions_per_warm_user']:g} | {n['diff']:+.4f} "
+                f"[{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | {room:+.4f} | {share} |"
+            )
     for key, taste in (("guard", "medium"), ("guard_strong", "strong")):
         if key not in payload:
             continue
-        lines += ["", f"## Guard on real dev queries (synthetic histories, {taste}-taste ranker)", "",
-                  "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |", "| --- | ---: | ---: | ---: | --- |"]
+        lines += [
+            "",
+            f"## Guard on real dev queries (synthetic histories, {taste}-taste ranker)",
+            "",
+            "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |",
+            "| --- | ---: | ---: | ---: | --- |",
+        ]
         for name, g in payload[key].items():
             m = g["mrr@10"]
-            lines.append(f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
-                         f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |")
+            lines.append(
+                f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
+                f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |"
+            )
     if "ranker_vs_mix" in payload:
         b = payload["ranker_vs_mix"]
-        lines += ["", f"## The config's learned ranker against the z-score mix (no users, {b['n_queries']} dev queries)",
-                  "", "| metric | z-score mix | ranker | diff [95% CI] | p |", "| --- | ---: | ---: | --- | ---: |"]
+        lines += [
+            "",
+            f"## The config's learned ranker against the z-score mix (no users, {b['n_queries']} dev queries)",
+            "",
+            "| metric | z-score mix | ranker | diff [95% CI] | p |",
+            "| --- | ---: | ---: | --- | ---: |",
+        ]
         for m in ("mrr@10", "ndcg@10"):
             v = b[m]
-            lines.append(f"| {m} | {v['zscore_mix']:.4f} | {v['ranker']:.4f} | {v['diff']:+.4f} "
-                         f"[{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] | {v['p_value']:.3f} |")
+            lines.append(
+                f"| {m} | {v['zscore_mix']:.4f} | {v['ranker']:.4f} | {v['diff']:+.4f} "
+                f"[{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] | {v['p_value']:.3f} |"
+            )
     if _plot(out / "lift.png", payload):
         lines += ["", "![NDCG@10 lift by taste strength](lift.png)"]
     for taste in TASTES:
         if taste in payload:
             imp = payload[taste]["train"]["importance_gain"]
             top = sorted(imp.items(), key=lambda kv: -kv[1])[:6]
-            lines += ["", f"Ranker ({taste}): {payload[taste]['train']['ranker_sessions']} training sessions; "
-                          "top features by gain: " + ", ".join(f"{k} {v:.0f}" for k, v in top)]
+            lines += [
+                "",
+                f"Ranker ({taste}): {payload[taste]['train']['ranker_sessions']} training sessions; "
+                "top features by gain: " + ", ".join(f"{k} {v:.0f}" for k, v in top),
+            ]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -557,8 +648,13 @@ def _plot(path: Path, payload: dict) -> bool:
         d = [payload[t][group]["ndcg@10"] for t in tastes]
         x = np.arange(len(tastes)) + off
         ax.bar(x, [v["diff"] for v in d], width=0.3, color=color, label=f"{group} users")
-        ax.errorbar(x, [v["diff"] for v in d], yerr=[[v["diff"] - v["ci_low"] for v in d],
-                                                      [v["ci_high"] - v["diff"] for v in d]], fmt="none", ecolor="k")
+        ax.errorbar(
+            x,
+            [v["diff"] for v in d],
+            yerr=[[v["diff"] - v["ci_low"] for v in d], [v["ci_high"] - v["diff"] for v in d]],
+            fmt="none",
+            ecolor="k",
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(tastes)), tastes)
     ax.set_xlabel("taste strength (simulated users)")
@@ -572,14 +668,14 @@ def _plot(path: Path, payload: dict) -> bool:
 
 def query_pool(cfg, n: int, seed: int) -> list[str]:
     """A seeded sample of the config's training queries (click log before the cut, or judged pairs)."""
-    from finetune.job import is_clicklog
+    from finetune.inputs import is_clicklog
 
     ft = cfg.finetune
     if ft.train is None or not Path(ft.train).is_file():
         raise FileNotFoundError(f"{cfg.source}: finetune.train ({ft.train}) is needed for the query pool")
     if is_clicklog(Path(ft.train), ft.format):
         from core.formats.clicklog import read_clicklog
-        from finetune.job import clicklog_cut
+        from finetune.inputs import clicklog_cut
 
         events = read_clicklog(ft.train)
         cut, _ = clicklog_cut(cfg, events)
@@ -593,20 +689,28 @@ def query_pool(cfg, n: int, seed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.personal", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--tastes", default="none,medium,strong")
     ap.add_argument("--queries", type=int, default=600, help="size of the query pool (training queries)")
     ap.add_argument("--users", type=int, default=400)
     ap.add_argument("--sessions", type=float, default=15.0, help="mean sessions per user")
-    ap.add_argument("--curve", default="", help="comma-separated sessions per user: the medium-taste lift at each "
-                                                "(a learning curve; empty: none)")
+    ap.add_argument(
+        "--curve",
+        default="",
+        help="comma-separated sessions per user: the medium-taste lift at each (a learning curve; empty: none)",
+    )
     ap.add_argument("--days", type=float, default=60.0)
     ap.add_argument("--eval-days", type=float, default=15.0)
-    ap.add_argument("--guard", default=None, help="judged queries for the guard and the ranker-vs-mix comparison "
-                                                  "(default: the config's eval.queries; 'none' skips them)")
+    ap.add_argument(
+        "--guard",
+        default=None,
+        help="judged queries for the guard and the ranker-vs-mix comparison "
+        "(default: the config's eval.queries; 'none' skips them)",
+    )
     ap.add_argument("--guard-limit", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--seed", type=int, default=0)
@@ -636,17 +740,26 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         payload[taste], rankers[taste] = run_taste(engine, world, taste, args, args.seed + 1, out, progress)
         w = payload[taste]["warm"]["ndcg@10"]
-        print(f"{taste}: warm NDCG@10 {w['base']:.4f} -> {w['personal']:.4f} ({w['diff']:+.4f} "
-              f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}]); cold diff {payload[taste]['cold']['ndcg@10']['diff']:+.4f}")
+        print(
+            f"{taste}: warm NDCG@10 {w['base']:.4f} -> {w['personal']:.4f} ({w['diff']:+.4f} "
+            f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}]); cold diff {payload[taste]['cold']['ndcg@10']['diff']:+.4f}"
+        )
     curve = []
     for n_sessions in (float(x) for x in args.curve.split(",") if x.strip()):
         run_args = argparse.Namespace(**{**vars(args), "sessions": n_sessions})
         res, _ = run_taste(engine, world, "medium", run_args, args.seed + 1, out / f"curve-{n_sessions:g}", progress)
-        curve.append({"sessions": n_sessions, "warm": res["warm"],
-                      "history_sessions_per_warm_user": res["train"]["history_sessions_per_warm_user"]})
+        curve.append(
+            {
+                "sessions": n_sessions,
+                "warm": res["warm"],
+                "history_sessions_per_warm_user": res["train"]["history_sessions_per_warm_user"],
+            }
+        )
         w = res["warm"]["ndcg@10"]
-        print(f"medium, {n_sessions:g} sessions per user: warm NDCG@10 {w['diff']:+.4f} "
-              f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}], Bayes − relevance {w['bayes'] - w['relevance']:+.4f}")
+        print(
+            f"medium, {n_sessions:g} sessions per user: warm NDCG@10 {w['diff']:+.4f} "
+            f"[{w['ci_low']:+.4f}, {w['ci_high']:+.4f}], Bayes − relevance {w['bayes'] - w['relevance']:+.4f}"
+        )
     if curve:
         payload["curve"] = curve
     guard_path = args.guard
@@ -660,25 +773,43 @@ def main(argv: list[str] | None = None) -> int:
             p = Path(shipped_ranker)
             p = p if p.is_absolute() else cfg.root / p
             shipped = Ranker.load(p) if (p / "model.txt").is_file() else None
-        g = guard(engine, rankers["medium"], Path(guard_path), 5, args.seed, progress, args.guard_limit,
-                  cache_dir=cache, shipped=shipped)
+        g = guard(
+            engine,
+            rankers["medium"],
+            Path(guard_path),
+            5,
+            args.seed,
+            progress,
+            args.guard_limit,
+            cache_dir=cache,
+            shipped=shipped,
+        )
         if "ranker_vs_mix" in g:
             payload["ranker_vs_mix"] = g.pop("ranker_vs_mix")
             m = payload["ranker_vs_mix"]["mrr@10"]
             print(f"{shipped_ranker} vs z-score mix on {guard_path}: MRR@10 {m['zscore_mix']:.4f} -> {m['ranker']:.4f}")
         payload["guard"] = g
         if "strong" in rankers and rankers["strong"].uses_personal:  # the same histories, the strong-taste ranker
-            payload["guard_strong"] = guard(engine, rankers["strong"], Path(guard_path), 5, args.seed, progress,
-                                            args.guard_limit, cache_dir=cache)
+            payload["guard_strong"] = guard(
+                engine, rankers["strong"], Path(guard_path), 5, args.seed, progress, args.guard_limit, cache_dir=cache
+            )
         for key in ("guard", "guard_strong"):
             for name, g in payload.get(key, {}).items():
-                print(f"{key} {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "
-                      f"({g['mrr@10']['diff']:+.4f})")
-    context = {"config": str(args.config), "facets": list(world.facets), "query pool": f"{len(world.queries)} "
-               f"training queries ({int(world.ambiguous.sum())} ambiguous)", "users": args.users,
-               "mean sessions per user": args.sessions, "days": f"{args.days:g} (last {args.eval_days:g} evaluate)",
-               "cross-encoder": cfg.rerank.model, "seed": args.seed,
-               "minutes": round((time.perf_counter() - t0) / 60, 1)}
+                print(
+                    f"{key} {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "
+                    f"({g['mrr@10']['diff']:+.4f})"
+                )
+    context = {
+        "config": str(args.config),
+        "facets": list(world.facets),
+        "query pool": f"{len(world.queries)} training queries ({int(world.ambiguous.sum())} ambiguous)",
+        "users": args.users,
+        "mean sessions per user": args.sessions,
+        "days": f"{args.days:g} (last {args.eval_days:g} evaluate)",
+        "cross-encoder": cfg.rerank.model,
+        "seed": args.seed,
+        "minutes": round((time.perf_counter() - t0) / 60, 1),
+    }
     payload["context"] = context
     write_report(out, payload, context)
     print(f"wrote {out}/personal.json, report.md, lift.png")

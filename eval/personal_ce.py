@@ -47,8 +47,9 @@ def with_context(query: str, ctx: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.personal_ce", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.personal_ce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--out", default="reports/personal/demo")
     ap.add_argument("--no-progress", action="store_true")
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.bootstrap import paired_bootstrap
     from core.formats.clicklog import read_clicklog
     from finetune.crossencoder import Group, train
-    from finetune.job import clicklog_cut
+    from finetune.inputs import clicklog_cut
     from finetune.ranker import EventArrays, PointInTime, candidate_cache, session_features, sessions_from_events
     from indexer.config import load_config
     from indexer.dense import stage_model
@@ -92,8 +93,12 @@ def main(argv: list[str] | None = None) -> int:
             groups["context"].append(Group(with_context(s.query, ctx), titles[r], negatives, g))
             groups["plain"].append(Group(s.query, titles[r], negatives, g))
     held = [s for s in sessions_from_events(after, row_of, ft.gains) if s.gains]
-    cands = candidate_cache(engine, [s.query for s in held], progress=progress,
-                            cache_dir=(ft.out_dir or cfg.root / "models" / cfg.name) / "cache")
+    cands = candidate_cache(
+        engine,
+        [s.query for s in held],
+        progress=progress,
+        cache_dir=(ft.out_dir or cfg.root / "models" / cfg.name) / "cache",
+    )
     profiles = pit.profiles_at(cut)
     t = cfg.finetune.crossencoder
     out = Path(args.out)
@@ -101,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     minutes = {}
     for name, exs in groups.items():
         t1 = time.perf_counter()
-        model = CrossEncoder.from_base(stage_model(cfg, "dense-base"), t.num_layers, max_length=t.max_length,
-                                       device=cfg.rerank.device, seed=t.seed)
+        model = CrossEncoder.from_base(
+            stage_model(cfg, "dense-base"), t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed
+        )
         train(model, exs, dataclasses.replace(t, eval_every=10**9), out / f"ce-{name}", progress=progress)
         model = CrossEncoder.load(out / f"ce-{name}", device=cfg.rerank.device)
         minutes[name] = round((time.perf_counter() - t1) / 60, 2)
@@ -126,13 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         sid = f"s{i}"
         qrels[sid] = {str(r): g for r, g in s.gains.items()}
         order = {
-            "ce_plain": scores["plain"][i], "ce_context": scores["context"][i],
+            "ce_plain": scores["plain"][i],
+            "ce_context": scores["context"][i],
             "mix_plain": combine(scores["plain"][i], c.first, 0.5),
             "mix_context": combine(scores["context"][i], c.first, 0.5),
         }
         if ranker is not None:
-            X = session_features(engine, c, dataclasses.replace(s, t=cut), pit, pc.ctr_prior, row_of,
-                                 pc.half_life_days * 86400.0)
+            X = session_features(
+                engine, c, dataclasses.replace(s, t=cut), pit, pc.ctr_prior, row_of, pc.half_life_days * 86400.0
+            )
             order["ranker_personal"], _ = ranker.score(X, 1.0, warm=True)
         for k, v in order.items():
             runs.setdefault(k, {})[sid] = metrics.top_ids(c.rows, v)

@@ -34,20 +34,67 @@ import numpy as np
 from indexer.text import opencc_char_table
 
 KINDS = ("traditional", "fullwidth", "pinyin", "alias", "units", "typo")
-BRANDS = (("华为", "huawei"), ("苹果", "apple"), ("小米", "xiaomi"), ("三星", "samsung"), ("耐克", "nike"),
-          ("阿迪达斯", "adidas"), ("联想", "lenovo"), ("索尼", "sony"), ("美的", "midea"), ("海尔", "haier"),
-          ("格力", "gree"), ("欧莱雅", "loreal"), ("兰蔻", "lancome"), ("李宁", "lining"), ("安踏", "anta"),
-          ("戴尔", "dell"), ("惠普", "hp"), ("佳能", "canon"), ("尼康", "nikon"), ("飞利浦", "philips"),
-          ("西门子", "siemens"), ("松下", "panasonic"), ("戴森", "dyson"), ("大疆", "dji"), ("优衣库", "uniqlo"),
-          ("宜家", "ikea"), ("迪士尼", "disney"), ("乐高", "lego"), ("雀巢", "nestle"), ("可口可乐", "cocacola"),
-          ("星巴克", "starbucks"), ("华硕", "asus"), ("罗技", "logitech"), ("博世", "bosch"), ("九阳", "joyoung"),
-          ("海信", "hisense"), ("荣耀", "honor"), ("魅族", "meizu"), ("一加", "oneplus"), ("微软", "microsoft"))
-UNITS = (("ml", "毫升"), ("kg", "千克"), ("g", "克"), ("cm", "厘米"), ("mm", "毫米"), ("l", "升"), ("w", "瓦"),
-         ("v", "伏"), ("mah", "毫安"), ("m", "米"), ("寸", "英寸"))
+BRANDS = (
+    ("华为", "huawei"),
+    ("苹果", "apple"),
+    ("小米", "xiaomi"),
+    ("三星", "samsung"),
+    ("耐克", "nike"),
+    ("阿迪达斯", "adidas"),
+    ("联想", "lenovo"),
+    ("索尼", "sony"),
+    ("美的", "midea"),
+    ("海尔", "haier"),
+    ("格力", "gree"),
+    ("欧莱雅", "loreal"),
+    ("兰蔻", "lancome"),
+    ("李宁", "lining"),
+    ("安踏", "anta"),
+    ("戴尔", "dell"),
+    ("惠普", "hp"),
+    ("佳能", "canon"),
+    ("尼康", "nikon"),
+    ("飞利浦", "philips"),
+    ("西门子", "siemens"),
+    ("松下", "panasonic"),
+    ("戴森", "dyson"),
+    ("大疆", "dji"),
+    ("优衣库", "uniqlo"),
+    ("宜家", "ikea"),
+    ("迪士尼", "disney"),
+    ("乐高", "lego"),
+    ("雀巢", "nestle"),
+    ("可口可乐", "cocacola"),
+    ("星巴克", "starbucks"),
+    ("华硕", "asus"),
+    ("罗技", "logitech"),
+    ("博世", "bosch"),
+    ("九阳", "joyoung"),
+    ("海信", "hisense"),
+    ("荣耀", "honor"),
+    ("魅族", "meizu"),
+    ("一加", "oneplus"),
+    ("微软", "microsoft"),
+)
+UNITS = (
+    ("ml", "毫升"),
+    ("kg", "千克"),
+    ("g", "克"),
+    ("cm", "厘米"),
+    ("mm", "毫米"),
+    ("l", "升"),
+    ("w", "瓦"),
+    ("v", "伏"),
+    ("mah", "毫安"),
+    ("m", "米"),
+    ("寸", "英寸"),
+)
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 _HAN_WORD = re.compile(r"[\u4e00-\u9fff]{2,}")
-_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*(" + "|".join(sorted({u for p in UNITS for u in p}, key=len, reverse=True))
-                   + r")(?![a-zA-Z])", re.IGNORECASE)
+_UNIT = re.compile(
+    r"(\d+(?:\.\d+)?)\s*(" + "|".join(sorted({u for p in UNITS for u in p}, key=len, reverse=True)) + r")(?![a-zA-Z])",
+    re.IGNORECASE,
+)
 _LATIN_WORD = re.compile(r"[A-Za-z]{4,}")
 
 
@@ -99,8 +146,9 @@ class Perturber:
 
     def _alias(self, text, rng):
         low = text.lower()
-        found = [(a, b) for a, b in BRANDS if a in text] + [(b, a) for a, b in BRANDS
-                                                            if re.search(rf"(?<![a-z]){b}(?![a-z])", low)]
+        found = [(a, b) for a, b in BRANDS if a in text] + [
+            (b, a) for a, b in BRANDS if re.search(rf"(?<![a-z]){b}(?![a-z])", low)
+        ]
         if not found:
             return None
         src, dst = found[int(rng.integers(len(found)))]
@@ -116,7 +164,7 @@ class Perturber:
         other = next((b if unit == a else a for a, b in UNITS if unit in (a, b)), None)
         if other is None:
             return None
-        return text[: m.start()] + m.group(1) + other + text[m.end():]
+        return text[: m.start()] + m.group(1) + other + text[m.end() :]
 
     def _typo(self, text, rng):
         spots = [i for i, c in enumerate(text) if _HAN.match(c)]
@@ -126,15 +174,19 @@ class Perturber:
             syl = self._py(text[i])
             alts = [c for c in self._homophones.get(syl[0] if syl else "", []) if c != text[i]]
             if alts:
-                return text[:i] + alts[int(rng.integers(len(alts)))] + text[i + 1:]
+                return text[:i] + alts[int(rng.integers(len(alts)))] + text[i + 1 :]
         words = list(_LATIN_WORD.finditer(text))
         if not words:
             return None
         m = words[int(rng.integers(len(words)))]
         w, p = m.group(0), int(rng.integers(1, len(m.group(0)) - 1))
         edit = int(rng.integers(3))
-        new = w[:p] + w[p + 1:] if edit == 0 else (w[:p] + w[p] + w[p:] if edit == 1 else w[:p - 1] + w[p] + w[p - 1] + w[p + 1:])
-        return text[: m.start()] + new + text[m.end():]
+        new = (
+            w[:p] + w[p + 1 :]
+            if edit == 0
+            else (w[:p] + w[p] + w[p:] if edit == 1 else w[: p - 1] + w[p] + w[p - 1] + w[p + 1 :])
+        )
+        return text[: m.start()] + new + text[m.end() :]
 
 
 def _words(text: str) -> list[str]:
@@ -147,7 +199,9 @@ def perturb_file(src: Path, dst: Path, seed: int) -> dict[str, int]:
     """Write the perturbed copy of ``src`` and its log; returns the count per kind."""
     delimiter = "," if src.suffix.lower() == ".csv" else "\t"
     with open(src, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL))
+        rows = list(
+            csv.reader(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL)
+        )
     if not rows or "query" not in rows[0]:
         raise ValueError(f"{src}: the header needs a 'query' column")
     header = rows[0]
@@ -168,8 +222,13 @@ def perturb_file(src: Path, dst: Path, seed: int) -> dict[str, int]:
         r[qcol] = done[key][1]
     dst.parent.mkdir(parents=True, exist_ok=True)
     with open(dst, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f, delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
-                       escapechar="\\" if delimiter == "\t" else None, lineterminator="\n")
+        w = csv.writer(
+            f,
+            delimiter=delimiter,
+            quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+            escapechar="\\" if delimiter == "\t" else None,
+            lineterminator="\n",
+        )
         w.writerows(rows)
     with open(dst.with_name(dst.name + ".log.tsv"), "w", encoding="utf-8") as f:
         f.write("qid\tkind\toriginal\tperturbed\n")
@@ -179,8 +238,9 @@ def perturb_file(src: Path, dst: Path, seed: int) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.perturb", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.perturb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--queries", required=True, help="judged queries (TSV/CSV with a 'query' column)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
@@ -194,8 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out} ({sum(counts.values())} queries: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])) + ")")
+    print(
+        f"wrote {args.out} ({sum(counts.values())} queries: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+        + ")"
+    )
     return 0
 
 

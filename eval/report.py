@@ -13,13 +13,22 @@ from core.metrics import ranked
 from eval.significance import fmt_interval, intervals, most_hurt, paired
 
 
-def write_report(out: Path, results: list[StageResult], context: dict, texts: dict[str, str] | None = None,
-                 relevance: dict[str, dict[str, float]] | None = None, titles=None, seed: int = 0) -> dict:
+def write_report(
+    out: Path,
+    results: list[StageResult],
+    context: dict,
+    texts: dict[str, str] | None = None,
+    relevance: dict[str, dict[str, float]] | None = None,
+    titles=None,
+    seed: int = 0,
+) -> dict:
     """``metrics.json``, ``significance.json`` (each stage's intervals, each stage's paired gain), ``report.md``,
     ``per_query.tsv``, ``recall.png`` and the runs.  ``texts`` (qid → query), ``relevance`` (qid → judged)
     and ``titles`` (pid → title) let the report show the queries each stage hurt most."""
     out.mkdir(parents=True, exist_ok=True)
-    payload = {r.stage: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.metrics.items()} for r in results}
+    payload = {
+        r.stage: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.metrics.items()} for r in results
+    }
     (out / "metrics.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     sig = significance(results, seed)
     if sig:
@@ -49,8 +58,11 @@ def write_report(out: Path, results: list[StageResult], context: dict, texts: di
     for r in results:
         m = payload[r.stage]
         lat = r.latency_ms
-        lines.append(f"| {r.stage} | " + " | ".join(f"{m[c]:.4f}" for c in cols)
-                     + f" | {_queries_cell(m)} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} |")
+        lines.append(
+            f"| {r.stage} | "
+            + " | ".join(f"{m[c]:.4f}" for c in cols)
+            + f" | {_queries_cell(m)} | {np.percentile(lat, 50):.2f} | {np.percentile(lat, 99):.2f} |"
+        )
     if sig:
         lines += significance_lines(sig)
     if qids is not None and len(results) > 1 and results[0].per_query:
@@ -74,19 +86,37 @@ def significance(results: list[StageResult], seed: int = 0) -> dict:
 
 def significance_lines(sig: dict) -> list[str]:
     metrics = list(next(iter(sig["intervals"].values())))
-    lines = ["", "## Confidence (95% bootstrap over queries)", "",
-             "| stage | " + " | ".join(metrics) + " |", "| --- | " + " | ".join("---" for _ in metrics) + " |"]
+    lines = [
+        "",
+        "## Confidence (95% bootstrap over queries)",
+        "",
+        "| stage | " + " | ".join(metrics) + " |",
+        "| --- | " + " | ".join("---" for _ in metrics) + " |",
+    ]
     for stage, m in sig["intervals"].items():
-        lines.append(f"| {stage} | " + " | ".join(fmt_interval(m[k]["mean"], m[k]["ci_low"], m[k]["ci_high"])
-                                                  for k in metrics) + " |")
+        lines.append(
+            f"| {stage} | "
+            + " | ".join(fmt_interval(m[k]["mean"], m[k]["ci_low"], m[k]["ci_high"]) for k in metrics)
+            + " |"
+        )
     if sig["gains"]:
-        lines += ["", "Each stage against the one before it on the same queries (paired bootstrap; p two-sided):", "",
-                  "| change | " + " | ".join(f"{k} diff [95% CI] | p" for k in metrics) + " |",
-                  "| --- | " + " | ".join("--- | ---:" for _ in metrics) + " |"]
+        lines += [
+            "",
+            "Each stage against the one before it on the same queries (paired bootstrap; p two-sided):",
+            "",
+            "| change | " + " | ".join(f"{k} diff [95% CI] | p" for k in metrics) + " |",
+            "| --- | " + " | ".join("--- | ---:" for _ in metrics) + " |",
+        ]
         for name, g in sig["gains"].items():
-            lines.append(f"| {name} | " + " | ".join(
-                f"{fmt_interval(g[k]['diff'], g[k]['ci_low'], g[k]['ci_high'], signed=True)} | {g[k]['p_value']:.3f}"
-                for k in metrics) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{fmt_interval(g[k]['diff'], g[k]['ci_low'], g[k]['ci_high'], signed=True)} | "
+                    f"{g[k]['p_value']:.3f}"
+                    for k in metrics
+                )
+                + " |"
+            )
     return lines
 
 
@@ -99,9 +129,16 @@ def write_per_query(path: Path, results: list[StageResult], qids: list[str], tex
             f.write("\t".join([q, text] + [f"{r.per_query[m][i]:.4f}" for r in results for m in metrics]) + "\n")
 
 
-def hurt_lines(results: list[StageResult], qids: list[str], texts: dict[str, str],
-               relevance: dict[str, dict[str, float]], titles, n: int = 5) -> list[str]:
+def hurt_lines(
+    results: list[StageResult],
+    qids: list[str],
+    texts: dict[str, str],
+    relevance: dict[str, dict[str, float]],
+    titles,
+    n: int = 5,
+) -> list[str]:
     """For each stage, the queries whose MRR@10 it lowered most against the stage before, with both top 3."""
+
     def title(pid: str) -> str:
         t = titles(pid) if callable(titles) else (titles or {}).get(pid, "")
         return (t or "").replace("|", "/").replace("\n", " ")
@@ -121,8 +158,12 @@ def hurt_lines(results: list[StageResult], qids: list[str], texts: dict[str, str
 
             def top(run):
                 return "; ".join(title(p)[:24] or p for p in ranked(run.get(q, {}))[:3])
-            lines.append(f"| {texts.get(q, q)} | {judged} | {a:.2f} → {b:.2f} | {top(prev.run)} | {top(r.run)} |"
-                         .replace("\n", " "))
+
+            lines.append(
+                f"| {texts.get(q, q)} | {judged} | {a:.2f} → {b:.2f} | {top(prev.run)} | {top(r.run)} |".replace(
+                    "\n", " "
+                )
+            )
     return lines
 
 

@@ -31,8 +31,9 @@ from core.types import SearchResult
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.rerank_sweep", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.rerank_sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", required=True)
     ap.add_argument("--models", required=True, help="comma-separated cross-encoder folders")
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
@@ -40,8 +41,11 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
     ap.add_argument("--first-stage", default="rrf,scores", help="first-stage scores to combine with: rrf, scores")
     ap.add_argument("--limit", type=int, help="only the first N queries")
-    ap.add_argument("--ensemble", action="store_true",
-                    help="also sweep the models' ensemble (mean of their per-query standardized scores)")
+    ap.add_argument(
+        "--ensemble",
+        action="store_true",
+        help="also sweep the models' ensemble (mean of their per-query standardized scores)",
+    )
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
@@ -90,8 +94,11 @@ def main(argv=None) -> int:
                 ens[a:b] += standardize(sc[a:b]) / len(scored)
         name = "ensemble(" + "+".join(Path(m).name for m in scored) + ")"
         scored[name] = ens
-        result["models"][name] = {"layers": sum(result["models"][m]["layers"] or 12 for m in result["models"]),
-                                  "pairs": len(pair_q), "ensemble_of": list(result["models"])}
+        result["models"][name] = {
+            "layers": sum(result["models"][m]["layers"] or 12 for m in result["models"]),
+            "pairs": len(pair_q),
+            "ensemble_of": list(result["models"]),
+        }
     for model_path, scores in scored.items():
         rows = []
         for depth in depths:
@@ -110,11 +117,17 @@ def main(argv=None) -> int:
                 for qid, (sub, cut, ce_sub) in zip(qids, subsets):
                     s = combine(ce_sub, first_stage_scores(sub, cut, mode), w)
                     run[qid] = {ids[int(r)]: float(v) for r, v in zip(sub.rows, s)}
-                rows.append({"depth": depth, "first_stage": mode, "weight": w,
-                             "mrr@10": round(metrics.mrr(qrels, run, 10), 4),
-                             "ndcg@10": round(metrics.ndcg(qrels, run, 10), 4),
-                             "recall@10": round(metrics.recall(qrels, run, 10), 4),
-                             "candidates": round(float(np.mean([len(x[0].rows) for x in subsets])), 1)})
+                rows.append(
+                    {
+                        "depth": depth,
+                        "first_stage": mode,
+                        "weight": w,
+                        "mrr@10": round(metrics.mrr(qrels, run, 10), 4),
+                        "ndcg@10": round(metrics.ndcg(qrels, run, 10), 4),
+                        "recall@10": round(metrics.recall(qrels, run, 10), 4),
+                        "candidates": round(float(np.mean([len(x[0].rows) for x in subsets])), 1),
+                    }
+                )
         r = result["models"][model_path]
         r["sweep"] = rows
         best = max(rows, key=lambda x: x["mrr@10"])
@@ -123,8 +136,12 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    lines = [f"# Rerank sweep: {args.config}, {len(qids)} queries", "",
-             "MRR@10 by combination weight (1 = cross-encoder alone, 0 = first-stage fusion alone).", ""]
+    lines = [
+        f"# Rerank sweep: {args.config}, {len(qids)} queries",
+        "",
+        "MRR@10 by combination weight (1 = cross-encoder alone, 0 = first-stage fusion alone).",
+        "",
+    ]
     for m, r in result["models"].items():
         if "ensemble_of" in r:
             speed = ", the average of its models' per-query standardized scores"
@@ -132,14 +149,18 @@ def main(argv=None) -> int:
             speed = f", {r['pairs_per_second']} pairs/s on this machine"
         else:
             speed = ", scores from the cache"
-        lines += [f"## {m} ({r['layers']} layers{speed})", "",
-                  "| depth | first stage | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
-                  "|---|---|---|" + "---|" * len(weights)]
+        lines += [
+            f"## {m} ({r['layers']} layers{speed})",
+            "",
+            "| depth | first stage | candidates | " + " | ".join(f"w={w:g}" for w in weights) + " |",
+            "|---|---|---|" + "---|" * len(weights),
+        ]
         for d in depths:
             for mode in modes:
                 rs = [x for x in r["sweep"] if x["depth"] == d and x["first_stage"] == mode]
-                lines.append(f"| {d} | {mode} | {rs[0]['candidates']} | "
-                             + " | ".join(f"{x['mrr@10']:.4f}" for x in rs) + " |")
+                lines.append(
+                    f"| {d} | {mode} | {rs[0]['candidates']} | " + " | ".join(f"{x['mrr@10']:.4f}" for x in rs) + " |"
+                )
         lines.append("")
     (out / "sweep.md").write_text("\n".join(lines), encoding="utf-8")
     try:
@@ -153,8 +174,12 @@ def main(argv=None) -> int:
             for d in depths:
                 for mode in modes:
                     rs = [x for x in r["sweep"] if x["depth"] == d and x["first_stage"] == mode]
-                    ax.plot([x["weight"] for x in rs], [x["mrr@10"] for x in rs], marker="o",
-                            label=f"{Path(m).name} ({r['layers']}L), depth {d}, {mode}")
+                    ax.plot(
+                        [x["weight"] for x in rs],
+                        [x["mrr@10"] for x in rs],
+                        marker="o",
+                        label=f"{Path(m).name} ({r['layers']}L), depth {d}, {mode}",
+                    )
         ax.set_xlabel("cross-encoder weight (0 = bm25+dense fusion alone)")
         ax.set_ylabel("MRR@10")
         ax.grid(alpha=0.3)
@@ -167,11 +192,12 @@ def main(argv=None) -> int:
     return 0
 
 
-def cached_scores(ce, model_dir: Path, queries: list[str], titles: list[str],
-                  cache_dir: Path) -> tuple[np.ndarray, float | None]:
+def cached_scores(
+    ce, model_dir: Path, queries: list[str], titles: list[str], cache_dir: Path
+) -> tuple[np.ndarray, float | None]:
     """The cross-encoder's scores of these pairs, from ``cache_dir`` when this model (the names, sizes and
-    mtimes of the files in its folder) already scored exactly these pairs; else scored and cached.  Returns (scores, seconds
-    spent scoring, None when cached)."""
+    mtimes of the files in its folder) already scored exactly these pairs; else scored and cached.  Returns
+    (scores, seconds spent scoring, None when cached)."""
     h = hashlib.sha256()
     for f in sorted(model_dir.glob("*")):
         if f.is_file():

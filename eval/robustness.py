@@ -50,8 +50,9 @@ def kinds_of(perturbed: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.robustness", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.robustness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", required=True)
     ap.add_argument("--queries", help="clean judged queries (default: the config's eval.queries)")
     ap.add_argument("--perturbed", required=True, help="the same queries perturbed (python -m eval.perturb)")
@@ -75,13 +76,21 @@ def main(argv: list[str] | None = None) -> int:
     out = {"config": args.config, "stage": args.stage, "n_queries": len(clean), "runs": {}, "compare": {}}
     for key, pq in res.items():
         out["runs"][key] = {m: round(float(v.mean()), 4) for m, v in pq.items()}
-    pairs = {"drop, understanding off (perturbed − clean)": ("clean/off", "perturbed/off"),
-             "drop, understanding on (perturbed − clean)": ("clean/on", "perturbed/on"),
-             "clean queries: on − off": ("clean/off", "clean/on"),
-             "perturbed queries: on − off": ("perturbed/off", "perturbed/on")}
+    pairs = {
+        "drop, understanding off (perturbed − clean)": ("clean/off", "perturbed/off"),
+        "drop, understanding on (perturbed − clean)": ("clean/on", "perturbed/on"),
+        "clean queries: on − off": ("clean/off", "clean/on"),
+        "perturbed queries: on − off": ("perturbed/off", "perturbed/on"),
+    }
     for name, (a, b) in pairs.items():
-        out["compare"][name] = {m: {k: round(v, 4) for k, v in paired_bootstrap(res[a][m], res[b][m]).items()
-                                    if k in ("diff", "ci_low", "ci_high", "p_value")} for m in METRICS}
+        out["compare"][name] = {
+            m: {
+                k: round(v, 4)
+                for k, v in paired_bootstrap(res[a][m], res[b][m]).items()
+                if k in ("diff", "ci_low", "ci_high", "p_value")
+            }
+            for m in METRICS
+        }
     off = out["compare"]["drop, understanding off (perturbed − clean)"]["mrr@10"]["diff"]
     on = out["compare"]["drop, understanding on (perturbed − clean)"]["mrr@10"]["diff"]
     out["drop_kept"] = round(on / off, 3) if off < 0 else None  # share of the drop left (target ≤ 0.5)
@@ -91,33 +100,55 @@ def main(argv: list[str] | None = None) -> int:
     for kind in sorted(set(kinds.values())):
         sel = np.array([kinds.get(q) == kind for q in qids])
         if sel.any():
-            by_kind[kind] = {"n": int(sel.sum()), **{
-                f"{k}": round(float(res[k]["mrr@10"][sel].mean()), 4) for k in res}}
+            by_kind[kind] = {
+                "n": int(sel.sum()),
+                **{f"{k}": round(float(res[k]["mrr@10"][sel].mean()), 4) for k in res},
+            }
     out["by_kind_mrr@10"] = by_kind
     dst = Path(args.out)
     dst.mkdir(parents=True, exist_ok=True)
     (dst / "robustness.json").write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    lines = [f"# Robustness: {args.config}, stage {args.stage}, {len(clean)} queries", "",
-             f"- clean: {args.queries or cfg.eval.queries}", f"- perturbed: {args.perturbed}", "",
-             "| queries | understanding | MRR@10 | NDCG@10 |", "| --- | --- | ---: | ---: |"]
+    lines = [
+        f"# Robustness: {args.config}, stage {args.stage}, {len(clean)} queries",
+        "",
+        f"- clean: {args.queries or cfg.eval.queries}",
+        f"- perturbed: {args.perturbed}",
+        "",
+        "| queries | understanding | MRR@10 | NDCG@10 |",
+        "| --- | --- | ---: | ---: |",
+    ]
     for key, m in out["runs"].items():
         q, u = key.split("/")
         lines.append(f"| {q} | {u} | {m['mrr@10']:.4f} | {m['ndcg@10']:.4f} |")
     lines += ["", "| comparison | MRR@10 [95% CI] | p | NDCG@10 [95% CI] | p |", "| --- | --- | ---: | --- | ---: |"]
     for name, d in out["compare"].items():
-        lines.append(f"| {name} | " + " | ".join(
-            f"{fmt_interval(d[m]['diff'], d[m]['ci_low'], d[m]['ci_high'], signed=True)} | {d[m]['p_value']:.3f}"
-            for m in METRICS) + " |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{fmt_interval(d[m]['diff'], d[m]['ci_low'], d[m]['ci_high'], signed=True)} | {d[m]['p_value']:.3f}"
+                for m in METRICS
+            )
+            + " |"
+        )
     if out["drop_kept"] is not None:
-        lines += ["", f"Share of the MRR@10 drop left with understanding on: **{out['drop_kept']:.2f}** "
-                      "(1 = no help, 0 = the drop is gone)."]
+        lines += [
+            "",
+            f"Share of the MRR@10 drop left with understanding on: **{out['drop_kept']:.2f}** "
+            "(1 = no help, 0 = the drop is gone).",
+        ]
     if by_kind:
-        lines += ["", "MRR@10 by perturbation kind:", "",
-                  "| kind | queries | clean, off | clean, on | perturbed, off | perturbed, on |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "",
+            "MRR@10 by perturbation kind:",
+            "",
+            "| kind | queries | clean, off | clean, on | perturbed, off | perturbed, on |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for kind, b in by_kind.items():
-            lines.append(f"| {kind} | {b['n']} | {b['clean/off']:.4f} | {b['clean/on']:.4f} | "
-                         f"{b['perturbed/off']:.4f} | {b['perturbed/on']:.4f} |")
+            lines.append(
+                f"| {kind} | {b['n']} | {b['clean/off']:.4f} | {b['clean/on']:.4f} | "
+                f"{b['perturbed/off']:.4f} | {b['perturbed/on']:.4f} |"
+            )
     (dst / "robustness.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     return 0

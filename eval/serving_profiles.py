@@ -33,9 +33,17 @@ from indexer.vocab_trim import read_query_column
 CE = "models/wentian/cross-encoder"  # the 4-layer cross-encoder (`make finetune CONFIG=configs/wentian.yaml`)
 STUDENT = "models/wentian/cross-encoder-L2-distilled"  # `python -m finetune.distill ... --layers 2`
 # every profile names every lever, so that none depends on what the config currently chooses
-REF = {"rerank": {"model": CE, "runtime": "torch", "quantize": "none", "depth": 50, "max_length": None,
-                  "ranker": "models/wentian/ranker"},
-       "dense": {"query_runtime": "torch", "query_quantize": "none"}}
+REF = {
+    "rerank": {
+        "model": CE,
+        "runtime": "torch",
+        "quantize": "none",
+        "depth": 50,
+        "max_length": None,
+        "ranker": "models/wentian/ranker",
+    },
+    "dense": {"query_runtime": "torch", "query_quantize": "none"},
+}
 
 
 def lever(rerank: dict | None = None, dense: dict | None = None) -> dict:
@@ -55,16 +63,22 @@ PROFILES: dict[str, tuple[str, dict]] = {
     "qenc-int8": ("+ query encoder on ONNX int8 (cross-encoder ONNX fp32)", lever(FP32, QENC)),
     "depth30": ("depth 30 (ONNX fp32)", lever({**FP32, "depth": 30})),
     "depth20": ("depth 20 (ONNX fp32)", lever({**FP32, "depth": 20})),
-    "len48-mix": ("max length 48 (ONNX fp32; z-score mix: the ranker was trained at 96)",
-                  lever({**FP32, "max_length": 48, "ranker": None})),
+    "len48-mix": (
+        "max length 48 (ONNX fp32; z-score mix: the ranker was trained at 96)",
+        lever({**FP32, "max_length": 48, "ranker": None}),
+    ),
     "mix": ("z-score mix instead of the ranker (ONNX fp32)", lever({**FP32, "ranker": None})),
     "int8+qenc": ("ONNX int8 cross-encoder and query encoder", lever(INT8, QENC)),
     "int8+qenc+d30": ("ONNX int8 cross-encoder and query encoder, depth 30", lever({**INT8, "depth": 30}, QENC)),
     "int8+qenc+d20": ("ONNX int8 cross-encoder and query encoder, depth 20", lever({**INT8, "depth": 20}, QENC)),
-    "int8+qenc+d20-mix": ("the same with the z-score mix (to compare with the student)",
-                          lever({**INT8, "depth": 20, "ranker": None}, QENC)),
-    "student+int8+qenc+d20-mix": ("2-layer student distilled from the 4-layer model, ONNX int8, depth 20, "
-                                  "z-score mix", lever({**INT8, "depth": 20, "ranker": None, "model": STUDENT}, QENC)),
+    "int8+qenc+d20-mix": (
+        "the same with the z-score mix (to compare with the student)",
+        lever({**INT8, "depth": 20, "ranker": None}, QENC),
+    ),
+    "student+int8+qenc+d20-mix": (
+        "2-layer student distilled from the 4-layer model, ONNX int8, depth 20, z-score mix",
+        lever({**INT8, "depth": 20, "ranker": None, "model": STUDENT}, QENC),
+    ),
 }
 
 
@@ -95,10 +109,17 @@ def quality(config: str, base: dict, name: str, overrides: dict, queries, progre
             print(f"  {name}: {i + step}/{len(texts)} queries", file=sys.stderr, flush=True)
     qrels = queries.gains(cfg.eval.gain_offset)
     per_q = metrics.mrr(qrels, run, 10, per_query=True)
-    return {"name": name, "what": PROFILES[name][0] if name in PROFILES else name, "overrides": overrides,
-            "mrr@10": float(np.mean(per_q)), "ndcg@10": float(metrics.ndcg(qrels, run, 10)),
-            "mrr@10_ci": list(bootstrap_ci(per_q)[1:]), "per_query_mrr": per_q.tolist(),
-            "quality_minutes": round((time.perf_counter() - t0) / 60, 1), "versions": engine.version.versions()}
+    return {
+        "name": name,
+        "what": PROFILES[name][0] if name in PROFILES else name,
+        "overrides": overrides,
+        "mrr@10": float(np.mean(per_q)),
+        "ndcg@10": float(metrics.ndcg(qrels, run, 10)),
+        "mrr@10_ci": list(bootstrap_ci(per_q)[1:]),
+        "per_query_mrr": per_q.tolist(),
+        "quality_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "versions": engine.version.versions(),
+    }
 
 
 def latency(config: str, base: dict, overrides: dict, queries, n_latency: int) -> dict:
@@ -119,10 +140,15 @@ def latency(config: str, base: dict, overrides: dict, queries, n_latency: int) -
             if isinstance(v, float):
                 steps.setdefault(s, []).append(v)
     lat = np.asarray(lat)
-    return {"p50_ms": float(np.percentile(lat, 50)), "p90_ms": float(np.percentile(lat, 90)),
-            "p99_ms": float(np.percentile(lat, 99)), "mean_ms": float(lat.mean()), "n_latency": len(lat),
-            "steps_p50_ms": {s: float(np.percentile(v, 50)) for s, v in steps.items()},
-            "load_seconds": round(load_s, 1)}
+    return {
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p90_ms": float(np.percentile(lat, 90)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "mean_ms": float(lat.mean()),
+        "n_latency": len(lat),
+        "steps_p50_ms": {s: float(np.percentile(v, 50)) for s, v in steps.items()},
+        "load_seconds": round(load_s, 1),
+    }
 
 
 def measure_cache(config: str, base: dict, overrides: dict, log_path: Path, n: int) -> dict:
@@ -142,22 +168,32 @@ def measure_cache(config: str, base: dict, overrides: dict, log_path: Path, n: i
         t0 = time.perf_counter()
         engine.query(t, k=10)
         again.append((time.perf_counter() - t0) * 1000)
-    return {"queries": len(texts), "distinct": len(set(texts)), "hit_rate": hits / max(1, len(texts)),
-            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
-            "hit_p50_ms": float(np.percentile(again, 50)), "hit_p99_ms": float(np.percentile(again, 99)),
-            "cache_size": cfg.search.cache_size}
+    return {
+        "queries": len(texts),
+        "distinct": len(set(texts)),
+        "hit_rate": hits / max(1, len(texts)),
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "hit_p50_ms": float(np.percentile(again, 50)),
+        "hit_p99_ms": float(np.percentile(again, 99)),
+        "cache_size": cfg.search.cache_size,
+    }
 
 
 def write_report(out: Path, results: dict, reference: str, hybrid: str | None) -> None:
     rows = [r for r in results.values() if "p50_ms" in r and "mrr@10" in r]
     ref = results.get(reference)
     hyb = results.get(hybrid) if hybrid else None
-    lines = ["# Serving profiles: quality against latency", "",
-             "MRR@10 of what `query()` returns on every judged query; latency one query at a time through "
-             "`query()` (p50/p99 over the first queries, candidate cache off). Gain kept = (profile − hybrid) / "
-             f"({reference} − hybrid).", "",
-             "| profile | what | MRR@10 [95% CI] | Δ vs reference [95% CI] | gain kept | p50 ms | p99 ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Serving profiles: quality against latency",
+        "",
+        "MRR@10 of what `query()` returns on every judged query; latency one query at a time through "
+        "`query()` (p50/p99 over the first queries, candidate cache off). Gain kept = (profile − hybrid) / "
+        f"({reference} − hybrid).",
+        "",
+        "| profile | what | MRR@10 [95% CI] | Δ vs reference [95% CI] | gain kept | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         delta = kept = ""
         if ref and r is not ref:
@@ -166,14 +202,19 @@ def write_report(out: Path, results: dict, reference: str, hybrid: str | None) -
         if ref and hyb and r is not hyb:
             kept = f"{(r['mrr@10'] - hyb['mrr@10']) / max(1e-9, ref['mrr@10'] - hyb['mrr@10']):.0%}"
         ci = r["mrr@10_ci"]
-        lines.append(f"| {r['name']} | {r['what']} | {r['mrr@10']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}] | {delta} | "
-                     f"{kept} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['what']} | {r['mrr@10']:.4f} [{ci[0]:.3f}, {ci[1]:.3f}] | {delta} | "
+            f"{kept} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |"
+        )
     if "cache" in results:
         c = results["cache"]
-        lines += ["", f"Candidate cache ({c['profile']}): {c['queries']} query-log queries in log order, "
-                      f"{c['distinct']} distinct, hit rate {c['hit_rate']:.1%}, p50 {c['p50_ms']:.0f} ms, "
-                      f"p99 {c['p99_ms']:.0f} ms; the same queries again (every one a hit): p50 "
-                      f"{c.get('hit_p50_ms', float('nan')):.2f} ms, p99 {c.get('hit_p99_ms', float('nan')):.2f} ms."]
+        lines += [
+            "",
+            f"Candidate cache ({c['profile']}): {c['queries']} query-log queries in log order, "
+            f"{c['distinct']} distinct, hit rate {c['hit_rate']:.1%}, p50 {c['p50_ms']:.0f} ms, "
+            f"p99 {c['p99_ms']:.0f} ms; the same queries again (every one a hit): p50 "
+            f"{c.get('hit_p50_ms', float('nan')):.2f} ms, p99 {c.get('hit_p99_ms', float('nan')):.2f} ms.",
+        ]
     (out / "profiles.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     import matplotlib
 
@@ -203,10 +244,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--reference", default="torch")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="applied to every profile (e.g. rerank.model=...)")
-    ap.add_argument("--extra", action="append", default=[], metavar="NAME=JSON",
-                    help='another profile: NAME={"rerank": {...}} (e.g. a student cross-encoder)')
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="applied to every profile (e.g. rerank.model=...)",
+    )
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help='another profile: NAME={"rerank": {...}} (e.g. a student cross-encoder)',
+    )
     ap.add_argument("--latency-queries", type=int, default=200)
     ap.add_argument("--cache-profile", help="measure the candidate cache with this profile")
     ap.add_argument("--cache-log", default=str(QUERYLOG))
@@ -238,13 +289,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 r.update(latency(args.config, base, overrides, queries, args.latency_queries))
                 r["done"] = r["done"] + ["latency"]
-                print(f"{name}: MRR@10 {r['mrr@10']:.4f}, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{name}: MRR@10 {r['mrr@10']:.4f}, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results[name] = r
             path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     if args.cache_profile:
-        c = measure_cache(args.config, base, PROFILES[args.cache_profile][1], Path(args.cache_log),
-                          args.cache_queries)
+        c = measure_cache(args.config, base, PROFILES[args.cache_profile][1], Path(args.cache_log), args.cache_queries)
         results["cache"] = {**c, "profile": args.cache_profile}
         path.write_text(json.dumps(results, indent=1, ensure_ascii=False), encoding="utf-8")
     write_report(out, results, args.reference, "hybrid" if "hybrid" in results else None)

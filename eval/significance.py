@@ -31,8 +31,14 @@ def paired(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], seed: int =
         x, y = np.asarray(a[m], dtype=np.float64), np.asarray(b[m], dtype=np.float64)
         ok = ~(np.isnan(x) | np.isnan(y))  # a query undefined on either side (recall with nothing to find)
         r = paired_bootstrap(x[ok], y[ok], seed=seed)
-        out[m] = {"a": r["base"], "b": r["personal"], "diff": r["diff"], "ci_low": r["ci_low"],
-                  "ci_high": r["ci_high"], "p_value": r["p_value"]}
+        out[m] = {
+            "a": r["base"],
+            "b": r["personal"],
+            "diff": r["diff"],
+            "ci_low": r["ci_low"],
+            "ci_high": r["ci_high"],
+            "p_value": r["p_value"],
+        }
     return out
 
 

@@ -18,16 +18,26 @@ from finetune.job import JOB_STAGES, config_stages, run_job
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finetune", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--stages", default=None, help=f"comma-separated, from {', '.join(JOB_STAGES)} (default: what the "
-                                                   "config uses: the cross-encoder and ranker only with rerank.model)")
+    ap.add_argument(
+        "--stages",
+        default=None,
+        help=f"comma-separated, from {', '.join(JOB_STAGES)} (default: what the "
+        "config uses: the cross-encoder and ranker only with rerank.model)",
+    )
     ap.add_argument("--resume", action="store_true", help="keep finished models, continue interrupted training")
     ap.add_argument("--cross-encoder-layers", type=int, help="override finetune.crossencoder.num_layers")
     ap.add_argument("--cross-encoder-out", help="where the cross-encoder goes (default models/<config>/cross-encoder)")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                    help="override a config field, e.g. --set finetune.crossencoder.max_steps=900 (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a config field, e.g. --set finetune.crossencoder.max_steps=900 (repeatable)",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -41,9 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, **parse_overrides(args.set))
         stages = [s for s in args.stages.split(",") if s] if args.stages is not None else config_stages(cfg)
-        summary = run_job(cfg, stages, resume=args.resume,
-                          progress=not args.no_progress, cross_encoder_layers=args.cross_encoder_layers,
-                          cross_encoder_out=Path(args.cross_encoder_out) if args.cross_encoder_out else None)
+        summary = run_job(
+            cfg,
+            stages,
+            resume=args.resume,
+            progress=not args.no_progress,
+            cross_encoder_layers=args.cross_encoder_layers,
+            cross_encoder_out=Path(args.cross_encoder_out) if args.cross_encoder_out else None,
+        )
     except (ConfigError, QueriesError, ClickLogError, CatalogError, IndexLoadError, ModelMissingError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

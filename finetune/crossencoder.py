@@ -68,6 +68,7 @@ def groups(examples: Sequence[Group], batch_size: int, group_size: int, rng: np.
     def draw(e: Group):
         picks = rng.choice(len(e.negatives), group_size - 1, replace=False)
         return e.query, [e.positive] + [e.negatives[p] for p in picks], e.gain
+
     return _epochs(usable, batch_size, rng, draw)
 
 
@@ -95,6 +96,7 @@ def graded_groups(examples: Sequence[GradedGroup], batch_size: int, group_size: 
     def draw(e: GradedGroup):
         picks = rng.choice(len(e.titles), min(group_size, len(e.titles)), replace=False)
         return e.query, [e.titles[p] for p in picks], [e.gains[p] for p in picks]
+
     return _epochs(usable, batch_size, rng, draw)
 
 
@@ -118,8 +120,9 @@ def graded_loss(model: CrossEncoder, batch) -> torch.Tensor:
     return -(target * logp).sum(1).mean()
 
 
-def judged_ndcg(queries: Sequence[str], titles: Sequence[Sequence[str]], gains: Sequence[Sequence[float]],
-                batch_size: int = 128) -> Callable[[CrossEncoder], float]:
+def judged_ndcg(
+    queries: Sequence[str], titles: Sequence[Sequence[str]], gains: Sequence[Sequence[float]], batch_size: int = 128
+) -> Callable[[CrossEncoder], float]:
     """Dev metric for graded pairs: NDCG@10 of the cross-encoder alone ordering each dev query's judged products
     (the ``--judged-only`` benchmark's measure)."""
     from core import metrics
@@ -131,9 +134,12 @@ def judged_ndcg(queries: Sequence[str], titles: Sequence[Sequence[str]], gains: 
 
     def evaluate(model: CrossEncoder) -> float:
         scores = model.predict(pair_q, pair_t, batch_size=batch_size)
-        run = {str(i): metrics.top_ids(np.arange(bounds[i + 1] - bounds[i]), scores[bounds[i] : bounds[i + 1]])
-               for i in range(len(titles))}
+        run = {
+            str(i): metrics.top_ids(np.arange(bounds[i + 1] - bounds[i]), scores[bounds[i] : bounds[i + 1]])
+            for i in range(len(titles))
+        }
         return float(metrics.ndcg(qrels, run, 10)) if run else 0.0
+
     return evaluate
 
 
@@ -145,8 +151,9 @@ def group_loss(model: CrossEncoder, batch, loss: str = "listwise") -> torch.Tens
     logits = model.logits(queries, titles).float().view(len(batch), g)
     weights = torch.tensor([w for _, _, w in batch], dtype=torch.float32, device=logits.device)
     if loss == "listwise":
-        per_group = torch.nn.functional.cross_entropy(logits, torch.zeros(len(batch), dtype=torch.long,
-                                                                          device=logits.device), reduction="none")
+        per_group = torch.nn.functional.cross_entropy(
+            logits, torch.zeros(len(batch), dtype=torch.long, device=logits.device), reduction="none"
+        )
     else:
         labels = torch.zeros_like(logits)
         labels[:, 0] = 1.0
@@ -154,8 +161,9 @@ def group_loss(model: CrossEncoder, batch, loss: str = "listwise") -> torch.Tens
     return (per_group * weights).sum() / weights.sum()
 
 
-def rerank_mrr(queries: Sequence[str], candidates: Sequence[Sequence[str]], positives: Sequence[set[int]],
-               batch_size: int = 128) -> Callable[[CrossEncoder], float]:
+def rerank_mrr(
+    queries: Sequence[str], candidates: Sequence[Sequence[str]], positives: Sequence[set[int]], batch_size: int = 128
+) -> Callable[[CrossEncoder], float]:
     """Dev metric during training: MRR@10 of the cross-encoder alone ordering each dev query's candidates
     (indices into ``candidates[i]``; a positive the first stages missed counts as a miss)."""
     pair_q = [q for q, c in zip(queries, candidates) for _ in c]
@@ -169,6 +177,7 @@ def rerank_mrr(queries: Sequence[str], candidates: Sequence[Sequence[str]], posi
             top = np.argsort(-scores[bounds[i] : bounds[i + 1]], kind="stable")[:10]
             rr.append(next((1.0 / (r + 1) for r, j in enumerate(top) if j in pos), 0.0))
         return float(np.mean(rr)) if rr else 0.0
+
     return evaluate
 
 
@@ -182,12 +191,21 @@ def with_lora(model: CrossEncoder, cfg: CrossEncoderTrainConfig) -> Callable[[Pa
     def save(folder: Path) -> None:
         merged = lora.save_adapters(peft_model, folder)
         CrossEncoder(merged, model.tokenizer, model.max_length, model.batch_size).save(Path(folder))
+
     return save
 
 
-def train(model: CrossEncoder, examples: Sequence[Group] | Sequence[GradedGroup], cfg: CrossEncoderTrainConfig, out: Path,
-          evaluate: Callable[[CrossEncoder], float] | None = None, log_path: Path | None = None,
-          progress: bool = True, resume: bool = False, extra_log: dict | None = None) -> dict:
+def train(
+    model: CrossEncoder,
+    examples: Sequence[Group] | Sequence[GradedGroup],
+    cfg: CrossEncoderTrainConfig,
+    out: Path,
+    evaluate: Callable[[CrossEncoder], float] | None = None,
+    log_path: Path | None = None,
+    progress: bool = True,
+    resume: bool = False,
+    extra_log: dict | None = None,
+) -> dict:
     """Train ``model`` in place; keep the best checkpoint (by ``evaluate``) in ``out``.
     With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
     checkpoint on disk is the result (``model`` itself stays as it was)."""
@@ -195,8 +213,10 @@ def train(model: CrossEncoder, examples: Sequence[Group] | Sequence[GradedGroup]
         from finetune.distributed import train_on_workers
 
         return train_on_workers(
-            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log), cfg.workers,
-            use_gpu=torch.cuda.is_available())
+            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log),
+            cfg.workers,
+            use_gpu=torch.cuda.is_available(),
+        )
     torch.manual_seed(cfg.seed)
     model.max_length = cfg.max_length
     if cfg.freeze_word_embeddings:
@@ -211,8 +231,18 @@ def train(model: CrossEncoder, examples: Sequence[Group] | Sequence[GradedGroup]
     else:
         batches = lambda rng: groups(examples, cfg.batch_size, cfg.group_size, rng)  # noqa: E731
         step_loss = lambda batch: group_loss(model, batch, cfg.loss)  # noqa: E731
-    return loop.run(model.model, params, batches, step_loss, cfg, Path(out),
-                    save=save,
-                    evaluate=None if evaluate is None else (lambda: evaluate(model)),
-                    log_path=log_path, resume=resume, progress=progress, desc=f"cross-encoder ({model.num_layers} layers)",
-                    extra_log=extra_log)
+    return loop.run(
+        model.model,
+        params,
+        batches,
+        step_loss,
+        cfg,
+        Path(out),
+        save=save,
+        evaluate=None if evaluate is None else (lambda: evaluate(model)),
+        log_path=log_path,
+        resume=resume,
+        progress=progress,
+        desc=f"cross-encoder ({model.num_layers} layers)",
+        extra_log=extra_log,
+    )

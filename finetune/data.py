@@ -42,10 +42,12 @@ class TrainingQueries:
     def only(self, qids) -> "TrainingQueries":
         """These queries restricted to ``qids`` (in that order; unknown ids skipped)."""
         qids = [q for q in qids if q in self.texts]
-        return TrainingQueries({q: self.texts[q] for q in qids},
-                               {q: self.positives[q] for q in qids if q in self.positives},
-                               {q: self.negatives[q] for q in qids if q in self.negatives},
-                               {q: self.judged[q] for q in qids if q in self.judged})
+        return TrainingQueries(
+            {q: self.texts[q] for q in qids},
+            {q: self.positives[q] for q in qids if q in self.positives},
+            {q: self.negatives[q] for q in qids if q in self.negatives},
+            {q: self.judged[q] for q in qids if q in self.judged},
+        )
 
 
 def time_cut(events: Sequence[Event], train_fraction: float) -> float:
@@ -64,8 +66,9 @@ def split_by_time(events: Iterable[Event], cut: float) -> tuple[list[Event], lis
     return before, after
 
 
-def from_clicklog(events: Iterable[Event], gains: Mapping[str, float] | None = None,
-                  impressions_as_negatives: bool = False) -> TrainingQueries:
+def from_clicklog(
+    events: Iterable[Event], gains: Mapping[str, float] | None = None, impressions_as_negatives: bool = False
+) -> TrainingQueries:
     """Group events by query text: best gain per (query, product); ignored impressions as negatives if asked."""
     gains = dict(DEFAULT_GAINS if gains is None else gains)
     best: dict[str, dict[str, float]] = defaultdict(dict)
@@ -86,8 +89,12 @@ def from_clicklog(events: Iterable[Event], gains: Mapping[str, float] | None = N
     return out
 
 
-def from_judged(texts: Mapping[str, str], relevance: Mapping[str, Mapping[str, float]],
-                min_relevance: float = 0.0, positive_at: float | None = None) -> TrainingQueries:
+def from_judged(
+    texts: Mapping[str, str],
+    relevance: Mapping[str, Mapping[str, float]],
+    min_relevance: float = 0.0,
+    positive_at: float | None = None,
+) -> TrainingQueries:
     """Judged pairs (e.g. WenTian train.tsv): relevance above ``min_relevance`` (or, graded, at least
     ``positive_at``) is a positive with that gain; the other judged products are known negatives."""
     out = TrainingQueries()
@@ -114,9 +121,16 @@ def near_duplicate(a: str, b: str, threshold: float = 0.9) -> bool:
     return len(sa & sb) / len(sa | sb) >= threshold
 
 
-def mine_hard_negatives(engine, data: TrainingQueries, stages: Sequence[str] = ("bm25", "dense"),
-                        window: tuple[int, int] = (10, 50), per_query: int = 4, duplicate_threshold: float = 0.9,
-                        cache_dir: Path | None = None, seed: int = 0) -> dict[str, list[str]]:
+def mine_hard_negatives(
+    engine,
+    data: TrainingQueries,
+    stages: Sequence[str] = ("bm25", "dense"),
+    window: tuple[int, int] = (10, 50),
+    per_query: int = 4,
+    duplicate_threshold: float = 0.9,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+) -> dict[str, list[str]]:
     """For each query: up to ``per_query`` products ranked within ``window`` by the stages, skipping
     positives and near-duplicates of a positive's title; interleaved across stages, cached on disk."""
     lo, hi = window

@@ -30,7 +30,7 @@ QUERYLOG = "../shared/datasets/querylog/taobao_queries.tsv"
 def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: int = 0) -> tuple[list[str], list[str]]:
     """Training queries (seeded sample of what ``make finetune`` trains on: judged pairs, or a click log's
     queries before its time cut) and unlabeled query-log queries; none of them a dev or evaluation query."""
-    from finetune.job import load_training_data
+    from finetune.inputs import load_training_data
     from core.formats.judged import read_queries
     from indexer.vocab_trim import read_query_column
 
@@ -48,7 +48,9 @@ def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: 
     return out, extra
 
 
-def teacher_scores(engine, teacher, queries: list[str], cache: Path, chunk: int = 128) -> list[tuple[str, list[str], np.ndarray]]:
+def teacher_scores(
+    engine, teacher, queries: list[str], cache: Path, chunk: int = 128
+) -> list[tuple[str, list[str], np.ndarray]]:
     """Per query: (query, candidate titles, teacher scores); computed chunk by chunk, cached (resumable)."""
     from tqdm import tqdm
 
@@ -100,8 +102,9 @@ def kl_loss(student, batch, temperature: float = 1.0):
     titles = [t for _, ts, _ in batch for t in ts]
     logits = student.logits(queries, titles).float().view(len(batch), g) / temperature
     target = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32) / temperature
-    return torch.nn.functional.kl_div(torch.log_softmax(logits, 1), torch.log_softmax(target, 1), log_target=True,
-                                      reduction="batchmean")
+    return torch.nn.functional.kl_div(
+        torch.log_softmax(logits, 1), torch.log_softmax(target, 1), log_target=True, reduction="batchmean"
+    )
 
 
 def agreement(student, held) -> float:
@@ -165,22 +168,42 @@ def main(argv: list[str] | None = None) -> int:
     train = [data[i] for i in order[args.held_out :]]
     student = CrossEncoder.from_base(teacher_path, num_layers=args.layers, max_length=args.max_length, device="cpu")
     student.model.get_input_embeddings().weight.requires_grad_(False)
-    settings = CrossEncoderTrainConfig(num_layers=args.layers, lr=args.lr, batch_size=args.batch_size,
-                                       group_size=args.group, max_length=args.max_length, max_steps=args.max_steps,
-                                       max_minutes=args.max_minutes, warmup_steps=50,
-                                       eval_every=max(50, args.max_steps // 6))
+    settings = CrossEncoderTrainConfig(
+        num_layers=args.layers,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        group_size=args.group,
+        max_length=args.max_length,
+        max_steps=args.max_steps,
+        max_minutes=args.max_minutes,
+        warmup_steps=50,
+        eval_every=max(50, args.max_steps // 6),
+    )
     params = [p for p in student.model.parameters() if p.requires_grad]
     out = Path(args.out)
-    card = {"distilled_from": str(teacher_path), "teacher_fingerprint": teacher.fingerprint(), "layers": args.layers,
-            "queries": {"train": len(train_q), "querylog": len(log_q),
-                        "held_out_for_early_stopping": len(held)},
-            "pairs": int(sum(len(d[1]) for d in data)), "depth": args.depth, "loss": "listwise KL to the teacher",
-            "teacher_scoring_minutes": round(scoring_min, 1)}
-    result = loop.run(student.model, params, lambda r: batches(train, args.batch_size, args.group, r),
-                      lambda b: kl_loss(student, b), settings, out,
-                      save=lambda folder: student.save(folder, card=card),
-                      evaluate=lambda: agreement(student, held), log_path=Path(args.out + ".log.json"),
-                      desc=f"student ({args.layers} layers)", extra_log=card)
+    card = {
+        "distilled_from": str(teacher_path),
+        "teacher_fingerprint": teacher.fingerprint(),
+        "layers": args.layers,
+        "queries": {"train": len(train_q), "querylog": len(log_q), "held_out_for_early_stopping": len(held)},
+        "pairs": int(sum(len(d[1]) for d in data)),
+        "depth": args.depth,
+        "loss": "listwise KL to the teacher",
+        "teacher_scoring_minutes": round(scoring_min, 1),
+    }
+    result = loop.run(
+        student.model,
+        params,
+        lambda r: batches(train, args.batch_size, args.group, r),
+        lambda b: kl_loss(student, b),
+        settings,
+        out,
+        save=lambda folder: student.save(folder, card=card),
+        evaluate=lambda: agreement(student, held),
+        log_path=Path(args.out + ".log.json"),
+        desc=f"student ({args.layers} layers)",
+        extra_log=card,
+    )
     card.update({"training": {k: v for k, v in result.items() if k != "log"}})
     (out / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False), encoding="utf-8")
     print(json.dumps(card, indent=1, ensure_ascii=False))

@@ -42,10 +42,13 @@ def train_on_workers(train: Callable[[], dict], workers: int, use_gpu: bool = Fa
     with tempfile.TemporaryDirectory(prefix="ecomsearch-train-") as tmp:
         report = Path(tmp) / "report.json"
         trainer = TorchTrainer(
-            _worker, train_loop_config={"train": train, "report": str(report), "threads": threads},
+            _worker,
+            train_loop_config={"train": train, "report": str(report), "threads": threads},
             torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                         resources_per_worker=None if use_gpu else {"CPU": 1}),
-            run_config=RunConfig(storage_path=tmp, name="finetune"))
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=use_gpu, resources_per_worker=None if use_gpu else {"CPU": 1}
+            ),
+            run_config=RunConfig(storage_path=tmp, name="finetune"),
+        )
         trainer.fit()
         return json.loads(report.read_text(encoding="utf-8"))

@@ -21,8 +21,11 @@ from indexer.config import Config, ConfigError, load_config
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, model_fingerprint, resolve_model
 from indexer.onnx_files import EXPORT_FILE, onnx_dir, onnx_file, read_export
 
-SAMPLE = [("华为手机", "华为 mate60 pro 5g 全网通 智能手机 黑色"), ("iphone15 256gb", "Apple iPhone 15 256GB 蓝色"),
-          ("降噪耳机 sony", "索尼 WH-1000XM5 无线降噪耳机")]
+SAMPLE = [
+    ("华为手机", "华为 mate60 pro 5g 全网通 智能手机 黑色"),
+    ("iphone15 256gb", "Apple iPhone 15 256GB 蓝色"),
+    ("降噪耳机 sony", "索尼 WH-1000XM5 无线降噪耳机"),
+]
 
 
 def _export(model, inputs: dict, out: Path, output: str) -> None:
@@ -31,8 +34,16 @@ def _export(model, inputs: dict, out: Path, output: str) -> None:
     names = list(inputs)
     axes = {n: {0: "batch", 1: "tokens"} for n in names}
     axes[output] = {0: "batch"} if output == "logits" else {0: "batch", 1: "tokens"}
-    torch.onnx.export(model, tuple(inputs[n] for n in names), str(out), input_names=names, output_names=[output],
-                      dynamic_axes=axes, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        tuple(inputs[n] for n in names),
+        str(out),
+        input_names=names,
+        output_names=[output],
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def export_model(path: Path, kind: str, max_length: int, check: bool = True) -> dict:
@@ -49,13 +60,24 @@ def export_model(path: Path, kind: str, max_length: int, check: bool = True) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     if kind == "cross-encoder":
         model = AutoModelForSequenceClassification.from_pretrained(str(path), attn_implementation="eager").eval()
-        feats = tok([QUERY_PREFIX + q for q, _ in SAMPLE], [PASSAGE_PREFIX + t for _, t in SAMPLE], padding=True,
-                    truncation="longest_first", max_length=max_length, return_tensors="pt")
+        feats = tok(
+            [QUERY_PREFIX + q for q, _ in SAMPLE],
+            [PASSAGE_PREFIX + t for _, t in SAMPLE],
+            padding=True,
+            truncation="longest_first",
+            max_length=max_length,
+            return_tensors="pt",
+        )
         output = "logits"
     else:
         model = AutoModel.from_pretrained(str(path), attn_implementation="eager").eval()
-        feats = tok([QUERY_PREFIX + q for q, _ in SAMPLE], padding=True, truncation=True, max_length=max_length,
-                    return_tensors="pt")
+        feats = tok(
+            [QUERY_PREFIX + q for q, _ in SAMPLE],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        )
         output = "last_hidden_state"
     inputs = {k: feats[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in feats}
 
@@ -72,9 +94,16 @@ def export_model(path: Path, kind: str, max_length: int, check: bool = True) -> 
         reference = Wrapped(model)(*inputs.values()).float().numpy()
     _export(Wrapped(model), inputs, fp32, output)
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8, per_channel=True)
-    report = {"kind": kind, "source": str(path), "source_fingerprint": model_fingerprint(path, 0), "output": output,
-              "inputs": list(inputs), "opset": 17, "seconds": round(time.perf_counter() - t0, 1),
-              "bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size}}
+    report = {
+        "kind": kind,
+        "source": str(path),
+        "source_fingerprint": model_fingerprint(path, 0),
+        "output": output,
+        "inputs": list(inputs),
+        "opset": 17,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "bytes": {"fp32": fp32.stat().st_size, "int8": int8.stat().st_size},
+    }
     if check:
         import onnxruntime as ort
 
@@ -91,8 +120,13 @@ def export_model(path: Path, kind: str, max_length: int, check: bool = True) -> 
 def current(path: Path, kind: str) -> bool:
     """Whether ``path`` has an export of this kind made from the weights it holds now."""
     export = read_export(path)
-    return bool(export) and export.get("kind") == kind and export.get("source_fingerprint") == \
-        model_fingerprint(path, 0) and onnx_file(path, "none").is_file() and onnx_file(path, "int8").is_file()
+    return (
+        bool(export)
+        and export.get("kind") == kind
+        and export.get("source_fingerprint") == model_fingerprint(path, 0)
+        and onnx_file(path, "none").is_file()
+        and onnx_file(path, "int8").is_file()
+    )
 
 
 def export_config(cfg: Config, if_missing: bool = False, only_used: bool = False) -> list[dict]:
@@ -116,8 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m finetune.export_onnx", description=__doc__)
     ap.add_argument("--config", required=True)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    ap.add_argument("--if-missing", action="store_true",
-                    help="only the models the config runs on ONNX, and only where no current export exists")
+    ap.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="only the models the config runs on ONNX, and only where no current export exists",
+    )
     args = ap.parse_args(argv)
     from indexer.config import parse_overrides
 

@@ -23,111 +23,26 @@ evaluation.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from finetune.data import TrainingQueries, from_clicklog, from_judged, mine_hard_negatives, split_by_time, time_cut
-from indexer.config import Config, RerankConfig, SearchConfig, marked_settings
+from finetune.data import TrainingQueries, mine_hard_negatives
+from finetune.inputs import TrainingData, clicklog_cut, finished, is_clicklog, load_training_data, settings_hash
+from indexer.config import Config, RerankConfig, SearchConfig
 
 JOB_STAGES = ("bi-encoder", "cross-encoder", "ranker")
 
 
-@dataclass
-class TrainingData:
-    train: TrainingQueries
-    dev: TrainingQueries
-    source: str
-    description: str
-
-
-def is_clicklog(path: Path, fmt: str = "auto") -> bool:
-    if fmt != "auto":
-        return fmt == "clicklog"
-    if path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        return True
-    with open(path, encoding="utf-8", errors="replace") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
-    return "event" in header and "timestamp" in header
-
-
-def load_training_data(cfg: Config) -> TrainingData:
-    """Train and dev queries from the config's ``finetune`` section."""
-    from core.formats.judged import QueriesError, read_queries
-
-    ft = cfg.finetune
-    if ft.train is None:
-        raise QueriesError(f"{cfg.source or cfg.name}: finetune.train is not set (a click log or judged pairs)")
-    if not Path(ft.train).is_file():
-        raise QueriesError(f"training data not found: {ft.train}")
-    if is_clicklog(Path(ft.train), ft.format):
-        from core.formats.clicklog import read_clicklog
-
-        events = read_clicklog(ft.train)
-        cut, how = clicklog_cut(cfg, events)
-        before, after = split_by_time(events, cut)
-        train = from_clicklog(before, ft.gains, ft.impressions_as_negatives)
-        dev = from_clicklog(after, ft.gains)
-        desc = (f"click log {ft.train}: {len(before)} events before the time cut {cut:.0f} train "
-                f"({len(train)} queries), {how} ({len(after)} events, {len(dev)} queries) evaluate")
-    else:
-        judged = read_queries(ft.train)
-        train = from_judged(judged.texts, judged.relevance, positive_at=ft.positive_relevance)
-        dev_path = ft.dev or cfg.eval.queries
-        if dev_path is None:
-            raise QueriesError("judged training pairs need dev queries: set finetune.dev or eval.queries")
-        d = read_queries(dev_path)
-        dev = from_judged(d.texts, d.relevance, positive_at=ft.positive_relevance)
-        desc = f"judged pairs {ft.train} ({len(train)} queries); dev {dev_path} ({len(dev)} queries)"
-        if ft.positive_relevance is not None:
-            n_pos = sum(len(v) for v in train.positives.values())
-            n_neg = sum(len(v) for v in train.negatives.values())
-            desc += (f"; graded: {n_pos} pairs rated >= {ft.positive_relevance:g} are positives, {n_neg} rated below "
-                     "are known negatives of their query")
-    dev_qids = [q for q in dev.texts if dev.positives.get(q)][: ft.dev_queries]
-    dev = dev.only(dev_qids)
-    # what the models learn from (it enters their settings hashes): the file, and how its grades were read
-    source = str(ft.train) if ft.positive_relevance is None else f"{ft.train} (positives rated >= {ft.positive_relevance:g})"
-    return TrainingData(train, dev, source, desc)
-
-
-def clicklog_cut(cfg: Config, events) -> tuple[float, str]:
-    """The global time cut of a click log (training strictly before it) and how it was chosen."""
-    from core.formats.judged import QueriesError
-
-    ft = cfg.finetune
-    if not events:
-        raise QueriesError(f"{ft.train}: no events")
-    if ft.holdout_days is not None:
-        return max(e.timestamp for e in events) - ft.holdout_days * 86400, f"the last {ft.holdout_days:g} days"
-    return time_cut(events, ft.train_fraction), f"the last {1 - ft.train_fraction:.0%} of events"
-
-
 def without_rerank(cfg: Config, **dense) -> Config:
     """The config with no cross-encoder (and, given ``dense``, other dense settings): the first stages only."""
-    return dataclasses.replace(cfg, rerank=RerankConfig(model=None),
-                               dense=dataclasses.replace(cfg.dense, **dense),
-                               search=SearchConfig(stages=["bm25"], candidates=cfg.search.candidates))
-
-
-def settings_hash(*parts) -> str:
-    # config sections enter with their "train" markers (indexer.config.NOT_TRAINED, TRAINED_WHEN_SET)
-    blob = json.dumps([marked_settings(p, "train") if dataclasses.is_dataclass(p) else p for p in parts],
-                      sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def finished(folder: Path, key: str) -> bool:
-    card = folder / "model_card.json"
-    if not card.is_file():
-        return False
-    try:
-        return json.loads(card.read_text(encoding="utf-8")).get("settings_hash") == key
-    except json.JSONDecodeError:
-        return False
+    return dataclasses.replace(
+        cfg,
+        rerank=RerankConfig(model=None),
+        dense=dataclasses.replace(cfg.dense, **dense),
+        search=SearchConfig(stages=["bm25"], candidates=cfg.search.candidates),
+    )
 
 
 def _rows_of(engine, pids) -> list[int]:
@@ -170,8 +85,15 @@ def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, pr
     ensure_indexes(mining_cfg, ["dense-base"], progress=progress)
     engine = SearchEngine.from_config(mining_cfg)
     t0 = time.perf_counter()
-    negatives = mine_hard_negatives(engine, data.train, stages=("bm25", "dense-base"), window=tuple(t.negatives_window),
-                                    per_query=t.hard_negatives, cache_dir=out.parent / "cache", seed=t.seed)
+    negatives = mine_hard_negatives(
+        engine,
+        data.train,
+        stages=("bm25", "dense-base"),
+        window=tuple(t.negatives_window),
+        per_query=t.hard_negatives,
+        cache_dir=out.parent / "cache",
+        seed=t.seed,
+    )
     titles = engine.products.titles
     examples = []
     for qid, pos in data.train.positives.items():
@@ -200,21 +122,39 @@ def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, pr
 
         held = set(data.dev.texts.values()) | _eval_query_texts(cfg)
         distill = read_teacher_cache(t.distill_from, exclude=held)
-        distill_note = {"distillation": f"listwise KL to the teacher scores in {t.distill_from} ({len(distill)} "
-                                        f"queries, dev and evaluation queries left out), weight {t.distill_weight}"}
-    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
-                   progress=progress, resume=resume, distill=distill)
-    return {"base_model": str(base), "data": data.description, "pairs": len(examples), **distill_note,
-            "hard_negatives": f"{t.hard_negatives} per query from bm25/dense-base ranks "
-                              f"{t.negatives_window[0]}-{t.negatives_window[1]}, positives and near-duplicates skipped",
-            "mining_seconds": round(mining_s, 1),
-            "dev_metric": f"MRR@10 over a pool of {len(pool_rows)} titles ({len(dev_texts)} dev queries' "
-                          "bm25+dense-base top-20 and their positives)",
-            **report, "training": dataclasses.asdict(t)}
+        distill_note = {
+            "distillation": f"listwise KL to the teacher scores in {t.distill_from} ({len(distill)} "
+            f"queries, dev and evaluation queries left out), weight {t.distill_weight}"
+        }
+    report = train(
+        model,
+        examples,
+        t,
+        out,
+        evaluate=evaluate,
+        log_path=out.with_name(out.name + ".log.json"),
+        progress=progress,
+        resume=resume,
+        distill=distill,
+    )
+    return {
+        "base_model": str(base),
+        "data": data.description,
+        "pairs": len(examples),
+        **distill_note,
+        "hard_negatives": f"{t.hard_negatives} per query from bm25/dense-base ranks "
+        f"{t.negatives_window[0]}-{t.negatives_window[1]}, positives and near-duplicates skipped",
+        "mining_seconds": round(mining_s, 1),
+        "dev_metric": f"MRR@10 over a pool of {len(pool_rows)} titles ({len(dev_texts)} dev queries' "
+        "bm25+dense-base top-20 and their positives)",
+        **report,
+        "training": dataclasses.asdict(t),
+    }
 
 
-def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, progress: bool,
-                       num_layers: int | None = None) -> dict:
+def train_crossencoder(
+    cfg: Config, data: TrainingData, out: Path, resume: bool, progress: bool, num_layers: int | None = None
+) -> dict:
     from engine import SearchEngine
     from engine.rerank import CrossEncoder
     from finetune.crossencoder import train
@@ -237,12 +177,27 @@ def train_crossencoder(cfg: Config, data: TrainingData, out: Path, resume: bool,
     # queries and titles)
     base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
     model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
-    report = train(model, examples, t, out, evaluate=evaluate, log_path=out.with_name(out.name + ".log.json"),
-                   progress=progress, resume=resume)
+    report = train(
+        model,
+        examples,
+        t,
+        out,
+        evaluate=evaluate,
+        log_path=out.with_name(out.name + ".log.json"),
+        progress=progress,
+        resume=resume,
+    )
     if held:
         notes["ranker_held_out"] = f"{len(held)} training queries left out: the ranker's (finetune.ranker.held_out)"
-    return {"base_model": str(base), "num_layers": model.num_layers, "data": data.description,
-            "groups": len(examples), **notes, **report, "training": dataclasses.asdict(t)}
+    return {
+        "base_model": str(base),
+        "num_layers": model.num_layers,
+        "data": data.description,
+        "groups": len(examples),
+        **notes,
+        **report,
+        "training": dataclasses.asdict(t),
+    }
 
 
 def ranker_queries(data: TrainingData, t) -> list[str]:
@@ -271,8 +226,15 @@ def _group_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
     t0 = time.perf_counter()
     lo, hi = t.negatives_window
     pool = 3 * (t.group_size - 1)
-    negatives = mine_hard_negatives(engine, data.train, stages=("bm25", "dense"), window=(lo, hi), per_query=pool,
-                                    cache_dir=out.parent / "cache", seed=t.seed)
+    negatives = mine_hard_negatives(
+        engine,
+        data.train,
+        stages=("bm25", "dense"),
+        window=(lo, hi),
+        per_query=pool,
+        cache_dir=out.parent / "cache",
+        seed=t.seed,
+    )
     titles = engine.products.titles
     examples = []
     for qid, pos in data.train.positives.items():
@@ -289,12 +251,14 @@ def _group_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
     for qid, c in zip(dev_qids, cands):
         where = {int(r): i for i, r in enumerate(c.rows)}
         positives.append({where[r] for r in _rows_of(engine, data.dev.positives[qid]) if r in where})
-    notes = {"usable_groups": len(usable_groups(examples, t.group_size)),
-             "negatives": f"up to {pool} per query from the union of bm25 and dense ranks {lo}-{hi}, "
-                          f"{t.group_size - 1} sampled per group each epoch; positives and near-duplicates skipped",
-             "mining_seconds": round(mining_s, 1),
-             "dev_metric": f"MRR@10 of the cross-encoder alone over the union of bm25 and dense top-"
-                           f"{cfg.rerank.depth} ({len(dev_texts)} dev queries)"}
+    notes = {
+        "usable_groups": len(usable_groups(examples, t.group_size)),
+        "negatives": f"up to {pool} per query from the union of bm25 and dense ranks {lo}-{hi}, "
+        f"{t.group_size - 1} sampled per group each epoch; positives and near-duplicates skipped",
+        "mining_seconds": round(mining_s, 1),
+        "dev_metric": f"MRR@10 of the cross-encoder alone over the union of bm25 and dense top-"
+        f"{cfg.rerank.depth} ({len(dev_texts)} dev queries)",
+    }
     return examples, rerank_mrr(dev_texts, cand_titles, positives), notes
 
 
@@ -311,19 +275,24 @@ def _graded_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
     def groups_of(queries: TrainingQueries, qids) -> list[GradedGroup]:
         out_groups = []
         for qid in qids:
-            pairs = [(titles[row], r + offset) for pid, r in queries.judged.get(qid, {}).items()
-                     for row in _rows_of(engine, [pid])]
+            pairs = [
+                (titles[row], r + offset)
+                for pid, r in queries.judged.get(qid, {}).items()
+                for row in _rows_of(engine, [pid])
+            ]
             if pairs:
                 out_groups.append(GradedGroup(queries.texts[qid], [p[0] for p in pairs], [p[1] for p in pairs]))
         return out_groups
 
     examples = groups_of(data.train, data.train.judged)
     dev = groups_of(data.dev, list(data.dev.texts)[: t.eval_queries])
-    notes = {"usable_groups": len(usable_graded(examples)),
-             "loss": f"graded (ListNet): up to {t.group_size} judged products per query, targets 2^gain - 1, "
-                     f"gain = relevance {offset:+g}",
-             "dev_metric": f"NDCG@10 of the cross-encoder alone over each dev query's judged products "
-                           f"({len(dev)} dev queries)"}
+    notes = {
+        "usable_groups": len(usable_graded(examples)),
+        "loss": f"graded (ListNet): up to {t.group_size} judged products per query, targets 2^gain - 1, "
+        f"gain = relevance {offset:+g}",
+        "dev_metric": f"NDCG@10 of the cross-encoder alone over each dev query's judged products "
+        f"({len(dev)} dev queries)",
+    }
     return examples, judged_ndcg([g.query for g in dev], [g.titles for g in dev], [g.gains for g in dev]), notes
 
 
@@ -354,24 +323,39 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
         pc = cfg.personal
         settings = ProfileSettings.from_config(pc)
         pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
-        desc = (f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
-                f"{cut:.0f} ({how} held out), labels = best gain per product")
-        card = train_ranker(engine, sessions, pit, t, out, progress=progress, description=desc,
-                            cache_dir=out.parent / "cache")
+        desc = (
+            f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
+            f"{cut:.0f} ({how} held out), labels = best gain per product"
+        )
+        card = train_ranker(
+            engine, sessions, pit, t, out, progress=progress, description=desc, cache_dir=out.parent / "cache"
+        )
         after = [e for e in events if e.timestamp >= cut]
-        card["holdout"] = holdout_sessions_report(engine, out, sessions_from_events(after, row_of, ft.gains), pit,
-                                                  cut, progress)
+        card["holdout"] = holdout_sessions_report(
+            engine, out, sessions_from_events(after, row_of, ft.gains), pit, cut, progress
+        )
         return card
     sessions = []
     for qid in ranker_queries(data, t):
         gains = {row_of[p]: g for p, g in data.train.positives[qid].items() if p in row_of}
         if gains:
             sessions.append(Session(None, data.train.texts[qid], 0.0, gains))
-    desc = (f"judged pairs {ft.train}: {len(sessions)} training queries (seeded sample of {len(data.train)}"
-            f"{', left out of the cross-encoder' if ranker_held_out(cfg, data) else ''}), "
-            "the judged product as positive; no users, so non-personal features only")
-    return train_ranker(engine, sessions, None, t, out, features=NON_PERSONAL, progress=progress, description=desc,
-                        cache_dir=out.parent / "cache")
+    desc = (
+        f"judged pairs {ft.train}: {len(sessions)} training queries (seeded sample of {len(data.train)}"
+        f"{', left out of the cross-encoder' if ranker_held_out(cfg, data) else ''}), "
+        "the judged product as positive; no users, so non-personal features only"
+    )
+    return train_ranker(
+        engine,
+        sessions,
+        None,
+        t,
+        out,
+        features=NON_PERSONAL,
+        progress=progress,
+        description=desc,
+        cache_dir=out.parent / "cache",
+    )
 
 
 def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float, progress: bool) -> dict:
@@ -387,8 +371,9 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
     from finetune.ranker import candidate_cache, session_features
 
     ranker = Ranker.load(ranker_dir)
-    cands = candidate_cache(engine, [s.query for s in sessions], progress=progress,
-                            cache_dir=ranker_dir.parent / "cache")
+    cands = candidate_cache(
+        engine, [s.query for s in sessions], progress=progress, cache_dir=ranker_dir.parent / "cache"
+    )
     row_of = engine.products.row_map()
     pc = engine.cfg.personal
     runs: dict[str, dict] = {"zscore_mix": {}, "ranker": {}, "personal": {}}
@@ -420,8 +405,14 @@ def config_stages(cfg: Config) -> list[str]:
     return list(JOB_STAGES) if cfg.rerank.model else ["bi-encoder"]
 
 
-def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = False, progress: bool = True,
-            cross_encoder_layers: int | None = None, cross_encoder_out: Path | None = None) -> dict:
+def run_job(
+    cfg: Config,
+    stages: Sequence[str] = JOB_STAGES,
+    resume: bool = False,
+    progress: bool = True,
+    cross_encoder_layers: int | None = None,
+    cross_encoder_out: Path | None = None,
+) -> dict:
     """Train what ``stages`` name and rebuild the dense index; returns a summary (also in ``<out>/finetune.json``)."""
     from indexer.build import ensure_indexes
     from indexer.encoder import resolve_model
@@ -455,11 +446,15 @@ def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = Fals
     if "cross-encoder" in stages:
         t = cfg.finetune.crossencoder
         layers = cross_encoder_layers if cross_encoder_layers is not None else t.num_layers
-        key = settings_hash(dataclasses.replace(t, num_layers=layers), data.source, cfg.dense.base_model,
-                            len(data.train), cfg.rerank.depth,
-                            *([cfg.eval.gain_offset] if t.loss == "graded" else []),  # graded: gains it learns
-                            *(["ranker_held_out", ft.ranker.max_queries, ft.ranker.seed]
-                              if ranker_held_out(cfg, data) else []))
+        key = settings_hash(
+            dataclasses.replace(t, num_layers=layers),
+            data.source,
+            cfg.dense.base_model,
+            len(data.train),
+            cfg.rerank.depth,
+            *([cfg.eval.gain_offset] if t.loss == "graded" else []),  # graded: gains it learns
+            *(["ranker_held_out", ft.ranker.max_queries, ft.ranker.seed] if ranker_held_out(cfg, data) else []),
+        )
         if resume and finished(ce_out, key):
             summary["models"]["cross-encoder"] = f"{ce_out} (kept: finished with the same settings)"
         else:
@@ -469,8 +464,14 @@ def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = Fals
             summary["models"]["cross-encoder"] = {k: v for k, v in card.items() if k != "log"}
     if "ranker" in stages and cfg.rerank.model:
         rk_out = out_dir / "ranker"
-        key = settings_hash(ft.ranker, cfg.personal, data.source, len(data.train), cfg.rerank.depth,
-                            _model_hash(cfg.rerank.model, cfg.root))
+        key = settings_hash(
+            ft.ranker,
+            cfg.personal,
+            data.source,
+            len(data.train),
+            cfg.rerank.depth,
+            _model_hash(cfg.rerank.model, cfg.root),
+        )
         if resume and finished(rk_out, key):
             summary["models"]["ranker"] = f"{rk_out} (kept: finished with the same settings)"
         else:
@@ -479,8 +480,9 @@ def run_job(cfg: Config, stages: Sequence[str] = JOB_STAGES, resume: bool = Fals
             _write_card(rk_out, card)
             summary["models"]["ranker"] = card
     summary["minutes"] = round((time.perf_counter() - t_start) / 60, 2)
-    (out_dir / "finetune.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False, default=str),
-                                           encoding="utf-8")
+    (out_dir / "finetune.json").write_text(
+        json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
+    )
     return summary
 
 
@@ -494,8 +496,9 @@ def _model_hash(model: str, root: Path) -> str:
 
 def _write_card(folder: Path, card: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "model_card.json").write_text(json.dumps(card, indent=1, ensure_ascii=False, default=str),
-                                            encoding="utf-8")
+    (folder / "model_card.json").write_text(
+        json.dumps(card, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
+    )
 
 
 def _check_config_names(cfg: Config, bi_out: Path, ce_out: Path) -> None:
@@ -505,8 +508,11 @@ def _check_config_names(cfg: Config, bi_out: Path, ce_out: Path) -> None:
     dense = Path(cfg.dense.model)
     dense = dense if dense.is_absolute() else cfg.root / dense
     if dense.resolve() != bi_out.resolve():
-        print(f"note: {cfg.source}: dense.model is {cfg.dense.model}, not the bi-encoder this job trains ({bi_out});"
-              " the dense index follows dense.model", file=sys.stderr)
+        print(
+            f"note: {cfg.source}: dense.model is {cfg.dense.model}, not the bi-encoder this job trains ({bi_out});"
+            " the dense index follows dense.model",
+            file=sys.stderr,
+        )
     if cfg.rerank.model:
         ce = Path(cfg.rerank.model)
         ce = ce if ce.is_absolute() else cfg.root / ce

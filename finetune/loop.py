@@ -56,11 +56,21 @@ def shard(batch, rank: int, size: int):
     return batch[rank::size]
 
 
-def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: Callable[[np.random.Generator], Iterator],
-        loss_fn: Callable[[object], torch.Tensor], settings: TrainingLoopConfig, out: Path,
-        save: Callable[[Path], None], evaluate: Callable[[], float] | None = None,
-        log_path: Path | None = None, resume: bool = False, progress: bool = True, desc: str = "training",
-        extra_log: dict | None = None) -> dict:
+def run(
+    model: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    make_batches: Callable[[np.random.Generator], Iterator],
+    loss_fn: Callable[[object], torch.Tensor],
+    settings: TrainingLoopConfig,
+    out: Path,
+    save: Callable[[Path], None],
+    evaluate: Callable[[], float] | None = None,
+    log_path: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "training",
+    extra_log: dict | None = None,
+) -> dict:
     """Train ``model`` in place; keep the best checkpoint (by ``evaluate``, else the last) in ``out``.
 
     The resumable state (weights, optimizer, scheduler, step, RNG, log) is written next to ``out`` as
@@ -75,8 +85,8 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
     scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
     opt = torch.optim.AdamW(params, lr=settings.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup_steps))
-        * max(0.0, 1 - s / max(1, settings.max_steps)))
+        opt, lambda s: min(1.0, (s + 1) / max(1, settings.warmup_steps)) * max(0.0, 1 - s / max(1, settings.max_steps))
+    )
     state_path = out.with_name(out.name + ".resume.pt")
     log: list[dict] = []
     best, step, spent = -math.inf, 0, 0.0
@@ -85,8 +95,10 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
         state = torch.load(state_path, map_location=device, weights_only=False)
         saved = {k: v for k, v in state["settings"].items() if k != "max_minutes"}
         if saved != {k: v for k, v in asdict(settings).items() if k != "max_minutes"}:
-            raise ValueError(f"{state_path}: saved by a run with other settings {state['settings']}; "
-                             "delete it or rerun without --resume (only max_minutes may change)")
+            raise ValueError(
+                f"{state_path}: saved by a run with other settings {state['settings']}; "
+                "delete it or rerun without --resume (only max_minutes may change)"
+            )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -124,9 +136,20 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
                 entry["saved"] = True
         log.append(entry)
         write_log()
-        torch.save({"settings": asdict(settings), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(), "best": best, "step": step, "minutes": minutes(), "log": log,
-                    "torch_rng": torch.get_rng_state()}, state_path)
+        torch.save(
+            {
+                "settings": asdict(settings),
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "best": best,
+                "step": step,
+                "minutes": minutes(),
+                "log": log,
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
 
     if evaluate is not None and step == 0:
         checkpoint(None)
@@ -161,15 +184,21 @@ def run(model: torch.nn.Module, params: list[torch.nn.Parameter], make_batches: 
         bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
         done = _agree(step >= settings.max_steps or minutes() >= settings.max_minutes, size)
         if step % settings.eval_every == 0 or done:
-            checkpoint(float(np.mean(running[-settings.eval_every:])))
+            checkpoint(float(np.mean(running[-settings.eval_every :])))
     bar.close()
     if lead:
         if evaluate is None:
             save(out)
         state_path.unlink(missing_ok=True)
-    return {"steps": step, "minutes": round(minutes(), 2), "best_dev": None if best == -math.inf else best,
-            "seconds_per_step": round(float(np.median(step_times[3:] or step_times or [0.0])), 4),
-            "amp": str(dtype).replace("torch.", "") if dtype else "fp32", "device": str(device), "log": log}
+    return {
+        "steps": step,
+        "minutes": round(minutes(), 2),
+        "best_dev": None if best == -math.inf else best,
+        "seconds_per_step": round(float(np.median(step_times[3:] or step_times or [0.0])), 4),
+        "amp": str(dtype).replace("torch.", "") if dtype else "fp32",
+        "device": str(device),
+        "log": log,
+    }
 
 
 def _average_gradients(params: list[torch.nn.Parameter], size: int) -> None:

@@ -16,8 +16,13 @@ def adapt(module, cfg, task_type: str):
     names peft's ``TaskType`` (``SEQ_CLS`` keeps a classifier head trainable)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    lcfg = LoraConfig(task_type=getattr(TaskType, task_type), r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=["query", "value"])
+    lcfg = LoraConfig(
+        task_type=getattr(TaskType, task_type),
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=["query", "value"],
+    )
     return get_peft_model(module, lcfg)
 
 

@@ -44,8 +44,18 @@ from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event
 
 EVENT_NAMES = ("impression", "click", "add_to_cart", "purchase")
 POSITION = "position"  # training only: the rank a logged product was shown at (engine.ranker sets it to 0)
-MONOTONE = {"position": -1, "centroid_cos": 1, "category_aff": 1, "brand_aff": 1, "group_aff": 1, "price_band_aff": 1,
-            "category_ctr": 1, "brand_ctr": 1, "group_ctr": 1, "price_band_ctr": 1}
+MONOTONE = {
+    "position": -1,
+    "centroid_cos": 1,
+    "category_aff": 1,
+    "brand_aff": 1,
+    "group_aff": 1,
+    "price_band_aff": 1,
+    "category_ctr": 1,
+    "brand_ctr": 1,
+    "group_ctr": 1,
+    "price_band_ctr": 1,
+}
 SESSION_GAP = 1800.0
 
 
@@ -71,21 +81,30 @@ class EventArrays:
     @classmethod
     def from_events(cls, events: Iterable, row_of: Mapping[str, int]) -> "EventArrays":
         """From :class:`core.formats.clicklog.Event` objects; events on products not in the index are dropped."""
-        kept = [(e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp)
-                for e in events if e.product_id in row_of]
+        kept = [
+            (e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp)
+            for e in events
+            if e.product_id in row_of
+        ]
         kept.sort(key=lambda x: x[4])
         if not kept:
             return cls(*(np.zeros(0, dtype=d) for d in (object, np.int64, object, np.int64, np.float64)))
         u, r, p, c, t = zip(*kept)
-        return cls(np.asarray(u, dtype=object), np.asarray(r, dtype=np.int64), np.asarray(p, dtype=object),
-                   np.asarray(c, dtype=np.int64), np.asarray(t, dtype=np.float64))
+        return cls(
+            np.asarray(u, dtype=object),
+            np.asarray(r, dtype=np.int64),
+            np.asarray(p, dtype=object),
+            np.asarray(c, dtype=np.int64),
+            np.asarray(t, dtype=np.float64),
+        )
 
     def __len__(self) -> int:
         return len(self.ts)
 
 
-def sessions_from_events(events: Iterable, row_of: Mapping[str, int], gains: Mapping[str, float],
-                         gap: float = SESSION_GAP) -> list[Session]:
+def sessions_from_events(
+    events: Iterable, row_of: Mapping[str, int], gains: Mapping[str, float], gap: float = SESSION_GAP
+) -> list[Session]:
     """Sessions of a click log (see the module docstring), in time order."""
     by_key: dict[tuple[str, str], list] = defaultdict(list)
     for e in events:
@@ -138,14 +157,16 @@ class PointInTime:
             p = self.profiles.get(user)
             if p is None:
                 p = self.profiles[user] = Profile()
-            apply_event(p, self.facets, int(ev.rows[i]), ev.pids[i], EVENT_NAMES[ev.codes[i]], float(ev.ts[i]),
-                        self.settings)
+            apply_event(
+                p, self.facets, int(ev.rows[i]), ev.pids[i], EVENT_NAMES[ev.codes[i]], float(ev.ts[i]), self.settings
+            )
         self._next = max(self._next, end)
         return self.profiles
 
 
-def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: bool = True,
-                    cache_dir: Path | None = None) -> dict:
+def candidate_cache(
+    engine, queries: Sequence[str], batch: int = 32, progress: bool = True, cache_dir: Path | None = None
+) -> dict:
     """The engine's non-personal candidate sets (with cross-encoder scores) for each distinct query.
 
     With ``cache_dir`` they are kept on disk, keyed by the index builds, the cross-encoder's files and the
@@ -179,19 +200,21 @@ def candidate_cache(engine, queries: Sequence[str], batch: int = 32, progress: b
 
 def _candidates_key(engine) -> str:
     from engine.search import RERANK_FIRST_STAGES
-    from finetune.job import settings_hash
+    from finetune.inputs import settings_hash
 
     r = engine.cfg.rerank
     ce = engine.cross_encoder()
     builds = [engine.bm25.manifest.get("build_id")]
     builds += [engine.dense_stage(s)[1].manifest.get("build_id") for s in RERANK_FIRST_STAGES if s != "bm25"]
     deleted = int(engine.live.size - engine.live.sum()) if engine.live is not None else 0
-    return settings_hash(builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates,
-                         ce.fingerprint() or str(r.model))
+    return settings_hash(
+        builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates, ce.fingerprint() or str(r.model)
+    )
 
 
-def session_features(engine, cand, session: Session, pit: PointInTime | None, prior: float,
-                     row_of: Mapping[str, int], half_life: float) -> np.ndarray:
+def session_features(
+    engine, cand, session: Session, pit: PointInTime | None, prior: float, row_of: Mapping[str, int], half_life: float
+) -> np.ndarray:
     """The feature rows of one session's candidates, as of the session's start."""
     from engine.features import feature_matrix
 
@@ -202,8 +225,11 @@ def session_features(engine, cand, session: Session, pit: PointInTime | None, pr
         if prof is not None and prof.weight <= 0:
             prof = None
         ctr, pop = timeline_ctr_popularity(pit.timeline, rows, session.t, prior)
-        personal = personal_features(rows, prof, engine.facets(), session.t, half_life, bought_rows(prof, row_of)) \
-            if prof is not None else None
+        personal = (
+            personal_features(rows, prof, engine.facets(), session.t, half_life, bought_rows(prof, row_of))
+            if prof is not None
+            else None
+        )
     else:
         ctr, pop, personal = np.zeros(len(rows)), np.zeros(len(rows)), None
     return feature_matrix(cand, ctr, pop, personal)
@@ -221,8 +247,10 @@ class Dataset:
         """(the first ``n_first`` sessions, the rest)."""
         cut = int(self.groups[:n_first].sum())
         pos = (None, None) if self.position is None else (self.position[:cut], self.position[cut:])
-        return (Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0]),
-                Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1]))
+        return (
+            Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0]),
+            Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1]),
+        )
 
     def shuffled(self, seed: int = 0) -> "Dataset":
         """The same sessions with rows in a random order within each (seeded): a ranking that cannot tell
@@ -239,8 +267,9 @@ class Dataset:
         return self.position is not None and bool((self.position >= 0).any())
 
 
-def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float,
-                  progress: bool = True) -> Dataset:
+def build_dataset(
+    engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float, progress: bool = True
+) -> Dataset:
     """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
     row_of = engine.products.row_map() if pit is not None else {}
     half_life = engine.cfg.personal.half_life_days * 86400.0
@@ -266,18 +295,31 @@ def build_dataset(engine, sessions: Sequence[Session], pit: PointInTime | None, 
         positions.append(pos)
     if not Xs:
         return Dataset(np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), [], np.zeros(0))
-    return Dataset(np.vstack(Xs), np.concatenate(ys), np.asarray(groups, dtype=np.int64), kept,
-                   np.concatenate(positions))
+    return Dataset(
+        np.vstack(Xs), np.concatenate(ys), np.asarray(groups, dtype=np.int64), kept, np.concatenate(positions)
+    )
 
 
 def _params(tcfg, names: Sequence[str]) -> dict:
     """LightGBM LambdaRank parameters (NDCG@10) for a model reading ``names``."""
     return {
-        "objective": "lambdarank", "metric": "ndcg", "ndcg_eval_at": [10], "lambdarank_truncation_level": 20,
-        "num_leaves": tcfg.num_leaves, "learning_rate": tcfg.learning_rate, "min_data_in_leaf": tcfg.min_data_in_leaf,
-        "feature_fraction": 1.0, "bagging_fraction": 1.0, "lambda_l2": 1.0, "seed": tcfg.seed, "deterministic": True,
-        "num_threads": 2, "verbosity": -1, "feature_pre_filter": False,
-        "monotone_constraints": [MONOTONE.get(f, 0) for f in names], "monotone_constraints_method": "advanced",
+        "objective": "lambdarank",
+        "metric": "ndcg",
+        "ndcg_eval_at": [10],
+        "lambdarank_truncation_level": 20,
+        "num_leaves": tcfg.num_leaves,
+        "learning_rate": tcfg.learning_rate,
+        "min_data_in_leaf": tcfg.min_data_in_leaf,
+        "feature_fraction": 1.0,
+        "bagging_fraction": 1.0,
+        "lambda_l2": 1.0,
+        "seed": tcfg.seed,
+        "deterministic": True,
+        "num_threads": 2,
+        "verbosity": -1,
+        "feature_pre_filter": False,
+        "monotone_constraints": [MONOTONE.get(f, 0) for f in names],
+        "monotone_constraints_method": "advanced",
     }
 
 
@@ -307,17 +349,30 @@ def fit_cv(data: Dataset, tcfg, features: Sequence[str] = FEATURES) -> tuple:
 
     names = list(features)
     params = _params(tcfg, names)
-    full = lgb.Dataset(model_inputs(names, data), _ints(data.y), group=data.groups, feature_name=names,
-                       free_raw_data=False)
-    res = lgb.cv(params, full, num_boost_round=tcfg.num_rounds, folds=session_folds(data.groups, tcfg.cv_folds,
-                 tcfg.seed), callbacks=[lgb.early_stopping(tcfg.early_stopping, verbose=False)])
+    full = lgb.Dataset(
+        model_inputs(names, data), _ints(data.y), group=data.groups, feature_name=names, free_raw_data=False
+    )
+    res = lgb.cv(
+        params,
+        full,
+        num_boost_round=tcfg.num_rounds,
+        folds=session_folds(data.groups, tcfg.cv_folds, tcfg.seed),
+        callbacks=[lgb.early_stopping(tcfg.early_stopping, verbose=False)],
+    )
     curve = [float(v) for v in next(v for key, v in res.items() if key.endswith("ndcg@10-mean"))]
     booster = lgb.train(params, full, num_boost_round=len(curve))
     return booster, curve
 
 
-def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = FEATURES, progress: bool = True,
-        init: tuple[np.ndarray, np.ndarray | None] | None = None, debias: bool | None = None):
+def fit(
+    train: Dataset,
+    valid: Dataset | None,
+    tcfg,
+    features: Sequence[str] = FEATURES,
+    progress: bool = True,
+    init: tuple[np.ndarray, np.ndarray | None] | None = None,
+    debias: bool | None = None,
+):
     """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`).
 
     ``init``: starting scores of the train and valid rows (boosting continues from another model's
@@ -338,18 +393,35 @@ def fit(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str] = F
         # features explain what position does not; serving sets it to 0 for every candidate, a constant shift
         params["interaction_constraints"] = [list(range(len(features))), [len(features)]]
 
-    dtrain = lgb.Dataset(model_inputs(names, train), _ints(train.y), group=train.groups, feature_name=names, free_raw_data=False,
-                         init_score=None if init is None else init[0])
+    dtrain = lgb.Dataset(
+        model_inputs(names, train),
+        _ints(train.y),
+        group=train.groups,
+        feature_name=names,
+        free_raw_data=False,
+        init_score=None if init is None else init[0],
+    )
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
-        dvalid = lgb.Dataset(model_inputs(names, valid, serving=True), _ints(valid.y), group=valid.groups, reference=dtrain,
-                             init_score=None if init is None else init[1])
+        dvalid = lgb.Dataset(
+            model_inputs(names, valid, serving=True),
+            _ints(valid.y),
+            group=valid.groups,
+            reference=dtrain,
+            init_score=None if init is None else init[1],
+        )
         valid_sets = [dvalid]
         callbacks.append(lgb.early_stopping(tcfg.early_stopping, verbose=False))
     evals: dict = {}
     callbacks.append(lgb.record_evaluation(evals))
-    booster = lgb.train(params, dtrain, num_boost_round=tcfg.num_rounds, valid_sets=valid_sets,
-                        valid_names=["valid"] if valid_sets else None, callbacks=callbacks)
+    booster = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=tcfg.num_rounds,
+        valid_sets=valid_sets,
+        valid_names=["valid"] if valid_sets else None,
+        callbacks=callbacks,
+    )
     curve = evals.get("valid", {}).get("ndcg@10", [])
     return booster, curve
 
@@ -389,8 +461,10 @@ def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[s
     g, curve_g, choice = fit_base(train, valid, tcfg, base, progress)
     has_valid = valid is not None and len(valid.groups) > 0
     names = g.feature_name()
-    init = (g.predict(model_inputs(names, train)),
-            g.predict(model_inputs(names, valid, serving=True)) if has_valid else None)
+    init = (
+        g.predict(model_inputs(names, train)),
+        g.predict(model_inputs(names, valid, serving=True)) if has_valid else None,
+    )
     h, curve_h = fit(train, valid if has_valid else None, tcfg, personal, progress, init=init)
     return g, h, curve_g, curve_h, choice
 
@@ -403,8 +477,8 @@ def ndcg_per_group(y: np.ndarray, scores: np.ndarray, groups: np.ndarray, k: int
     qrels, run = {}, {}
     start = 0
     for i, n in enumerate(groups):
-        qrels[i] = {str(j): float(g) for j, g in enumerate(2.0 ** y[start:start + n] - 1)}
-        run[i] = metrics.top_ids(np.arange(n), scores[start:start + n], k)
+        qrels[i] = {str(j): float(g) for j, g in enumerate(2.0 ** y[start : start + n] - 1)}
+        run[i] = metrics.top_ids(np.arange(n), scores[start : start + n], k)
         start += n
     return metrics.ndcg(qrels, run, k, per_query=True)
 
@@ -417,24 +491,41 @@ def personal_gain(g, h, valid: Dataset) -> dict:
     d = ndcg_per_group(valid.y, both, valid.groups) - ndcg_per_group(valid.y, base, valid.groups)
     se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
     mean = float(d.mean()) if len(d) else 0.0
-    return {"sessions": int(len(d)), "ndcg@10_diff": round(mean, 4), "se": round(se, 4),
-            "z": round(mean / se, 2) if se > 0 else 0.0}
+    return {
+        "sessions": int(len(d)),
+        "ndcg@10_diff": round(mean, 4),
+        "se": round(se, 4),
+        "z": round(mean / se, 2) if se > 0 else 0.0,
+    }
 
 
-def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, tcfg, out,
-                 features: Sequence[str] = FEATURES, cands: dict | None = None, progress: bool = True,
-                 description: str = "", cache_dir: Path | None = None) -> dict:
+def train_ranker(
+    engine,
+    sessions: Sequence[Session],
+    pit: PointInTime | None,
+    tcfg,
+    out,
+    features: Sequence[str] = FEATURES,
+    cands: dict | None = None,
+    progress: bool = True,
+    description: str = "",
+    cache_dir: Path | None = None,
+) -> dict:
     """Build the dataset, fit, save the ranker to ``out``; returns its model card."""
     from engine.ranker import Ranker
 
     t0 = time.perf_counter()
-    cands = cands if cands is not None else candidate_cache(engine, [s.query for s in sessions], progress=progress,
-                                                            cache_dir=cache_dir)
+    cands = (
+        cands
+        if cands is not None
+        else candidate_cache(engine, [s.query for s in sessions], progress=progress, cache_dir=cache_dir)
+    )
     data = build_dataset(engine, sessions, pit, cands, engine.cfg.personal.ctr_prior, progress)
     n = len(data.groups)
     if n < 10:
-        raise ValueError(f"only {n} training sessions have a positive among the engine's candidates; "
-                         "the ranker needs more data")
+        raise ValueError(
+            f"only {n} training sessions have a positive among the engine's candidates; the ranker needs more data"
+        )
     cv = pit is None and tcfg.cv_folds > 1  # judged pairs: no time order, every session can validate
     n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 and not cv else 0
     train, valid = data.split(n - n_valid)
@@ -446,14 +537,13 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
     h = None
     check = None
     if tcfg.staged and knows_users and len(pcols) < len(features):
-        booster, h, curve_g, curve, choice = fit_staged(train, valid if n_valid else None, tcfg, features,
-                                                        progress)
+        booster, h, curve_g, curve, choice = fit_staged(train, valid if n_valid else None, tcfg, features, progress)
         if n_valid:
             check = personal_gain(booster, h, valid)
             # shrink the boost by how sure the held-out sessions are of it (positive-part James-Stein:
             # 1 − 1/z²); no better than noise (z ≤ 1): dropped, never hurt
             z = check["z"]
-            check["scale"] = round(max(0.0, 1.0 - 1.0 / z ** 2), 3) if z > 1 else 0.0
+            check["scale"] = round(max(0.0, 1.0 - 1.0 / z**2), 3) if z > 1 else 0.0
             check["kept"] = check["scale"] > 0
             if not check["kept"]:
                 h, curve = None, curve_g
@@ -467,17 +557,27 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
     if h is not None:
         importance.update(zip(h.feature_name(), h.feature_importance("gain").round(2).tolist()))
     card = {
-        "model": "LightGBM LambdaRank (NDCG@10)", "data": description, "sessions": n, "train_sessions": n - n_valid,
-        "valid_sessions": n_valid, "rows": int(len(data.y)),
+        "model": "LightGBM LambdaRank (NDCG@10)",
+        "data": description,
+        "sessions": n,
+        "train_sessions": n - n_valid,
+        "valid_sessions": n_valid,
+        "rows": int(len(data.y)),
         "features": booster.feature_name() + (h.feature_name() if h is not None else []),
-        "personal_features": h.feature_name() if h is not None else [f for f in booster.feature_name() if f in PERSONAL],
+        "personal_features": h.feature_name()
+        if h is not None
+        else [f for f in booster.feature_name() if f in PERSONAL],
         "best_iteration": int(booster.best_iteration or booster.current_iteration()),
         "valid_ndcg@10": round(float(max(curve)), 4) if curve else None,
-        "validation": (f"{tcfg.cv_folds}-fold cross-validation over the sessions: rounds where the folds' mean "
-                       "NDCG@10 peaked, then one booster on every session") if cv else
-                      (f"the last {n_valid} sessions stop the boosting early" if n_valid else "none"),
+        "validation": (
+            f"{tcfg.cv_folds}-fold cross-validation over the sessions: rounds where the folds' mean "
+            "NDCG@10 peaked, then one booster on every session"
+        )
+        if cv
+        else (f"the last {n_valid} sessions stop the boosting early" if n_valid else "none"),
         "form": "staged: g(non-personal) + h(personal)" if h is not None else "one booster",
-        "importance_gain": importance, "minutes": round((time.perf_counter() - t0) / 60, 2),
+        "importance_gain": importance,
+        "minutes": round((time.perf_counter() - t0) / 60, 2),
         "training": dataclasses.asdict(tcfg),
         "point_in_time": "profiles and product counts from events strictly before each session",
     }
@@ -492,7 +592,13 @@ def train_ranker(engine, sessions: Sequence[Session], pit: PointInTime | None, t
         card["position_choice"] = choice  # validation NDCG@10 as served, with and without
     if POSITION in booster.feature_name():
         card["position_debias"] = "the logged position trained as an additive term; 0 for every candidate at serving"
-    ranker = Ranker(booster, booster.feature_name(), card, h, h.feature_name() if h is not None else None,
-                    check["scale"] if h is not None and check is not None else 1.0)
+    ranker = Ranker(
+        booster,
+        booster.feature_name(),
+        card,
+        h,
+        h.feature_name() if h is not None else None,
+        check["scale"] if h is not None and check is not None else 1.0,
+    )
     ranker.save(out)
     return card

@@ -16,19 +16,36 @@ from indexer.store import IndexLoadError
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
     ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--skip-bad-rows", action="store_true",
-                    help="index the valid rows and write rejected ones, with reasons, to a side file")
+    ap.add_argument(
+        "--skip-bad-rows",
+        action="store_true",
+        help="index the valid rows and write rejected ones, with reasons, to a side file",
+    )
     ap.add_argument("--no-progress", action="store_true")
-    ap.add_argument("--if-stale", action="store_true",
-                    help="rebuild only the indexes that are missing or out of date (config, catalog, encoder)")
-    ap.add_argument("--add", metavar="CATALOG", help="add the new products of this catalog file to the built "
-                    "indexes, without a full rebuild")
+    ap.add_argument(
+        "--if-stale",
+        action="store_true",
+        help="rebuild only the indexes that are missing or out of date (config, catalog, encoder)",
+    )
+    ap.add_argument(
+        "--add",
+        metavar="CATALOG",
+        help="add the new products of this catalog file to the built indexes, without a full rebuild",
+    )
     ap.add_argument("--delete", metavar="ID", nargs="+", help="delete products from every stage")
-    ap.add_argument("--backend", choices=("local", "milvus"), default=None,
-                    help="milvus: after the local build, write it into the Milvus collection (search.milvus) "
-                         "unless it holds the current build already (default: the config's search.backend)")
-    ap.add_argument("--ray", action="store_true", help="tokenize and encode the titles on Ray Data workers "
-                    "(RAY_ADDRESS for a cluster; always with --backend milvus)")
+    ap.add_argument(
+        "--backend",
+        choices=("local", "milvus"),
+        default=None,
+        help="milvus: after the local build, write it into the Milvus collection (search.milvus) "
+        "unless it holds the current build already (default: the config's search.backend)",
+    )
+    ap.add_argument(
+        "--ray",
+        action="store_true",
+        help="tokenize and encode the titles on Ray Data workers "
+        "(RAY_ADDRESS for a cluster; always with --backend milvus)",
+    )
     ap.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: every CPU)")
     args = ap.parse_args(argv)
     if args.add or args.delete:
@@ -67,9 +84,12 @@ def main(argv: list[str] | None = None) -> int:
 
             info = ensure_collection(cfg, progress=not args.no_progress)
             where = resolve_uri(cfg)
-            print(f"milvus: {where} holds the current build" if info is None else
-                  f"milvus: {info.n_products} products -> {where} ({info.collection}) in {info.seconds:.1f} s "
-                  f"({info.rows_per_s:.0f} rows/s)")
+            print(
+                f"milvus: {where} holds the current build"
+                if info is None
+                else f"milvus: {info.n_products} products -> {where} ({info.collection}) in {info.seconds:.1f} s "
+                f"({info.rows_per_s:.0f} rows/s)"
+            )
     except (ValueError, EcomsearchError) as e:  # ModelMissingError, IndexLoadError, ... are EcomsearchErrors
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -96,8 +116,7 @@ def update(args) -> int:
         if args.add:
             rejects = add_rejects_path(cfg)
             try:
-                new = read_catalog(args.add, cfg.catalog.columns, cfg.catalog.format,
-                                   skip_bad_rows=args.skip_bad_rows)
+                new = read_catalog(args.add, cfg.catalog.columns, cfg.catalog.format, skip_bad_rows=args.skip_bad_rows)
             except CatalogError as e:
                 if args.skip_bad_rows and e.errors:  # every row bad: the reasons still go to the side file
                     write_rejects(e.errors, rejects)
@@ -110,8 +129,10 @@ def update(args) -> int:
             print(f"added {report['added']} product(s) in {report['seconds']} s; products per stage: {stages}")
             if new.rejected:
                 print(f"{len(new.rejected)} rejected row(s), with reasons, written to {rejects}")
-            print("a running engine sees the additions after its reload (the service: POST /admin/reload, or its "
-                  "index watcher within serve.watch_seconds)")
+            print(
+                "a running engine sees the additions after its reload (the service: POST /admin/reload, or its "
+                "index watcher within serve.watch_seconds)"
+            )
     except (ConfigError, CatalogError, IndexLoadError, ModelMissingError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -42,8 +42,6 @@ def build_retriever(token_lists: Sequence[list[str]], cfg: BM25Config, progress:
     return retriever
 
 
-
-
 def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray) -> np.ndarray:
     """BM25 score of every product for one query: a sum of the query tokens' sparse columns.
 
@@ -93,8 +91,9 @@ class DocTokens:
         return cls(indptr, ids)
 
     def extend(self, other: "DocTokens") -> "DocTokens":
-        return DocTokens(np.concatenate([self.indptr, other.indptr[1:] + self.indptr[-1]]),
-                         np.concatenate([self.ids, other.ids]))
+        return DocTokens(
+            np.concatenate([self.indptr, other.indptr[1:] + self.indptr[-1]]), np.concatenate([self.ids, other.ids])
+        )
 
     def lists(self) -> list[list[int]]:
         return [self.ids[a:b].tolist() for a, b in zip(self.indptr[:-1], self.indptr[1:])]
@@ -103,8 +102,15 @@ class DocTokens:
 class BM25Index:
     """A loaded (or freshly built) BM25 index: one bm25s index per token field, the product table, the tokenizer."""
 
-    def __init__(self, retrievers: dict[str, bm25s.BM25], weights: dict[str, float], products: ProductTable,
-                 tokenizer: Tokenizer, manifest: dict | None = None, doc_tokens: dict[str, DocTokens] | None = None):
+    def __init__(
+        self,
+        retrievers: dict[str, bm25s.BM25],
+        weights: dict[str, float],
+        products: ProductTable,
+        tokenizer: Tokenizer,
+        manifest: dict | None = None,
+        doc_tokens: dict[str, DocTokens] | None = None,
+    ):
         self.retrievers = retrievers
         self.weights = weights
         self.products = products
@@ -119,10 +125,13 @@ class BM25Index:
 
     # -- building ---------------------------------------------------------
     @classmethod
-    def build(cls, catalog: Catalog, text_cfg: TextConfig, bm25_cfg: BM25Config, progress: bool = False,
-              runner=None) -> "BM25Index":
+    def build(
+        cls, catalog: Catalog, text_cfg: TextConfig, bm25_cfg: BM25Config, progress: bool = False, runner=None
+    ) -> "BM25Index":
         """``runner`` (:class:`indexer.distributed.RayRunner`): tokenize the titles on its workers."""
-        words = [w for col in (catalog.brands, catalog.categories) for w in col if w] if text_cfg.dict_from_catalog else []
+        words = (
+            [w for col in (catalog.brands, catalog.categories) for w in col if w] if text_cfg.dict_from_catalog else []
+        )
         tokenizer = Tokenizer(text_cfg, extra_words=words)
         many = runner.tokenizer(tokenizer, text_cfg, tokenizer.added_words) if runner is not None else tokenizer
         texts = catalog.index_texts()
@@ -138,8 +147,9 @@ class BM25Index:
             stats["index_s"] += time.perf_counter() - t1
             stats["n_without_tokens"] = max(stats["n_without_tokens"], sum(1 for t in tokens if not t))
             del tokens
-        index = cls(retrievers, dict(bm25_cfg.fields), ProductTable.from_catalog(catalog), tokenizer,
-                    doc_tokens=doc_tokens)
+        index = cls(
+            retrievers, dict(bm25_cfg.fields), ProductTable.from_catalog(catalog), tokenizer, doc_tokens=doc_tokens
+        )
         index.build_stats = stats
         return index
 
@@ -164,8 +174,9 @@ class BM25Index:
             r.vocab_dict = vocab
             r.unique_token_ids_set = set(vocab.values())
             retrievers[fname], doc_tokens[fname] = r, tokens
-        return BM25Index(retrievers, self.weights, self.products.append(catalog), self.tokenizer,
-                         dict(self.manifest), doc_tokens)
+        return BM25Index(
+            retrievers, self.weights, self.products.append(catalog), self.tokenizer, dict(self.manifest), doc_tokens
+        )
 
     def save_to(self, folder: Path) -> dict:
         """Write the index files into ``folder`` (used inside :func:`indexer.store.write_index`)."""
@@ -180,30 +191,52 @@ class BM25Index:
 
             build_query_tables(self).save(folder)
         any_r = next(iter(self.retrievers.values()))
-        return {"n_products": len(self.products),
-                "bm25": {"method": any_r.method, "k1": any_r.k1, "b": any_r.b, "fields": self.weights,
-                         "vocab_size": {f: len(r.vocab_dict) for f, r in self.retrievers.items()}}}
+        return {
+            "n_products": len(self.products),
+            "bm25": {
+                "method": any_r.method,
+                "k1": any_r.k1,
+                "b": any_r.b,
+                "fields": self.weights,
+                "vocab_size": {f: len(r.vocab_dict) for f, r in self.retrievers.items()},
+            },
+        }
 
     @classmethod
-    def load(cls, folder: Path, text_cfg: TextConfig, config_hash: str | None = None, mmap: bool = True,
-             verify: bool = True, tokenizer: Tokenizer | None = None) -> "BM25Index":
+    def load(
+        cls,
+        folder: Path,
+        text_cfg: TextConfig,
+        config_hash: str | None = None,
+        mmap: bool = True,
+        verify: bool = True,
+        tokenizer: Tokenizer | None = None,
+    ) -> "BM25Index":
         """An index from its build folder.  ``tokenizer``: one already built (a running engine's); reused when it
         was built from the same text settings and dictionary words (loading jieba's dictionary is most of the
         cost of opening a small index: an add followed by a reload would pay it twice)."""
         folder = Path(folder)
         manifest = read_manifest(folder, KIND, verify=verify)
         if config_hash is not None and manifest.get("config_hash") != config_hash:
-            raise IndexLoadError(f"{folder}: built with settings {manifest.get('config_hash')}, the config now "
-                                 f"gives {config_hash} (catalog, text or bm25 changed); rebuild with `make index`")
+            raise IndexLoadError(
+                f"{folder}: built with settings {manifest.get('config_hash')}, the config now "
+                f"gives {config_hash} (catalog, text or bm25 changed); rebuild with `make index`"
+            )
         weights = manifest["bm25"]["fields"]
-        retrievers = {f: bm25s.BM25.load(folder / f"bm25s-{f}", mmap=mmap, show_progress=False, verbosity=0)
-                      for f in weights}
+        retrievers = {
+            f: bm25s.BM25.load(folder / f"bm25s-{f}", mmap=mmap, show_progress=False, verbosity=0) for f in weights
+        }
         words = tuple(w for w in (folder / "dict_words.txt").read_text(encoding="utf-8").split("\n") if w)
         if tokenizer is None or tokenizer.source != (text_cfg, words):
             tokenizer = Tokenizer(text_cfg, extra_words=words)
         mode = "r" if mmap else None
-        doc_tokens = {f: DocTokens(np.load(folder / f"doc_tokens-{f}.indptr.npy", mmap_mode=mode),
-                                   np.load(folder / f"doc_tokens-{f}.ids.npy", mmap_mode=mode)) for f in weights}
+        doc_tokens = {
+            f: DocTokens(
+                np.load(folder / f"doc_tokens-{f}.indptr.npy", mmap_mode=mode),
+                np.load(folder / f"doc_tokens-{f}.ids.npy", mmap_mode=mode),
+            )
+            for f in weights
+        }
         index = cls(retrievers, weights, ProductTable.load(folder, mmap=mmap), tokenizer, manifest, doc_tokens)
         index.folder = folder
         return index
@@ -243,20 +276,27 @@ class BM25Index:
         return SearchResult(rows, top)
 
 
-def build_and_save(cfg: Config, catalog: Catalog, progress: bool = True, runner=None,
-                   commit=None) -> tuple[Path, dict, "BM25Index"]:
+def build_and_save(
+    cfg: Config, catalog: Catalog, progress: bool = True, runner=None, commit=None
+) -> tuple[Path, dict, "BM25Index"]:
     """Build the BM25 index for ``cfg`` and swap it in at ``<index_dir>/bm25`` (with ``commit``, an
     :class:`indexer.store.IndexCommit`: when it switches, with the other stages it built)."""
     t0 = time.perf_counter()
     index = BM25Index.build(catalog, cfg.text, cfg.bm25, progress=progress, runner=runner)
     build_s = time.perf_counter() - t0
-    extras = {"catalog": str(catalog.source), "catalog_sha256": sha256_file(catalog.source) if catalog.source else None,
-              "n_rejected": len(catalog.rejected), "n_without_tokens": index.build_stats["n_without_tokens"],
-              "build_seconds": round(build_s, 3)}
+    extras = {
+        "catalog": str(catalog.source),
+        "catalog_sha256": sha256_file(catalog.source) if catalog.source else None,
+        "n_rejected": len(catalog.rejected),
+        "n_without_tokens": index.build_stats["n_without_tokens"],
+        "build_seconds": round(build_s, 3),
+    }
     path = cfg.index_dir / KIND
     save = lambda folder: {**index.save_to(folder), **extras}  # noqa: E731
-    manifest = commit.build(KIND, save, KIND, cfg.index_fingerprint()) if commit is not None \
+    manifest = (
+        commit.build(KIND, save, KIND, cfg.index_fingerprint())
+        if commit is not None
         else write_index(path, save, KIND, cfg.index_fingerprint())
+    )
     index.manifest = manifest
     return path, manifest, index
-

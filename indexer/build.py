@@ -36,17 +36,24 @@ def load_catalog(cfg: Config, skip_bad_rows: bool | None = None) -> Catalog:
     except CatalogError as e:
         if skip and e.errors:  # every row bad: still say which and why
             write_rejects(e.errors, cfg.rejects_path)
-            raise CatalogError(f"{e} ({len(e.errors)} rejected rows with reasons in {cfg.rejects_path})",
-                               e.errors) from None
+            raise CatalogError(
+                f"{e} ({len(e.errors)} rejected rows with reasons in {cfg.rejects_path})", e.errors
+            ) from None
         raise
     if skip:  # rewritten on every skipping build, so it never lists rows of an older catalog
         write_rejects(catalog.rejected, cfg.rejects_path)
     return with_additions(cfg, catalog)
 
 
-def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool = True,
-                  catalog: Catalog | None = None, stages: Iterable[str] | None = None,
-                  runner=None, commit: IndexCommit | None = None) -> list[StageBuild]:
+def build_indexes(
+    cfg: Config,
+    skip_bad_rows: bool | None = None,
+    progress: bool = True,
+    catalog: Catalog | None = None,
+    stages: Iterable[str] | None = None,
+    runner=None,
+    commit: IndexCommit | None = None,
+) -> list[StageBuild]:
     """Build the indexes of ``stages`` (default: what the config's stages need).
 
     They replace the serving version together, only when all are complete (one
@@ -57,7 +64,8 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
     if commit is None:
         with index_commit(cfg.index_dir) as c:
             return build_indexes(cfg, skip_bad_rows, progress, catalog, stages, runner, c)
-    from indexer.updates import deleted_ids, exclude_deleted
+    from indexer.deleted import deleted_ids
+    from indexer.updates import exclude_deleted
 
     stages = list(stages) if stages is not None else index_stages(cfg)
     catalog = catalog or load_catalog(cfg, skip_bad_rows)
@@ -80,10 +88,17 @@ def build_indexes(cfg: Config, skip_bad_rows: bool | None = None, progress: bool
             if runner is not None:
                 encoder = runner.encoder(encoder)
             path = cfg.index_dir / stage
-            manifest, _ = dense.build_and_save(path, catalog.index_texts(), encoder, cfg.dense.factory,
-                                               cfg.index_fingerprint(), progress=progress,
-                                               extras={"catalog_sha256": catalog_sha, "n_products": len(catalog)},
-                                               groups=cfg.dense.groups, commit=commit)
+            manifest, _ = dense.build_and_save(
+                path,
+                catalog.index_texts(),
+                encoder,
+                cfg.dense.factory,
+                cfg.index_fingerprint(),
+                progress=progress,
+                extras={"catalog_sha256": catalog_sha, "n_products": len(catalog)},
+                groups=cfg.dense.groups,
+                commit=commit,
+            )
             detail = f"{manifest['factory']}, {manifest['titles_per_second']} titles/s, {manifest['n_groups']} groups"
         else:
             raise ValueError(f"no index for stage {stage!r}")
@@ -113,8 +128,11 @@ def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
         except IndexLoadError:
             stale.append(stage)
             continue
-        if manifest.get("config_hash") != cfg.index_fingerprint() or manifest.get("catalog_sha256") != catalog_sha \
-                or (n_rows is not None and manifest.get("n_products") != n_rows):
+        if (
+            manifest.get("config_hash") != cfg.index_fingerprint()
+            or manifest.get("catalog_sha256") != catalog_sha
+            or (n_rows is not None and manifest.get("n_products") != n_rows)
+        ):
             stale.append(stage)
         elif stage in DENSE_STAGES:
             from indexer.dense import stage_model
@@ -127,8 +145,11 @@ def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
                 if not (stage == "dense" and d.trim_vocab):
                     raise
                 fingerprint = None  # the trimmed copy is made by the build
-            if manifest.get("encoder", {}).get("fingerprint") != fingerprint or manifest.get("factory") != d.factory \
-                    or manifest.get("groups_configured") != d.groups:
+            if (
+                manifest.get("encoder", {}).get("fingerprint") != fingerprint
+                or manifest.get("factory") != d.factory
+                or manifest.get("groups_configured") != d.groups
+            ):
                 stale.append(stage)
     return stale
 

@@ -35,7 +35,7 @@ class ConfigError(EcomsearchError, ValueError):
 # Config.index_fingerprint ("index") and a trained model's settings hash ("train", finetune.job)
 NOT_INDEXED = {"index": "never"}  # it does not change what an index holds
 INDEXED_WHEN_SET = {"index": "when_set"}  # added after indexes existed: only a non-default value counts, so an
-                                          # index built before the setting stays current
+# index built before the setting stays current
 NOT_TRAINED = {"train": "never"}  # it does not change the trained model (wall time, where events are stored)
 TRAINED_WHEN_SET = {"train": "when_set"}  # added after models existed: a model trained before stays current
 
@@ -314,7 +314,7 @@ class FinetuneConfig:
     # graded judged pairs (Home Depot, 1-3): a judged product rated at least this is a positive, one rated below
     # it a known negative of its query (the cross-encoder learns the judged order, not only judged vs. unseen);
     # unset: every judged pair is a positive.  It enters the models' settings hashes with the training data's
-    # source (finetune.job.load_training_data), as the file does
+    # source (finetune.inputs.load_training_data), as the file does
     positive_relevance: float | None = None
     # judged pairs: dev queries for evaluation during training (default: eval.queries)
     dev: Path | None = None
@@ -393,8 +393,9 @@ class Config:
         for name in ("user_dict", "stopwords"):
             p = getattr(self.text, name)
             if p is not None:
-                payload["text"][name + "_sha256"] = hashlib.sha256(Path(p).read_bytes()).hexdigest() \
-                    if Path(p).is_file() else "missing"
+                payload["text"][name + "_sha256"] = (
+                    hashlib.sha256(Path(p).read_bytes()).hexdigest() if Path(p).is_file() else "missing"
+                )
         blob = json.dumps(payload, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -428,8 +429,19 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-_PATH_FIELDS = {"path", "rejects_path", "user_dict", "stopwords", "queries", "trim_queries", "train", "dev", "out_dir",
-                "distill_from", "init_from"}
+_PATH_FIELDS = {
+    "path",
+    "rejects_path",
+    "user_dict",
+    "stopwords",
+    "queries",
+    "trim_queries",
+    "train",
+    "dev",
+    "out_dir",
+    "distill_from",
+    "init_from",
+}
 
 
 def _section(data, where: str) -> dict:
@@ -461,8 +473,9 @@ def _build(cls, data: dict | None, where: str, root: Path):
             except ValueError:
                 pass
         if not _has_type(value, hints[name]):
-            raise ConfigError(f"{where}.{name}: expected {_type_name(hints[name])}, got {type(value).__name__} "
-                              f"{value!r}")
+            raise ConfigError(
+                f"{where}.{name}: expected {_type_name(hints[name])}, got {type(value).__name__} {value!r}"
+            )
     try:
         return cls(**data)
     except TypeError as e:
@@ -481,8 +494,9 @@ def _has_type(value: Any, tp: Any) -> bool:
     if origin is list:
         return isinstance(value, list) and (not args or all(_has_type(v, args[0]) for v in value))
     if origin is dict:
-        return isinstance(value, dict) and (not args or all(_has_type(k, args[0]) and _has_type(v, args[1])
-                                                            for k, v in value.items()))
+        return isinstance(value, dict) and (
+            not args or all(_has_type(k, args[0]) and _has_type(v, args[1]) for k, v in value.items())
+        )
     if tp is bool:
         return isinstance(value, bool)
     if tp is int:
@@ -594,8 +608,22 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
 def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Config:
     where = str(source or "config")
     raw = dict(raw)
-    known = {"name", "root", "catalog", "index_dir", "text", "bm25", "dense", "search", "rerank", "finetune", "eval",
-             "personal", "serve", "query"}
+    known = {
+        "name",
+        "root",
+        "catalog",
+        "index_dir",
+        "text",
+        "bm25",
+        "dense",
+        "search",
+        "rerank",
+        "finetune",
+        "eval",
+        "personal",
+        "serve",
+        "query",
+    }
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -635,13 +663,20 @@ def _validate(cfg: Config, where: str) -> None:
     allowed_cols = {"id", "title", "category", "brand", "price", "attributes"}
     bad = set(cfg.catalog.columns) - allowed_cols
     if bad:
-        raise ConfigError(f"{where}: catalog.columns maps unknown field(s) {sorted(bad)}; known: {sorted(allowed_cols)}")
+        raise ConfigError(
+            f"{where}: catalog.columns maps unknown field(s) {sorted(bad)}; known: {sorted(allowed_cols)}"
+        )
     if cfg.bm25.method not in {"robertson", "lucene", "atire", "bm25l", "bm25+"}:
-        raise ConfigError(f"{where}: bm25.method {cfg.bm25.method!r} is not one of robertson, lucene, atire, bm25l, bm25+")
+        raise ConfigError(
+            f"{where}: bm25.method {cfg.bm25.method!r} is not one of robertson, lucene, atire, bm25l, bm25+"
+        )
     if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1:
         raise ConfigError(f"{where}: bm25 needs k1 >= 0 and 0 <= b <= 1")
-    if not cfg.bm25.fields or any(f not in ("words", "chars") for f in cfg.bm25.fields) \
-            or any(not isinstance(w, (int, float)) or w <= 0 for w in cfg.bm25.fields.values()):
+    if (
+        not cfg.bm25.fields
+        or any(f not in ("words", "chars") for f in cfg.bm25.fields)
+        or any(not isinstance(w, (int, float)) or w <= 0 for w in cfg.bm25.fields.values())
+    ):
         raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
     if cfg.text.unknown_word_ngrams < 0:
         raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
@@ -661,8 +696,9 @@ def _validate(cfg: Config, where: str) -> None:
     if ft.crossencoder.loss not in ("listwise", "pointwise", "graded"):
         raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise, pointwise or graded")
     if ft.crossencoder.init not in ("base", "bi-encoder"):
-        raise ConfigError(f"{where}: finetune.crossencoder.init must be base or bi-encoder, not "
-                          f"{ft.crossencoder.init!r}")
+        raise ConfigError(
+            f"{where}: finetune.crossencoder.init must be base or bi-encoder, not {ft.crossencoder.init!r}"
+        )
     if ft.crossencoder.group_size < 2:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
     if ft.ranker.cv_folds < 0 or ft.ranker.cv_folds == 1:
@@ -673,30 +709,38 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: rerank.ranker orders the cross-encoder's candidates: set rerank.model too")
     if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
         raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
-    for name, runtime, quantize in (("rerank", cfg.rerank.runtime, cfg.rerank.quantize),
-                                    ("dense.query", cfg.dense.query_runtime, cfg.dense.query_quantize)):
+    for name, runtime, quantize in (
+        ("rerank", cfg.rerank.runtime, cfg.rerank.quantize),
+        ("dense.query", cfg.dense.query_runtime, cfg.dense.query_quantize),
+    ):
         if runtime not in ("torch", "onnx") or quantize not in ("none", "int8"):
-            raise ConfigError(f"{where}: {name} runtime must be torch or onnx and quantize none or int8, "
-                              f"not {runtime!r} / {quantize!r}")
+            raise ConfigError(
+                f"{where}: {name} runtime must be torch or onnx and quantize none or int8, "
+                f"not {runtime!r} / {quantize!r}"
+            )
         if quantize != "none" and runtime != "onnx":
             raise ConfigError(f"{where}: {name} quantize {quantize!r} needs runtime onnx")
     sc = cfg.search
     if sc.backend not in ("local", "milvus"):
         raise ConfigError(f"{where}: search.backend {sc.backend!r} is not one of local, milvus")
     if sc.milvus.index_type.upper() not in ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"):
-        raise ConfigError(f"{where}: search.milvus.index_type {sc.milvus.index_type!r} is not one of FLAT, IVF_FLAT, "
-                          "IVF_SQ8, HNSW")
+        raise ConfigError(
+            f"{where}: search.milvus.index_type {sc.milvus.index_type!r} is not one of FLAT, IVF_FLAT, IVF_SQ8, HNSW"
+        )
     if sc.milvus.insert_batch < 1 or sc.milvus.bm25_oversample < 1:
         raise ConfigError(f"{where}: search.milvus.insert_batch and bm25_oversample must be >= 1")
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
         raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
     pc = cfg.personal
     if pc.store not in ("sqlite", "postgres"):
-        raise ConfigError(f"{where}: personal.store {pc.store!r} is not built in (sqlite, postgres); a shop's own "
-                          "store plugs in through engine.events.EventStore")
+        raise ConfigError(
+            f"{where}: personal.store {pc.store!r} is not built in (sqlite, postgres); a shop's own "
+            "store plugs in through engine.events.EventStore"
+        )
     if pc.store == "postgres" and not (pc.dsn or os.environ.get("ECOMSEARCH_PG_DSN")):
-        raise ConfigError(f"{where}: personal.store postgres needs personal.dsn or the environment variable "
-                          "ECOMSEARCH_PG_DSN")
+        raise ConfigError(
+            f"{where}: personal.store postgres needs personal.dsn or the environment variable ECOMSEARCH_PG_DSN"
+        )
     if pc.half_life_days <= 0 or pc.retention_days <= 0:
         raise ConfigError(f"{where}: personal.half_life_days and personal.retention_days must be > 0")
     bad = set(pc.gains) - {"impression", "click", "add_to_cart", "purchase"}

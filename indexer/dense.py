@@ -52,8 +52,7 @@ def product_groups(vectors: np.ndarray, k: int, seed: int = 1234) -> tuple[np.nd
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     if len(x) == 0:
         return np.zeros(0, dtype=np.int32), np.zeros((0, x.shape[1] if x.ndim == 2 else 0), dtype=np.float32)
-    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False,
-                      max_points_per_centroid=256)
+    km = faiss.Kmeans(x.shape[1], k, niter=20, seed=seed, spherical=True, verbose=False, max_points_per_centroid=256)
     km.train(x)
     return assign_groups(x, km.centroids), np.asarray(km.centroids, dtype=np.float32)
 
@@ -69,9 +68,17 @@ def assign_groups(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 class DenseIndex:
-    def __init__(self, index: faiss.Index, encoder: dict, manifest: dict | None = None, nprobe: int = 32,
-                 ef_search: int = 128, vectors: np.ndarray | None = None, groups: np.ndarray | None = None,
-                 group_centroids: np.ndarray | None = None):
+    def __init__(
+        self,
+        index: faiss.Index,
+        encoder: dict,
+        manifest: dict | None = None,
+        nprobe: int = 32,
+        ef_search: int = 128,
+        vectors: np.ndarray | None = None,
+        groups: np.ndarray | None = None,
+        group_centroids: np.ndarray | None = None,
+    ):
         self.index = index
         self.vectors = vectors  # [n, d] float16 by product row
         self.groups = groups  # [n] int32 by product row
@@ -89,7 +96,9 @@ class DenseIndex:
     def _to_gpu(self) -> None:
         try:
             self._search_index = faiss.index_cpu_to_all_gpus(self.index)
-            if faiss.try_extract_index_ivf(self.index.index if isinstance(self.index, faiss.IndexIDMap) else self.index):
+            if faiss.try_extract_index_ivf(
+                self.index.index if isinstance(self.index, faiss.IndexIDMap) else self.index
+            ):
                 faiss.GpuParameterSpace().set_index_parameter(self._search_index, "nprobe", self.nprobe)
             self.on_gpu = True
         except Exception as e:  # e.g. HNSW has no GPU version: search it on the CPU
@@ -108,8 +117,10 @@ class DenseIndex:
         if not index.is_trained:
             ivf = faiss.try_extract_index_ivf(base) if hasattr(faiss, "try_extract_index_ivf") else None
             if ivf is not None and n < ivf.nlist:
-                raise ValueError(f"dense.factory {factory!r} needs at least {ivf.nlist} products to train, "
-                                 f"the catalog has {n}; use Flat or fewer lists")
+                raise ValueError(
+                    f"dense.factory {factory!r} needs at least {ivf.nlist} products to train, "
+                    f"the catalog has {n}; use Flat or fewer lists"
+                )
             index.train(vectors)
         ids = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         index.add_with_ids(vectors, ids)
@@ -164,23 +175,37 @@ class DenseIndex:
         np.save(folder / "vectors.npy", np.asarray(self.vectors, dtype=np.float16))
         np.save(folder / "groups.npy", np.asarray(self.groups, dtype=np.int32))
         np.save(folder / "group_centroids.npy", np.asarray(self.group_centroids, dtype=np.float32))
-        return {"n_vectors": self.n, "encoder": self.encoder, "factory": self.manifest.get("factory"),
-                "n_groups": int(len(self.group_centroids))}
+        return {
+            "n_vectors": self.n,
+            "encoder": self.encoder,
+            "factory": self.manifest.get("factory"),
+            "n_groups": int(len(self.group_centroids)),
+        }
 
     @classmethod
-    def load(cls, folder: Path, encoder_fingerprint: str | None, verify: bool = True, nprobe: int = 32,
-             ef_search: int = 128) -> "DenseIndex":
+    def load(
+        cls, folder: Path, encoder_fingerprint: str | None, verify: bool = True, nprobe: int = 32, ef_search: int = 128
+    ) -> "DenseIndex":
         folder = Path(folder)
         manifest = read_manifest(folder, KIND, verify=verify)
         built_with = manifest.get("encoder", {}).get("fingerprint")
         if encoder_fingerprint is not None and built_with != encoder_fingerprint:
-            raise IndexLoadError(f"{folder}: built with encoder {built_with} "
-                                 f"({manifest.get('encoder', {}).get('model')}), the config's encoder is "
-                                 f"{encoder_fingerprint}: its vectors are not comparable; rebuild with `make index`")
+            raise IndexLoadError(
+                f"{folder}: built with encoder {built_with} "
+                f"({manifest.get('encoder', {}).get('model')}), the config's encoder is "
+                f"{encoder_fingerprint}: its vectors are not comparable; rebuild with `make index`"
+            )
         index = faiss.read_index(str(folder / "faiss.index"))
-        return cls(index, manifest["encoder"], manifest, nprobe, ef_search,
-                   vectors=np.load(folder / "vectors.npy", mmap_mode="r"), groups=np.load(folder / "groups.npy"),
-                   group_centroids=np.load(folder / "group_centroids.npy"))
+        return cls(
+            index,
+            manifest["encoder"],
+            manifest,
+            nprobe,
+            ef_search,
+            vectors=np.load(folder / "vectors.npy", mmap_mode="r"),
+            groups=np.load(folder / "groups.npy"),
+            group_centroids=np.load(folder / "group_centroids.npy"),
+        )
 
 
 def stage_model(cfg, stage: str):
@@ -221,9 +246,17 @@ def stage_index_dir(cfg, stage: str) -> Path:
     return cfg.index_dir / stage
 
 
-def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_hash: str,
-                   progress: bool = True, extras: dict | None = None, groups: int = 0,
-                   commit=None) -> tuple[dict, DenseIndex]:
+def build_and_save(
+    path: Path,
+    texts: list[str],
+    encoder,
+    factory: str,
+    config_hash: str,
+    progress: bool = True,
+    extras: dict | None = None,
+    groups: int = 0,
+    commit=None,
+) -> tuple[dict, DenseIndex]:
     """Encode ``texts`` (one per product row), group them, and swap a new dense index in at ``path`` (with
     ``commit``, an :class:`indexer.store.IndexCommit`: when it switches, with the other stages it built)."""
     t0 = time.perf_counter()
@@ -234,14 +267,29 @@ def build_and_save(path: Path, texts: list[str], encoder, factory: str, config_h
     k = n_groups(len(texts), groups)
     group_of, centroids = product_groups(vecs, k)
     t3 = time.perf_counter()
-    dense = DenseIndex(index, encoder.describe(), {"factory": factory}, vectors=vecs.astype(np.float16),
-                       groups=group_of, group_centroids=centroids)
-    extras = {**(extras or {}), "factory": factory, "groups_configured": groups, "encode_seconds": round(t1 - t0, 2),
-              "build_seconds": round(t2 - t1, 2), "kmeans_seconds": round(t3 - t2, 2),
-              "titles_per_second": round(len(texts) / max(t1 - t0, 1e-9), 1)}
+    dense = DenseIndex(
+        index,
+        encoder.describe(),
+        {"factory": factory},
+        vectors=vecs.astype(np.float16),
+        groups=group_of,
+        group_centroids=centroids,
+    )
+    extras = {
+        **(extras or {}),
+        "factory": factory,
+        "groups_configured": groups,
+        "encode_seconds": round(t1 - t0, 2),
+        "build_seconds": round(t2 - t1, 2),
+        "kmeans_seconds": round(t3 - t2, 2),
+        "titles_per_second": round(len(texts) / max(t1 - t0, 1e-9), 1),
+    }
     save = lambda folder: {**dense.save_to(folder), **extras}  # noqa: E731
-    manifest = commit.build(Path(path).name, save, KIND, config_hash) if commit is not None \
+    manifest = (
+        commit.build(Path(path).name, save, KIND, config_hash)
+        if commit is not None
         else write_index(path, save, KIND, config_hash)
+    )
     dense.manifest = manifest
     return manifest, dense
 

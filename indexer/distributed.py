@@ -31,8 +31,9 @@ def start_ray(workers: int | None = None) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
-        ray.init(num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        ray.init(
+            num_cpus=workers or os.cpu_count(), include_dashboard=False, log_to_driver=False, configure_logging=False
+        )
     ray.data.DataContext.get_current().enable_progress_bars = False
 
 
@@ -89,14 +90,19 @@ class RayTokenizer:
     def __getattr__(self, name):
         return getattr(self._tok, name)
 
-    def tokenize_many(self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize",
-                      field: str = "words") -> list[list[str]]:
+    def tokenize_many(
+        self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize", field: str = "words"
+    ) -> list[list[str]]:
         import ray
 
         t0 = time.perf_counter()
         ds = _dataset(texts, self.block).map_batches(
-            _TokenizeActor, fn_constructor_args=(self._cfg, self._words, field), batch_size=500,
-            compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=1)
+            _TokenizeActor,
+            fn_constructor_args=(self._cfg, self._words, field),
+            batch_size=500,
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=1,
+        )
         joined = _collect(ds, len(texts), "tokens")
         self.seconds += time.perf_counter() - t0
         return [s.split("\x1f") if s else [] for s in joined]
@@ -119,14 +125,20 @@ class RayEncoder:
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         gpus = 1 if self._enc.device.startswith("cuda") else 0
         ds = _dataset(texts, self.block).map_batches(
-            _EncodeActor, fn_constructor_args=(self._enc.model_path, self._enc.max_length, self._enc.batch_size,
-                                               threads),
-            batch_size=self.block, compute=ray.data.ActorPoolStrategy(size=self.workers),
-            num_cpus=0 if gpus else 1, num_gpus=gpus)
+            _EncodeActor,
+            fn_constructor_args=(self._enc.model_path, self._enc.max_length, self._enc.batch_size, threads),
+            batch_size=self.block,
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=0 if gpus else 1,
+            num_gpus=gpus,
+        )
         vecs = _collect(ds, len(texts), "vector")
         self.seconds += time.perf_counter() - t0
-        return np.ascontiguousarray(np.stack(vecs), dtype=np.float32) if vecs else \
-            np.zeros((0, self._enc.dim), dtype=np.float32)
+        return (
+            np.ascontiguousarray(np.stack(vecs), dtype=np.float32)
+            if vecs
+            else np.zeros((0, self._enc.dim), dtype=np.float32)
+        )
 
 
 class RayRunner:

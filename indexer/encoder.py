@@ -54,7 +54,11 @@ def model_fingerprint(path: Path | str, max_length: int) -> str:
     h = hashlib.sha256(f"max_length={max_length}".encode())
     if p.is_dir():
         for f in sorted(p.rglob("*")):
-            if f.is_file() and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model") and f.name != "README.md":
+            if (
+                f.is_file()
+                and f.suffix in (".json", ".safetensors", ".bin", ".txt", ".model")
+                and f.name != "README.md"
+            ):
                 h.update(f.relative_to(p).as_posix().encode())
                 h.update(_file_digest(f).encode())
     else:
@@ -106,8 +110,10 @@ class Encoder:
         except OSError as e:
             if Path(str(self.model_path)).exists():
                 raise
-            raise ModelMissingError(f"could not load {self.model_path!r} from a model hub ({e.__class__.__name__}); "
-                                    "point the config at a local folder, or build the base model with `make model`") from None
+            raise ModelMissingError(
+                f"could not load {self.model_path!r} from a model hub ({e.__class__.__name__}); "
+                "point the config at a local folder, or build the base model with `make model`"
+            ) from None
         self.model.max_seq_length = self.max_length
         if self.device.startswith("cuda"):
             self.model.half()
@@ -121,8 +127,13 @@ class Encoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         # sentence-transformers sorts each call's texts by length before batching
         with self._lock:
-            vecs = self.model.encode([prefix + t for t in texts], batch_size=self.batch_size, convert_to_numpy=True,
-                                     normalize_embeddings=True, show_progress_bar=progress)
+            vecs = self.model.encode(
+                [prefix + t for t in texts],
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=progress,
+            )
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def encode_queries(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
@@ -132,5 +143,9 @@ class Encoder:
         return self._encode(texts, PASSAGE_PREFIX, progress)
 
     def describe(self) -> dict:
-        return {"model": str(self.model_path), "max_length": self.max_length, "dim": self.dim,
-                "fingerprint": self.fingerprint}
+        return {
+            "model": str(self.model_path),
+            "max_length": self.max_length,
+            "dim": self.dim,
+            "fingerprint": self.fingerprint,
+        }

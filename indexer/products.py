@@ -76,8 +76,16 @@ def _encode(values: Sequence[str | None]) -> tuple[np.ndarray, list[str]]:
 class ProductTable:
     """Ids, titles, categories, brands and prices of an index's products, by row."""
 
-    def __init__(self, ids: StringColumn, titles: StringColumn, category_codes: np.ndarray,
-                 categories: list[str], brand_codes: np.ndarray, brands: list[str], prices: np.ndarray):
+    def __init__(
+        self,
+        ids: StringColumn,
+        titles: StringColumn,
+        category_codes: np.ndarray,
+        categories: list[str],
+        brand_codes: np.ndarray,
+        brands: list[str],
+        prices: np.ndarray,
+    ):
         self.ids = ids
         self.titles = titles
         self.category_codes = category_codes
@@ -91,14 +99,22 @@ class ProductTable:
     def from_catalog(cls, catalog: Catalog) -> "ProductTable":
         cat_codes, cats = _encode(catalog.categories)
         brand_codes, brands = _encode(catalog.brands)
-        return cls(StringColumn.from_strings(catalog.ids), StringColumn.from_strings(catalog.titles),
-                   cat_codes, cats, brand_codes, brands, np.asarray(catalog.prices, dtype=np.float64))
+        return cls(
+            StringColumn.from_strings(catalog.ids),
+            StringColumn.from_strings(catalog.titles),
+            cat_codes,
+            cats,
+            brand_codes,
+            brands,
+            np.asarray(catalog.prices, dtype=np.float64),
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def append(self, catalog: Catalog) -> "ProductTable":
         """A new table with ``catalog``'s products as rows len(self)..; category/brand codes extended."""
+
         def extend(codes, vocab, values):
             vocab = list(vocab)
             pos = {v: i for i, v in enumerate(vocab)}
@@ -108,9 +124,15 @@ class ProductTable:
 
         cat_codes, cats = extend(self.category_codes, self.categories, catalog.categories)
         brand_codes, brands = extend(self.brand_codes, self.brands, catalog.brands)
-        return ProductTable(self.ids.extend(catalog.ids), self.titles.extend(catalog.titles),
-                            cat_codes, cats, brand_codes, brands,
-                            np.concatenate([np.asarray(self.prices), np.asarray(catalog.prices, dtype=np.float64)]))
+        return ProductTable(
+            self.ids.extend(catalog.ids),
+            self.titles.extend(catalog.titles),
+            cat_codes,
+            cats,
+            brand_codes,
+            brands,
+            np.concatenate([np.asarray(self.prices), np.asarray(catalog.prices, dtype=np.float64)]),
+        )
 
     def row_map(self) -> dict[str, int]:
         """Product id -> row, built once.  An id added again after its delete has two rows: the newest
@@ -132,12 +154,19 @@ class ProductTable:
         """Row of a product id (KeyError if absent)."""
         return self.row_map()[pid]
 
-    def mask(self, category: str | Sequence[str] | None = None, brand: str | Sequence[str] | None = None,
-             price_min: float | None = None, price_max: float | None = None) -> np.ndarray:
+    def mask(
+        self,
+        category: str | Sequence[str] | None = None,
+        brand: str | Sequence[str] | None = None,
+        price_min: float | None = None,
+        price_max: float | None = None,
+    ) -> np.ndarray:
         """Boolean mask of the products that pass every given filter."""
         keep = np.ones(len(self), dtype=bool)
-        for values, codes, vocab in ((category, self.category_codes, self.categories),
-                                     (brand, self.brand_codes, self.brands)):
+        for values, codes, vocab in (
+            (category, self.category_codes, self.categories),
+            (brand, self.brand_codes, self.brands),
+        ):
             if values is None:
                 continue
             wanted = [values] if isinstance(values, str) else list(values)
@@ -155,14 +184,20 @@ class ProductTable:
         np.save(folder / "category_codes.npy", self.category_codes)
         np.save(folder / "brand_codes.npy", self.brand_codes)
         np.save(folder / "prices.npy", self.prices)
-        (folder / "facets.json").write_text(json.dumps({"categories": self.categories, "brands": self.brands},
-                                                       ensure_ascii=False), encoding="utf-8")
+        (folder / "facets.json").write_text(
+            json.dumps({"categories": self.categories, "brands": self.brands}, ensure_ascii=False), encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, folder: Path, mmap: bool = True) -> "ProductTable":
         facets = json.loads((folder / "facets.json").read_text(encoding="utf-8"))
         mode = "r" if mmap else None
-        return cls(StringColumn.load(folder, "ids", mmap), StringColumn.load(folder, "titles", mmap),
-                   np.load(folder / "category_codes.npy", mmap_mode=mode), facets["categories"],
-                   np.load(folder / "brand_codes.npy", mmap_mode=mode), facets["brands"],
-                   np.load(folder / "prices.npy", mmap_mode=mode))
+        return cls(
+            StringColumn.load(folder, "ids", mmap),
+            StringColumn.load(folder, "titles", mmap),
+            np.load(folder / "category_codes.npy", mmap_mode=mode),
+            facets["categories"],
+            np.load(folder / "brand_codes.npy", mmap_mode=mode),
+            facets["brands"],
+            np.load(folder / "prices.npy", mmap_mode=mode),
+        )

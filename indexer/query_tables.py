@@ -41,8 +41,20 @@ _HAN_WORD = re.compile(r"[\u4e00-\u9fff]{2,4}")
 _HAN_RUN = re.compile(r"[\u4e00-\u9fff]{2,}")
 _NUM_UNIT = re.compile(r"\d+(?:\.\d+)?([a-z\u4e00-\u9fff]+)")
 # unit spellings that mean the same unit (query understanding picks the catalog's)
-UNIT_GROUPS = (("ml", "毫升"), ("l", "升"), ("kg", "千克", "公斤"), ("g", "克"), ("cm", "厘米"), ("mm", "毫米"),
-               ("w", "瓦"), ("v", "伏"), ("mah", "毫安", "毫安时"), ("inch", "英寸"), ("gb", "g内存"), ("m", "米"))
+UNIT_GROUPS = (
+    ("ml", "毫升"),
+    ("l", "升"),
+    ("kg", "千克", "公斤"),
+    ("g", "克"),
+    ("cm", "厘米"),
+    ("mm", "毫米"),
+    ("w", "瓦"),
+    ("v", "伏"),
+    ("mah", "毫安", "毫安时"),
+    ("inch", "英寸"),
+    ("gb", "g内存"),
+    ("m", "米"),
+)
 
 
 @dataclass
@@ -119,15 +131,23 @@ def build_query_tables(bm25, min_df: int = 2, min_pair: int = 3) -> QueryTables:
     pairs: dict[str, int] = {}
     for t in titles:
         for run in _HAN_RUN.findall(t):
-            for bg in {run[i:i + 2] for i in range(len(run) - 1)}:
+            for bg in {run[i : i + 2] for i in range(len(run) - 1)}:
                 pairs[bg] = pairs.get(bg, 0) + 1
     bigrams = sorted(bg for bg, n in pairs.items() if n >= 2)
-    return QueryTables(df_map, n_docs, units, pinyin, homophones,
-                       mine_aliases(doc_tokens, tokens, df, titles, min_df, min_pair), bigrams)
+    return QueryTables(
+        df_map,
+        n_docs,
+        units,
+        pinyin,
+        homophones,
+        mine_aliases(doc_tokens, tokens, df, titles, min_df, min_pair),
+        bigrams,
+    )
 
 
-def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df: int = 2,
-                 min_pair: int = 3) -> dict[str, list[str]]:
+def mine_aliases(
+    doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df: int = 2, min_pair: int = 3
+) -> dict[str, list[str]]:
     """Latin token ↔ Han word pairs that name the same thing (see the module docstring).  Besides
     co-occurring, a pair must be written side by side (``华为huawei``, ``apple/苹果``, ``戴森(dyson)``) in at
     least a third of the titles that hold both: what separates a name's two spellings from a topic's
@@ -137,8 +157,9 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
     from indexer.text import LATIN_UNITS
 
     # a name is letters (not a unit, not a model number)
-    latin = np.array([str(t).isascii() and str(t).isalpha() and len(str(t)) >= 2 and str(t) not in LATIN_UNITS
-                      for t in tokens]) & (df >= min_df)
+    latin = np.array(
+        [str(t).isascii() and str(t).isalpha() and len(str(t)) >= 2 and str(t) not in LATIN_UNITS for t in tokens]
+    ) & (df >= min_df)
     han = np.array([bool(_HAN_WORD.fullmatch(str(t))) for t in tokens]) & (df >= min_df)
     if not latin.any() or not han.any():
         return {}
@@ -168,10 +189,18 @@ def mine_aliases(doc_tokens, tokens: np.ndarray, df: np.ndarray, titles, min_df:
         a, b = str(tokens[L[li]]), str(tokens[H[hi]])
         if tags.get(b) is not None and tags[b] not in NAME_TAGS:
             continue  # a common word (代购, 照明), not a name
-        both = np.intersect1d(Xc.indices[Xc.indptr[L[li]]:Xc.indptr[L[li] + 1]],
-                              Xc.indices[Xc.indptr[H[hi]]:Xc.indptr[H[hi] + 1]])
-        side = re.compile(re.escape(a) + r"[\s/()（）\-]{0,2}" + re.escape(b) + "|" + re.escape(b)
-                          + r"[\s/()（）\-]{0,2}" + re.escape(a))
+        both = np.intersect1d(
+            Xc.indices[Xc.indptr[L[li]] : Xc.indptr[L[li] + 1]], Xc.indices[Xc.indptr[H[hi]] : Xc.indptr[H[hi] + 1]]
+        )
+        side = re.compile(
+            re.escape(a)
+            + r"[\s/()（）\-]{0,2}"
+            + re.escape(b)
+            + "|"
+            + re.escape(b)
+            + r"[\s/()（）\-]{0,2}"
+            + re.escape(a)
+        )
         if sum(1 for d in both if side.search(titles[d])) * 3 < len(both):
             continue
         aliases.setdefault(a, []).append(b)

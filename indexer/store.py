@@ -264,15 +264,19 @@ def read_manifest(folder: Path, kind: str, verify: bool = True) -> dict:
         raise IndexLoadError(f"{folder}: holds a {manifest.get('kind')!r} index, expected {kind!r}")
     version = manifest.get("format_version")
     if version != FORMAT_VERSIONS[kind]:
-        raise IndexLoadError(f"{folder}: index format version {version}, this engine reads version "
-                             f"{FORMAT_VERSIONS[kind]}; rebuild it with `make index`")
+        raise IndexLoadError(
+            f"{folder}: index format version {version}, this engine reads version "
+            f"{FORMAT_VERSIONS[kind]}; rebuild it with `make index`"
+        )
     for rel, info in manifest.get("files", {}).items():
         p = folder / rel
         if not p.is_file():
             raise IndexLoadError(f"{folder}: file {rel} listed in the manifest is missing; rebuild with `make index`")
         if p.stat().st_size != info["bytes"]:
-            raise IndexLoadError(f"{p}: size {p.stat().st_size} bytes, manifest says {info['bytes']}: "
-                                 "the index is corrupt; rebuild with `make index`")
+            raise IndexLoadError(
+                f"{p}: size {p.stat().st_size} bytes, manifest says {info['bytes']}: "
+                "the index is corrupt; rebuild with `make index`"
+            )
         if verify and sha256_file(p) != info["sha256"]:
             raise IndexLoadError(f"{p}: checksum mismatch: the index is corrupt; rebuild with `make index`")
     return manifest

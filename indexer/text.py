@@ -37,14 +37,83 @@ jieba.setLogLevel(logging.WARNING)
 
 # Latin units that join a preceding number ("500 ml" -> "500ml").
 LATIN_UNITS = (
-    "ml", "l", "g", "kg", "mg", "gb", "tb", "mb", "cm", "mm", "m", "km", "w", "kw", "v",
-    "mah", "ah", "hz", "ghz", "mhz", "oz", "lb", "lbs", "in", "inch", "ft", "p", "k", "x",
+    "ml",
+    "l",
+    "g",
+    "kg",
+    "mg",
+    "gb",
+    "tb",
+    "mb",
+    "cm",
+    "mm",
+    "m",
+    "km",
+    "w",
+    "kw",
+    "v",
+    "mah",
+    "ah",
+    "hz",
+    "ghz",
+    "mhz",
+    "oz",
+    "lb",
+    "lbs",
+    "in",
+    "inch",
+    "ft",
+    "p",
+    "k",
+    "x",
 )
 # Chinese measure words and units that form one token with a preceding number (41寸, 3斤).
 HAN_UNITS = (
-    "毫升", "厘米", "毫米", "公斤", "千克", "英寸", "寸", "克", "斤", "升", "米", "码", "瓦", "伏",
-    "片", "粒", "支", "包", "袋", "盒", "瓶", "罐", "箱", "个", "只", "件", "套", "张", "双", "条",
-    "块", "卷", "本", "册", "层", "匹", "岁", "号", "度", "色", "代", "年", "月", "天", "人",
+    "毫升",
+    "厘米",
+    "毫米",
+    "公斤",
+    "千克",
+    "英寸",
+    "寸",
+    "克",
+    "斤",
+    "升",
+    "米",
+    "码",
+    "瓦",
+    "伏",
+    "片",
+    "粒",
+    "支",
+    "包",
+    "袋",
+    "盒",
+    "瓶",
+    "罐",
+    "箱",
+    "个",
+    "只",
+    "件",
+    "套",
+    "张",
+    "双",
+    "条",
+    "块",
+    "卷",
+    "本",
+    "册",
+    "层",
+    "匹",
+    "岁",
+    "号",
+    "度",
+    "色",
+    "代",
+    "年",
+    "月",
+    "天",
+    "人",
 )
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff\ufff0-\uffff]")
@@ -58,27 +127,43 @@ _NUM_HAN_UNIT = re.compile(r"(" + "|".join(sorted(HAN_UNITS, key=len, reverse=Tr
 _MIXED_FRACTION = re.compile(r"(?<![\d.])(\d+)[\s-]+(\d+)/(\d+)(?![\d/])")
 _FRACTION = re.compile(r"(?<![\d./])(\d+)/(\d+)(?![\d/])")
 ENGLISH_UNITS = {
-    "in": ("inches", "inch", "in", '"', "''"), "ft": ("feet", "foot", "ft", "'"),
-    "gal": ("gallons", "gallon", "gal"), "lb": ("pounds", "pound", "lbs", "lb"), "oz": ("ounces", "ounce", "oz"),
-    "qt": ("quarts", "quart", "qt"), "pt": ("pints", "pint", "pt"), "sqft": ("square feet", "square foot", "sq ft", "sqft"),
-    "cuft": ("cubic feet", "cubic foot", "cu ft", "cuft"), "v": ("volts", "volt", "v"),
-    "w": ("watts", "watt", "w"), "amp": ("amps", "amp", "a"), "ga": ("gauge", "ga"), "mm": ("millimeters", "mm"),
-    "cm": ("centimeters", "cm"), "yd": ("yards", "yard", "yd"), "btu": ("btu",), "mah": ("mah",),
+    "in": ("inches", "inch", "in", '"', "''"),
+    "ft": ("feet", "foot", "ft", "'"),
+    "gal": ("gallons", "gallon", "gal"),
+    "lb": ("pounds", "pound", "lbs", "lb"),
+    "oz": ("ounces", "ounce", "oz"),
+    "qt": ("quarts", "quart", "qt"),
+    "pt": ("pints", "pint", "pt"),
+    "sqft": ("square feet", "square foot", "sq ft", "sqft"),
+    "cuft": ("cubic feet", "cubic foot", "cu ft", "cuft"),
+    "v": ("volts", "volt", "v"),
+    "w": ("watts", "watt", "w"),
+    "amp": ("amps", "amp", "a"),
+    "ga": ("gauge", "ga"),
+    "mm": ("millimeters", "mm"),
+    "cm": ("centimeters", "cm"),
+    "yd": ("yards", "yard", "yd"),
+    "btu": ("btu",),
+    "mah": ("mah",),
 }
 _SPACES = re.compile(r"\s+")
 _EN_UNIT_OF = {spelling: canon for canon, spellings in ENGLISH_UNITS.items() for spelling in spellings}
-_EN_UNIT = re.compile(r"(\d+(?:\.\d+)?)\s*-?\s*(" + "|".join(
-    re.escape(u).replace(r"\ ", r"\.?\s*") for u in sorted(_EN_UNIT_OF, key=len, reverse=True))
-    + r")(?:\.(?!\d))?(?![a-z0-9])")
+_EN_UNIT = re.compile(
+    r"(\d+(?:\.\d+)?)\s*-?\s*("
+    + "|".join(re.escape(u).replace(r"\ ", r"\.?\s*") for u in sorted(_EN_UNIT_OF, key=len, reverse=True))
+    + r")(?:\.(?!\d))?(?![a-z0-9])"
+)
 
 
 def english_measurements(text: str) -> str:
     """Fractions → decimals and number + unit → one canonical token, on normalized (lower-case) text."""
+
     def dec(x: float) -> str:
         return f"{x:.3f}".rstrip("0").rstrip(".")
 
     text = _MIXED_FRACTION.sub(lambda m: dec(int(m.group(1)) + int(m.group(2)) / max(int(m.group(3)), 1)), text)
     text = _FRACTION.sub(lambda m: dec(int(m.group(1)) / max(int(m.group(2)), 1)), text)
+
     def unit(m: re.Match) -> str:
         spelled = _SPACES.sub(" ", m.group(2).replace(".", ""))
         return f"{m.group(1)}{_EN_UNIT_OF[spelled]} "
@@ -146,8 +231,13 @@ class Tokenizer:
         extra_words = tuple(extra_words)
         self.source = (self.cfg, extra_words)  # what it was built from: a load with the same reuses it
         # only Han words need jieba's help; Latin words are tokens already
-        words = sorted({w for w in (self.normalize(x).strip() for x in extra_words)
-                        if len(w) >= 2 and (m := _SEGMENT.fullmatch(w)) and m.group(1)})
+        words = sorted(
+            {
+                w
+                for w in (self.normalize(x).strip() for x in extra_words)
+                if len(w) >= 2 and (m := _SEGMENT.fullmatch(w)) and m.group(1)
+            }
+        )
         if not words and self.cfg.user_dict is None:
             # nothing to add: share jieba's default dictionary (~80 MB) with the rest of the process
             self._jieba = jieba.dt
@@ -243,7 +333,8 @@ class Tokenizer:
                 for size in range(1, min(n, len(w) - 1) + 1):
                     out.extend(w[i : i + size] for i in range(len(w) - size + 1) if w[i : i + size] not in stop)
 
-    def tokenize_many(self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize",
-                      field: str = "words") -> list[list[str]]:
+    def tokenize_many(
+        self, texts: Sequence[str], progress: bool = False, desc: str = "tokenize", field: str = "words"
+    ) -> list[list[str]]:
         it = tqdm(texts, desc=desc, unit="doc", disable=not progress, mininterval=1.0)
         return [self.tokenize(t, field) for t in it]

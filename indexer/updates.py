@@ -39,11 +39,10 @@ from indexer.bm25 import BM25Index
 from core.formats.catalog import Catalog
 from indexer.config import Config
 from indexer.products import ProductTable
-from indexer.store import IndexLoadError, index_commit, read_manifest, stage_folder, version_root
+from indexer.deleted import write_deleted, deleted_ids
+from indexer.store import index_commit, read_manifest, stage_folder, version_root
 from core.types import id_problem
 
-DELETED = "deleted.json"
-LEGACY_DELETED = "deleted.txt"  # one id per line, as indexes before deleted.json wrote it
 ADDITIONS = "additions.jsonl"
 LOCK = ".updates.lock"
 
@@ -58,66 +57,6 @@ def updates_lock(cfg: Config):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def deleted_signature(cfg: Config) -> tuple | None:
-    """(inode, size, mtime) of the deleted list (None when absent): changes with every write (atomic replace)."""
-    for name in (DELETED, LEGACY_DELETED):
-        try:
-            st = os.stat(cfg.index_dir / name)
-        except FileNotFoundError:
-            continue
-        return (name, st.st_ino, st.st_size, st.st_mtime_ns)
-    return None
-
-
-def deleted_ids(cfg: Config) -> set[str]:
-    path = cfg.index_dir / DELETED
-    legacy = cfg.index_dir / LEGACY_DELETED
-    if not path.is_file():
-        if not legacy.is_file():
-            return set()
-        path = legacy
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise IndexLoadError(f"{path}: not UTF-8 text (byte {e.start}): the deleted-products list is damaged; "
-                             "restore it, or remove it and delete the products again") from None
-    if path == legacy:
-        return {line.strip() for line in text.split("\n") if line.strip()}
-    try:
-        ids = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise IndexLoadError(f"{path}: not valid JSON ({e.msg}): the deleted-products list is damaged; restore it, "
-                             "or remove it and delete the products again") from None
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise IndexLoadError(f"{path}: expected a JSON list of product ids; the deleted-products list is damaged")
-    return set(ids)
-
-
-def _write_deleted(cfg: Config, ids: set[str]) -> None:
-    path = cfg.index_dir / DELETED
-    tmp = path.with_name(f".{DELETED}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(sorted(ids), f, ensure_ascii=False, indent=0)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    (cfg.index_dir / LEGACY_DELETED).unlink(missing_ok=True)  # its ids are in deleted.json now
-
-
-def live_mask(products, deleted: set[str]) -> np.ndarray | None:
-    """One bool per product row: False for deleted products and for rows an id's newer row superseded (None
-    when every row is live).  Looked up through the table's id -> row map: the work grows with the deleted
-    ids, not with the catalog."""
-    superseded = products.superseded_rows()
-    if not deleted and not len(superseded):
-        return None
-    row_of = products.row_map()
-    live = np.ones(len(products), dtype=bool)
-    live[superseded] = False
-    live[[row_of[i] for i in deleted if i in row_of]] = False
-    return live
 
 
 def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | None = None) -> int:
@@ -135,10 +74,12 @@ def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | Non
             built = ProductTable.load(stage_folder(cfg.index_dir, BM25_KIND)).row_map()
             unknown = [i for i in unknown if i not in built]
         if unknown:
-            raise KeyError(f"not in the index at {cfg.index_dir}: {', '.join(unknown[:10])}"
-                           + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""))
+            raise KeyError(
+                f"not in the index at {cfg.index_dir}: {', '.join(unknown[:10])}"
+                + (f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+            )
         before = deleted_ids(cfg)
-        _write_deleted(cfg, before | set(ids))
+        write_deleted(cfg, before | set(ids))
         if cfg.search.backend == "milvus":  # the collection forgets them too (its BM25 statistics included)
             from indexer.backends.milvus import delete_ids
 
@@ -146,8 +87,9 @@ def delete_products(cfg: Config, ids: Iterable[str], known: Container[str] | Non
     return len(set(ids) - before)
 
 
-def add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None,
-                 tokenizer=None) -> dict:
+def add_products(
+    cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None, tokenizer=None
+) -> dict:
     """Append ``catalog``'s products to every built stage of ``cfg``'s index (no full rebuild, one switch) and
     to the durable additions file every rebuild merges.  ``encoders``, ``tokenizer``: see :func:`_add_products`."""
     with updates_lock(cfg):
@@ -197,8 +139,10 @@ def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
             try:
                 row = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise CatalogError(f"{path}:{n}: damaged line ({e}); the products added since the last build are "
-                                   "read from this file: repair or remove that line") from None
+                raise CatalogError(
+                    f"{path}:{n}: damaged line ({e}); the products added since the last build are "
+                    "read from this file: repair or remove that line"
+                ) from None
             last[str(row.get("id")) if isinstance(row, dict) else n] = row
     added = catalog_from_rows(list(last.values()), str(path))
     have = set(catalog.ids)
@@ -206,14 +150,21 @@ def with_additions(cfg: Config, catalog: Catalog) -> Catalog:
     if not keep:
         return catalog
     pick = lambda col: [col[i] for i in keep]  # noqa: E731
-    return Catalog(catalog.ids + pick(added.ids), catalog.titles + pick(added.titles),
-                   catalog.categories + pick(added.categories), catalog.brands + pick(added.brands),
-                   np.concatenate([catalog.prices, np.asarray(added.prices)[keep]]),
-                   catalog.attributes + pick(added.attributes), catalog.source, catalog.rejected)
+    return Catalog(
+        catalog.ids + pick(added.ids),
+        catalog.titles + pick(added.titles),
+        catalog.categories + pick(added.categories),
+        catalog.brands + pick(added.brands),
+        np.concatenate([catalog.prices, np.asarray(added.prices)[keep]]),
+        catalog.attributes + pick(added.attributes),
+        catalog.source,
+        catalog.rejected,
+    )
 
 
-def _add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None,
-                  tokenizer=None) -> dict:
+def _add_products(
+    cfg: Config, catalog: Catalog, progress: bool = True, encoders: dict | None = None, tokenizer=None
+) -> dict:
     """Every stage of the serving version with ``catalog``'s rows appended, switched in as one new version.
     ``encoders`` (stage -> a loaded passage encoder) and ``tokenizer`` (the BM25 one): a running engine's, reused
     so that adding one product costs encoding one title, not loading a model or jieba's dictionary."""
@@ -221,13 +172,21 @@ def _add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders
 
     t0 = time.perf_counter()
     root = version_root(cfg.index_dir)
-    old = BM25Index.load(stage_folder(cfg.index_dir, BM25_KIND, root), cfg.text, config_hash=cfg.index_fingerprint(),
-                         mmap=False, verify=False, tokenizer=tokenizer)
+    old = BM25Index.load(
+        stage_folder(cfg.index_dir, BM25_KIND, root),
+        cfg.text,
+        config_hash=cfg.index_fingerprint(),
+        mmap=False,
+        verify=False,
+        tokenizer=tokenizer,
+    )
     present = (set(catalog.ids) & set(old.products.row_map())) - deleted_ids(cfg)  # a deleted id may come back
     if present:
         shown = ", ".join(sorted(present)[:10])
-        raise ValueError(f"{len(present)} product(s) already in the index ({shown}); add only new products, or "
-                         "run a full rebuild (`make index`) for changed ones")
+        raise ValueError(
+            f"{len(present)} product(s) already in the index ({shown}); add only new products, or "
+            "run a full rebuild (`make index`) for changed ones"
+        )
     n_old = len(old)
     rows = np.arange(n_old, n_old + len(catalog), dtype=np.int64)
     texts = catalog.index_texts()
@@ -257,12 +216,11 @@ def _add_products(cfg: Config, catalog: Catalog, progress: bool = True, encoders
             extras = {k: manifest[k] for k in ("catalog_sha256", "factory", "groups_configured") if k in manifest}
             extras["n_products"] = n_old + len(catalog)
             extras["added_since_build"] = manifest.get("added_since_build", 0) + len(catalog)
-            commit.build(stage, lambda f, d=dense, e=extras: {**d.save_to(f), **e}, DENSE_KIND,
-                         manifest["config_hash"])
+            commit.build(stage, lambda f, d=dense, e=extras: {**d.save_to(f), **e}, DENSE_KIND, manifest["config_hash"])
             report["stages"][stage] = dense.n
     deleted = deleted_ids(cfg)
     if deleted & set(catalog.ids):  # deleted earlier, now added again: the new row serves
-        _write_deleted(cfg, deleted - set(catalog.ids))
+        write_deleted(cfg, deleted - set(catalog.ids))
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 
@@ -275,6 +233,13 @@ def exclude_deleted(catalog: Catalog, deleted: set[str]) -> tuple[Catalog, int]:
     if len(keep) == len(catalog):
         return catalog, 0
     pick = lambda col: [col[i] for i in keep]  # noqa: E731
-    return Catalog(pick(catalog.ids), pick(catalog.titles), pick(catalog.categories), pick(catalog.brands),
-                   np.asarray(catalog.prices)[keep], pick(catalog.attributes), catalog.source,
-                   catalog.rejected), len(catalog) - len(keep)
+    return Catalog(
+        pick(catalog.ids),
+        pick(catalog.titles),
+        pick(catalog.categories),
+        pick(catalog.brands),
+        np.asarray(catalog.prices)[keep],
+        pick(catalog.attributes),
+        catalog.source,
+        catalog.rejected,
+    ), len(catalog) - len(keep)

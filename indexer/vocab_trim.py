@@ -37,8 +37,11 @@ def ensure_trimmed(cfg, passages: list[str], catalog_sha: str | None) -> Path:
 
     src = resolve_model(cfg.dense.model, cfg.root)
     qfile = cfg.dense.trim_queries
-    sources = {"model": model_fingerprint(src, 0), "catalog_sha256": catalog_sha,
-               "queries_sha256": sha256_file(qfile) if qfile else None}
+    sources = {
+        "model": model_fingerprint(src, 0),
+        "catalog_sha256": catalog_sha,
+        "queries_sha256": sha256_file(qfile) if qfile else None,
+    }
     out = trimmed_path(cfg)
     info = out / "trim.json"
     if info.is_file() and json.loads(info.read_text()).get("sources") == sources:
@@ -76,8 +79,9 @@ def used_piece_ids(tokenizer_json: Path, texts: Iterable[str], batch: int = 4096
     return used
 
 
-def trim_model(src: Path, out: Path, passages: Iterable[str], queries: Iterable[str] = (),
-               sources: dict | None = None) -> dict:
+def trim_model(
+    src: Path, out: Path, passages: Iterable[str], queries: Iterable[str] = (), sources: dict | None = None
+) -> dict:
     """Write a trimmed copy of the sentence-transformers model at ``src`` into ``out``; return its stats."""
     from safetensors.numpy import load_file, save_file
 
@@ -116,9 +120,15 @@ def trim_model(src: Path, out: Path, passages: Iterable[str], queries: Iterable[
         if cfg.get(key) is not None:
             cfg[key] = new_of[cfg[key]]
     (out_tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    stats = {"source": str(src), "pieces_before": n_rows, "pieces_after": len(old_ids),
-             "texts_covered": len(texts), "bytes_before": (src / "model.safetensors").stat().st_size,
-             "bytes_after": (out_tmp / "model.safetensors").stat().st_size, "sources": sources}
+    stats = {
+        "source": str(src),
+        "pieces_before": n_rows,
+        "pieces_after": len(old_ids),
+        "texts_covered": len(texts),
+        "bytes_before": (src / "model.safetensors").stat().st_size,
+        "bytes_after": (out_tmp / "model.safetensors").stat().st_size,
+        "sources": sources,
+    }
     (out_tmp / "trim.json").write_text(json.dumps(stats, indent=2))
     if out.exists():
         shutil.rmtree(out)

@@ -35,19 +35,36 @@ def write_tiny_bert(out: Path, texts, seed: int = 0) -> Path:
 
     from finetune.base_model import write_sentence_transformers_files
 
-    chars = sorted({c for t in texts for c in t.lower() if not c.isspace()} | set("abcdefghijklmnopqrstuvwxyz0123456789"))
+    chars = sorted(
+        {c for t in texts for c in t.lower() if not c.isspace()} | set("abcdefghijklmnopqrstuvwxyz0123456789")
+    )
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + chars + [f"##{c}" for c in chars if c.isascii()]
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(models.WordPiece({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True, handle_chinese_chars=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-                                                       special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                            sep_token="[SEP]", mask_token="[MASK]", model_max_length=128).save_pretrained(out)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=128,
+    ).save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        pad_token_id=0,
+    )
     BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
     write_sentence_transformers_files(out, max_seq_length=64, dim=32)
     return out
@@ -73,16 +90,34 @@ def write_tiny_unigram_bert(out: Path, texts, vocab_size: int = 600, seed: int =
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>"]
-    tok.train_from_iterator(list(texts) + ["query: passage:"], trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok.train_from_iterator(
+        list(texts) + ["query: passage:"],
+        trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False),
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
     out.mkdir(parents=True, exist_ok=True)
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                            pad_token="<pad>", cls_token="<s>", sep_token="</s>", model_max_length=128).save_pretrained(out)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        cls_token="<s>",
+        sep_token="</s>",
+        model_max_length=128,
+    ).save_pretrained(out)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=130, pad_token_id=1)
+    cfg = BertConfig(
+        vocab_size=tok.get_vocab_size(),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=130,
+        pad_token_id=1,
+    )
     BertModel(cfg, add_pooling_layer=False).save_pretrained(out)
     write_sentence_transformers_files(out, max_seq_length=64, dim=32)
     return out
@@ -93,17 +128,39 @@ def job_cfg(demo_dir, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("job")
     models = tmp / "models" / "t"
     return make_config(
-        tmp, demo_dir / "catalog.jsonl", text={"unknown_word_ngrams": 1},
+        tmp,
+        demo_dir / "catalog.jsonl",
+        text={"unknown_word_ngrams": 1},
         dense={"model": str(models / "bi-encoder"), "base_model": str(tiny_model), "max_length": 64},
         search={"stages": ["bm25", "dense"]},
         rerank={"model": str(models / "cross-encoder"), "depth": 20, "weight": 0.5},
-        finetune={"train": str(demo_dir / "clicks.jsonl"), "holdout_days": 10, "dev_queries": 40,
-                  "out_dir": str(models),
-                  "biencoder": {"lr": 1e-3, "batch_size": 16, "scale": 20, "max_steps": 6, "eval_every": 3,
-                                "warmup_steps": 2},
-                  "crossencoder": {"num_layers": 1, "lr": 1e-3, "batch_size": 8, "group_size": 3, "max_steps": 6,
-                                   "eval_every": 3, "warmup_steps": 2, "max_length": 64, "eval_queries": 20}},
-        eval={"queries": str(demo_dir / "queries.tsv")})
+        finetune={
+            "train": str(demo_dir / "clicks.jsonl"),
+            "holdout_days": 10,
+            "dev_queries": 40,
+            "out_dir": str(models),
+            "biencoder": {
+                "lr": 1e-3,
+                "batch_size": 16,
+                "scale": 20,
+                "max_steps": 6,
+                "eval_every": 3,
+                "warmup_steps": 2,
+            },
+            "crossencoder": {
+                "num_layers": 1,
+                "lr": 1e-3,
+                "batch_size": 8,
+                "group_size": 3,
+                "max_steps": 6,
+                "eval_every": 3,
+                "warmup_steps": 2,
+                "max_length": 64,
+                "eval_queries": 20,
+            },
+        },
+        eval={"queries": str(demo_dir / "queries.tsv")},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -120,12 +177,20 @@ def copy_config(cfg, tmp: Path, **rerank):
     import shutil
 
     index_dir = tmp / "indexes" / cfg.index_dir.name
-    shutil.copytree(cfg.index_dir, index_dir, symlinks=True,
-                    ignore=shutil.ignore_patterns("events.sqlite*", "deleted.txt", "additions.jsonl"))
+    shutil.copytree(
+        cfg.index_dir,
+        index_dir,
+        symlinks=True,
+        ignore=shutil.ignore_patterns("events.sqlite*", "deleted.txt", "additions.jsonl"),
+    )
     return dataclasses.replace(
-        cfg, index_dir=index_dir, rerank=dataclasses.replace(cfg.rerank, **rerank),
-        personal=dataclasses.replace(cfg.personal, user_key="test-key", path=index_dir / "events.sqlite",
-                                     retention_days=3650))  # the generated logs are dated 2026-01..03
+        cfg,
+        index_dir=index_dir,
+        rerank=dataclasses.replace(cfg.rerank, **rerank),
+        personal=dataclasses.replace(
+            cfg.personal, user_key="test-key", path=index_dir / "events.sqlite", retention_days=3650
+        ),
+    )  # the generated logs are dated 2026-01..03
 
 
 @pytest.fixture()

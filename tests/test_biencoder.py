@@ -18,8 +18,13 @@ def examples_from_demo(demo_dir, n=64):
 
 
 def test_batches_hold_no_duplicate_positive_or_query():
-    ex = [Example("q1", "t1", [], "P1"), Example("q1", "t2", [], "P2"), Example("q2", "t1", [], "P1"),
-          Example("q3", "t3", [], "P3"), Example("q4", "t4", [], "P4")]
+    ex = [
+        Example("q1", "t1", [], "P1"),
+        Example("q1", "t2", [], "P2"),
+        Example("q2", "t1", [], "P1"),
+        Example("q3", "t3", [], "P3"),
+        Example("q4", "t4", [], "P4"),
+    ]
     gen = batches(ex, 3, np.random.default_rng(0))
     for _ in range(20):
         b = next(gen)
@@ -83,9 +88,19 @@ def test_distillation_teaches_the_bi_encoder_the_teachers_order(tiny_model, demo
     group = [(q, ts[:8], s[:8]) for q, ts, s in data[:16]]
     with torch.no_grad():
         before = float(distill_kl_loss(model, group, 20.0))
-    cfg = BiEncoderTrainConfig(lr=2e-3, batch_size=8, scale=20, max_steps=30, eval_every=30, warmup_steps=2,
-                               max_length=32, freeze_word_embeddings=False, distill_weight=2.0, distill_batch=8,
-                               distill_group=8)
+    cfg = BiEncoderTrainConfig(
+        lr=2e-3,
+        batch_size=8,
+        scale=20,
+        max_steps=30,
+        eval_every=30,
+        warmup_steps=2,
+        max_length=32,
+        freeze_word_embeddings=False,
+        distill_weight=2.0,
+        distill_batch=8,
+        distill_group=8,
+    )
     report = train(model, examples, cfg, tmp_path / "student", progress=False, distill=data)
     assert report["steps"] == 30
     with torch.no_grad():
@@ -100,8 +115,17 @@ def test_lora_trains_adapters_only_and_saves_a_merged_model_that_encodes_the_sam
     examples = [Example(f"q{i} {t[:6]}", t, [titles[(i + 5) % len(titles)]], f"p{i}") for i, t in enumerate(titles)]
     model = SentenceTransformer(str(tiny_model), device="cpu")
     base = {k: v.clone() for k, v in model[0].auto_model.state_dict().items()}
-    cfg = BiEncoderTrainConfig(lr=5e-3, batch_size=8, scale=20, max_steps=8, eval_every=8, warmup_steps=1,
-                               max_length=32, freeze_word_embeddings=False, lora_rank=4)
+    cfg = BiEncoderTrainConfig(
+        lr=5e-3,
+        batch_size=8,
+        scale=20,
+        max_steps=8,
+        eval_every=8,
+        warmup_steps=1,
+        max_length=32,
+        freeze_word_embeddings=False,
+        lora_rank=4,
+    )
     train(model, examples, cfg, tmp_path / "lora-be", progress=False)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)  # only the adapters learn

@@ -86,7 +86,9 @@ def test_bincount_scoring_matches_bm25s(method):
     for _ in range(10):
         q = list(rng.choice(vocab, size=rng.integers(1, 6)))  # repeated tokens count twice in both
         ids = np.array(retriever.get_tokens_ids(q), dtype=np.int64)
-        np.testing.assert_allclose(field_scores(retriever, ids), retriever.get_scores_from_ids(ids), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            field_scores(retriever, ids), retriever.get_scores_from_ids(ids), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_chars_field_matches_what_words_miss(tmp_path):
@@ -107,7 +109,9 @@ def test_benchmark_measures_each_system(tmp_path, system):
     from eval.bench_bm25 import measure
 
     corpus = tmp_path / "c.tsv"
-    corpus.write_text("pid\ttitle\n" + "".join(f"{i}\t华为 手机 {i}号 蓝色 {i % 7}GB\n" for i in range(300)), encoding="utf-8")
+    corpus.write_text(
+        "pid\ttitle\n" + "".join(f"{i}\t华为 手机 {i}号 蓝色 {i % 7}GB\n" for i in range(300)), encoding="utf-8"
+    )
     row = measure(system, str(corpus), ["华为手机", "蓝色 7gb", "不存在"] * 10)
     assert row["n_docs"] == 300 and row["n_queries_timed"] == 30
     assert 0 < row["p50_ms"] <= row["p99_ms"] and row["build_s"] > 0

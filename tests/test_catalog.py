@@ -15,15 +15,28 @@ def write(path, text, mode="w"):
 
 
 def test_jsonl_with_all_fields(tmp_path):
-    p = write(tmp_path / "c.jsonl", json.dumps({"id": 1, "title": "华为 手机", "brand": "华为", "category": "手机",
-                                               "price": "¥1999", "attributes": {"颜色": "黑"}}, ensure_ascii=False) + "\n")
+    p = write(
+        tmp_path / "c.jsonl",
+        json.dumps(
+            {
+                "id": 1,
+                "title": "华为 手机",
+                "brand": "华为",
+                "category": "手机",
+                "price": "¥1999",
+                "attributes": {"颜色": "黑"},
+            },
+            ensure_ascii=False,
+        )
+        + "\n",
+    )
     cat = read_catalog(p)
     assert cat.ids == ["1"] and cat.brands == ["华为"] and cat.prices[0] == 1999.0
     assert cat.attributes[0] == {"颜色": "黑"}
 
 
 def test_tsv_and_csv_with_column_mapping(tmp_path):
-    tsv = write(tmp_path / "c.tsv", "pid\ttitle\n7\t红棉吉他 \"41寸\"\n8\t咖啡\n")
+    tsv = write(tmp_path / "c.tsv", 'pid\ttitle\n7\t红棉吉他 "41寸"\n8\t咖啡\n')
     cat = read_catalog(tsv, columns={"id": "pid"})
     assert cat.ids == ["7", "8"] and cat.titles[0] == '红棉吉他 "41寸"'
     assert np.isnan(cat.prices).all()
@@ -32,13 +45,16 @@ def test_tsv_and_csv_with_column_mapping(tmp_path):
     assert cat.titles == ["Drill, 18V"] and cat.attributes[0] == {"color": "red", "size": "L"}
 
 
-@pytest.mark.parametrize("body, line, field", [
-    ("id\ttitle\n1\tok\n\t空id\n", 3, "id"),
-    ("id\ttitle\n1\tok\n2\t \n", 3, "title"),
-    ("id\ttitle\n1\tok\n1\t重复\n", 3, "id"),
-    ("id\ttitle\tprice\n1\tok\t12\n2\tbad\tabc\n", 3, "price"),
-    ("id\ttitle\tprice\n1\tok\t-3\n", 2, "price"),
-])
+@pytest.mark.parametrize(
+    "body, line, field",
+    [
+        ("id\ttitle\n1\tok\n\t空id\n", 3, "id"),
+        ("id\ttitle\n1\tok\n2\t \n", 3, "title"),
+        ("id\ttitle\n1\tok\n1\t重复\n", 3, "id"),
+        ("id\ttitle\tprice\n1\tok\t12\n2\tbad\tabc\n", 3, "price"),
+        ("id\ttitle\tprice\n1\tok\t-3\n", 2, "price"),
+    ],
+)
 def test_bad_rows_name_file_line_and_field(tmp_path, body, line, field):
     p = write(tmp_path / "bad.tsv", body)
     with pytest.raises(CatalogError) as e:
@@ -62,8 +78,11 @@ def test_missing_header_column_is_explained(tmp_path):
 
 
 def test_skip_bad_rows_keeps_every_row_accounted_for(tmp_path):
-    p = write(tmp_path / "m.jsonl", '{"id": "a", "title": "好"}\n{"id": "", "title": "x"}\nnot json\n'
-                                    '{"id": "a", "title": "dup"}\n{"id": "b", "title": "也好", "price": "x"}\n')
+    p = write(
+        tmp_path / "m.jsonl",
+        '{"id": "a", "title": "好"}\n{"id": "", "title": "x"}\nnot json\n'
+        '{"id": "a", "title": "dup"}\n{"id": "b", "title": "也好", "price": "x"}\n',
+    )
     cat = read_catalog(p, skip_bad_rows=True)
     assert cat.ids == ["a"]
     assert [(r.line, r.field) for r in cat.rejected] == [(2, "id"), (3, None), (4, "id"), (5, "price")]

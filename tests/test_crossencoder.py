@@ -94,8 +94,11 @@ def test_graded_groups_skip_queries_of_one_grade_and_learn_the_judged_order(tiny
     for i in range(40):
         same = next(j for j in range(len(cat)) if j != i and cat.brands[j] == cat.brands[i])
         others = [(i + 17 * k) % len(cat) for k in (1, 2)]
-        ex.append(GradedGroup(cat.titles[i], [cat.titles[i], cat.titles[same]] + [cat.titles[o] for o in others],
-                              [2.0, 1.0, 0.0, 0.0]))
+        ex.append(
+            GradedGroup(
+                cat.titles[i], [cat.titles[i], cat.titles[same]] + [cat.titles[o] for o in others], [2.0, 1.0, 0.0, 0.0]
+            )
+        )
     flat = GradedGroup("x", ["a", "b"], [1.0, 1.0])
     batch = next(graded_groups(ex + [flat], 50, 3, np.random.default_rng(0)))
     assert len(batch) == 40 and all(len(titles) == 3 for _, titles, _ in batch)  # the one-grade query skipped
@@ -104,8 +107,17 @@ def test_graded_groups_skip_queries_of_one_grade_and_learn_the_judged_order(tiny
     ce = CrossEncoder.from_base(tiny_model, device="cpu")
     metric = judged_ndcg([e.query for e in ex], [e.titles for e in ex], [e.gains for e in ex])
     before = metric(ce)
-    cfg = CrossEncoderTrainConfig(loss="graded", batch_size=8, group_size=4, lr=1e-3, max_steps=40, warmup_steps=2,
-                                  eval_every=40, freeze_word_embeddings=False, max_length=32)
+    cfg = CrossEncoderTrainConfig(
+        loss="graded",
+        batch_size=8,
+        group_size=4,
+        lr=1e-3,
+        max_steps=40,
+        warmup_steps=2,
+        eval_every=40,
+        freeze_word_embeddings=False,
+        max_length=32,
+    )
     train(ce, ex, cfg, tmp_path / "ce", evaluate=metric, progress=False)
     assert metric(CrossEncoder.load(tmp_path / "ce", device="cpu")) > before + 0.05
 
@@ -113,10 +125,18 @@ def test_graded_groups_skip_queries_of_one_grade_and_learn_the_judged_order(tiny
 def test_train_keeps_the_best_checkpoint_and_reloads_with_the_same_scores(tiny_model, demo_dir, tmp_path):
     ce = CrossEncoder.from_base(tiny_model, device="cpu")
     evaluate = dev_metric(demo_dir)
-    cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=12, eval_every=4,
-                                  warmup_steps=2, max_length=64)
-    report = train(ce, demo_groups(demo_dir), cfg, tmp_path / "ce", evaluate=evaluate,
-                   log_path=tmp_path / "ce.log.json", progress=False)
+    cfg = CrossEncoderTrainConfig(
+        num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=12, eval_every=4, warmup_steps=2, max_length=64
+    )
+    report = train(
+        ce,
+        demo_groups(demo_dir),
+        cfg,
+        tmp_path / "ce",
+        evaluate=evaluate,
+        log_path=tmp_path / "ce.log.json",
+        progress=False,
+    )
     assert report["steps"] == 12 and [e["step"] for e in report["log"]] == [0, 4, 8, 12]
     assert report["best_dev"] == max(e["dev"] for e in report["log"])
     assert not (tmp_path / "ce.resume.pt").exists()  # removed once the run finished
@@ -128,21 +148,40 @@ def test_train_keeps_the_best_checkpoint_and_reloads_with_the_same_scores(tiny_m
     np.testing.assert_allclose(a.predict(q, t, batch_size=1), a.predict(q, t), atol=1e-5)
 
 
-def test_lora_trains_only_adapters_and_saves_them_beside_a_merged_model_that_scores_the_same(tiny_model, demo_dir,
-                                                                                           tmp_path):
+def test_lora_trains_only_adapters_and_saves_them_beside_a_merged_model_that_scores_the_same(
+    tiny_model, demo_dir, tmp_path
+):
     ce = CrossEncoder.from_base(tiny_model, device="cpu")
     total = sum(p.numel() for p in ce.model.parameters())
     before = {k: v.clone() for k, v in ce.model.state_dict().items()}
-    cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-2, batch_size=8, group_size=4, max_steps=6, eval_every=6,
-                                  warmup_steps=1, max_length=64, lora_rank=4, lora_dropout=0.0)
+    cfg = CrossEncoderTrainConfig(
+        num_layers=None,
+        lr=1e-2,
+        batch_size=8,
+        group_size=4,
+        max_steps=6,
+        eval_every=6,
+        warmup_steps=1,
+        max_length=64,
+        lora_rank=4,
+        lora_dropout=0.0,
+    )
     report = train(ce, demo_groups(demo_dir), cfg, tmp_path / "ce", evaluate=dev_metric(demo_dir), progress=False)
     assert report["steps"] == 6
     trainable = sum(p.numel() for p in ce.model.parameters() if p.requires_grad)
     assert 0 < trainable < 0.2 * total  # adapters and the head, not the encoder
-    base_weights = {k.replace("base_model.model.", ""): v for k, v in ce.model.state_dict().items()
-                    if "lora_" not in k and "modules_to_save" not in k and "original_module" not in k}
-    frozen = [k for k in before if "classifier" not in k and k.replace(".weight", ".base_layer.weight") not in base_weights
-              and k in base_weights]
+    base_weights = {
+        k.replace("base_model.model.", ""): v
+        for k, v in ce.model.state_dict().items()
+        if "lora_" not in k and "modules_to_save" not in k and "original_module" not in k
+    }
+    frozen = [
+        k
+        for k in before
+        if "classifier" not in k
+        and k.replace(".weight", ".base_layer.weight") not in base_weights
+        and k in base_weights
+    ]
     assert all(torch.equal(before[k], base_weights[k]) for k in frozen) and frozen  # the encoder did not move
     adapter = list((tmp_path / "ce" / "lora").glob("adapter_model.*"))
     assert adapter and adapter[0].stat().st_size < 0.5 * sum(f.stat().st_size for f in (tmp_path / "ce").glob("model*"))
@@ -153,8 +192,9 @@ def test_lora_trains_only_adapters_and_saves_them_beside_a_merged_model_that_sco
 
 
 def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model, demo_dir, tmp_path, monkeypatch):
-    cfg = CrossEncoderTrainConfig(num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=8, eval_every=4,
-                                  warmup_steps=2, max_length=64)
+    cfg = CrossEncoderTrainConfig(
+        num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=8, eval_every=4, warmup_steps=2, max_length=64
+    )
     ex = demo_groups(demo_dir)
     full = CrossEncoder.from_base(tiny_model, device="cpu")
     train(full, ex, cfg, tmp_path / "full", progress=False)

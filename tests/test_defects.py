@@ -17,8 +17,14 @@ from conftest import ROOT
 
 
 def write_config(tmp_path, catalog, **extra):
-    raw = {"name": "t", "root": str(ROOT), "catalog": {"path": str(catalog)}, "index_dir": str(tmp_path / "idx"),
-           "search": {"stages": ["bm25"]}, **extra}
+    raw = {
+        "name": "t",
+        "root": str(ROOT),
+        "catalog": {"path": str(catalog)},
+        "index_dir": str(tmp_path / "idx"),
+        "search": {"stages": ["bm25"]},
+        **extra,
+    }
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     return path
@@ -41,8 +47,10 @@ def jsonl(path, rows):
 
 
 def test_add_with_skip_bad_rows_writes_the_rejects_and_counts_them(bm25_cfg, tmp_path):
-    new = jsonl(tmp_path / "new.jsonl", [{"id": "A1", "title": "全新 蓝牙 音箱 便携"}, {"id": "A2", "title": ""},
-                                         {"id": ["x"], "title": "列表 id"}])
+    new = jsonl(
+        tmp_path / "new.jsonl",
+        [{"id": "A1", "title": "全新 蓝牙 音箱 便携"}, {"id": "A2", "title": ""}, {"id": ["x"], "title": "列表 id"}],
+    )
     r = run("-m", "indexer", "--config", str(bm25_cfg), "--add", str(new), "--skip-bad-rows", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "2 rejected row(s)" in r.stdout
@@ -70,7 +78,7 @@ def test_a_csv_field_over_the_csv_module_limit_is_a_row_error_not_a_crash(tmp_pa
         read_catalog(f)
     cat = read_catalog(f, skip_bad_rows=True)
     assert cat.ids == ["1", "3"] and len(cat.rejected) == 1
-    f.write_text("id,title\n1,ok\n2,\"" + "x" * (1 << 21) + "\"\n", encoding="utf-8")  # over even the raised limit
+    f.write_text('id,title\n1,ok\n2,"' + "x" * (1 << 21) + '"\n', encoding="utf-8")  # over even the raised limit
     cat = read_catalog(f, skip_bad_rows=True)
     assert cat.ids == ["1"] and "characters per field" in cat.rejected[0].reason
 
@@ -99,8 +107,9 @@ def test_a_wrong_id_column_names_the_mapped_column(tmp_path):
 
 
 def test_list_and_dict_ids_are_rejected_not_stringified(tmp_path):
-    f = jsonl(tmp_path / "c.jsonl", [{"id": ["a"], "title": "x"}, {"id": {"a": 1}, "title": "y"},
-                                     {"id": 7, "title": "z"}])
+    f = jsonl(
+        tmp_path / "c.jsonl", [{"id": ["a"], "title": "x"}, {"id": {"a": 1}, "title": "y"}, {"id": 7, "title": "z"}]
+    )
     cat = read_catalog(f, skip_bad_rows=True)
     assert cat.ids == ["7"] and len(cat.rejected) == 2
 
@@ -111,8 +120,11 @@ def test_a_config_value_of_the_wrong_type_is_a_config_error(demo_dir, tmp_path):
         load_config(path)
     r = run("-m", "engine", "--config", str(path), "耳机")
     assert r.returncode == 2 and "bm25.k1" in r.stderr and "Traceback" not in r.stderr
-    for bad, field in (({"search": {"stages": "bm25"}}, "search.stages"), ({"rerank": {"depth": 2.5}}, "rerank.depth"),
-                       ({"personal": {"gains": {"click": "x"}}}, "personal.gains")):
+    for bad, field in (
+        ({"search": {"stages": "bm25"}}, "search.stages"),
+        ({"rerank": {"depth": 2.5}}, "rerank.depth"),
+        ({"personal": {"gains": {"click": "x"}}}, "personal.gains"),
+    ):
         with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
             load_config(write_config(tmp_path, demo_dir / "catalog.jsonl", **bad))
     with pytest.raises(ConfigError, match="crossencoder.init must be base or bi-encoder"):
@@ -156,20 +168,35 @@ def test_a_killed_build_leaves_no_partial_folder_behind(bm25_cfg):
 
 def test_adds_and_deletes_from_two_processes_at_once_lose_nothing(bm25_cfg, tmp_path):
     cfg = load_config(bm25_cfg)
-    files = [jsonl(tmp_path / f"add{i}.jsonl", [{"id": f"A{i}-{j}", "title": f"新品 {i} 号 {j} 款 音箱"}
-                                                 for j in range(5)]) for i in range(2)]
+    files = [
+        jsonl(tmp_path / f"add{i}.jsonl", [{"id": f"A{i}-{j}", "title": f"新品 {i} 号 {j} 款 音箱"} for j in range(5)])
+        for i in range(2)
+    ]
     victims = SearchEngine.from_config(cfg, load_models=False).products.ids.tolist()[:6]
-    procs = [subprocess.Popen([sys.executable, "-m", "indexer", "--config", str(bm25_cfg), "--add", str(f),
-                               "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for f in files]
-    procs += [subprocess.Popen([sys.executable, "-m", "indexer", "--config", str(bm25_cfg), "--delete", *victims[i::2]],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "indexer", "--config", str(bm25_cfg), "--add", str(f), "--no-progress"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for f in files
+    ]
+    procs += [
+        subprocess.Popen(
+            [sys.executable, "-m", "indexer", "--config", str(bm25_cfg), "--delete", *victims[i::2]],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(2)
+    ]
     for p in procs:
         assert p.wait(300) == 0, p.stderr.read()
     eng = SearchEngine.from_config(cfg)
     ids = set(eng.products.ids.tolist())
     assert {f"A{i}-{j}" for i in range(2) for j in range(5)} <= ids
-    from indexer.updates import deleted_ids
+    from indexer.deleted import deleted_ids
 
     assert deleted_ids(cfg) == set(victims)
     assert len((cfg.index_dir / "additions.jsonl").read_text().splitlines()) == 10

@@ -73,9 +73,18 @@ def test_rrf_fuses_by_rank():
 @pytest.fixture(scope="module")
 def dense_cfg(demo_dir, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dense")
-    cfg = make_config(tmp, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]},
-                      dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32,
-                             "device": "cpu", "factory": "HNSW16"})
+    cfg = make_config(
+        tmp,
+        demo_dir / "catalog.jsonl",
+        search={"stages": ["bm25", "dense"]},
+        dense={
+            "model": str(tiny_model),
+            "base_model": str(tiny_model),
+            "max_length": 32,
+            "device": "cpu",
+            "factory": "HNSW16",
+        },
+    )
     build_indexes(cfg, progress=False)
     return cfg
 
@@ -87,10 +96,14 @@ def test_engine_answers_from_bm25_and_dense(dense_cfg):
     hits = eng.query("华为 手机", k=10)
     assert len(hits) == 10
     # the configured stages [bm25, dense] are fused like the hybrid stage
-    assert [h.product_id for h in hits] == [eng.products.ids[int(r)] for r in eng.retrieve("华为 手机", 10, "hybrid").rows]
+    assert [h.product_id for h in hits] == [
+        eng.products.ids[int(r)] for r in eng.retrieve("华为 手机", 10, "hybrid").rows
+    ]
     filtered = eng.query("耳机", k=5, filters={"category": "耳机"})
-    assert all(eng.products.categories[eng.products.category_codes[eng.products.row_of(h.product_id)]] == "耳机"
-               for h in filtered)
+    assert all(
+        eng.products.categories[eng.products.category_codes[eng.products.row_of(h.product_id)]] == "耳机"
+        for h in filtered
+    )
     manifest = json.loads(((dense_cfg.index_dir / "dense") / "manifest.json").read_text())
     assert manifest["encoder"]["fingerprint"] == eng.dense_stage("dense")[0].fingerprint
     assert manifest["factory"] == "HNSW16" and manifest["n_vectors"] == len(eng.products)
@@ -98,9 +111,13 @@ def test_engine_answers_from_bm25_and_dense(dense_cfg):
 
 def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):
     other = write_tiny_bert(tmp_path / "other", ["华为"], seed=3)
-    cfg = make_config(dense_cfg.index_dir.parent.parent, dense_cfg.catalog.path, index_dir=str(dense_cfg.index_dir),
-                      search={"stages": ["bm25", "dense"]},
-                      dense={"model": str(other), "max_length": 32, "device": "cpu", "factory": "HNSW16"})
+    cfg = make_config(
+        dense_cfg.index_dir.parent.parent,
+        dense_cfg.catalog.path,
+        index_dir=str(dense_cfg.index_dir),
+        search={"stages": ["bm25", "dense"]},
+        dense={"model": str(other), "max_length": 32, "device": "cpu", "factory": "HNSW16"},
+    )
     assert stale_stages(cfg, ["bm25", "dense"]) == ["dense"]
     with pytest.raises(IndexLoadError, match="encoder"):
         SearchEngine.from_config(cfg)

@@ -28,9 +28,13 @@ def ray_runner():
 
 def test_the_ray_build_equals_the_single_process_build(demo_dir, tiny_model, tmp_path, ray_runner):
     def cfg(name):
-        return make_config(tmp_path / name, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]},
-                           dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32},
-                           bm25={"fields": {"words": 0.3, "chars": 0.7}})
+        return make_config(
+            tmp_path / name,
+            demo_dir / "catalog.jsonl",
+            search={"stages": ["bm25", "dense"]},
+            dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32},
+            bm25={"fields": {"words": 0.3, "chars": 0.7}},
+        )
 
     single, distributed = cfg("single"), cfg("ray")
     build_indexes(single, progress=False)

@@ -51,8 +51,9 @@ def test_two_workers_train_the_cross_encoder_along_the_one_worker_curve(demo_dir
     titles, _ = _titles(demo_dir)
     rng = np.random.default_rng(0)
     groups = [Group(t[:4], t, [titles[j] for j in rng.choice(len(titles), 4, replace=False)], 1.0) for t in titles]
-    cfg = CrossEncoderTrainConfig(num_layers=1, lr=1e-3, batch_size=8, group_size=3, max_steps=10, eval_every=2,
-                                  warmup_steps=1, max_length=32)
+    cfg = CrossEncoderTrainConfig(
+        num_layers=1, lr=1e-3, batch_size=8, group_size=3, max_steps=10, eval_every=2, warmup_steps=1, max_length=32
+    )
     reports = {}
     CrossEncoder.from_base(tiny_model, 1, max_length=32, device="cpu", seed=0).save(tmp_path / "ce0")
     for w in (1, 2):
@@ -78,8 +79,16 @@ def test_two_workers_train_the_bi_encoder_with_every_in_batch_negative(demo_dir,
 
     titles, ids = _titles(demo_dir)
     examples = [Example(t[:4], t, [titles[(i + 7) % len(titles)]], pid) for i, (t, pid) in enumerate(zip(titles, ids))]
-    cfg = BiEncoderTrainConfig(lr=1e-3, batch_size=16, scale=20, max_steps=10, eval_every=2, warmup_steps=1,
-                               max_length=32, freeze_word_embeddings=False)
+    cfg = BiEncoderTrainConfig(
+        lr=1e-3,
+        batch_size=16,
+        scale=20,
+        max_steps=10,
+        eval_every=2,
+        warmup_steps=1,
+        max_length=32,
+        freeze_word_embeddings=False,
+    )
     reports = {}
     for w in (1, 2):
         model = SentenceTransformer(str(tiny_model), device="cpu")

@@ -15,8 +15,12 @@ from conftest import ROOT, make_config
 @pytest.fixture(scope="module")
 def demo_cfg(demo_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = make_config(tmp, demo_dir / "catalog.jsonl", text={"unknown_word_ngrams": 1},
-                      eval={"queries": str(demo_dir / "queries.tsv")})
+    cfg = make_config(
+        tmp,
+        demo_dir / "catalog.jsonl",
+        text={"unknown_word_ngrams": 1},
+        eval={"queries": str(demo_dir / "queries.tsv")},
+    )
     build_indexes(cfg, progress=False)
     return cfg
 
@@ -65,12 +69,35 @@ def test_eval_cli_writes_metrics_and_report(demo_cfg, tmp_path):
     cfg_file = tmp_path / "demo.yaml"
     import yaml
 
-    cfg_file.write_text(yaml.safe_dump({
-        "name": "demo", "root": ".", "catalog": {"path": str(demo_cfg.catalog.path)},
-        "index_dir": str(demo_cfg.index_dir), "text": {"unknown_word_ngrams": 1}}), encoding="utf-8")
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "demo",
+                "root": ".",
+                "catalog": {"path": str(demo_cfg.catalog.path)},
+                "index_dir": str(demo_cfg.index_dir),
+                "text": {"unknown_word_ngrams": 1},
+            }
+        ),
+        encoding="utf-8",
+    )
     queries = demo_cfg.eval.queries
-    assert eval_main(["--config", str(cfg_file), "--queries", str(queries), "--stages", "bm25",
-                      "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert (
+        eval_main(
+            [
+                "--config",
+                str(cfg_file),
+                "--queries",
+                str(queries),
+                "--stages",
+                "bm25",
+                "--out",
+                str(tmp_path / "out"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert set(m) == {"bm25"}
     for key in ("mrr@10", "ndcg@10", "recall@10", "recall@100", "recall@1000", "n_queries"):
@@ -89,18 +116,60 @@ def test_eval_compare_gives_the_paired_difference_of_two_configs(demo_cfg, tmp_p
     files = []
     for name, k1 in (("a", 1.2), ("b", 0.3)):
         f = tmp_path / f"{name}.yaml"
-        f.write_text(yaml.safe_dump({
-            "name": "demo", "root": ".", "catalog": {"path": str(demo_cfg.catalog.path)},
-            "index_dir": str(tmp_path / f"idx-{name}"), "text": {"unknown_word_ngrams": 1}, "bm25": {"k1": k1}}),
-            encoding="utf-8")
+        f.write_text(
+            yaml.safe_dump(
+                {
+                    "name": "demo",
+                    "root": ".",
+                    "catalog": {"path": str(demo_cfg.catalog.path)},
+                    "index_dir": str(tmp_path / f"idx-{name}"),
+                    "text": {"unknown_word_ngrams": 1},
+                    "bm25": {"k1": k1},
+                }
+            ),
+            encoding="utf-8",
+        )
         files.append(str(f))
     q = str(demo_cfg.eval.queries)
-    assert eval_main(["--config", files[0], "--queries", q, "--stages", "bm25", "--out", str(tmp_path / "same"),
-                      "--compare", files[0], files[0], "--no-progress"]) == 0
+    assert (
+        eval_main(
+            [
+                "--config",
+                files[0],
+                "--queries",
+                q,
+                "--stages",
+                "bm25",
+                "--out",
+                str(tmp_path / "same"),
+                "--compare",
+                files[0],
+                files[0],
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     same = json.loads((tmp_path / "same" / "compare.json").read_text())["stages"]["bm25"]["mrr@10"]
     assert same["diff"] == 0 and same["p_value"] == 1.0 and same["ci_low"] == same["ci_high"] == 0
-    assert eval_main(["--config", files[0], "--queries", q, "--stages", "bm25", "--out", str(tmp_path / "k1"),
-                      "--compare", *files, "--no-progress"]) == 0
+    assert (
+        eval_main(
+            [
+                "--config",
+                files[0],
+                "--queries",
+                q,
+                "--stages",
+                "bm25",
+                "--out",
+                str(tmp_path / "k1"),
+                "--compare",
+                *files,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     d = json.loads((tmp_path / "k1" / "compare.json").read_text())["stages"]["bm25"]
     a = json.loads((tmp_path / "k1" / "A" / "metrics.json").read_text())["bm25"]
     b = json.loads((tmp_path / "k1" / "B" / "metrics.json").read_text())["bm25"]
@@ -110,6 +179,19 @@ def test_eval_compare_gives_the_paired_difference_of_two_configs(demo_cfg, tmp_p
 
 
 def test_eval_cli_rejects_unknown_stage(tmp_path, capsys):
-    assert eval_main(["--config", str(ROOT / "configs/demo.yaml"), "--queries", "x.tsv", "--stages", "dense2",
-                      "--out", str(tmp_path)]) == 2
+    assert (
+        eval_main(
+            [
+                "--config",
+                str(ROOT / "configs/demo.yaml"),
+                "--queries",
+                "x.tsv",
+                "--stages",
+                "dense2",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert "unknown stage" in capsys.readouterr().err

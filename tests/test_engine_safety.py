@@ -12,7 +12,8 @@ from engine.batching import MicroBatcher
 from engine.search import SearchEngine
 from engine.types import EcomsearchError, QueryError, QueryResult
 from indexer.build import build_indexes
-from indexer.updates import deleted_ids, delete_products
+from indexer.deleted import deleted_ids
+from indexer.updates import delete_products
 
 QUERIES = ["蓝牙耳机", "华为手机", "洗衣液 3kg", "猫粮", "降噪耳机 sony", "iphone 256gb", "连衣裙", "机械键盘"]
 
@@ -25,11 +26,17 @@ def test_sixteen_threads_of_mixed_queries_match_the_sequential_answers(live_cfg)
     import dataclasses
 
     # no candidate cache: every concurrent query does its own model work
-    eng = SearchEngine.from_config(dataclasses.replace(live_cfg, search=dataclasses.replace(live_cfg.search,
-                                                                                             cache_size=0)))
+    eng = SearchEngine.from_config(
+        dataclasses.replace(live_cfg, search=dataclasses.replace(live_cfg.search, cache_size=0))
+    )
     eng.record_event("alice", eng.products.ids[5], "purchase")
-    calls = [dict(text=q, k=k, user_id=u, filters=f) for q in QUERIES for k in (5, 20) for u in (None, "alice")
-             for f in (None, {"price_max": 500.0})]
+    calls = [
+        dict(text=q, k=k, user_id=u, filters=f)
+        for q in QUERIES
+        for k in (5, 20)
+        for u in (None, "alice")
+        for f in (None, {"price_max": 500.0})
+    ]
     expected = [_ids(eng.query(c["text"], k=c["k"], user_id=c["user_id"], filters=c["filters"])) for c in calls]
     eng.enable_batching(5.0, 4096)  # concurrent queries now share cross-encoder batches
     got = [None] * len(calls)
@@ -166,13 +173,25 @@ def test_long_queries_are_cut_and_report_it(live_cfg):
     assert res.truncated and len(res.query) <= eng.cfg.search.max_query_chars and len(res) > 0
 
 
-@pytest.mark.parametrize("kwargs, param", [
-    ({"k": 2.5}, "k"), ({"k": "5"}, "k"), ({"k": True}, "k"), ({"k": 0}, "k"), ({"k": 10**6}, "k"),
-    ({"offset": -1}, "offset"), ({"filters": "category=耳机"}, "filters"), ({"filters": {"price_max": "500"}}, "price_max"),
-    ({"filters": {"category": 3}}, "category"), ({"filters": {"price_max": float("nan")}}, "price_max"),
-    ({"filters": {"category": {"a": 1}}}, "category"), ({"filters": {"colour": "red"}}, "colour"),
-    ({"personalize": 1.5}, "personalize"), ({"user_id": ""}, "user"),
-])
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"k": 2.5}, "k"),
+        ({"k": "5"}, "k"),
+        ({"k": True}, "k"),
+        ({"k": 0}, "k"),
+        ({"k": 10**6}, "k"),
+        ({"offset": -1}, "offset"),
+        ({"filters": "category=耳机"}, "filters"),
+        ({"filters": {"price_max": "500"}}, "price_max"),
+        ({"filters": {"category": 3}}, "category"),
+        ({"filters": {"price_max": float("nan")}}, "price_max"),
+        ({"filters": {"category": {"a": 1}}}, "category"),
+        ({"filters": {"colour": "red"}}, "colour"),
+        ({"personalize": 1.5}, "personalize"),
+        ({"user_id": ""}, "user"),
+    ],
+)
 def test_bad_query_arguments_raise_a_query_error_naming_them(live_cfg, kwargs, param):
     eng = SearchEngine.from_config(live_cfg, load_models=False)
     with pytest.raises(QueryError) as e:
@@ -217,15 +236,22 @@ def test_onnx_runtime_scores_and_vectors_match_torch(live_cfg):
     assert {r["kind"] for r in reports} == {"cross-encoder", "query-encoder"}
     assert all(r["max_abs_diff_fp32"] < 1e-3 for r in reports)
     torch_eng = SearchEngine.from_config(live_cfg)
-    cfg = dataclasses.replace(live_cfg, rerank=dataclasses.replace(live_cfg.rerank, runtime="onnx"),
-                              dense=dataclasses.replace(live_cfg.dense, query_runtime="onnx"))
+    cfg = dataclasses.replace(
+        live_cfg,
+        rerank=dataclasses.replace(live_cfg.rerank, runtime="onnx"),
+        dense=dataclasses.replace(live_cfg.dense, query_runtime="onnx"),
+    )
     onnx_eng = SearchEngine.from_config(cfg)
     assert isinstance(onnx_eng.cross_encoder(), OnnxCrossEncoder)
     qs, ts = ["蓝牙耳机"] * 5, onnx_eng.products.titles.take(range(5))
-    np.testing.assert_allclose(onnx_eng.cross_encoder().predict(qs, ts), torch_eng.cross_encoder().predict(qs, ts),
-                               atol=1e-4)
-    np.testing.assert_allclose(onnx_eng.dense_stage("dense")[0].encode_queries(QUERIES),
-                               torch_eng.dense_stage("dense")[0].encode_queries(QUERIES), atol=1e-4)
+    np.testing.assert_allclose(
+        onnx_eng.cross_encoder().predict(qs, ts), torch_eng.cross_encoder().predict(qs, ts), atol=1e-4
+    )
+    np.testing.assert_allclose(
+        onnx_eng.dense_stage("dense")[0].encode_queries(QUERIES),
+        torch_eng.dense_stage("dense")[0].encode_queries(QUERIES),
+        atol=1e-4,
+    )
     for q in QUERIES:
         assert _ids(onnx_eng.query(q, k=10)) == _ids(torch_eng.query(q, k=10))
     assert "onnx" in onnx_eng.query("猫粮").versions["cross_encoder"]
@@ -242,19 +268,50 @@ def test_distillation_trains_a_smaller_student_from_teacher_scores_and_resumes_i
 
     from finetune.distill import main as distill
 
-    raw = {"name": "t", "root": str(live_cfg.root), "catalog": {"path": str(live_cfg.catalog.path)},
-           "index_dir": str(live_cfg.index_dir), "text": {"unknown_word_ngrams": 1},
-           "dense": {"model": str(live_cfg.dense.model), "base_model": str(live_cfg.dense.base_model),
-                     "max_length": 64}, "search": {"stages": ["bm25", "dense"]},
-           "finetune": {"train": str(live_cfg.finetune.train)}, "eval": {"queries": str(live_cfg.eval.queries)}}
+    raw = {
+        "name": "t",
+        "root": str(live_cfg.root),
+        "catalog": {"path": str(live_cfg.catalog.path)},
+        "index_dir": str(live_cfg.index_dir),
+        "text": {"unknown_word_ngrams": 1},
+        "dense": {"model": str(live_cfg.dense.model), "base_model": str(live_cfg.dense.base_model), "max_length": 64},
+        "search": {"stages": ["bm25", "dense"]},
+        "finetune": {"train": str(live_cfg.finetune.train)},
+        "eval": {"queries": str(live_cfg.eval.queries)},
+    }
     cfg_path = tmp_path / "t.yaml"
     cfg_path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     log = tmp_path / "log.tsv"
     log.write_text("qid\tquery\n1\t蓝牙耳机 降噪\n2\t猫粮 成猫\n3\t洗衣液\n", encoding="utf-8")
     teacher = live_cfg.rerank.model
-    args = ["--config", str(cfg_path), "--teacher", str(teacher), "--layers", "1", "--out", str(tmp_path / "s"),
-            "--train-queries", "30", "--log-queries", "3", "--querylog", str(log), "--depth", "10",
-            "--held-out", "5", "--max-steps", "4", "--batch-size", "4", "--group", "4", "--max-length", "32"]
+    args = [
+        "--config",
+        str(cfg_path),
+        "--teacher",
+        str(teacher),
+        "--layers",
+        "1",
+        "--out",
+        str(tmp_path / "s"),
+        "--train-queries",
+        "30",
+        "--log-queries",
+        "3",
+        "--querylog",
+        str(log),
+        "--depth",
+        "10",
+        "--held-out",
+        "5",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--group",
+        "4",
+        "--max-length",
+        "32",
+    ]
     assert distill(args) == 0
     card = json.loads((tmp_path / "s" / "model_card.json").read_text())
     assert card["layers"] == 1 and 1 <= card["queries"]["querylog"] <= 3 and card["pairs"] > 0

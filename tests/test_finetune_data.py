@@ -2,8 +2,7 @@ import pytest
 
 from engine import SearchEngine
 from core.formats.clicklog import Event, read_clicklog
-from finetune.data import (from_clicklog, from_judged, mine_hard_negatives, near_duplicate, split_by_time,
-                           time_cut)
+from finetune.data import from_clicklog, from_judged, mine_hard_negatives, near_duplicate, split_by_time, time_cut
 from indexer.build import build_indexes
 
 from conftest import make_config
@@ -19,9 +18,14 @@ def test_time_split_never_trains_on_the_future(demo_dir):
 
 
 def test_gains_and_negatives_from_the_click_log():
-    ev = [Event("u", "耳机", "A", "impression", 1), Event("u", "耳机", "A", "click", 2),
-          Event("u", "耳机", "A", "purchase", 3), Event("u", "耳机", "B", "impression", 1),
-          Event("v", "耳机", "C", "add_to_cart", 5), Event("v", "猫粮", "D", "impression", 6)]
+    ev = [
+        Event("u", "耳机", "A", "impression", 1),
+        Event("u", "耳机", "A", "click", 2),
+        Event("u", "耳机", "A", "purchase", 3),
+        Event("u", "耳机", "B", "impression", 1),
+        Event("v", "耳机", "C", "add_to_cart", 5),
+        Event("v", "猫粮", "D", "impression", 6),
+    ]
     data = from_clicklog(ev)
     assert list(data.texts.values()) == ["耳机"]
     assert data.positives["c0"] == {"A": 3.0, "C": 2.0}

@@ -7,11 +7,11 @@ import pytest
 
 from engine import SearchEngine
 from core.formats.clicklog import read_clicklog
-from finetune.job import load_training_data, run_job
+from finetune.inputs import load_training_data
+from finetune.job import run_job
 from indexer.build import stale_stages
 from indexer.encoder import ModelMissingError, model_fingerprint
 from indexer.store import read_manifest
-
 
 
 def test_a_missing_fine_tuned_model_names_the_command(job_cfg, trained, tmp_path):
@@ -92,7 +92,9 @@ def test_the_engine_reranks_the_union_of_first_stage_candidates(job_cfg, trained
 def test_rerank_respects_filters_and_batches_like_single_queries(job_cfg, trained):
     eng = SearchEngine.from_config(job_cfg)
     hits = eng.query("耳机", k=10, filters={"category": "耳机"})
-    assert hits and all(eng.products.categories[eng.products.category_codes[eng.products.row_of(h.product_id)]] == "耳机" for h in hits)
+    assert hits and all(
+        eng.products.categories[eng.products.category_codes[eng.products.row_of(h.product_id)]] == "耳机" for h in hits
+    )
     texts = ["华为 手机", "猫粮", "蓝牙耳机 降噪"]
     batched = eng.retrieve_many(texts, 30, "rerank")
     for t, b in zip(texts, batched):
@@ -106,8 +108,10 @@ def test_eval_overrides_parse_into_config_sections():
     from eval.__main__ import parse_overrides
     from indexer.config import ConfigError
 
-    assert parse_overrides(["rerank.weight=0.6", "rerank.model=models/x", "search.candidates=50"]) == \
-        {"rerank": {"weight": 0.6, "model": "models/x"}, "search": {"candidates": 50}}
+    assert parse_overrides(["rerank.weight=0.6", "rerank.model=models/x", "search.candidates=50"]) == {
+        "rerank": {"weight": 0.6, "model": "models/x"},
+        "search": {"candidates": 50},
+    }
     with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
         parse_overrides(["weight=0.6"])
 
@@ -115,13 +119,14 @@ def test_eval_overrides_parse_into_config_sections():
 def test_settings_that_do_not_change_a_model_stay_out_of_its_settings_hash():
     import dataclasses
 
-    from finetune.job import settings_hash
+    from finetune.inputs import settings_hash
     from indexer.config import BiEncoderTrainConfig, PersonalConfig
 
     be, personal = BiEncoderTrainConfig(), PersonalConfig()
     assert settings_hash(dataclasses.replace(be, workers=4)) == settings_hash(be)  # wall time only
-    assert settings_hash(dataclasses.replace(personal, dsn="postgresql://x", pg_schema="s")) == \
-        settings_hash(personal)  # where events are stored
+    assert settings_hash(dataclasses.replace(personal, dsn="postgresql://x", pg_schema="s")) == settings_hash(
+        personal
+    )  # where events are stored
     assert settings_hash(dataclasses.replace(be, lora_rank=8)) != settings_hash(be)  # set: it counts
     assert settings_hash(dataclasses.replace(be, lr=1e-4)) != settings_hash(be)
 
@@ -168,8 +173,9 @@ def _judged_cfg(job_cfg, tmp_path, n: int, prefix: int, ranker):
     eng = SearchEngine.from_config(job_cfg)
     ids, titles = eng.products.ids, eng.products.titles
     judged = tmp_path / "train.tsv"
-    judged.write_text("query\tpid\trelevance\n" + "".join(f"{titles[i][:prefix]}\t{ids[i]}\t1\n" for i in range(n)),
-                      encoding="utf-8")
+    judged.write_text(
+        "query\tpid\trelevance\n" + "".join(f"{titles[i][:prefix]}\t{ids[i]}\t1\n" for i in range(n)), encoding="utf-8"
+    )
     ft = dataclasses.replace(job_cfg.finetune, train=judged, format="judged", dev=judged, dev_queries=2, ranker=ranker)
     return dataclasses.replace(job_cfg, finetune=ft)
 
@@ -191,14 +197,20 @@ def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_
     off = dataclasses.replace(cfg, finetune=dataclasses.replace(ft, ranker=job_cfg.finetune.ranker))
     assert ranker_held_out(off, data) == set()
     assert ranker_held_out(dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None)), data) == set()
-    assert ranker_held_out(dataclasses.replace(job_cfg, finetune=dataclasses.replace(
-        job_cfg.finetune, ranker=ft.ranker)), load_training_data(job_cfg)) == set()
+    assert (
+        ranker_held_out(
+            dataclasses.replace(job_cfg, finetune=dataclasses.replace(job_cfg.finetune, ranker=ft.ranker)),
+            load_training_data(job_cfg),
+        )
+        == set()
+    )
 
     seen = {}
 
     def fake_train(model, examples, t, out, **kw):
         seen["queries"] = {e.query for e in examples}
         return {}
+
     monkeypatch.setattr(finetune.crossencoder, "train", fake_train)
     card = train_crossencoder(cfg, data, tmp_path / "ce", resume=False, progress=False)
     held_texts = {data.train.texts[q] for q in held}
@@ -214,8 +226,9 @@ def test_a_judged_pairs_ranker_can_choose_its_trees_by_cross_validation(job_cfg,
 
     from finetune.job import train_ranker_stage
 
-    ranker = dataclasses.replace(job_cfg.finetune.ranker, max_queries=40, cv_folds=3, min_data_in_leaf=5,
-                                 early_stopping=5, num_rounds=60)
+    ranker = dataclasses.replace(
+        job_cfg.finetune.ranker, max_queries=40, cv_folds=3, min_data_in_leaf=5, early_stopping=5, num_rounds=60
+    )
     cfg = _judged_cfg(job_cfg, tmp_path, 40, 10, ranker)
     ft = cfg.finetune
     card = train_ranker_stage(cfg, load_training_data(cfg), tmp_path / "ranker", progress=False)

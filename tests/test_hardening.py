@@ -20,7 +20,8 @@ from indexer.build import build_indexes, stale_stages
 from core.formats.catalog import CatalogError, catalog_from_rows
 from indexer.config import load_config, write_config
 from indexer.store import CURRENT, version_root
-from indexer.updates import DELETED, LEGACY_DELETED, add_products, deleted_ids, delete_products
+from indexer.deleted import DELETED, LEGACY_DELETED, deleted_ids
+from indexer.updates import add_products, delete_products
 
 from conftest import ROOT, make_config
 
@@ -29,17 +30,27 @@ DAY = 86400.0
 
 @pytest.fixture()
 def cfg(demo_dir, tiny_model, tmp_path):
-    c = make_config(tmp_path, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]},
-                    dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32,
-                           "device": "cpu", "factory": "Flat"},
-                    personal={"user_key": "k", "retention_days": 3650})
+    c = make_config(
+        tmp_path,
+        demo_dir / "catalog.jsonl",
+        search={"stages": ["bm25", "dense"]},
+        dense={
+            "model": str(tiny_model),
+            "base_model": str(tiny_model),
+            "max_length": 32,
+            "device": "cpu",
+            "factory": "Flat",
+        },
+        personal={"user_key": "k", "retention_days": 3650},
+    )
     build_indexes(c, progress=False)
     return c
 
 
 # -- ids: what one may hold, and lists that cannot split one ---------------------------------------------
-@pytest.mark.parametrize("bad", ["PX-newline\nP100002", "a\rb", "a\u2028b", "a\u2029b", "a\x00b", "a\u200bb",
-                                 "x" * 257, "   "])
+@pytest.mark.parametrize(
+    "bad", ["PX-newline\nP100002", "a\rb", "a\u2028b", "a\u2029b", "a\x00b", "a\u200bb", "x" * 257, "   "]
+)
 def test_an_id_with_a_control_or_separator_character_is_refused_everywhere(cfg, bad):
     with pytest.raises(CatalogError) as e:
         catalog_from_rows([{"id": bad, "title": "蓝牙 音箱"}])
@@ -96,8 +107,12 @@ def test_a_kill_during_an_add_leaves_the_last_whole_version_serving(cfg, tmp_pat
     config = write_config(cfg, tmp_path / "c.yaml")
     n = len(SearchEngine.from_config(cfg, load_models=False).products)
     before = version_root(cfg.index_dir)
-    r = subprocess.run([sys.executable, "-c", KILL_DURING_ADD.format(root=str(ROOT), config=str(config))],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", KILL_DURING_ADD.format(root=str(ROOT), config=str(config))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert version_root(cfg.index_dir) == before  # nothing switched
     leftovers = [p for p in cfg.index_dir.iterdir() if "@" in p.name and not p.name.startswith("version@")]
@@ -127,8 +142,13 @@ def test_a_dense_index_with_other_rows_than_bm25_is_stale(cfg, tmp_path):
     from indexer.store import index_commit
 
     with index_commit(cfg.index_dir) as c:  # a bm25 build alone, as an older engine could leave it
-        build_indexes(cfg, progress=False, stages=["bm25"], commit=c,
-                      catalog=catalog_from_rows([{"id": "A", "title": "蓝牙 音箱"}, {"id": "B", "title": "猫粮"}]))
+        build_indexes(
+            cfg,
+            progress=False,
+            stages=["bm25"],
+            commit=c,
+            catalog=catalog_from_rows([{"id": "A", "title": "蓝牙 音箱"}, {"id": "B", "title": "猫粮"}]),
+        )
     assert "dense" in stale_stages(cfg, ["bm25", "dense"])
 
 
@@ -139,7 +159,7 @@ def test_a_far_future_or_ancient_event_is_refused_and_cannot_freeze_a_profile(cf
     for _ in range(20):
         events.record("shopper", pid, "click")
     w20 = events.profile("shopper").weight
-    for bad in (1e12, 0, -5, "9999-12-31", 1e300, 10 ** 400, "1" * 400, float("nan"), "1e999"):
+    for bad in (1e12, 0, -5, "9999-12-31", 1e300, 10**400, "1" * 400, float("nan"), "1e999"):
         with pytest.raises(EventError, match="field 'timestamp'"):
             events.record("shopper", pid, "click", timestamp=bad)
     for _ in range(40):
@@ -153,8 +173,10 @@ def test_a_click_log_import_lists_out_of_range_times_as_rejects_with_lines(cfg, 
     events = SearchEngine.from_config(cfg, load_models=False).user_events()
     pid = events.product_ids[0]
     now = time.time()
-    rows = [{"user_id": "u", "query": "q", "product_id": pid, "event": "click", "timestamp": t}
-            for t in (now - 60, 1e12, now - 30, 0, "9999-12-31")]
+    rows = [
+        {"user_id": "u", "query": "q", "product_id": pid, "event": "click", "timestamp": t}
+        for t in (now - 60, 1e12, now - 30, 0, "9999-12-31")
+    ]
     log = tmp_path / "clicks.jsonl"
     log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(EventError, match="clicks.jsonl:2: field 'timestamp'"):
@@ -184,8 +206,9 @@ def test_a_bots_thousand_clicks_count_once_and_forgetting_takes_every_count_back
     ids = events.product_ids.tolist()[:300]
     rows = np.arange(len(ids))
     key = events.user_key("spammer-2", for_write=True)
-    events.append_bulk([key] * len(ids), ids, rows, ["click"] * len(ids), np.full(len(ids), events.clock()),
-                       [None] * len(ids))
+    events.append_bulk(
+        [key] * len(ids), ids, rows, ["click"] * len(ids), np.full(len(ids), events.clock()), [None] * len(ids)
+    )
     assert sum(c[1] for c in events.store.product_counts().values()) == 1 + 1 + 200
     # forgetting removes a user's contribution everywhere it was counted
     assert events.forget("spammer-1") == 1000 and events.forget("spammer-2") == 300
@@ -239,8 +262,9 @@ def test_a_built_tree_copied_to_another_folder_is_current_there(cfg, tmp_path, d
     new_root = tmp_path / "copy"
     shutil.copytree(cfg.index_dir, new_root / "idx", symlinks=True)
     shutil.copy(demo_dir / "catalog.jsonl", new_root / "catalog.jsonl")
-    moved = dataclasses.replace(cfg, index_dir=new_root / "idx", catalog=dataclasses.replace(
-        cfg.catalog, path=new_root / "catalog.jsonl"))
+    moved = dataclasses.replace(
+        cfg, index_dir=new_root / "idx", catalog=dataclasses.replace(cfg.catalog, path=new_root / "catalog.jsonl")
+    )
     assert moved.index_fingerprint() == cfg.index_fingerprint()
     assert stale_stages(moved, ["bm25", "dense"]) == []
     assert len(SearchEngine.from_config(moved).query("蓝牙耳机", k=3)) == 3
@@ -287,8 +311,11 @@ def click_trusting_ranker():
     X[:, FEATURES.index("popularity")] = rng.uniform(0, 3, 4000)
     relevance = X[:, FEATURES.index("ctr")] + X[:, FEATURES.index("popularity")] / 3 + 0.3 * X[:, FEATURES.index("ce")]
     y = np.digitize(relevance, np.quantile(relevance, [0.5, 0.8, 0.95]))
-    booster = lgb.train({"objective": "lambdarank", "verbosity": -1, "num_leaves": 7, "min_data_in_leaf": 5},
-                        lgb.Dataset(X, y, group=[40] * 100), num_boost_round=30)
+    booster = lgb.train(
+        {"objective": "lambdarank", "verbosity": -1, "num_leaves": 7, "min_data_in_leaf": 5},
+        lgb.Dataset(X, y, group=[40] * 100),
+        num_boost_round=30,
+    )
     ranker = Ranker(booster, list(FEATURES))
     ranker.signature = (0, 0, "clicky")
     return ranker

@@ -22,8 +22,12 @@ from conftest import SHARED, copy_config, make_config  # noqa: E402
 
 
 def on_milvus(cfg, tmp_path):
-    return dataclasses.replace(cfg, search=dataclasses.replace(
-        cfg.search, backend="milvus", milvus=dataclasses.replace(cfg.search.milvus, uri=str(tmp_path / "milvus.db"))))
+    return dataclasses.replace(
+        cfg,
+        search=dataclasses.replace(
+            cfg.search, backend="milvus", milvus=dataclasses.replace(cfg.search.milvus, uri=str(tmp_path / "milvus.db"))
+        ),
+    )
 
 
 def demo_queries(cfg) -> dict[str, dict[str, float]]:
@@ -44,9 +48,10 @@ def same_ranking(a, b, rtol: float = 1e-4) -> bool:
     if not np.allclose(a.scores, b.scores, rtol=rtol):
         return False
     tied_last = np.isclose(a.scores, a.scores[-1], rtol=rtol)
-    return set(a.rows[~tied_last]) == set(b.rows[~tied_last]) and \
-        all(set(a.rows[np.isclose(a.scores, v, rtol=rtol)]) == set(b.rows[np.isclose(b.scores, v, rtol=rtol)])
-            for v in a.scores[~tied_last])
+    return set(a.rows[~tied_last]) == set(b.rows[~tied_last]) and all(
+        set(a.rows[np.isclose(a.scores, v, rtol=rtol)]) == set(b.rows[np.isclose(b.scores, v, rtol=rtol)])
+        for v in a.scores[~tied_last]
+    )
 
 
 @pytest.fixture()
@@ -75,9 +80,13 @@ def test_bm25_is_identical_and_dense_overlaps_on_every_demo_query(pair):
 
 
 def test_several_token_fields_are_merged_as_the_local_index_merges_them(demo_dir, tiny_model, tmp_path):
-    cfg = make_config(tmp_path, demo_dir / "catalog.jsonl", search={"stages": ["bm25"]},
-                      dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32},
-                      bm25={"fields": {"words": 0.3, "chars": 0.7}})
+    cfg = make_config(
+        tmp_path,
+        demo_dir / "catalog.jsonl",
+        search={"stages": ["bm25"]},
+        dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32},
+        bm25={"fields": {"words": 0.3, "chars": 0.7}},
+    )
     build_indexes(cfg, progress=False, stages=["bm25"])
     mv = on_milvus(cfg, tmp_path)
     milvus.ensure_collection(mv, progress=False)
@@ -89,13 +98,20 @@ def test_several_token_fields_are_merged_as_the_local_index_merges_them(demo_dir
 
 
 def test_filters_become_expressions_with_the_same_results(pair):
-    assert milvus.filters_expr({"category": "耳机", "brand": ["索尼", "华为"], "price_min": 10, "price_max": 99.5}) == \
-        'category in ["耳机"] and brand in ["索尼", "华为"] and has_price == true and price >= 10.0 and price <= 99.5'
+    assert (
+        milvus.filters_expr({"category": "耳机", "brand": ["索尼", "华为"], "price_min": 10, "price_max": 99.5})
+        == 'category in ["耳机"] and brand in ["索尼", "华为"] and has_price == true and price >= 10.0 '
+        "and price <= 99.5"
+    )
     local, mv = SearchEngine.from_config(pair[0]), SearchEngine.from_config(pair[1])
     cat = local.products.categories[0]
     brand = local.products.brands[int(np.asarray(local.products.brand_codes)[0])]
-    for filters in ({"category": cat}, {"brand": brand}, {"price_min": 50, "price_max": 500},
-                    {"category": [cat], "price_max": 300}):
+    for filters in (
+        {"category": cat},
+        {"brand": brand},
+        {"price_min": 50, "price_max": 500},
+        {"category": [cat], "price_max": 300},
+    ):
         for q in ("手机", "耳机 蓝牙", "猫粮"):
             a = [h.product_id for h in local.query(q, k=10, filters=filters)]
             b = [h.product_id for h in mv.query(q, k=10, filters=filters)]
@@ -123,8 +139,14 @@ def test_deletes_and_additions_reach_the_collection(pair, tmp_path):
     cat = eng.products.categories[int(np.asarray(eng.products.category_codes)[int(top.rows[0])])]
     assert victim not in [h.product_id for h in eng.query("手机", k=50, filters={"category": cat})]
     new = tmp_path / "new.jsonl"
-    new.write_text(json.dumps({"id": "N1", "title": "量子波动 速读 机器人 XQ-900", "category": "儿童玩具",
-                               "brand": "乐高", "price": 99}, ensure_ascii=False) + "\n", encoding="utf-8")
+    new.write_text(
+        json.dumps(
+            {"id": "N1", "title": "量子波动 速读 机器人 XQ-900", "category": "儿童玩具", "brand": "乐高", "price": 99},
+            ensure_ascii=False,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     report = add_products(mv_cfg, read_catalog(new), progress=False)
     assert report["stages"]["milvus"] == 1
     fresh = SearchEngine.from_config(mv_cfg)  # the collection mirrors the new builds: no stale-build refusal
@@ -173,8 +195,12 @@ def test_wentian_bm25_and_dense_match_on_milvus(tmp_path):
         pytest.skip("WenTian data not in ../shared")
     cfg = load_config(ROOT / "configs" / "wentian.yaml")
     mv = on_milvus(cfg, tmp_path)
-    mv = dataclasses.replace(mv, search=dataclasses.replace(mv.search, milvus=dataclasses.replace(
-        mv.search.milvus, collection="wentian_slow_test")))  # its own manifest beside the real indexes
+    mv = dataclasses.replace(
+        mv,
+        search=dataclasses.replace(
+            mv.search, milvus=dataclasses.replace(mv.search.milvus, collection="wentian_slow_test")
+        ),
+    )  # its own manifest beside the real indexes
     try:
         ensure_indexes(mv, progress=False)
         local, remote = SearchEngine.from_config(cfg), SearchEngine.from_config(mv)

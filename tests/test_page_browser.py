@@ -24,8 +24,9 @@ def server(live_cfg):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(engine, watch=False), host="127.0.0.1", port=port,
-                                        log_level="warning"))
+    srv = uvicorn.Server(
+        uvicorn.Config(create_app(engine, watch=False), host="127.0.0.1", port=port, log_level="warning")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -67,8 +68,7 @@ def test_the_page_searches_filters_personalizes_and_explains(server):
         page.wait_for_selector(".hit .explain")
         ids = page.eval_on_selector_all(".hit", "hs => hs.map(h => h.dataset.productId)")
         rows = [engine.products.row_of(i) for i in ids]
-        assert ids and all(engine.products.categories[int(engine.products.category_codes[r])] == category
-                           for r in rows)
+        assert ids and all(engine.products.categories[int(engine.products.category_codes[r])] == category for r in rows)
         assert "cross-encoder" in page.inner_text(".hit .explain")
         # a bad request shows the API's error naming the parameter
         page.fill("#q", "   ")

@@ -24,8 +24,14 @@ def tiny_facets(n=6, d=4):
     rng = np.random.default_rng(0)
     v = rng.normal(size=(n, d)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    return ProductFacets(v, np.array([0, 0, 1, 1, -1, 0], dtype=np.int32)[:n], np.array([0, 1, 0, 1, 2, 2])[:n].astype(np.int32),
-                         np.array([3, 3, 4, 4, 3, 4])[:n].astype(np.int32), np.array([0, 4, 1, 2, -1, 0])[:n].astype(np.int32), "g1")
+    return ProductFacets(
+        v,
+        np.array([0, 0, 1, 1, -1, 0], dtype=np.int32)[:n],
+        np.array([0, 1, 0, 1, 2, 2])[:n].astype(np.int32),
+        np.array([3, 3, 4, 4, 3, 4])[:n].astype(np.int32),
+        np.array([0, 4, 1, 2, -1, 0])[:n].astype(np.int32),
+        "g1",
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -47,8 +53,7 @@ def events_for(tmp_path, key="k", clock=None, retention_days=365.0, kind=None):
     facets = tiny_facets()
     ids = [f"P{i}" for i in range(len(facets))]
     kw = {"clock": clock} if clock else {}
-    return UserEvents(open_test_store(kind, tmp_path), facets, ids, ProfileSettings(30.0), key,
-                      retention_days, **kw)
+    return UserEvents(open_test_store(kind, tmp_path), facets, ids, ProfileSettings(30.0), key, retention_days, **kw)
 
 
 # -- events in ---------------------------------------------------------------------------------------------
@@ -87,18 +92,20 @@ def test_an_event_is_visible_to_the_next_profile_read_and_impressions_do_not_cou
 
 
 def _writer(kind, tmp_path, user_prefix, n):
-    ev = UserEvents(open_test_store(kind, tmp_path), tiny_facets(), [f"P{i}" for i in range(6)],
-                    ProfileSettings(30.0), "k")
+    ev = UserEvents(
+        open_test_store(kind, tmp_path), tiny_facets(), [f"P{i}" for i in range(6)], ProfileSettings(30.0), "k"
+    )
     for i in range(n):
         ev.record(f"{user_prefix}{i % 3}", f"P{i % 6}", "click", T0 + i)
 
 
 def test_concurrent_writers_in_threads_and_processes_lose_no_update(tmp_path, store_kind):
     ev = events_for(tmp_path, kind=store_kind)
-    threads = [threading.Thread(target=lambda: [ev.record(f"u{i % 3}", f"P{i % 6}", "click", T0 + i)
-                                                for i in range(40)]) for _ in range(4)]
-    procs = [mp.get_context("spawn").Process(target=_writer, args=(store_kind, tmp_path, "u", 40))
-             for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: [ev.record(f"u{i % 3}", f"P{i % 6}", "click", T0 + i) for i in range(40)])
+        for _ in range(4)
+    ]
+    procs = [mp.get_context("spawn").Process(target=_writer, args=(store_kind, tmp_path, "u", 40)) for _ in range(2)]
     for t in threads + procs:
         t.start()
     for t in threads + procs:
@@ -151,11 +158,21 @@ def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path, s
     import json
 
     log = tmp_path / "clicks.jsonl"
-    rows = [{"user_id": f"u{i % 4}", "query": "q", "product_id": f"P{i % 6}", "event": ["click", "purchase",
-             "impression", "add_to_cart"][i % 4], "timestamp": T0 + i * 3600} for i in range(40)]
-    bad = [{"user_id": "u1", "query": "q", "product_id": "P77", "event": "click", "timestamp": T0},
-           {"user_id": "u1", "query": "q", "product_id": "P1", "event": "click", "timestamp": "soon"},
-           {"user_id": "", "query": "q", "product_id": "P1", "event": "click", "timestamp": T0}]
+    rows = [
+        {
+            "user_id": f"u{i % 4}",
+            "query": "q",
+            "product_id": f"P{i % 6}",
+            "event": ["click", "purchase", "impression", "add_to_cart"][i % 4],
+            "timestamp": T0 + i * 3600,
+        }
+        for i in range(40)
+    ]
+    bad = [
+        {"user_id": "u1", "query": "q", "product_id": "P77", "event": "click", "timestamp": T0},
+        {"user_id": "u1", "query": "q", "product_id": "P1", "event": "click", "timestamp": "soon"},
+        {"user_id": "", "query": "q", "product_id": "P1", "event": "click", "timestamp": T0},
+    ]
     log.write_text("\n".join(json.dumps(r) for r in rows[:20] + bad + rows[20:]) + "\n", encoding="utf-8")
     bulk = events_for(tmp_path / "bulk", kind=store_kind)
     with pytest.raises(EventError, match=r"clicks.jsonl:21: field 'product_id'"):
@@ -230,7 +247,8 @@ def test_a_users_own_click_rate_on_a_brand_corrects_for_what_they_were_shown():
     clicks_only = Profile()
     apply_event(clicks_only, facets, 0, "P0", "click", T0, s)  # no impressions known: the rates are 0
     assert not personal_features(np.array([0, 1]), clicks_only, facets, T0, s.half_life)[
-        :, [PERSONAL.index(f"{f}_ctr") for f in ("category", "brand", "group", "price_band")]].any()
+        :, [PERSONAL.index(f"{f}_ctr") for f in ("category", "brand", "group", "price_band")]
+    ].any()
 
 
 def _logged_data(rng, n_sessions=600, personal_effect=1.0, shown=10):
@@ -243,8 +261,9 @@ def _logged_data(rng, n_sessions=600, personal_effect=1.0, shown=10):
     X[:, FEATURES.index("brand_ctr")] = rng.gamma(2.0, 0.5, size=n)
     X[:, FEATURES.index("history")] = 1.0
     pos = np.tile(np.arange(shown, dtype=float), n_sessions)
-    logit = X[:, FEATURES.index("ce")] + personal_effect * 1.5 * np.log(X[:, FEATURES.index("brand_ctr")]) \
-        - 0.4 * pos - 1.0
+    logit = (
+        X[:, FEATURES.index("ce")] + personal_effect * 1.5 * np.log(X[:, FEATURES.index("brand_ctr")]) - 0.4 * pos - 1.0
+    )
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(float)
     return Dataset(X, y, np.full(n_sessions, shown), list(range(n_sessions)), pos)
 
@@ -333,10 +352,13 @@ def test_product_counts_and_profiles_use_only_events_before_the_query_time():
     assert tl.at(np.array([2, 5, 0]), T0 + 2).tolist() == [[1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]
     assert tl.at(np.array([2]), T0 + 100).tolist() == [[2, 1, 0, 1]]
     assert tl.at(np.array([2]), T0 - 5).tolist() == [[0, 0, 0, 0]]
-    events = [Event("u", "q", f"P{r}", ["impression", "click", "add_to_cart", "purchase"][c], t)
-              for r, c, t in zip(rows, codes, ts)]
-    pit = PointInTime(EventArrays.from_events(events, {f"P{i}": i for i in range(6)}), tiny_facets(),
-                      ProfileSettings(30.0))
+    events = [
+        Event("u", "q", f"P{r}", ["impression", "click", "add_to_cart", "purchase"][c], t)
+        for r, c, t in zip(rows, codes, ts)
+    ]
+    pit = PointInTime(
+        EventArrays.from_events(events, {f"P{i}": i for i in range(6)}), tiny_facets(), ProfileSettings(30.0)
+    )
     assert "u" not in pit.profiles_at(T0 + 1) or pit.profiles_at(T0 + 1)["u"].n_events == 0
     assert pit.profiles_at(T0 + 2)["u"].n_events == 1  # the click at T0+1, not the one at T0+2
     assert pit.profiles_at(T0 + 3.5)["u"].bought == ["P2"]
@@ -384,8 +406,11 @@ def _brand_ranker(tmp_path):
     y = (X[:, FEATURES.index("ce")] + 3 * X[:, FEATURES.index("brand_aff")] > 1.5).astype(int)
     feats = ["ce", "bm25_score", "dense_score", "brand_aff", "category_aff", "centroid_cos"]
     cols = [FEATURES.index(f) for f in feats]
-    booster = lgb.train({"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 20, "num_threads": 1},
-                        lgb.Dataset(X[:, cols], y, group=[g] * (n // g)), num_boost_round=30)
+    booster = lgb.train(
+        {"objective": "lambdarank", "verbosity": -1, "min_data_in_leaf": 20, "num_threads": 1},
+        lgb.Dataset(X[:, cols], y, group=[g] * (n // g)),
+        num_boost_round=30,
+    )
     Ranker(booster, feats, {"note": "test"}).save(tmp_path / "ranker")
     return tmp_path / "ranker"
 
@@ -394,8 +419,10 @@ def _brand_ranker(tmp_path):
 def personal_engine(job_cfg, trained, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("personal")
     cfg = dataclasses.replace(
-        job_cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(_brand_ranker(tmp))),
-        personal=dataclasses.replace(job_cfg.personal, user_key="test-key", path=tmp / "events.sqlite"))
+        job_cfg,
+        rerank=dataclasses.replace(job_cfg.rerank, ranker=str(_brand_ranker(tmp))),
+        personal=dataclasses.replace(job_cfg.personal, user_key="test-key", path=tmp / "events.sqlite"),
+    )
     return SearchEngine.from_config(cfg)
 
 
@@ -408,8 +435,9 @@ def test_cold_users_get_exactly_the_non_personalized_ranking(personal_engine):
     eng.record_event("only-looked", eng.products.ids[3], "impression")
     base = eng.query("蓝牙耳机", k=20)
     for kw in ({"user_id": None}, {"user_id": "never-seen"}, {"user_id": "only-looked"}):
-        assert [(h.product_id, h.score) for h in eng.query("蓝牙耳机", k=20, **kw)] == \
-            [(h.product_id, h.score) for h in base]
+        assert [(h.product_id, h.score) for h in eng.query("蓝牙耳机", k=20, **kw)] == [
+            (h.product_id, h.score) for h in base
+        ]
 
 
 def test_the_personalize_knob_scales_the_personal_contribution(personal_engine):
@@ -474,19 +502,31 @@ def test_the_ingest_command_loads_a_click_log_and_lists_bad_rows(job_cfg, traine
 
     import yaml
 
-    from engine.events import main as events_main
+    from engine.events_cli import main as events_main
 
     cfg_file = tmp_path / "t.yaml"
-    cfg_file.write_text(yaml.safe_dump({
-        "name": "t", "root": str(job_cfg.root), "catalog": {"path": str(job_cfg.catalog.path)},
-        "index_dir": str(job_cfg.index_dir), "text": {"unknown_word_ngrams": 1},
-        "dense": {"model": job_cfg.dense.model, "base_model": job_cfg.dense.base_model, "max_length": 64},
-        "search": {"stages": ["bm25", "dense"]}, "personal": {"path": str(tmp_path / "ev.sqlite")}},
-        allow_unicode=True), encoding="utf-8")
+    cfg_file.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "root": str(job_cfg.root),
+                "catalog": {"path": str(job_cfg.catalog.path)},
+                "index_dir": str(job_cfg.index_dir),
+                "text": {"unknown_word_ngrams": 1},
+                "dense": {"model": job_cfg.dense.model, "base_model": job_cfg.dense.base_model, "max_length": 64},
+                "search": {"stages": ["bm25", "dense"]},
+                "personal": {"path": str(tmp_path / "ev.sqlite")},
+            },
+            allow_unicode=True,
+        ),
+        encoding="utf-8",
+    )
     log = tmp_path / "clicks.jsonl"
     ids = SearchEngine.from_config(job_cfg, load_models=False).products.ids
-    good = [{"user_id": "a", "query": "q", "product_id": ids[i], "event": "click", "timestamp": 1_767_225_600 + i}
-            for i in range(5)]
+    good = [
+        {"user_id": "a", "query": "q", "product_id": ids[i], "event": "click", "timestamp": 1_767_225_600 + i}
+        for i in range(5)
+    ]
     bad = {"user_id": "a", "query": "q", "product_id": ids[0], "event": "wishlist", "timestamp": 1_767_225_600}
     log.write_text("\n".join(json.dumps(r) for r in good + [bad]) + "\n", encoding="utf-8")
     monkeypatch.delenv("ECOMSEARCH_USER_KEY", raising=False)
@@ -526,13 +566,18 @@ def test_a_ranker_trained_on_another_cross_encoder_is_refused(job_cfg, trained, 
     shutil.copytree(job_cfg.finetune.out_dir / "ranker", ranker)
     card = json.loads((ranker / "model_card.json").read_text())
     assert card["cross_encoder"]["fingerprint"]  # the job records what it trained on
-    assert SearchEngine.from_config(dataclasses.replace(
-        job_cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(ranker)))).ranker() is not None
+    assert (
+        SearchEngine.from_config(
+            dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(ranker)))
+        ).ranker()
+        is not None
+    )
     card["cross_encoder"]["fingerprint"] = "0" * 16
     (ranker / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(ModelMismatchError, match="retrain"):
-        SearchEngine.from_config(dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank,
-                                                                                          ranker=str(ranker))))
+        SearchEngine.from_config(
+            dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank, ranker=str(ranker)))
+        )
 
 
 def test_the_config_chooses_the_event_store_and_postgres_needs_a_dsn(tmp_path, pg_dsn, monkeypatch):

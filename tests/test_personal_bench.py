@@ -21,8 +21,9 @@ def test_the_simulator_splits_by_time_and_cold_users_have_no_history(world):
     eng, w = world
     rng = np.random.default_rng(0)
     users = personal.make_users(w, 60, rng)
-    log, cut = personal.simulate(w, users, 1.0, days=30, eval_days=10, sessions_per_user=6, rng=rng,
-                                 row_ids=eng.products.ids)
+    log, cut = personal.simulate(
+        w, users, 1.0, days=30, eval_days=10, sessions_per_user=6, rng=rng, row_ids=eng.products.ids
+    )
     assert log.events and log.sessions and log.eval_sessions
     assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
     assert all(t >= cut for _, _, t, _ in log.eval_sessions)
@@ -40,10 +41,16 @@ def test_simulated_users_click_what_they_like_only_when_they_have_a_taste(world)
         by_uid = {u.uid: u for u in users}
         log, _ = personal.simulate(w, users, strength, 30, 10, 8, rng, eng.products.ids)
         row_of = {eng.products.ids[i]: i for i in range(len(eng.products))}
-        liked = [personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
-                 for e in log.events if e.event == "click"]
-        shown = [personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
-                 for e in log.events if e.event == "impression"]
+        liked = [
+            personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
+            for e in log.events
+            if e.event == "click"
+        ]
+        shown = [
+            personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
+            for e in log.events
+            if e.event == "impression"
+        ]
         share[strength] = np.mean(liked) - np.mean(shown)
     assert abs(share[0.0]) < 0.03 and share[2.0] > 0.05
 
@@ -57,8 +64,9 @@ def test_the_bayes_ranking_from_history_learns_the_taste_only_when_there_is_one(
     flat = personal.HistoryPosterior(w, by_uid, log.sessions, 0.0)
     assert all(v == 0.0 for f in flat.llr.values() for v in f.values())  # no taste: clicks say nothing
     q = w.queries[0]
-    assert np.array_equal(np.argsort(-flat.expected_clicks(users[0].uid, q), kind="stable"),
-                          np.argsort(-w.z[q], kind="stable"))  # so it ranks by relevance alone
+    assert np.array_equal(
+        np.argsort(-flat.expected_clicks(users[0].uid, q), kind="stable"), np.argsort(-w.z[q], kind="stable")
+    )  # so it ranks by relevance alone
     log, _ = personal.simulate(w, users, 2.0, 30, 10, 8, rng, eng.products.ids)
     bayes = personal.HistoryPosterior(w, by_uid, log.sessions, 2.0)
     f = next(iter(w.facets))
@@ -71,18 +79,48 @@ def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_c
     import yaml
 
     cfg_file = tmp_path / "t.yaml"
-    raw = {"name": "t", "root": str(job_cfg.root), "catalog": {"path": str(job_cfg.catalog.path)},
-           "index_dir": str(job_cfg.index_dir), "text": {"unknown_word_ngrams": 1},
-           "dense": {"model": job_cfg.dense.model, "base_model": job_cfg.dense.base_model, "max_length": 64},
-           "search": {"stages": ["bm25", "dense"]},
-           "rerank": {"model": job_cfg.rerank.model, "depth": 20, "weight": 0.5},
-           "finetune": {"train": str(job_cfg.finetune.train), "holdout_days": 10,
-                        "out_dir": str(job_cfg.finetune.out_dir), "ranker": {"num_rounds": 30, "min_data_in_leaf": 10}}}
+    raw = {
+        "name": "t",
+        "root": str(job_cfg.root),
+        "catalog": {"path": str(job_cfg.catalog.path)},
+        "index_dir": str(job_cfg.index_dir),
+        "text": {"unknown_word_ngrams": 1},
+        "dense": {"model": job_cfg.dense.model, "base_model": job_cfg.dense.base_model, "max_length": 64},
+        "search": {"stages": ["bm25", "dense"]},
+        "rerank": {"model": job_cfg.rerank.model, "depth": 20, "weight": 0.5},
+        "finetune": {
+            "train": str(job_cfg.finetune.train),
+            "holdout_days": 10,
+            "out_dir": str(job_cfg.finetune.out_dir),
+            "ranker": {"num_rounds": 30, "min_data_in_leaf": 10},
+        },
+    }
     cfg_file.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     out = tmp_path / "report"
-    assert personal.main(["--config", str(cfg_file), "--out", str(out), "--queries", "60", "--users", "60",
-                          "--sessions", "8", "--tastes", "none,medium", "--guard", "none", "--curve", "16",
-                          "--no-progress"]) == 0
+    assert (
+        personal.main(
+            [
+                "--config",
+                str(cfg_file),
+                "--out",
+                str(out),
+                "--queries",
+                "60",
+                "--users",
+                "60",
+                "--sessions",
+                "8",
+                "--tastes",
+                "none,medium",
+                "--guard",
+                "none",
+                "--curve",
+                "16",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     payload = json.loads((out / "personal.json").read_text())
     for taste in ("none", "medium"):
         for group in ("warm", "cold"):
@@ -96,8 +134,10 @@ def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_c
     assert none["bayes"] == none["relevance"]
     # the learning curve: the medium taste again with twice the history per user
     (row,) = payload["curve"]
-    assert row["sessions"] == 16 and row["history_sessions_per_warm_user"] > \
-        payload["medium"]["train"]["history_sessions_per_warm_user"]
+    assert (
+        row["sessions"] == 16
+        and row["history_sessions_per_warm_user"] > payload["medium"]["train"]["history_sessions_per_warm_user"]
+    )
     assert {"diff", "ci_low", "ci_high", "bayes", "relevance"} <= set(row["warm"]["ndcg@10"])
     report = (out / "report.md").read_text()
     assert "simulated" in report and "Lift by length of history" in report and (out / "lift.png").is_file()

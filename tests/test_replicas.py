@@ -34,17 +34,24 @@ def replicas(job_cfg, trained, tmp_path, pg_dsn):
 
     cfg = copy_config(job_cfg, tmp_path)
     cfg = dataclasses.replace(
-        cfg, search=dataclasses.replace(cfg.search, backend="milvus", milvus=dataclasses.replace(
-            cfg.search.milvus, uri=str(tmp_path / "milvus.db"))),
+        cfg,
+        search=dataclasses.replace(
+            cfg.search, backend="milvus", milvus=dataclasses.replace(cfg.search.milvus, uri=str(tmp_path / "milvus.db"))
+        ),
         personal=dataclasses.replace(cfg.personal, store="postgres", dsn=pg_dsn, pg_schema="replicas"),
-        serve=dataclasses.replace(cfg.serve, watch_seconds=0.5))
+        serve=dataclasses.replace(cfg.serve, watch_seconds=0.5),
+    )
     ensure_indexes(cfg, progress=False)
     path = write_config(cfg, tmp_path / "replicas.yaml")
     port = free_port()
     log = open(tmp_path / "service.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "engine.service", "--config", str(path), "--port", str(port),
-                             "--workers", "2"], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "ECOMSEARCH_ADMIN_KEY": ADMIN})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.service", "--config", str(path), "--port", str(port), "--workers", "2"],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ECOMSEARCH_ADMIN_KEY": ADMIN},
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         seen = set()
@@ -83,8 +90,10 @@ def test_two_replicas_serve_a_load_without_errors_and_share_deletes_and_events(r
     victim = out[0][2]["hits"][0]["product_id"]
     with httpx.Client(timeout=30) as c:
         assert c.delete(f"{replicas}/products/{victim}", headers={"Authorization": f"Bearer {ADMIN}"}).json()["deleted"]
-        ev = c.post(f"{replicas}/events", json={"user_id": "u-shared", "product_id": out[0][2]["hits"][1]["product_id"],
-                                                 "event": "purchase"})
+        ev = c.post(
+            f"{replicas}/events",
+            json={"user_id": "u-shared", "product_id": out[0][2]["hits"][1]["product_id"], "event": "purchase"},
+        )
         assert ev.status_code == 200
     after = []
     while len({rep for _, rep, _ in after}) < 2 and len(after) < 300:  # until both replicas have answered
@@ -96,8 +105,10 @@ def test_two_replicas_serve_a_load_without_errors_and_share_deletes_and_events(r
     answered, sent = set(), 0
     while (len(answered) < 2 or sent < 30) and sent < 300:
         with httpx.Client(timeout=30) as c:
-            r = c.post(f"{replicas}/events", json={"user_id": f"u{sent % 3}", "event": "click",
-                                                    "product_id": out[1][2]["hits"][0]["product_id"]})
+            r = c.post(
+                f"{replicas}/events",
+                json={"user_id": f"u{sent % 3}", "event": "click", "product_id": out[1][2]["hits"][0]["product_id"]},
+            )
         assert r.status_code == 200
         answered.add(r.headers["x-ecomsearch-replica"])
         sent += 1

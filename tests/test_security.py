@@ -23,11 +23,20 @@ ADMIN, SEARCH = "admin-secret-1", "search-secret-2"
 
 @pytest.fixture()
 def cfg(demo_dir, tiny_model, tmp_path):
-    c = make_config(tmp_path, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]},
-                    dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32,
-                           "device": "cpu", "factory": "Flat"},
-                    personal={"user_key": "k", "retention_days": 3650},
-                    serve={"cors_origins": ["https://shop.example"], "watch_seconds": 0})
+    c = make_config(
+        tmp_path,
+        demo_dir / "catalog.jsonl",
+        search={"stages": ["bm25", "dense"]},
+        dense={
+            "model": str(tiny_model),
+            "base_model": str(tiny_model),
+            "max_length": 32,
+            "device": "cpu",
+            "factory": "Flat",
+        },
+        personal={"user_key": "k", "retention_days": 3650},
+        serve={"cors_origins": ["https://shop.example"], "watch_seconds": 0},
+    )
     build_indexes(c, progress=False)
     return c
 
@@ -49,8 +58,12 @@ def bearer(key):
 
 # -- keys -----------------------------------------------------------------------------------------------
 def admin_calls(pid):
-    return [("post", "/products", {"json": [{"id": "NEW-9", "title": "量子 机器人"}]}),
-            ("delete", f"/products/{pid}", {}), ("delete", "/users/U0250", {}), ("post", "/admin/reload", {})]
+    return [
+        ("post", "/products", {"json": [{"id": "NEW-9", "title": "量子 机器人"}]}),
+        ("delete", f"/products/{pid}", {}),
+        ("delete", "/users/U0250", {}),
+        ("post", "/admin/reload", {}),
+    ]
 
 
 def test_admin_endpoints_are_off_without_an_admin_key_and_need_it_when_set(engine):
@@ -76,9 +89,12 @@ def test_a_search_key_closes_search_events_and_metrics_to_everyone_else(engine):
     pid = engine.products.ids[0]
     event = {"user_id": "u1", "product_id": pid, "event": "click"}
     with client_for(engine, Keys(admin=ADMIN, search=SEARCH)) as c:
-        for call in (lambda h: c.get("/search", params={"q": "耳机"}, headers=h),
-                     lambda h: c.post("/events", json=event, headers=h),
-                     lambda h: c.get("/facets", headers=h), lambda h: c.get("/metrics", headers=h)):
+        for call in (
+            lambda h: c.get("/search", params={"q": "耳机"}, headers=h),
+            lambda h: c.post("/events", json=event, headers=h),
+            lambda h: c.get("/facets", headers=h),
+            lambda h: c.get("/metrics", headers=h),
+        ):
             assert call({}).status_code == 401 and call(bearer("nope")).status_code == 401
             assert call(bearer(SEARCH)).status_code == 200 and call(bearer(ADMIN)).status_code == 200
         assert c.get("/health").status_code == 200 and c.get("/").status_code == 200
@@ -102,14 +118,26 @@ def test_only_json_bodies_and_only_allowed_origins_may_write(engine):
         assert c.post("/products", content=json.dumps([{"id": "X1", "title": "t"}]), headers=evil).status_code == 403
         assert engine.profile("u1") is None
         # a configured shop origin may call the API from its pages (CORS), the service's own page too
-        ok = c.post("/events", content=body, headers={"Origin": "https://shop.example", "content-type": "application/json"})
+        ok = c.post(
+            "/events", content=body, headers={"Origin": "https://shop.example", "content-type": "application/json"}
+        )
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://shop.example"
-        pre = c.options("/events", headers={"Origin": "https://shop.example", "Access-Control-Request-Method": "POST",
-                                            "Access-Control-Request-Headers": "content-type"})
+        pre = c.options(
+            "/events",
+            headers={
+                "Origin": "https://shop.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+        )
         assert pre.status_code == 200
-        bad_pre = c.options("/events", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+        bad_pre = c.options(
+            "/events", headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+        )
         assert "access-control-allow-origin" not in bad_pre.headers
-        same = c.post("/events", content=body, headers={"Origin": "http://testserver", "content-type": "application/json"})
+        same = c.post(
+            "/events", content=body, headers={"Origin": "http://testserver", "content-type": "application/json"}
+        )
         assert same.status_code == 200
 
 
@@ -141,14 +169,29 @@ def test_hostile_values_get_a_4xx_naming_the_field(engine):
     big = int("9" * 400)
     with client_for(engine, Keys(admin=ADMIN), **bearer(ADMIN)) as c:
         cases = [
-            ("post", "/events", json.dumps({"user_id": "u", "product_id": pid, "event": "click", "timestamp": big}),
-             422, "event.timestamp"),
-            ("post", "/events", json.dumps({"user_id": "u", "product_id": pid, "event": "click", "timestamp": 1e12}),
-             422, "event.timestamp"),
+            (
+                "post",
+                "/events",
+                json.dumps({"user_id": "u", "product_id": pid, "event": "click", "timestamp": big}),
+                422,
+                "event.timestamp",
+            ),
+            (
+                "post",
+                "/events",
+                json.dumps({"user_id": "u", "product_id": pid, "event": "click", "timestamp": 1e12}),
+                422,
+                "event.timestamp",
+            ),
             ("post", "/products", json.dumps([{"id": "N1", "title": "t", "price": big}]), 422, "products[0].price"),
             ("post", "/products", json.dumps([{"id": "N1", "title": "t", "colour": "red"}]), 422, "products[0].colour"),
-            ("post", "/products", json.dumps([{"id": "N1", "title": "t", "category": {"a": 1}}]), 422,
-             "products[0].category"),
+            (
+                "post",
+                "/products",
+                json.dumps([{"id": "N1", "title": "t", "category": {"a": 1}}]),
+                422,
+                "products[0].category",
+            ),
             ("post", "/products", json.dumps([{"id": "N\n1", "title": "t"}]), 422, "products[0].id"),
             ("post", "/events", "[" * 50_000 + "]" * 50_000, 400, "body"),
             ("post", "/events", "1" * 5000, 400, "body"),
@@ -156,8 +199,11 @@ def test_hostile_values_get_a_4xx_naming_the_field(engine):
         for method, path, body, status, param in cases:
             r = getattr(c, method)(path, content=body, headers={"content-type": "application/json"})
             assert (r.status_code, r.json()["error"]["param"]) == (status, param), (path, body[:60], r.text[:300])
-        for path, param in (("/users/%20", "user_id"), ("/products/PX-newline%0AP1", "product_id"),
-                            ("/users/" + "u" * 300, "user_id")):
+        for path, param in (
+            ("/users/%20", "user_id"),
+            ("/products/PX-newline%0AP1", "product_id"),
+            ("/users/" + "u" * 300, "user_id"),
+        ):
             r = c.delete(path)
             assert r.status_code == 422 and r.json()["error"]["param"] == param, (path, r.text)
         r = c.get("/search", params={"q": "耳机", "user": "a\nb"})
@@ -170,8 +216,16 @@ def serve_in_thread(app):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", http=JsonErrorH11Protocol,
-                                           h11_max_incomplete_event_size=MAX_REQUEST_HEAD))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="error",
+            http=JsonErrorH11Protocol,
+            h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
@@ -201,8 +255,10 @@ def test_what_uvicorn_refuses_before_the_app_is_a_json_error_too(engine):
         # and a bad request keeps the connection usable for the next one (no 500, no reset)
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             for _ in range(2):
-                s.sendall(b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          b"Content-Length: 11\r\n\r\n[[[[[]]]]]]")
+                s.sendall(
+                    b"POST /events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 11\r\n\r\n[[[[[]]]]]]"
+                )
                 assert s.recv(65536).split(b"\r\n")[0].startswith(b"HTTP/1.1 400")
     finally:
         server.should_exit = True
@@ -219,15 +275,26 @@ def cli_on(module, config, tmp_path):
     return cli("-m", module, "--config", str(config), *extra)
 
 
-@pytest.mark.parametrize("patch, expect", [
-    ({"index_dir": 5}, "index_dir"), ({"root": 5}, "root"), ({"text": {"user_dict": "nowhere.txt"}}, "text.user_dict"),
-    ({"catalog": {"path": 5}}, "catalog.path"), ({"bm25": [1, 2]}, "bm25: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "patch, expect",
+    [
+        ({"index_dir": 5}, "index_dir"),
+        ({"root": 5}, "root"),
+        ({"text": {"user_dict": "nowhere.txt"}}, "text.user_dict"),
+        ({"catalog": {"path": 5}}, "catalog.path"),
+        ({"bm25": [1, 2]}, "bm25: expected a mapping"),
+    ],
+)
 def test_cli_config_mistakes_are_one_line_naming_the_key(demo_dir, tmp_path, patch, expect):
     import yaml
 
-    raw = {"name": "t", "root": str(ROOT), "catalog": {"path": str(demo_dir / "catalog.jsonl")},
-           "index_dir": str(tmp_path / "idx"), **patch}
+    raw = {
+        "name": "t",
+        "root": str(ROOT),
+        "catalog": {"path": str(demo_dir / "catalog.jsonl")},
+        "index_dir": str(tmp_path / "idx"),
+        **patch,
+    }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     for module in ("engine", "indexer", "eval"):
@@ -244,9 +311,19 @@ def test_a_config_that_is_not_utf8_and_an_eval_without_its_catalog_say_so(demo_d
     import yaml
 
     cfg = tmp_path / "gone.yaml"
-    cfg.write_text(yaml.safe_dump({"name": "t", "root": str(ROOT), "catalog": {"path": str(tmp_path / "gone.jsonl")},
-                                   "index_dir": str(tmp_path / "idx"), "search": {"stages": ["bm25"]},
-                                   "eval": {"queries": str(demo_dir / "queries.tsv")}}), encoding="utf-8")
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "name": "t",
+                "root": str(ROOT),
+                "catalog": {"path": str(tmp_path / "gone.jsonl")},
+                "index_dir": str(tmp_path / "idx"),
+                "search": {"stages": ["bm25"]},
+                "eval": {"queries": str(demo_dir / "queries.tsv")},
+            }
+        ),
+        encoding="utf-8",
+    )
     r = cli("-m", "eval", "--config", str(cfg), "--stages", "bm25", "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "gone.jsonl" in r.stderr and "Traceback" not in r.stderr, r.stderr
 

@@ -18,8 +18,11 @@ def client(live_cfg):
     from fastapi.testclient import TestClient
 
     engine = SearchEngine.from_config(live_cfg)
-    with TestClient(create_app(engine, watch=False, keys=Keys(admin=ADMIN)), raise_server_exceptions=False,
-                    headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+    with TestClient(
+        create_app(engine, watch=False, keys=Keys(admin=ADMIN)),
+        raise_server_exceptions=False,
+        headers={"Authorization": f"Bearer {ADMIN}"},
+    ) as c:
         c.engine = engine
         yield c
 
@@ -53,14 +56,26 @@ def test_filters_explain_and_a_query_with_nothing_to_search(client):
     assert nothing["hits"] == []
 
 
-@pytest.mark.parametrize("params, param", [
-    ({}, "q"), ({"q": ""}, "q"), ({"q": "   "}, "q"), ({"q": "耳机", "k": 0}, "k"), ({"q": "耳机", "k": 2.5}, "k"),
-    ({"q": "耳机", "k": "abc"}, "k"), ({"q": "耳机", "k": 100000}, "k"), ({"q": "耳机", "offset": -1}, "offset"),
-    ({"q": "耳机", "colour": "red"}, "colour"), ({"q": "耳机", "price_max": "nan"}, "price_max"),
-    ({"q": "耳机", "price_max": "abc"}, "price_max"), ({"q": "耳机", "price_min": 10, "price_max": 5}, "price_min"),
-    ({"q": "耳机", "personalize": 2}, "personalize"), ({"q": "耳机", "user": " "}, "user"),
-    ({"q": "耳机", "explain": "maybe"}, "explain"),
-])
+@pytest.mark.parametrize(
+    "params, param",
+    [
+        ({}, "q"),
+        ({"q": ""}, "q"),
+        ({"q": "   "}, "q"),
+        ({"q": "耳机", "k": 0}, "k"),
+        ({"q": "耳机", "k": 2.5}, "k"),
+        ({"q": "耳机", "k": "abc"}, "k"),
+        ({"q": "耳机", "k": 100000}, "k"),
+        ({"q": "耳机", "offset": -1}, "offset"),
+        ({"q": "耳机", "colour": "red"}, "colour"),
+        ({"q": "耳机", "price_max": "nan"}, "price_max"),
+        ({"q": "耳机", "price_max": "abc"}, "price_max"),
+        ({"q": "耳机", "price_min": 10, "price_max": 5}, "price_min"),
+        ({"q": "耳机", "personalize": 2}, "personalize"),
+        ({"q": "耳机", "user": " "}, "user"),
+        ({"q": "耳机", "explain": "maybe"}, "explain"),
+    ],
+)
 def test_bad_search_requests_get_a_4xx_naming_the_parameter(client, params, param):
     r = client.get("/search", params=params)
     assert 400 <= r.status_code < 500, r.text
@@ -72,20 +87,27 @@ def test_bad_search_requests_get_a_4xx_naming_the_parameter(client, params, para
 def test_events_one_or_a_batch_bad_ones_named_and_forget(client):
     pid = client.engine.products.ids[0]
     assert client.post("/events", json={"user_id": "u1", "product_id": pid, "event": "click"}).json() == {"recorded": 1}
-    batch = [{"user_id": "u1", "product_id": pid, "event": "purchase", "query": "耳机"},
-             {"user_id": "u2", "product_id": pid, "event": "impression", "timestamp": 1767227116}]
+    batch = [
+        {"user_id": "u1", "product_id": pid, "event": "purchase", "query": "耳机"},
+        {"user_id": "u2", "product_id": pid, "event": "impression", "timestamp": 1767227116},
+    ]
     assert client.post("/events", json={"events": batch}).json() == {"recorded": 2}
     assert client.engine.profile("u1").n_events == 2
     bad = client.post("/events", json=[batch[0], {"user_id": "u3", "product_id": "NOPE", "event": "click"}])
     assert bad.status_code == 422 and bad.json()["error"]["param"] == "events[1].product_id"
     assert client.engine.profile("u3") is None  # nothing of a bad batch is stored
-    cases = [(b"{not json", 400, "body"), (b"", 400, "body"),
-             (json.dumps({"user_id": "u", "product_id": pid, "event": "look"}).encode(), 422, "event.event"),
-             (json.dumps({"user_id": "u", "product_id": pid, "event": "click", "colour": 1}).encode(), 422,
-              "event.colour"),
-             (json.dumps({"user_id": "u", "product_id": pid, "event": "click", "timestamp": "soon"}).encode(), 422,
-              "event.timestamp"),
-             (json.dumps({"product_id": pid, "event": "click"}).encode(), 422, "event.user_id")]
+    cases = [
+        (b"{not json", 400, "body"),
+        (b"", 400, "body"),
+        (json.dumps({"user_id": "u", "product_id": pid, "event": "look"}).encode(), 422, "event.event"),
+        (json.dumps({"user_id": "u", "product_id": pid, "event": "click", "colour": 1}).encode(), 422, "event.colour"),
+        (
+            json.dumps({"user_id": "u", "product_id": pid, "event": "click", "timestamp": "soon"}).encode(),
+            422,
+            "event.timestamp",
+        ),
+        (json.dumps({"product_id": pid, "event": "click"}).encode(), 422, "event.user_id"),
+    ]
     for body, status, param in cases:
         r = client.post("/events", content=body, headers={"content-type": "application/json"})
         assert (r.status_code, r.json()["error"]["param"]) == (status, param), r.text
@@ -97,7 +119,13 @@ def test_events_one_or_a_batch_bad_ones_named_and_forget(client):
 
 
 def test_products_added_are_found_and_deleted_are_gone_when_the_call_returns(client):
-    new = {"id": "NEW-1", "title": "量子波动 速读 机器人 XQ-900", "category": "儿童玩具", "brand": "新品牌", "price": 99}
+    new = {
+        "id": "NEW-1",
+        "title": "量子波动 速读 机器人 XQ-900",
+        "category": "儿童玩具",
+        "brand": "新品牌",
+        "price": 99,
+    }
     r = client.post("/products", json=[new])
     assert r.status_code == 200 and r.json()["added"] == 1
     hits = client.get("/search", params={"q": "量子波动 速读 机器人", "k": 5}).json()["hits"]
@@ -126,8 +154,17 @@ def test_health_ready_metrics_docs_and_reload(client):
     assert 'ecomsearch_stage_seconds_count{stage="cross_encoder"} 1.0' in text
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/search", "/events", "/users/{user_id}", "/products", "/products/{product_id}", "/health", "/ready",
-            "/metrics", "/admin/reload"} <= set(paths)
+    assert {
+        "/search",
+        "/events",
+        "/users/{user_id}",
+        "/products",
+        "/products/{product_id}",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/admin/reload",
+    } <= set(paths)
     assert client.post("/admin/reload").json()["changed"] is False
     assert client.get("/nowhere").status_code == 404 and client.get("/nowhere").json()["error"]
 
@@ -143,8 +180,16 @@ def test_the_search_page_and_its_contract(client):
     assert facets["categories"] and facets["brands"]
     assert facets["users"] and {"user_id", "favourite_brands"} <= set(facets["users"][0])  # the demo click log
     # what the page sends, the API accepts
-    r = client.get("/search", params={"q": "蓝牙耳机", "k": "10", "category": facets["categories"][0],
-                                      "user": facets["users"][0]["user_id"], "explain": "true"})
+    r = client.get(
+        "/search",
+        params={
+            "q": "蓝牙耳机",
+            "k": "10",
+            "category": facets["categories"][0],
+            "user": facets["users"][0]["user_id"],
+            "explain": "true",
+        },
+    )
     assert r.status_code == 200
 
 

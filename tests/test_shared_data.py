@@ -14,7 +14,12 @@ def evaluate_bm25(config: str, tmp_path):
     from indexer.build import build_indexes
     from indexer.config import load_config
 
-    cfg = load_config(ROOT / config, search={"stages": ["bm25"]}, rerank={"model": None, "ranker": None}, index_dir=str(tmp_path / "idx"))
+    cfg = load_config(
+        ROOT / config,
+        search={"stages": ["bm25"]},
+        rerank={"model": None, "ranker": None},
+        index_dir=str(tmp_path / "idx"),
+    )
     build_indexes(cfg, progress=False)
     return evaluate(SearchEngine.from_config(cfg), read_queries(cfg.eval.queries), ["bm25"], progress=False)[0].metrics
 

@@ -15,8 +15,11 @@ from eval.significance import intervals, most_hurt, paired
 def test_a_constant_has_a_zero_width_interval_and_a_constant_gain_is_certain():
     m, lo, hi = bootstrap_ci(np.full(50, 0.4))
     assert (m, lo, hi) == (pytest.approx(0.4), pytest.approx(0.4), pytest.approx(0.4))
-    assert intervals({"mrr@10": np.full(5, 0.4)})["mrr@10"] == {"mean": pytest.approx(0.4), "ci_low": pytest.approx(0.4),
-                                                               "ci_high": pytest.approx(0.4)}
+    assert intervals({"mrr@10": np.full(5, 0.4)})["mrr@10"] == {
+        "mean": pytest.approx(0.4),
+        "ci_low": pytest.approx(0.4),
+        "ci_high": pytest.approx(0.4),
+    }
     a = np.linspace(0, 1, 80)
     r = paired_bootstrap(a, a + 0.05)
     assert r["diff"] == pytest.approx(0.05) and r["ci_low"] == pytest.approx(0.05) and r["p_value"] == 0.0
@@ -70,8 +73,9 @@ def test_the_report_shows_intervals_gains_the_most_hurt_queries_and_writes_per_q
     run1 = {q: {f"p{i}": 3.0, "x": 2.0} for i, q in enumerate(qids)}
     run2 = {**run1, "q39": {"x": 4.0, "y": 3.0, "z": 2.0, "p39": 1.0}}
     titles = {"p39": "蓝牙耳机 | 降噪", "x": "手机壳", "y": "充电器", "z": "数据线"}
-    payload = write_report(tmp_path, [_stage("bm25", first, run1), _stage("rerank", second, run2)],
-                           {"config": "t"}, texts, rel, titles)
+    payload = write_report(
+        tmp_path, [_stage("bm25", first, run1), _stage("rerank", second, run2)], {"config": "t"}, texts, rel, titles
+    )
     sig = json.loads((tmp_path / "significance.json").read_text())
     assert sig["intervals"]["bm25"]["mrr@10"]["ci_low"] == 1.0
     g = sig["gains"]["rerank vs bm25"]["mrr@10"]

@@ -94,8 +94,9 @@ def test_index_built_with_other_settings_is_refused(tmp_path):
 def test_indexer_cli_strict_and_skip_bad_rows(tmp_path, capsys):
     from indexer.__main__ import main
 
-    (tmp_path / "cat.tsv").write_text("id\ttitle\tprice\n1\t华为手机\t1999\n2\t\t5\n1\t重复\t3\n4\t小米\tabc\n",
-                                      encoding="utf-8")
+    (tmp_path / "cat.tsv").write_text(
+        "id\ttitle\tprice\n1\t华为手机\t1999\n2\t\t5\n1\t重复\t3\n4\t小米\tabc\n", encoding="utf-8"
+    )
     (tmp_path / "c.yaml").write_text("root: .\ncatalog: {path: cat.tsv}\nindex_dir: idx/c\n", encoding="utf-8")
     assert main(["--config", str(tmp_path / "c.yaml"), "--no-progress"]) == 2
     err = capsys.readouterr().err

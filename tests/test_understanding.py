@@ -17,9 +17,18 @@ def qu_cfg(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("qu")
     titles = []
     for i in range(12):
-        titles += [f"华为 mate{i} 5g 手机 黑色", f"华为huawei {['平板', '笔记本', '手表'][i % 3]} {i}代", f"小米 蓝牙耳机 降噪 款{i}",
-                   f"索尼 蓝牙耳机 头戴 {i}号", f"洗发水 {200 + i}ml 去屑", f"牛奶 {250 + i * 10}ml 整箱",
-                   f"大米 {i + 1}kg 东北", f"戴森dyson 吹风机 {i}型", f"dyson 吸尘器 v{i}", f"samsung galaxy s{i}"]
+        titles += [
+            f"华为 mate{i} 5g 手机 黑色",
+            f"华为huawei {['平板', '笔记本', '手表'][i % 3]} {i}代",
+            f"小米 蓝牙耳机 降噪 款{i}",
+            f"索尼 蓝牙耳机 头戴 {i}号",
+            f"洗发水 {200 + i}ml 去屑",
+            f"牛奶 {250 + i * 10}ml 整箱",
+            f"大米 {i + 1}kg 东北",
+            f"戴森dyson 吹风机 {i}型",
+            f"dyson 吸尘器 v{i}",
+            f"samsung galaxy s{i}",
+        ]
     rows = [{"id": f"P{i}", "title": t} for i, t in enumerate(titles)]
     cat = tmp / "catalog.jsonl"
     cat.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
@@ -43,16 +52,19 @@ def test_make_index_saves_the_tables_with_the_bm25_build(qu_cfg, qu_engine):
     assert "huawei" not in tables.aliases.get("平板", [])
 
 
-@pytest.mark.parametrize("typed, searched, rule", [
-    ("250毫升 牛奶", "250ml 牛奶", "units"),
-    ("大米 5千克", "大米 5kg", "units"),
-    ("shouji", "手机", "pinyin"),
-    ("lanyaerji", "蓝牙耳机", "pinyin"),
-    ("蓝牙耳鸡", "蓝牙耳机", "typos"),
-    ("samsumg galaxy", "samsung galaxy", "typos"),
-    ("藍牙耳機", "蓝牙耳机", "normalize"),
-    ("ｄｙｓｏｎ 吹风机", "dyson 吹风机", "normalize"),
-])
+@pytest.mark.parametrize(
+    "typed, searched, rule",
+    [
+        ("250毫升 牛奶", "250ml 牛奶", "units"),
+        ("大米 5千克", "大米 5kg", "units"),
+        ("shouji", "手机", "pinyin"),
+        ("lanyaerji", "蓝牙耳机", "pinyin"),
+        ("蓝牙耳鸡", "蓝牙耳机", "typos"),
+        ("samsumg galaxy", "samsung galaxy", "typos"),
+        ("藍牙耳機", "蓝牙耳机", "normalize"),
+        ("ｄｙｓｏｎ 吹风机", "dyson 吹风机", "normalize"),
+    ],
+)
 def test_each_rule_rewrites_what_a_shopper_types_into_what_the_catalog_says(qu_engine, typed, searched, rule):
     rw = qu_engine.understand(typed)
     assert rw.text == searched and rule in [s["rule"] for s in rw.steps]
@@ -65,9 +77,19 @@ def test_an_alias_is_used_only_where_the_catalog_rarely_writes_the_typed_form(qu
     assert tables.df["huawei"] * 4 >= tables.df["华为"]
 
 
-@pytest.mark.parametrize("clean", ["华为 手机", "小米 蓝牙耳机", "洗发水 200ml", "Dyson 吹风机", "牛奶", "galaxy s3",
-                                   "洗发水 999毫升",  # no title has 999ml: the unit is left as typed
-                                   "mate9m"])  # a model name, not 9 metres
+@pytest.mark.parametrize(
+    "clean",
+    [
+        "华为 手机",
+        "小米 蓝牙耳机",
+        "洗发水 200ml",
+        "Dyson 吹风机",
+        "牛奶",
+        "galaxy s3",
+        "洗发水 999毫升",  # no title has 999ml: the unit is left as typed
+        "mate9m",
+    ],
+)  # a model name, not 9 metres
 def test_a_clean_query_is_searched_as_typed(qu_engine, clean):
     rw = qu_engine.understand(clean)
     assert rw.text == clean and rw.steps == []
@@ -112,8 +134,9 @@ def test_each_perturbation_kind_makes_the_change_it_names():
 
 def test_the_perturbed_file_keeps_columns_ids_and_rows_and_is_seeded(tmp_path):
     src = tmp_path / "dev.tsv"
-    src.write_text("qid\tquery\tpid\n1\t蓝牙耳机\tP1\n1\t蓝牙耳机\tP2\n2\t华为 手机 500ml\tP3\n3\t123\tP4\n",
-                   encoding="utf-8")
+    src.write_text(
+        "qid\tquery\tpid\n1\t蓝牙耳机\tP1\n1\t蓝牙耳机\tP2\n2\t华为 手机 500ml\tP3\n3\t123\tP4\n", encoding="utf-8"
+    )
     counts = perturb_file(src, tmp_path / "a.tsv", seed=3)
     perturb_file(src, tmp_path / "b.tsv", seed=3)
     a = (tmp_path / "a.tsv").read_text(encoding="utf-8").splitlines()
@@ -125,22 +148,27 @@ def test_the_perturbed_file_keeps_columns_ids_and_rows_and_is_seeded(tmp_path):
     assert sum(counts.values()) == 3 and set(counts) <= set(KINDS) | {"none"}
     log = (tmp_path / "a.tsv.log.tsv").read_text(encoding="utf-8").splitlines()
     assert log[0] == "qid\tkind\toriginal\tperturbed" and len(log) == 4
-    others = {perturb_file(src, tmp_path / f"s{s}.tsv", seed=s) and (tmp_path / f"s{s}.tsv").read_text() for s in range(6)}
+    others = {
+        perturb_file(src, tmp_path / f"s{s}.tsv", seed=s) and (tmp_path / f"s{s}.tsv").read_text() for s in range(6)
+    }
     assert len(others) > 1  # the seed matters
 
 
 # -- English measurements (text.english_units: Home Depot) --------------------------------------------------
-@pytest.mark.parametrize("typed, want", [
-    ("1/2 in. x 10 ft. PVC Pipe", ["0.5in", "10ft"]),
-    ('1/2 inch pvc pipes', ["0.5in", "pipe"]),
-    ('5/8" drywall screws', ["0.625in", "screw"]),
-    ("1-1/2 in. Copper Fittings", ["1.5in", "fitting"]),
-    ("BEHR DeckOver 1-gal. #SC-141", ["1gal"]),
-    ("3 gallon bucket", ["3gal"]),
-    ("60 watt light bulbs", ["60w", "bulb"]),
-    ("12-Gauge wire", ["12ga"]),
-    ("100 sq. ft. roll", ["100sqft"]),
-])
+@pytest.mark.parametrize(
+    "typed, want",
+    [
+        ("1/2 in. x 10 ft. PVC Pipe", ["0.5in", "10ft"]),
+        ("1/2 inch pvc pipes", ["0.5in", "pipe"]),
+        ('5/8" drywall screws', ["0.625in", "screw"]),
+        ("1-1/2 in. Copper Fittings", ["1.5in", "fitting"]),
+        ("BEHR DeckOver 1-gal. #SC-141", ["1gal"]),
+        ("3 gallon bucket", ["3gal"]),
+        ("60 watt light bulbs", ["60w", "bulb"]),
+        ("12-Gauge wire", ["12ga"]),
+        ("100 sq. ft. roll", ["100sqft"]),
+    ],
+)
 def test_english_measurements_become_one_token_however_they_are_spelled(typed, want):
     from indexer.config import TextConfig
     from indexer.text import Tokenizer

@@ -12,8 +12,10 @@ from indexer.updates import add_products
 
 from conftest import make_config
 
-NEW = [{"id": "N1", "title": "量子波动 速读 机器人 XQ-900", "category": "儿童玩具", "brand": "乐高", "price": 99},
-       {"id": "N2", "title": "喵星人 自动 猫砂盆 智能 除臭", "category": "猫粮", "brand": "新品牌", "price": 599}]
+NEW = [
+    {"id": "N1", "title": "量子波动 速读 机器人 XQ-900", "category": "儿童玩具", "brand": "乐高", "price": 99},
+    {"id": "N2", "title": "喵星人 自动 猫砂盆 智能 除臭", "category": "猫粮", "brand": "新品牌", "price": 599},
+]
 
 
 def write_jsonl(path, rows):
@@ -23,10 +25,19 @@ def write_jsonl(path, rows):
 
 @pytest.fixture()
 def cfg(demo_dir, tiny_model, tmp_path):
-    c = make_config(tmp_path, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]},
-                    dense={"model": str(tiny_model), "base_model": str(tiny_model), "max_length": 32,
-                           "device": "cpu", "factory": "Flat"},
-                    bm25={"fields": {"words": 0.3, "chars": 0.7}})
+    c = make_config(
+        tmp_path,
+        demo_dir / "catalog.jsonl",
+        search={"stages": ["bm25", "dense"]},
+        dense={
+            "model": str(tiny_model),
+            "base_model": str(tiny_model),
+            "max_length": 32,
+            "device": "cpu",
+            "factory": "Flat",
+        },
+        bm25={"fields": {"words": 0.3, "chars": 0.7}},
+    )
     build_indexes(c, progress=False)
     return c
 
@@ -34,8 +45,11 @@ def cfg(demo_dir, tiny_model, tmp_path):
 def test_added_products_score_as_in_a_full_rebuild(demo_dir, tmp_path):
     base = read_catalog(demo_dir / "catalog.jsonl")
     new = read_catalog(write_jsonl(tmp_path / "new.jsonl", NEW))
-    both = read_catalog(write_jsonl(tmp_path / "all.jsonl", [json.loads(l) for l in
-                                                          (demo_dir / "catalog.jsonl").read_text().splitlines()] + NEW))
+    both = read_catalog(
+        write_jsonl(
+            tmp_path / "all.jsonl", [json.loads(l) for l in (demo_dir / "catalog.jsonl").read_text().splitlines()] + NEW
+        )
+    )
     bc = BM25Config(fields={"words": 0.3, "chars": 0.7})
     # same jieba dictionary on both sides (an added product's new brand joins it only at the next rebuild)
     tc = TextConfig(dict_from_catalog=False)

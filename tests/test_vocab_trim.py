@@ -14,8 +14,12 @@ from conftest import write_tiny_unigram_bert
 def unigram_model(demo_dir, tmp_path_factory):
     titles = read_catalog(demo_dir / "catalog.jsonl").titles
     # text of another shop too, so that the vocabulary has pieces this catalog never needs
-    other = ["stainless steel water bottle vacuum insulated", "cordless drill lithium battery charger",
-             "outdoor patio furniture cushion waterproof", "kitchen faucet pull down sprayer chrome"] * 30
+    other = [
+        "stainless steel water bottle vacuum insulated",
+        "cordless drill lithium battery charger",
+        "outdoor patio furniture cushion waterproof",
+        "kitchen faucet pull down sprayer chrome",
+    ] * 30
     return write_tiny_unigram_bert(tmp_path_factory.mktemp("uni") / "model", titles + other, vocab_size=900), titles
 
 
@@ -54,9 +58,19 @@ def test_trim_vocab_config_builds_and_serves_a_trimmed_model(unigram_model, demo
     model, _ = unigram_model
     qfile = tmp_path / "train.tsv"
     qfile.write_text("query\tpid\n华为手机\tP1\n索尼耳机\tP2\n", encoding="utf-8")
-    cfg = make_config(tmp_path, demo_dir / "catalog.jsonl", name="trim", search={"stages": ["bm25", "dense"]},
-                      dense={"model": str(model), "base_model": str(model), "device": "cpu", "trim_vocab": True,
-                             "trim_queries": str(qfile)})
+    cfg = make_config(
+        tmp_path,
+        demo_dir / "catalog.jsonl",
+        name="trim",
+        search={"stages": ["bm25", "dense"]},
+        dense={
+            "model": str(model),
+            "base_model": str(model),
+            "device": "cpu",
+            "trim_vocab": True,
+            "trim_queries": str(qfile),
+        },
+    )
     assert stale_stages(cfg, ["bm25", "dense"]) == ["bm25", "dense"]
     build_indexes(cfg, progress=False)
     trimmed = tmp_path / "models" / "trim" / "trimmed"

@@ -101,9 +101,15 @@ def _decoded_lines(path: Path, errors: list[RowError]) -> Iterator[tuple[int, st
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                errors.append(RowError(str(path), lineno, None,
-                                       f"undecodable bytes (not UTF-8) at byte {e.start} of the line",
-                                       raw.decode("utf-8", errors="replace").rstrip("\r\n")))
+                errors.append(
+                    RowError(
+                        str(path),
+                        lineno,
+                        None,
+                        f"undecodable bytes (not UTF-8) at byte {e.start} of the line",
+                        raw.decode("utf-8", errors="replace").rstrip("\r\n"),
+                    )
+                )
                 continue
             if lineno == 1 and text.startswith("\ufeff"):
                 text = text[1:]
@@ -119,7 +125,9 @@ def _records(path: Path, fmt: str, errors: list[RowError]) -> Iterator[tuple[int
             try:
                 rec = json.loads(text)
             except json.JSONDecodeError as e:
-                errors.append(RowError(str(path), lineno, None, f"invalid JSON: {e.msg} at column {e.colno}", text.rstrip()))
+                errors.append(
+                    RowError(str(path), lineno, None, f"invalid JSON: {e.msg} at column {e.colno}", text.rstrip())
+                )
                 continue
             if not isinstance(rec, dict):
                 errors.append(RowError(str(path), lineno, None, "a JSONL row must be a JSON object", text.rstrip()))
@@ -144,14 +152,16 @@ def _records(path: Path, fmt: str, errors: list[RowError]) -> Iterator[tuple[int
         header = next(reader)
     except StopIteration:
         if errors and errors[0].line == 1:
-            raise CatalogError(f"{path}:1: the header row is not valid UTF-8 ({errors[0].reason}); save the file "
-                               "as UTF-8", errors) from None
+            raise CatalogError(
+                f"{path}:1: the header row is not valid UTF-8 ({errors[0].reason}); save the file as UTF-8", errors
+            ) from None
         raise CatalogError(f"{path}: the file is empty (a header row is required)") from None
     except csv.Error as e:
         raise CatalogError(f"{path}:1: unreadable header row: {e}") from None
     if linenos and linenos[0] != 1:  # line 1 was not UTF-8 and was skipped: a data row would pose as the header
-        raise CatalogError(f"{path}:1: the header row is not valid UTF-8 ({errors[0].reason}); save the file as "
-                           "UTF-8", errors)
+        raise CatalogError(
+            f"{path}:1: the header row is not valid UTF-8 ({errors[0].reason}); save the file as UTF-8", errors
+        )
     header = [h.strip() for h in header]
     while True:
         try:
@@ -159,16 +169,30 @@ def _records(path: Path, fmt: str, errors: list[RowError]) -> Iterator[tuple[int
         except StopIteration:
             break
         except csv.Error as e:  # e.g. a field over the size limit: that row is bad, the file goes on
-            errors.append(RowError(str(path), linenos[-1], None, f"unreadable row: {e} (at most {MAX_FIELD_CHARS:,} "
-                                   "characters per field)", ""))
+            errors.append(
+                RowError(
+                    str(path),
+                    linenos[-1],
+                    None,
+                    f"unreadable row: {e} (at most {MAX_FIELD_CHARS:,} characters per field)",
+                    "",
+                )
+            )
             continue
         lineno = linenos[-1]
         raw = delimiter.join(row)
         if not any(c.strip() for c in row):
             continue
         if len(row) != len(header):
-            errors.append(RowError(str(path), lineno, None,
-                                   f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}", raw))
+            errors.append(
+                RowError(
+                    str(path),
+                    lineno,
+                    None,
+                    f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}",
+                    raw,
+                )
+            )
             continue
         yield lineno, dict(zip(header, row)), raw
 
@@ -214,8 +238,9 @@ def _parse_price(value) -> float:
     return price
 
 
-def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: str = "auto",
-                 skip_bad_rows: bool = False) -> Catalog:
+def read_catalog(
+    path: str | Path, columns: dict[str, str] | None = None, fmt: str = "auto", skip_bad_rows: bool = False
+) -> Catalog:
     """Read and validate a catalog.
 
     Raises :class:`CatalogError` listing the bad rows unless ``skip_bad_rows``;
@@ -226,8 +251,15 @@ def read_catalog(path: str | Path, columns: dict[str, str] | None = None, fmt: s
         raise CatalogError(f"catalog file not found: {path}")
     fmt = detect_format(path, fmt)
     errors: list[RowError] = []
-    return _validated(_records(path, fmt, errors), errors, str(path), path, columns, check_header=fmt != "jsonl",
-                      skip_bad_rows=skip_bad_rows)
+    return _validated(
+        _records(path, fmt, errors),
+        errors,
+        str(path),
+        path,
+        columns,
+        check_header=fmt != "jsonl",
+        skip_bad_rows=skip_bad_rows,
+    )
 
 
 def catalog_from_rows(rows: list, where: str = "products") -> Catalog:
@@ -250,8 +282,15 @@ def catalog_from_rows(rows: list, where: str = "products") -> Catalog:
     return _validated(records(), errors, where, None, None, check_header=False, skip_bad_rows=False)
 
 
-def _validated(records, errors: list[RowError], where: str, source: Path | None, columns: dict[str, str] | None,
-               check_header: bool, skip_bad_rows: bool) -> Catalog:
+def _validated(
+    records,
+    errors: list[RowError],
+    where: str,
+    source: Path | None,
+    columns: dict[str, str] | None,
+    check_header: bool,
+    skip_bad_rows: bool,
+) -> Catalog:
     """The catalog of ``records`` (line, {column: value}, raw text), every row checked; bad rows are errors
     (raised together) or, with ``skip_bad_rows``, rejects kept in ``Catalog.rejected``."""
     colmap = {f: f for f in FIELDS}
@@ -272,8 +311,10 @@ def _validated(records, errors: list[RowError], where: str, source: Path | None,
         if not header_checked:
             missing = [f"{f} (column {colmap[f]!r})" for f in ("id", "title") if colmap[f] not in rec]
             if missing:
-                raise CatalogError(f"{where}:1: header lacks required field(s) {', '.join(missing)}; "
-                                   f"columns are {list(rec)}; map them with catalog.columns in the config")
+                raise CatalogError(
+                    f"{where}:1: header lacks required field(s) {', '.join(missing)}; "
+                    f"columns are {list(rec)}; map them with catalog.columns in the config"
+                )
         header_checked = True
 
         def bad(fieldname: str, reason: str) -> None:
@@ -285,8 +326,12 @@ def _validated(records, errors: list[RowError], where: str, source: Path | None,
             continue
         pid = "" if pid is None else str(pid).strip()
         if not pid:
-            bad("id", "missing or empty" if colmap["id"] in rec else
-                f"no field {colmap['id']!r} in the row (it has {', '.join(map(repr, list(rec)[:8]))})")
+            bad(
+                "id",
+                "missing or empty"
+                if colmap["id"] in rec
+                else f"no field {colmap['id']!r} in the row (it has {', '.join(map(repr, list(rec)[:8]))})",
+            )
             continue
         problem = id_problem(pid)
         if problem:
@@ -294,8 +339,12 @@ def _validated(records, errors: list[RowError], where: str, source: Path | None,
             continue
         title = rec.get(colmap["title"])
         if not isinstance(title, str) or not title.strip():
-            bad("title", "missing or empty" if title in (None, "") or isinstance(title, str) else
-                f"must be a string, not {type(title).__name__}")
+            bad(
+                "title",
+                "missing or empty"
+                if title in (None, "") or isinstance(title, str)
+                else f"must be a string, not {type(title).__name__}",
+            )
             continue
         if len(title) > MAX_TITLE_CHARS:
             bad("title", f"{len(title):,} characters, more than {MAX_TITLE_CHARS:,}")
@@ -334,8 +383,11 @@ def _validated(records, errors: list[RowError], where: str, source: Path | None,
     if errors and not skip_bad_rows:
         shown = "\n  ".join(str(e) for e in errors[:MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(errors) - MAX_ERRORS_SHOWN} more" if len(errors) > MAX_ERRORS_SHOWN else ""
-        raise CatalogError(f"{where}: {len(errors)} bad row(s); fix them or use --skip-bad-rows "
-                           f"to write them to a side file:\n  {shown}{more}", errors)
+        raise CatalogError(
+            f"{where}: {len(errors)} bad row(s); fix them or use --skip-bad-rows "
+            f"to write them to a side file:\n  {shown}{more}",
+            errors,
+        )
     if not ids:
         raise CatalogError(f"{where}: no valid products", errors)
     return Catalog(ids, titles, cats, brands, np.asarray(prices, dtype=np.float64), attrs, source, errors)
@@ -361,5 +413,10 @@ def write_rejects(errors: list[RowError], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         for e in errors:
-            f.write(json.dumps({"file": e.file, "line": e.line, "field": e.field, "reason": e.reason, "row": e.raw},
-                               ensure_ascii=False) + "\n")
+            f.write(
+                json.dumps(
+                    {"file": e.file, "line": e.line, "field": e.field, "reason": e.reason, "row": e.raw},
+                    ensure_ascii=False,
+                )
+                + "\n"
+            )

@@ -62,8 +62,9 @@ def read_queries(path: str | Path) -> JudgedQueries:
                     try:
                         r = float(row[col["relevance"]])
                     except ValueError:
-                        raise QueriesError(f"{path}:{line}: field 'relevance': not a number: "
-                                           f"{row[col['relevance']]!r}") from None
+                        raise QueriesError(
+                            f"{path}:{line}: field 'relevance': not a number: {row[col['relevance']]!r}"
+                        ) from None
                 else:
                     r = 1.0
                 if qid in texts and texts[qid] != query:

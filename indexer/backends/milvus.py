@@ -154,8 +154,10 @@ def mask_expr(mask: np.ndarray | None) -> str:
 
 def _as_result(hits, dtype) -> SearchResult:
     """One query's Milvus hits as rows (the primary key is the product row) and scores, in Milvus's order."""
-    return SearchResult(np.fromiter((h["id"] for h in hits), dtype=np.int64, count=len(hits)),
-                        np.fromiter((h["distance"] for h in hits), dtype=dtype, count=len(hits)))
+    return SearchResult(
+        np.fromiter((h["id"] for h in hits), dtype=np.int64, count=len(hits)),
+        np.fromiter((h["distance"] for h in hits), dtype=dtype, count=len(hits)),
+    )
 
 
 def _token_text(tokens) -> str:
@@ -184,8 +186,11 @@ def build_collection(cfg, bm25, dense, progress: bool = True) -> BuildInfo:
     n = len(bm25.products)
     fields = list(bm25.retrievers)
     k1, b = float(cfg.bm25.k1), float(cfg.bm25.b)
-    schema = client.create_schema(auto_id=False, description=f"ecomsearch {cfg.name}: bm25 fields "
-                                  f"{json.dumps(bm25.weights)}, catalog {bm25.manifest.get('catalog_sha256')}")
+    schema = client.create_schema(
+        auto_id=False,
+        description=f"ecomsearch {cfg.name}: bm25 fields "
+        f"{json.dumps(bm25.weights)}, catalog {bm25.manifest.get('catalog_sha256')}",
+    )
     schema.add_field("row", DataType.INT64, is_primary=True)
     schema.add_field("product_id", DataType.VARCHAR, max_length=1024)
     schema.add_field("category", DataType.VARCHAR, max_length=1024)
@@ -194,13 +199,25 @@ def build_collection(cfg, bm25, dense, progress: bool = True) -> BuildInfo:
     schema.add_field("has_price", DataType.BOOL)
     index_params = client.prepare_index_params()
     for f in fields:
-        schema.add_field(f"{f}_text", DataType.VARCHAR, max_length=MAX_VARCHAR, enable_analyzer=True,
-                         analyzer_params={"tokenizer": "whitespace"})
+        schema.add_field(
+            f"{f}_text",
+            DataType.VARCHAR,
+            max_length=MAX_VARCHAR,
+            enable_analyzer=True,
+            analyzer_params={"tokenizer": "whitespace"},
+        )
         schema.add_field(f"{f}_sparse", DataType.SPARSE_FLOAT_VECTOR)
-        schema.add_function(Function(name=f"bm25_{f}", function_type=FunctionType.BM25,
-                                     input_field_names=[f"{f}_text"], output_field_names=[f"{f}_sparse"]))
-        index_params.add_index(f"{f}_sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25",
-                               params={"bm25_k1": k1, "bm25_b": b})
+        schema.add_function(
+            Function(
+                name=f"bm25_{f}",
+                function_type=FunctionType.BM25,
+                input_field_names=[f"{f}_text"],
+                output_field_names=[f"{f}_sparse"],
+            )
+        )
+        index_params.add_index(
+            f"{f}_sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25", params={"bm25_k1": k1, "bm25_b": b}
+        )
     vectors = None
     if dense is not None and dense.vectors is not None:
         vectors = exact_vectors(dense)
@@ -210,7 +227,7 @@ def build_collection(cfg, bm25, dense, progress: bool = True) -> BuildInfo:
     if client.has_collection(name):
         client.drop_collection(name)
     client.create_collection(name, schema=schema, index_params=index_params)
-    from indexer.updates import deleted_ids
+    from indexer.deleted import deleted_ids
 
     gone = deleted_ids(cfg)  # deleted since the local build: never in the collection (filters would not mask them)
     ids = bm25.products.ids
@@ -220,8 +237,13 @@ def build_collection(cfg, bm25, dense, progress: bool = True) -> BuildInfo:
         client.flush(name)
         client.load_collection(name)
         old = (read_collection_manifest(cfg) or {}).get("collection")
-        write_collection_manifest(cfg, collection=name, bm25_build=bm25.manifest.get("build_id"),
-                                  dense_build=dense.manifest.get("build_id") if dense else None, n_products=n)
+        write_collection_manifest(
+            cfg,
+            collection=name,
+            bm25_build=bm25.manifest.get("build_id"),
+            dense_build=dense.manifest.get("build_id") if dense else None,
+            n_products=n,
+        )
         if old is not None and old != name and client.has_collection(old):
             client.drop_collection(old)
     except BaseException:
@@ -251,17 +273,21 @@ def insert_rows(client, name: str, bm25, vectors, rows, batch_size: int, progres
     prices = np.asarray(products.prices, dtype=np.float64)
     vocab_of = {f: {i: t for t, i in r.vocab_dict.items()} for f, r in bm25.retrievers.items()}
     rows = list(rows)
-    for start in tqdm(range(0, len(rows), batch_size), desc=f"milvus insert ({name})", disable=not progress,
-                      unit="batch"):
+    for start in tqdm(
+        range(0, len(rows), batch_size), desc=f"milvus insert ({name})", disable=not progress, unit="batch"
+    ):
         batch = []
-        for r in rows[start: start + batch_size]:
-            item = {"row": r, "product_id": products.ids[r],
-                    "category": cats[cat_codes[r]] if cat_codes[r] >= 0 else "",
-                    "brand": brands[brand_codes[r]] if brand_codes[r] >= 0 else "",
-                    "price": float(prices[r]) if np.isfinite(prices[r]) else 0.0,
-                    "has_price": bool(np.isfinite(prices[r]))}
+        for r in rows[start : start + batch_size]:
+            item = {
+                "row": r,
+                "product_id": products.ids[r],
+                "category": cats[cat_codes[r]] if cat_codes[r] >= 0 else "",
+                "brand": brands[brand_codes[r]] if brand_codes[r] >= 0 else "",
+                "price": float(prices[r]) if np.isfinite(prices[r]) else 0.0,
+                "has_price": bool(np.isfinite(prices[r])),
+            }
             for f, dt in bm25.doc_tokens.items():
-                ids = dt.ids[dt.indptr[r]: dt.indptr[r + 1]]
+                ids = dt.ids[dt.indptr[r] : dt.indptr[r + 1]]
                 item[f"{f}_text"] = _token_text(vocab_of[f][int(i)] for i in ids)[:MAX_VARCHAR]
             if vectors is not None:
                 item["vector"] = np.asarray(vectors[r], dtype=np.float32).tolist()
@@ -281,9 +307,13 @@ def add_rows(cfg, progress: bool = False) -> int:
     vectors = exact_vectors(dense) if dense is not None else None
     insert_rows(client, info["collection"], bm25, vectors, range(start, stop), cfg.search.milvus.insert_batch, progress)
     client.flush(info["collection"])
-    write_collection_manifest(cfg, collection=info["collection"], bm25_build=bm25.manifest.get("build_id"),
-                              dense_build=dense.manifest.get("build_id") if dense is not None else None,
-                              n_products=stop)
+    write_collection_manifest(
+        cfg,
+        collection=info["collection"],
+        bm25_build=bm25.manifest.get("build_id"),
+        dense_build=dense.manifest.get("build_id") if dense is not None else None,
+        n_products=stop,
+    )
     return stop - start
 
 
@@ -340,8 +370,9 @@ def write_collection_manifest(cfg, **fields) -> None:
     f = manifest_path(cfg)
     f.parent.mkdir(parents=True, exist_ok=True)
     tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"uri": resolve_uri(cfg), "alias": base_name(cfg), **fields}, indent=1) + "\n",
-                   encoding="utf-8")
+    tmp.write_text(
+        json.dumps({"uri": resolve_uri(cfg), "alias": base_name(cfg), **fields}, indent=1) + "\n", encoding="utf-8"
+    )
     tmp.replace(f)
 
 
@@ -369,8 +400,9 @@ class MilvusStages:
         uri, alias = resolve_uri(cfg), base_name(cfg)
         info = read_collection_manifest(cfg)
         if info is None:
-            raise MilvusError(f"{uri}: no Milvus collection {alias!r} for {cfg.index_dir}; build it with "
-                              "`make index BACKEND=milvus`")
+            raise MilvusError(
+                f"{uri}: no Milvus collection {alias!r} for {cfg.index_dir}; build it with `make index BACKEND=milvus`"
+            )
         name = info["collection"]
         try:
             client = _client(uri)
@@ -380,9 +412,11 @@ class MilvusStages:
         if not present:
             raise MilvusError(f"{uri}: the collection {name!r} is gone; rebuild with `make index BACKEND=milvus`")
         if info.get("bm25_build") != bm25_build or (dense_build is not None and info.get("dense_build") != dense_build):
-            raise MilvusError(f"{uri}: collection {name!r} holds builds bm25 {info.get('bm25_build')} / dense "
-                              f"{info.get('dense_build')}, the local indexes are {bm25_build} / {dense_build}; "
-                              f"rebuild with `make index BACKEND=milvus`")
+            raise MilvusError(
+                f"{uri}: collection {name!r} holds builds bm25 {info.get('bm25_build')} / dense "
+                f"{info.get('dense_build')}, the local indexes are {bm25_build} / {dense_build}; "
+                f"rebuild with `make index BACKEND=milvus`"
+            )
         return client, name
 
     def bm25_search(self, text: str, k: int, mask: np.ndarray | None = None) -> SearchResult:
@@ -407,10 +441,12 @@ class MilvusStages:
                 missing = np.setdiff1d(union, got.rows)
                 if len(missing):
                     rows_expr = f"row in [{', '.join(map(str, missing.tolist()))}]"
-                    more = self._field_hits(f, queries[f], len(missing),
-                                            f"({expr}) and {rows_expr}" if expr else rows_expr)
-                    per_field[f] = SearchResult(np.concatenate([got.rows, more.rows]),
-                                                np.concatenate([got.scores, more.scores]))
+                    more = self._field_hits(
+                        f, queries[f], len(missing), f"({expr}) and {rows_expr}" if expr else rows_expr
+                    )
+                    per_field[f] = SearchResult(
+                        np.concatenate([got.rows, more.rows]), np.concatenate([got.scores, more.scores])
+                    )
         rows, scores = [], []
         for f, got in per_field.items():
             if not len(got.rows):
@@ -433,14 +469,26 @@ class MilvusStages:
         return SearchResult(rows[order], scores[order].astype(np.float32))
 
     def _field_hits(self, f: str, query: str, limit: int, expr: str) -> SearchResult:
-        hits = self.client.search(self.collection, data=[query], anns_field=f"{f}_sparse", limit=limit, filter=expr,
-                                  search_params={"metric_type": "BM25"})[0]
+        hits = self.client.search(
+            self.collection,
+            data=[query],
+            anns_field=f"{f}_sparse",
+            limit=limit,
+            filter=expr,
+            search_params={"metric_type": "BM25"},
+        )[0]
         return _as_result(hits, np.float64)
 
     def dense_search(self, qvecs: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[SearchResult]:
         q = np.ascontiguousarray(np.atleast_2d(qvecs), dtype=np.float32)
-        res = self.client.search(self.collection, data=q.tolist(), anns_field="vector", limit=min(k, MAX_LIMIT),
-                                 filter=mask_expr(mask), search_params=self.dense_params)
+        res = self.client.search(
+            self.collection,
+            data=q.tolist(),
+            anns_field="vector",
+            limit=min(k, MAX_LIMIT),
+            filter=mask_expr(mask),
+            search_params=self.dense_params,
+        )
         return [_as_result(hits, np.float32) for hits in res]
 
     def count(self) -> int:
@@ -451,8 +499,9 @@ class MilvusStages:
 def build_from_disk(cfg, progress: bool = True) -> BuildInfo:
     """The Milvus collection from the local build folders the config points at now (``make index
     BACKEND=milvus`` runs this after the local build)."""
-    bm25, dense = _local_builds(cfg, with_dense="dense" in cfg.search.stages
-                                or bool(cfg.rerank.model and (cfg.index_dir / "dense").exists()))
+    bm25, dense = _local_builds(
+        cfg, with_dense="dense" in cfg.search.stages or bool(cfg.rerank.model and (cfg.index_dir / "dense").exists())
+    )
     return build_collection(cfg, bm25, dense, progress)
 
 
