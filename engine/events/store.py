@@ -1,0 +1,230 @@
+"""The event store's interface and what its SQL implementations share: the schema version, the dialect's
+statements, the credit rule (which events count in the product statistics), one write's body, taking counts back
+when events are deleted, the schema stamp and migration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from core.formats.clicklog import EVENTS
+from core.types import EcomsearchError
+from engine.profiles import Profile
+
+SCHEMA_VERSION = 2  # 2: events.credited (whether an event counts in the product statistics)
+KEY_ENV = "ECOMSEARCH_USER_KEY"
+DSN_ENV = "ECOMSEARCH_PG_DSN"  # wins over personal.dsn (keeps the password out of the config file)
+EVENT_CODE = {e: i for i, e in enumerate(EVENTS)}
+DAY = 86400.0
+
+
+class EventError(EcomsearchError, ValueError):
+    """An event that cannot be recorded (the message names the field and the reason)."""
+
+
+class PrivacyError(EcomsearchError, RuntimeError):
+    """Recording events without a key to hash user ids with."""
+
+
+class EventStore:
+    """Where events, profiles and product counters live.  Implement these for another database.
+
+    The product counters hold exactly the stored events the store's :class:`CreditRule` (``credit``)
+    credited: deleting events (forgetting a user, the retention) takes their counts back."""
+
+    credit: "CreditRule"
+
+    def append(
+        self, user: str, product_id: str, row: int, event: str, ts: float, query: str | None, update
+    ) -> tuple[Profile | None, bool]:
+        """Store one event and, in the same transaction, the profile ``update(profile | None) -> profile | None``
+        returns (None: unchanged).  Returns the stored profile and whether the event was credited."""
+        raise NotImplementedError
+
+    def append_many(
+        self,
+        users: Sequence[str],
+        product_ids: Sequence[str],
+        events: Sequence[str],
+        ts: Sequence[float],
+        queries: Sequence[str | None],
+        profiles: dict[str, Profile],
+    ) -> np.ndarray:
+        """Store many events, replace the given profiles and count the credited events, at once.  Returns
+        which events were credited."""
+        raise NotImplementedError
+
+    def profile(self, user: str) -> Profile | None:
+        raise NotImplementedError
+
+    def profiles(self, users: Iterable[str]) -> dict[str, Profile]:
+        return {u: p for u in users if (p := self.profile(u)) is not None}
+
+    def product_counts(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def forget(self, user: str) -> int:
+        """Delete every event and the profile of ``user``; returns the number of events deleted."""
+        raise NotImplementedError
+
+    def purge_before(self, ts: float) -> int:
+        """Delete events (and profiles not updated) before ``ts``; returns the number of events deleted."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+_STAT_COLS = ("impressions", "clicks", "carts", "purchases")
+
+
+def _sql(p: str, user: str) -> dict[str, str]:
+    """One write's statements in a dialect: ``p`` the placeholder, ``user`` the user column."""
+    return {
+        "p": p,
+        "event": f"INSERT INTO events ({user}, product, event, ts, query, credited) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+        # the credited events of some users in a time range (what the credit rule checks new events against)
+        "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
+        f"AND {user} IN ({{users}})",
+        # what a set of events added to the product statistics (taken back when they are deleted)
+        "uncount": "SELECT product, event, COUNT(*) FROM events WHERE credited = 1 AND {where} GROUP BY product, event",
+        "unstat": "UPDATE product_stats SET "
+        + ", ".join(f"{c} = {c} - {p}" for c in _STAT_COLS)
+        + f" WHERE product = {p}",
+        "stats": f"INSERT INTO product_stats AS s (product, {', '.join(_STAT_COLS)}) VALUES ({p}, {p}, {p}, {p}, {p}) "
+        f"ON CONFLICT (product) DO UPDATE SET " + ", ".join(f"{c} = s.{c} + excluded.{c}" for c in _STAT_COLS),
+        "profile": f"SELECT data, version FROM profiles WHERE {user} = {p}",
+        "save": f"INSERT INTO profiles ({user}, t, version, data) VALUES ({p}, {p}, {p}, {p}) "
+        f"ON CONFLICT ({user}) DO UPDATE SET t = excluded.t, version = excluded.version, data = excluded.data",
+    }
+
+
+_SQLITE_SQL, _PG_SQL = _sql("?", "user"), _sql("%s", "user_key")
+
+
+def _append_event(
+    con, sql: dict, user, product_id, event, ts, query, update, credit: "CreditRule"
+) -> tuple[Profile | None, bool]:
+    """The body of one write, inside the store's transaction: the event row (credited or not), the product
+    counter, the profile's read-modify-write."""
+    code = EVENT_CODE[event]
+    credited = bool(credit.mask(con, sql, [user], [product_id], np.array([code]), np.array([ts]))[0])
+    con.execute(sql["event"], (user, product_id, code, ts, query, int(credited)))
+    if credited:
+        con.execute(sql["stats"], (product_id, *(1.0 if c == code else 0.0 for c in range(len(EVENTS)))))
+    got = con.execute(sql["profile"], (user,)).fetchone()
+    old = Profile.loads(bytes(got[0]), got[1]) if got else None
+    new = update(old)
+    if new is not None:
+        new.version = (old.version if old else 0) + 1
+        con.execute(sql["save"], (user, new.t, new.version, new.dumps()))
+    return (new if new is not None else old), credited
+
+
+@dataclass(frozen=True)
+class CreditRule:
+    """Which events count in the product statistics (click rate, popularity): one per user, product and event
+    type in each window of ``window_seconds`` (a bot's 1,000 clicks count once), and at most ``per_user`` per
+    user and window (a bot clicking through the catalog is capped).  Every event is still stored and still
+    shapes its own user's profile; only the statistics every shopper's ranking reads are protected."""
+
+    window_seconds: float = 86400.0
+    per_user: int = 200
+
+    def mask(
+        self, con, sql: dict, users: Sequence[str], pids: Sequence[str], codes: np.ndarray, ts: np.ndarray
+    ) -> np.ndarray:
+        """Whether each new event is credited, against the credited events stored (``con``: inside the write
+        transaction) and the earlier ones of this batch, in time order."""
+        ts = np.asarray(ts, dtype=np.float64)
+        n = len(ts)
+        if n == 0:
+            return np.zeros(0, dtype=bool)
+        w = self.window_seconds
+        buckets = np.floor(ts / w)
+        lo, hi = float(buckets.min() * w), float((buckets.max() + 1) * w)
+        seen: set = set()
+        per: dict = {}
+        distinct = sorted(set(users))
+        for i in range(0, len(distinct), 500):
+            chunk = distinct[i : i + 500]
+            stmt = sql["credited"].format(users=", ".join([sql["p"]] * len(chunk)))
+            for u, prod, ev, t in con.execute(stmt, (lo, hi, *chunk)).fetchall():
+                b = float(np.floor(t / w))
+                seen.add((u, prod, int(ev), b))
+                per[(u, b)] = per.get((u, b), 0) + 1
+        out = np.zeros(n, dtype=bool)
+        for i in np.argsort(ts, kind="stable"):
+            u, b = users[i], float(buckets[i])
+            key = (u, pids[i], int(codes[i]), b)
+            if key in seen or per.get((u, b), 0) >= self.per_user:
+                continue
+            seen.add(key)
+            per[(u, b)] = per.get((u, b), 0) + 1
+            out[i] = True
+        return out
+
+
+def _uncount(con, sql: dict, where: str, params: tuple) -> None:
+    """Take the credited events ``where`` selects out of the product statistics (before deleting them):
+    forgetting a user or dropping old events leaves no trace in the counts."""
+    rows = con.execute(sql["uncount"].format(where=where), params).fetchall()
+    if not rows:
+        return
+    per_product: dict[str, list[float]] = {}
+    for product, code, n in rows:
+        per_product.setdefault(product, [0.0] * len(EVENTS))[int(code)] += float(n)
+    for prod, c in per_product.items():  # one user's products, or one purge's: few rows
+        con.execute(sql["unstat"], (*c, prod))
+
+
+def _counts(pids: Sequence[str], codes: np.ndarray, credited: np.ndarray) -> list[tuple]:
+    """(product id, impressions, clicks, carts, purchases) rows of the credited events, one per product."""
+    per: dict[str, list[float]] = {}
+    for pid, code in zip(np.asarray(pids, dtype=object)[credited], codes[credited]):
+        per.setdefault(pid, [0.0] * len(EVENTS))[int(code)] += 1.0
+    return [(pid, *c) for pid, c in per.items()]
+
+
+def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
+    """Record the schema version in a new store; bring a version-1 store to version 2 (every stored event
+    credited, the product statistics recounted from the events, so they hold what forgetting can take back);
+    refuse a store another schema version wrote."""
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        con.execute(f"INSERT INTO meta VALUES ('schema_version', {placeholder})", (str(SCHEMA_VERSION),))
+    elif int(row[0]) == 1:
+        con.execute("ALTER TABLE events ADD COLUMN credited SMALLINT NOT NULL DEFAULT 1")
+        con.execute("DELETE FROM product_stats")
+        con.execute(
+            f"INSERT INTO product_stats (product, {', '.join(_STAT_COLS)}) SELECT product, "
+            + ", ".join(f"SUM(CASE WHEN event = {i} THEN 1 ELSE 0 END)" for i in range(len(_STAT_COLS)))
+            + " FROM events GROUP BY product"
+        )
+        con.execute(f"UPDATE meta SET value = {placeholder} WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    elif int(row[0]) != SCHEMA_VERSION:
+        raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
+
+
+class _SQLEventStore(EventStore):
+    """What the SQL stores share: the same tables, one connection per thread (``_con``), one write
+    transaction (``_write``), statements in the store's dialect (``_sql``)."""
+
+    _sql: dict[str, str]
+
+    def _con(self):
+        raise NotImplementedError
+
+    def profile(self, user):
+        got = self._con().execute(self._sql["profile"], (user,)).fetchone()
+        return Profile.loads(bytes(got[0]), got[1]) if got else None
+
+    def product_counts(self):
+        rows = self._con().execute(f"SELECT product, {', '.join(_STAT_COLS)} FROM product_stats").fetchall()
+        return {r[0]: np.array(r[1:], dtype=np.float64) for r in rows}
+
+    def count_events(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])

@@ -1,0 +1,346 @@
+"""What the engine uses: :class:`UserEvents` validates events (ids, event types, times in the retention window),
+hashes user ids with HMAC-SHA256, records them with their profile update, ingests click logs in bulk, reads profiles
+and product statistics, forgets users and drops events past the retention; :func:`open_store` opens the store a
+config names."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from core.formats.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
+from core.types import id_problem
+from engine.events.postgres import PostgresEventStore
+from engine.events.sqlite import SQLiteEventStore
+from engine.events.store import DAY, DSN_ENV, EVENT_CODE, KEY_ENV, CreditRule, EventError, EventStore, PrivacyError
+from engine.profiles import (
+    Profile,
+    ProductFacets,
+    ProfileSettings,
+    apply_event,
+    bought_rows,
+    build_profiles,
+    merge_profiles,
+)
+
+
+def open_store(personal_cfg) -> EventStore:
+    """The event store a config names (``personal.store``: ``sqlite`` or ``postgres``)."""
+    p = personal_cfg
+    credit = CreditRule(p.credit_window_hours * 3600.0, p.credits_per_user)
+    if p.store == "sqlite":
+        return SQLiteEventStore(p.path, credit=credit)
+    if p.store == "postgres":
+        return PostgresEventStore(os.environ.get(DSN_ENV) or p.dsn or "", p.pg_schema, credit=credit)
+    raise EventError(f"personal.store: {p.store!r} is not one of sqlite, postgres")
+
+
+@dataclass
+class ProductStats:
+    """Event counts per product row (impressions, clicks, add-to-carts, purchases) and their catalog totals
+    (kept with the counts, so a query never sums over the catalog)."""
+
+    counts: np.ndarray  # [n, 4] float64 in EVENTS order
+    totals: np.ndarray  # [4]
+
+    def add(self, rows, codes, n=1.0) -> None:
+        np.add.at(self.counts, (rows, codes), n)
+        np.add.at(self.totals, codes, n)
+
+
+@dataclass
+class IngestReport:
+    read: int = 0
+    recorded: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    users: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{self.recorded} events recorded for {self.users} users, {len(self.rejected)} rejected "
+            f"(of {self.read} rows), {self.seconds:.1f} s"
+        )
+
+
+class UserEvents:
+    """Validated, privacy-preserving event recording and profile lookup for one engine.
+
+    ``product_rows`` maps a product id to its row (the engine's product table), ``facets`` gives each row's
+    vector and facet codes.
+    """
+
+    def __init__(
+        self,
+        store: EventStore,
+        facets: ProductFacets,
+        product_ids,
+        settings: ProfileSettings,
+        user_key: str | None,
+        retention_days: float = 365.0,
+        clock=time.time,
+        row_map: dict[str, int] | None = None,
+        future_skew_seconds: float = 300.0,
+    ):
+        self.store = store
+        self.facets = facets
+        self.product_ids = product_ids  # StringColumn or list, by row
+        self._row_of = row_map  # built from product_ids at first use when not given
+        self.settings = settings
+        self._key = user_key.encode("utf-8") if user_key else None
+        self.retention = retention_days * DAY
+        self.skew = future_skew_seconds
+        self.clock = clock
+        self._stats: ProductStats | None = None
+        self._stats_lock = threading.Lock()
+        self._stats_read = 0.0
+        self._writes = 0
+
+    @classmethod
+    def open(cls, cfg, facets: ProductFacets, products) -> "UserEvents":
+        """The config's event store for an engine's product table (its id -> row map is shared, not rebuilt)."""
+        p = cfg.personal
+        key = os.environ.get(KEY_ENV) or p.user_key
+        return cls(
+            open_store(p),
+            facets,
+            products.ids,
+            ProfileSettings.from_config(p),
+            key,
+            p.retention_days,
+            row_map=products.row_map(),
+            future_skew_seconds=p.future_skew_seconds,
+        )
+
+    # -- users -------------------------------------------------------------------------------------------
+    def user_key(self, user_id: str, for_write: bool = False) -> str | None:
+        """The stored form of a user id: HMAC-SHA256 with the configured key (None: no key, reads only)."""
+        problem = id_problem(user_id)
+        if problem:
+            raise EventError(f"field 'user_id': {problem}")
+        if self._key is None:
+            if for_write:
+                raise PrivacyError(
+                    f"no key to hash user ids with: set the environment variable {KEY_ENV} "
+                    "(or personal.user_key in the config); events are never stored with raw ids"
+                )
+            return None
+        return hmac.new(self._key, user_id.strip().encode("utf-8"), hashlib.sha256).hexdigest()[:32]
+
+    def row_map(self) -> dict[str, int]:
+        """Product id -> row of the index the engine serves (built once)."""
+        if self._row_of is None:
+            ids = self.product_ids.tolist() if hasattr(self.product_ids, "tolist") else list(self.product_ids)
+            self._row_of = {pid: i for i, pid in enumerate(ids)}
+        return self._row_of
+
+    def row_of(self, product_id: str) -> int:
+        problem = id_problem(product_id)
+        if problem:
+            raise EventError(f"field 'product_id': {problem}")
+        try:
+            return self.row_map()[product_id]
+        except KeyError:
+            raise EventError(f"field 'product_id': unknown product {product_id!r} (not in the index)") from None
+
+    def bought_rows(self, profile: Profile | None) -> np.ndarray:
+        """Rows of the products a profile bought (those still in the index)."""
+        return bought_rows(profile, self.row_map())
+
+    # -- writing -----------------------------------------------------------------------------------------
+    def validate(self, user_id, product_id, event, timestamp) -> tuple[str, int, str, float]:
+        user = self.user_key(user_id, for_write=True)
+        if not isinstance(product_id, str) or not product_id.strip():
+            raise EventError("field 'product_id': missing or empty")
+        row = self.row_of(product_id.strip())
+        if event not in EVENT_CODE:
+            raise EventError(f"field 'event': {event!r} is not one of {', '.join(EVENTS)}")
+        if timestamp is None:
+            ts = self.clock()
+        else:
+            try:
+                ts = parse_timestamp(timestamp)
+            except (ValueError, TypeError) as e:
+                raise EventError(f"field 'timestamp': {e}") from None
+            self.check_time(ts)
+        return user, row, event, ts
+
+    def check_time(self, ts: float, now: float | None = None) -> None:
+        """Refuse a time outside [now - retention, now + future skew] (a stray 0, a year 9999, 1e300)."""
+        now = self.clock() if now is None else now
+        if not np.isfinite(ts):
+            raise EventError(f"field 'timestamp': not a finite time: {ts!r}")
+        if ts > now + self.skew:
+            raise EventError(
+                f"field 'timestamp': {_when(ts)} is in the future (more than {self.skew:.0f} s after "
+                f"the server's clock, {_when(now)})"
+            )
+        if ts < now - self.retention:
+            raise EventError(
+                f"field 'timestamp': {_when(ts)} is older than the retention "
+                f"({self.retention / DAY:g} days, personal.retention_days)"
+            )
+
+    def record(
+        self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None
+    ) -> Profile | None:
+        """Record one event; the user's profile is updated in the same transaction."""
+        user, row, event, ts = self.validate(user_id, product_id, event, timestamp)
+        pid = product_id.strip()
+
+        def update(old: Profile | None) -> Profile | None:
+            prof = old or Profile()
+            return prof if apply_event(prof, self.facets, row, pid, event, ts, self.settings) else None
+
+        prof, credited = self.store.append(user, pid, row, event, ts, query, update)
+        with self._stats_lock:
+            if self._stats is not None and credited:
+                self._stats.add(row, EVENT_CODE[event])
+        self._writes += 1
+        if self._writes % 1000 == 0:
+            self.purge()
+        return prof
+
+    def ingest(self, path: str | Path, skip_bad_rows: bool = False, progress: bool = False) -> IngestReport:
+        """Load a click log: validated, user ids hashed, profiles built in bulk and merged with stored ones,
+        all in one transaction.  A bad row stops the load (nothing stored) unless ``skip_bad_rows``: then
+        it is reported with its reason and the good rows are stored."""
+        t0 = time.perf_counter()
+        rep = IngestReport()
+        hashed: dict[str, str] = {}
+        users, pids, rows, evs, ts, queries = [], [], [], [], [], []
+        row_of = self.row_map()
+        now = self.clock()
+        for line, item in iter_clicklog(path):
+            rep.read += 1
+            if isinstance(item, ClickLogError):
+                err = str(item)
+            else:
+                row = row_of.get(item.product_id)
+                err = (
+                    None
+                    if row is not None
+                    else f"{path}:{line}: field 'product_id': unknown product {item.product_id!r} (not in the index)"
+                )
+                if err is None:
+                    try:
+                        self.check_time(item.timestamp, now)
+                    except EventError as e:
+                        err = f"{path}:{line}: {e}"
+            if err is not None:
+                if not skip_bad_rows:
+                    raise EventError(err + " (use --skip-bad-rows to load the good rows and list the bad)")
+                rep.rejected.append((line, err))
+                continue
+            u = hashed.get(item.user_id)
+            if u is None:
+                u = hashed[item.user_id] = self.user_key(item.user_id, for_write=True)
+            users.append(u)
+            pids.append(item.product_id)
+            rows.append(row)
+            evs.append(item.event)
+            ts.append(item.timestamp)
+            queries.append(item.query)
+        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, np.asarray(ts, dtype=np.float64), queries)
+        rep.recorded = len(users)
+        rep.users = len(set(users))
+        rep.seconds = time.perf_counter() - t0
+        return rep
+
+    def append_bulk(
+        self,
+        users: Sequence[str],
+        pids: Sequence[str],
+        rows: np.ndarray,
+        events: Sequence[str],
+        ts: np.ndarray,
+        queries: Sequence[str | None],
+    ) -> None:
+        """Store already validated events (hashed users) and fold them into the users' profiles."""
+        if len(users) == 0:
+            return
+        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
+        order = np.argsort(ts, kind="stable")
+        users_a = np.asarray(users, dtype=object)[order]
+        new = build_profiles(
+            users_a.astype(str),
+            rows[order],
+            np.asarray(pids, dtype=object)[order],
+            codes[order],
+            ts[order],
+            self.facets,
+            self.settings,
+            EVENTS,
+        )
+        old = self.store.profiles(new)
+        merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
+        for u, p in merged.items():
+            p.version = (old[u].version if u in old else 0) + 1
+        credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged)
+        with self._stats_lock:
+            if self._stats is not None:
+                self._stats.add(rows[credited], codes[credited])
+
+    # -- reading -----------------------------------------------------------------------------------------
+    def profile(self, user_id: str | None) -> Profile | None:
+        """The user's profile, or None (no user, unknown user, no key configured, no engaging events)."""
+        if user_id is None:
+            return None
+        key = self.user_key(user_id)
+        if key is None:
+            return None
+        p = self.store.profile(key)
+        return p if p is not None and p.weight > 0 else None
+
+    def stats(self, refresh_seconds: float = 60.0) -> ProductStats:
+        """Event counts per product row: read from the store at first use and every ``refresh_seconds``
+        (events other processes record), kept current in between by this process's own events."""
+        now = time.monotonic()
+        with self._stats_lock:
+            if self._stats is None or now - self._stats_read > refresh_seconds:
+                counts = np.zeros((len(self.facets), len(EVENTS)))
+                row_of = self.row_map()
+                for pid, c in self.store.product_counts().items():
+                    r = row_of.get(pid)
+                    if r is not None:
+                        counts[r] = c
+                self._stats, self._stats_read = ProductStats(counts, counts.sum(axis=0)), now
+            return self._stats
+
+    # -- privacy -----------------------------------------------------------------------------------------
+    def forget(self, user_id: str) -> int:
+        """Delete every event and the profile of a user; returns the number of events deleted."""
+        key = self.user_key(user_id, for_write=True)
+        n = self.store.forget(key)
+        self.invalidate_stats()  # their counts left the store: read them again
+        return n
+
+    def invalidate_stats(self) -> None:
+        with self._stats_lock:
+            self._stats = None
+
+    def purge(self, now: float | None = None) -> int:
+        """Drop events older than the retention (and profiles not updated since)."""
+        now = self.clock() if now is None else now
+        n = self.store.purge_before(now - self.retention)
+        if n:
+            self.invalidate_stats()
+        return n
+
+
+def _when(ts: float) -> str:
+    """A time for a message: ISO 8601 where it has one, else the number."""
+    from datetime import datetime, timezone
+
+    try:
+        return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts:g}"
