@@ -17,6 +17,26 @@ def make_config(tmp_path: Path, catalog: Path, **sections):
     return config_from_dict(raw, base=tmp_path)
 
 
+def tiny_dense_config(tmp_path: Path, demo_dir: Path, tiny_model: Path, build: bool = True, **sections):
+    """The tiny demo catalog with bm25 and a dense stage over the tiny model (flat FAISS, CPU), its indexes built in
+    ``tmp_path``; ``sections`` add or replace config settings."""
+    from indexer.build import build_indexes
+
+    dense = {
+        "model": str(tiny_model),
+        "base_model": str(tiny_model),
+        "max_length": 32,
+        "device": "cpu",
+        "factory": "Flat",
+    }
+    cfg = make_config(
+        tmp_path, demo_dir / "catalog.jsonl", search={"stages": ["bm25", "dense"]}, dense=dense, **sections
+    )
+    if build:
+        build_indexes(cfg, progress=False)
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A small generated demo catalog + click log + judged queries (same generator as `make demo-data`)."""

@@ -23,28 +23,14 @@ from indexer.store import CURRENT, version_root
 from indexer.deleted import DELETED, LEGACY_DELETED, deleted_ids
 from indexer.updates import add_products, delete_products
 
-from conftest import ROOT, make_config
+from conftest import ROOT, tiny_dense_config
 
 DAY = 86400.0
 
 
 @pytest.fixture()
 def cfg(demo_dir, tiny_model, tmp_path):
-    c = make_config(
-        tmp_path,
-        demo_dir / "catalog.jsonl",
-        search={"stages": ["bm25", "dense"]},
-        dense={
-            "model": str(tiny_model),
-            "base_model": str(tiny_model),
-            "max_length": 32,
-            "device": "cpu",
-            "factory": "Flat",
-        },
-        personal={"user_key": "k", "retention_days": 3650},
-    )
-    build_indexes(c, progress=False)
-    return c
+    return tiny_dense_config(tmp_path, demo_dir, tiny_model, personal={"user_key": "k", "retention_days": 3650})
 
 
 # -- ids: what one may hold, and lists that cannot split one ---------------------------------------------

@@ -14,31 +14,21 @@ import pytest
 from engine.http import ADMIN_ENV, MAX_REQUEST_HEAD, JsonErrorH11Protocol, Keys, inline_script_hashes
 from engine.search import SearchEngine
 from engine.service import REPLICA, create_app
-from indexer.build import build_indexes
 
-from conftest import ROOT, make_config
+from conftest import ROOT, tiny_dense_config
 
 ADMIN, SEARCH = "admin-secret-1", "search-secret-2"
 
 
 @pytest.fixture()
 def cfg(demo_dir, tiny_model, tmp_path):
-    c = make_config(
+    return tiny_dense_config(
         tmp_path,
-        demo_dir / "catalog.jsonl",
-        search={"stages": ["bm25", "dense"]},
-        dense={
-            "model": str(tiny_model),
-            "base_model": str(tiny_model),
-            "max_length": 32,
-            "device": "cpu",
-            "factory": "Flat",
-        },
+        demo_dir,
+        tiny_model,
         personal={"user_key": "k", "retention_days": 3650},
         serve={"cors_origins": ["https://shop.example"], "watch_seconds": 0},
     )
-    build_indexes(c, progress=False)
-    return c
 
 
 @pytest.fixture()

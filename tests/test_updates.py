@@ -10,7 +10,7 @@ from core.formats.catalog import read_catalog
 from indexer.config import BM25Config, TextConfig
 from indexer.updates import add_products
 
-from conftest import make_config
+from conftest import tiny_dense_config
 
 NEW = [
     {"id": "N1", "title": "量子波动 速读 机器人 XQ-900", "category": "儿童玩具", "brand": "乐高", "price": 99},
@@ -25,21 +25,7 @@ def write_jsonl(path, rows):
 
 @pytest.fixture()
 def cfg(demo_dir, tiny_model, tmp_path):
-    c = make_config(
-        tmp_path,
-        demo_dir / "catalog.jsonl",
-        search={"stages": ["bm25", "dense"]},
-        dense={
-            "model": str(tiny_model),
-            "base_model": str(tiny_model),
-            "max_length": 32,
-            "device": "cpu",
-            "factory": "Flat",
-        },
-        bm25={"fields": {"words": 0.3, "chars": 0.7}},
-    )
-    build_indexes(c, progress=False)
-    return c
+    return tiny_dense_config(tmp_path, demo_dir, tiny_model, bm25={"fields": {"words": 0.3, "chars": 0.7}})
 
 
 def test_added_products_score_as_in_a_full_rebuild(demo_dir, tmp_path):
