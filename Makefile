@@ -31,10 +31,10 @@ models/base/config.json: | .venv/.installed
 	$(PY) -m finetune.base_model --out models/base
 
 demo-data: .venv/.installed
-	$(PY) -m eval.demo_data --out data/demo
+	$(PY) -m eval.sim.demo_data --out data/demo
 
-data/demo/catalog.jsonl: eval/demo_data.py | .venv/.installed
-	$(PY) -m eval.demo_data --out data/demo
+data/demo/catalog.jsonl: eval/sim/demo_data.py | .venv/.installed
+	$(PY) -m eval.sim.demo_data --out data/demo
 
 # the demo's fine-tuned bi-encoder, cross-encoder and final ranker (`make finetune` on the demo click log)
 models/demo/ranker/model.txt: data/demo/catalog.jsonl | models/base/config.json
@@ -44,7 +44,7 @@ demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/de
 	$(PY) -m indexer --config configs/demo.yaml --if-stale
 	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
 	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
-	$(PY) -m eval.demo_personal --config configs/demo.yaml "蓝牙耳机"
+	$(PY) -m eval.sim.demo_personal --config configs/demo.yaml "蓝牙耳机"
 	@echo
 	@echo "Search page and API: make serve (then open http://$(HOST):$(PORT)/ ; API docs at http://$(HOST):$(PORT)/docs)"
 
@@ -72,26 +72,26 @@ eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG))
 
 # the personalization benchmark: simulated users at three taste strengths (+ the guard on judged dev queries)
 eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
-	$(PY) -m eval.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG))) $(if $(CURVE),--curve $(CURVE))
+	$(PY) -m eval.sim.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG))) $(if $(CURVE),--curve $(CURVE))
 
 bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/demo/ranker/model.txt
-	$(PY) -m eval.bench_bm25 $(if $(FULL),--full)
-	$(PY) -m eval.bench_dense $(if $(FULL),--full)
+	$(PY) -m eval.bench.bm25 $(if $(FULL),--full)
+	$(PY) -m eval.bench.dense $(if $(FULL),--full)
 	$(PY) -m indexer --config configs/demo.yaml --if-stale
-	$(PY) -m eval.bench_personal --config configs/demo.yaml
-	$(PY) -m eval.bench_serving --config configs/demo.yaml $(if $(FULL),--full)
+	$(PY) -m eval.bench.personal --config configs/demo.yaml
+	$(PY) -m eval.bench.serving --config configs/demo.yaml $(if $(FULL),--full)
 
 # quality against latency of the serving levers, and the HTTP load test (WenTian; ../shared/datasets)
 bench-serving: .venv/.installed
-	$(PY) -m eval.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
+	$(PY) -m eval.bench.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
 bench-scale: .venv/.installed models/base/config.json data/demo/catalog.jsonl
-	$(PY) -m eval.bench_scale --config configs/wentian.yaml
+	$(PY) -m eval.bench.scale --config configs/wentian.yaml
 load-test: .venv/.installed
-	$(PY) -m eval.load_test --config $(CONFIG) --out reports/serving/load-$(basename $(notdir $(CONFIG)))
+	$(PY) -m eval.bench.load_test --config $(CONFIG) --out reports/serving/load-$(basename $(notdir $(CONFIG)))
 
 # issue 22's probe against a live service over the config's built index (it adds products and events: use a copy)
 probe-service: .venv/.installed
-	$(PY) -m eval.probe_service --config $(CONFIG) --log reports/probe/$(basename $(notdir $(CONFIG)))-service.log
+	$(PY) -m eval.bench.probe_service --config $(CONFIG) --log reports/probe/$(basename $(notdir $(CONFIG)))-service.log
 
 ablation: .venv/.installed
 	$(PY) -m eval.ablation --config configs/wentian.yaml --queries ../shared/datasets/wentian/dev.tsv

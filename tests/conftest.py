@@ -40,7 +40,7 @@ def tiny_dense_config(tmp_path: Path, demo_dir: Path, tiny_model: Path, build: b
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory):
     """A small generated demo catalog + click log + judged queries (same generator as `make demo-data`)."""
-    from eval.demo_data import write_demo
+    from eval.sim.demo_data import write_demo
 
     out = tmp_path_factory.mktemp("demo")
     write_demo(out, n_products=600, n_users=120)

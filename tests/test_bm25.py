@@ -106,7 +106,7 @@ def test_chars_field_matches_what_words_miss(tmp_path):
 
 @pytest.mark.parametrize("system", ["ecomsearch", "bm25s", "rank_bm25"])
 def test_benchmark_measures_each_system(tmp_path, system):
-    from eval.bench_bm25 import measure
+    from eval.bench.bm25 import measure
 
     corpus = tmp_path / "c.tsv"
     corpus.write_text(

@@ -4,7 +4,7 @@ import pytest
 
 from engine import SearchEngine
 from eval.__main__ import main as eval_main
-from eval.demo_data import write_demo
+from eval.sim.demo_data import write_demo
 from core.formats.clicklog import EVENTS, read_clicklog
 from indexer.build import build_indexes
 from core.formats.catalog import read_catalog

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine import SearchEngine
-from eval import personal
+from eval.sim import personal
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 
 
@@ -155,7 +155,7 @@ def test_bootstrap_intervals_cover_the_mean_and_a_zero_difference_has_p_one():
 
 def test_the_user_context_text_names_the_strongest_brands_and_price_band():
     from engine.profiles import Profile
-    from eval.personal_ce import context_text, with_context
+    from eval.sim.personal_ce import context_text, with_context
 
     p = Profile(weight=3.0, affinities={"brand": {"0": 1.0, "2": 3.0, "1": 0.5}, "price_band": {"4": 2.0, "0": 1.0}})
     ctx = context_text(p, ["索尼", "苹果", "漫步者"])

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "probe-admin-" + str(os.getpid())
 
 
@@ -273,7 +273,7 @@ def probe(config: str, log: Path) -> list[tuple[str, bool, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.probe_service", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m eval.bench.probe_service", description=__doc__.split("\n")[0])
     ap.add_argument("--config", required=True)
     ap.add_argument("--log", default="reports/probe/service.log")
     args = ap.parse_args(argv)

@@ -1,10 +1,10 @@
-"""`python -m eval.demo_personal --config configs/demo.yaml 蓝牙耳机`: the end of `make demo`.
+"""`python -m eval.sim.demo_personal --config configs/demo.yaml 蓝牙耳机`: the end of `make demo`.
 
 Loads the demo's simulated click log into the event store (once: a stamp
 file beside the store records it), picks two simulated users who engaged
 most with the query's category but prefer different brands, and shows the
 same query for both (their top results differ), the non-personalized
-ranking, and one explained hit.  The users are simulated (`eval.demo_data`).
+ranking, and one explained hit.  The users are simulated (`eval.sim.demo_data`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def pick_users(events, brand_of: dict[str, str], category_of: dict[str, str], ca
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.demo_personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.sim.demo_personal",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--category", default="耳机", help="the category the two users are picked in")

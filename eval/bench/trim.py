@@ -1,4 +1,4 @@
-"""`python -m eval.bench_trim --config configs/wentian.yaml`: the dense model with and without vocabulary trimming.
+"""`python -m eval.bench.trim --config configs/wentian.yaml`: the dense model with and without vocabulary trimming.
 
 Trims the config's ``dense`` model to the catalog plus the training queries
 (``--train-queries``; never the dev queries), then reports for both models:
@@ -50,7 +50,7 @@ def measure(cfg, queries, texts: list[str]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_trim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.trim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", default="configs/wentian.yaml")
     ap.add_argument("--train-queries", default="../shared/datasets/wentian/train.tsv")

@@ -1,4 +1,4 @@
-"""`python -m eval.personal --config C --out reports/personal/<config>`: does personalization lift, and never hurt?
+"""`python -m eval.sim.personal --config C --out reports/personal/<config>`: does personalization lift, and never hurt?
 
 **The users are simulated.**  Nothing here is real user behaviour; the
 benchmark checks that the engine learns a taste when there is one, and that
@@ -532,7 +532,7 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
     lines = [
         f"# Personalization benchmark: {context['config']}",
         "",
-        "**The users are simulated** (see `eval/personal.py` for the behaviour model): stable tastes over "
+        "**The users are simulated** (see `eval/sim/personal.py` for the behaviour model): stable tastes over "
         + ", ".join(context["facets"])
         + "; position-biased clicks on 10 of the engine's non-personal top 30 (Plackett-Luce draw) before "
         "the time cut; judgments after it drawn from the same click model without position bias. "
@@ -690,7 +690,7 @@ def query_pool(cfg, n: int, seed: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.sim.personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", required=True)
     ap.add_argument("--out", required=True)

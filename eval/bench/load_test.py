@@ -1,4 +1,4 @@
-"""`python -m eval.load_test --config C`: load-test the running HTTP service with real queries.
+"""`python -m eval.bench.load_test --config C`: load-test the running HTTP service with real queries.
 
 Starts ``python -m engine.service`` for the config (its own process, a free port), waits for ``/ready``, then an
 async ``httpx`` driver sends ``--n`` queries from the query log (``../shared/datasets/querylog``) with 1, 4 and
@@ -318,7 +318,7 @@ def write_report(out: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.load_test", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m eval.bench.load_test", description=__doc__)
     ap.add_argument("--config", default="configs/wentian.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--queries", default=str(QUERYLOG))

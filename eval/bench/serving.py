@@ -1,4 +1,4 @@
-"""`python -m eval.bench_serving --config configs/demo.yaml`: serving speed against a plain-libraries peer
+"""`python -m eval.bench.serving --config configs/demo.yaml`: serving speed against a plain-libraries peer
 (part of `make bench`; writes ``reports/bench/serving.json``).
 
 In one run, on the config's built index and models, the same queries through:
@@ -10,7 +10,7 @@ In one run, on the config's built index and models, the same queries through:
    (numpy), the union of both top-``rerank.depth`` lists scored by ``sentence_transformers.CrossEncoder.predict``
    with the same cross-encoder, ordered by its score;
 3. **the HTTP service**: ``python -m engine.service`` driven by async httpx clients at concurrency 1 and 4
-   (``eval.load_test``).
+   (``eval.bench.load_test``).
 
 Reported: p50/p99 per query, the speed ratio, MRR@10 of both on the config's judged queries, and how much the
 two top-10 lists overlap (they differ by design: the engine uses BM25 over words and characters, a fused
@@ -77,7 +77,7 @@ class PlainPipeline:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "engine"}, ensure_ascii=False), flush=True)
     print("engine:", json.dumps({k: v for k, v in result["engine"].items() if k != "versions"}), flush=True)
     if not args.no_http:
-        from eval.load_test import QUERYLOG, run_load
+        from eval.bench.load_test import QUERYLOG, run_load
 
         http_queries = texts * (1 + 200 // max(1, len(texts)))
         n = 200

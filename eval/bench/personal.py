@@ -1,4 +1,4 @@
-"""`python -m eval.bench_personal --config configs/demo.yaml`: personalization speed (part of `make bench`).
+"""`python -m eval.bench.personal --config configs/demo.yaml`: personalization speed (part of `make bench`).
 
 On the config's built index (product vectors and groups from the dense index):
 
@@ -66,7 +66,7 @@ def time_record_events(ev, ids: list[str], rng: np.random.Generator, n: int = 20
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--events", type=int, default=1_000_000)

@@ -1,4 +1,4 @@
-"""`python -m eval.personal_ce --config configs/demo.yaml`: the design's other reading of personalization.
+"""`python -m eval.sim.personal_ce --config configs/demo.yaml`: the design's other reading of personalization.
 
 Instead of personal features for the final ranker, give the cross-encoder the
 user's context as text — the profile's two strongest brands and price band
@@ -48,7 +48,7 @@ def with_context(query: str, ctx: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.personal_ce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.sim.personal_ce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", default="configs/demo.yaml")
     ap.add_argument("--out", default="reports/personal/demo")

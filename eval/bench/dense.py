@@ -1,4 +1,4 @@
-"""`make bench` (dense part, `python -m eval.bench_dense [--full]`): encoder throughput and FAISS indexes.
+"""`make bench` (dense part, `python -m eval.bench.dense [--full]`): encoder throughput and FAISS indexes.
 
 - Encoder throughput: WenTian titles per second through the base model
   (``passage: `` prefix, max length from ``configs/wentian.yaml``), on this
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.bench_bm25 import read_id_text
+from eval.bench.bm25 import read_id_text
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
 
 
@@ -237,7 +237,7 @@ def torch_exact_search(vectors: np.ndarray, queries: np.ndarray, k: int = 10) ->
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_dense", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.dense", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--full", action="store_true", help="1,000,000 vectors instead of 100,000")
     ap.add_argument("--n", type=int, help="number of vectors (overrides --full)")

@@ -1,4 +1,4 @@
-"""`python -m eval.serving_profiles --config configs/wentian.yaml`: quality against latency of the serving levers.
+"""`python -m eval.bench.serving_profiles --config configs/wentian.yaml`: quality against latency of the serving levers.
 
 Each profile is the config with some settings changed (ONNX Runtime for the cross-encoder and/or the query
 encoder, int8 weights, fewer candidates, a shorter max length, a distilled student cross-encoder).  For each:
@@ -24,7 +24,7 @@ import numpy as np
 from engine.search import SearchEngine
 from core import metrics
 from core.bootstrap import bootstrap_ci, paired_bootstrap
-from eval.load_test import QUERYLOG
+from eval.bench.load_test import QUERYLOG
 from core.formats.judged import read_queries
 from indexer.config import load_config, parse_overrides
 from indexer.vocab_trim import read_query_column
@@ -239,7 +239,7 @@ def write_report(out: Path, results: dict, reference: str, hybrid: str | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.serving_profiles", description=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m eval.bench.serving_profiles", description=__doc__)
     ap.add_argument("--config", default="configs/wentian.yaml")
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--profiles", default=",".join(PROFILES))

@@ -1,4 +1,4 @@
-"""`make bench` (`python -m eval.bench_bm25 [--full]`): the BM25 stage against its peers.
+"""`make bench` (`python -m eval.bench.bm25 [--full]`): the BM25 stage against its peers.
 
 Three systems, same corpus, same real Taobao queries, same run:
 
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
 WENTIAN = SHARED / "wentian" / "corpus.tsv"
 QUERYLOG = SHARED / "querylog" / "taobao_queries.tsv"
@@ -234,7 +234,7 @@ def run_case(name: str, corpus: Path, queries: list[str], rank_sample: int) -> l
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_bm25", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.bm25", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--full", action="store_true", help="also 200,000 and 1,000,000 generated titles")
     ap.add_argument("--queries", type=int, default=1000, help="real queries timed per system")

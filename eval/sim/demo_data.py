@@ -1,4 +1,4 @@
-"""`python -m eval.demo_data --out data/demo`: the generated demo catalog and click log.
+"""`python -m eval.sim.demo_data --out data/demo`: the generated demo catalog and click log.
 
 Deterministic (seeded): about 5,000 Chinese products over 20 categories,
 each with a brand (Chinese and Latin names), a model number, attributes,
@@ -469,7 +469,7 @@ def write_demo(out: Path, n_products: int = 5000, n_users: int = 400, seed: int 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.demo_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.sim.demo_data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--out", default="data/demo")
     ap.add_argument("--products", type=int, default=5000)

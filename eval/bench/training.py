@@ -1,4 +1,4 @@
-"""`python -m eval.bench_training [--random-weights] [--steps N]`: the fine-tuning recipe's speed on this machine.
+"""`python -m eval.bench.training [--random-weights] [--steps N]`: the fine-tuning recipe's speed on this machine.
 
 Runs the real training loops (finetune.biencoder.train, finetune.crossencoder.train:
 mixed precision on a GPU, fp32 on a CPU) for a few steps on WenTian queries and
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.bench_bm25 import read_id_text
+from eval.bench.bm25 import read_id_text
 
 
 def _examples(data: Path, n: int, seed: int = 0):
@@ -44,7 +44,7 @@ def _examples(data: Path, n: int, seed: int = 0):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--data", default="../shared/datasets", help="folder holding wentian/")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     from sentence_transformers import SentenceTransformer
 
     from engine.rerank import CrossEncoder
-    from eval.bench_dense import random_weights_copy
+    from eval.bench.dense import random_weights_copy
     from finetune import biencoder, crossencoder
     from indexer.config import BiEncoderTrainConfig, CrossEncoderTrainConfig
 

@@ -1,4 +1,4 @@
-"""`make bench-scale` (`python -m eval.bench_scale`): the scale-out figures docs/scaling.md is derived from.
+"""`make bench-scale` (`python -m eval.bench.scale`): the scale-out figures docs/scaling.md is derived from.
 
 - **Index job on Ray**: titles per second through the whole build (tokenize, encode, bm25s, FAISS, k-means) of
   the demo catalog, single process against Ray Data with 1 and 2 workers (this machine's cores).
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.bench_personal import pct_ms
+from eval.bench.personal import pct_ms
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def du(path: Path) -> int:
@@ -180,7 +180,7 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
     from engine.events import PostgresEventStore, SQLiteEventStore, UserEvents
     from engine.profiles import ProfileSettings
     from engine.search import SearchEngine
-    from eval.bench_personal import time_record_events, write_events
+    from eval.bench.personal import time_record_events, write_events
     from indexer.config import load_config
 
     cfg = load_config(ROOT / cfg_path)
@@ -222,7 +222,7 @@ def write(out: Path, payload: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
     lines = [
-        "# Scale-out figures (`python -m eval.bench_scale`)",
+        "# Scale-out figures (`python -m eval.bench.scale`)",
         "",
         f"Machine: {payload['machine']}.",
         "",
@@ -268,7 +268,7 @@ def write(out: Path, payload: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m eval.bench_scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m eval.bench.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--config", default="configs/wentian.yaml")
     ap.add_argument("--sizes", default="20000,200000")
