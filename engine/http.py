@@ -51,8 +51,8 @@ def error_response(status: int, param: str | None, message: str, headers: dict |
 def public(message: str, *roots) -> str:
     """``message`` without the server's folders (``roots``: the project root, the index folder, the temp
     folder): a client learns what is wrong, not where the server keeps its files."""
-    for root in sorted({str(r).rstrip("/") for r in roots if r}, key=len, reverse=True):
-        message = message.replace(root + "/", "").replace(root, ".")
+    for root in sorted({str(r).rstrip("/") for r in roots if r and str(r).rstrip("/")}, key=len, reverse=True):
+        message = message.replace(root + "/", "").replace(root, ".")  # a root of "/" names nothing: skipped
     return message
 
 

@@ -145,6 +145,14 @@ def test_headers_say_nosniff_the_page_has_a_csp_and_the_replica_name_is_opaque(e
         assert all(h in csp for h in inline_script_hashes(page.text)) and "frame-ancestors 'none'" in csp
 
 
+def test_public_messages_cut_the_servers_folders_only():
+    from engine.http import public
+
+    msg = "/srv/shop/indexes/t/bm25@1: corrupt; see /srv/shop/README.md and /tmp/x.jsonl"
+    assert public(msg, "/srv/shop", "/tmp") == "indexes/t/bm25@1: corrupt; see README.md and x.jsonl"
+    assert public("a/b: bad", "/") == "a/b: bad"  # a root of / would otherwise eat every slash
+
+
 def test_errors_never_name_the_servers_folders(engine, cfg):
     with client_for(engine, Keys(admin=ADMIN), **bearer(ADMIN)) as c:
         pid = engine.products.ids[0]
