@@ -313,7 +313,7 @@ def bot_moves(live_cfg, **personal):
 
     from fastapi.testclient import TestClient
 
-    from engine.http import Keys
+    from engine.service.http import Keys
     from engine.service import create_app
 
     cfg = dataclasses.replace(live_cfg, personal=dataclasses.replace(live_cfg.personal, **personal))

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from engine.http import ADMIN_ENV, MAX_REQUEST_HEAD, JsonErrorH11Protocol, Keys, inline_script_hashes
+from engine.service.http import ADMIN_ENV, MAX_REQUEST_HEAD, JsonErrorH11Protocol, Keys, inline_script_hashes
 from engine.search import SearchEngine
 from engine.service import REPLICA, create_app
 
@@ -146,7 +146,7 @@ def test_headers_say_nosniff_the_page_has_a_csp_and_the_replica_name_is_opaque(e
 
 
 def test_public_messages_cut_the_servers_folders_only():
-    from engine.http import public
+    from engine.service.http import public
 
     msg = "/srv/shop/indexes/t/bm25@1: corrupt; see /srv/shop/README.md and /tmp/x.jsonl"
     assert public(msg, "/srv/shop", "/tmp") == "indexes/t/bm25@1: corrupt; see README.md and x.jsonl"

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from engine.http import Keys
+from engine.service.http import Keys
 from engine.search import SearchEngine
 from engine.service import create_app
 

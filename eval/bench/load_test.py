@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.vocab_trim import read_query_column
-from engine.http import ADMIN_ENV
+from engine.service.http import ADMIN_ENV
 
 QUERYLOG = Path("../shared/datasets/querylog/taobao_queries.tsv")
 

@@ -1,4 +1,4 @@
-"""The HTTP search service (FastAPI on uvicorn): `make serve CONFIG=... [PORT=8000]`.
+"""The service's app: the FastAPI routes over one engine (`make serve CONFIG=... [PORT=8000]` starts it).
 
 Thin: every endpoint calls :class:`engine.search.SearchEngine`.  Endpoints:
 
@@ -16,30 +16,22 @@ Thin: every endpoint calls :class:`engine.search.SearchEngine`.  Endpoints:
 Errors are JSON ``{"error": {"param": ..., "message": ...}}``: 400 malformed JSON or HTTP, 401/403 a missing or
 wrong key, 404 unknown product/route, 413 oversized body, 415 a body that is not JSON, 422 a bad parameter
 (named); an unexpected failure is a 500 with an id, never a stack trace.  Keys, CORS and headers:
-:mod:`engine.http` and docs/security.md.
+:mod:`engine.service.http` and docs/security.md.
 Concurrent searches share the cross-encoder through dynamic micro-batching (:mod:`engine.batching`).
 """
 
-import argparse
 import contextlib
-import json
 import logging
 import math
-import os
 import re
-import sys
 import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Annotated
 
-from engine.http import (
-    ADMIN_ENV,
-    MAX_REQUEST_HEAD,
+from engine.service.http import (
     ApiError,
-    JsonErrorH11Protocol,
     Keys,
     check_json_body,
     check_origin,
@@ -50,74 +42,17 @@ from engine.http import (
     public,
     security_headers,
 )
+from engine.service.metrics import Metrics
+from engine.service.page import demo_users, page_html
 from engine.types import EcomsearchError, QueryError
 from core.types import id_problem
 
 log = logging.getLogger("ecomsearch.service")
 REPLICA = f"replica-{uuid.uuid4().hex[:8]}"  # opaque: tells replicas apart without naming the host or pid
-SERVE_ENV = "ECOMSEARCH_SERVE"  # what each replica opens: {"config": path, "set": [overrides]}
-STATIC = Path(__file__).with_name("static")
 SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain", "personalize"}
 
 
 _error = error_response
-
-
-class Metrics:
-    """Prometheus counters and histograms of one app (its own registry: several apps in one process
-    never collide)."""
-
-    def __init__(self):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        self.registry = CollectorRegistry()
-        buckets = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0)
-        self.requests = Counter(
-            "ecomsearch_requests_total", "HTTP requests", ["endpoint", "method", "status"], registry=self.registry
-        )
-        self.latency = Histogram(
-            "ecomsearch_request_seconds", "HTTP request latency", ["endpoint"], buckets=buckets, registry=self.registry
-        )
-        self.stage = Histogram(
-            "ecomsearch_stage_seconds", "Time per search step", ["stage"], buckets=buckets, registry=self.registry
-        )
-        self.cache = Counter(
-            "ecomsearch_candidate_cache_total", "Candidate cache lookups", ["result"], registry=self.registry
-        )
-        self.reloads = Counter(
-            "ecomsearch_reloads_total", "Engine reloads that switched versions", registry=self.registry
-        )
-        self.version = Gauge("ecomsearch_engine_version", "The engine version answering", registry=self.registry)
-
-
-def demo_users(engine, n: int = 8) -> list[dict]:
-    """The simulated users of a click-log config (the demo's) with most engagement and their favourite
-    brand, for the page's user picker; [] for judged-pairs data."""
-    from collections import Counter, defaultdict
-
-    from core.formats.clicklog import iter_clicklog
-
-    log_path = engine.cfg.finetune.train
-    if log_path is None or not Path(log_path).is_file() or Path(log_path).suffix != ".jsonl":
-        return []
-    index = engine.products.row_map()
-    brands = engine.products.brands
-    codes = engine.products.brand_codes
-    taste: dict[str, Counter] = defaultdict(Counter)
-    for _, e in iter_clicklog(log_path):
-        if isinstance(e, Exception) or e.event == "impression":
-            continue
-        row = index.get(e.product_id)
-        if row is None:
-            continue
-        code = int(codes[row])
-        if 0 <= code < len(brands):
-            taste[e.user_id][brands[code]] += 1
-    top = sorted(taste, key=lambda u: -sum(taste[u].values()))[:n]
-    return [
-        {"user_id": u, "events": sum(taste[u].values()), "favourite_brands": [b for b, _ in taste[u].most_common(2)]}
-        for u in top
-    ]
 
 
 def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
@@ -152,8 +87,8 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     keys = keys if keys is not None else Keys.from_env()
     state = {"ready": True, "users": None}
     roots = (cfg.root, cfg.index_dir, tempfile.gettempdir())  # never named in a message a client reads
-    page_html = (STATIC / "index.html").read_text(encoding="utf-8")
-    page_scripts = inline_script_hashes(page_html)
+    page_text = page_html()
+    page_scripts = inline_script_hashes(page_text)
     if sc.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -429,7 +364,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page():
-        response = HTMLResponse(page_html)
+        response = HTMLResponse(page_text)
         security_headers(response, page=True, script_hashes=page_scripts)
         return response
 
@@ -455,117 +390,3 @@ async def _in_thread(fn, *args):
     import anyio
 
     return await anyio.to_thread.run_sync(lambda: fn(*args))
-
-
-def serving_app(config, overrides: list[str]):
-    """The engine a config (and ``--set`` overrides) describes, warmed up (first-call costs: ranker, event
-    store) before the first client, behind the app."""
-    from engine.search import SearchEngine
-    from indexer.config import parse_overrides
-
-    engine = SearchEngine.from_config(config, **parse_overrides(overrides))
-    app = create_app(engine)
-    engine.query(engine.products.titles[0], k=10)
-    return app
-
-
-def replica_app():
-    """One replica (uvicorn ``--workers``/``factory``): the app the supervisor described in ``ECOMSEARCH_SERVE``.
-    Replicas share nothing in memory: the index folder, the Milvus collection and the event store are shared, so
-    any replica answers any request."""
-    spec = json.loads(os.environ[SERVE_ENV])
-    return serving_app(spec["config"], spec.get("set", []))
-
-
-def serve_replicas(args, overrides: list[str]) -> int:
-    """``--workers N``: N replica processes on one port (uvicorn's workers; the kernel spreads connections)."""
-    import uvicorn
-
-    from indexer.config import load_config, parse_overrides
-
-    cfg = load_config(args.config, **parse_overrides(overrides))
-    if cfg.search.backend == "milvus":
-        from indexer.backends.milvus import serve_lite
-
-        uri = serve_lite(cfg)
-        if uri:
-            overrides = overrides + [f"search.milvus.uri={uri}"]
-    if cfg.personal.store == "sqlite":
-        log.warning(
-            "replicas share the SQLite event store %s: one machine only (personal.store: postgres for several)",
-            cfg.personal.path,
-        )
-    os.environ[SERVE_ENV] = json.dumps({"config": str(Path(args.config).resolve()), "set": overrides})
-    print(f"ecomsearch: {cfg.name}, {args.workers} replicas on http://{args.host}:{args.port}/", flush=True)
-    uvicorn.run(
-        "engine.service:replica_app",
-        factory=True,
-        workers=args.workers,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        http=JsonErrorH11Protocol,
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
-    )
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.service", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/demo.yaml")
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    ap.add_argument("--log-level", default="warning")
-    ap.add_argument(
-        "--workers",
-        type=int,
-        default=1,
-        help="stateless engine replicas sharing the port, the index folder, the Milvus collection and the event store",
-    )
-    ap.add_argument(
-        "--demo-admin-key",
-        action="store_true",
-        help=f"without {ADMIN_ENV} set: make a random admin "
-        "key for this run and print it (`make serve` on the demo config)",
-    )
-    args = ap.parse_args(argv)
-    if args.demo_admin_key and not os.environ.get(ADMIN_ENV):
-        import secrets
-
-        os.environ[ADMIN_ENV] = "demo-" + secrets.token_urlsafe(18)
-        print(
-            f"demo admin key for this run (POST /products, DELETE /users/..., POST /admin/reload): "
-            f"Authorization: Bearer {os.environ[ADMIN_ENV]}",
-            flush=True,
-        )
-    if args.workers > 1:
-        try:
-            return serve_replicas(args, list(args.set))
-        except EcomsearchError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    import uvicorn
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        app = serving_app(args.config, args.set)
-    except EcomsearchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"ecomsearch: {app.state.engine.cfg.name} on http://{args.host}:{args.port}/ (API docs: /docs)", flush=True)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        http=JsonErrorH11Protocol,
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
-    )
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
