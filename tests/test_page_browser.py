@@ -44,7 +44,8 @@ def test_the_page_searches_filters_personalizes_and_explains(server):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page()
         page.goto(url + "/")
-        page.wait_for_function("document.querySelectorAll('#user option').length > 1")
+        # selector waits, not wait_for_function: the page's CSP forbids the eval a string predicate needs
+        page.wait_for_selector("#user option:nth-child(2)", state="attached")
         categories = page.eval_on_selector_all("#category option", "os => os.map(o => o.value)")
         assert "" in categories and len(categories) > 2
         page.fill("#q", "蓝牙耳机")
@@ -57,7 +58,7 @@ def test_the_page_searches_filters_personalizes_and_explains(server):
         # what query understanding rewrote is shown
         page.fill("#q", "藍牙耳機")
         page.click("#go")
-        page.wait_for_function("document.querySelector('#status').textContent.includes('normalize')")
+        page.wait_for_selector("#status:has-text('normalize')")
         assert "藍牙耳機 → 蓝牙耳机" in page.inner_text("#status")
         # a filter, a user and the explain view
         category = categories[1]
