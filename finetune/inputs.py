@@ -112,3 +112,21 @@ def finished(folder: Path, key: str) -> bool:
         return json.loads(card.read_text(encoding="utf-8")).get("settings_hash") == key
     except json.JSONDecodeError:
         return False
+
+
+def ranker_queries(data: TrainingData, t) -> list[str]:
+    """The judged training queries the ranker learns from: a seeded sample of ``t.max_queries``."""
+    import random
+
+    qids = list(data.train.texts)
+    random.Random(t.seed).shuffle(qids)
+    return qids[: t.max_queries]
+
+
+def ranker_held_out(cfg: Config, data: TrainingData) -> set[str]:
+    """The ranker's queries when ``finetune.ranker.held_out`` keeps them from the cross-encoder (judged pairs
+    with a ranker in use); empty otherwise."""
+    ft = cfg.finetune
+    if not (ft.ranker.held_out and cfg.rerank.model and cfg.rerank.ranker) or is_clicklog(Path(ft.train), ft.format):
+        return set()
+    return set(ranker_queries(data, ft.ranker))

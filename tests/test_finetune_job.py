@@ -184,7 +184,8 @@ def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_
     import dataclasses
 
     import finetune.crossencoder
-    from finetune.job import ranker_held_out, ranker_queries, train_crossencoder
+    from finetune.inputs import ranker_held_out, ranker_queries
+    from finetune.job import train_crossencoder
 
     ranker = dataclasses.replace(job_cfg.finetune.ranker, max_queries=4, held_out=True)
     cfg = _judged_cfg(job_cfg, tmp_path, 12, 8, ranker)
@@ -224,7 +225,7 @@ def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_
 def test_a_judged_pairs_ranker_can_choose_its_trees_by_cross_validation(job_cfg, trained, tmp_path):
     import dataclasses
 
-    from finetune.job import train_ranker_stage
+    from finetune.ranker_stage import train_ranker_stage
 
     ranker = dataclasses.replace(
         job_cfg.finetune.ranker, max_queries=40, cv_folds=3, min_data_in_leaf=5, early_stopping=5, num_rounds=60
