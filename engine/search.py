@@ -73,11 +73,12 @@ class IndexVersion:
         load_models: bool = True,
         previous: "IndexVersion | None" = None,
         number: int = 1,
+        root: Path | None = None,
     ):
         self.cfg = cfg
         self.bm25 = bm25
         self.products = bm25.products
-        self.root = getattr(bm25, "version_root", None) or version_root(cfg.index_dir)  # every stage: one version
+        self.root = root or version_root(cfg.index_dir)  # the version folder every stage is opened from
         self.verify = verify
         self.number = number  # 1 for the first version an engine opened, +1 per reload that changed something
         self._dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
@@ -709,9 +710,9 @@ class IndexVersion:
 
 
 # -- opening a version ----------------------------------------------------------------------------------------
-def open_bm25(cfg: Config, verify: bool = True, tokenizer=None) -> BM25Index:
-    """The BM25 index (and product table) of the serving version (``<index_dir>/current``, resolved once and kept
-    as ``version_root``: the other stages are opened from the same version)."""
+def open_bm25(cfg: Config, verify: bool = True, tokenizer=None) -> tuple[BM25Index, Path]:
+    """The BM25 index (and product table) of the serving version, and that version's folder
+    (``<index_dir>/current`` resolved once: the other stages are opened from the same version)."""
     link = cfg.index_dir / "bm25"
     root = version_root(cfg.index_dir)
     try:
@@ -722,8 +723,7 @@ def open_bm25(cfg: Config, verify: bool = True, tokenizer=None) -> BM25Index:
             verify=verify,
             tokenizer=tokenizer,
         )
-        bm25.version_root = root
-        return bm25
+        return bm25, root
     except IndexLoadError:
         catalog = cfg.catalog.path
         if catalog is not None and not Path(catalog).is_file():
@@ -779,8 +779,10 @@ class SearchEngine:
 
     _OWN = ("_version", "_reload_lock", "_batching", "load_models", "_passage_encoders")
 
-    def __init__(self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True):
-        object.__setattr__(self, "_version", IndexVersion(cfg, bm25, verify, load_models))
+    def __init__(
+        self, cfg: Config, bm25: BM25Index, verify: bool = True, load_models: bool = True, root: Path | None = None
+    ):
+        object.__setattr__(self, "_version", IndexVersion(cfg, bm25, verify, load_models, root=root))
         object.__setattr__(self, "_reload_lock", threading.Lock())
         object.__setattr__(self, "_batching", None)
         object.__setattr__(self, "load_models", load_models)
@@ -799,7 +801,8 @@ class SearchEngine:
         """
         cfg = path if isinstance(path, Config) else load_config(path, **overrides)
         try_recover(cfg.index_dir)  # an index left half-updated by a killed process: back to its last version
-        return cls(cfg, open_bm25(cfg, verify), verify=verify, load_models=load_models)
+        bm25, root = open_bm25(cfg, verify)
+        return cls(cfg, bm25, verify=verify, load_models=load_models, root=root)
 
     def __getattr__(self, name):
         return getattr(self._version, name)
@@ -900,13 +903,9 @@ class SearchEngine:
             old = self._version
             if not self.stale():
                 return {"changed": False, "versions": old.versions()}
+            bm25, root = open_bm25(old.cfg, old.verify, old.bm25.tokenizer)
             new = IndexVersion(
-                old.cfg,
-                open_bm25(old.cfg, old.verify, old.bm25.tokenizer),
-                old.verify,
-                self.load_models,
-                previous=old,
-                number=old.number + 1,
+                old.cfg, bm25, old.verify, self.load_models, previous=old, number=old.number + 1, root=root
             )
             if self._batching:
                 new.enable_batching(*self._batching)

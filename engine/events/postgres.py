@@ -5,15 +5,12 @@ from __future__ import annotations
 import contextlib
 import threading
 
-import numpy as np
 
 from engine.events.store import (
     _PG_SQL,
-    EVENT_CODE,
     CreditRule,
     EventError,
     _append_event,
-    _counts,
     _SQLEventStore,
     _stamp_schema,
     _uncount,
@@ -99,16 +96,15 @@ class PostgresEventStore(_SQLEventStore):
             return _append_event(con, self._sql, user, product_id, event, ts, query, update, self.credit)
 
     def append_many(self, users, product_ids, events, ts, queries, profiles):
-        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         with self._write() as con:
             for u in sorted(set(users) | set(profiles)):  # one order for every writer: two loads cannot deadlock
                 self._lock_user(con, u)
-            credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
+            rows, counts, credited = self._credit_batch(con, users, product_ids, events, ts, queries)
             with con.cursor() as cur:
                 with cur.copy("COPY events (user_key, product, event, ts, query, credited) FROM STDIN") as cp:
-                    for row in zip(users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist()):
+                    for row in rows:
                         cp.write_row(row)
-                cur.executemany(self._sql["stats"], _counts(product_ids, codes, credited))
+                cur.executemany(self._sql["stats"], counts)
                 cur.executemany(self._sql["save"], [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
         return credited
 

@@ -10,15 +10,12 @@ import sqlite3
 import threading
 from pathlib import Path
 
-import numpy as np
 
 from engine.events.store import (
     _SQLITE_SQL,
-    EVENT_CODE,
     CreditRule,
     EventError,
     _append_event,
-    _counts,
     _SQLEventStore,
     _stamp_schema,
     _uncount,
@@ -92,13 +89,10 @@ class SQLiteEventStore(_SQLEventStore):
             return _append_event(con, self._sql, user, product_id, event, ts, query, update, self.credit)
 
     def append_many(self, users, product_ids, events, ts, queries, profiles):
-        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         with self._write() as con:
-            credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
-            con.executemany(
-                self._sql["event"], zip(users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist())
-            )
-            con.executemany(self._sql["stats"], _counts(product_ids, codes, credited))
+            rows, counts, credited = self._credit_batch(con, users, product_ids, events, ts, queries)
+            con.executemany(self._sql["event"], rows)
+            con.executemany(self._sql["stats"], counts)
             con.executemany(self._sql["save"], ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
         return credited
 

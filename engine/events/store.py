@@ -228,3 +228,11 @@ class _SQLEventStore(EventStore):
 
     def count_events(self) -> int:
         return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+    def _credit_batch(self, con, users, product_ids, events, ts, queries):
+        """Inside a write transaction: the credit rule over a batch. Returns the event rows to insert (an iterator,
+        the credited flag last), the credited counts per product, and which events were credited."""
+        codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
+        credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
+        rows = zip(users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist())
+        return rows, _counts(product_ids, codes, credited), credited

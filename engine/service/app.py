@@ -33,9 +33,6 @@ REPLICA = f"replica-{uuid.uuid4().hex[:8]}"  # opaque: tells replicas apart with
 SEARCH_PARAMS = {"q", "k", "offset", "user", "category", "brand", "price_min", "price_max", "explain", "personalize"}
 
 
-_error = error_response
-
-
 def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     """The FastAPI app over one engine (micro-batching on; a reload watcher when ``serve.watch_seconds`` > 0).
     ``keys``: the API keys (default: from ``ECOMSEARCH_ADMIN_KEY`` / ``ECOMSEARCH_SEARCH_KEY``)."""
@@ -91,22 +88,22 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
 
     # -- errors: JSON naming the parameter, never a stack trace ------------------------------------------------
     @app.exception_handler(ApiError)
-    async def _api_error(request, exc: ApiError):
-        return _error(exc.status, exc.param, public(exc.message, *roots), exc.headers)
+    async def _apierror_response(request, exc: ApiError):
+        return error_response(exc.status, exc.param, public(exc.message, *roots), exc.headers)
 
     @app.exception_handler(QueryError)
-    async def _query_error(request, exc: QueryError):
-        return _error(422, exc.param, exc.reason)
+    async def _queryerror_response(request, exc: QueryError):
+        return error_response(422, exc.param, exc.reason)
 
     @app.exception_handler(EcomsearchError)
-    async def _input_error(request, exc: EcomsearchError):
+    async def _inputerror_response(request, exc: EcomsearchError):
         from engine.events import EventError, PrivacyError
 
         if isinstance(exc, PrivacyError):
-            return _error(403, "user_id", str(exc))
+            return error_response(403, "user_id", str(exc))
         if isinstance(exc, EventError):  # a bad user id, product id, event or time wherever it arrives
             field = re.search(r"field '(\w+)'", str(exc))
-            return _error(422, field.group(1) if field else None, public(str(exc), *roots))
+            return error_response(422, field.group(1) if field else None, public(str(exc), *roots))
         return _unexpected_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
@@ -114,17 +111,17 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         err = exc.errors()[0] if exc.errors() else {}
         loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "path", "body")]
         if err.get("type") == "json_invalid":
-            return _error(400, "body", f"malformed JSON: {err.get('msg', '')}")
-        return _error(422, ".".join(loc) or None, str(err.get("msg", "invalid value")))
+            return error_response(400, "body", f"malformed JSON: {err.get('msg', '')}")
+        return error_response(422, ".".join(loc) or None, str(err.get("msg", "invalid value")))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request, exc: StarletteHTTPException):
-        return _error(exc.status_code, None, str(exc.detail))
+        return error_response(exc.status_code, None, str(exc.detail))
 
     def _unexpected_response(request, exc: BaseException):
         ref = uuid.uuid4().hex[:12]
         log.error("request %s failed (error id %s)", request.url.path, ref, exc_info=exc)
-        return _error(500, None, "internal error; the server log has the details", error_id=ref)
+        return error_response(500, None, "internal error; the server log has the details", error_id=ref)
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -141,7 +138,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             check_json_body(request.method, request.headers)
             response = await call_next(request)
         except ApiError as e:
-            response = _error(e.status, e.param, e.message, e.headers)
+            response = error_response(e.status, e.param, e.message, e.headers)
         except Exception as e:  # answered here, not re-raised: the connection stays usable (keep-alive)
             response = _unexpected_response(request, e)
         response.headers["X-Ecomsearch-Replica"] = REPLICA  # which of several replicas answered (opaque)
@@ -206,8 +203,8 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             "price_max": price_max,
         }
         filters = {f: v for f, v in filters.items() if v is not None}
-        if user is not None and id_problem(user):
-            raise ApiError(422, "user", id_problem(user))
+        if user is not None and (problem := id_problem(user)):
+            raise ApiError(422, "user", problem)
         res = engine.query(
             q, k=k, offset=offset, filters=filters or None, user_id=user, personalize=personalize, explain=explain
         )  # a QueryError becomes a 422 naming the parameter
