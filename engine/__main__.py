@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
 from engine.search import SearchEngine
 from engine.types import EcomsearchError, QueryError
+from core.cli import command
 
 
 def format_explain(e: dict) -> str:
@@ -23,8 +23,7 @@ def format_explain(e: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("engine", __doc__)
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--offset", type=int, default=0, help="skip this many hits (paging)")
     ap.add_argument("--category", help="only products of this category")

@@ -12,18 +12,16 @@ table), so that neither of those imports the other's caller.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
 from core.formats.clicklog import ClickLogError
 from engine.events import EventError, PrivacyError
+from core.cli import command
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m engine.events_cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("engine.events_cli", __doc__, False)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ing = sub.add_parser("ingest", help="load a click log (JSONL or TSV) into the event store")
     ing.add_argument("path")
@@ -38,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from engine.search import SearchEngine
-    from indexer.config import ConfigError
+    from core.config import ConfigError
     from indexer.encoder import ModelMissingError
     from indexer.store import IndexLoadError
 

@@ -111,7 +111,7 @@ class ProfileSettings:
 
     @classmethod
     def from_config(cls, personal) -> "ProfileSettings":
-        """From a config's ``personal`` section (:class:`indexer.config.PersonalConfig`)."""
+        """From a config's ``personal`` section (:class:`core.config.PersonalConfig`)."""
         return cls(personal.half_life_days, dict(personal.gains), personal.affinity_cap, personal.bought_cap)
 
 

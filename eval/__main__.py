@@ -17,22 +17,23 @@ dense.model.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from engine.search import STAGES, SearchEngine
+from engine.search import SearchEngine
+from engine.types import STAGES
 from eval.evaluate import evaluate
 from eval.report import write_report
 from eval.significance import fmt_interval, paired
 from core.formats.judged import QueriesError, read_queries
 from indexer.build import ensure_indexes
 from core.formats.catalog import CatalogError
-from indexer.config import ConfigError, load_config, parse_overrides
+from core.config import ConfigError, load_config
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
+from core.cli import command, load
 
 
 def variant(cfg, spec: str):
@@ -124,10 +125,7 @@ def describe_run(cfg, engine, stages) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", required=True)
+    ap = command("eval", __doc__, None, overrides=True)
     ap.add_argument(
         "--queries", help="TSV/CSV with header: query, pid[, qid][, relevance] (default: the config's eval.queries)"
     )
@@ -144,14 +142,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar=("A", "B"),
         help="two configs or model folders on the same queries: the paired difference B − A",
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field, e.g. --set rerank.model=models/wentian/cross-encoder-L12 "
-        "--set rerank.weight=0.6 (repeatable)",
-    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     stages = [s for s in args.stages.replace(" ", ",").split(",") if s]
@@ -161,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     progress = not args.no_progress
     try:
-        cfg = load_config(args.config, **parse_overrides(args.set))
+        cfg = load(args)
         qpath = args.queries or cfg.eval.queries
         if qpath is None:
             raise QueriesError("no --queries given and the config sets no eval.queries")

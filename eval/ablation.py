@@ -10,7 +10,6 @@ and ``.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -22,8 +21,9 @@ from eval.evaluate import score_run
 from core.formats.judged import read_queries
 from indexer.bm25 import BM25Index, build_retriever
 from indexer.build import load_catalog
-from indexer.config import BM25Config, TextConfig, load_config
+from core.config import BM25Config, TextConfig, load_config
 from indexer.products import ProductTable
+from core.cli import command
 
 COLS = ["mrr@10", "ndcg@10", "recall@10", "recall@100", "recall@1000"]
 
@@ -54,10 +54,7 @@ def evaluate_index(index: BM25Index, queries, ecfg) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.ablation", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", required=True)
+    ap = command("eval.ablation", __doc__, None)
     ap.add_argument("--queries", help="default: the config's eval.queries")
     ap.add_argument("--out", default="reports/ablation")
     args = ap.parse_args(argv)

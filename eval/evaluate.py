@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm import tqdm
 
-from engine.search import DENSE_STAGES, SearchEngine
+from engine.search import SearchEngine
+from engine.types import DENSE_STAGES
 from core import metrics
 from core.formats.judged import JudgedQueries
 

@@ -22,7 +22,6 @@ beside the output lists qid, kind, the original and the perturbed text.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import re
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from indexer.text import opencc_char_table
+from core.cli import command
 
 KINDS = ("traditional", "fullwidth", "pinyin", "alias", "units", "typo")
 BRANDS = (
@@ -238,9 +238,7 @@ def perturb_file(src: Path, dst: Path, seed: int) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.perturb", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("eval.perturb", __doc__, False)
     ap.add_argument("--queries", required=True, help="judged queries (TSV/CSV with a 'query' column)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)

@@ -8,10 +8,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from core.cli import command
 
 
 def dump(config: str, queries: str, n: int = 50, k: int = 10) -> dict[str, list[str]]:
@@ -29,9 +29,7 @@ def diff(a: dict[str, list[str]], b: dict[str, list[str]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.query_ids", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("eval.query_ids", __doc__, False)
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("dump", help="top-k ids of the first n queries to a JSON file")
     d.add_argument("--config", required=True)

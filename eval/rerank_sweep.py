@@ -15,7 +15,6 @@ weight, one line per model and depth).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -28,13 +27,11 @@ from engine.fusion import reciprocal_rank_fusion
 from engine.rerank import CrossEncoder, combine, first_stage_scores, standardize
 from core import metrics
 from core.types import SearchResult
+from core.cli import command
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.rerank_sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", required=True)
+    ap = command("eval.rerank_sweep", __doc__, None)
     ap.add_argument("--models", required=True, help="comma-separated cross-encoder folders")
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--depths", default="20,30,50")
@@ -53,7 +50,7 @@ def main(argv=None) -> int:
     from finetune.job import without_rerank
     from core.formats.judged import read_queries
     from indexer.build import ensure_indexes
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = without_rerank(load_config(args.config))
     queries = read_queries(args.queries or cfg.eval.queries)

@@ -11,7 +11,6 @@ the drop per perturbation kind (from the perturbed file's ``.log.tsv``).  Writes
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -24,7 +23,7 @@ from core.bootstrap import paired_bootstrap
 from eval.evaluate import evaluate
 from eval.significance import fmt_interval
 from core.formats.judged import read_queries
-from indexer.config import load_config, parse_overrides
+from core.cli import command, load
 
 METRICS = ("mrr@10", "ndcg@10")
 
@@ -50,18 +49,14 @@ def kinds_of(perturbed: Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.robustness", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", required=True)
+    ap = command("eval.robustness", __doc__, None, overrides=True)
     ap.add_argument("--queries", help="clean judged queries (default: the config's eval.queries)")
     ap.add_argument("--perturbed", required=True, help="the same queries perturbed (python -m eval.perturb)")
     ap.add_argument("--stage", default="rerank")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, **parse_overrides(args.set))
+    cfg = load(args)
     clean = read_queries(args.queries or cfg.eval.queries)
     pert = read_queries(args.perturbed)
     if list(clean.relevance) != list(pert.relevance):

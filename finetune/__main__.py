@@ -9,47 +9,30 @@ from its last evaluation.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from finetune.job import JOB_STAGES, config_stages, run_job
+from core.cli import command, load, run
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m finetune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("finetune", __doc__, overrides=True)
     ap.add_argument(
         "--stages",
         default=None,
-        help=f"comma-separated, from {', '.join(JOB_STAGES)} (default: what the "
-        "config uses: the cross-encoder and ranker only with rerank.model)",
+        help=f"comma-separated, from {', '.join(JOB_STAGES)} (default: what the config uses: the bi-encoder "
+        "where dense.model is the job's, the cross-encoder and ranker where rerank.model is set)",
     )
     ap.add_argument("--resume", action="store_true", help="keep finished models, continue interrupted training")
     ap.add_argument("--cross-encoder-layers", type=int, help="override finetune.crossencoder.num_layers")
     ap.add_argument("--cross-encoder-out", help="where the cross-encoder goes (default models/<config>/cross-encoder)")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="override a config field, e.g. --set finetune.crossencoder.max_steps=900 (repeatable)",
-    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
-    from core.formats.clicklog import ClickLogError
-    from core.formats.judged import QueriesError
-    from core.formats.catalog import CatalogError
-    from indexer.config import ConfigError, load_config, parse_overrides
-    from indexer.encoder import ModelMissingError
-    from indexer.store import IndexLoadError
-
-    try:
-        cfg = load_config(args.config, **parse_overrides(args.set))
+    def body():
+        cfg = load(args)
         stages = [s for s in args.stages.split(",") if s] if args.stages is not None else config_stages(cfg)
         summary = run_job(
             cfg,
@@ -59,11 +42,9 @@ def main(argv: list[str] | None = None) -> int:
             cross_encoder_layers=args.cross_encoder_layers,
             cross_encoder_out=Path(args.cross_encoder_out) if args.cross_encoder_out else None,
         )
-    except (ConfigError, QueriesError, ClickLogError, CatalogError, IndexLoadError, ModelMissingError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
-    return 0
+        print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+
+    return run(body, errors=(ValueError,))
 
 
 if __name__ == "__main__":

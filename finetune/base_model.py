@@ -19,7 +19,6 @@ sentence-transformers module files (mean pooling, normalization, the e5
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import struct
@@ -30,6 +29,8 @@ from importlib import util as importlib_util
 from pathlib import Path
 
 import numpy as np
+
+from core.cli import command
 
 from core.types import EcomsearchError
 
@@ -348,9 +349,7 @@ def build_base_model(out: Path, source: Path | None = None) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m finetune.base_model", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("finetune.base_model", __doc__, False)
     ap.add_argument("--out", default="models/base")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()

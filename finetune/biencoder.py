@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from finetune import loop
-from indexer.config import BiEncoderTrainConfig
+from core.config import BiEncoderTrainConfig
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX
 
 

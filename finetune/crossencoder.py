@@ -34,7 +34,7 @@ import torch
 
 from engine.rerank import CrossEncoder
 from finetune import loop
-from indexer.config import CrossEncoderTrainConfig
+from core.config import CrossEncoderTrainConfig
 
 
 @dataclass

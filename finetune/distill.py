@@ -13,7 +13,6 @@ distillation queries: no judged dev query is used for training or for choosing t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.config import CrossEncoderTrainConfig, load_config, parse_overrides
+from core.config import CrossEncoderTrainConfig, load_config, parse_overrides
+from core.cli import command
 
 QUERYLOG = "../shared/datasets/querylog/taobao_queries.tsv"
 
@@ -122,9 +122,7 @@ def agreement(student, held) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finetune.distill", description=__doc__)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap = command("finetune.distill", __doc__, None, overrides=True)
     ap.add_argument("--teacher", required=True, help="the cross-encoder folder whose scores the student learns")
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--out", required=True)

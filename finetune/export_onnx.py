@@ -9,7 +9,6 @@ quantized graph).  Checked on export: the ONNX scores/vectors match torch's on s
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -17,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.config import Config, ConfigError, load_config
-from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, ModelMissingError, model_fingerprint, resolve_model
+from core.config import Config
+from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, model_fingerprint, resolve_model
 from indexer.onnx_files import EXPORT_FILE, onnx_dir, onnx_file, read_export
+from core.cli import command, load, run
 
 SAMPLE = [
     ("华为手机", "华为 mate60 pro 5g 全网通 智能手机 黑色"),
@@ -129,14 +129,20 @@ def current(path: Path, kind: str) -> bool:
     )
 
 
-def export_config(cfg: Config, if_missing: bool = False, only_used: bool = False) -> list[dict]:
+def export_config(
+    cfg: Config, if_missing: bool = False, only_used: bool = False, kinds=("cross-encoder", "query-encoder")
+) -> list[dict]:
     """Export what the config serves with: the cross-encoder (rerank.model) and the dense query encoder.
-    ``if_missing``: keep current exports; ``only_used``: only models the config runs on ONNX."""
+    ``if_missing``: keep current exports; ``only_used``: only models the config runs on ONNX; ``kinds``: which."""
     done = []
     todo = []
-    if cfg.rerank.model and (not only_used or cfg.rerank.runtime == "onnx"):
+    if "cross-encoder" in kinds and cfg.rerank.model and (not only_used or cfg.rerank.runtime == "onnx"):
         todo.append((Path(resolve_model(cfg.rerank.model, cfg.root)), "cross-encoder", cfg.rerank.max_length or 96))
-    if "dense" in cfg.search.stages and (not only_used or cfg.dense.query_runtime == "onnx"):
+    if (
+        "query-encoder" in kinds
+        and "dense" in cfg.search.stages
+        and (not only_used or cfg.dense.query_runtime == "onnx")
+    ):
         todo.append((Path(resolve_model(cfg.dense.model, cfg.root)), "query-encoder", cfg.dense.max_length))
     for path, kind, max_length in todo:
         if if_missing and current(path, kind):
@@ -147,25 +153,19 @@ def export_config(cfg: Config, if_missing: bool = False, only_used: bool = False
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m finetune.export_onnx", description=__doc__)
-    ap.add_argument("--config", required=True)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap = command("finetune.export_onnx", __doc__, None, overrides=True)
     ap.add_argument(
         "--if-missing",
         action="store_true",
         help="only the models the config runs on ONNX, and only where no current export exists",
     )
     args = ap.parse_args(argv)
-    from indexer.config import parse_overrides
 
-    try:
-        cfg = load_config(args.config, **parse_overrides(args.set))
-        for r in export_config(cfg, if_missing=args.if_missing, only_used=args.if_missing):
+    def body():
+        for r in export_config(load(args), if_missing=args.if_missing, only_used=args.if_missing):
             print(json.dumps(r))
-    except (ConfigError, ModelMissingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run(body)
 
 
 if __name__ == "__main__":

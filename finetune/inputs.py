@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.data import TrainingQueries, from_clicklog, from_judged, split_by_time, time_cut
-from indexer.config import Config, marked_settings
+from core.config import Config, marked_settings
 
 
 @dataclass
@@ -94,7 +94,7 @@ def clicklog_cut(cfg: Config, events) -> tuple[float, str]:
 
 
 def settings_hash(*parts) -> str:
-    # config sections enter with their "train" markers (indexer.config.NOT_TRAINED, TRAINED_WHEN_SET)
+    # config sections enter with their "train" markers (core.config.NOT_TRAINED, TRAINED_WHEN_SET)
     blob = json.dumps(
         [marked_settings(p, "train") if dataclasses.is_dataclass(p) else p for p in parts],
         sort_keys=True,

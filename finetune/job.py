@@ -36,8 +36,9 @@ from finetune.inputs import (
     ranker_held_out,
     settings_hash,
 )
+from finetune.export_onnx import export_config
 from finetune.ranker_stage import train_ranker_stage
-from indexer.config import Config, RerankConfig, SearchConfig
+from core.config import Config, RerankConfig, SearchConfig
 
 JOB_STAGES = ("bi-encoder", "cross-encoder", "ranker")
 
@@ -286,9 +287,16 @@ def _graded_examples(cfg: Config, t, data: TrainingData, engine, out: Path):
 
 
 def config_stages(cfg: Config) -> list[str]:
-    """The models a config uses, so the ones `make finetune` trains: the bi-encoder always, the cross-encoder
-    and the ranker only where ``rerank.model`` is set (``--stages cross-encoder`` still trains one to try)."""
-    return list(JOB_STAGES) if cfg.rerank.model else ["bi-encoder"]
+    """The models a config uses, so the ones `make finetune` trains: the bi-encoder where ``dense.model`` names
+    the job's own (a config serving the zero-shot base model trains none), the cross-encoder and the ranker
+    where ``rerank.model`` is set (``--stages`` still trains any one to try)."""
+    ft = cfg.finetune
+    out_dir = ft.out_dir or cfg.root / "models" / cfg.name
+    dense = Path(cfg.dense.model)
+    dense = dense if dense.is_absolute() else cfg.root / dense
+    uses_own = dense.resolve() == (out_dir / "bi-encoder").resolve()
+    stages = ["bi-encoder"] if uses_own else []
+    return stages + (["cross-encoder", "ranker"] if cfg.rerank.model else [])
 
 
 def run_job(
@@ -329,6 +337,8 @@ def run_job(
     t0 = time.perf_counter()
     ensure_indexes(without_rerank(cfg), ["dense"], progress=progress)
     summary["dense_index_seconds"] = round(time.perf_counter() - t0, 1)
+    # the stages after this search as serving does: with the query encoder's ONNX export where the config uses it
+    summary["onnx"] = export_config(cfg, if_missing=True, only_used=True, kinds=("query-encoder",))
     if "cross-encoder" in stages:
         t = cfg.finetune.crossencoder
         layers = cross_encoder_layers if cross_encoder_layers is not None else t.num_layers
@@ -349,6 +359,8 @@ def run_job(
             _write_card(ce_out, card)
             summary["models"]["cross-encoder"] = {k: v for k, v in card.items() if k != "log"}
     if "ranker" in stages and cfg.rerank.model:
+        # the ranker learns from the scores serving will give: the cross-encoder's ONNX export where it runs on one
+        summary["onnx"] += export_config(cfg, if_missing=True, only_used=True, kinds=("cross-encoder",))
         rk_out = out_dir / "ranker"
         key = settings_hash(
             ft.ranker,

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from indexer.config import TrainingLoopConfig
+from core.config import TrainingLoopConfig
 
 
 def amp_dtype(device: torch.device) -> torch.dtype | None:

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from finetune.inputs import TrainingData, clicklog_cut, is_clicklog, ranker_held_out, ranker_queries
-from indexer.config import Config
+from core.config import Config
 
 
 def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: bool) -> dict:
@@ -17,7 +17,8 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
     from engine import SearchEngine
     from engine.features import NON_PERSONAL
     from engine.profiles import ProfileSettings
-    from finetune.ranker import EventArrays, PointInTime, Session, sessions_from_events, train_ranker
+    from finetune.ranker import train_ranker
+    from finetune.ranker_sessions import EventArrays, PointInTime, Session, sessions_from_events
     from indexer.build import ensure_indexes
 
     t = cfg.finetune.ranker
@@ -83,7 +84,7 @@ def holdout_sessions_report(engine, ranker_dir: Path, sessions, pit, cut: float,
     from engine.rerank import combine
     from core import metrics
     from core.bootstrap import paired_bootstrap
-    from finetune.ranker import candidate_cache, session_features
+    from finetune.ranker_sessions import candidate_cache, session_features
 
     ranker = Ranker.load(ranker_dir)
     cands = candidate_cache(

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from indexer.build import build_indexes, load_catalog
 from core.formats.catalog import CatalogError
 from core.types import EcomsearchError
-from indexer.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
+from core.cli import command
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m indexer", description=__doc__)
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("indexer", __doc__)
     ap.add_argument(
         "--skip-bad-rows",
         action="store_true",

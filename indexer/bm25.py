@@ -18,7 +18,7 @@ import bm25s
 import numpy as np
 
 from core.formats.catalog import Catalog
-from indexer.config import BM25Config, Config, TextConfig
+from core.config import BM25Config, Config, TextConfig
 from indexer.products import ProductTable
 from indexer.store import IndexLoadError, read_manifest, sha256_file, write_index
 from indexer.text import Tokenizer

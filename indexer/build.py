@@ -9,7 +9,7 @@ from typing import Iterable
 
 from indexer import bm25
 from core.formats.catalog import Catalog, read_catalog, write_rejects
-from indexer.config import Config
+from core.config import Config
 from indexer.dense import DENSE_STAGES, index_stages
 from indexer.store import IndexCommit, IndexLoadError, index_commit, read_manifest, sha256_file, version_root
 

@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from indexer.config import Config
+from core.config import Config
 from indexer.store import IndexLoadError
 
 DELETED = "deleted.json"

@@ -31,7 +31,7 @@ from typing import Iterable, Sequence
 import jieba
 from tqdm import tqdm
 
-from indexer.config import TextConfig
+from core.config import TextConfig
 
 jieba.setLogLevel(logging.WARNING)
 

@@ -37,7 +37,7 @@ import numpy as np
 from indexer.bm25 import KIND as BM25_KIND
 from indexer.bm25 import BM25Index
 from core.formats.catalog import Catalog
-from indexer.config import Config
+from core.config import Config
 from indexer.products import ProductTable
 from indexer.deleted import write_deleted, deleted_ids
 from indexer.store import index_commit, read_manifest, stage_folder, version_root

@@ -7,7 +7,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED = ROOT.parent / "shared" / "datasets"
 
-from indexer.config import config_from_dict  # noqa: E402
+from core.config import config_from_dict  # noqa: E402
 
 
 def make_config(tmp_path: Path, catalog: Path, **sections):

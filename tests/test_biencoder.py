@@ -3,7 +3,7 @@ import torch
 
 from finetune.biencoder import Example, batches, mnrl_loss, pool_mrr, train
 from core.formats.catalog import read_catalog
-from indexer.config import BiEncoderTrainConfig
+from core.config import BiEncoderTrainConfig
 from indexer.encoder import Encoder
 
 

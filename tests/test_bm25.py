@@ -4,7 +4,7 @@ from rank_bm25 import BM25Okapi
 
 from indexer.bm25 import BM25Index, build_retriever, field_scores
 from core.formats.catalog import read_catalog
-from indexer.config import BM25Config, TextConfig
+from core.config import BM25Config, TextConfig
 
 
 def random_corpus(rng, n_docs, n_words=300):

@@ -6,7 +6,7 @@ from engine.rerank import CrossEncoder, combine, standardize
 from finetune import crossencoder as ce_mod
 from finetune.crossencoder import Group, group_loss, groups, rerank_mrr, train
 from core.formats.catalog import read_catalog
-from indexer.config import CrossEncoderTrainConfig
+from core.config import CrossEncoderTrainConfig
 
 
 def demo_groups(demo_dir, n=48):

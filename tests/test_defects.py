@@ -10,7 +10,7 @@ import yaml
 from engine.search import SearchEngine
 from indexer.build import build_indexes
 from core.formats.catalog import CatalogError, read_catalog
-from indexer.config import ConfigError, load_config
+from core.config import ConfigError, load_config
 from indexer.store import IndexLoadError
 
 from conftest import ROOT

@@ -10,7 +10,7 @@ import pytest
 if not os.environ.get("CI"):
     pytest.importorskip("ray", reason="pip install -e '.[scale]'")
 
-from indexer.config import BiEncoderTrainConfig, CrossEncoderTrainConfig  # noqa: E402
+from core.config import BiEncoderTrainConfig, CrossEncoderTrainConfig  # noqa: E402
 
 
 def _titles(demo_dir, n=200):

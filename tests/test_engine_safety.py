@@ -57,7 +57,7 @@ def test_sixteen_threads_of_mixed_queries_match_the_sequential_answers(live_cfg)
         t.join()
     assert not errors
     assert got == expected
-    batcher = eng.version._scorer
+    batcher = eng.version.models.scorer
     assert batcher.batches < batcher.requests  # requests really were gathered into shared batches
 
 

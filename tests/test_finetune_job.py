@@ -106,7 +106,7 @@ def test_rerank_respects_filters_and_batches_like_single_queries(job_cfg, traine
 
 def test_eval_overrides_parse_into_config_sections():
     from eval.__main__ import parse_overrides
-    from indexer.config import ConfigError
+    from core.config import ConfigError
 
     assert parse_overrides(["rerank.weight=0.6", "rerank.model=models/x", "search.candidates=50"]) == {
         "rerank": {"weight": 0.6, "model": "models/x"},
@@ -120,7 +120,7 @@ def test_settings_that_do_not_change_a_model_stay_out_of_its_settings_hash():
     import dataclasses
 
     from finetune.inputs import settings_hash
-    from indexer.config import BiEncoderTrainConfig, PersonalConfig
+    from core.config import BiEncoderTrainConfig, PersonalConfig
 
     be, personal = BiEncoderTrainConfig(), PersonalConfig()
     assert settings_hash(dataclasses.replace(be, workers=4)) == settings_hash(be)  # wall time only
@@ -163,6 +163,8 @@ def test_the_job_trains_what_the_config_uses(job_cfg):
     assert config_stages(job_cfg) == list(JOB_STAGES)  # a reranking config: all three
     no_rerank = dataclasses.replace(job_cfg, rerank=dataclasses.replace(job_cfg.rerank, model=None))
     assert config_stages(no_rerank) == ["bi-encoder"]  # Home Depot: no cross-encoder to train by default
+    base = dataclasses.replace(job_cfg.dense, model=str(job_cfg.dense.base_model))
+    assert config_stages(dataclasses.replace(job_cfg, dense=base)) == ["cross-encoder", "ranker"]  # the demo
 
 
 def _judged_cfg(job_cfg, tmp_path, n: int, prefix: int, ranker):

@@ -18,7 +18,7 @@ from engine.events import EventError
 from engine.features import ctr_popularity
 from indexer.build import build_indexes, stale_stages
 from core.formats.catalog import CatalogError, catalog_from_rows
-from indexer.config import load_config, write_config
+from core.config import load_config, write_config
 from indexer.store import CURRENT, version_root
 from indexer.deleted import DELETED, LEGACY_DELETED, deleted_ids
 from indexer.updates import add_products, delete_products
@@ -74,7 +74,7 @@ def test_an_old_one_id_per_line_list_is_still_read_and_replaced_by_json(cfg):
 KILL_DURING_ADD = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {root!r})
-    from indexer.config import load_config
+    from core.config import load_config
     from core.formats.catalog import catalog_from_rows
     from indexer import dense
     from indexer.updates import add_products
@@ -318,7 +318,7 @@ def bot_moves(live_cfg, **personal):
 
     cfg = dataclasses.replace(live_cfg, personal=dataclasses.replace(live_cfg.personal, **personal))
     eng = SearchEngine.from_config(cfg)
-    eng.version._ranker = click_trusting_ranker()
+    eng.version.models.ranker_model = click_trusting_ranker()
     with TestClient(create_app(eng, watch=False, keys=Keys()), raise_server_exceptions=False) as c:
         before = [h["product_id"] for h in c.get("/search", params={"q": "蓝牙耳机", "k": 30}).json()["hits"]]
         target = before[20]

@@ -13,7 +13,7 @@ if not os.environ.get("CI"):  # CI installs the scale extra: there a missing Mil
 
 from engine import SearchEngine  # noqa: E402
 from core import metrics  # noqa: E402
-from indexer.backends import milvus  # noqa: E402
+from indexer.backends import milvus, milvus_search  # noqa: E402
 from indexer.build import build_indexes, ensure_indexes  # noqa: E402
 from core.formats.catalog import read_catalog  # noqa: E402
 from indexer.updates import add_products  # noqa: E402
@@ -99,7 +99,7 @@ def test_several_token_fields_are_merged_as_the_local_index_merges_them(demo_dir
 
 def test_filters_become_expressions_with_the_same_results(pair):
     assert (
-        milvus.filters_expr({"category": "耳机", "brand": ["索尼", "华为"], "price_min": 10, "price_max": 99.5})
+        milvus_search.filters_expr({"category": "耳机", "brand": ["索尼", "华为"], "price_min": 10, "price_max": 99.5})
         == 'category in ["耳机"] and brand in ["索尼", "华为"] and has_price == true and price >= 10.0 '
         "and price <= 99.5"
     )
@@ -189,7 +189,7 @@ def test_the_whole_pipeline_scores_the_same_mrr_on_milvus(pair):
 @pytest.mark.slow
 def test_wentian_bm25_and_dense_match_on_milvus(tmp_path):
     from conftest import ROOT
-    from indexer.config import load_config
+    from core.config import load_config
 
     if not (SHARED / "wentian").is_dir():
         pytest.skip("WenTian data not in ../shared")

@@ -253,7 +253,7 @@ def test_a_users_own_click_rate_on_a_brand_corrects_for_what_they_were_shown():
 
 def _logged_data(rng, n_sessions=600, personal_effect=1.0, shown=10):
     """Logged sessions: clicks follow ce, position bias and (scaled by ``personal_effect``) brand_ctr."""
-    from finetune.ranker import Dataset
+    from finetune.ranker_sessions import Dataset
 
     n = n_sessions * shown
     X = np.zeros((n, len(FEATURES)))
@@ -282,7 +282,7 @@ def test_validation_rows_are_shuffled_within_their_sessions_only():
 def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
     from engine.ranker import Ranker
     from finetune.ranker import fit
-    from indexer.config import RankerTrainConfig
+    from core.config import RankerTrainConfig
 
     data = _logged_data(np.random.default_rng(1), personal_effect=0.0)
     train, valid = data.split(500)
@@ -304,7 +304,7 @@ def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
 def test_the_staged_ranker_keeps_a_personal_boost_only_when_held_out_sessions_confirm_it(tmp_path):
     from engine.ranker import Ranker
     from finetune.ranker import fit_staged, personal_gain
-    from indexer.config import RankerTrainConfig
+    from core.config import RankerTrainConfig
 
     tcfg = RankerTrainConfig(num_rounds=80, early_stopping=20)
     feats = ["ce", "bm25_score", "brand_ctr", "history"]
@@ -343,7 +343,7 @@ def test_price_bands_are_quantiles_within_each_category():
 
 # -- point in time -----------------------------------------------------------------------------------------
 def test_product_counts_and_profiles_use_only_events_before_the_query_time():
-    from finetune.ranker import EventArrays, PointInTime
+    from finetune.ranker_sessions import EventArrays, PointInTime
 
     rows = np.array([2, 2, 2, 5, 2])
     codes = np.array([0, 1, 0, 1, 3])
@@ -368,7 +368,7 @@ def test_ranker_training_sessions_never_see_their_own_or_later_clicks(job_cfg, t
     """Each session's personal features equal those computed from the events strictly before it."""
     from engine.features import personal_features
     from core.formats.clicklog import read_clicklog
-    from finetune.ranker import EventArrays, PointInTime, sessions_from_events
+    from finetune.ranker_sessions import EventArrays, PointInTime, sessions_from_events
 
     eng = SearchEngine.from_config(job_cfg)
     row_of = eng.user_events().row_map()
@@ -541,7 +541,7 @@ def test_the_ingest_command_loads_a_click_log_and_lists_bad_rows(job_cfg, traine
 
 
 def test_logged_sessions_train_on_what_was_shown_and_judged_ones_on_every_candidate(job_cfg, trained):
-    from finetune.ranker import Session, build_dataset, candidate_cache
+    from finetune.ranker_sessions import Session, build_dataset, candidate_cache
 
     eng = SearchEngine.from_config(job_cfg)
     q = "华为 手机"
@@ -560,7 +560,7 @@ def test_a_ranker_trained_on_another_cross_encoder_is_refused(job_cfg, trained, 
     import json
     import shutil
 
-    from engine.search import ModelMismatchError
+    from engine.models import ModelMismatchError
 
     ranker = tmp_path / "ranker"
     shutil.copytree(job_cfg.finetune.out_dir / "ranker", ranker)
@@ -583,7 +583,7 @@ def test_a_ranker_trained_on_another_cross_encoder_is_refused(job_cfg, trained, 
 def test_the_config_chooses_the_event_store_and_postgres_needs_a_dsn(tmp_path, pg_dsn, monkeypatch):
     from conftest import make_config
     from engine.events import open_store
-    from indexer.config import ConfigError
+    from core.config import ConfigError
 
     cat = tmp_path / "c.jsonl"
     cat.write_text('{"id": "P1", "title": "耳机"}\n', encoding="utf-8")
@@ -616,8 +616,9 @@ def test_cross_validation_folds_keep_every_session_whole():
 
 
 def test_cross_validation_chooses_the_rounds_and_fits_every_session():
-    from finetune.ranker import Dataset, fit_cv
-    from indexer.config import RankerTrainConfig
+    from finetune.ranker import fit_cv
+    from finetune.ranker_sessions import Dataset
+    from core.config import RankerTrainConfig
 
     rng = np.random.default_rng(0)
     n_sessions, per = 300, 8

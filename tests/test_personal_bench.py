@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from engine import SearchEngine
-from eval.sim import personal
+from eval.sim import personal, shoppers
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 
 
@@ -14,14 +14,14 @@ from core.bootstrap import bootstrap_ci, paired_bootstrap
 def world(job_cfg, trained):
     eng = SearchEngine.from_config(job_cfg)
     queries = personal.query_pool(job_cfg, 60, seed=0)
-    return eng, personal.build_world(eng, queries, progress=False)
+    return eng, shoppers.build_world(eng, queries, progress=False)
 
 
 def test_the_simulator_splits_by_time_and_cold_users_have_no_history(world):
     eng, w = world
     rng = np.random.default_rng(0)
-    users = personal.make_users(w, 60, rng)
-    log, cut = personal.simulate(
+    users = shoppers.make_users(w, 60, rng)
+    log, cut = shoppers.simulate(
         w, users, 1.0, days=30, eval_days=10, sessions_per_user=6, rng=rng, row_ids=eng.products.ids
     )
     assert log.events and log.sessions and log.eval_sessions
@@ -37,17 +37,17 @@ def test_simulated_users_click_what_they_like_only_when_they_have_a_taste(world)
     share = {}
     for strength in (0.0, 2.0):
         rng = np.random.default_rng(1)
-        users = personal.make_users(w, 80, rng)
+        users = shoppers.make_users(w, 80, rng)
         by_uid = {u.uid: u for u in users}
-        log, _ = personal.simulate(w, users, strength, 30, 10, 8, rng, eng.products.ids)
+        log, _ = shoppers.simulate(w, users, strength, 30, 10, 8, rng, eng.products.ids)
         row_of = {eng.products.ids[i]: i for i in range(len(eng.products))}
         liked = [
-            personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
+            shoppers.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
             for e in log.events
             if e.event == "click"
         ]
         shown = [
-            personal.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
+            shoppers.taste_of(w, by_uid[e.user_id], np.array([row_of[e.product_id]]))[0]
             for e in log.events
             if e.event == "impression"
         ]
@@ -58,17 +58,17 @@ def test_simulated_users_click_what_they_like_only_when_they_have_a_taste(world)
 def test_the_bayes_ranking_from_history_learns_the_taste_only_when_there_is_one(world):
     eng, w = world
     rng = np.random.default_rng(2)
-    users = personal.make_users(w, 80, rng)
+    users = shoppers.make_users(w, 80, rng)
     by_uid = {u.uid: u for u in users}
-    log, _ = personal.simulate(w, users, 0.0, 30, 10, 8, rng, eng.products.ids)
-    flat = personal.HistoryPosterior(w, by_uid, log.sessions, 0.0)
+    log, _ = shoppers.simulate(w, users, 0.0, 30, 10, 8, rng, eng.products.ids)
+    flat = shoppers.HistoryPosterior(w, by_uid, log.sessions, 0.0)
     assert all(v == 0.0 for f in flat.llr.values() for v in f.values())  # no taste: clicks say nothing
     q = w.queries[0]
     assert np.array_equal(
         np.argsort(-flat.expected_clicks(users[0].uid, q), kind="stable"), np.argsort(-w.z[q], kind="stable")
     )  # so it ranks by relevance alone
-    log, _ = personal.simulate(w, users, 2.0, 30, 10, 8, rng, eng.products.ids)
-    bayes = personal.HistoryPosterior(w, by_uid, log.sessions, 2.0)
+    log, _ = shoppers.simulate(w, users, 2.0, 30, 10, 8, rng, eng.products.ids)
+    bayes = shoppers.HistoryPosterior(w, by_uid, log.sessions, 2.0)
     f = next(iter(w.facets))
     liked = [v for (uid, code), v in bayes.llr[f].items() if code in by_uid[uid].liked[f]]
     other = [v for (uid, code), v in bayes.llr[f].items() if code not in by_uid[uid].liked[f]]

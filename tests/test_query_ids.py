@@ -9,7 +9,7 @@ from conftest import tiny_dense_config
 
 def test_a_dump_is_stable_and_diff_names_what_changed(demo_dir, tiny_model, tmp_path):
     cfg = tiny_dense_config(tmp_path, demo_dir, tiny_model)
-    from indexer.config import write_config
+    from core.config import write_config
 
     config = write_config(cfg, tmp_path / "c.yaml")
     a = dump(str(config), str(demo_dir / "queries.tsv"), n=20, k=5)

@@ -15,7 +15,7 @@ if not os.environ.get("CI"):
     pytest.importorskip("pymilvus", reason="pip install -e '.[scale]'")
 
 from indexer.build import ensure_indexes  # noqa: E402
-from indexer.config import write_config  # noqa: E402
+from core.config import write_config  # noqa: E402
 
 from conftest import ROOT, copy_config  # noqa: E402
 

@@ -12,7 +12,7 @@ def evaluate_bm25(config: str, tmp_path):
     from eval.evaluate import evaluate
     from core.formats.judged import read_queries
     from indexer.build import build_indexes
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = load_config(
         ROOT / config,

@@ -93,7 +93,7 @@ def test_the_report_shows_intervals_gains_the_most_hurt_queries_and_writes_per_q
 
 def test_compare_takes_configs_or_model_folders(tmp_path):
     from eval.__main__ import variant
-    from indexer.config import ConfigError, load_config
+    from core.config import ConfigError, load_config
 
     from conftest import ROOT
 

@@ -1,4 +1,4 @@
-from indexer.config import TextConfig
+from core.config import TextConfig
 from indexer.text import Tokenizer, fold_plural, normalize
 
 

@@ -170,7 +170,7 @@ def test_the_perturbed_file_keeps_columns_ids_and_rows_and_is_seeded(tmp_path):
     ],
 )
 def test_english_measurements_become_one_token_however_they_are_spelled(typed, want):
-    from indexer.config import TextConfig
+    from core.config import TextConfig
     from indexer.text import Tokenizer
 
     tokens = Tokenizer(TextConfig(english_units=True)).tokenize(typed)

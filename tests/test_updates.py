@@ -7,7 +7,7 @@ from engine import SearchEngine
 from indexer.bm25 import BM25Index
 from indexer.build import build_indexes
 from core.formats.catalog import read_catalog
-from indexer.config import BM25Config, TextConfig
+from core.config import BM25Config, TextConfig
 from indexer.updates import add_products
 
 from conftest import tiny_dense_config

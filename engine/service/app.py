@@ -313,12 +313,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     @app.get("/ready", summary="Indexes and models are loaded")
     def ready():
         v = engine.version
-        loaded = {
-            "bm25": True,
-            "dense": "dense" not in cfg.search.stages or "dense" in v._dense,
-            "cross_encoder": not cfg.rerank.model or v._cross_encoder is not None,
-            "ranker": not cfg.rerank.ranker or v._ranker is not None,
-        }
+        loaded = {"bm25": True, **v.models.ready()}
         ok = state["ready"] and all(loaded.values())
         return JSONResponse({"ready": ok, "loaded": loaded, "versions": v.versions()}, status_code=200 if ok else 503)
 

@@ -7,7 +7,6 @@ Both run uvicorn with :class:`engine.service.http.JsonErrorH11Protocol`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -17,6 +16,7 @@ from pathlib import Path
 from engine.service.app import create_app
 from engine.service.http import ADMIN_ENV, MAX_REQUEST_HEAD, JsonErrorH11Protocol
 from engine.types import EcomsearchError
+from core.cli import command
 
 log = logging.getLogger("ecomsearch.service")
 SERVE_ENV = "ECOMSEARCH_SERVE"  # what each replica opens: {"config": path, "set": [overrides]}
@@ -26,7 +26,7 @@ def serving_app(config, overrides: list[str]):
     """The engine a config (and ``--set`` overrides) describes, warmed up (first-call costs: ranker, event
     store) before the first client, behind the app."""
     from engine.search import SearchEngine
-    from indexer.config import parse_overrides
+    from core.config import parse_overrides
 
     engine = SearchEngine.from_config(config, **parse_overrides(overrides))
     app = create_app(engine)
@@ -46,7 +46,7 @@ def serve_replicas(args, overrides: list[str]) -> int:
     """``--workers N``: N replica processes on one port (uvicorn's workers; the kernel spreads connections)."""
     import uvicorn
 
-    from indexer.config import load_config, parse_overrides
+    from core.config import load_config, parse_overrides
 
     cfg = load_config(args.config, **parse_overrides(overrides))
     if cfg.search.backend == "milvus":
@@ -77,11 +77,9 @@ def serve_replicas(args, overrides: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engine.service", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("engine.service", __doc__.split("\n")[0], overrides=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--log-level", default="warning")
     ap.add_argument(
         "--workers",

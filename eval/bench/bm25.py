@@ -19,7 +19,6 @@ prints a table.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gc
 import json
@@ -32,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from core.cli import command
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -88,7 +88,7 @@ def build(system: str, corpus: str, folder: str, config: str | None = None) -> d
     if system == "ecomsearch":
         from indexer.bm25 import KIND, BM25Index
         from core.formats.catalog import read_catalog
-        from indexer.config import load_config
+        from core.config import load_config
         from indexer.store import write_index
 
         cfg = load_config(config or ROOT / "configs" / "wentian.yaml")  # the engine's text and BM25 settings
@@ -139,7 +139,7 @@ def serve(system: str, folder: str, queries: list[str], k: int = 10, config: str
     import bm25s
 
     from indexer.bm25 import BM25Index
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = load_config(config or ROOT / "configs" / "wentian.yaml")
     rss0 = _rss()  # after imports: only the loaded index (and, for ours, its tokenizer) counts
@@ -233,9 +233,7 @@ def run_case(name: str, corpus: Path, queries: list[str], rank_sample: int) -> l
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.bm25", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("eval.bench.bm25", __doc__, False)
     ap.add_argument("--full", action="store_true", help="also 200,000 and 1,000,000 generated titles")
     ap.add_argument("--queries", type=int, default=1000, help="real queries timed per system")
     ap.add_argument("--sizes", default="200000,1000000")

@@ -17,7 +17,6 @@ Writes ``reports/bench/dense.json`` and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.bench.bm25 import read_id_text
+from core.cli import command
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "datasets"
@@ -236,9 +236,7 @@ def torch_exact_search(vectors: np.ndarray, queries: np.ndarray, k: int = 10) ->
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.dense", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("eval.bench.dense", __doc__, False)
     ap.add_argument("--full", action="store_true", help="1,000,000 vectors instead of 100,000")
     ap.add_argument("--n", type=int, help="number of vectors (overrides --full)")
     ap.add_argument("--queries", type=int, default=500)
@@ -266,7 +264,7 @@ def main(argv=None) -> int:
         return 0
     import torch
 
-    from indexer.config import load_config
+    from core.config import load_config
     from indexer.encoder import Encoder, resolve_model
 
     cfg = load_config(ROOT / "configs" / "wentian.yaml")

@@ -16,7 +16,6 @@ Writes ``load.json`` and ``load.md`` to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -30,6 +29,7 @@ import numpy as np
 
 from indexer.vocab_trim import read_query_column
 from engine.service.http import ADMIN_ENV
+from core.cli import command
 
 QUERYLOG = Path("../shared/datasets/querylog/taobao_queries.tsv")
 
@@ -251,7 +251,7 @@ def scratch_config(config: str, folder: Path) -> Path:
 
     import yaml
 
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = load_config(config)
     raw = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
@@ -318,9 +318,7 @@ def write_report(out: Path, result: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench.load_test", description=__doc__)
-    ap.add_argument("--config", default="configs/wentian.yaml")
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    ap = command("eval.bench.load_test", __doc__, "configs/wentian.yaml", overrides=True)
     ap.add_argument("--queries", default=str(QUERYLOG))
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--concurrency", default="1,4,16")

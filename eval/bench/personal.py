@@ -20,7 +20,6 @@ Writes ``reports/bench/personal.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from core.cli import command
 
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
 
@@ -65,10 +65,7 @@ def time_record_events(ev, ids: list[str], rng: np.random.Generator, n: int = 20
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("eval.bench.personal", __doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--users", type=int, default=50_000)
     ap.add_argument("--out", default="reports/bench/personal.json")
@@ -77,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.events import SQLiteEventStore, UserEvents
     from engine.profiles import ProfileSettings
     from engine.search import SearchEngine
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = load_config(args.config, rerank={"depth": 80})  # deep enough for a 100-candidate union
     engine = SearchEngine.from_config(cfg)
@@ -100,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             for _ in range(60):
                 ev.record("warm", ids[int(rng.integers(len(ids)))], "click", 1_767_225_600 + 3000)
-            engine._events = ev
+            engine.use_events(ev)
             cand = engine.candidate_sets(["蓝牙耳机 降噪"], engine.live)[0]
             keep = np.arange(min(100, len(cand.rows)))
             for name in ("rows", "rrf", "first", "ce"):

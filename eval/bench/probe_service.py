@@ -9,7 +9,6 @@ It changes the index (adds products) and the event store: run it on a copy, neve
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -22,6 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
+from core.cli import command
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN = "probe-admin-" + str(os.getpid())
@@ -273,8 +273,7 @@ def probe(config: str, log: Path) -> list[tuple[str, bool, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench.probe_service", description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True)
+    ap = command("eval.bench.probe_service", __doc__.split("\n")[0], None)
     ap.add_argument("--log", default="reports/probe/service.log")
     args = ap.parse_args(argv)
     log = Path(args.log)

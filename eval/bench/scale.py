@@ -14,7 +14,6 @@ Writes ``reports/bench/scale.json`` and ``scale.md``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.bench.personal import pct_ms
+from core.cli import command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def build_throughput(workers: list[int], progress: bool) -> list[dict]:
     import ray
 
     from indexer.build import build_indexes
-    from indexer.config import load_config
+    from core.config import load_config
     from indexer.distributed import RayRunner
 
     cfg = load_config(ROOT / "configs" / "demo.yaml")
@@ -91,7 +91,8 @@ def backends(cfg, sizes: list[int], n_queries: int, progress: bool) -> list[dict
     import faiss
 
     from engine.search import SearchEngine
-    from indexer.backends.milvus import MilvusStages, build_collection
+    from indexer.backends.milvus import build_collection
+    from indexer.backends.milvus_search import MilvusStages
     from indexer.bm25 import BM25Index
     from core.formats.catalog import read_catalog
     from indexer.dense import DenseIndex
@@ -181,7 +182,7 @@ def event_stores(cfg_path: str, n_events: int, n_users: int) -> dict:
     from engine.profiles import ProfileSettings
     from engine.search import SearchEngine
     from eval.bench.personal import time_record_events, write_events
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = load_config(ROOT / cfg_path)
     engine = SearchEngine.from_config(cfg, load_models=False)
@@ -267,10 +268,7 @@ def write(out: Path, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.scale", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", default="configs/wentian.yaml")
+    ap = command("eval.bench.scale", __doc__, "configs/wentian.yaml")
     ap.add_argument("--sizes", default="20000,200000")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--workers", default="1,2", help="Ray worker counts for the build throughput ('' skips it)")
@@ -281,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import platform
 
-    from indexer.config import load_config
+    from core.config import load_config
 
     cfg = load_config(args.config)
     if not (cfg.index_dir / "dense").exists():

@@ -19,13 +19,13 @@ first-stage score and the learned ranker).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from core.cli import command
 
 
 def pct(ms) -> dict:
@@ -76,10 +76,7 @@ class PlainPipeline:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("eval.bench.serving", __doc__)
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--n", type=int, default=200, help="queries timed one at a time")
     ap.add_argument("--full", action="store_true", help="also the HTTP load test with 1,000 query-log queries")

@@ -13,7 +13,6 @@ Writes ``profiles.json`` (resumable: finished profiles are kept), ``profiles.md`
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -26,8 +25,9 @@ from core import metrics
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 from eval.bench.load_test import QUERYLOG
 from core.formats.judged import read_queries
-from indexer.config import load_config, parse_overrides
+from core.config import load_config, parse_overrides
 from indexer.vocab_trim import read_query_column
+from core.cli import command
 
 # name -> (what changes, overrides); the first is the reference every other is compared with
 CE = "models/wentian/cross-encoder"  # the 4-layer cross-encoder (`make finetune CONFIG=configs/wentian.yaml`)
@@ -239,18 +239,10 @@ def write_report(out: Path, results: dict, reference: str, hybrid: str | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m eval.bench.serving_profiles", description=__doc__)
-    ap.add_argument("--config", default="configs/wentian.yaml")
+    ap = command("eval.bench.serving_profiles", __doc__, "configs/wentian.yaml", overrides=True)
     ap.add_argument("--queries", help="judged queries (default: the config's eval.queries)")
     ap.add_argument("--profiles", default=",".join(PROFILES))
     ap.add_argument("--reference", default="torch")
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.FIELD=VALUE",
-        help="applied to every profile (e.g. rerank.model=...)",
-    )
     ap.add_argument(
         "--extra",
         action="append",

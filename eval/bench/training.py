@@ -13,7 +13,6 @@ Writes reports/bench/training[-<device>].json.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from eval.bench.bm25 import read_id_text
+from core.cli import command
 
 
 def _examples(data: Path, n: int, seed: int = 0):
@@ -43,9 +43,7 @@ def _examples(data: Path, n: int, seed: int = 0):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = command("eval.bench.training", __doc__, False)
     ap.add_argument("--model", default="models/base")
     ap.add_argument("--data", default="../shared/datasets", help="folder holding wentian/")
     ap.add_argument("--random-weights", action="store_true")
@@ -67,7 +65,7 @@ def main(argv=None) -> int:
     from engine.rerank import CrossEncoder
     from eval.bench.dense import random_weights_copy
     from finetune import biencoder, crossencoder
-    from indexer.config import BiEncoderTrainConfig, CrossEncoderTrainConfig
+    from core.config import BiEncoderTrainConfig, CrossEncoderTrainConfig
 
     model = Path(args.model)
     tmp = Path(tempfile.mkdtemp())

@@ -9,7 +9,6 @@ indexed).  Writes ``reports/bench/trim.json``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -19,9 +18,10 @@ from engine.search import SearchEngine
 from eval.evaluate import evaluate
 from core.formats.judged import read_queries
 from indexer.build import ensure_indexes
-from indexer.config import load_config
+from core.config import load_config
 from indexer.encoder import Encoder
 from indexer.vocab_trim import trimmed_path
+from core.cli import command
 
 
 def measure(cfg, queries, texts: list[str]) -> dict:
@@ -49,10 +49,7 @@ def measure(cfg, queries, texts: list[str]) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.bench.trim", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", default="configs/wentian.yaml")
+    ap = command("eval.bench.trim", __doc__, "configs/wentian.yaml")
     ap.add_argument("--train-queries", default="../shared/datasets/wentian/train.tsv")
     ap.add_argument("--out", default="reports/bench/trim.json")
     args = ap.parse_args(argv)

@@ -9,10 +9,10 @@ ranking, and one explained hit.  The users are simulated (`eval.sim.demo_data`).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+from core.cli import command
 
 
 def pick_users(events, brand_of: dict[str, str], category_of: dict[str, str], category: str) -> list[str]:
@@ -29,12 +29,7 @@ def pick_users(events, brand_of: dict[str, str], category_of: dict[str, str], ca
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.sim.demo_personal",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("eval.sim.demo_personal", __doc__)
     ap.add_argument("--category", default="耳机", help="the category the two users are picked in")
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("query", nargs="?", default="蓝牙耳机")

@@ -67,10 +67,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,248 +76,20 @@ import numpy as np
 from engine.profiles import ProfileSettings, bought_rows
 from core import metrics
 from core.bootstrap import paired_bootstrap
-
-DAY = 86400.0
-START = 1_767_225_600.0  # 2026-01-01
-TASTES = {"none": 0.0, "medium": 1.0, "strong": 2.0}
-EVENTS = ("impression", "click", "add_to_cart", "purchase")
-EXAMINE = 1.0 / (1.0 + np.arange(10)) ** 0.6  # the chance a user looks at each of the 10 shown positions
-
-
-@dataclass
-class SimUser:
-    uid: str
-    areas: list[int]
-    liked: dict[str, set[int]]  # facet -> liked codes
-    cold: bool
-
-
-@dataclass
-class World:
-    """The query pool with each query's candidates, relevance z, area and ambiguity, and the product facets."""
-
-    queries: list[str]
-    cands: dict
-    z: dict[str, np.ndarray]
-    shown: dict[str, np.ndarray]  # indices into the candidates of the non-personal top 30
-    area: np.ndarray
-    ambiguous: np.ndarray
-    facets: dict[str, np.ndarray]  # taste facets: codes by product row
-    n_values: dict[str, int]
-    area_brands: dict[int, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass
-class SimLog:
-    events: list = field(default_factory=list)  # core.formats.clicklog.Event
-    sessions: list = field(default_factory=list)  # finetune.ranker.Session (training period)
-    eval_sessions: list = field(default_factory=list)  # (user, query, t, gains {row: gain})
-
-
-def build_world(engine, queries: list[str], progress: bool = True, cache_dir: Path | None = None) -> World:
-    from engine.rerank import combine
-    from finetune.ranker import candidate_cache
-
-    cands = candidate_cache(engine, queries, progress=progress, cache_dir=cache_dir)
-    queries = [q for q in queries if len(cands[q].rows) >= 10]
-    fac = engine.facets()
-    taste = {}
-    if (fac.brand >= 0).mean() > 0.5:
-        taste["brand"] = fac.brand
-    if "brand" not in taste and (fac.group >= 0).all():  # titles only: groups stand in for brands
-        taste["group"] = fac.group
-    if (fac.price_band >= 0).mean() > 0.5:
-        taste["price_band"] = fac.price_band
-    area_codes = fac.category if (fac.category >= 0).mean() > 0.5 else fac.group
-    r = engine.cfg.rerank
-    z, shown, area, amb = {}, {}, [], []
-    for q in queries:
-        c = cands[q]
-        s = combine(c.ce, c.first, r.weight)
-        sd = s.std()
-        z[q] = (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
-        order = np.argsort(-s, kind="stable")
-        shown[q] = order[:30]
-        top_rows = c.rows[order[:10]]
-        area.append(int(np.bincount(area_codes[top_rows] - area_codes.min()).argmax() + area_codes.min()))
-        top30 = c.rows[order[:30]]
-        amb.append(any(len(np.unique(codes[top30])) >= 3 for f, codes in taste.items() if f != "price_band"))
-    n_values = {f: int(codes.max()) + 1 for f, codes in taste.items()}
-    # the brands each area's products have (a user is loyal to one of them per area)
-    area_brands = {}
-    if "brand" in taste:
-        for a in np.unique(area_codes):
-            b = np.unique(fac.brand[(area_codes == a) & (fac.brand >= 0)])
-            if len(b):
-                area_brands[int(a)] = b
-    return World(queries, cands, z, shown, np.asarray(area), np.asarray(amb), taste, n_values, area_brands)
-
-
-def make_users(world: World, n_users: int, rng: np.random.Generator, cold_share: float = 0.25) -> list[SimUser]:
-    areas, counts = np.unique(world.area, return_counts=True)
-    p = counts / counts.sum()
-    users = []
-    for u in range(n_users):
-        k = int(rng.integers(1, 4))
-        ua = rng.choice(areas, size=min(k, len(areas)), replace=False, p=p).tolist()
-        liked: dict[str, set[int]] = {}
-        for f, n in world.n_values.items():
-            if f == "price_band":
-                c = int(rng.integers(0, n))
-                liked[f] = {c} | {b for b in (c - 1, c + 1) if 0 <= b < n and rng.random() < 0.5}
-            elif f == "brand" and world.area_brands:  # one favourite brand in every area
-                liked[f] = {int(rng.choice(b)) for b in world.area_brands.values()}
-            else:
-                s = set(np.flatnonzero(rng.random(n) < 0.2).tolist())
-                liked[f] = s or {int(rng.integers(0, n))}
-        users.append(SimUser(f"sim{u:05d}", ua, liked, bool(rng.random() < cold_share)))
-    return users
-
-
-def taste_of(world: World, user: SimUser, rows: np.ndarray) -> np.ndarray:
-    if not world.facets:
-        return np.zeros(len(rows))
-    t = np.zeros(len(rows))
-    for f, codes in world.facets.items():
-        t += np.isin(codes[rows], list(user.liked[f]))
-    return t / len(world.facets)
-
-
-def click_logit(z: np.ndarray, taste: np.ndarray, strength: float) -> np.ndarray:
-    """Relevance saturates (``3 σ(2 z)``: the engine's top candidates of a query are all about equally
-    relevant, its score differences among near-identical products are not the user's); taste adds
-    ``strength · 3 · (taste − 0.3)``."""
-    return 3.0 / (1.0 + np.exp(-2.0 * z)) - 2.5 + strength * 3.0 * (taste - 0.3)
-
-
-def simulate(
-    world: World,
-    users: list[SimUser],
-    strength: float,
-    days: float,
-    eval_days: float,
-    sessions_per_user: float,
-    rng: np.random.Generator,
-    row_ids,
-) -> tuple[SimLog, float]:
-    """Sessions of every user over ``days``; returns the log and the global time cut."""
-    from core.formats.clicklog import Event
-    from finetune.ranker import Session
-
-    cut = START + (days - eval_days) * DAY
-    by_area: dict[int, list[int]] = {}
-    for i, a in enumerate(world.area.tolist()):
-        by_area.setdefault(a, []).append(i)
-    log = SimLog()
-    for user in users:
-        n = max(1, int(rng.poisson(sessions_per_user)))
-        lo = cut if user.cold else START
-        times = np.sort(rng.uniform(lo, START + days * DAY, size=n))
-        pool = [i for a in user.areas for i in by_area.get(a, [])]
-        for t in times:
-            qi = int(rng.choice(pool)) if pool and rng.random() < 0.85 else int(rng.integers(len(world.queries)))
-            q = world.queries[qi]
-            c = world.cands[q]
-            taste = taste_of(world, user, c.rows)
-            p_click = _sigmoid(click_logit(world.z[q], taste, strength))
-            p_cart = 0.25 + 0.25 * taste if strength > 0 else np.full(len(taste), 0.3)
-            if t >= cut:  # evaluation: judgments without position bias
-                clicked = rng.random(len(c.rows)) < 0.5 * p_click
-                gains = {}
-                for j in np.flatnonzero(clicked):
-                    g = 1.0
-                    if rng.random() < p_cart[j]:
-                        g = 3.0 if rng.random() < 0.5 else 2.0
-                    gains[int(c.rows[j])] = g
-                if gains:
-                    log.eval_sessions.append((user.uid, q, float(t), gains))
-                continue
-            t = min(
-                t, cut - 300.0
-            )  # a session's events (shown over seconds, bought within minutes) stay before the cut
-            sess = Session(user.uid, q, float(t))
-            # the shop shows 10 of the top 30 non-personal candidates, best first with some exploration
-            # (a Plackett-Luce draw on 1.5 z: Gumbel top-k), as logged ranking data usually has
-            top = world.shown[q]
-            keys = 0.5 * world.z[q][top] + rng.gumbel(size=len(top))
-            for pos, j in enumerate(top[np.argsort(-keys)][:10]):
-                row = int(c.rows[j])
-                pid = row_ids[row]
-                ts = float(t) + pos
-                log.events.append(Event(user.uid, q, pid, "impression", ts))
-                sess.shown.append(row)
-                if rng.random() < EXAMINE[pos] * p_click[j]:
-                    log.events.append(Event(user.uid, q, pid, "click", ts + 5))
-                    g = 1.0
-                    if rng.random() < p_cart[j]:
-                        log.events.append(Event(user.uid, q, pid, "add_to_cart", ts + 30))
-                        g = 2.0
-                        if rng.random() < 0.5:
-                            log.events.append(Event(user.uid, q, pid, "purchase", ts + 120))
-                            g = 3.0
-                    sess.gains[row] = max(sess.gains.get(row, 0.0), g)
-            log.sessions.append(sess)
-    log.events.sort(key=lambda e: e.timestamp)
-    log.sessions.sort(key=lambda s: s.t)
-    log.eval_sessions.sort(key=lambda s: s[2])
-    return log, cut
-
-
-class HistoryPosterior:
-    """What a profile could know at best: the Bayes ranking from each user's training sessions.
-
-    For every (user, facet value) the log-likelihood ratio of *liked* against *not liked* under the
-    simulator's own click model, summed over the user's logged impressions (each at its position and
-    relevance, clicked or not; the user's true taste on the other facets is given, so this is an upper
-    estimate).  With the share of liked values as the prior, each candidate's posterior per facet gives its
-    expected click probability; ranking by it is the best ranking that the training sessions support.
-    It separates two gaps: oracle − Bayes is what no profile can know (values the user never saw, noise),
-    Bayes − personal is what our features and ranker leave on the table."""
-
-    def __init__(self, world: World, users: dict, sessions: list, strength: float):
-        self.world, self.strength = world, strength
-        self.facets = list(world.facets)
-        n = len(self.facets)
-        self.llr: dict[str, dict] = {f: {} for f in self.facets}
-        self.prior = {}
-        for f in self.facets:
-            share = np.mean([len(u.liked[f]) / world.n_values[f] for u in users.values()]) if users else 0.5
-            self.prior[f] = float(np.log(share / (1.0 - share))) if 0 < share < 1 else 0.0
-        for s in sessions:
-            c = self.world.cands[s.query]
-            index = {int(r): i for i, r in enumerate(c.rows)}
-            u = users[s.user]
-            for pos, row in enumerate(s.shown[: len(EXAMINE)]):
-                z = world.z[s.query][index[row]]
-                clicked = row in s.gains
-                for f in self.facets:
-                    others = sum(int(world.facets[g][row]) in u.liked[g] for g in self.facets if g != f) / n
-                    p1 = EXAMINE[pos] * _sigmoid(click_logit(z, others + 1.0 / n, strength))
-                    p0 = EXAMINE[pos] * _sigmoid(click_logit(z, others, strength))
-                    key = (s.user, int(world.facets[f][row]))
-                    step = np.log(p1 / p0) if clicked else np.log((1.0 - p1) / (1.0 - p0))
-                    self.llr[f][key] = self.llr[f].get(key, 0.0) + step
-
-    def expected_clicks(self, uid: str, query: str) -> np.ndarray:
-        c = self.world.cands[query]
-        n = len(self.facets)
-        post = [
-            _sigmoid(
-                self.prior[f] + np.array([self.llr[f].get((uid, int(k)), 0.0) for k in self.world.facets[f][c.rows]])
-            )
-            for f in self.facets
-        ]
-        out = np.zeros(len(c.rows))
-        for combo in np.ndindex(*([2] * n)):  # every liked / not-liked combination of the facets
-            w = np.ones(len(c.rows))
-            for b, p in zip(combo, post):
-                w = w * (p if b else 1.0 - p)
-            out += w * _sigmoid(click_logit(self.world.z[query], sum(combo) / n, self.strength))
-        return out
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+from eval.sim.personal_report import write_report
+from core.cli import command, load
+from eval.sim.shoppers import (
+    DAY,
+    START,
+    TASTES,
+    World,
+    build_world,
+    make_users,
+    taste_of,
+    click_logit,
+    simulate,
+    HistoryPosterior,
+)
 
 
 def evaluate_sessions(
@@ -394,7 +164,8 @@ def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
 
 def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Path, progress: bool):
     from engine.ranker import Ranker
-    from finetune.ranker import EventArrays, PointInTime, train_ranker
+    from finetune.ranker import train_ranker
+    from finetune.ranker_sessions import EventArrays, PointInTime
 
     rng = np.random.default_rng(rng_seed)
     users = make_users(world, args.users, rng)
@@ -456,7 +227,7 @@ def guard(
     from engine.features import feature_matrix, personal_features
     from engine.profiles import Profile, apply_event
     from core.formats.judged import read_queries
-    from finetune.ranker import candidate_cache
+    from finetune.ranker_sessions import candidate_cache
 
     judged = read_queries(dev_path)
     qids = list(judged.texts)[:limit] if limit else list(judged.texts)
@@ -526,146 +297,6 @@ def guard(
     return out
 
 
-def write_report(out: Path, payload: dict, context: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "personal.json").write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    lines = [
-        f"# Personalization benchmark: {context['config']}",
-        "",
-        "**The users are simulated** (see `eval/sim/personal.py` for the behaviour model): stable tastes over "
-        + ", ".join(context["facets"])
-        + "; position-biased clicks on 10 of the engine's non-personal top 30 (Plackett-Luce draw) before "
-        "the time cut; judgments after it drawn from the same click model without position bias. "
-        "Personal = the ranker with `personalize=1` and the user's profile at the cut; base = the same ranker "
-        "with `personalize=0`. Differences are personal − base with 95% paired bootstrap intervals over sessions. "
-        "Oracle: the simulator's own click utility with the user's true taste (a ceiling no profile reaches).",
-        "",
-        *[f"- {k}: {v}" for k, v in context.items()],
-        "",
-        "Bayes: the best ranking the user's training sessions support — the simulator's own click model "
-        "(positions, relevance, taste strength) turned into a posterior per facet value from each user's "
-        "logged impressions and clicks, candidates ranked by expected click (an upper estimate: the other "
-        "facets' true taste is given). Oracle − Bayes is what no profile can know from the history; "
-        "Bayes − personal is what the features and ranker leave.",
-        "",
-        "Relevance: the simulator's relevance alone (no taste), the ranking the Bayes posterior is added to; "
-        "Bayes − relevance is the most a profile built from this much history can lift NDCG@10.",
-        "",
-        "| taste | users | group | sessions | NDCG@10 base | NDCG@10 personal | diff [95% CI] | relevance | Bayes "
-        "| oracle | MRR@10 base | MRR@10 personal | diff [95% CI] |",
-        "| --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for taste in TASTES:
-        if taste not in payload:
-            continue
-        for group in ("warm", "cold"):
-            b = payload[taste][group]
-            n, m = b["ndcg@10"], b["mrr@10"]
-            lines.append(
-                f"| {taste} | {b['n_users']} | {group} | {b['n_queries']} | {n['base']:.4f} | "
-                f"{n['personal']:.4f} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | "
-                f"{n.get('relevance', float('nan')):.4f} | {n.get('bayes', float('nan')):.4f} | "
-                f"{n.get('oracle', float('nan')):.4f} | "
-                f"{m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} [{m['ci_low']:+.4f}, "
-                f"{m['ci_high']:+.4f}] |"
-            )
-    if payload.get("curve"):
-        lines += [
-            "",
-            "## Lift by length of history (medium taste, warm users)",
-            "",
-            "The same simulation with more sessions per user: what the profile and ranker gain as history "
-            "grows, against the most that history supports (Bayes − relevance).",
-            "",
-            "| sessions per user | training sessions per warm user | NDCG@10 diff [95% CI] | Bayes − relevance "
-            "| share of it reached |",
-            "| ---: | ---: | --- | ---: | ---: |",
-        ]
-        for row in payload["curve"]:
-            n = row["warm"]["ndcg@10"]
-            room = n["bayes"] - n["relevance"]
-            share = f"{n['diff'] / room:.0%}" if room > 0 else "–"
-            lines.append(
-                f"| {row['sessions']:g} | {row['history_sessions_per_warm_user']:g} | {n['diff']:+.4f} "
-                f"[{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | {room:+.4f} | {share} |"
-            )
-    for key, taste in (("guard", "medium"), ("guard_strong", "strong")):
-        if key not in payload:
-            continue
-        lines += [
-            "",
-            f"## Guard on real dev queries (synthetic histories, {taste}-taste ranker)",
-            "",
-            "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |",
-            "| --- | ---: | ---: | ---: | --- |",
-        ]
-        for name, g in payload[key].items():
-            m = g["mrr@10"]
-            lines.append(
-                f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
-                f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |"
-            )
-    if "ranker_vs_mix" in payload:
-        b = payload["ranker_vs_mix"]
-        lines += [
-            "",
-            f"## The config's learned ranker against the z-score mix (no users, {b['n_queries']} dev queries)",
-            "",
-            "| metric | z-score mix | ranker | diff [95% CI] | p |",
-            "| --- | ---: | ---: | --- | ---: |",
-        ]
-        for m in ("mrr@10", "ndcg@10"):
-            v = b[m]
-            lines.append(
-                f"| {m} | {v['zscore_mix']:.4f} | {v['ranker']:.4f} | {v['diff']:+.4f} "
-                f"[{v['ci_low']:+.4f}, {v['ci_high']:+.4f}] | {v['p_value']:.3f} |"
-            )
-    if _plot(out / "lift.png", payload):
-        lines += ["", "![NDCG@10 lift by taste strength](lift.png)"]
-    for taste in TASTES:
-        if taste in payload:
-            imp = payload[taste]["train"]["importance_gain"]
-            top = sorted(imp.items(), key=lambda kv: -kv[1])[:6]
-            lines += [
-                "",
-                f"Ranker ({taste}): {payload[taste]['train']['ranker_sessions']} training sessions; "
-                "top features by gain: " + ", ".join(f"{k} {v:.0f}" for k, v in top),
-            ]
-    (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _plot(path: Path, payload: dict) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tastes = [t for t in TASTES if t in payload]
-    if not tastes:
-        return False
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for off, group, color in ((-0.15, "warm", "tab:blue"), (0.15, "cold", "tab:gray")):
-        d = [payload[t][group]["ndcg@10"] for t in tastes]
-        x = np.arange(len(tastes)) + off
-        ax.bar(x, [v["diff"] for v in d], width=0.3, color=color, label=f"{group} users")
-        ax.errorbar(
-            x,
-            [v["diff"] for v in d],
-            yerr=[[v["diff"] - v["ci_low"] for v in d], [v["ci_high"] - v["diff"] for v in d]],
-            fmt="none",
-            ecolor="k",
-        )
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(range(len(tastes)), tastes)
-    ax.set_xlabel("taste strength (simulated users)")
-    ax.set_ylabel("NDCG@10 personal − base")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
-
-
 def query_pool(cfg, n: int, seed: int) -> list[str]:
     """A seeded sample of the config's training queries (click log before the cut, or judged pairs)."""
     from finetune.inputs import is_clicklog
@@ -689,10 +320,7 @@ def query_pool(cfg, n: int, seed: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.sim.personal", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", required=True)
+    ap = command("eval.sim.personal", __doc__, None, overrides=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--tastes", default="none,medium,strong")
     ap.add_argument("--queries", type=int, default=600, help="size of the query pool (training queries)")
@@ -712,18 +340,16 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the config's eval.queries; 'none' skips them)",
     )
     ap.add_argument("--guard-limit", type=int, default=None)
-    ap.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
     from engine.search import SearchEngine
     from indexer.build import ensure_indexes
-    from indexer.config import load_config, parse_overrides
 
     t0 = time.perf_counter()
     progress = not args.no_progress
-    cfg = load_config(args.config, **parse_overrides(args.set))
+    cfg = load(args)
     # the simulation needs the cross-encoder's candidates; the learned ranker is what it trains
     shipped_ranker = cfg.rerank.ranker
     cfg = dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, ranker=None))

@@ -16,7 +16,6 @@ the learned ranker with personal features.  Writes
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import sys
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from core.cli import command
 
 BANDS = ("低", "中低", "中", "中高", "高")
 
@@ -47,10 +47,7 @@ def with_context(query: str, ctx: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.sim.personal_ce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--config", default="configs/demo.yaml")
+    ap = command("eval.sim.personal_ce", __doc__)
     ap.add_argument("--out", default="reports/personal/demo")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -63,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     from core.formats.clicklog import read_clicklog
     from finetune.crossencoder import Group, train
     from finetune.inputs import clicklog_cut
-    from finetune.ranker import EventArrays, PointInTime, candidate_cache, session_features, sessions_from_events
-    from indexer.config import load_config
+    from finetune.ranker_sessions import (
+        EventArrays,
+        PointInTime,
+        candidate_cache,
+        session_features,
+        sessions_from_events,
+    )
+    from core.config import load_config
     from indexer.dense import stage_model
 
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""The first stages on Milvus (``search.backend: milvus``): BM25 and dense retrieval in one collection.
+"""The first stages on Milvus (``search.backend: milvus``): BM25 and dense retrieval in one collection, built
+and kept here (its queries: :mod:`indexer.backends.milvus_search`).
 
 What lives where:
 
@@ -50,12 +51,11 @@ from pathlib import Path
 
 import numpy as np
 
-from core.types import EcomsearchError, SearchResult
+from core.types import EcomsearchError
 
 log = logging.getLogger(__name__)
 MAX_VARCHAR = 65535
 MAX_LIMIT = 16384  # Milvus's largest topk
-_EMPTY = SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 class MilvusError(EcomsearchError, RuntimeError):
@@ -95,72 +95,7 @@ def _local_builds(cfg, with_dense: bool):
     return bm25, (DenseIndex.load((cfg.index_dir / "dense").resolve(), None) if with_dense else None)
 
 
-def quote(value: str) -> str:
-    """A string literal for a Milvus boolean expression."""
-    return json.dumps(value, ensure_ascii=False)
-
-
-def filters_expr(filters: dict | None) -> str:
-    """``{"category": .., "brand": .., "price_min": .., "price_max": ..}`` (checked by
-    :func:`engine.query_input.check_filters`) as a Milvus boolean expression ("" for none)."""
-    filters = filters or {}
-    parts = []
-    for key in ("category", "brand"):
-        v = filters.get(key)
-        if v is None:
-            continue
-        values = [v] if isinstance(v, str) else list(v)
-        parts.append(f"{key} in [{', '.join(quote(x) for x in values)}]")
-    if filters.get("price_min") is not None or filters.get("price_max") is not None:
-        parts.append("has_price == true")  # a product without a price fails a price filter
-        if filters.get("price_min") is not None:
-            parts.append(f"price >= {float(filters['price_min'])!r}")
-        if filters.get("price_max") is not None:
-            parts.append(f"price <= {float(filters['price_max'])!r}")
-    return " and ".join(parts)
-
-
-class ExprMask(np.ndarray):
-    """A product mask that also carries the Milvus expression it came from (filters).  Anything derived from
-    it (``&``, slicing) is a plain mask again: the expression is only trusted where it was attached."""
-
-    expr: str | None = None
-
-    @classmethod
-    def wrap(cls, mask: np.ndarray, expr: str) -> "ExprMask":
-        m = np.asarray(mask, dtype=bool).view(cls)
-        m.expr = expr
-        return m
-
-    def __array_finalize__(self, obj):
-        self.expr = None
-
-
-def mask_expr(mask: np.ndarray | None) -> str:
-    """The expression for a product mask: its filters' expression when it carries one, else the rows it keeps
-    (or drops, whichever list is shorter)."""
-    if mask is None:
-        return ""
-    if isinstance(mask, ExprMask) and mask.expr is not None:
-        return mask.expr
-    mask = np.asarray(mask, dtype=bool)
-    keep = np.flatnonzero(mask)
-    if len(keep) == len(mask):
-        return ""
-    if len(keep) <= len(mask) - len(keep):
-        return f"row in [{', '.join(map(str, keep.tolist()))}]" if len(keep) else "row < 0"
-    return f"row not in [{', '.join(map(str, np.flatnonzero(~mask).tolist()))}]"
-
-
-def _as_result(hits, dtype) -> SearchResult:
-    """One query's Milvus hits as rows (the primary key is the product row) and scores, in Milvus's order."""
-    return SearchResult(
-        np.fromiter((h["id"] for h in hits), dtype=np.int64, count=len(hits)),
-        np.fromiter((h["distance"] for h in hits), dtype=dtype, count=len(hits)),
-    )
-
-
-def _token_text(tokens) -> str:
+def token_text(tokens) -> str:
     # a token never contains whitespace for the analyzer (it would split it); the query side does the same
     return " ".join(re.sub(r"\s", "_", t) for t in tokens)
 
@@ -288,7 +223,7 @@ def insert_rows(client, name: str, bm25, vectors, rows, batch_size: int, progres
             }
             for f, dt in bm25.doc_tokens.items():
                 ids = dt.ids[dt.indptr[r] : dt.indptr[r + 1]]
-                item[f"{f}_text"] = _token_text(vocab_of[f][int(i)] for i in ids)[:MAX_VARCHAR]
+                item[f"{f}_text"] = token_text(vocab_of[f][int(i)] for i in ids)[:MAX_VARCHAR]
             if vectors is not None:
                 item["vector"] = np.asarray(vectors[r], dtype=np.float32).tolist()
             batch.append(item)
@@ -376,124 +311,29 @@ def write_collection_manifest(cfg, **fields) -> None:
     tmp.replace(f)
 
 
-class MilvusStages:
-    """The bm25 and dense stages answered by a Milvus collection, for one engine version."""
-
-    def __init__(self, cfg, bm25, client, collection: str):
-        self.cfg, self.bm25, self.client, self.collection = cfg, bm25, client, collection
-        self.fields = dict(bm25.weights)
-        mc = cfg.search.milvus
-        self.oversample = max(1, int(mc.bm25_oversample))
-        self.k1 = float(cfg.bm25.k1)
-        self.dense_params = {"metric_type": "IP", "params": {"nprobe": mc.nprobe}}
-
-    @classmethod
-    def open(cls, cfg, bm25, dense_build: str | None = None) -> "MilvusStages":
-        """The config's collection, checked against the local build the engine reads (same BM25 build, same
-        dense build)."""
-        client, name = cls.check(cfg, bm25.manifest.get("build_id"), dense_build)
-        return cls(cfg, bm25, client, name)
-
-    @staticmethod
-    def check(cfg, bm25_build: str | None, dense_build: str | None):
-        """A client on the config's collection when it holds these builds; :class:`MilvusError` otherwise."""
-        uri, alias = resolve_uri(cfg), base_name(cfg)
-        info = read_collection_manifest(cfg)
-        if info is None:
-            raise MilvusError(
-                f"{uri}: no Milvus collection {alias!r} for {cfg.index_dir}; build it with `make index BACKEND=milvus`"
-            )
-        name = info["collection"]
-        try:
-            client = _client(uri)
-            present = client.has_collection(name)
-        except Exception as e:
-            raise MilvusError(f"{uri}: cannot open the Milvus collection {name!r}: {e}") from None
-        if not present:
-            raise MilvusError(f"{uri}: the collection {name!r} is gone; rebuild with `make index BACKEND=milvus`")
-        if info.get("bm25_build") != bm25_build or (dense_build is not None and info.get("dense_build") != dense_build):
-            raise MilvusError(
-                f"{uri}: collection {name!r} holds builds bm25 {info.get('bm25_build')} / dense "
-                f"{info.get('dense_build')}, the local indexes are {bm25_build} / {dense_build}; "
-                f"rebuild with `make index BACKEND=milvus`"
-            )
-        return client, name
-
-    def bm25_search(self, text: str, k: int, mask: np.ndarray | None = None) -> SearchResult:
-        tokens = self.bm25.tokenizer.tokenize_fields(text, tuple(self.fields))
-        expr = mask_expr(mask)
-        multi = len(self.fields) > 1
-        # deeper than asked: products tied at the k-th score come back too, so ties break by row as locally
-        limit = min(MAX_LIMIT, k * self.oversample)
-        per_field: dict[str, SearchResult] = {}
-        queries: dict[str, str] = {}
-        for f in self.fields:
-            vocab = self.bm25.retrievers[f].vocab_dict
-            toks = [t for t in tokens[f] if t in vocab]
-            if toks:
-                queries[f] = _token_text(toks)
-                per_field[f] = self._field_hits(f, queries[f], limit, expr)
-        if multi and len(per_field) > 1:
-            # a product in one field's list but below another's: fetch its exact score in that field too,
-            # so every candidate is scored as the local index scores it (all fields summed)
-            union = np.unique(np.concatenate([r.rows for r in per_field.values()]))
-            for f, got in per_field.items():
-                missing = np.setdiff1d(union, got.rows)
-                if len(missing):
-                    rows_expr = f"row in [{', '.join(map(str, missing.tolist()))}]"
-                    more = self._field_hits(
-                        f, queries[f], len(missing), f"({expr}) and {rows_expr}" if expr else rows_expr
-                    )
-                    per_field[f] = SearchResult(
-                        np.concatenate([got.rows, more.rows]), np.concatenate([got.scores, more.scores])
-                    )
-        rows, scores = [], []
-        for f, got in per_field.items():
-            if not len(got.rows):
-                continue
-            best = float(got.scores.max())
-            if multi and best <= 0:
-                continue
-            # Milvus's BM25 keeps the (k1 + 1) factor that bm25s's lucene variant drops: the same ranking, the
-            # scores (which the learned ranker reads) brought to the local index's scale
-            rows.append(got.rows)
-            scores.append(got.scores * (self.fields[f] / best if multi else 1.0 / (1.0 + self.k1)))
-        if not rows:
-            return _EMPTY
-        rows, inverse = np.unique(np.concatenate(rows), return_inverse=True)
-        scores = np.bincount(inverse, weights=np.concatenate(scores))  # each product's fields summed
-        # Milvus computes in float32 and scales BM25 by (k1 + 1): equal local scores may differ in the last
-        # bits here, so ties are read at 6 significant digits and broken by row, as the local index does
-        tie = np.round(scores / scores.max(), 6)
-        order = np.lexsort((rows, -tie))[:k]
-        return SearchResult(rows[order], scores[order].astype(np.float32))
-
-    def _field_hits(self, f: str, query: str, limit: int, expr: str) -> SearchResult:
-        hits = self.client.search(
-            self.collection,
-            data=[query],
-            anns_field=f"{f}_sparse",
-            limit=limit,
-            filter=expr,
-            search_params={"metric_type": "BM25"},
-        )[0]
-        return _as_result(hits, np.float64)
-
-    def dense_search(self, qvecs: np.ndarray, k: int, mask: np.ndarray | None = None) -> list[SearchResult]:
-        q = np.ascontiguousarray(np.atleast_2d(qvecs), dtype=np.float32)
-        res = self.client.search(
-            self.collection,
-            data=q.tolist(),
-            anns_field="vector",
-            limit=min(k, MAX_LIMIT),
-            filter=mask_expr(mask),
-            search_params=self.dense_params,
+def check_collection(cfg, bm25_build: str | None, dense_build: str | None):
+    """A client on the config's collection when it holds these builds; :class:`MilvusError` otherwise."""
+    uri, alias = resolve_uri(cfg), base_name(cfg)
+    info = read_collection_manifest(cfg)
+    if info is None:
+        raise MilvusError(
+            f"{uri}: no Milvus collection {alias!r} for {cfg.index_dir}; build it with `make index BACKEND=milvus`"
         )
-        return [_as_result(hits, np.float32) for hits in res]
-
-    def count(self) -> int:
-        got = self.client.query(self.collection, filter="row >= 0", output_fields=["count(*)"])
-        return int(got[0]["count(*)"])
+    name = info["collection"]
+    try:
+        client = _client(uri)
+        present = client.has_collection(name)
+    except Exception as e:
+        raise MilvusError(f"{uri}: cannot open the Milvus collection {name!r}: {e}") from None
+    if not present:
+        raise MilvusError(f"{uri}: the collection {name!r} is gone; rebuild with `make index BACKEND=milvus`")
+    if info.get("bm25_build") != bm25_build or (dense_build is not None and info.get("dense_build") != dense_build):
+        raise MilvusError(
+            f"{uri}: collection {name!r} holds builds bm25 {info.get('bm25_build')} / dense "
+            f"{info.get('dense_build')}, the local indexes are {bm25_build} / {dense_build}; "
+            f"rebuild with `make index BACKEND=milvus`"
+        )
+    return client, name
 
 
 def build_from_disk(cfg, progress: bool = True) -> BuildInfo:
@@ -513,7 +353,7 @@ def ensure_collection(cfg, progress: bool = True) -> BuildInfo | None:
     dense_dir = (cfg.index_dir / "dense").resolve()
     dense_build = read_manifest(dense_dir, "dense", verify=False).get("build_id") if dense_dir.exists() else None
     try:
-        MilvusStages.check(cfg, bm25_manifest.get("build_id"), dense_build)
+        check_collection(cfg, bm25_manifest.get("build_id"), dense_build)
         return None
     except MilvusError:
         return build_from_disk(cfg, progress)

@@ -1,0 +1,317 @@
+"""Typed configuration, loaded once from ``configs/*.yaml`` by :func:`load_config` into :class:`Config`.
+
+Every package reads its settings from these dataclasses; nothing else opens a YAML file.  The config sits in
+the bottom layer (``core``) because every layer receives the whole config; its sections are grouped by the
+layer they configure: :mod:`core.config.index` (``indexer/``), :mod:`core.config.serving` (``engine/``),
+:mod:`core.config.training` (``finetune/``, ``eval/``), built by the one loader in :mod:`core.config.loader`.
+
+Relative paths in a config resolve against its ``root`` (default ``..``: the project root for a file in
+``configs/``), itself relative to the config file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config.index import BM25Config, CatalogConfig, DenseConfig, MilvusConfig, TextConfig
+from core.config.loader import (
+    INDEXED_WHEN_SET,
+    NOT_INDEXED,
+    NOT_TRAINED,
+    TRAINED_WHEN_SET,
+    ConfigError,
+    build_section,
+    jsonable,
+    marked_settings,
+    merge,
+    parse_overrides,
+    section_mapping,
+)
+from core.config.serving import PersonalConfig, QueryConfig, RerankConfig, SearchConfig, ServeConfig
+from core.config.training import (
+    BiEncoderTrainConfig,
+    CrossEncoderTrainConfig,
+    EvalConfig,
+    FinetuneConfig,
+    RankerTrainConfig,
+    TrainingLoopConfig,
+)
+from core.types import FIRST_STAGES
+
+__all__ = [
+    "INDEXED_WHEN_SET",
+    "NOT_INDEXED",
+    "NOT_TRAINED",
+    "TRAINED_WHEN_SET",
+    "BM25Config",
+    "BiEncoderTrainConfig",
+    "CatalogConfig",
+    "Config",
+    "ConfigError",
+    "CrossEncoderTrainConfig",
+    "DenseConfig",
+    "EvalConfig",
+    "FinetuneConfig",
+    "MilvusConfig",
+    "PersonalConfig",
+    "QueryConfig",
+    "RankerTrainConfig",
+    "RerankConfig",
+    "SearchConfig",
+    "ServeConfig",
+    "TextConfig",
+    "TrainingLoopConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "marked_settings",
+    "parse_overrides",
+    "write_config",
+]
+
+
+@dataclass
+class Config:
+    name: str
+    catalog: CatalogConfig
+    index_dir: Path
+    text: TextConfig = field(default_factory=TextConfig)
+    bm25: BM25Config = field(default_factory=BM25Config)
+    dense: DenseConfig = field(default_factory=DenseConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    personal: PersonalConfig = field(default_factory=PersonalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    source: Path | None = None
+    root: Path = Path(".")
+
+    def index_fingerprint(self) -> str:
+        """Hash of every setting that changes what an index holds."""
+        payload = {name: marked_settings(getattr(self, name), "index") for name in ("catalog", "text", "bm25")}
+        # the contents of the word lists matter, not only their paths
+        for name in ("user_dict", "stopwords"):
+            p = getattr(self.text, name)
+            if p is not None:
+                payload["text"][name + "_sha256"] = (
+                    hashlib.sha256(Path(p).read_bytes()).hexdigest() if Path(p).is_file() else "missing"
+                )
+        blob = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def rejects_path(self) -> Path:
+        return self.catalog.rejects_path or self.index_dir.with_name(self.index_dir.name + ".rejected.jsonl")
+
+
+def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig:
+    data = section_mapping(data, where)
+    bi = build_section(BiEncoderTrainConfig, data.pop("biencoder", None), f"{where}.biencoder", root)
+    ce = build_section(CrossEncoderTrainConfig, data.pop("crossencoder", None), f"{where}.crossencoder", root)
+    rk = build_section(RankerTrainConfig, data.pop("ranker", None), f"{where}.ranker", root)
+    ft = build_section(FinetuneConfig, data, where, root)
+    ft.biencoder, ft.crossencoder, ft.ranker = bi, ce, rk
+    return ft
+
+
+def _build_search(data: dict | None, where: str, root: Path) -> SearchConfig:
+    data = section_mapping(data, where)
+    mv = build_section(MilvusConfig, data.pop("milvus", None), f"{where}.milvus", root)
+    sc = build_section(SearchConfig, data, where, root)
+    sc.milvus = mv
+    return sc
+
+
+def load_config(path: str | Path, **overrides: Any) -> Config:
+    """Load a YAML config into a :class:`Config`.
+
+    ``overrides`` replace top-level sections' fields, e.g.
+    ``load_config(p, bm25={"k1": 1.2})``; used by tuning scripts and tests.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    raw = merge(raw, overrides)
+    return config_from_dict(raw, base=path.parent, source=path)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The config as the YAML mapping :func:`load_config` reads (paths absolute): what a child process or
+    another replica needs to open the same engine."""
+    raw = jsonable(cfg)
+    raw.pop("source", None)
+    return raw
+
+
+def write_config(cfg: Config, path: str | Path) -> Path:
+    import yaml
+
+    path = Path(path)
+    path.write_text(yaml.safe_dump(config_to_dict(cfg), allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Config:
+    where = str(source or "config")
+    raw = dict(raw)
+    known = {
+        "name",
+        "root",
+        "catalog",
+        "index_dir",
+        "text",
+        "bm25",
+        "dense",
+        "search",
+        "rerank",
+        "finetune",
+        "eval",
+        "personal",
+        "serve",
+        "query",
+    }
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{where}: unknown section(s) {sorted(unknown)}; known: {sorted(known)}")
+    for key in ("root", "index_dir", "name"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key}: expected a string (a path), got {type(raw[key]).__name__} {raw[key]!r}")
+    root = (base / raw.pop("root", "..")).resolve()
+    if "catalog" not in raw or not isinstance(raw["catalog"], dict) or "path" not in raw["catalog"]:
+        raise ConfigError(f"{where}: catalog.path is required")
+    if "index_dir" not in raw:
+        raise ConfigError(f"{where}: index_dir is required")
+    index_dir = Path(raw["index_dir"])
+    cfg = Config(
+        name=str(raw.get("name") or (source.stem if source else "config")),
+        catalog=build_section(CatalogConfig, raw["catalog"], f"{where}: catalog", root),
+        index_dir=index_dir if index_dir.is_absolute() else root / index_dir,
+        text=build_section(TextConfig, raw.get("text"), f"{where}: text", root),
+        bm25=build_section(BM25Config, raw.get("bm25"), f"{where}: bm25", root),
+        dense=build_section(DenseConfig, raw.get("dense"), f"{where}: dense", root),
+        search=_build_search(raw.get("search"), f"{where}: search", root),
+        rerank=build_section(RerankConfig, raw.get("rerank"), f"{where}: rerank", root),
+        finetune=_build_finetune(raw.get("finetune"), f"{where}: finetune", root),
+        eval=build_section(EvalConfig, raw.get("eval"), f"{where}: eval", root),
+        personal=build_section(PersonalConfig, raw.get("personal"), f"{where}: personal", root),
+        serve=build_section(ServeConfig, raw.get("serve"), f"{where}: serve", root),
+        query=build_section(QueryConfig, raw.get("query"), f"{where}: query", root),
+        source=source,
+        root=root,
+    )
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: Config, where: str) -> None:
+    if cfg.catalog.format not in {"auto", "jsonl", "csv", "tsv"}:
+        raise ConfigError(f"{where}: catalog.format must be auto, jsonl, csv or tsv, not {cfg.catalog.format!r}")
+    allowed_cols = {"id", "title", "category", "brand", "price", "attributes"}
+    bad = set(cfg.catalog.columns) - allowed_cols
+    if bad:
+        raise ConfigError(
+            f"{where}: catalog.columns maps unknown field(s) {sorted(bad)}; known: {sorted(allowed_cols)}"
+        )
+    if cfg.bm25.method not in {"robertson", "lucene", "atire", "bm25l", "bm25+"}:
+        raise ConfigError(
+            f"{where}: bm25.method {cfg.bm25.method!r} is not one of robertson, lucene, atire, bm25l, bm25+"
+        )
+    if cfg.bm25.k1 < 0 or not 0 <= cfg.bm25.b <= 1:
+        raise ConfigError(f"{where}: bm25 needs k1 >= 0 and 0 <= b <= 1")
+    if (
+        not cfg.bm25.fields
+        or any(f not in ("words", "chars") for f in cfg.bm25.fields)
+        or any(not isinstance(w, (int, float)) or w <= 0 for w in cfg.bm25.fields.values())
+    ):
+        raise ConfigError(f"{where}: bm25.fields must map 'words' and/or 'chars' to weights > 0, got {cfg.bm25.fields}")
+    if cfg.text.unknown_word_ngrams < 0:
+        raise ConfigError(f"{where}: text.unknown_word_ngrams must be >= 0")
+    for name in ("user_dict", "stopwords"):  # read by every tokenizer: a missing one is a config error, now
+        p = getattr(cfg.text, name)
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{where}: text.{name}: file not found: {p}")
+    ft = cfg.finetune
+    if ft.format not in ("auto", "clicklog", "judged"):
+        raise ConfigError(f"{where}: finetune.format must be auto, clicklog or judged, not {ft.format!r}")
+    if not 0 < ft.train_fraction < 1:
+        raise ConfigError(f"{where}: finetune.train_fraction must be between 0 and 1")
+    for name, t in (("biencoder", ft.biencoder), ("crossencoder", ft.crossencoder)):
+        w = t.negatives_window
+        if len(w) != 2 or not 0 <= w[0] < w[1]:
+            raise ConfigError(f"{where}: finetune.{name}.negatives_window must be [start, end) with 0 <= start < end")
+    if ft.crossencoder.loss not in ("listwise", "pointwise", "graded"):
+        raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise, pointwise or graded")
+    if ft.crossencoder.init not in ("base", "bi-encoder"):
+        raise ConfigError(
+            f"{where}: finetune.crossencoder.init must be base or bi-encoder, not {ft.crossencoder.init!r}"
+        )
+    if ft.crossencoder.group_size < 2:
+        raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
+    if ft.ranker.cv_folds < 0 or ft.ranker.cv_folds == 1:
+        raise ConfigError(f"{where}: finetune.ranker.cv_folds must be 0 (off) or >= 2, not {ft.ranker.cv_folds}")
+    if cfg.rerank.first_stage not in ("rrf", "scores"):
+        raise ConfigError(f"{where}: rerank.first_stage must be rrf or scores, not {cfg.rerank.first_stage!r}")
+    if cfg.rerank.ranker and not cfg.rerank.model:
+        raise ConfigError(f"{where}: rerank.ranker orders the cross-encoder's candidates: set rerank.model too")
+    if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
+        raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
+    for name, runtime, quantize in (
+        ("rerank", cfg.rerank.runtime, cfg.rerank.quantize),
+        ("dense.query", cfg.dense.query_runtime, cfg.dense.query_quantize),
+    ):
+        if runtime not in ("torch", "onnx") or quantize not in ("none", "int8"):
+            raise ConfigError(
+                f"{where}: {name} runtime must be torch or onnx and quantize none or int8, "
+                f"not {runtime!r} / {quantize!r}"
+            )
+        if quantize != "none" and runtime != "onnx":
+            raise ConfigError(f"{where}: {name} quantize {quantize!r} needs runtime onnx")
+    sc = cfg.search
+    if sc.backend not in ("local", "milvus"):
+        raise ConfigError(f"{where}: search.backend {sc.backend!r} is not one of local, milvus")
+    if sc.milvus.index_type.upper() not in ("FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW"):
+        raise ConfigError(
+            f"{where}: search.milvus.index_type {sc.milvus.index_type!r} is not one of FLAT, IVF_FLAT, IVF_SQ8, HNSW"
+        )
+    if sc.milvus.insert_batch < 1 or sc.milvus.bm25_oversample < 1:
+        raise ConfigError(f"{where}: search.milvus.insert_batch and bm25_oversample must be >= 1")
+    if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
+        raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
+    pc = cfg.personal
+    if pc.store not in ("sqlite", "postgres"):
+        raise ConfigError(
+            f"{where}: personal.store {pc.store!r} is not built in (sqlite, postgres); a shop's own "
+            "store plugs in through engine.events.EventStore"
+        )
+    if pc.store == "postgres" and not (pc.dsn or os.environ.get("ECOMSEARCH_PG_DSN")):
+        raise ConfigError(
+            f"{where}: personal.store postgres needs personal.dsn or the environment variable ECOMSEARCH_PG_DSN"
+        )
+    if pc.half_life_days <= 0 or pc.retention_days <= 0:
+        raise ConfigError(f"{where}: personal.half_life_days and personal.retention_days must be > 0")
+    bad = set(pc.gains) - {"impression", "click", "add_to_cart", "purchase"}
+    if bad:
+        raise ConfigError(f"{where}: personal.gains names unknown event(s) {sorted(bad)}")
+    if pc.path is None:
+        pc.path = cfg.index_dir / "events.sqlite"
+    stages = set(FIRST_STAGES)
+    bad = [s for s in cfg.search.stages if s not in stages]
+    if bad:
+        raise ConfigError(f"{where}: search.stages {bad} not available; this build has {sorted(stages)}")

@@ -1,0 +1,112 @@
+"""The config sections of the query path and the service (``engine/``): first stages and their fusion, the
+rerank stage, personalization, query understanding, the HTTP service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.config.loader import INDEXED_WHEN_SET, NOT_INDEXED, NOT_TRAINED, TRAINED_WHEN_SET  # noqa: F401
+
+from core.config.index import MilvusConfig
+
+
+@dataclass
+class SearchConfig:
+    stages: list[str] = field(default_factory=lambda: ["bm25"])
+    # where the first stages run: local (bm25s + FAISS in this process) or milvus (one Milvus collection)
+    backend: str = "local"
+    milvus: MilvusConfig = field(default_factory=MilvusConfig)
+    # candidates each first stage hands on
+    candidates: int = 100
+    # longer queries are cut here (the result says `truncated`); a 1 MB query costs no more than this
+    max_query_chars: int = 256
+    # the deepest hit a query may ask for (k + offset)
+    max_k: int = 1000
+    # recent results kept per (query, filters, k, offset, user-profile version, index version); 0: no cache
+    cache_size: int = 2048
+
+
+@dataclass
+class RerankConfig:
+    # the fine-tuned cross-encoder (`make finetune` writes models/<config>/cross-encoder); None: no rerank
+    model: str | None = None
+    # candidates each first stage (bm25, dense) hands the cross-encoder; their union is reranked
+    depth: int = 50
+    # combined score = weight * z(cross-encoder) + (1 - weight) * z(first stage); 1.0: cross-encoder alone
+    weight: float = 0.5
+    # the first-stage score: rrf (reciprocal rank fusion) or scores (mean of the stages' standardized raw scores)
+    first_stage: str = "rrf"
+    # None: the max length the cross-encoder was trained with
+    max_length: int | None = None
+    batch_size: int = 128
+    device: str = "auto"
+    # how the cross-encoder runs: torch, or onnx (ONNX Runtime on the CPU, from `python -m finetune.export_onnx`)
+    runtime: str = "torch"
+    # onnx only: none, or int8 (dynamic quantization of the weights)
+    quantize: str = "none"
+    # the learned final ranker (LightGBM LambdaRank, trained by `make finetune`); None: the z-score mix above
+    ranker: str | None = None
+
+
+@dataclass
+class PersonalConfig:
+    """Events, user profiles and the personal features (engine.events, engine.profiles, engine.features)."""
+
+    # where events and profiles live: an embedded SQLite file (default <index_dir>/events.sqlite), or
+    # PostgreSQL (store: postgres) shared by many replicas: dsn (ECOMSEARCH_PG_DSN wins) and a schema of its own
+    store: str = "sqlite"
+    path: Path | None = None
+    dsn: str | None = field(default=None, metadata=NOT_TRAINED)
+    pg_schema: str = field(default="ecomsearch", metadata=NOT_TRAINED)
+    # the HMAC key user ids are hashed with; the environment variable ECOMSEARCH_USER_KEY wins.
+    # Without either, recording events is refused (only the demo config ships a key)
+    user_key: str | None = None
+    half_life_days: float = 30.0
+    # events older than this are dropped (and profiles not updated for this long)
+    retention_days: float = 365.0
+    gains: dict[str, float] = field(default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3})
+    # facet values kept per facet in a profile (the weakest dropped)
+    affinity_cap: int = 50
+    bought_cap: int = 200
+    price_bands: int = 5
+    # smoothing of a product's click-through rate: (clicks + prior * ctr_all) / (impressions + prior)
+    ctr_prior: float = 20.0
+    # how often (seconds) a serving engine re-reads product statistics other processes recorded
+    stats_refresh_seconds: float = 60.0
+    # what counts in the product statistics every shopper's ranking reads (engine.events.CreditRule): one event
+    # per user, product and type in each window of this many hours, and at most credits_per_user per window
+    credit_window_hours: float = field(default=24.0, metadata=NOT_TRAINED)
+    credits_per_user: int = field(default=200, metadata=NOT_TRAINED)
+    # an event's timestamp may lie this far in the future (clock skew); older than retention_days or later is
+    # refused (one event stamped in the year 9999 would otherwise outweigh a profile's whole history)
+    future_skew_seconds: float = field(default=300.0, metadata=NOT_TRAINED)
+
+
+@dataclass
+class ServeConfig:
+    """The HTTP service (engine.service, `make serve`)."""
+
+    # cross-encoder work of concurrent requests is gathered for up to this long and scored in one batch (0: off)
+    batch_window_ms: float = 3.0
+    max_batch_pairs: int = 1024
+    # request bodies above this are refused (413)
+    max_body_bytes: int = 1_000_000
+    # a POST /events batch holds at most this many events
+    max_events: int = 10_000
+    # > 0: reload the engine when a rebuilt index is swapped in (checked this often); 0: only POST /admin/reload
+    watch_seconds: float = 2.0
+    # web origins whose pages may call the API from a browser (CORS), e.g. ["https://shop.example"]; requests
+    # that change state from a page of any other origin are refused (docs/security.md)
+    cors_origins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class QueryConfig:
+    """Query understanding before retrieval (engine.understanding)."""
+
+    rewrite: bool = True
+    # which rules run, in this order: normalize, units, aliases, pinyin, typos
+    rules: list[str] = field(default_factory=lambda: ["normalize", "units", "aliases", "pinyin", "typos"])
+    # a word the catalog has in fewer titles than this is not a catalog word (pinyin, typos)
+    min_df: int = 3

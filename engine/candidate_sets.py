@@ -1,0 +1,73 @@
+"""What the final ranker orders: per query, the union of the bm25 and dense top ``rerank.depth`` with their stage
+scores and ranks and the cross-encoder's scores (every pair of a batch of queries scored in one run), and a cache
+of recent queries' sets (the same for every user: one entry serves every shopper's ranking).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from typing import Callable, Sequence
+
+import numpy as np
+
+from engine.features import Candidates
+from engine.types import RERANK_FIRST_STAGES
+from core.config import RerankConfig
+
+
+def score_candidate_sets(
+    texts: Sequence[str], both: list, titles, score_pairs: Callable, r: RerankConfig, timings: dict | None = None
+) -> list[Candidates]:
+    """:class:`Candidates` per query from :func:`engine.first_stages.stage_candidates`'s ``both``, with
+    cross-encoder scores (``score_pairs(queries, titles)``) of all queries' pairs in one run."""
+    pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
+    pair_t = titles.take(row for c, _, _ in both for row in c.rows)
+    t0 = time.perf_counter()
+    ce = score_pairs(pair_q, pair_t)
+    if timings is not None:
+        timings["cross_encoder"] = (time.perf_counter() - t0) * 1000
+        timings["pairs"] = len(pair_q)
+    out, start = [], 0
+    for fused, top, lists in both:
+        cand = Candidates.from_stages(fused, top, lists, RERANK_FIRST_STAGES, r.first_stage, r.depth)
+        cand.ce = ce[start : start + len(cand.rows)].astype(np.float64)
+        start += len(cand.rows)
+        out.append(cand)
+    return out
+
+
+class CandidateCache:
+    """The candidate sets of the ``size`` most recently asked queries, keyed by text, filters, depth and the
+    deleted list's signature (a delete makes every older entry unreachable)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get_many(self, texts: list[str], key, deep: int, sig, compute: Callable, timings: dict) -> list[Candidates]:
+        """The sets of ``texts``: cached ones, and ``compute(missing_texts)`` for the rest (then cached).
+        ``key`` is None when the mask cannot be named (an explicit mask): no caching then."""
+        if not self.size or key is None:
+            return compute(texts)
+        keys = [(t, key, deep, sig) for t in texts]
+        with self._lock:
+            found = {kk: self._entries[kk] for kk in keys if kk in self._entries}
+            for kk in found:
+                self._entries.move_to_end(kk)
+        missing = [t for t, kk in zip(texts, keys) if kk not in found]
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        timings["cache_hits"] = len(texts) - len(missing)
+        if missing:
+            for t, c in zip(missing, compute(missing)):
+                found[(t, key, deep, sig)] = c
+            with self._lock:
+                for kk in keys:
+                    self._entries[kk] = found[kk]
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+        return [found[kk] for kk in keys]

@@ -1,0 +1,92 @@
+"""The final order of one query's candidates: the learned ranker over the features of :mod:`engine.features`
+(with the user's personal features), or the z-score mix of cross-encoder and first-stage scores without one;
+below them the rest of the hybrid list; and per hit, when asked, what made its place.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from engine.features import FEATURES, PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
+from engine.fusion import reciprocal_rank_fusion
+from engine.rerank import combine
+from engine.types import SearchResult
+from core.config import PersonalConfig, RerankConfig
+
+
+def candidate_features(
+    cand: Candidates, events, facets, pc: PersonalConfig, profile=None, now: float | None = None
+) -> np.ndarray:
+    """The ranker's feature rows (:data:`engine.features.FEATURES`) of one query's candidates for a user
+    (``profile`` None: the cold-user values); counts from the event store ``events``."""
+    stats = events.stats(pc.stats_refresh_seconds)
+    ctr, pop = ctr_popularity(stats.counts[cand.rows], stats.totals, pc.ctr_prior)
+    personal = None
+    if profile is not None:
+        now = time.time() if now is None else now
+        personal = personal_features(
+            cand.rows, profile, facets, now, pc.half_life_days * 86400.0, events.bought_rows(profile)
+        )
+    return feature_matrix(cand, ctr, pop, personal)
+
+
+def rank_candidates(
+    cand: Candidates,
+    k: int,
+    r: RerankConfig,
+    ranker,
+    features,
+    profile=None,
+    personalize: float = 1.0,
+    explain: bool = False,
+) -> tuple[SearchResult, list[dict] | None]:
+    """The final order of one query's candidates (``ranker``, or the z-score mix when None), the rest of the
+    hybrid list below them down to ``k``, and per hit an explanation when asked.  ``features(cand, profile)``
+    gives the feature rows."""
+    n = len(cand.rows)
+    X = base = None
+    if ranker is not None:
+        X = features(cand, profile if ranker.uses_personal else None)
+        score, base = ranker.score(X, personalize, warm=profile is not None)
+        # a tree ensemble scores in steps: candidates it cannot tell apart keep the z-score mix's order
+        order = np.lexsort((-combine(cand.ce, cand.first, r.weight), -score))
+    else:
+        score = combine(cand.ce, cand.first, r.weight)
+        order = np.argsort(-score, kind="stable")
+    rows, scores = cand.rows[order], score[order].astype(np.float32)
+    if k > n:  # the hybrid ranking continues below the reranked candidates
+        tail = reciprocal_rank_fusion(cand.lists, k)
+        tail_rows = tail.rows[~np.isin(tail.rows, rows)][: k - n]
+        floor = (scores.min() if n else 0.0) - 1.0
+        rows = np.concatenate([rows, tail_rows])
+        scores = np.concatenate([scores, floor - np.arange(len(tail_rows), dtype=np.float32)])
+    res = SearchResult(rows[:k], scores[:k])
+    if not explain:
+        return res, None
+    if X is None:
+        X = features(cand, None)
+    notes = [_explain(cand, X, i, ranker, r, score, base) for i in order[:k]]
+    notes += [
+        {"stages": {}, "note": "below the reranked candidates: hybrid order"} for _ in range(len(res.rows) - len(notes))
+    ]
+    return res, notes
+
+
+def _explain(cand: Candidates, X: np.ndarray, i: int, ranker, r: RerankConfig, score, base) -> dict:
+    stages = {
+        s: {"score": float(cand.stage_scores[s][i]), "rank": int(cand.stage_ranks[s][i])} for s in cand.stage_scores
+    }
+    return {
+        "stages": stages,
+        "rrf": float(cand.rrf[i]),
+        "cross_encoder": float(cand.ce[i]),
+        "first_stage": float(cand.first[i]),
+        "ctr": float(X[i, FEATURES.index("ctr")]),
+        "popularity": float(X[i, FEATURES.index("popularity")]),
+        "personal": {f: float(X[i, FEATURES.index(f)]) for f in PERSONAL},
+        "ranker": "lightgbm" if ranker is not None else f"z-score mix (weight {r.weight})",
+        "non_personal_score": float(base[i]) if base is not None else float(score[i]),
+        "final_score": float(score[i]),
+    }

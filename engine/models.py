@@ -1,0 +1,256 @@
+"""The models one index version answers with: each dense stage's query encoder and FAISS index, the cross-encoder
+(or the micro-batcher in front of it), the learned final ranker.
+
+Each loads once, at first use, under the version's lock; a version opened on reload takes over its predecessor's
+models where the files are unchanged (same fingerprint), so a reload that changed only the index reloads no model.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from engine.rerank import CrossEncoder
+from indexer.bm25 import BM25Index
+from core.config import Config
+from indexer.encoder import ModelMissingError, model_fingerprint
+from indexer.store import IndexLoadError, stage_folder
+
+
+class ModelMismatchError(ModelMissingError):
+    """A model was trained on another model's outputs than the config's (e.g. the ranker on another
+    cross-encoder's scores)."""
+
+
+class VersionModels:
+    """The dense stages (encoder, index), the cross-encoder and the ranker of one index version."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        bm25: BM25Index,
+        root: Path,
+        verify: bool,
+        lock: threading.RLock,
+        previous: "VersionModels | None" = None,
+    ):
+        self.cfg = cfg
+        self.bm25 = bm25
+        self.root = root  # the version folder every stage is opened from
+        self.verify = verify
+        self._lock = lock
+        self._previous = previous  # models are taken over from it where unchanged (dropped by forget_previous)
+        self.dense: dict[str, tuple] = {}  # stage -> (encoder, DenseIndex)
+        self.cross_encoder_model: CrossEncoder | None = None
+        self.scorer = None  # the cross-encoder, or a micro-batcher in front of it (enable_batching)
+        self.ranker_model = None
+
+    def forget_previous(self) -> None:
+        """Drop the reference to the version this one took models over from (once everything is loaded)."""
+        self._previous = None
+
+    # -- dense stages ------------------------------------------------------------------------------------------
+    def dense_stage(self, stage: str):
+        """The encoder and FAISS index of a dense stage, loaded once."""
+        if stage in self.dense:
+            return self.dense[stage]
+        with self._lock:
+            return self._load_dense(stage)
+
+    def _load_dense(self, stage: str):
+        if stage not in self.dense:
+            from indexer.dense import DenseIndex, stage_index_dir
+
+            folder = stage_index_dir(self.cfg, stage)
+            if folder.name != stage:  # dense-base with the same model as dense: one encoder, one index
+                self.dense[stage] = self.dense_stage(folder.name)
+                return self.dense[stage]
+            d = self.cfg.dense
+            folder = stage_folder(self.cfg.index_dir, stage, self.root)  # this version's build, opened once
+            old = self._previous.dense.get(stage) if self._previous is not None else None
+            same_encoder = old is not None and old[0].fingerprint == encoder_fingerprint(self.cfg, stage)
+            if same_encoder and old[1].manifest.get("build_id") == build_id(folder):
+                self.dense[stage] = old  # same index build, same encoder
+                return old
+            encoder = old[0] if same_encoder else query_encoder(self.cfg, stage)
+            index = DenseIndex.load(
+                folder, encoder.fingerprint, verify=self.verify, nprobe=d.nprobe, ef_search=d.ef_search
+            )
+            products = self.bm25.products
+            if index.manifest.get("catalog_sha256") != self.bm25.manifest.get("catalog_sha256") or index.n != len(
+                products
+            ):
+                raise IndexLoadError(
+                    f"{self.cfg.index_dir}: the {stage} index ({index.n} products) and the bm25 "
+                    f"index ({len(products)}) do not hold the same catalog; rebuild both with "
+                    "`make index`"
+                )
+            self.dense[stage] = (encoder, index)
+        return self.dense[stage]
+
+    # -- cross-encoder -----------------------------------------------------------------------------------------
+    def cross_encoder(self) -> CrossEncoder:
+        """The config's fine-tuned cross-encoder (``rerank.model``), loaded once."""
+        if self.cross_encoder_model is not None:
+            return self.cross_encoder_model
+        with self._lock:
+            return self._load_cross_encoder()
+
+    def _load_cross_encoder(self) -> CrossEncoder:
+        if self.cross_encoder_model is None:
+            from indexer.encoder import resolve_model
+
+            r = self.cfg.rerank
+            if not r.model:
+                raise ModelMissingError(
+                    f"{self.cfg.source or self.cfg.name}: the rerank stage needs rerank.model "
+                    "(a cross-encoder `make finetune` trains)"
+                )
+            path = Path(resolve_model(r.model, self.cfg.root))
+            old = self._previous.cross_encoder_model if self._previous is not None else None
+            if (
+                old is not None
+                and old.path == path
+                and same_runtime(old, r)
+                and old.fingerprint() == model_fingerprint(path, old.max_length)
+            ):
+                self.cross_encoder_model, self.scorer = old, self._previous.scorer
+                return old
+            if r.runtime == "onnx":
+                from engine.onnx_models import OnnxCrossEncoder
+                from engine.rerank import trained_max_length
+
+                self.cross_encoder_model = OnnxCrossEncoder(
+                    path, r.max_length or trained_max_length(path), r.batch_size, r.quantize
+                )
+            else:
+                self.cross_encoder_model = CrossEncoder.load(
+                    path, max_length=r.max_length, batch_size=r.batch_size, device=r.device
+                )
+            self.scorer = self.cross_encoder_model
+        return self.cross_encoder_model
+
+    def enable_batching(self, window_ms: float, max_pairs: int) -> None:
+        """Score the cross-encoder pairs of concurrent queries together (:class:`engine.batching.MicroBatcher`)."""
+        from engine.batching import MicroBatcher
+
+        with self._lock:
+            ce = self.cross_encoder()
+            if not isinstance(self.scorer, MicroBatcher):
+                self.scorer = MicroBatcher(ce, window_ms, max_pairs)
+
+    def score_pairs(self, queries, titles) -> np.ndarray:
+        """Cross-encoder scores of (query, title) pairs (through the micro-batcher when it is on)."""
+        self.cross_encoder()
+        return self.scorer.predict(queries, titles)
+
+    # -- final ranker ------------------------------------------------------------------------------------------
+    def ranker(self):
+        """The learned final ranker (``rerank.ranker``), loaded once; None when the config names none."""
+        if self.ranker_model is None and self.cfg.rerank.ranker:
+            with self._lock:
+                if self.ranker_model is None:
+                    self.ranker_model = self._load_ranker()
+        return self.ranker_model
+
+    def _load_ranker(self):
+        from engine.ranker import Ranker
+
+        path = Path(self.cfg.rerank.ranker)
+        path = path if path.is_absolute() else self.cfg.root / path
+        old = self._previous.ranker_model if self._previous is not None else None
+        ranker = old if old is not None and old.signature == Ranker.file_signature(path) else Ranker.load(path)
+        trained_on = ranker.card.get("cross_encoder", {}).get("fingerprint")
+        ce = self.cross_encoder()
+        if trained_on and trained_on != ce.fingerprint():
+            raise ModelMismatchError(
+                f"ranker {path} was trained on the scores of cross-encoder "
+                f"{ranker.card['cross_encoder'].get('path')}, not on rerank.model {self.cfg.rerank.model}; "
+                "retrain it with `make finetune` (python -m finetune --stages ranker)"
+            )
+        return ranker
+
+    # -- what answers ------------------------------------------------------------------------------------------
+    def loaded(self) -> tuple:
+        """Which parts are loaded now (the key :meth:`IndexVersion.versions` is cached under)."""
+        return (tuple(self.dense), self.cross_encoder_model is not None, self.ranker_model is not None)
+
+    def ready(self) -> dict[str, bool]:
+        """Per model the config serves with: whether it is loaded (the service's readiness check)."""
+        cfg = self.cfg
+        return {
+            "dense": "dense" not in cfg.search.stages or "dense" in self.dense,
+            "cross_encoder": not cfg.rerank.model or self.cross_encoder_model is not None,
+            "ranker": not cfg.rerank.ranker or self.ranker_model is not None,
+        }
+
+    def describe(self) -> dict[str, str]:
+        """The loaded models' builds and fingerprints (part of :meth:`IndexVersion.versions`)."""
+        v = {}
+        for stage, (enc, index) in sorted(self.dense.items()):
+            v[stage] = str(index.manifest.get("build_id", ""))
+            v[f"{stage}_encoder"] = f"{Path(str(enc.describe()['model'])).name}@{enc.fingerprint}"
+        if self.cross_encoder_model is not None:
+            ce = self.cross_encoder_model
+            v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({ce.runtime})"
+        if self.ranker_model is not None:
+            v["ranker"] = f"{self.ranker_model.path.name}@{self.ranker_model.signature[2]}"
+        return v
+
+    def stale(self) -> bool:
+        """Whether a dense build was swapped in or a loaded model's files changed since these were opened."""
+        from indexer.dense import stage_index_dir
+
+        cfg = self.cfg
+        for stage, (enc, index) in list(self.dense.items()):
+            folder = stage_folder(cfg.index_dir, stage_index_dir(cfg, stage).name)
+            if build_id(folder) != index.manifest.get("build_id"):
+                return True
+            if enc.fingerprint != encoder_fingerprint(cfg, stage):
+                return True
+        ce = self.cross_encoder_model
+        if ce is not None and ce.fingerprint() != model_fingerprint(Path(ce.path), ce.max_length):
+            return True
+        if self.ranker_model is not None:
+            from engine.ranker import Ranker
+
+            if self.ranker_model.signature != Ranker.file_signature(self.ranker_model.path):
+                return True
+        return False
+
+
+def build_id(folder: Path) -> str | None:
+    """The build id in a stage folder's manifest (None: no readable manifest)."""
+    try:
+        return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("build_id")
+    except (OSError, ValueError):
+        return None
+
+
+def encoder_fingerprint(cfg: Config, stage: str) -> str:
+    from indexer.dense import stage_model
+
+    return model_fingerprint(Path(stage_model(cfg, stage)), cfg.dense.max_length)
+
+
+def same_runtime(ce, r) -> bool:
+    """Whether a loaded cross-encoder runs as the config's ``rerank`` section says."""
+    wanted = "torch" if r.runtime == "torch" else f"onnx-{r.quantize}"
+    return ce.runtime == wanted and (r.max_length is None or r.max_length == ce.max_length)
+
+
+def query_encoder(cfg: Config, stage: str):
+    """The encoder a dense stage embeds queries with: torch (the index job's encoder) or, for the ``dense``
+    stage with ``dense.query_runtime: onnx``, its ONNX export (same fingerprint: the same model)."""
+    from indexer.dense import dense_encoder, stage_model
+
+    d = cfg.dense
+    if stage == "dense" and d.query_runtime == "onnx":
+        from engine.onnx_models import OnnxQueryEncoder
+
+        path = Path(stage_model(cfg, stage))
+        return OnnxQueryEncoder(path, d.max_length, model_fingerprint(path, d.max_length), d.query_quantize)
+    return dense_encoder(cfg, stage)
