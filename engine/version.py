@@ -81,6 +81,10 @@ class IndexVersion:
                 self.cross_encoder()
             if cfg.rerank.ranker:
                 self.ranker()
+            if cfg.query.rewrite:
+                self.rewriter().warm()  # query understanding's tables load now, not in the first query
+            if cfg.rerank.ranker:
+                self.user_events()  # the event store the ranker's features read (profiles, counts)
         self.models.forget_previous()
 
     # -- models --------------------------------------------------------------------------------------------------

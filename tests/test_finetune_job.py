@@ -105,7 +105,7 @@ def test_rerank_respects_filters_and_batches_like_single_queries(job_cfg, traine
 
 
 def test_eval_overrides_parse_into_config_sections():
-    from eval.__main__ import parse_overrides
+    from core.config import parse_overrides
     from core.config import ConfigError
 
     assert parse_overrides(["rerank.weight=0.6", "rerank.model=models/x", "search.candidates=50"]) == {
