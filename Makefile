@@ -86,6 +86,7 @@ bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/d
 
 # quality against latency of the serving levers, and the HTTP load test (WenTian; ../shared/datasets)
 bench-serving: .venv/.installed
+	$(PY) -m eval.bench.impression_cost --config $(CONFIG) --out reports/serving/impression_cost-$(basename $(notdir $(CONFIG))).json
 	$(PY) -m eval.bench.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
 bench-scale: .venv/.installed models/base/config.json data/demo/catalog.jsonl
 	$(PY) -m eval.bench.scale --config configs/wentian.yaml

@@ -99,6 +99,11 @@ class ServeConfig:
     # web origins whose pages may call the API from a browser (CORS), e.g. ["https://shop.example"]; requests
     # that change state from a page of any other origin are refused (docs/security.md)
     cors_origins: list[str] = field(default_factory=list)
+    # every answered search is logged (what was shown, to whom) for learning from the traffic; written by a
+    # background thread in batches of impression_batch; at most impression_queue wait (more are dropped, counted)
+    log_impressions: bool = True
+    impression_queue: int = 10_000
+    impression_batch: int = 500
 
 
 @dataclass

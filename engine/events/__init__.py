@@ -19,11 +19,13 @@
   one transaction), forgets users and drops events past the retention.
 
 Modules: :mod:`~engine.events.store` (the interface, the SQL both stores share, the credit rule),
-:mod:`~engine.events.sqlite`, :mod:`~engine.events.postgres`, :mod:`~engine.events.users` (:class:`UserEvents`,
+:mod:`~engine.events.sqlite`, :mod:`~engine.events.postgres`, :mod:`~engine.events.impressions` (what a search
+showed: :class:`Impression`, search ids, events linked to them), :mod:`~engine.events.users` (:class:`UserEvents`,
 :func:`open_store`).  `python -m engine.events_cli ingest clicks.jsonl --config C [--skip-bad-rows]` loads a
 click log (the format of :mod:`core.formats.clicklog`).
 """
 
+from engine.events.impressions import Impression, new_search_id
 from engine.events.postgres import PostgresEventStore
 from engine.events.sqlite import SQLiteEventStore
 from engine.events.store import (
@@ -46,11 +48,13 @@ __all__ = [
     "CreditRule",
     "EventError",
     "EventStore",
+    "Impression",
     "IngestReport",
     "PostgresEventStore",
     "PrivacyError",
     "ProductStats",
     "SQLiteEventStore",
     "UserEvents",
+    "new_search_id",
     "open_store",
 ]

@@ -21,11 +21,17 @@ _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id BIGSERIAL PRIMARY KEY, user_key TEXT NOT NULL, product TEXT NOT NULL, event SMALLINT NOT NULL,
-    ts DOUBLE PRECISION NOT NULL, query TEXT, credited SMALLINT NOT NULL DEFAULT 1);
+    ts DOUBLE PRECISION NOT NULL, query TEXT, credited SMALLINT NOT NULL DEFAULT 1, search_id TEXT, rank INTEGER,
+    arm TEXT);
 CREATE INDEX IF NOT EXISTS events_user ON events (user_key, ts);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS profiles (
     user_key TEXT PRIMARY KEY, t DOUBLE PRECISION NOT NULL, version INTEGER NOT NULL, data BYTEA NOT NULL);
+CREATE TABLE IF NOT EXISTS impressions (
+    search_id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, user_key TEXT, query TEXT NOT NULL, searched TEXT,
+    filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL, versions TEXT, arm TEXT);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_key);
+CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
 CREATE TABLE IF NOT EXISTS product_stats (
     product TEXT PRIMARY KEY, impressions DOUBLE PRECISION NOT NULL DEFAULT 0,
     clicks DOUBLE PRECISION NOT NULL DEFAULT 0, carts DOUBLE PRECISION NOT NULL DEFAULT 0,
@@ -95,18 +101,24 @@ class PostgresEventStore(_SQLEventStore):
             self._lock_user(con, user)
             return _append_event(con, self._sql, user, product_id, event, ts, query, update, self.credit)
 
-    def append_many(self, users, product_ids, events, ts, queries, profiles):
+    def append_many(self, users, product_ids, events, ts, queries, profiles, links=None):
         with self._write() as con:
             for u in sorted(set(users) | set(profiles)):  # one order for every writer: two loads cannot deadlock
                 self._lock_user(con, u)
-            rows, counts, credited = self._credit_batch(con, users, product_ids, events, ts, queries)
+            rows, counts, credited = self._credit_batch(con, users, product_ids, events, ts, queries, links)
             with con.cursor() as cur:
-                with cur.copy("COPY events (user_key, product, event, ts, query, credited) FROM STDIN") as cp:
+                columns = "user_key, product, event, ts, query, credited, search_id, rank, arm"
+                with cur.copy(f"COPY events ({columns}) FROM STDIN") as cp:
                     for row in rows:
                         cp.write_row(row)
                 cur.executemany(self._sql["stats"], counts)
                 cur.executemany(self._sql["save"], [(u, p.t, p.version, p.dumps()) for u, p in profiles.items()])
         return credited
+
+    def log_impressions(self, rows):
+        with self._write() as con:
+            with con.cursor() as cur:
+                cur.executemany(self._sql["impression"], list(rows))
 
     def profiles(self, users):
         users = list(users)
@@ -124,6 +136,7 @@ class PostgresEventStore(_SQLEventStore):
             self._lock_user(con, user)
             _uncount(con, self._sql, "user_key = %s", (user,))
             n = con.execute("DELETE FROM events WHERE user_key = %s", (user,)).rowcount
+            con.execute("DELETE FROM impressions WHERE user_key = %s", (user,))
             con.execute("DELETE FROM profiles WHERE user_key = %s", (user,))
         return n
 
@@ -131,6 +144,7 @@ class PostgresEventStore(_SQLEventStore):
         with self._write() as con:
             _uncount(con, self._sql, "ts < %s", (ts,))
             n = con.execute("DELETE FROM events WHERE ts < %s", (ts,)).rowcount
+            con.execute("DELETE FROM impressions WHERE ts < %s", (ts,))
             con.execute("DELETE FROM profiles WHERE t < %s", (ts,))
         return n
 

@@ -26,11 +26,16 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY, user TEXT NOT NULL, product TEXT NOT NULL, event INTEGER NOT NULL,
-    ts REAL NOT NULL, query TEXT, credited INTEGER NOT NULL DEFAULT 1);
+    ts REAL NOT NULL, query TEXT, credited INTEGER NOT NULL DEFAULT 1, search_id TEXT, rank INTEGER, arm TEXT);
 CREATE INDEX IF NOT EXISTS events_user ON events (user, ts);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS profiles (
     user TEXT PRIMARY KEY, t REAL NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS impressions (
+    search_id TEXT PRIMARY KEY, ts REAL NOT NULL, user TEXT, query TEXT NOT NULL, searched TEXT,
+    filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL, versions TEXT, arm TEXT);
+CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user);
+CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
 CREATE TABLE IF NOT EXISTS product_stats (
     product TEXT PRIMARY KEY, impressions REAL NOT NULL DEFAULT 0, clicks REAL NOT NULL DEFAULT 0,
     carts REAL NOT NULL DEFAULT 0, purchases REAL NOT NULL DEFAULT 0);
@@ -88,9 +93,9 @@ class SQLiteEventStore(_SQLEventStore):
         with self._write() as con:
             return _append_event(con, self._sql, user, product_id, event, ts, query, update, self.credit)
 
-    def append_many(self, users, product_ids, events, ts, queries, profiles):
+    def append_many(self, users, product_ids, events, ts, queries, profiles, links=None):
         with self._write() as con:
-            rows, counts, credited = self._credit_batch(con, users, product_ids, events, ts, queries)
+            rows, counts, credited = self._credit_batch(con, users, product_ids, events, ts, queries, links)
             con.executemany(self._sql["event"], rows)
             con.executemany(self._sql["stats"], counts)
             con.executemany(self._sql["save"], ((u, p.t, p.version, p.dumps()) for u, p in profiles.items()))
@@ -111,6 +116,7 @@ class SQLiteEventStore(_SQLEventStore):
         with self._write() as con:
             _uncount(con, self._sql, "user = ?", (user,))
             n = con.execute("DELETE FROM events WHERE user = ?", (user,)).rowcount
+            con.execute("DELETE FROM impressions WHERE user = ?", (user,))
             con.execute("DELETE FROM profiles WHERE user = ?", (user,))
         # move the change out of the write-ahead log into the (securely overwritten) database pages
         con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -120,6 +126,7 @@ class SQLiteEventStore(_SQLEventStore):
         with self._write() as con:
             _uncount(con, self._sql, "ts < ?", (ts,))
             n = con.execute("DELETE FROM events WHERE ts < ?", (ts,)).rowcount
+            con.execute("DELETE FROM impressions WHERE ts < ?", (ts,))
             con.execute("DELETE FROM profiles WHERE t < ?", (ts,))
         if n:
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -13,7 +13,8 @@ from core.formats.clicklog import EVENTS
 from core.types import EcomsearchError
 from engine.profiles import Profile
 
-SCHEMA_VERSION = 2  # 2: events.credited (whether an event counts in the product statistics)
+SCHEMA_VERSION = 3  # 2: events.credited (whether an event counts in the product statistics); 3: impressions
+# (what each search showed) and events.search_id / rank / arm (the impression an event answers)
 KEY_ENV = "ECOMSEARCH_USER_KEY"
 DSN_ENV = "ECOMSEARCH_PG_DSN"  # wins over personal.dsn (keeps the password out of the config file)
 EVENT_CODE = {e: i for i, e in enumerate(EVENTS)}
@@ -51,9 +52,11 @@ class EventStore:
         ts: Sequence[float],
         queries: Sequence[str | None],
         profiles: dict[str, Profile],
+        links: Sequence[tuple] | None = None,
     ) -> np.ndarray:
-        """Store many events, replace the given profiles and count the credited events, at once.  Returns
-        which events were credited."""
+        """Store many events, replace the given profiles and count the credited events, at once; ``links``: per
+        event the (search id, rank, arm) of the impression it answers, or None.  Returns which events were
+        credited."""
         raise NotImplementedError
 
     def profile(self, user: str) -> Profile | None:
@@ -66,11 +69,21 @@ class EventStore:
         raise NotImplementedError
 
     def forget(self, user: str) -> int:
-        """Delete every event and the profile of ``user``; returns the number of events deleted."""
+        """Delete every event, every impression and the profile of ``user``; returns the number of events
+        deleted."""
+        raise NotImplementedError
+
+    def log_impressions(self, rows: Sequence[tuple]) -> None:
+        """Store what searches showed (:meth:`engine.events.impressions.Impression.row` each), in one write."""
+        raise NotImplementedError
+
+    def impression(self, search_id: str) -> tuple | None:
+        """The stored row of one search's impression (None: unknown)."""
         raise NotImplementedError
 
     def purge_before(self, ts: float) -> int:
-        """Delete events (and profiles not updated) before ``ts``; returns the number of events deleted."""
+        """Delete events, impressions (and profiles not updated) before ``ts``; returns the number of events
+        deleted."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -84,8 +97,13 @@ def _sql(p: str, user: str) -> dict[str, str]:
     """One write's statements in a dialect: ``p`` the placeholder, ``user`` the user column."""
     return {
         "p": p,
-        "event": f"INSERT INTO events ({user}, product, event, ts, query, credited) "
-        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+        "event": f"INSERT INTO events ({user}, product, event, ts, query, credited, search_id, rank, arm) "
+        f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+        "impression": f"INSERT INTO impressions (search_id, ts, {user}, query, searched, filters, k, offset_, "
+        f"products, versions, arm) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+        "ON CONFLICT (search_id) DO NOTHING",
+        "impression_get": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, versions, "
+        f"arm FROM impressions WHERE search_id = {p}",
         # the credited events of some users in a time range (what the credit rule checks new events against)
         "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
         f"AND {user} IN ({{users}})",
@@ -112,7 +130,7 @@ def _append_event(
     counter, the profile's read-modify-write."""
     code = EVENT_CODE[event]
     credited = bool(credit.mask(con, sql, [user], [product_id], np.array([code]), np.array([ts]))[0])
-    con.execute(sql["event"], (user, product_id, code, ts, query, int(credited)))
+    con.execute(sql["event"], (user, product_id, code, ts, query, int(credited), None, None, None))
     if credited:
         con.execute(sql["stats"], (product_id, *(1.0 if c == code else 0.0 for c in range(len(EVENTS)))))
     got = con.execute(sql["profile"], (user,)).fetchone()
@@ -190,13 +208,18 @@ def _counts(pids: Sequence[str], codes: np.ndarray, credited: np.ndarray) -> lis
 
 
 def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
-    """Record the schema version in a new store; bring a version-1 store to version 2 (every stored event
-    credited, the product statistics recounted from the events, so they hold what forgetting can take back);
-    refuse a store another schema version wrote."""
+    """Record the schema version in a new store; bring an older store to this version (1 -> 2: every stored
+    event credited, the product statistics recounted from the events, so they hold what forgetting can take
+    back; 2 -> 3: events get search_id, rank and arm, the impressions table is new); refuse a store another
+    schema version wrote."""
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         con.execute(f"INSERT INTO meta VALUES ('schema_version', {placeholder})", (str(SCHEMA_VERSION),))
-    elif int(row[0]) == 1:
+        return
+    version = int(row[0])
+    if version not in (1, 2, SCHEMA_VERSION):
+        raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
+    if version == 1:
         con.execute("ALTER TABLE events ADD COLUMN credited SMALLINT NOT NULL DEFAULT 1")
         con.execute("DELETE FROM product_stats")
         con.execute(
@@ -204,9 +227,11 @@ def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
             + ", ".join(f"SUM(CASE WHEN event = {i} THEN 1 ELSE 0 END)" for i in range(len(_STAT_COLS)))
             + " FROM events GROUP BY product"
         )
+    if version <= 2:  # the impressions table is created with the schema; events learn which one they answer
+        for column in ("search_id TEXT", "rank INTEGER", "arm TEXT"):
+            con.execute(f"ALTER TABLE events ADD COLUMN {column}")
+    if version != SCHEMA_VERSION:
         con.execute(f"UPDATE meta SET value = {placeholder} WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-    elif int(row[0]) != SCHEMA_VERSION:
-        raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
 
 
 class _SQLEventStore(EventStore):
@@ -229,10 +254,24 @@ class _SQLEventStore(EventStore):
     def count_events(self) -> int:
         return int(self._con().execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
-    def _credit_batch(self, con, users, product_ids, events, ts, queries):
-        """Inside a write transaction: the credit rule over a batch. Returns the event rows to insert (an iterator,
-        the credited flag last), the credited counts per product, and which events were credited."""
+    def _credit_batch(self, con, users, product_ids, events, ts, queries, links=None):
+        """Inside a write transaction: the credit rule over a batch. Returns the event rows to insert (an iterator:
+        the credited flag, then search id, rank and arm from ``links``), the credited counts per product, and
+        which events were credited."""
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         credited = self.credit.mask(con, self._sql, users, product_ids, codes, np.asarray(ts, dtype=np.float64))
-        rows = zip(users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist())
+        links = links if links is not None else [(None, None, None)] * len(users)
+        rows = (
+            (u, p, c, t, q, f, *link)
+            for u, p, c, t, q, f, link in zip(
+                users, product_ids, codes.tolist(), ts, queries, credited.astype(int).tolist(), links
+            )
+        )
         return rows, _counts(product_ids, codes, credited), credited
+
+    def log_impressions(self, rows):
+        with self._write() as con:
+            con.executemany(self._sql["impression"], list(rows))
+
+    def impression(self, search_id):
+        return self._con().execute(self._sql["impression_get"], (search_id,)).fetchone()

@@ -18,6 +18,7 @@ import numpy as np
 
 from core.formats.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 from core.types import id_problem
+from engine.events.impressions import ANONYMOUS, Impression
 from engine.events.postgres import PostgresEventStore
 from engine.events.sqlite import SQLiteEventStore
 from engine.events.store import DAY, DSN_ENV, EVENT_CODE, KEY_ENV, CreditRule, EventError, EventStore, PrivacyError
@@ -156,8 +157,15 @@ class UserEvents:
         return bought_rows(profile, self.row_map())
 
     # -- writing -----------------------------------------------------------------------------------------
-    def validate(self, user_id, product_id, event, timestamp) -> tuple[str, int, str, float]:
-        user = self.user_key(user_id, for_write=True)
+    def validate(
+        self, user_id, product_id, event, timestamp, anonymous: str | None = None
+    ) -> tuple[str, int, str, float]:
+        """(user key, product row, event, time) of an event, or :class:`EventError` naming the bad field.
+        ``anonymous``: the search id an event without a user answers (its key is ``anon:<search id>``)."""
+        if user_id is None and anonymous is not None:
+            user = ANONYMOUS + anonymous
+        else:
+            user = self.user_key(user_id, for_write=True)
         if not isinstance(product_id, str) or not product_id.strip():
             raise EventError("field 'product_id': missing or empty")
         row = self.row_of(product_id.strip())
@@ -263,15 +271,18 @@ class UserEvents:
         events: Sequence[str],
         ts: np.ndarray,
         queries: Sequence[str | None],
+        links: Sequence[tuple] | None = None,
     ) -> None:
-        """Store already validated events (hashed users) and fold them into the users' profiles."""
+        """Store already validated events (hashed users) and fold them into the users' profiles; ``links``: per
+        event the (search id, rank, arm) of the impression it answers, or None.  Anonymous events (user key
+        ``anon:<search id>``) count for learning and the product statistics, never for a profile."""
         if len(users) == 0:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         order = np.argsort(ts, kind="stable")
-        users_a = np.asarray(users, dtype=object)[order]
+        order = order[[not str(users[i]).startswith(ANONYMOUS) for i in order]]
         new = build_profiles(
-            users_a.astype(str),
+            np.asarray(users, dtype=object)[order].astype(str),
             rows[order],
             np.asarray(pids, dtype=object)[order],
             codes[order],
@@ -284,10 +295,23 @@ class UserEvents:
         merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
         for u, p in merged.items():
             p.version = (old[u].version if u in old else 0) + 1
-        credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged)
+        credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged, links)
         with self._stats_lock:
             if self._stats is not None:
                 self._stats.add(rows[credited], codes[credited])
+
+    # -- impressions: what searches showed --------------------------------------------------------------
+    def log_impressions(self, impressions: Sequence[Impression]) -> None:
+        """Store what searches showed (the service logs every search; the Python API only when asked)."""
+        if impressions:
+            self.store.log_impressions([i.row() for i in impressions])
+
+    def impression(self, search_id: str) -> Impression | None:
+        """The stored impression of a search (None: unknown id)."""
+        if not isinstance(search_id, str) or id_problem(search_id):
+            return None
+        row = self.store.impression(search_id)
+        return Impression.from_row(row) if row is not None else None
 
     # -- reading -----------------------------------------------------------------------------------------
     def profile(self, user_id: str | None) -> Profile | None:

@@ -1,5 +1,5 @@
 """The service's Prometheus metrics: requests, latency per endpoint and per search step, the candidate cache,
-reloads, the engine version."""
+reloads, the engine version, the impression log."""
 
 from __future__ import annotations
 
@@ -29,3 +29,9 @@ class Metrics:
             "ecomsearch_reloads_total", "Engine reloads that switched versions", registry=self.registry
         )
         self.version = Gauge("ecomsearch_engine_version", "The engine version answering", registry=self.registry)
+        self.impressions = Counter(
+            "ecomsearch_impressions_total",
+            "Search impressions by outcome: logged, dropped (queue full), failed (store error)",
+            ["outcome"],
+            registry=self.registry,
+        )

@@ -1,0 +1,86 @@
+"""What a search showed (an impression): the search's opaque id, when, the query as typed and as searched, the user
+(hashed) or none, filters, k and offset, the product ids in the order shown, the versions that answered and the
+experiment arm.  Events that carry the search id inherit its query, the product's rank and the arm, which is
+what lets a retrain know where each click was shown and what was skipped above it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+
+from engine.events.store import EventError
+
+ANONYMOUS = "anon:"  # the user key of an event sent with a search id and no user: one per search, no profile
+LINKED_EVENTS = ("click", "add_to_cart", "purchase")  # what a shopper does with a shown product
+
+
+def new_search_id() -> str:
+    """An opaque, unguessable search id (128 random bits, URL-safe)."""
+    return secrets.token_urlsafe(16)
+
+
+@dataclass
+class Impression:
+    search_id: str
+    ts: float
+    user: str | None  # the hashed user key, or None for an anonymous search
+    query: str
+    searched: str | None
+    filters: dict = field(default_factory=dict)
+    k: int = 10
+    offset: int = 0
+    products: list[str] = field(default_factory=list)  # shown, in order (rank offset + 1 first)
+    versions: dict = field(default_factory=dict)
+    arm: str | None = None
+
+    def row(self) -> tuple:
+        """The store's row (:meth:`engine.events.store.EventStore.log_impressions`)."""
+        return (
+            self.search_id,
+            self.ts,
+            self.user,
+            self.query,
+            self.searched,
+            json.dumps(self.filters, ensure_ascii=False, sort_keys=True),
+            self.k,
+            self.offset,
+            json.dumps(self.products, ensure_ascii=False),
+            json.dumps(self.versions, ensure_ascii=False, sort_keys=True),
+            self.arm,
+        )
+
+    @classmethod
+    def from_row(cls, row) -> "Impression":
+        sid, ts, user, query, searched, filters, k, offset, products, versions, arm = row
+        return cls(
+            sid,
+            float(ts),
+            user,
+            query,
+            searched,
+            json.loads(filters) if filters else {},
+            int(k),
+            int(offset),
+            json.loads(products),
+            json.loads(versions) if versions else {},
+            arm,
+        )
+
+    def rank_of(self, product_id: str) -> int:
+        """The 1-based rank the product was shown at; :class:`EventError` naming ``product_id`` when this search
+        did not show it."""
+        try:
+            return self.offset + self.products.index(product_id) + 1
+        except ValueError:
+            raise EventError(
+                f"field 'product_id': {product_id!r} was not shown by search {self.search_id!r} "
+                f"({len(self.products)} products shown)"
+            ) from None
+
+
+def check_linked_event(event: str) -> None:
+    """An event sent with a search id is something a shopper did with a shown product."""
+    if event not in LINKED_EVENTS:
+        raise EventError(f"field 'event': {event!r} cannot answer a search; use {', '.join(LINKED_EVENTS)}")
