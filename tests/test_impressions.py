@@ -161,3 +161,26 @@ def test_a_version_2_store_gets_impressions_and_event_links(tmp_path):
     store.log_impressions([Impression("s1", 2.0, "a", "q", None, products=["P1"]).row()])
     assert Impression.from_row(store.impression("s1")).products == ["P1"]
     assert store._con().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+
+
+def test_replicas_opening_a_new_postgres_store_at_once_do_not_collide(pg_dsn):
+    """Two replicas' first searches open the store at the same moment: the schema is created once, no error
+    (CREATE SCHEMA IF NOT EXISTS alone races: a unique violation that became a 500)."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.events import PostgresEventStore
+
+    for _ in range(3):
+        schema = f"race{uuid.uuid4().hex[:10]}"
+        barrier = threading.Barrier(6)
+
+        def open_one(_):
+            barrier.wait()
+            store = PostgresEventStore(pg_dsn, schema)
+            n = store.count_events()
+            store.close()
+            return n
+
+        with ThreadPoolExecutor(6) as pool:
+            assert list(pool.map(open_one, range(6))) == [0] * 6

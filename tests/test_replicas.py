@@ -84,7 +84,7 @@ def test_two_replicas_serve_a_load_without_errors_and_share_deletes_and_events(r
 
     with ThreadPoolExecutor(8) as pool:
         out = list(pool.map(search, range(120)))
-    assert all(code == 200 for code, _, _ in out)
+    assert all(code == 200 for code, _, _ in out), [(code, body) for code, _, body in out if code != 200][:3]
     assert len({rep for _, rep, _ in out}) == 2  # both replicas took part
 
     victim = out[0][2]["hits"][0]["product_id"]

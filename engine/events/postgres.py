@@ -69,9 +69,11 @@ class PostgresEventStore(_SQLEventStore):
         self._all: list = []
         self._all_lock = threading.Lock()
         with self._write() as con:
+            # first the lock: two replicas opening a new store at once would both try to create the schema
+            # (CREATE SCHEMA IF NOT EXISTS is not safe against a concurrent one: a unique violation)
+            con.execute("SELECT pg_advisory_xact_lock(hashtext('ecomsearch schema'))")
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             con.execute(f"SET LOCAL search_path TO {schema}")
-            con.execute("SELECT pg_advisory_xact_lock(hashtext('ecomsearch schema'))")
             con.execute(_PG_SCHEMA)
             _stamp_schema(con, "%s", schema, "migrate or use another personal.pg_schema")
 

@@ -104,6 +104,11 @@ def _sql(p: str, user: str) -> dict[str, str]:
         "ON CONFLICT (search_id) DO NOTHING",
         "impression_get": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, versions, "
         f"arm FROM impressions WHERE search_id = {p}",
+        # a time window of impressions, one page after (ts, search_id) at a time: streams any number of them
+        "impression_page": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, versions, "
+        f"arm FROM impressions WHERE ts >= {p} AND ts < {p} AND (ts > {p} OR (ts = {p} AND search_id > {p})) "
+        f"ORDER BY ts, search_id LIMIT {p}",
+        "linked": f"SELECT search_id, product, event, rank, ts, {user} FROM events WHERE search_id IN ({{ids}})",
         # the credited events of some users in a time range (what the credit rule checks new events against)
         "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
         f"AND {user} IN ({{users}})",
@@ -232,6 +237,7 @@ def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
             con.execute(f"ALTER TABLE events ADD COLUMN {column}")
     if version != SCHEMA_VERSION:
         con.execute(f"UPDATE meta SET value = {placeholder} WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+    con.execute("CREATE INDEX IF NOT EXISTS events_search ON events (search_id)")  # the events of a search
 
 
 class _SQLEventStore(EventStore):
@@ -275,3 +281,28 @@ class _SQLEventStore(EventStore):
 
     def impression(self, search_id):
         return self._con().execute(self._sql["impression_get"], (search_id,)).fetchone()
+
+    def impression_pages(self, since: float, until: float, page: int = 10_000):
+        """The impressions of ``[since, until)`` in time order, ``page`` rows at a time (keyset pagination:
+        never more than one page in memory, on SQLite and PostgreSQL alike)."""
+        last_ts, last_id = -np.inf, ""
+        while True:
+            rows = (
+                self._con()
+                .execute(self._sql["impression_page"], (since, until, last_ts, last_ts, last_id, page))
+                .fetchall()
+            )
+            if not rows:
+                return
+            yield rows
+            last_ts, last_id = rows[-1][1], rows[-1][0]
+
+    def linked_events(self, search_ids: Sequence[str]) -> list[tuple]:
+        """(search id, product, event code, rank, time, user) of every event that answers one of the searches."""
+        out = []
+        ids = list(search_ids)
+        p = self._sql["p"]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            out += self._con().execute(self._sql["linked"].format(ids=", ".join([p] * len(chunk))), chunk).fetchall()
+        return out

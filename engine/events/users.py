@@ -313,6 +313,13 @@ class UserEvents:
         row = self.store.impression(search_id)
         return Impression.from_row(row) if row is not None else None
 
+    def logged_searches(self, since: float, until: float, page: int = 10_000):
+        """The logged searches of ``[since, until)`` in time order, a page at a time: (impressions, the events
+        that answer them: (search id, product, event code, rank, time, user))."""
+        for rows in self.store.impression_pages(since, until, page):
+            imps = [Impression.from_row(r) for r in rows]
+            yield imps, self.store.linked_events([i.search_id for i in imps])
+
     # -- reading -----------------------------------------------------------------------------------------
     def profile(self, user_id: str | None) -> Profile | None:
         """The user's profile, or None (no user, unknown user, no key configured, no engaging events)."""

@@ -242,10 +242,10 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         if "cache_hits" in res.timings_ms:
             metrics.cache.labels("hit" if res.timings_ms["cache_hits"] else "miss").inc()
         out = res.to_dict()
-        out["search_id"] = log_impression(res, user, filters, k, offset) if log and impressions is not None else None
+        out["search_id"] = log_impression(res, user, filters) if log and impressions is not None else None
         return out
 
-    def log_impression(res, user: str | None, filters: dict, k: int, offset: int) -> str | None:
+    def log_impression(res, user: str | None, filters: dict) -> str | None:
         """Queue what this search showed; its search id (None when the event store cannot take it)."""
         from engine.events import Impression, new_search_id
 
@@ -263,7 +263,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
                 [h.product_id for h in res.hits],
                 res.versions,
             )
-        except EcomsearchError:  # no usable event store: the search is answered, not logged
+        except Exception:  # no usable event store (a bad file, a database down): the search is answered, not logged
             log.exception("the impression of a search could not be logged")
             metrics.impressions.labels("failed").inc()
             return None
