@@ -28,9 +28,8 @@ from engine.profiles import (
     ProfileSettings,
     apply_event,
     bought_rows,
-    build_profiles,
-    merge_profiles,
 )
+from engine.profiles_bulk import build_profiles, merge_profiles
 
 
 def open_store(personal_cfg) -> EventStore:

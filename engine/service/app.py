@@ -23,6 +23,7 @@ from engine.service.http import (
     public,
     security_headers,
 )
+from engine.service.event_intake import record_event_items
 from engine.service.impressions import ImpressionLog
 from engine.service.metrics import Metrics
 from engine.service.page import demo_users, page_html
@@ -44,7 +45,6 @@ SEARCH_PARAMS = {
     "personalize",
     "log",
 }
-EVENT_FIELDS = {"user_id", "product_id", "event", "timestamp", "query", "search_id"}
 
 
 def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
@@ -277,74 +277,8 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             raise ApiError(413, "events", f"{len(items):,} events; at most {sc.max_events:,} per request")
         return await _in_thread(record_events, items)  # validation and the SQLite write off the event loop
 
-    def shown_by(sid, where: str):
-        """The impression of the search an event answers (queued or stored); 422 naming search_id when unknown."""
-        if not isinstance(sid, str) or not sid.strip():
-            raise ApiError(422, f"{where}.search_id", "must be a search_id a /search response gave")
-        imp = (impressions.pending(sid) if impressions is not None else None) or engine.user_events().impression(sid)
-        if imp is None:
-            raise ApiError(422, f"{where}.search_id", "unknown search (not logged here, or past the retention)")
-        return imp
-
-    def linked(imp, pid: str, event: str) -> tuple:
-        """(search id, rank, arm) of an event answering ``imp``; EventError when the search did not show it."""
-        from engine.events.impressions import check_linked_event
-
-        check_linked_event(event)
-        return imp.search_id, imp.rank_of(pid), imp.arm
-
     def record_events(items: list) -> dict:
-        """Check every event, then store them all in one transaction (profiles folded in bulk).  An event with a
-        ``search_id`` answers that search: the product must be one it showed, ``user_id`` may be left out (an
-        anonymous shopper: counted for learning, never a profile)."""
-        import numpy as np
-
-        from engine.events import EventError, PrivacyError
-
-        ev = engine.user_events()
-        checked = []  # (user hash, product id, row, event, time, query, (search id, rank, arm))
-        for i, item in enumerate(items):
-            where = f"events[{i}]" if len(items) > 1 else "event"
-            if not isinstance(item, dict):
-                raise ApiError(422, where, "must be a JSON object")
-            extra = sorted(set(item) - EVENT_FIELDS)
-            if extra:
-                raise ApiError(422, f"{where}.{extra[0]}", f"unknown field; use {', '.join(sorted(EVENT_FIELDS))}")
-            sid = item.get("search_id")
-            imp = shown_by(sid, where) if sid is not None else None
-            required = ("product_id", "event") if imp is not None else ("user_id", "product_id", "event")
-            for name in required:
-                if not isinstance(item.get(name), str):
-                    raise ApiError(422, f"{where}.{name}", "required, a string")
-            if item.get("user_id") is not None and not isinstance(item["user_id"], str):
-                raise ApiError(422, f"{where}.user_id", "must be a string")
-            if item.get("query") is not None and not isinstance(item["query"], str):
-                raise ApiError(422, f"{where}.query", "must be a string")
-            try:
-                user, row, event, ts = ev.validate(
-                    item.get("user_id"),
-                    item["product_id"],
-                    item["event"],
-                    item.get("timestamp"),
-                    anonymous=imp.search_id if imp is not None else None,
-                )
-                pid = item["product_id"].strip()
-                if imp is not None:
-                    link = linked(imp, pid, event)
-                    query = imp.query  # the event inherits the search's query, the product's rank, the arm
-                else:
-                    link, query = (None, None, None), item.get("query")
-            except EventError as e:
-                field = re.search(r"field '(\w+)'", str(e))
-                raise ApiError(422, f"{where}.{field.group(1)}" if field else where, str(e)) from None
-            except PrivacyError as e:
-                raise ApiError(403, "user_id", str(e)) from None
-            checked.append((user, pid, row, event, ts, query, link))
-        users, pids, rows, events, ts, queries, links = (list(col) for col in zip(*checked))
-        ev.append_bulk(
-            users, pids, np.asarray(rows, dtype=np.int64), events, np.asarray(ts, dtype=np.float64), queries, links
-        )
-        return {"recorded": len(checked)}
+        return record_event_items(engine, impressions, items)
 
     @app.delete("/users/{user_id}", summary="Forget a user: every event, the profile, their counts", dependencies=ADMIN)
     def forget(user_id: str):

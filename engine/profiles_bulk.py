@@ -1,0 +1,177 @@
+"""Profiles in bulk: a whole event log folded into every user's profile at once with numpy (grouped sums of decayed
+weights per user and facet value), and two profiles of one user merged, as :func:`engine.profiles.apply_event`
+would have built them one event at a time (the tests compare both).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from engine.profiles import EXPOSURE_CAP, FACETS, Profile, ProductFacets, ProfileSettings, cap_values
+
+
+def _facet_sums(uidx: np.ndarray, rows: np.ndarray, w: np.ndarray, facets: ProductFacets):
+    """Per facet: (user index, facet value, summed weight) triples of the events."""
+    for f in FACETS:
+        codes = np.asarray(facets.codes(f))[rows]
+        ok = codes >= 0
+        if not ok.any():
+            continue
+        span = int(codes.max()) + 1
+        key = uidx[ok].astype(np.int64) * span + codes[ok]
+        k_uniq, k_inv = np.unique(key, return_inverse=True)
+        sums = np.bincount(k_inv, weights=w[ok])
+        yield f, k_uniq // span, k_uniq % span, sums
+
+
+def _decayed(users: np.ndarray, ts: np.ndarray, half_life: float):
+    """(distinct users, each event's user index, each user's newest time, each event's decay to it)."""
+    uniq, uidx = np.unique(users, return_inverse=True)
+    t_last = np.full(len(uniq), -np.inf)
+    np.maximum.at(t_last, uidx, ts)
+    return uniq, uidx, t_last, np.exp2(-(t_last[uidx] - ts) / half_life)
+
+
+def _fill_facets(
+    profiles: dict[str, Profile],
+    uniq: np.ndarray,
+    uidx: np.ndarray,
+    rows: np.ndarray,
+    w: np.ndarray,
+    facets: ProductFacets,
+    attr: str,
+    cap: int,
+) -> None:
+    """The grouped per-facet sums of ``w`` into each profile's ``attr`` (affinities or exposure), capped."""
+    for f, ui, vals, sums in _facet_sums(uidx, rows, w, facets):
+        for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
+            getattr(profiles[str(uniq[u])], attr).setdefault(f, {})[str(v)] = x
+    for p in profiles.values():
+        store = getattr(p, attr)
+        for f in list(store):
+            store[f] = cap_values(store[f], cap)
+
+
+def build_profiles(
+    users: np.ndarray,
+    rows: np.ndarray,
+    product_ids: Sequence[str],
+    events: np.ndarray,
+    ts: np.ndarray,
+    facets: ProductFacets,
+    settings: ProfileSettings,
+    event_names: Sequence[str],
+) -> dict[str, Profile]:
+    """Profiles of many users at once (bulk ingestion): the same numbers as applying their events one by one.
+
+    ``users`` (user keys), ``rows`` (product rows), ``events`` (codes into ``event_names``) and ``ts`` are
+    parallel arrays.  Vectorized: decayed weights per event, then one sparse product for the centroids
+    and one grouped sum per facet (engagement and, from impressions, exposure).
+    """
+    import scipy.sparse as sp
+
+    users, rows, ts, events = np.asarray(users), np.asarray(rows), np.asarray(ts), np.asarray(events)
+    gains = np.array([float(settings.gains.get(e, 0.0)) for e in event_names])[events]
+    names = list(event_names)
+    seen = events == names.index("impression") if "impression" in names else np.zeros(len(events), dtype=bool)
+    keep = (gains > 0) & ~seen
+    if not keep.any() and not seen.any():
+        return {}
+    profiles: dict[str, Profile] = {}
+    if seen.any():  # exposure: impressions only
+        erows = rows[seen]
+        uniq, uidx, t_last, w = _decayed(users[seen], ts[seen], settings.half_life)
+        total = np.bincount(uidx, weights=w, minlength=len(uniq))
+        for i, u in enumerate(uniq):
+            profiles[str(u)] = Profile(
+                groups_id=facets.groups_id, exposure_t=float(t_last[i]), exposure_total=float(total[i])
+            )
+        _fill_facets(profiles, uniq, uidx, erows, w, facets, "exposure", EXPOSURE_CAP * settings.affinity_cap)
+    if not keep.any():
+        return profiles
+    users, rows, gains, ts = users[keep], rows[keep], gains[keep], ts[keep]
+    codes_evt = events[keep]
+    pids = np.asarray(product_ids, dtype=object)[keep] if len(product_ids) else np.zeros(0, dtype=object)
+    uniq, uidx, t_last, decay = _decayed(users, ts, settings.half_life)
+    w = gains * decay
+    weight = np.bincount(uidx, weights=w, minlength=len(uniq))
+    n_events = np.bincount(uidx, minlength=len(uniq))
+    m = sp.csr_matrix((w, (uidx, rows)), shape=(len(uniq), len(facets)))
+    centroids = np.asarray(m @ np.asarray(facets.vectors, dtype=np.float32), dtype=np.float32)
+    for i, u in enumerate(uniq):
+        p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
+        p.t, p.weight, p.centroid, p.n_events = (
+            float(t_last[i]),
+            float(weight[i]),
+            centroids[i].copy(),
+            int(n_events[i]),
+        )
+    _fill_facets(profiles, uniq, uidx, rows, w, facets, "affinities", settings.affinity_cap)
+    bought = np.flatnonzero(codes_evt == names.index("purchase")) if "purchase" in names else []
+    if len(bought):
+        order = bought[np.argsort(ts[bought], kind="stable")]
+        for i in order:
+            p = profiles[str(users[i])]
+            pid = pids[i]
+            if pid in p.bought:
+                p.bought.remove(pid)
+            p.bought.append(pid)
+        for p in profiles.values():
+            p.bought = p.bought[-settings.bought_cap :]
+    return profiles
+
+
+def _merge_values(old: dict, new: dict, a: float, b: float, cap: int, drop_old: set[str]) -> dict:
+    out: dict[str, dict[str, float]] = {}
+    for f in set(old) | set(new):
+        vals = {} if f in drop_old else {k: v * a for k, v in old.get(f, {}).items()}
+        for k, v in new.get(f, {}).items():
+            vals[k] = vals.get(k, 0.0) + v * b
+        out[f] = cap_values(vals, cap)
+    return out
+
+
+def merge_profiles(old: Profile, new: Profile, settings: ProfileSettings) -> Profile:
+    """``old`` followed by ``new`` (both for one user): decayed to the later time and summed."""
+    hl = settings.half_life
+    drop = {"group"} if old.groups_id != new.groups_id else set()
+    if old.n_events == 0:
+        merged = Profile(**{**new.__dict__, "version": old.version})
+    elif new.n_events == 0:
+        merged = Profile(
+            **{
+                **old.__dict__,
+                "groups_id": new.groups_id,
+                "affinities": {f: v for f, v in old.affinities.items() if f not in drop},
+            }
+        )
+    else:
+        t = max(old.t, new.t)
+        a, b = 2.0 ** (-(t - old.t) / hl), 2.0 ** (-(t - new.t) / hl)
+        centroid = (old.centroid * a if old.centroid is not None else 0) + (
+            new.centroid * b if new.centroid is not None else 0
+        )
+        bought = [p for p in old.bought if p not in new.bought] + new.bought
+        merged = Profile(
+            t=t,
+            weight=old.weight * a + new.weight * b,
+            centroid=np.asarray(centroid, dtype=np.float32),
+            affinities=_merge_values(old.affinities, new.affinities, a, b, settings.affinity_cap, drop),
+            bought=bought[-settings.bought_cap :],
+            n_events=old.n_events + new.n_events,
+            groups_id=new.groups_id,
+            version=old.version,
+        )
+    if old.exposure_total > 0 and new.exposure_total > 0:
+        t = max(old.exposure_t, new.exposure_t)
+        a, b = 2.0 ** (-(t - old.exposure_t) / hl), 2.0 ** (-(t - new.exposure_t) / hl)
+        merged.exposure = _merge_values(old.exposure, new.exposure, a, b, EXPOSURE_CAP * settings.affinity_cap, drop)
+        merged.exposure_t, merged.exposure_total = t, old.exposure_total * a + new.exposure_total * b
+    elif new.exposure_total > 0:
+        merged.exposure, merged.exposure_t, merged.exposure_total = new.exposure, new.exposure_t, new.exposure_total
+    else:
+        merged.exposure = {f: v for f, v in old.exposure.items() if f not in drop}
+        merged.exposure_t, merged.exposure_total = old.exposure_t, old.exposure_total
+    return merged
