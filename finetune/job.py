@@ -325,13 +325,9 @@ def run_job(
     t_start = time.perf_counter()
     if "bi-encoder" in stages:
         key = settings_hash(ft.biencoder, data.source, cfg.dense.base_model, len(data.train))
-        if resume and finished(bi_out, key):
-            summary["models"]["bi-encoder"] = f"{bi_out} (kept: finished with the same settings)"
-        else:
-            card = train_biencoder(cfg, data, bi_out, resume, progress)
-            card["settings_hash"] = key
-            _write_card(bi_out, card)
-            summary["models"]["bi-encoder"] = {k: v for k, v in card.items() if k != "log"}
+        summary["models"]["bi-encoder"] = _stage(
+            bi_out, key, resume, lambda: train_biencoder(cfg, data, bi_out, resume, progress)
+        )
     # the dense index follows the config's bi-encoder (rebuilt only when its fingerprint changed)
     resolve_model(cfg.dense.model, cfg.root)
     t0 = time.perf_counter()
@@ -351,13 +347,9 @@ def run_job(
             *([cfg.eval.gain_offset] if t.loss == "graded" else []),  # graded: gains it learns
             *(["ranker_held_out", ft.ranker.max_queries, ft.ranker.seed] if ranker_held_out(cfg, data) else []),
         )
-        if resume and finished(ce_out, key):
-            summary["models"]["cross-encoder"] = f"{ce_out} (kept: finished with the same settings)"
-        else:
-            card = train_crossencoder(cfg, data, ce_out, resume, progress, num_layers=layers)
-            card["settings_hash"] = key
-            _write_card(ce_out, card)
-            summary["models"]["cross-encoder"] = {k: v for k, v in card.items() if k != "log"}
+        summary["models"]["cross-encoder"] = _stage(
+            ce_out, key, resume, lambda: train_crossencoder(cfg, data, ce_out, resume, progress, num_layers=layers)
+        )
     if "ranker" in stages and cfg.rerank.model:
         # the ranker learns from the scores serving will give: the cross-encoder's ONNX export where it runs on one
         summary["onnx"] += export_config(cfg, if_missing=True, only_used=True, kinds=("cross-encoder",))
@@ -370,18 +362,26 @@ def run_job(
             cfg.rerank.depth,
             _model_hash(cfg.rerank.model, cfg.root),
         )
-        if resume and finished(rk_out, key):
-            summary["models"]["ranker"] = f"{rk_out} (kept: finished with the same settings)"
-        else:
-            card = train_ranker_stage(cfg, data, rk_out, progress)
-            card["settings_hash"] = key
-            _write_card(rk_out, card)
-            summary["models"]["ranker"] = card
+        summary["models"]["ranker"] = _stage(
+            rk_out, key, resume, lambda: train_ranker_stage(cfg, data, rk_out, progress), whole_card=True
+        )
     summary["minutes"] = round((time.perf_counter() - t_start) / 60, 2)
     (out_dir / "finetune.json").write_text(
         json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
     )
     return summary
+
+
+def _stage(folder: Path, key: str, resume: bool, train, whole_card: bool = False):
+    """One model of the job: kept when ``resume`` finds it finished with the same settings (``key``), else
+    trained by ``train()`` and its card written with the key.  Returns what the summary says of it (the card
+    without its training log, unless ``whole_card``)."""
+    if resume and finished(folder, key):
+        return f"{folder} (kept: finished with the same settings)"
+    card = train()
+    card["settings_hash"] = key
+    _write_card(folder, card)
+    return card if whole_card else {k: v for k, v in card.items() if k != "log"}
 
 
 def _model_hash(model: str, root: Path) -> str:
