@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from core.cli import command
+from core.cli import command, run
 
 
 def dump(config: str, queries: str, n: int = 50, k: int = 10) -> dict[str, list[str]]:
@@ -41,23 +41,21 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("a")
     c.add_argument("b")
     args = ap.parse_args(argv)
-    from core.types import EcomsearchError
 
-    try:
+    def body():
         if args.cmd == "dump":
             ids = dump(args.config, args.queries, args.n, args.k)
             Path(args.out).write_text(json.dumps(ids, ensure_ascii=False, indent=1), encoding="utf-8")
             print(f"{len(ids)} queries -> {args.out}")
             return 0
         a, b = (json.loads(Path(p).read_text(encoding="utf-8")) for p in (args.a, args.b))
-    except (EcomsearchError, OSError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    changed = diff(a, b)
-    print(f"{len(set(a) | set(b)) - len(changed)}/{len(set(a) | set(b))} queries return the same ids in the same order")
-    for q in changed[:10]:
-        print(f"  differs: {q!r}: {a.get(q)} -> {b.get(q)}")
-    return 1 if changed else 0
+        changed, n = diff(a, b), len(set(a) | set(b))
+        print(f"{n - len(changed)}/{n} queries return the same ids in the same order")
+        for q in changed[:10]:
+            print(f"  differs: {q!r}: {a.get(q)} -> {b.get(q)}")
+        return 1 if changed else 0
+
+    return run(body, errors=(OSError, json.JSONDecodeError))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-import sys
 import time
 from dataclasses import dataclass
 from importlib import util as importlib_util
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.cli import command
+from core.cli import command, run
 
 from core.types import EcomsearchError
 
@@ -353,13 +352,12 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="models/base")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    try:
-        path = build_base_model(Path(args.out))
-    except ModelBuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"built {HUB_ID} into {path} in {time.perf_counter() - t0:.1f} s")
-    return 0
+
+    def body():
+        path = build_base_model(Path(args.out))  # a ModelBuildError: one line naming what is missing, exit 2
+        print(f"built {HUB_ID} into {path} in {time.perf_counter() - t0:.1f} s")
+
+    return run(body)
 
 
 if __name__ == "__main__":

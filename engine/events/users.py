@@ -279,7 +279,8 @@ class UserEvents:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
         order = np.argsort(ts, kind="stable")
-        order = order[[not str(users[i]).startswith(ANONYMOUS) for i in order]]
+        if links is not None:  # only an event answering a search can be anonymous: it builds no profile
+            order = order[[not users[i].startswith(ANONYMOUS) for i in order]]
         new = build_profiles(
             np.asarray(users, dtype=object)[order].astype(str),
             rows[order],

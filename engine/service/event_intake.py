@@ -19,11 +19,15 @@ from engine.service.http import ApiError
 EVENT_FIELDS = {"user_id", "product_id", "event", "timestamp", "query", "search_id"}
 
 
-def shown_by(engine, impressions, sid, where: str):
-    """The impression of the search an event answers (queued or stored); 422 naming search_id when unknown."""
+def shown_by(engine, impressions, sid, where: str, seen: dict):
+    """The impression of the search an event answers (queued or stored; ``seen``: those this request already
+    looked up); 422 naming search_id when unknown."""
     if not isinstance(sid, str) or not sid.strip():
         raise ApiError(422, f"{where}.search_id", "must be a search_id a /search response gave")
-    imp = (impressions.pending(sid) if impressions is not None else None) or engine.user_events().impression(sid)
+    imp = seen.get(sid)
+    if imp is None:
+        imp = (impressions.pending(sid) if impressions is not None else None) or engine.user_events().impression(sid)
+        seen[sid] = imp
     if imp is None:
         raise ApiError(422, f"{where}.search_id", "unknown search (not logged here, or past the retention)")
     return imp
@@ -33,6 +37,7 @@ def record_event_items(engine, impressions, items: list) -> dict:
     """Check every item, then store them all at once; ``impressions``: the service's impression log (or None)."""
     ev = engine.user_events()
     checked = []  # (user hash, product id, row, event, time, query, (search id, rank, arm))
+    seen: dict = {}  # search id -> impression: a batch of one search's events reads it once
     for i, item in enumerate(items):
         where = f"events[{i}]" if len(items) > 1 else "event"
         if not isinstance(item, dict):
@@ -41,7 +46,7 @@ def record_event_items(engine, impressions, items: list) -> dict:
         if extra:
             raise ApiError(422, f"{where}.{extra[0]}", f"unknown field; use {', '.join(sorted(EVENT_FIELDS))}")
         sid = item.get("search_id")
-        imp = shown_by(engine, impressions, sid, where) if sid is not None else None
+        imp = shown_by(engine, impressions, sid, where, seen) if sid is not None else None
         required = ("product_id", "event") if imp is not None else ("user_id", "product_id", "event")
         for name in required:
             if not isinstance(item.get(name), str):

@@ -22,6 +22,11 @@ log = logging.getLogger("ecomsearch.service")
 SERVE_ENV = "ECOMSEARCH_SERVE"  # what each replica opens: {"config": path, "set": [overrides]}
 
 
+# how uvicorn serves, for one process or replicas: no access log (query texts and user ids stay out of logs),
+# malformed HTTP answered as JSON, request heads up to MAX_REQUEST_HEAD
+SERVER = {"access_log": False, "http": JsonErrorH11Protocol, "h11_max_incomplete_event_size": MAX_REQUEST_HEAD}
+
+
 def serving_app(config, overrides: list[str]):
     """The engine a config (and ``--set`` overrides) describes, warmed up (first-call costs: ranker, event
     store) before the first client, behind the app."""
@@ -69,9 +74,7 @@ def serve_replicas(args, overrides: list[str]) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=False,
-        http=JsonErrorH11Protocol,
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+        **SERVER,
     )
     return 0
 
@@ -123,8 +126,6 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=False,
-        http=JsonErrorH11Protocol,
-        h11_max_incomplete_event_size=MAX_REQUEST_HEAD,
+        **SERVER,
     )
     return 0

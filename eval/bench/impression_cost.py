@@ -18,11 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core.cli import command, load
-
-
-def pct(ms) -> dict:
-    ms = np.asarray(ms)
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 3), "p99_ms": round(float(np.percentile(ms, 99)), 3)}
+from eval.bench.personal import pct_ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             for flag, into in (("false", off), ("true", on)):
                 t0 = time.perf_counter()
                 r = client.get("/search", params={"q": t, "log": flag})
-                into.append((time.perf_counter() - t0) * 1000)
+                into.append(time.perf_counter() - t0)
                 assert r.status_code == 200
     log.flush(60)
     from engine.events import Impression, new_search_id
@@ -67,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(args.config),
         "queries": len(texts),
         "requests_each": len(on),
-        "log_false": pct(off),
-        "log_true": pct(on),
-        "p50_added_ms": round(float(np.percentile(on, 50) - np.percentile(off, 50)), 3),
+        "log_false": pct_ms(off),
+        "log_true": pct_ms(on),
+        "p50_added_ms": round(float(np.percentile(on, 50) - np.percentile(off, 50)) * 1000, 3),
         "impression_build_us": round(build_us, 1),
         "logged": log.logged - before,
         "dropped": log.dropped,
