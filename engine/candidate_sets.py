@@ -30,8 +30,9 @@ def score_candidate_sets(
         timings["cross_encoder"] = (time.perf_counter() - t0) * 1000
         timings["pairs"] = len(pair_q)
     out, start = [], 0
-    for fused, top, lists in both:
+    for text, (fused, top, lists) in zip(texts, both):
         cand = Candidates.from_stages(fused, top, lists, RERANK_FIRST_STAGES, r.first_stage, r.depth)
+        cand.query = text
         cand.ce = ce[start : start + len(cand.rows)].astype(np.float64)
         start += len(cand.rows)
         out.append(cand)

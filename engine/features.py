@@ -7,7 +7,9 @@ One row per reranked candidate, columns named by :data:`FEATURES`:
   first stage's raw score and rank (a candidate missing from a stage's list
   gets that list's lowest score and rank ``depth + 1``), the reciprocal-rank
   fusion score, the product's smoothed click-through rate and its
-  popularity (log of gain-weighted engagements);
+  popularity (log of gain-weighted engagements), and its debiased click rate
+  for this very query from the logged searches (:mod:`engine.query_clicks`;
+  0 where nothing is logged);
 - personal (all 0 for a user without a profile: :data:`COLD`): cosine of the
   product to the user's centroid, the user's affinity (share) to the
   product's category, brand, group and price band, whether the user bought
@@ -45,6 +47,7 @@ NON_PERSONAL = (
     "rrf",
     "ctr",
     "popularity",
+    "query_ctr",
 )
 PERSONAL = (
     "centroid_cos",
@@ -80,6 +83,7 @@ class Candidates:
     stage_ranks: dict[str, np.ndarray]
     ce: np.ndarray | None = None  # cross-encoder scores
     lists: list = field(default_factory=list)  # each stage's full list (the hybrid tail below the candidates)
+    query: str | None = None  # the text the candidates were searched for
 
     @classmethod
     def from_stages(
@@ -158,9 +162,14 @@ def personal_features(
 
 
 def feature_matrix(
-    cand: Candidates, ctr: np.ndarray, popularity: np.ndarray, personal: np.ndarray | None
+    cand: Candidates,
+    ctr: np.ndarray,
+    popularity: np.ndarray,
+    personal: np.ndarray | None,
+    query_ctr: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``[n, len(FEATURES)]`` for one query's candidates (``ctr``/``popularity``: one per candidate)."""
+    """``[n, len(FEATURES)]`` for one query's candidates (``ctr``/``popularity``/``query_ctr``: one per
+    candidate)."""
     n = len(cand.rows)
     X = np.zeros((n, len(FEATURES)))
     ce = cand.ce if cand.ce is not None else np.zeros(n)
@@ -174,6 +183,8 @@ def feature_matrix(
     X[:, 7] = cand.rrf
     X[:, 8] = ctr
     X[:, 9] = popularity
+    if query_ctr is not None:
+        X[:, 10] = query_ctr
     if personal is not None:
         X[:, PERSONAL_IDX] = personal
     return X

@@ -17,19 +17,21 @@ from core.config import PersonalConfig, RerankConfig
 
 
 def candidate_features(
-    cand: Candidates, events, facets, pc: PersonalConfig, profile=None, now: float | None = None
+    cand: Candidates, events, facets, pc: PersonalConfig, profile=None, now: float | None = None, query_clicks=None
 ) -> np.ndarray:
     """The ranker's feature rows (:data:`engine.features.FEATURES`) of one query's candidates for a user
-    (``profile`` None: the cold-user values); counts from the event store ``events``."""
+    (``profile`` None: the cold-user values); counts from the event store ``events``; ``query_ctr`` from
+    ``query_clicks`` (:class:`engine.query_clicks.QueryClicks`, the ranker's snapshot) where there is one."""
     stats = events.stats(pc.stats_refresh_seconds)
     ctr, pop = ctr_popularity(stats.counts[cand.rows], stats.totals, pc.ctr_prior)
+    qctr = query_clicks.lookup(cand.query, cand.rows) if query_clicks is not None else None
     personal = None
     if profile is not None:
         now = time.time() if now is None else now
         personal = personal_features(
             cand.rows, profile, facets, now, pc.half_life_days * 86400.0, events.bought_rows(profile)
         )
-    return feature_matrix(cand, ctr, pop, personal)
+    return feature_matrix(cand, ctr, pop, personal, qctr)
 
 
 def rank_candidates(

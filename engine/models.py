@@ -47,6 +47,7 @@ class VersionModels:
         self.cross_encoder_model: CrossEncoder | None = None
         self.scorer = None  # the cross-encoder, or a micro-batcher in front of it (enable_batching)
         self.ranker_model = None
+        self.query_clicks_model = None  # the ranker's query_ctr snapshot, on this version's product rows
 
     def forget_previous(self) -> None:
         """Drop the reference to the version this one took models over from (once everything is loaded)."""
@@ -153,8 +154,18 @@ class VersionModels:
         if self.ranker_model is None and self.cfg.rerank.ranker:
             with self._lock:
                 if self.ranker_model is None:
-                    self.ranker_model = self._load_ranker()
+                    ranker = self._load_ranker()
+                    if ranker.reads("query_ctr"):
+                        from engine.query_clicks import QueryClicks
+
+                        self.query_clicks_model = QueryClicks.load(ranker.path, self.bm25.products.row_map())
+                    self.ranker_model = ranker
         return self.ranker_model
+
+    def query_clicks(self):
+        """The ranker's ``query_ctr`` snapshot (``query_clicks.npz`` beside it), or None."""
+        self.ranker()
+        return self.query_clicks_model
 
     def _load_ranker(self):
         from engine.ranker import Ranker
@@ -197,7 +208,7 @@ class VersionModels:
             ce = self.cross_encoder_model
             v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({ce.runtime})"
         if self.ranker_model is not None:
-            v["ranker"] = f"{self.ranker_model.path.name}@{self.ranker_model.signature[2]}"
+            v["ranker"] = f"{self.ranker_model.path.name}@{self.ranker_model.version}"
         return v
 
     def stale(self) -> bool:

@@ -9,6 +9,11 @@ on top of the first (its scores as the starting point), so the model is
 held-out sessions vouch for (``personal_scale`` in ``features.json``).  A
 ranker without ``personal.txt`` is one booster over all its features.
 
+A ranker retrained on the service's own traffic (``make retrain``, warm start) adds boosters on top:
+``delta-<i>.txt``, each over non-personal features only (``deltas`` in ``features.json``), boosted from the
+scores of the ranker before it, so the model is ``f(x) + Σ δ_i(x)``; the ``δ`` read no personal feature, so
+they shift the personal and the non-personal score alike.
+
 The personalization knob: with ``f`` the model, ``x`` a candidate's features
 and ``x₀`` the same features with the personal ones set to a cold user's
 (:data:`engine.features.COLD`), the final score is
@@ -69,6 +74,36 @@ class Ranker:
         self.card = card or {}
         self.path = Path(".")
         self.signature: tuple = ()
+        self.deltas: list[tuple] = []  # (booster, feature names, column spec) added on top, oldest first
+
+    def with_delta(self, booster, features: list[str], card: dict) -> "Ranker":
+        """This ranker plus ``booster`` over ``features`` (non-personal or training-only) added to its score."""
+        bad = [f for f in features if f in PERSONAL or (f not in FEATURES and f not in TRAINING_ONLY)]
+        if bad:
+            raise ValueError(f"a delta booster reads non-personal features only, not {bad}")
+        out = Ranker(
+            self.booster, self.features, card, self.personal, self.personal_features or None, self.personal_scale
+        )
+        out.deltas = [*self.deltas, (booster, list(features), self._columns(features))]
+        return out
+
+    @staticmethod
+    def _columns(features: list[str]) -> tuple:
+        known = [i for i, f in enumerate(features) if f in FEATURES]
+        cols = np.array([FEATURES.index(features[i]) for i in known])
+        consts = [(i, TRAINING_ONLY[f]) for i, f in enumerate(features) if f in TRAINING_ONLY]
+        return np.array(known, dtype=np.int64), cols, consts
+
+    def delta_score(self, X: np.ndarray) -> np.ndarray:
+        """The summed scores of the delta boosters (0 without any)."""
+        out = np.zeros(len(X))
+        for booster, features, (known, cols, consts) in self.deltas:
+            Z = np.empty((len(X), len(features)))
+            Z[:, known] = X[:, cols]
+            for i, v in consts:
+                Z[:, i] = v
+            out += self._predict(booster, Z)
+        return out
 
     @staticmethod
     def file_signature(path: str | Path) -> tuple:
@@ -80,12 +115,23 @@ class Ranker:
         if not (p / MODEL_FILE).is_file():
             return ()
         out: tuple = ()  # model.txt's (size, mtime, sha) first: [2] names the model in versions()
-        for name in (MODEL_FILE, PERSONAL_FILE, FEATURES_FILE):
-            f = p / name
+        extra = [p / "query_clicks.npz", *sorted(p.glob("delta-*.txt"))]
+        for f in [p / MODEL_FILE, p / PERSONAL_FILE, p / FEATURES_FILE, *extra]:
             if f.is_file():
                 st = f.stat()
                 out += (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()[:12])
         return out
+
+    @property
+    def version(self) -> str:
+        """The model's files in short: model.txt's hash, and the number and last hash of the delta boosters."""
+        if not self.signature:
+            return "unsaved"
+        return self.signature[2] + (f"+{len(self.deltas)}d@{self.signature[-1]}" if self.deltas else "")
+
+    def reads(self, feature: str) -> bool:
+        """Whether the model (or a delta booster) reads ``feature``."""
+        return feature in self.features or any(feature in f for _, f, _ in self.deltas)
 
     @property
     def uses_personal(self) -> bool:
@@ -112,6 +158,10 @@ class Ranker:
             spec.get("personal_model") if personal is not None else None,
             spec.get("personal_scale", 1.0),
         )
+        for d in spec.get("deltas", []):
+            ranker.deltas.append(
+                (lgb.Booster(model_file=str(p / d["file"])), d["features"], cls._columns(d["features"]))
+            )
         ranker.path, ranker.signature = p, signature
         return ranker
 
@@ -126,6 +176,13 @@ class Ranker:
             spec["personal_scale"] = self.personal_scale
         else:
             (p / PERSONAL_FILE).unlink(missing_ok=True)
+        for f in p.glob("delta-*.txt"):
+            f.unlink()
+        if self.deltas:
+            spec["deltas"] = []
+            for i, (booster, features, _) in enumerate(self.deltas, 1):
+                booster.save_model(str(p / f"delta-{i}.txt"))
+                spec["deltas"].append({"file": f"delta-{i}.txt", "features": features})
         (p / FEATURES_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
         (p / "model_card.json").write_text(
             json.dumps(self.card, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
@@ -133,6 +190,13 @@ class Ranker:
 
     def score(self, X: np.ndarray, personalize: float = 1.0, warm: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(final scores, non-personal scores ``f(x₀)``) of one query's candidates."""
+        full, base = self._score(X, personalize, warm)
+        if self.deltas and len(X):
+            d = self.delta_score(X)
+            return full + d, base + d
+        return full, base
+
+    def _score(self, X: np.ndarray, personalize: float, warm: bool) -> tuple[np.ndarray, np.ndarray]:
         if not 0.0 <= personalize <= 1.0:
             raise ValueError(f"personalize must be within [0, 1], got {personalize}")
         if self.constants:

@@ -293,7 +293,9 @@ class IndexVersion:
     def features(self, cand: Candidates, profile=None, now: float | None = None) -> np.ndarray:
         """The ranker's feature rows (:data:`engine.features.FEATURES`) of one query's candidates for a user
         (``profile`` None: the cold-user values)."""
-        return candidate_features(cand, self.user_events(), self.facets(), self.cfg.personal, profile, now)
+        return candidate_features(
+            cand, self.user_events(), self.facets(), self.cfg.personal, profile, now, self.models.query_clicks()
+        )
 
     def rank_candidates(
         self,

@@ -292,7 +292,8 @@ def click_trusting_ranker():
     from engine.ranker import Ranker
 
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(4000, len(FEATURES)))
+    # the features before query_ctr was added, and query_ctr 0 (no logged searches), as the test was written
+    X = np.insert(rng.normal(size=(4000, len(FEATURES) - 1)), FEATURES.index("query_ctr"), 0.0, axis=1)
     X[:, FEATURES.index("ctr")] = rng.uniform(0, 1, 4000)
     X[:, FEATURES.index("popularity")] = rng.uniform(0, 3, 4000)
     relevance = X[:, FEATURES.index("ctr")] + X[:, FEATURES.index("popularity")] / 3 + 0.3 * X[:, FEATURES.index("ce")]

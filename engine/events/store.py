@@ -109,6 +109,9 @@ def _sql(p: str, user: str) -> dict[str, str]:
         f"arm FROM impressions WHERE ts >= {p} AND ts < {p} AND (ts > {p} OR (ts = {p} AND search_id > {p})) "
         f"ORDER BY ts, search_id LIMIT {p}",
         "linked": f"SELECT search_id, product, event, rank, ts, {user} FROM events WHERE search_id IN ({{ids}})",
+        # the credited events before a time, one page after (ts, id) at a time (a retrain's point-in-time replay)
+        "event_page": f"SELECT id, {user}, product, event, ts FROM events WHERE credited = 1 AND ts < {p} "
+        f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
         # the credited events of some users in a time range (what the credit rule checks new events against)
         "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
         f"AND {user} IN ({{users}})",
@@ -296,6 +299,17 @@ class _SQLEventStore(EventStore):
                 return
             yield rows
             last_ts, last_id = rows[-1][1], rows[-1][0]
+
+    def event_pages(self, until: float, page: int = 50_000):
+        """The credited events before ``until`` as (user, product, event code, time), in time order, ``page``
+        rows at a time (keyset pagination, as :meth:`impression_pages`)."""
+        last_ts, last_id = -np.inf, -1
+        while True:
+            rows = self._con().execute(self._sql["event_page"], (until, last_ts, last_ts, last_id, page)).fetchall()
+            if not rows:
+                return
+            yield [r[1:] for r in rows]
+            last_ts, last_id = rows[-1][4], rows[-1][0]
 
     def linked_events(self, search_ids: Sequence[str]) -> list[tuple]:
         """(search id, product, event code, rank, time, user) of every event that answers one of the searches."""

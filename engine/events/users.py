@@ -320,6 +320,11 @@ class UserEvents:
             imps = [Impression.from_row(r) for r in rows]
             yield imps, self.store.linked_events([i.search_id for i in imps])
 
+    def event_pages(self, until: float, page: int = 50_000):
+        """The credited events before ``until`` as (user key, product id, event code, time), in time order, a
+        page at a time (a retrain replays them point-in-time)."""
+        return self.store.event_pages(until, page)
+
     # -- reading -----------------------------------------------------------------------------------------
     def profile(self, user_id: str | None) -> Profile | None:
         """The user's profile, or None (no user, unknown user, no key configured, no engaging events)."""
