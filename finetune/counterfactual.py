@@ -56,10 +56,13 @@ def guard(
     k: int = 10,
     clip: float = 10.0,
     seed: int = 0,
+    n_searches: int | None = None,
 ) -> dict:
     """The new ranking against the serving one on the same logged searches: both estimated by clipped IPS,
-    the paired bootstrap of the difference, and ``ship``: whether its whole interval is above zero."""
+    the paired bootstrap of the difference, and ``ship``: whether its whole interval is above zero.
+    ``n_searches``: how many searches the ids ``search`` come from (those without a row count zero)."""
     n = int(np.asarray(search).max()) + 1 if len(search) else 0
+    n = max(n, int(n_searches or 0))
     serving = ips_clicks_at_k(search, logged_rank, serving_rank, clicked, propensity, k, clip, n)
     new = ips_clicks_at_k(search, logged_rank, new_rank, clicked, propensity, k, clip, n)
     d = paired_bootstrap(serving, new, seed=seed)

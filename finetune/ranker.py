@@ -41,6 +41,7 @@ from finetune.ranker_sessions import Dataset, PointInTime, Session, build_datase
 POSITION = "position"  # training only: the rank a logged product was shown at (engine.ranker sets it to 0)
 MONOTONE = {
     "position": -1,
+    "query_ctr": 1,
     "centroid_cos": 1,
     "category_aff": 1,
     "brand_aff": 1,
@@ -125,17 +126,28 @@ def fit(
     progress: bool = True,
     init: tuple[np.ndarray, np.ndarray | None] | None = None,
     debias: bool | None = None,
+    method: str | None = None,
+    propensity: np.ndarray | None = None,
+    clip: float = 10.0,
 ):
     """A LightGBM LambdaRank booster on ``features`` (names from :data:`engine.features.FEATURES`).
 
     ``init``: starting scores of the train and valid rows (boosting continues from another model's
     scores); the logged position is then left to that model.  ``debias`` (default: the config's
     ``position_debias`` for logged data): learn the logged position as a term of its own.  Validation
-    rows always get position 0, as serving does, so early stopping measures the ranking that will serve."""
+    rows always get position 0, as serving does, so early stopping measures the ranking that will serve.
+
+    ``method`` (logged data; overrides ``debias``): ``naive`` (clicks as labels), ``position_term`` (the
+    additive position term), ``lgbm_position`` (LightGBM's own unbiased lambdarank: the logged positions in the
+    Dataset, their bias factors learned with the model), ``pbm_ips`` (each engaged row weighted by the inverse
+    of its position's examination propensity ``θ_1 / θ_k``, ``propensity`` from :mod:`finetune.click_model`,
+    clipped at ``clip``).  Rows also carry their session's weight (``train.weight``) when any differs from 1."""
     import lightgbm as lgb
 
     names = list(features)
-    if debias is None:
+    if method is not None:
+        debias = method == "position_term"
+    elif debias is None:
         debias = tcfg.position_debias
     debias = debias and train.logged and init is None
     if debias:
@@ -153,6 +165,12 @@ def fit(
         feature_name=names,
         free_raw_data=False,
         init_score=None if init is None else init[0],
+        weight=row_weights(train, method, propensity, clip),
+        position=(
+            np.maximum(train.position, 0).astype(np.int32)
+            if method == "lgbm_position" and train.logged and init is None
+            else None
+        ),
     )
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
@@ -179,6 +197,20 @@ def fit(
     return booster, curve
 
 
+def row_weights(d: Dataset, method: str | None, propensity: np.ndarray | None, clip: float) -> np.ndarray | None:
+    """The training weight of each row: its session's weight, times the clipped inverse propensity of its
+    position for an engaged row under ``pbm_ips``; None when every weight is 1 (LightGBM's default)."""
+    w = np.ones(len(d.y)) if d.weight is None else np.asarray(d.weight, dtype=np.float64)
+    if method == "pbm_ips" and d.logged:
+        if propensity is None:
+            raise ValueError("pbm_ips needs the click model's propensities")
+        theta = np.asarray(propensity, dtype=np.float64)
+        k = np.clip(np.maximum(d.position, 0).astype(np.int64), 0, len(theta) - 1)
+        ips = np.minimum(1.0 / np.maximum(theta[k], 1e-12), clip)
+        w = w * np.where(d.y > 0, ips, 1.0)
+    return None if np.all(w == 1.0) else w
+
+
 def model_inputs(names: Sequence[str], d: Dataset, serving: bool = False) -> np.ndarray:
     """The input matrix of a model reading ``names`` (a booster's ``feature_name()``): the engine's features,
     and the logged position where the model has the position term (0 for every row when ``serving``)."""
@@ -188,14 +220,15 @@ def model_inputs(names: Sequence[str], d: Dataset, serving: bool = False) -> np.
     return np.column_stack([X, np.zeros(len(X)) if serving else np.maximum(d.position, 0.0)])
 
 
-def fit_base(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
+def fit_base(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True, **debias):
     """:func:`fit`, with and without the position term when the data is logged and ``position_debias`` is on,
     keeping the one whose validation NDCG@10 (position 0 for every row, as serving) is higher.  Whether
     the position term helps depends on the logging policy: where the shown order is nearly the relevance
     order (little exploration), position takes over what relevance should explain.  Returns
-    ``(booster, curve, choice)``, ``choice`` the two validation NDCG@10 (None when there was no choice)."""
-    booster, curve = fit(train, valid, tcfg, features, progress)
-    if POSITION not in booster.feature_name() or not curve:
+    ``(booster, curve, choice)``, ``choice`` the two validation NDCG@10 (None when there was no choice).
+    ``debias``: :func:`fit`'s ``method``, ``propensity`` and ``clip``; a given ``method`` is fitted alone."""
+    booster, curve = fit(train, valid, tcfg, features, progress, **debias)
+    if debias.get("method") or POSITION not in booster.feature_name() or not curve:
         return booster, curve, None
     plain, curve_plain = fit(train, valid, tcfg, features, progress, debias=False)
     choice = {"with_position": round(float(max(curve)), 4), "without": round(float(max(curve_plain)), 4)}
@@ -204,21 +237,101 @@ def fit_base(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str
     return booster, curve, choice
 
 
-def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True):
+def fit_on_top(
+    serving,
+    data: Dataset,
+    tcfg,
+    method: str,
+    propensity=None,
+    clip: float = 10.0,
+    features: Sequence[str] = ("query_ctr",),
+):
+    """A delta booster over non-personal ``features`` (by default the query's clicks) boosted on logged sessions from
+    the serving ranker's scores (LightGBM ``init_score``), stopped early on the last ``valid_fraction`` of
+    sessions: queries without traffic keep the serving order, those with traffic move as their clicks say.  The
+    result is the serving ranker plus the delta (:meth:`engine.ranker.Ranker.with_delta`).  ``method`` as
+    :func:`fit`.  Returns ``(Ranker, the validation Dataset)``."""
+    import lightgbm as lgb
+
+    from engine.features import NON_PERSONAL
+
+    n = len(data.groups)
+    if n < 10:
+        raise ValueError(f"only {n} logged sessions have an engagement among the engine's candidates")
+    n_valid = max(1, int(n * tcfg.valid_fraction))
+    train, valid = data.split(n - n_valid)
+    valid = valid.shuffled(tcfg.seed)
+    bad = [f for f in features if f not in NON_PERSONAL]
+    if bad:
+        raise ValueError(f"finetune.retrain.delta_features: {bad} are not among {list(NON_PERSONAL)}")
+    names = list(features) + ([POSITION] if method == "position_term" and train.logged else [])
+    init_train = serving.score(train.X, 1.0, warm=True)[0]
+    init_valid = serving.score(valid.X, 1.0, warm=True)[0]
+    params = _params(tcfg, names)
+    if POSITION in names:
+        params["interaction_constraints"] = [list(range(len(names) - 1)), [len(names) - 1]]
+    dtrain = lgb.Dataset(
+        model_inputs(names, train),
+        _ints(train.y),
+        group=train.groups,
+        feature_name=names,
+        free_raw_data=False,
+        init_score=init_train,
+        weight=row_weights(train, method, propensity, clip),
+        position=np.maximum(train.position, 0).astype(np.int32) if method == "lgbm_position" else None,
+    )
+    dvalid = lgb.Dataset(
+        model_inputs(names, valid, serving=True),
+        _ints(valid.y),
+        group=valid.groups,
+        reference=dtrain,
+        init_score=init_valid,
+    )
+    evals: dict = {}
+    delta = lgb.train(
+        params,
+        dtrain,
+        num_boost_round=tcfg.num_rounds,
+        valid_sets=[dvalid],
+        valid_names=["valid"],
+        callbacks=[lgb.early_stopping(tcfg.early_stopping, verbose=False), lgb.record_evaluation(evals)],
+    )
+    curve = evals.get("valid", {}).get("ndcg@10", [])
+    trees = int(delta.best_iteration or delta.current_iteration())
+    card = {
+        **serving.card,
+        "form": f"the serving ranker + a delta booster of {trees} trees on logged searches"
+        + (f" (delta {len(serving.deltas) + 1})" if serving.deltas else ""),
+        "sessions": n,
+        "train_sessions": n - n_valid,
+        "valid_sessions": n_valid,
+        "rows": int(len(data.y)),
+        "delta_features": names,
+        "delta_best_iteration": trees,
+        "valid_ndcg@10": round(float(max(curve)), 4) if curve else None,
+        "delta_importance_gain": dict(zip(names, delta.feature_importance("gain").round(2).tolist())),
+        "training": dataclasses.asdict(tcfg),
+        "point_in_time": "profiles, product counts and query clicks from events strictly before each search",
+    }
+    delta = lgb.Booster(model_str=delta.model_to_string(num_iteration=trees))  # the trees kept, nothing after
+    return serving.with_delta(delta, names, card), valid
+
+
+def fit_staged(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str], progress: bool = True, **debias):
     """``g`` over the non-personal features (and the logged position), then ``h`` over the personal ones,
     boosted from ``g``'s scores: ``f = g + h``.  Each stops early on its own, so the weaker personal
     signal is not cut short by when the relevance part stops improving.  Returns
     ``(g, h, curve of g, curve of g + h, g's position choice)``."""
     base = [f for f in features if f not in PERSONAL]
     personal = [f for f in features if f in PERSONAL]
-    g, curve_g, choice = fit_base(train, valid, tcfg, base, progress)
+    g, curve_g, choice = fit_base(train, valid, tcfg, base, progress, **debias)
     has_valid = valid is not None and len(valid.groups) > 0
     names = g.feature_name()
     init = (
         g.predict(model_inputs(names, train)),
         g.predict(model_inputs(names, valid, serving=True)) if has_valid else None,
     )
-    h, curve_h = fit(train, valid if has_valid else None, tcfg, personal, progress, init=init)
+    h, curve_h = fit(train, valid if has_valid else None, tcfg, personal, progress, init=init, **debias)
     return g, h, curve_g, curve_h, choice
 
 
@@ -265,8 +378,6 @@ def train_ranker(
     cache_dir: Path | None = None,
 ) -> dict:
     """Build the dataset, fit, save the ranker to ``out``; returns its model card."""
-    from engine.ranker import Ranker
-
     t0 = time.perf_counter()
     cands = (
         cands
@@ -274,12 +385,34 @@ def train_ranker(
         else candidate_cache(engine, [s.query for s in sessions], progress=progress, cache_dir=cache_dir)
     )
     data = build_dataset(engine, sessions, pit, cands, engine.cfg.personal.ctr_prior, progress)
+    ranker, _ = fit_ranker(engine, data, tcfg, features, cv=pit is None, description=description, t0=t0)
+    ranker.save(out)
+    return ranker.card
+
+
+def fit_ranker(
+    engine,
+    data: Dataset,
+    tcfg,
+    features: Sequence[str] = FEATURES,
+    cv: bool = False,
+    description: str = "",
+    t0: float | None = None,
+    progress: bool = True,
+    **debias,
+):
+    """Fit the ranker on a built dataset (the last ``valid_fraction`` of sessions stop the boosting; ``cv``:
+    judged pairs may cross-validate instead).  Returns ``(Ranker, the validation Dataset)``; ``debias`` as
+    :func:`fit_base`."""
+    from engine.ranker import Ranker
+
+    t0 = time.perf_counter() if t0 is None else t0
     n = len(data.groups)
     if n < 10:
         raise ValueError(
             f"only {n} training sessions have a positive among the engine's candidates; the ranker needs more data"
         )
-    cv = pit is None and tcfg.cv_folds > 1  # judged pairs: no time order, every session can validate
+    cv = cv and tcfg.cv_folds > 1  # judged pairs: no time order, every session can validate
     n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 and not cv else 0
     train, valid = data.split(n - n_valid)
     valid = valid.shuffled(tcfg.seed)  # measured as served: ties must not inherit the logged order
@@ -290,7 +423,9 @@ def train_ranker(
     h = None
     check = None
     if tcfg.staged and knows_users and len(pcols) < len(features):
-        booster, h, curve_g, curve, choice = fit_staged(train, valid if n_valid else None, tcfg, features, progress)
+        booster, h, curve_g, curve, choice = fit_staged(
+            train, valid if n_valid else None, tcfg, features, progress, **debias
+        )
         if n_valid:
             check = personal_gain(booster, h, valid)
             # shrink the boost by how sure the held-out sessions are of it (positive-part James-Stein:
@@ -304,7 +439,7 @@ def train_ranker(
         booster, curve = fit_cv(data, tcfg, features)
         choice = curve_g = None
     else:
-        booster, curve, choice = fit_base(train, valid if n_valid else None, tcfg, features, progress)
+        booster, curve, choice = fit_base(train, valid if n_valid else None, tcfg, features, progress, **debias)
         curve_g = None
     importance = dict(zip(booster.feature_name(), booster.feature_importance("gain").round(2).tolist()))
     if h is not None:
@@ -353,5 +488,4 @@ def train_ranker(
         h.feature_name() if h is not None else None,
         check["scale"] if h is not None and check is not None else 1.0,
     )
-    ranker.save(out)
-    return card
+    return ranker, valid

@@ -29,6 +29,9 @@ class Session:
     t: float  # when the session started: only events strictly before it are known
     gains: dict[int, float] = field(default_factory=dict)  # product row -> best gain
     shown: list[int] = field(default_factory=list)  # product rows shown (impressions), in order
+    offset: int = 0  # the 0-based position of shown[0] (a logged search's page offset)
+    weight: float = 1.0  # the session's training weight (a user's searches are capped in all: finetune.retrain)
+    search_id: str | None = None  # a logged search's id
 
 
 @dataclass
@@ -100,8 +103,9 @@ class PointInTime:
     before ``t`` and returns the live profiles (read them before the next call).
     """
 
-    def __init__(self, events: EventArrays, facets: ProductFacets, settings: ProfileSettings):
+    def __init__(self, events: EventArrays, facets: ProductFacets, settings: ProfileSettings, query_clicks=None):
         self.events = events
+        self.query_clicks = query_clicks  # an engine.query_clicks.QueryClickTimeline (logged searches), or None
         self.facets = facets
         self.settings = settings
         self.timeline = StatsTimeline(events.rows, events.codes, events.ts, len(facets))
@@ -195,7 +199,9 @@ def session_features(
         )
     else:
         ctr, pop, personal = np.zeros(len(rows)), np.zeros(len(rows)), None
-    return feature_matrix(cand, ctr, pop, personal)
+    qc = pit.query_clicks if pit is not None else None
+    qctr = qc.at(session.t).lookup(session.query, rows) if qc is not None else None
+    return feature_matrix(cand, ctr, pop, personal, qctr)
 
 
 @dataclass
@@ -205,14 +211,19 @@ class Dataset:
     groups: np.ndarray  # rows per session
     sessions: list[int]  # index of each kept session in the input list
     position: np.ndarray | None = None  # each row's logged position (0 = top; -1 unknown: judged pairs)
+    weight: np.ndarray | None = None  # each row's session weight (None: all 1)
 
     def split(self, n_first: int) -> tuple["Dataset", "Dataset"]:
         """(the first ``n_first`` sessions, the rest)."""
         cut = int(self.groups[:n_first].sum())
-        pos = (None, None) if self.position is None else (self.position[:cut], self.position[cut:])
+
+        def halves(a):
+            return (None, None) if a is None else (a[:cut], a[cut:])
+
+        pos, w = halves(self.position), halves(self.weight)
         return (
-            Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0]),
-            Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1]),
+            Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0], w[0]),
+            Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1], w[1]),
         )
 
     def shuffled(self, seed: int = 0) -> "Dataset":
@@ -222,7 +233,8 @@ class Dataset:
         key = np.repeat(np.arange(len(self.groups)), self.groups) + rng.random(len(self.y))
         perm = np.argsort(key, kind="stable")
         pos = None if self.position is None else self.position[perm]
-        return Dataset(self.X[perm], self.y[perm], self.groups, self.sessions, pos)
+        w = None if self.weight is None else self.weight[perm]
+        return Dataset(self.X[perm], self.y[perm], self.groups, self.sessions, pos, w)
 
     @property
     def logged(self) -> bool:
@@ -236,7 +248,7 @@ def build_dataset(
     """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
     row_of = engine.products.row_map() if pit is not None else {}
     half_life = engine.cfg.personal.half_life_days * 86400.0
-    Xs, ys, groups, kept, positions = [], [], [], [], []
+    Xs, ys, groups, kept, positions, weights = [], [], [], [], [], []
     for i, s in enumerate(tqdm(sessions, desc="ranker features", disable=not progress, mininterval=2.0)):
         cand = cands[s.query]
         if not len(cand.rows):
@@ -248,7 +260,7 @@ def build_dataset(
             seen = np.isin(cand.rows, s.shown)
             where = {r: j for j, r in enumerate(s.shown)}
             X, y = X[seen], y[seen]
-            pos = np.array([where[int(r)] for r in cand.rows[seen]], dtype=np.float64)
+            pos = np.array([s.offset + where[int(r)] for r in cand.rows[seen]], dtype=np.float64)
         if len(y) < 2 or y.max() <= 0:
             continue
         Xs.append(X)
@@ -256,8 +268,16 @@ def build_dataset(
         groups.append(len(y))
         kept.append(i)
         positions.append(pos)
+        weights.append(np.full(len(y), s.weight))
     if not Xs:
-        return Dataset(np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), [], np.zeros(0))
+        return Dataset(
+            np.zeros((0, len(FEATURES))), np.zeros(0), np.zeros(0, dtype=np.int64), [], np.zeros(0), np.zeros(0)
+        )
     return Dataset(
-        np.vstack(Xs), np.concatenate(ys), np.asarray(groups, dtype=np.int64), kept, np.concatenate(positions)
+        np.vstack(Xs),
+        np.concatenate(ys),
+        np.asarray(groups, dtype=np.int64),
+        kept,
+        np.concatenate(positions),
+        np.concatenate(weights),
     )

@@ -36,16 +36,19 @@ from core.config.loader import (
 )
 from core.config.serving import PersonalConfig, QueryConfig, RerankConfig, SearchConfig, ServeConfig
 from core.config.training import (
+    DEBIAS_METHODS,
     BiEncoderTrainConfig,
     CrossEncoderTrainConfig,
     EvalConfig,
     FinetuneConfig,
     RankerTrainConfig,
+    RetrainConfig,
     TrainingLoopConfig,
 )
 from core.types import FIRST_STAGES
 
 __all__ = [
+    "DEBIAS_METHODS",
     "INDEXED_WHEN_SET",
     "NOT_INDEXED",
     "NOT_TRAINED",
@@ -64,6 +67,7 @@ __all__ = [
     "QueryConfig",
     "RankerTrainConfig",
     "RerankConfig",
+    "RetrainConfig",
     "SearchConfig",
     "ServeConfig",
     "TextConfig",
@@ -118,8 +122,9 @@ def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig
     bi = build_section(BiEncoderTrainConfig, data.pop("biencoder", None), f"{where}.biencoder", root)
     ce = build_section(CrossEncoderTrainConfig, data.pop("crossencoder", None), f"{where}.crossencoder", root)
     rk = build_section(RankerTrainConfig, data.pop("ranker", None), f"{where}.ranker", root)
+    rt = build_section(RetrainConfig, data.pop("retrain", None), f"{where}.retrain", root)
     ft = build_section(FinetuneConfig, data, where, root)
-    ft.biencoder, ft.crossencoder, ft.ranker = bi, ce, rk
+    ft.biencoder, ft.crossencoder, ft.ranker, ft.retrain = bi, ce, rk, rt
     return ft
 
 
@@ -266,6 +271,17 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
     if ft.ranker.cv_folds < 0 or ft.ranker.cv_folds == 1:
         raise ConfigError(f"{where}: finetune.ranker.cv_folds must be 0 (off) or >= 2, not {ft.ranker.cv_folds}")
+    rt = ft.retrain
+    if not rt.delta_features:
+        raise ConfigError(f"{where}: finetune.retrain.delta_features must name at least one ranker feature")
+    if rt.debias not in DEBIAS_METHODS + ("auto",):
+        raise ConfigError(
+            f"{where}: finetune.retrain.debias must be auto or one of {DEBIAS_METHODS}, not {rt.debias!r}"
+        )
+    if not 0 < rt.holdout_fraction < 1 or rt.window_days <= 0 or rt.holdout_days <= 0:
+        raise ConfigError(
+            f"{where}: finetune.retrain needs window_days > 0, holdout_days > 0 and 0 < holdout_fraction < 1"
+        )
     if cfg.rerank.first_stage not in ("rrf", "scores"):
         raise ConfigError(f"{where}: rerank.first_stage must be rrf or scores, not {cfg.rerank.first_stage!r}")
     if cfg.rerank.ranker and not cfg.rerank.model:

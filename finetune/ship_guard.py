@@ -1,0 +1,140 @@
+"""Does a retrained ranker beat the serving one?  The measures `make retrain` decides by.
+
+- **Held-out searches** (:func:`holdout_ranks`): every engaged search after the time cut is ranked again, over
+  the engine's full candidate list with its features as of the search's time, by the serving model and by each
+  new one; the clipped IPS estimate of clicks@k (:func:`finetune.counterfactual.guard`) compares them per search,
+  searches without an engagement counting as zero for both, with a paired bootstrap interval.  A new model
+  ships only when the whole interval lies above zero.
+- **Judged dev queries** (:func:`judged_check`), where the config has them: NDCG@10 of the serving and the new
+  model on each, without a user, with product counts as of the window's end; the new one may lose at most
+  ``judged_tolerance``.
+- **Choosing a debiasing method** (:func:`debiased_dcg`): on the validation sessions of the training period
+  (before the cut), the inverse-propensity-weighted DCG@10 of the engaged rows among the shown ones, an unbiased
+  estimate of the relevance-weighted DCG under the position-based click model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.features import FEATURES, feature_matrix, timeline_ctr_popularity
+from finetune.counterfactual import guard
+from finetune.ranker_sessions import Dataset, PointInTime, Session, candidate_cache, session_features
+
+NOT_RANKED = 1_000_000  # the rank of an engaged product a ranking does not hold
+
+
+def scores_of(model, X: np.ndarray, cand, weight: float) -> np.ndarray:
+    """A model's scores of one query's candidates: a :class:`engine.ranker.Ranker` on the feature rows, or, for
+    ``None`` (no ranker serving), the z-score mix of the cross-encoder and the first stage."""
+    from engine.rerank import combine
+
+    if model is None:
+        return combine(cand.ce, cand.first, weight)
+    warm = bool(X[:, FEATURES.index("history")].any())
+    return model.score(X, 1.0, warm=warm)[0]
+
+
+def ranks_of(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each candidate under ``scores`` (ties keep the candidate order)."""
+    order = np.argsort(-scores, kind="stable")
+    r = np.empty(len(scores), dtype=np.int64)
+    r[order] = np.arange(1, len(scores) + 1)
+    return r
+
+
+def holdout_ranks(engine, sessions: list[Session], pit: PointInTime, models: dict, cands: dict) -> dict:
+    """Per engaged row of the held-out sessions: the session index, its logged rank, its gain, and its rank under
+    each of ``models`` (name -> Ranker or None); ``cands``: the candidate sets per query."""
+    row_of = engine.products.row_map()
+    pc = engine.cfg.personal
+    weight = engine.cfg.rerank.weight
+    out: dict = {"search": [], "logged_rank": [], "gain": [], **{name: [] for name in models}}
+    for i, s in enumerate(sessions):
+        c = cands[s.query]
+        if not len(c.rows):
+            continue
+        X = session_features(engine, c, s, pit, pc.ctr_prior, row_of, pc.half_life_days * 86400.0)
+        where = {int(r): j for j, r in enumerate(c.rows)}
+        shown_rank = {r: s.offset + j + 1 for j, r in enumerate(s.shown) if r >= 0}
+        ranks = {name: ranks_of(scores_of(m, X, c, weight)) for name, m in models.items()}
+        for r, g in s.gains.items():
+            if r not in shown_rank:
+                continue
+            out["search"].append(i)
+            out["logged_rank"].append(shown_rank[r])
+            out["gain"].append(g)
+            for name in models:
+                j = where.get(r)
+                out[name].append(int(ranks[name][j]) if j is not None else NOT_RANKED)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def ips_guard(rows: dict, serving: str, new: str, n_searches: int, propensity, k: int, clip: float, seed: int):
+    """The clipped IPS clicks@k of ``new`` against ``serving`` over ``n_searches`` held-out searches (those
+    without an engaged row count zero for both)."""
+    if not len(rows["search"]):
+        return {"searches": n_searches, "ship": False, "why": "no engaged held-out search to compare on"}
+    search = np.asarray(rows["search"], dtype=np.int64)
+    return guard(
+        search,
+        rows["logged_rank"],
+        rows[serving],
+        rows[new],
+        np.ones(len(search), dtype=bool),
+        propensity,
+        k=k,
+        clip=clip,
+        seed=seed,
+        n_searches=max(n_searches, int(search.max()) + 1),
+    )
+
+
+def debiased_dcg(d: Dataset, scores: np.ndarray, propensity: np.ndarray, clip: float, k: int = 10) -> float:
+    """Mean over ``d``'s sessions of ``Σ_engaged gain · min(θ_1/θ_pos, clip) / log2(1 + rank)`` over the top
+    ``k`` of the rows ranked by ``scores`` (rows = what the session showed, ``pos`` where it was shown)."""
+    theta = np.asarray(propensity, dtype=np.float64)
+    total, start = 0.0, 0
+    for n in d.groups:
+        y = d.y[start : start + n]
+        pos = np.clip(np.maximum(d.position[start : start + n], 0).astype(np.int64), 0, len(theta) - 1)
+        r = ranks_of(scores[start : start + n])
+        ips = np.minimum(1.0 / np.maximum(theta[pos], 1e-12), clip)
+        keep = (y > 0) & (r <= k)
+        total += float(np.sum(y[keep] * ips[keep] / np.log2(1.0 + r[keep])))
+        start += n
+    return total / max(len(d.groups), 1)
+
+
+def judged_check(engine, judged, pit: PointInTime, until: float, models: dict, tolerance: float, cache_dir=None):
+    """NDCG@10 of ``models`` (``serving`` and ``new``) on judged queries (``core.formats.judged.JudgedQueries``),
+    no user, product counts and query clicks as of ``until``; ``passed``: ``new`` loses at most ``tolerance``."""
+    from core import metrics
+    from core.bootstrap import paired_bootstrap
+
+    qids = [q for q in judged.texts if judged.relevance.get(q)]
+    cands = candidate_cache(engine, [judged.texts[q] for q in qids], progress=False, cache_dir=cache_dir)
+    row_of = engine.products.row_map()
+    qrels = {q: {str(row_of[p]): g for p, g in judged.relevance[q].items() if p in row_of} for q in qids}
+    runs: dict = {name: {} for name in models}
+    for q in qids:
+        c = cands[judged.texts[q]]
+        if not len(c.rows):
+            continue
+        ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, until, engine.cfg.personal.ctr_prior)
+        qc = pit.query_clicks.at(until).lookup(judged.texts[q], c.rows) if pit.query_clicks is not None else None
+        X = feature_matrix(c, ctr, pop, None, qc)
+        for name, m in models.items():
+            runs[name][q] = metrics.top_ids(c.rows, scores_of(m, X, c, engine.cfg.rerank.weight))
+    per = {name: metrics.ndcg(qrels, run, 10, per_query=True) for name, run in runs.items()}
+    out: dict = {"queries": len(qids), "ndcg@10": {n: round(float(v.mean()), 4) for n, v in per.items()}}
+    d = paired_bootstrap(per["serving"], per["new"])
+    out["new_minus_serving"] = {k: round(d[k], 4) for k in ("diff", "ci_low", "ci_high")}
+    # the queries the window's traffic searched, and the rest (where the new model must not lose)
+    logged = pit.query_clicks.query_ids if pit.query_clicks is not None else {}
+    had = np.array([judged.texts[q] in logged for q in qids if q in runs["serving"]], dtype=bool)
+    diff = per["new"] - per["serving"]
+    for name, sel in (("with_traffic", had), ("without_traffic", ~had)):
+        out[name] = {"queries": int(sel.sum()), "diff": round(float(diff[sel].mean()), 4) if sel.any() else None}
+    out["passed"] = bool(d["diff"] >= -tolerance)
+    return out
