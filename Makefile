@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 # $(call step,NAME,COMMAND): run COMMAND and print how long it took (make demo prints every step's time)
 step = @t0=$$(date +%s.%N); $(2) || exit $$?; awk -v a=$$t0 -v b=$$(date +%s.%N) 'BEGIN {printf "== %-32s %7.1f s\n", "$(1)", b - a}'
 
-.PHONY: install model demo demo-data index finetune onnx serve eval eval-personal bench bench-serving bench-scale load-test probe-service lint test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune retrain onnx serve eval eval-personal bench bench-serving bench-scale bench-loop load-test probe-service lint test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -60,6 +60,11 @@ finetune: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONF
 	$(PY) -m finetune --config $(CONFIG) $(if $(RESUME),--resume)
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
 
+# learn the final ranker again from the service's logged searches (debiased), promote it only when it wins the
+# ship guard (docs/fine-tuning.md); RELOAD=http://host:port also switches a running service (admin key in the env)
+retrain: .venv/.installed
+	$(PY) -m finetune.retrain --config $(CONFIG) $(if $(RELOAD),--reload $(RELOAD))
+
 onnx: .venv/.installed
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
 
@@ -88,6 +93,11 @@ bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/d
 bench-serving: .venv/.installed
 	$(PY) -m eval.bench.impression_cost --config $(CONFIG) --out reports/serving/impression_cost-$(basename $(notdir $(CONFIG))).json
 	$(PY) -m eval.bench.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
+# the learning loop on simulated shoppers: naive against debiased retraining, per simulated day
+bench-loop: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
+	$(PY) -m indexer --config $(CONFIG) --if-stale
+	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
+	$(PY) -m eval.bench.loop --config $(CONFIG) --out reports/loop/$(basename $(notdir $(CONFIG)))
 bench-scale: .venv/.installed models/base/config.json data/demo/catalog.jsonl
 	$(PY) -m eval.bench.scale --config configs/wentian.yaml
 load-test: .venv/.installed

@@ -8,6 +8,10 @@ in expectation.  So the clipped inverse-propensity estimate of clicks@k of a new
 with Biased Feedback*, WSDM 2017; clipping trades a little bias for much less variance).  The logged ranking
 itself scores its own clicks in the top k.  Searches are the paired units of a bootstrap: a new ranker ships
 only when the interval of its gain lies above zero.
+
+:func:`debiased_dcg` scores a ranking of the rows a search showed: the inverse-propensity-weighted DCG@10 of its
+engaged rows, an unbiased estimate of the relevance-weighted DCG under the same click model (what the retrain
+chooses its debiasing method and its number of trees by).
 """
 
 from __future__ import annotations
@@ -76,3 +80,27 @@ def guard(
         "p_value": round(d["p_value"], 4),
         "ship": bool(d["ci_low"] > 0),
     }
+
+
+def ranks_of(scores: np.ndarray) -> np.ndarray:
+    """1-based rank of each candidate under ``scores`` (ties keep the candidate order)."""
+    order = np.argsort(-scores, kind="stable")
+    r = np.empty(len(scores), dtype=np.int64)
+    r[order] = np.arange(1, len(scores) + 1)
+    return r
+
+
+def debiased_dcg(d, scores: np.ndarray, propensity: np.ndarray, clip: float, k: int = 10) -> float:
+    """Mean over ``d``'s sessions of ``Σ_engaged gain · min(θ_1/θ_pos, clip) / log2(1 + rank)`` over the top
+    ``k`` of the rows ranked by ``scores`` (rows = what the session showed, ``pos`` where it was shown)."""
+    theta = np.asarray(propensity, dtype=np.float64)
+    total, start = 0.0, 0
+    for n in d.groups:
+        y = d.y[start : start + n]
+        pos = np.clip(np.maximum(d.position[start : start + n], 0).astype(np.int64), 0, len(theta) - 1)
+        r = ranks_of(scores[start : start + n])
+        ips = np.minimum(1.0 / np.maximum(theta[pos], 1e-12), clip)
+        keep = (y > 0) & (r <= k)
+        total += float(np.sum(y[keep] * ips[keep] / np.log2(1.0 + r[keep])))
+        start += n
+    return total / max(len(d.groups), 1)

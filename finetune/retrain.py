@@ -60,7 +60,8 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     from finetune.ranker import fit_on_top, fit_ranker
     from finetune.ranker_sessions import PointInTime, build_dataset, candidate_cache
     from finetune.retrain_data import read_sessions, store_events
-    from finetune.ship_guard import debiased_dcg, holdout_ranks, ips_guard, judged_check
+    from finetune.counterfactual import debiased_dcg
+    from finetune.ship_guard import holdout_ranks, ips_guard, judged_check
 
     t0 = time.perf_counter()
     rc, ft = cfg.finetune.retrain, cfg.finetune
@@ -88,7 +89,8 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
         )
     rows = click_rows(events, logged.since, logged.cut, ft.gains)
     pbm = fit_pbm(rows.pair, rows.rank, rows.clicked)
-    propensity = pbm.propensity
+    # naive: no debiasing anywhere (clicks as labels, query clicks as raw click rates): the baseline
+    propensity = np.ones_like(pbm.propensity) if rc.debias == "naive" else pbm.propensity
     t = lap("read_and_click_model_s", t)
 
     pit = PointInTime(

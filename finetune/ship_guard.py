@@ -8,9 +8,6 @@
 - **Judged dev queries** (:func:`judged_check`), where the config has them: NDCG@10 of the serving and the new
   model on each, without a user, with product counts as of the window's end; the new one may lose at most
   ``judged_tolerance``.
-- **Choosing a debiasing method** (:func:`debiased_dcg`): on the validation sessions of the training period
-  (before the cut), the inverse-propensity-weighted DCG@10 of the engaged rows among the shown ones, an unbiased
-  estimate of the relevance-weighted DCG under the position-based click model.
 """
 
 from __future__ import annotations
@@ -18,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.features import FEATURES, feature_matrix, timeline_ctr_popularity
-from finetune.counterfactual import guard
-from finetune.ranker_sessions import Dataset, PointInTime, Session, candidate_cache, session_features
+from finetune.counterfactual import guard, ranks_of
+from finetune.ranker_sessions import PointInTime, Session, candidate_cache, session_features
 
 NOT_RANKED = 1_000_000  # the rank of an engaged product a ranking does not hold
 
@@ -33,14 +30,6 @@ def scores_of(model, X: np.ndarray, cand, weight: float) -> np.ndarray:
         return combine(cand.ce, cand.first, weight)
     warm = bool(X[:, FEATURES.index("history")].any())
     return model.score(X, 1.0, warm=warm)[0]
-
-
-def ranks_of(scores: np.ndarray) -> np.ndarray:
-    """1-based rank of each candidate under ``scores`` (ties keep the candidate order)."""
-    order = np.argsort(-scores, kind="stable")
-    r = np.empty(len(scores), dtype=np.int64)
-    r[order] = np.arange(1, len(scores) + 1)
-    return r
 
 
 def holdout_ranks(engine, sessions: list[Session], pit: PointInTime, models: dict, cands: dict) -> dict:
@@ -88,22 +77,6 @@ def ips_guard(rows: dict, serving: str, new: str, n_searches: int, propensity, k
         seed=seed,
         n_searches=max(n_searches, int(search.max()) + 1),
     )
-
-
-def debiased_dcg(d: Dataset, scores: np.ndarray, propensity: np.ndarray, clip: float, k: int = 10) -> float:
-    """Mean over ``d``'s sessions of ``Σ_engaged gain · min(θ_1/θ_pos, clip) / log2(1 + rank)`` over the top
-    ``k`` of the rows ranked by ``scores`` (rows = what the session showed, ``pos`` where it was shown)."""
-    theta = np.asarray(propensity, dtype=np.float64)
-    total, start = 0.0, 0
-    for n in d.groups:
-        y = d.y[start : start + n]
-        pos = np.clip(np.maximum(d.position[start : start + n], 0).astype(np.int64), 0, len(theta) - 1)
-        r = ranks_of(scores[start : start + n])
-        ips = np.minimum(1.0 / np.maximum(theta[pos], 1e-12), clip)
-        keep = (y > 0) & (r <= k)
-        total += float(np.sum(y[keep] * ips[keep] / np.log2(1.0 + r[keep])))
-        start += n
-    return total / max(len(d.groups), 1)
 
 
 def judged_check(engine, judged, pit: PointInTime, until: float, models: dict, tolerance: float, cache_dir=None):
