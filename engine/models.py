@@ -48,6 +48,7 @@ class VersionModels:
         self.scorer = None  # the cross-encoder, or a micro-batcher in front of it (enable_batching)
         self.ranker_model = None
         self.query_clicks_model = None  # the ranker's query_ctr snapshot, on this version's product rows
+        self.candidate_model: tuple | None = None  # serve.interleave.candidate: (Ranker, its query clicks)
 
     def forget_previous(self) -> None:
         """Drop the reference to the version this one took models over from (once everything is loaded)."""
@@ -155,17 +156,41 @@ class VersionModels:
             with self._lock:
                 if self.ranker_model is None:
                     ranker = self._load_ranker()
-                    if ranker.reads("query_ctr"):
-                        from engine.query_clicks import QueryClicks
-
-                        self.query_clicks_model = QueryClicks.load(ranker.path, self.bm25.products.row_map())
+                    self.query_clicks_model = self._query_clicks_of(ranker)
                     self.ranker_model = ranker
         return self.ranker_model
 
-    def query_clicks(self):
-        """The ranker's ``query_ctr`` snapshot (``query_clicks.npz`` beside it), or None."""
+    def _query_clicks_of(self, ranker):
+        if not ranker.reads("query_ctr"):
+            return None
+        from engine.query_clicks import QueryClicks
+
+        return QueryClicks.load(ranker.path, self.bm25.products.row_map())
+
+    def query_clicks(self, variant: str | None = None):
+        """The ranker's ``query_ctr`` snapshot (``query_clicks.npz`` beside it), or None; ``variant``
+        ``"candidate"``: the experiment candidate's."""
+        if variant == "candidate":
+            return self.candidate()[1]
         self.ranker()
         return self.query_clicks_model
+
+    def candidate(self) -> tuple:
+        """The online experiment's candidate ranker (``serve.interleave.candidate``) and its query clicks."""
+        if self.candidate_model is None:
+            path = self.cfg.serve.interleave.candidate
+            if not path:
+                raise ValueError(f"{self.cfg.source or self.cfg.name}: serve.interleave.candidate is not set")
+            with self._lock:
+                if self.candidate_model is None:
+                    from engine.ranker import Ranker
+
+                    p = Path(path) if Path(path).is_absolute() else self.cfg.root / path
+                    old = self._previous.candidate_model if self._previous is not None else None
+                    ranker = old[0] if old is not None and old[0].signature == Ranker.file_signature(p) else None
+                    ranker = ranker or Ranker.load(p)
+                    self.candidate_model = (ranker, self._query_clicks_of(ranker))
+        return self.candidate_model
 
     def _load_ranker(self):
         from engine.ranker import Ranker
@@ -187,7 +212,12 @@ class VersionModels:
     # -- what answers ------------------------------------------------------------------------------------------
     def loaded(self) -> tuple:
         """Which parts are loaded now (the key :meth:`IndexVersion.versions` is cached under)."""
-        return (tuple(self.dense), self.cross_encoder_model is not None, self.ranker_model is not None)
+        return (
+            tuple(self.dense),
+            self.cross_encoder_model is not None,
+            self.ranker_model is not None,
+            self.candidate_model is not None,
+        )
 
     def ready(self) -> dict[str, bool]:
         """Per model the config serves with: whether it is loaded (the service's readiness check)."""
@@ -209,6 +239,8 @@ class VersionModels:
             v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({ce.runtime})"
         if self.ranker_model is not None:
             v["ranker"] = f"{self.ranker_model.path.name}@{self.ranker_model.version}"
+        if self.candidate_model is not None:
+            v["candidate_ranker"] = f"{self.candidate_model[0].path.name}@{self.candidate_model[0].version}"
         return v
 
     def stale(self) -> bool:
@@ -229,6 +261,11 @@ class VersionModels:
             from engine.ranker import Ranker
 
             if self.ranker_model.signature != Ranker.file_signature(self.ranker_model.path):
+                return True
+        if self.candidate_model is not None:
+            from engine.ranker import Ranker
+
+            if self.candidate_model[0].signature != Ranker.file_signature(self.candidate_model[0].path):
                 return True
         return False
 

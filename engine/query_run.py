@@ -18,9 +18,10 @@ from engine.types import QueryError, QueryResult, SearchResult
 class QueryRun:
     """The checked arguments of one ``query_batch`` call on ``version``; :meth:`answer` runs it."""
 
-    def __init__(self, version, texts, k, offset, filters, mask, user_ids, personalize):
+    def __init__(self, version, texts, k, offset, filters, mask, user_ids, personalize, variant=None):
         self.t_start = time.perf_counter()
         self.version = version
+        self.variant = variant
         sc = version.cfg.search
         if isinstance(texts, str) or not isinstance(texts, Sequence):
             raise QueryError("q", "query_batch takes a list of query strings")
@@ -71,12 +72,12 @@ class QueryRun:
                     [self.rewrites[i].text for i in todo], self.mask, self.key, v.tail_depth(depth), timings
                 )
                 t0 = time.perf_counter()
-                ranker = v.ranker()
+                ranker = v.ranker(self.variant)
                 personal = ranker is not None and ranker.uses_personal and self.personalize > 0
                 for i, cand in zip(todo, cands):
                     user = self.user_ids[i]
                     profile = v.profile(user) if personal and user is not None else None
-                    ranked[i] = v.rank_candidates(cand, depth, profile, self.personalize, explain)
+                    ranked[i] = v.rank_candidates(cand, depth, profile, self.personalize, explain, variant=self.variant)
                 timings["rank"] = (time.perf_counter() - t0) * 1000
             else:
                 stages = v.cfg.search.stages

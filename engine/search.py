@@ -118,6 +118,7 @@ class SearchEngine:
         user_id: str | None = None,
         personalize: float = 1.0,
         explain: bool = False,
+        variant: str | None = None,
     ) -> QueryResult:
         """Ranked hits ``offset+1 .. offset+k`` for a query, with per-step timings and the versions that answered.
 
@@ -129,11 +130,13 @@ class SearchEngine:
         unknown user or one with no events get exactly the non-personalized
         ranking.  ``explain=True`` gives each hit its stage scores and ranks,
         cross-encoder score, personal features and final score.
+        ``variant="candidate"`` ranks with the online experiment's candidate
+        ranker (``serve.interleave.candidate``) instead of the serving one.
         The text is cleaned (:mod:`engine.query_input`); a query with nothing to
         search for gets no hits and a ``reason``.  Bad arguments raise
         :class:`engine.types.QueryError` naming the parameter.
         """
-        return self._version.query(text, k, offset, filters, mask, user_id, personalize, explain)
+        return self._version.query(text, k, offset, filters, mask, user_id, personalize, explain, variant)
 
     def query_batch(
         self,
@@ -145,10 +148,11 @@ class SearchEngine:
         user_ids: Sequence[str | None] | None = None,
         personalize: float = 1.0,
         explain: bool = False,
+        variant: str | None = None,
     ) -> list[QueryResult]:
         """:meth:`query` for several texts at once: dense queries encoded in one batch and every query's
         cross-encoder pairs scored in one run (``user_ids``: one per text, or None)."""
-        return self._version.query_batch(texts, k, offset, filters, mask, user_ids, personalize, explain)
+        return self._version.query_batch(texts, k, offset, filters, mask, user_ids, personalize, explain, variant)
 
     def enable_batching(self, window_ms: float, max_pairs: int) -> None:
         """Gather the cross-encoder pairs of concurrent queries (the service turns this on); kept across reloads."""

@@ -24,7 +24,7 @@ from engine.models import VersionModels
 from engine.query_input import clean_text, searchable
 from engine.query_run import QueryRun
 from engine.rerank import CrossEncoder
-from engine.types import DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryResult, SearchResult
+from engine.types import QueryError, DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryResult, SearchResult
 from engine.understanding import QueryRewriter, Rewrite
 from indexer.bm25 import BM25Index
 from core.config import Config
@@ -96,8 +96,13 @@ class IndexVersion:
         """The config's fine-tuned cross-encoder (``rerank.model``), loaded once."""
         return self.models.cross_encoder()
 
-    def ranker(self):
-        """The learned final ranker (``rerank.ranker``), loaded once; None when the config names none."""
+    def ranker(self, variant: str | None = None):
+        """The learned final ranker (``rerank.ranker``), loaded once; None when the config names none.
+        ``variant="candidate"``: the online experiment's candidate (``serve.interleave.candidate``)."""
+        if variant == "candidate":
+            return self.models.candidate()[0]
+        if variant not in (None, "serving"):
+            raise QueryError("variant", f"must be serving or candidate, got {variant!r}")
         return self.models.ranker()
 
     def enable_batching(self, window_ms: float, max_pairs: int) -> None:
@@ -290,11 +295,13 @@ class IndexVersion:
     def cache_misses(self) -> int:
         return self._cache.misses
 
-    def features(self, cand: Candidates, profile=None, now: float | None = None) -> np.ndarray:
+    def features(
+        self, cand: Candidates, profile=None, now: float | None = None, variant: str | None = None
+    ) -> np.ndarray:
         """The ranker's feature rows (:data:`engine.features.FEATURES`) of one query's candidates for a user
         (``profile`` None: the cold-user values)."""
         return candidate_features(
-            cand, self.user_events(), self.facets(), self.cfg.personal, profile, now, self.models.query_clicks()
+            cand, self.user_events(), self.facets(), self.cfg.personal, profile, now, self.models.query_clicks(variant)
         )
 
     def rank_candidates(
@@ -305,6 +312,7 @@ class IndexVersion:
         personalize: float = 1.0,
         explain: bool = False,
         now: float | None = None,
+        variant: str | None = None,
     ) -> tuple[SearchResult, list[dict] | None]:
         """The final order of one query's candidates (learned ranker, or the z-score mix without one), the
         rest of the hybrid list below them down to ``k``, and per hit an explanation when asked."""
@@ -312,8 +320,8 @@ class IndexVersion:
             cand,
             k,
             self.cfg.rerank,
-            self.ranker(),
-            lambda c, p: self.features(c, p, now),
+            self.ranker(variant),
+            lambda c, p: self.features(c, p, now, variant),
             profile,
             personalize,
             explain,
@@ -356,10 +364,11 @@ class IndexVersion:
         user_id: str | None = None,
         personalize: float = 1.0,
         explain: bool = False,
+        variant: str | None = None,
     ) -> QueryResult:
         """See :meth:`engine.search.SearchEngine.query`."""
         return self.query_batch(
-            [text], k, offset, filters, mask, None if user_id is None else [user_id], personalize, explain
+            [text], k, offset, filters, mask, None if user_id is None else [user_id], personalize, explain, variant
         )[0]
 
     def query_batch(
@@ -372,9 +381,10 @@ class IndexVersion:
         user_ids: Sequence[str | None] | None = None,
         personalize: float = 1.0,
         explain: bool = False,
+        variant: str | None = None,
     ) -> list[QueryResult]:
         """See :meth:`engine.search.SearchEngine.query_batch`."""
-        return QueryRun(self, texts, k, offset, filters, mask, user_ids, personalize).answer(explain)
+        return QueryRun(self, texts, k, offset, filters, mask, user_ids, personalize, variant).answer(explain)
 
     def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:
         ids, titles = self.products.ids, self.products.titles

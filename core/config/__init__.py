@@ -34,7 +34,14 @@ from core.config.loader import (
     parse_overrides,
     section_mapping,
 )
-from core.config.serving import PersonalConfig, QueryConfig, RerankConfig, SearchConfig, ServeConfig
+from core.config.serving import (
+    InterleaveConfig,
+    PersonalConfig,
+    QueryConfig,
+    RerankConfig,
+    SearchConfig,
+    ServeConfig,
+)
 from core.config.training import (
     DEBIAS_METHODS,
     BiEncoderTrainConfig,
@@ -62,6 +69,7 @@ __all__ = [
     "DenseConfig",
     "EvalConfig",
     "FinetuneConfig",
+    "InterleaveConfig",
     "MilvusConfig",
     "PersonalConfig",
     "QueryConfig",
@@ -126,6 +134,14 @@ def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig
     ft = build_section(FinetuneConfig, data, where, root)
     ft.biencoder, ft.crossencoder, ft.ranker, ft.retrain = bi, ce, rk, rt
     return ft
+
+
+def _build_serve(data: dict | None, where: str, root: Path) -> ServeConfig:
+    data = section_mapping(data, where)
+    il = build_section(InterleaveConfig, data.pop("interleave", None), f"{where}.interleave", root)
+    sc = build_section(ServeConfig, data, where, root)
+    sc.interleave = il
+    return sc
 
 
 def _build_search(data: dict | None, where: str, root: Path) -> SearchConfig:
@@ -216,7 +232,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         finetune=_build_finetune(raw.get("finetune"), f"{where}: finetune", root),
         eval=build_section(EvalConfig, raw.get("eval"), f"{where}: eval", root),
         personal=build_section(PersonalConfig, raw.get("personal"), f"{where}: personal", root),
-        serve=build_section(ServeConfig, raw.get("serve"), f"{where}: serve", root),
+        serve=_build_serve(raw.get("serve"), f"{where}: serve", root),
         query=build_section(QueryConfig, raw.get("query"), f"{where}: query", root),
         source=source,
         root=root,
@@ -271,6 +287,11 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: finetune.crossencoder.group_size must be >= 2 (a positive and a negative)")
     if ft.ranker.cv_folds < 0 or ft.ranker.cv_folds == 1:
         raise ConfigError(f"{where}: finetune.ranker.cv_folds must be 0 (off) or >= 2, not {ft.ranker.cv_folds}")
+    il = cfg.serve.interleave
+    if il.mode not in ("team_draft", "ab") or not 0 < il.share <= 1:
+        raise ConfigError(f"{where}: serve.interleave needs mode team_draft or ab and 0 < share <= 1")
+    if il.candidate is not None and not cfg.rerank.model:
+        raise ConfigError(f"{where}: serve.interleave.candidate is a ranker: set rerank.model too")
     rt = ft.retrain
     if not rt.delta_features:
         raise ConfigError(f"{where}: finetune.retrain.delta_features must name at least one ranker feature")

@@ -84,6 +84,20 @@ class PersonalConfig:
 
 
 @dataclass
+class InterleaveConfig:
+    """An online experiment between the serving ranker and a candidate (engine.experiments)."""
+
+    # the candidate's ranker folder (e.g. the refused or not yet promoted `<ranker>.staging` of `make retrain`);
+    # unset: no experiment
+    candidate: str | None = None
+    # the share of first-page searches in the experiment
+    share: float = 0.1
+    # team_draft: both rankers' lists interleaved in one page, clicks credited per team; ab: a share of shoppers
+    # (by user, or by search when anonymous) sees the candidate's page
+    mode: str = "team_draft"
+
+
+@dataclass
 class ServeConfig:
     """The HTTP service (engine.service, `make serve`)."""
 
@@ -104,6 +118,7 @@ class ServeConfig:
     log_impressions: bool = True
     impression_queue: int = 10_000
     impression_batch: int = 500
+    interleave: InterleaveConfig = field(default_factory=InterleaveConfig)
 
 
 @dataclass

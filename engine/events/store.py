@@ -109,6 +109,9 @@ def _sql(p: str, user: str) -> dict[str, str]:
         f"arm FROM impressions WHERE ts >= {p} AND ts < {p} AND (ts > {p} OR (ts = {p} AND search_id > {p})) "
         f"ORDER BY ts, search_id LIMIT {p}",
         "linked": f"SELECT search_id, product, event, rank, ts, {user} FROM events WHERE search_id IN ({{ids}})",
+        # the searches of an online experiment (arm set) and the ranks of the clicks answering them
+        "experiment": "SELECT i.search_id, i.arm, e.rank FROM impressions i LEFT JOIN events e "
+        f"ON e.search_id = i.search_id AND e.event = 1 WHERE i.arm IS NOT NULL AND i.ts >= {p}",
         # the credited events before a time, one page after (ts, id) at a time (a retrain's point-in-time replay)
         "event_page": f"SELECT id, {user}, product, event, ts FROM events WHERE credited = 1 AND ts < {p} "
         f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
@@ -310,6 +313,10 @@ class _SQLEventStore(EventStore):
                 return
             yield [r[1:] for r in rows]
             last_ts, last_id = rows[-1][4], rows[-1][0]
+
+    def experiment_rows(self, since: float) -> list[tuple]:
+        """(search id, arm, clicked rank or None) of the experiment searches logged since ``since``."""
+        return self._con().execute(self._sql["experiment"], (since,)).fetchall()
 
     def linked_events(self, search_ids: Sequence[str]) -> list[tuple]:
         """(search id, product, event code, rank, time, user) of every event that answers one of the searches."""

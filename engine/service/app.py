@@ -24,6 +24,7 @@ from engine.service.http import (
     security_headers,
 )
 from engine.service.event_intake import record_event_items
+from engine.service.experiments import Experiment, experiment_report
 from engine.service.impressions import ImpressionLog
 from engine.service.metrics import Metrics
 from engine.service.page import demo_users, page_html
@@ -89,6 +90,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.impressions = impressions
+    experiment = Experiment(sc.interleave)
     keys = keys if keys is not None else Keys.from_env()
     state = {"ready": True, "users": None}
     roots = (cfg.root, cfg.index_dir, tempfile.gettempdir())  # never named in a message a client reads
@@ -233,19 +235,19 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         filters = {f: v for f, v in filters.items() if v is not None}
         if user is not None and (problem := id_problem(user)):
             raise ApiError(422, "user", problem)
-        res = engine.query(
-            q, k=k, offset=offset, filters=filters or None, user_id=user, personalize=personalize, explain=explain
-        )  # a QueryError becomes a 422 naming the parameter
+        args = {"text": q, "k": k, "offset": offset, "filters": filters or None, "user_id": user}
+        res, arm = experiment.search(engine, user, {**args, "personalize": personalize, "explain": explain})
+        # a QueryError becomes a 422 naming the parameter
         for step, ms in res.timings_ms.items():
             if step not in ("pairs", "cache_hits") and isinstance(ms, float):
                 metrics.stage.labels(step).observe(ms / 1000.0)
         if "cache_hits" in res.timings_ms:
             metrics.cache.labels("hit" if res.timings_ms["cache_hits"] else "miss").inc()
         out = res.to_dict()
-        out["search_id"] = log_impression(res, user, filters) if log and impressions is not None else None
+        out["search_id"] = log_impression(res, user, filters, arm) if log and impressions is not None else None
         return out
 
-    def log_impression(res, user: str | None, filters: dict) -> str | None:
+    def log_impression(res, user: str | None, filters: dict, arm: str | None = None) -> str | None:
         """Queue what this search showed; its search id (None when the event store cannot take it)."""
         from engine.events import Impression, new_search_id
 
@@ -262,12 +264,26 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
                 res.offset,
                 [h.product_id for h in res.hits],
                 res.versions,
+                arm,
             )
         except Exception:  # no usable event store (a bad file, a database down): the search is answered, not logged
             log.exception("the impression of a search could not be logged")
             metrics.impressions.labels("failed").inc()
             return None
         return imp.search_id if impressions.submit(imp) else None
+
+    @app.get("/experiments", summary="The online experiment's wins, ties and losses so far", dependencies=ADMIN)
+    def experiments(days: float = 28.0):
+        if not math.isfinite(days) or days <= 0:
+            raise ApiError(422, "days", "must be a positive number of days")
+        ev = engine.user_events()
+        c = engine.cfg.serve.interleave
+        return {
+            "candidate": c.candidate,
+            "mode": c.mode,
+            "share": c.share,
+            **experiment_report(ev, ev.clock() - days * 86400.0),
+        }
 
     # -- events and users --------------------------------------------------------------------------------------
     @app.post("/events", summary="Record one event or a batch", status_code=200, dependencies=SEARCH)
