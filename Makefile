@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 # $(call step,NAME,COMMAND): run COMMAND and print how long it took (make demo prints every step's time)
 step = @t0=$$(date +%s.%N); $(2) || exit $$?; awk -v a=$$t0 -v b=$$(date +%s.%N) 'BEGIN {printf "== %-32s %7.1f s\n", "$(1)", b - a}'
 
-.PHONY: install model demo demo-data index finetune retrain onnx serve eval eval-personal bench bench-serving bench-scale bench-loop load-test probe-service lint test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune retrain onnx serve eval eval-personal bench bench-serving bench-scale bench-loop bench-interleave load-test probe-service lint test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -98,6 +98,9 @@ bench-loop: .venv/.installed models/base/config.json $(if $(findstring demo,$(CO
 	$(PY) -m indexer --config $(CONFIG) --if-stale
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
 	$(PY) -m eval.bench.loop --config $(CONFIG) --out reports/loop/$(basename $(notdir $(CONFIG)))
+# interleaving against A/B on simulated shoppers (searches each needs to see a known difference)
+bench-interleave: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
+	$(PY) -m eval.bench.interleaving --config $(CONFIG)
 bench-scale: .venv/.installed models/base/config.json data/demo/catalog.jsonl
 	$(PY) -m eval.bench.scale --config configs/wentian.yaml
 load-test: .venv/.installed

@@ -38,6 +38,7 @@ PERSONAL_FILE = "personal.txt"
 # logged position (finetune.ranker's position-bias term, additive: the same shift for every candidate)
 TRAINING_ONLY = {"position": 0.0}
 FEATURES_FILE = "features.json"
+MIX_FILE = "mix.json"  # a ranker whose base is the z-score mix, not a booster (a retrain's first delta on it)
 
 
 class Ranker:
@@ -53,7 +54,8 @@ class Ranker:
         unknown = [f for f in features if f not in FEATURES and f not in TRAINING_ONLY]
         if unknown:
             raise ValueError(f"ranker reads unknown feature(s) {unknown}; this engine computes {list(FEATURES)}")
-        self.booster = booster
+        self.booster = booster  # None: the z-score mix of mix_weight is the base score
+        self.mix_weight: float | None = None
         self.features = list(features)
         known = [i for i, f in enumerate(features) if f in FEATURES]
         self.cols = np.array([FEATURES.index(features[i]) for i in known])
@@ -76,6 +78,14 @@ class Ranker:
         self.signature: tuple = ()
         self.deltas: list[tuple] = []  # (booster, feature names, column spec) added on top, oldest first
 
+    @classmethod
+    def mix(cls, weight: float, card: dict | None = None) -> "Ranker":
+        """The z-score mix ``weight · z(cross-encoder) + (1 − weight) · z(first stage)`` as a ranker: what a shop
+        without a learned ranker serves, and the base a retrain's delta boosters go on."""
+        r = cls(None, ["ce", "first_stage"], card or {"model": f"the z-score mix, weight {weight}"})
+        r.mix_weight = float(weight)
+        return r
+
     def with_delta(self, booster, features: list[str], card: dict) -> "Ranker":
         """This ranker plus ``booster`` over ``features`` (non-personal or training-only) added to its score."""
         bad = [f for f in features if f in PERSONAL or (f not in FEATURES and f not in TRAINING_ONLY)]
@@ -84,6 +94,7 @@ class Ranker:
         out = Ranker(
             self.booster, self.features, card, self.personal, self.personal_features or None, self.personal_scale
         )
+        out.mix_weight = self.mix_weight
         out.deltas = [*self.deltas, (booster, list(features), self._columns(features))]
         return out
 
@@ -112,11 +123,11 @@ class Ranker:
         import hashlib
 
         p = Path(path)
-        if not (p / MODEL_FILE).is_file():
+        if not (p / MODEL_FILE).is_file() and not (p / MIX_FILE).is_file():
             return ()
-        out: tuple = ()  # model.txt's (size, mtime, sha) first: [2] names the model in versions()
+        out: tuple = ()  # model.txt's (or mix.json's) (size, mtime, sha) first: [2] names the model in versions()
         extra = [p / "query_clicks.npz", *sorted(p.glob("delta-*.txt"))]
-        for f in [p / MODEL_FILE, p / PERSONAL_FILE, p / FEATURES_FILE, *extra]:
+        for f in [p / MODEL_FILE, p / MIX_FILE, p / PERSONAL_FILE, p / FEATURES_FILE, *extra]:
             if f.is_file():
                 st = f.stat()
                 out += (st.st_size, st.st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()[:12])
@@ -142,7 +153,7 @@ class Ranker:
         import lightgbm as lgb
 
         p = Path(path)
-        if not (p / MODEL_FILE).is_file():
+        if not (p / MODEL_FILE).is_file() and not (p / MIX_FILE).is_file():
             raise ModelMissingError(f"ranker {p} not found; train it with `make finetune`")
         spec = json.loads((p / FEATURES_FILE).read_text(encoding="utf-8"))
         features = spec["features"]
@@ -150,14 +161,17 @@ class Ranker:
         card = json.loads(card_path.read_text(encoding="utf-8")) if card_path.is_file() else {}
         signature = cls.file_signature(p)
         personal = lgb.Booster(model_file=str(p / PERSONAL_FILE)) if (p / PERSONAL_FILE).is_file() else None
+        mix = None if (p / MODEL_FILE).is_file() else json.loads((p / MIX_FILE).read_text(encoding="utf-8"))
         ranker = cls(
-            lgb.Booster(model_file=str(p / MODEL_FILE)),
+            lgb.Booster(model_file=str(p / MODEL_FILE)) if mix is None else None,
             features,
             card,
             personal,
             spec.get("personal_model") if personal is not None else None,
             spec.get("personal_scale", 1.0),
         )
+        if mix is not None:
+            ranker.mix_weight = float(mix["weight"])
         for d in spec.get("deltas", []):
             ranker.deltas.append(
                 (lgb.Booster(model_file=str(p / d["file"])), d["features"], cls._columns(d["features"]))
@@ -168,7 +182,12 @@ class Ranker:
     def save(self, path: str | Path) -> None:
         p = Path(path)
         p.mkdir(parents=True, exist_ok=True)
-        self.booster.save_model(str(p / MODEL_FILE))
+        if self.booster is None:
+            (p / MODEL_FILE).unlink(missing_ok=True)
+            (p / MIX_FILE).write_text(json.dumps({"weight": self.mix_weight}), encoding="utf-8")
+        else:
+            (p / MIX_FILE).unlink(missing_ok=True)
+            self.booster.save_model(str(p / MODEL_FILE))
         spec = {"features": self.features, "personal": [f for f in self.features if f in PERSONAL]}
         if self.personal is not None:
             self.personal.save_model(str(p / PERSONAL_FILE))
@@ -197,6 +216,12 @@ class Ranker:
         return full, base
 
     def _score(self, X: np.ndarray, personalize: float, warm: bool) -> tuple[np.ndarray, np.ndarray]:
+        if self.booster is None:  # the z-score mix over one query's candidates
+            from engine.rerank import combine
+
+            ce, first = X[:, FEATURES.index("ce")], X[:, FEATURES.index("first_stage")]
+            base = combine(ce, first, self.mix_weight) if len(X) else np.zeros(0)
+            return base, base
         if not 0.0 <= personalize <= 1.0:
             raise ValueError(f"personalize must be within [0, 1], got {personalize}")
         if self.constants:

@@ -237,6 +237,18 @@ def fit_base(train: Dataset, valid: Dataset | None, tcfg, features: Sequence[str
     return booster, curve, choice
 
 
+def group_scores(ranker, d: Dataset) -> np.ndarray:
+    """The ranker's scores of a dataset's rows, one session at a time (a z-score mix standardizes per query),
+    the logged position unknown (0) as when serving."""
+    X = d.X
+    out = np.empty(len(X))
+    start = 0
+    for n in d.groups:
+        out[start : start + n] = ranker.score(X[start : start + n], 1.0, warm=True)[0]
+        start += n
+    return out
+
+
 def fit_on_top(
     serving,
     data: Dataset,
@@ -266,8 +278,7 @@ def fit_on_top(
     if bad:
         raise ValueError(f"finetune.retrain.delta_features: {bad} are not among {list(NON_PERSONAL)}")
     names = list(features) + ([POSITION] if method == "position_term" and train.logged else [])
-    init_train = serving.score(train.X, 1.0, warm=True)[0]
-    init_valid = serving.score(valid.X, 1.0, warm=True)[0]
+    init_train, init_valid = group_scores(serving, train), group_scores(serving, valid)
     params = _params(tcfg, names)
     if POSITION in names:
         params["interaction_constraints"] = [list(range(len(names) - 1)), [len(names) - 1]]

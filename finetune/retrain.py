@@ -57,7 +57,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     from finetune.click_model import fit_pbm
     from finetune.logged import click_rows
     from finetune.promote import promote as swap_in, staging_folder
-    from finetune.ranker import fit_on_top, fit_ranker
+    from finetune.ranker import fit_on_top, fit_ranker, group_scores
     from finetune.ranker_sessions import PointInTime, build_dataset, candidate_cache
     from finetune.retrain_data import read_sessions, store_events
     from finetune.counterfactual import debiased_dcg
@@ -107,6 +107,15 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     t = lap("features_s", t)
 
     serving = Ranker.load(serving_dir) if Ranker.file_signature(serving_dir) else None
+    if serving is None and rc.warm_start:  # no learned ranker serves: the z-score mix does, and is the base
+        ce = engine.cross_encoder()
+        serving = Ranker.mix(
+            cfg.rerank.weight,
+            {
+                "model": f"the z-score mix, weight {cfg.rerank.weight}",
+                "cross_encoder": {"path": str(ce.path), "fingerprint": ce.fingerprint()},
+            },
+        )
     on_top = rc.warm_start and serving is not None
     methods = DEBIAS_METHODS if rc.debias == "auto" else (rc.debias,)
     desc = f"logged searches {logged.split}; {len(logged.train)} engaged searches before the cut"
@@ -127,7 +136,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
                 propensity=propensity,
                 clip=rc.clip,
             )
-        scores = ranker.score(valid.X, 1.0, warm=True)[0] if len(valid.y) else np.zeros(0)
+        scores = group_scores(ranker, valid)
         fitted[m] = (ranker, round(debiased_dcg(valid, scores, propensity, rc.clip), 4) if len(valid.y) else None)
     chosen = max(methods, key=lambda m: (fitted[m][1] or 0.0, -methods.index(m)))
     t = lap("training_s", t)
@@ -168,7 +177,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
         "click_model": pbm.to_dict(),
         "methods": {m: {"valid_debiased_dcg@10": fitted[m][1], "holdout": guards[m]} for m in methods},
         "chosen": chosen,
-        "serving": str(serving_dir) if serving is not None else "none (the z-score mix)",
+        "serving": str(serving_dir) if Ranker.file_signature(serving_dir) else "none (the z-score mix)",
         "judged": None if judged_out is None else {"path": judged_path, **judged_out},
         "ship": ship,
         "decision": ("promoted: " if ship and promote else "not promoted: " if not ship else "won, --no-promote: ")

@@ -154,6 +154,23 @@ def test_a_bot_clicking_one_wrong_product_a_thousand_times_is_not_promoted(rcfg)
     assert bad not in top[:3], (top, bad, lists[q])
 
 
+def test_a_shop_without_a_ranker_retrains_on_top_of_the_zscore_mix(rcfg):
+    ranker = Path(rcfg.rerank.ranker)
+    shutil.rmtree(ranker)  # the shop serves the z-score mix: no learned ranker yet
+    traffic(rcfg)
+    report = run_retrain(rcfg, until=time.time(), progress=False)
+    assert report["serving"].startswith("none") and report["ship"], report["decision"]
+    assert (ranker / "mix.json").is_file() and (ranker / "delta-1.txt").is_file()
+    j = report["judged"]
+    assert j["with_traffic"]["diff"] > 0.03 and j["without_traffic"]["diff"] == 0.0
+    eng = SearchEngine.from_config(rcfg)
+    mix = SearchEngine.from_config(dataclasses.replace(rcfg, rerank=dataclasses.replace(rcfg.rerank, ranker=None)))
+    texts, _ = judged_targets(rcfg, n=200)
+    quiet = texts[40:]  # the judged queries without traffic answer exactly as the z-score mix did
+    assert [h.product_id for h in eng.query(quiet[0]).hits] == [h.product_id for h in mix.query(quiet[0]).hits]
+    assert "+1d@" in eng.versions()["ranker"]
+
+
 def test_promote_swaps_whole_folders_and_rollback_restores(tmp_path):
     serving, staged = tmp_path / "ranker", tmp_path / "ranker.staging"
     serving.mkdir()
