@@ -158,20 +158,7 @@ def fit(
         # features explain what position does not; serving sets it to 0 for every candidate, a constant shift
         params["interaction_constraints"] = [list(range(len(features))), [len(features)]]
 
-    dtrain = lgb.Dataset(
-        model_inputs(names, train),
-        _ints(train.y),
-        group=train.groups,
-        feature_name=names,
-        free_raw_data=False,
-        init_score=None if init is None else init[0],
-        weight=row_weights(train, method, propensity, clip),
-        position=(
-            np.maximum(train.position, 0).astype(np.int32)
-            if method == "lgbm_position" and train.logged and init is None
-            else None
-        ),
-    )
+    dtrain = train_set(names, train, None if init is None else init[0], method, propensity, clip, init is None)
     valid_sets, callbacks = [], []
     if valid is not None and len(valid.groups):
         dvalid = lgb.Dataset(
@@ -195,6 +182,26 @@ def fit(
     )
     curve = evals.get("valid", {}).get("ndcg@10", [])
     return booster, curve
+
+
+def train_set(names, train: Dataset, init, method: str | None, propensity, clip: float, positions: bool = True):
+    """The LightGBM Dataset of the training rows: the model's inputs, integer grades, sessions as groups, the
+    starting scores ``init``, the row weights of ``method`` and, for ``lgbm_position`` (with ``positions``), the
+    logged positions (LightGBM learns their bias factors with the model)."""
+    import lightgbm as lgb
+
+    lgb_position = positions and method == "lgbm_position" and train.logged
+    position = np.maximum(train.position, 0).astype(np.int32) if lgb_position else None
+    return lgb.Dataset(
+        model_inputs(names, train),
+        _ints(train.y),
+        group=train.groups,
+        feature_name=names,
+        free_raw_data=False,
+        init_score=init,
+        weight=row_weights(train, method, propensity, clip),
+        position=position,
+    )
 
 
 def row_weights(d: Dataset, method: str | None, propensity: np.ndarray | None, clip: float) -> np.ndarray | None:
@@ -282,16 +289,7 @@ def fit_on_top(
     params = _params(tcfg, names)
     if POSITION in names:
         params["interaction_constraints"] = [list(range(len(names) - 1)), [len(names) - 1]]
-    dtrain = lgb.Dataset(
-        model_inputs(names, train),
-        _ints(train.y),
-        group=train.groups,
-        feature_name=names,
-        free_raw_data=False,
-        init_score=init_train,
-        weight=row_weights(train, method, propensity, clip),
-        position=np.maximum(train.position, 0).astype(np.int32) if method == "lgbm_position" else None,
-    )
+    dtrain = train_set(names, train, init_train, method, propensity, clip)
     delta = lgb.train(params, dtrain, num_boost_round=tcfg.num_rounds)
     # how many trees: the best inverse-propensity-weighted DCG@10 of the validation sessions (their click labels
     # are as biased as the training ones: LightGBM's own NDCG would stop where the logged order is best)

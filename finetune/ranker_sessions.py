@@ -53,9 +53,14 @@ class EventArrays:
             if e.product_id in row_of
         ]
         kept.sort(key=lambda x: x[4])
-        if not kept:
+        return cls.from_rows(kept)
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[tuple]) -> "EventArrays":
+        """From (user, product row, product id, event code, time) tuples, already in time order."""
+        if not rows:
             return cls(*(np.zeros(0, dtype=d) for d in (object, np.int64, object, np.int64, np.float64)))
-        u, r, p, c, t = zip(*kept)
+        u, r, p, c, t = zip(*rows)
         return cls(
             np.asarray(u, dtype=object),
             np.asarray(r, dtype=np.int64),

@@ -165,21 +165,10 @@ def cap_users(sessions: list[Session], cap: float) -> dict:
 
 def store_events(user_events, row_of: dict, until: float) -> EventArrays:
     """Every credited event before ``until`` on a product in the index, time-ordered, as arrays."""
-    users, rows, pids, codes, ts = [], [], [], [], []
-    for page in user_events.event_pages(until):
-        for user, pid, code, t in page:
-            r = row_of.get(pid)
-            if r is None:
-                continue
-            users.append(user)
-            rows.append(r)
-            pids.append(pid)
-            codes.append(int(code))
-            ts.append(float(t))
-    return EventArrays(
-        np.asarray(users, dtype=object),
-        np.asarray(rows, dtype=np.int64),
-        np.asarray(pids, dtype=object),
-        np.asarray(codes, dtype=np.int64),
-        np.asarray(ts, dtype=np.float64),
-    )
+    kept = [
+        (user, row_of[pid], pid, int(code), float(t))
+        for page in user_events.event_pages(until)
+        for user, pid, code, t in page
+        if pid in row_of
+    ]
+    return EventArrays.from_rows(kept)
