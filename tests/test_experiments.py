@@ -139,3 +139,14 @@ def test_ab_mode_serves_the_candidate_page_to_its_arm(experiment_cfg):
         assert "candidate_ranker" in eng.versions()
         got = c.get("/experiments", headers={"Authorization": f"Bearer {ADMIN}"}).json()
         assert got["ab"]["searches"] == {"A": 0, "B": 1} and got["mode"] == "ab"
+
+
+def test_a_missing_candidate_serves_the_serving_page_and_logs_no_arm(experiment_cfg):
+    shutil.rmtree(experiment_cfg.serve.interleave.candidate)
+    c, eng = client(experiment_cfg)
+    with c:
+        r = c.get("/search", params={"q": "蓝牙耳机", "k": 10})
+        assert r.status_code == 200
+        assert [h["product_id"] for h in r.json()["hits"]] == [h.product_id for h in eng.query("蓝牙耳机").hits]
+        c.app.state.impressions.flush()
+        assert eng.user_events().impression(r.json()["search_id"]).arm is None

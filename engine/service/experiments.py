@@ -11,11 +11,14 @@ sent with the ``search_id`` is credited to the ranker that placed the product.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 
 import numpy as np
 
 from engine.experiments import CANDIDATE, ab_arm, experiment_stats, team_draft
+
+log = logging.getLogger("ecomsearch.service")
 
 
 class Experiment:
@@ -30,10 +33,21 @@ class Experiment:
         return bool(self.cfg.candidate)
 
     def search(self, engine, user: str | None, query_args: dict):
-        """The result of one search and its experiment arm (None: not in the experiment)."""
-        c = self.cfg
+        """The result of one search and its experiment arm (None: not in the experiment).  A candidate that
+        cannot be loaded (a missing or broken folder) ends nothing: the search gets the serving page, logged."""
         if not self.on or query_args.get("offset", 0) != 0:
             return engine.query(**query_args), None
+        try:
+            engine.version.models.candidate()
+        except Exception:
+            log.exception(
+                "the experiment's candidate ranker %s cannot be loaded; serving without it", self.cfg.candidate
+            )
+            return engine.query(**query_args), None
+        return self._search(engine, user, query_args)
+
+    def _search(self, engine, user: str | None, query_args: dict):
+        c = self.cfg
         if c.mode == "ab":
             side = ab_arm(user if user is not None else secrets.token_hex(8), c.share, salt=str(c.candidate))
             variant = "candidate" if side == CANDIDATE else None
