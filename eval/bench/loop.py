@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
             "serving": {g: {m: round(float(v.mean()), 4) for m, v in base[g].items()} for g in base},
             "days": days,
         }
+        gained = [r for r in days if r["debiased"]["with_traffic"]["mrr@10"]["ci_low"] > 0]
+        result["sessions_per_query_until_the_gain"] = gained[0]["sessions_per_query"] if gained else None
         if args.trap:
             result["trap"] = position_trap(cfg0, out / "trap", j, quiet, args.trap, args.seed)
         write(result, out)
@@ -253,6 +255,13 @@ def write(result: dict, out: Path) -> None:
                 f"({w['diff']:+.4f} [{w['ci_low']:+.4f}, {w['ci_high']:+.4f}]) | {wo['value']} "
                 f"({wo['diff']:+.4f} [{wo['ci_low']:+.4f}, {wo['ci_high']:+.4f}]) | {r['retrain_minutes']} |"
             )
+    lines += [
+        "",
+        f"Sessions per trafficked query until the debiased gain's interval is above zero: "
+        f"{result.get('sessions_per_query_until_the_gain')}. Logging: "
+        + ", ".join(f"day {r['day']} {r['traffic']['logging_searches_per_s']:.0f} searches/s" for r in result["days"])
+        + " into the store (the service's cost per search: `python -m eval.bench.impression_cost`).",
+    ]
     if "trap" in result:
         lines += ["", f"Position trap: {json.dumps(result['trap'], ensure_ascii=False)}"]
     (out / "loop.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
