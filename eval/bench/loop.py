@@ -14,7 +14,8 @@ NDCG@10, paired bootstrap interval against the serving ranker).
 3-8, under strong position bias (η = 2) and many sessions: the naive learner sees the top product clicked most
 and keeps it first; the debiased one discounts rank 1's examination and moves the better product up.
 
-Writes ``loop.json``, ``loop.md`` and ``loop.png`` to ``--out``; the serving models are copied, never changed.
+Writes ``loop.json``, ``loop.md`` and ``loop.png`` to ``--out``; the serving models are copied, never changed
+(a config without a trained ranker serves the z-score mix, which the retrain then builds on).
 """
 
 from __future__ import annotations
@@ -78,9 +79,12 @@ def private_config(cfg, out: Path):
     if ranker.exists():
         shutil.rmtree(ranker)
     src = Path(cfg.rerank.ranker) if cfg.rerank.ranker else None
-    if src is None or not (src / "model.txt").is_file():
-        raise FileNotFoundError(f"{cfg.source}: the loop needs the serving ranker {src}: run `make finetune` first")
-    shutil.copytree(src, ranker)
+    if src is not None and (src / "model.txt").is_file():
+        shutil.copytree(src, ranker)
+    else:  # no learned ranker: the shop serves the z-score mix, and the retrain builds on it
+        from engine.ranker import Ranker
+
+        Ranker.mix(cfg.rerank.weight, {"model": f"the z-score mix, weight {cfg.rerank.weight}"}).save(ranker)
     db = out / "events.sqlite"
     for f in out.glob("events.sqlite*"):
         f.unlink()
