@@ -5,15 +5,15 @@ Algolia's Dynamic Re-Ranking and every click-model-based reranker learn per quer
 every query they appear in).  From the logged searches (impressions) and the clicks that answer them, the
 position-based click model's relevance estimate, counted in users:
 
-``query_ctr(q, p) = (users who clicked p for q) / (Σ_users θ_r + 1)``
+``query_ctr(q, p) = Σ_clicking users w_u / (Σ_users θ_r + 1)``,  ``w_u = min(1, 3 / (u's searches of q))``
 
 ``θ_r`` the examination propensity of the best (smallest) rank the user was shown ``p`` at for ``q``
 (:mod:`finetune.click_model`'s fit): the expected number of users who looked at it.  A product clicked by the
 few who scrolled to rank 8 rates as high as one clicked by the many who saw it at rank 1.  Each user counts once
-per (query, product), so a bot that clicks one product a thousand times is one user; anonymous searches are one
-user each; the ``+ 1`` keeps a single click from rating 1.  A product needs clicks from ``min_users`` distinct
-users (default 2) before it counts at all: in honest traffic one click at a deep rank is strong evidence (few
-look there, and those who do rarely click a wrong product), which is exactly what one bot could fake.
+per (query, product), and a user who searched the query more than :data:`REPEAT_CAP` times counts for less (a
+bot that searches one query a thousand times and clicks one product each time is 3/1000 of a shopper); anonymous
+searches are one user each; the ``+ 1`` keeps a single click from rating 1.  A product counts once its clicking
+users weigh ``min_users`` (default 1) in all.
 
 :class:`QueryClickTimeline` replays the logged searches in time order (training: nothing from after a search is
 known at it); its state at the end of the window is the :class:`QueryClicks` snapshot saved with the ranker
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 PRIOR = 1.0  # pseudo-examinations without a click of every (query, product)
+REPEAT_CAP = 3.0  # searches of one query by one user that count in full; more divide that user's click
 FILE = "query_clicks.npz"
 
 
@@ -92,7 +93,7 @@ class QueryClickTimeline:
     Built from compact arrays (queries as ids of ``query_ids``, users as int64 hashes, the shown rows of all
     searches flattened with ``indptr``): a million logged searches cost some hundred megabytes, not objects."""
 
-    def __init__(self, query_ids: dict[str, int], searches: tuple, clicks: tuple, propensity, min_users: int = 2):
+    def __init__(self, query_ids: dict[str, int], searches: tuple, clicks: tuple, propensity, min_users: float = 1):
         """``searches``: (times, query ids, user hashes, indptr, shown rows, shown ranks); ``clicks``: (times,
         query ids, product rows, user hashes), one entry per click answering a logged search."""
         self.query_ids = query_ids
@@ -107,9 +108,9 @@ class QueryClickTimeline:
         self._si = self._ci = 0
         self._t = -np.inf
         self._seen: dict[tuple, float] = {}  # (query id, row, user) -> θ of the best rank counted
-        self._clicked: set = set()  # (query id, row, user) counted as a click
+        self._searched: dict[tuple, int] = {}  # (query id, user) -> searches
         self._exam: dict[int, dict[int, float]] = {}
-        self._clicks: dict[int, dict[int, float]] = {}
+        self._clicks: dict[int, dict[int, set]] = {}  # query id -> row -> the users who clicked it
 
     def at(self, t: float) -> "QueryClickTimeline":
         if t < self._t:
@@ -119,6 +120,7 @@ class QueryClickTimeline:
         last = len(self.theta) - 1
         for i in range(self._si, end):
             q, u = int(self.s_q[i]), int(self.s_u[i])
+            self._searched[(q, u)] = self._searched.get((q, u), 0) + 1
             exam = self._exam.setdefault(q, {})
             for row, rank in zip(
                 self.s_rows[self.indptr[i] : self.indptr[i + 1]].tolist(),
@@ -132,16 +134,13 @@ class QueryClickTimeline:
         self._si = max(self._si, end)
         end = int(np.searchsorted(self.c_ts, t, side="left"))
         for i in range(self._ci, end):
-            key = (int(self.c_q[i]), int(self.c_row[i]), int(self.c_u[i]))
-            if key not in self._clicked:
-                self._clicked.add(key)
-                per = self._clicks.setdefault(key[0], {})
-                per[key[1]] = per.get(key[1], 0.0) + 1.0
+            self._clicks.setdefault(int(self.c_q[i]), {}).setdefault(int(self.c_row[i]), set()).add(int(self.c_u[i]))
         self._ci = max(self._ci, end)
         return self
 
     def _value(self, q: int, row: int) -> float:
-        c = self._clicks.get(q, {}).get(row, 0.0)
+        users = self._clicks.get(q, {}).get(row, ())
+        c = sum(min(1.0, REPEAT_CAP / max(self._searched.get((q, u), 1), 1)) for u in users)
         return c / (self._exam.get(q, {}).get(row, 0.0) + PRIOR) if c >= self.min_users else 0.0
 
     def lookup(self, query: str | None, rows: np.ndarray) -> np.ndarray:
@@ -155,7 +154,8 @@ class QueryClickTimeline:
         names = {i: q for q, i in self.query_ids.items()}
         table = {}
         for q, per in self._clicks.items():
-            rows = np.array(sorted(r for r, c in per.items() if c >= self.min_users), dtype=np.int64)
-            if len(rows):
-                table[names[q]] = (rows, np.array([self._value(q, int(r)) for r in rows]))
+            rows = np.array(sorted(per), dtype=np.int64)
+            vals = np.array([self._value(q, int(r)) for r in rows])
+            if np.any(vals > 0):
+                table[names[q]] = (rows[vals > 0], vals[vals > 0])
         return QueryClicks(table)

@@ -52,7 +52,7 @@ class LoggedSessions:
     searches_log: tuple = ()
     clicks_log: tuple = ()
 
-    def query_click_timeline(self, propensity, min_users: int):
+    def query_click_timeline(self, propensity, min_users: float):
         from engine.query_clicks import QueryClickTimeline
 
         return QueryClickTimeline(self.query_ids, self.searches_log, self.clicks_log, propensity, min_users)

@@ -135,9 +135,9 @@ class RetrainConfig:
     # queries: on the demo, +0.076 NDCG@10 on the trafficked judged queries but -0.066 on the others); a shop
     # with traffic on most queries may add ctr, popularity, ce, ...
     delta_features: list[str] = field(default_factory=lambda: ["query_ctr"])
-    # query_ctr counts a product's clicks for a query once clicks come from this many distinct users (one bot
-    # is one user: engine.query_clicks)
-    query_click_min_users: int = 2
+    # query_ctr counts a product's clicks for a query once its clicking users weigh this much (each user at most
+    # 1, less when they searched the query more than 3 times: a bot is a fraction of a user; engine.query_clicks)
+    query_click_min_users: float = 1.0
     # inverse propensity weights are clipped at this (variance against bias)
     clip: float = 10.0
     # a user's logged searches weigh at most this many searches in all (a bot's thousand searches count as this)
