@@ -57,7 +57,8 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     from finetune.click_model import fit_pbm
     from finetune.logged import click_rows
     from finetune.promote import promote as swap_in, staging_folder
-    from finetune.ranker import fit_on_top, fit_ranker, group_scores
+    from finetune.ranker import fit_ranker
+    from finetune.ranker_delta import fit_on_top, group_scores
     from finetune.ranker_sessions import PointInTime, build_dataset, candidate_cache
     from finetune.retrain_data import read_sessions, store_events
     from finetune.counterfactual import debiased_dcg

@@ -111,7 +111,7 @@ def test_a_crash_mid_retrain_leaves_the_serving_ranker_untouched(rcfg, monkeypat
         raise RuntimeError("killed mid-training")
 
     monkeypatch.setattr("finetune.ranker.fit_ranker", boom)
-    monkeypatch.setattr("finetune.ranker.fit_on_top", boom)
+    monkeypatch.setattr("finetune.ranker_delta.fit_on_top", boom)
     with pytest.raises(RuntimeError):
         run_retrain(rcfg, until=time.time(), progress=False)
     assert folder_digest(ranker) == before
