@@ -317,6 +317,12 @@ def train_ranker(
     return ranker.card
 
 
+def cross_encoder_card(engine) -> dict:
+    """Which cross-encoder's scores a ranker reads (the engine refuses a ranker trained on another's)."""
+    ce = engine.cross_encoder()
+    return {"path": str(ce.path), "fingerprint": ce.fingerprint()}
+
+
 def fit_ranker(
     engine,
     data: Dataset,
@@ -396,8 +402,7 @@ def fit_ranker(
         "training": dataclasses.asdict(tcfg),
         "point_in_time": "profiles and product counts from events strictly before each session",
     }
-    ce = engine.cross_encoder()
-    card["cross_encoder"] = {"path": str(ce.path), "fingerprint": ce.fingerprint()}
+    card["cross_encoder"] = cross_encoder_card(engine)
     if check is not None:
         card["personal_check"] = check
     if h is not None:

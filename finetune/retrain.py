@@ -57,7 +57,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     from finetune.click_model import fit_pbm
     from finetune.logged import click_rows
     from finetune.promote import promote as swap_in, staging_folder
-    from finetune.ranker import fit_ranker
+    from finetune.ranker import cross_encoder_card, fit_ranker
     from finetune.ranker_delta import fit_on_top, group_scores
     from finetune.ranker_sessions import PointInTime, build_dataset, candidate_cache
     from finetune.retrain_data import read_sessions, store_events
@@ -107,22 +107,20 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     data = build_dataset(engine, logged.train, pit, cands, cfg.personal.ctr_prior, progress)
     t = lap("features_s", t)
 
-    serving = Ranker.load(serving_dir) if Ranker.file_signature(serving_dir) else None
-    if serving is None and rc.warm_start:  # no learned ranker serves: the z-score mix does, and is the base
-        ce = engine.cross_encoder()
-        serving = Ranker.mix(
+    served = bool(Ranker.file_signature(serving_dir))
+    serving = (  # no learned ranker serves: the z-score mix does (the base a warm start builds on)
+        Ranker.load(serving_dir)
+        if served
+        else Ranker.mix(
             cfg.rerank.weight,
-            {
-                "model": f"the z-score mix, weight {cfg.rerank.weight}",
-                "cross_encoder": {"path": str(ce.path), "fingerprint": ce.fingerprint()},
-            },
+            {"model": f"the z-score mix, weight {cfg.rerank.weight}", "cross_encoder": cross_encoder_card(engine)},
         )
-    on_top = rc.warm_start and serving is not None
+    )
     methods = DEBIAS_METHODS if rc.debias == "auto" else (rc.debias,)
     desc = f"logged searches {logged.split}; {len(logged.train)} engaged searches before the cut"
     fitted: dict = {}
     for m in methods:
-        if on_top:
+        if rc.warm_start:
             ranker, valid = fit_on_top(serving, data, ft.ranker, m, propensity, rc.clip, rc.delta_features)
             ranker.card["data"] = desc
         else:
@@ -159,18 +157,16 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     win = bool(guards[chosen].get("ship"))
     judged_ok = judged_out is None or judged_out.get("passed", True)
     ship = win and judged_ok
-    why = (
-        "the held-out searches' clicks@{k} interval lies above zero".format(k=rc.k)
-        + ("" if judged_out is None else f" and the judged dev queries lose at most {rc.judged_tolerance}")
-        if ship
-        else (
-            f"held-out clicks@{rc.k}: interval [{guards[chosen].get('ci_low')}, {guards[chosen].get('ci_high')}] "
-            "does not lie above zero"
-            if not win
-            else f"judged dev NDCG@10 {judged_out['new_minus_serving']['diff']:+.4f} loses more than "
-            f"{rc.judged_tolerance}"
-        )
-    )
+    if ship:
+        why = f"the held-out searches' clicks@{rc.k} interval lies above zero"
+        if judged_out is not None:
+            why += f" and the judged dev queries lose at most {rc.judged_tolerance}"
+    elif not win:
+        g = guards[chosen]
+        why = f"held-out clicks@{rc.k}: interval [{g.get('ci_low')}, {g.get('ci_high')}] does not lie above zero"
+    else:
+        d = judged_out["new_minus_serving"]["diff"]
+        why = f"judged dev NDCG@10 {d:+.4f} loses more than {rc.judged_tolerance}"
     report = {
         "config": str(cfg.source),
         "until": until,
@@ -178,7 +174,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
         "click_model": pbm.to_dict(),
         "methods": {m: {"valid_debiased_dcg@10": fitted[m][1], "holdout": guards[m]} for m in methods},
         "chosen": chosen,
-        "serving": str(serving_dir) if Ranker.file_signature(serving_dir) else "none (the z-score mix)",
+        "serving": str(serving_dir) if served else "none (the z-score mix)",
         "judged": None if judged_out is None else {"path": judged_path, **judged_out},
         "ship": ship,
         "decision": ("promoted: " if ship and promote else "not promoted: " if not ship else "won, --no-promote: ")

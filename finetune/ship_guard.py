@@ -21,23 +21,17 @@ from finetune.ranker_sessions import PointInTime, Session, candidate_cache, sess
 NOT_RANKED = 1_000_000  # the rank of an engaged product a ranking does not hold
 
 
-def scores_of(model, X: np.ndarray, cand, weight: float) -> np.ndarray:
-    """A model's scores of one query's candidates: a :class:`engine.ranker.Ranker` on the feature rows, or, for
-    ``None`` (no ranker serving), the z-score mix of the cross-encoder and the first stage."""
-    from engine.rerank import combine
-
-    if model is None:
-        return combine(cand.ce, cand.first, weight)
+def scores_of(model, X: np.ndarray) -> np.ndarray:
+    """A ranker's scores of one query's candidates (a served z-score mix is :meth:`engine.ranker.Ranker.mix`)."""
     warm = bool(X[:, FEATURES.index("history")].any())
     return model.score(X, 1.0, warm=warm)[0]
 
 
 def holdout_ranks(engine, sessions: list[Session], pit: PointInTime, models: dict, cands: dict) -> dict:
     """Per engaged row of the held-out sessions: the session index, its logged rank, its gain, and its rank under
-    each of ``models`` (name -> Ranker or None); ``cands``: the candidate sets per query."""
+    each of ``models`` (name -> Ranker); ``cands``: the candidate sets per query."""
     row_of = engine.products.row_map()
     pc = engine.cfg.personal
-    weight = engine.cfg.rerank.weight
     out: dict = {"search": [], "logged_rank": [], "gain": [], **{name: [] for name in models}}
     for i, s in enumerate(sessions):
         c = cands[s.query]
@@ -46,7 +40,7 @@ def holdout_ranks(engine, sessions: list[Session], pit: PointInTime, models: dic
         X = session_features(engine, c, s, pit, pc.ctr_prior, row_of, pc.half_life_days * 86400.0)
         where = {int(r): j for j, r in enumerate(c.rows)}
         shown_rank = {r: s.offset + j + 1 for j, r in enumerate(s.shown) if r >= 0}
-        ranks = {name: ranks_of(scores_of(m, X, c, weight)) for name, m in models.items()}
+        ranks = {name: ranks_of(scores_of(m, X)) for name, m in models.items()}
         for r, g in s.gains.items():
             if r not in shown_rank:
                 continue
@@ -98,7 +92,7 @@ def judged_check(engine, judged, pit: PointInTime, until: float, models: dict, t
         qc = pit.query_clicks.at(until).lookup(judged.texts[q], c.rows) if pit.query_clicks is not None else None
         X = feature_matrix(c, ctr, pop, None, qc)
         for name, m in models.items():
-            runs[name][q] = metrics.top_ids(c.rows, scores_of(m, X, c, engine.cfg.rerank.weight))
+            runs[name][q] = metrics.top_ids(c.rows, scores_of(m, X))
     per = {name: metrics.ndcg(qrels, run, 10, per_query=True) for name, run in runs.items()}
     out: dict = {"queries": len(qids), "ndcg@10": {n: round(float(v.mean()), 4) for n, v in per.items()}}
     d = paired_bootstrap(per["serving"], per["new"])
