@@ -125,31 +125,35 @@ class Config:
         return self.catalog.rejects_path or self.index_dir.with_name(self.index_dir.name + ".rejected.jsonl")
 
 
-def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig:
+def _build_nested(cls, subsections: dict, data: dict | None, where: str, root: Path):
+    """A section with nested sections (``subsections``: field name -> its dataclass), each built on its own so
+    that an error names ``<section>.<sub>.<field>``."""
     data = section_mapping(data, where)
-    bi = build_section(BiEncoderTrainConfig, data.pop("biencoder", None), f"{where}.biencoder", root)
-    ce = build_section(CrossEncoderTrainConfig, data.pop("crossencoder", None), f"{where}.crossencoder", root)
-    rk = build_section(RankerTrainConfig, data.pop("ranker", None), f"{where}.ranker", root)
-    rt = build_section(RetrainConfig, data.pop("retrain", None), f"{where}.retrain", root)
-    ft = build_section(FinetuneConfig, data, where, root)
-    ft.biencoder, ft.crossencoder, ft.ranker, ft.retrain = bi, ce, rk, rt
-    return ft
+    subs = {
+        name: build_section(sub, data.pop(name, None), f"{where}.{name}", root) for name, sub in subsections.items()
+    }
+    section = build_section(cls, data, where, root)
+    for name, value in subs.items():
+        setattr(section, name, value)
+    return section
+
+
+def _build_finetune(data: dict | None, where: str, root: Path) -> FinetuneConfig:
+    subs = {
+        "biencoder": BiEncoderTrainConfig,
+        "crossencoder": CrossEncoderTrainConfig,
+        "ranker": RankerTrainConfig,
+        "retrain": RetrainConfig,
+    }
+    return _build_nested(FinetuneConfig, subs, data, where, root)
 
 
 def _build_serve(data: dict | None, where: str, root: Path) -> ServeConfig:
-    data = section_mapping(data, where)
-    il = build_section(InterleaveConfig, data.pop("interleave", None), f"{where}.interleave", root)
-    sc = build_section(ServeConfig, data, where, root)
-    sc.interleave = il
-    return sc
+    return _build_nested(ServeConfig, {"interleave": InterleaveConfig}, data, where, root)
 
 
 def _build_search(data: dict | None, where: str, root: Path) -> SearchConfig:
-    data = section_mapping(data, where)
-    mv = build_section(MilvusConfig, data.pop("milvus", None), f"{where}.milvus", root)
-    sc = build_section(SearchConfig, data, where, root)
-    sc.milvus = mv
-    return sc
+    return _build_nested(SearchConfig, {"milvus": MilvusConfig}, data, where, root)
 
 
 def load_config(path: str | Path, **overrides: Any) -> Config:
