@@ -61,6 +61,8 @@ PERSONAL = (
     "brand_ctr",
     "group_ctr",
     "price_band_ctr",
+    "session_cos",
+    "session",
 )
 FEATURES = NON_PERSONAL + PERSONAL
 PERSONAL_IDX = np.array([FEATURES.index(f) for f in PERSONAL])
@@ -68,6 +70,8 @@ COLD = np.zeros(len(PERSONAL))  # the personal features of a user the engine kno
 # smoothing of a user's own click-through rate on a facet value, in impressions: a value shown to the user
 # fewer times than this stays near the user's average rate
 EXPOSURE_PRIOR = 3.0
+SESSION_HALF_LIFE = 1800.0  # seconds (personal.session_minutes)
+SESSION_MIN = 0.05  # an in-session profile with less decayed gain than this is over
 # event columns of the product counts (engine.events.EVENTS order)
 IMPRESSION, CLICK, CART, PURCHASE = range(4)
 
@@ -130,8 +134,11 @@ def personal_features(
     now: float,
     half_life: float,
     bought_rows: np.ndarray | None = None,
+    session_half_life: float = SESSION_HALF_LIFE,
 ) -> np.ndarray:
-    """``[n, len(PERSONAL)]`` for the candidate rows; all :data:`COLD` without a profile."""
+    """``[n, len(PERSONAL)]`` for the candidate rows; all :data:`COLD` without a profile.  ``session_cos``: the
+    cosine to the in-session profile's centroid (what the shopper engaged with in the last minutes; 0 once its
+    decayed gain is below :data:`SESSION_MIN`), ``session``: ``log1p`` of that gain."""
     out = np.zeros((len(rows), len(PERSONAL)))
     if profile is None or profile.weight <= 0:
         return out
@@ -158,6 +165,11 @@ def personal_features(
             seen = _lookup(profile.exposure.get(f) or {}, codes) * to_now_e
             ctr = (engaged + EXPOSURE_PRIOR * rate) / (seen + EXPOSURE_PRIOR)
             out[:, 7 + j] = np.where(codes >= 0, ctr / rate, 1.0)  # no value: as the average
+    strength = profile.session_strength(now, session_half_life)
+    sc = profile.unit_session_centroid() if strength >= SESSION_MIN else None
+    if sc is not None and facets.vectors.shape[1] == len(sc):
+        out[:, 11] = np.asarray(facets.vectors[rows], dtype=np.float32) @ sc
+        out[:, 12] = np.log1p(strength)
     return out
 
 

@@ -29,7 +29,13 @@ def candidate_features(
     if profile is not None:
         now = time.time() if now is None else now
         personal = personal_features(
-            cand.rows, profile, facets, now, pc.half_life_days * 86400.0, events.bought_rows(profile)
+            cand.rows,
+            profile,
+            facets,
+            now,
+            pc.half_life_days * 86400.0,
+            events.bought_rows(profile),
+            pc.session_minutes * 60.0,
         )
     return feature_matrix(cand, ctr, pop, personal, qctr)
 

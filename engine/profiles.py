@@ -12,6 +12,10 @@ A profile summarises what one (hashed) user engaged with:
   capped at ``affinity_cap`` values per facet (the weakest dropped), read
   as shares (the value's weight over the facet's total, 0..1);
 - **bought**: the products purchased (the most recent ``bought_cap``);
+- **session**: the same engagements' centroid decayed with a half-life of
+  minutes (``personal.session_minutes``), so the last minutes' clicks
+  count at the next query whatever the long history says (the in-session
+  profile; kept relative to the same time ``t``);
 - **exposure** per facet value: the decayed count of the user's impressions
   of it (what the shop showed them), with its own reference time.  Engaged
   weight over exposure is the user's own click-through rate on a brand or
@@ -104,15 +108,26 @@ class ProfileSettings:
     gains: Mapping[str, float] = field(default_factory=lambda: {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0})
     affinity_cap: int = 50
     bought_cap: int = 200
+    session_minutes: float = 30.0
 
     @property
     def half_life(self) -> float:
         return self.half_life_days * DAY
 
+    @property
+    def session_half_life(self) -> float:
+        return self.session_minutes * 60.0
+
     @classmethod
     def from_config(cls, personal) -> "ProfileSettings":
         """From a config's ``personal`` section (:class:`core.config.PersonalConfig`)."""
-        return cls(personal.half_life_days, dict(personal.gains), personal.affinity_cap, personal.bought_cap)
+        return cls(
+            personal.half_life_days,
+            dict(personal.gains),
+            personal.affinity_cap,
+            personal.bought_cap,
+            personal.session_minutes,
+        )
 
 
 @dataclass
@@ -128,6 +143,8 @@ class Profile:
     exposure: dict[str, dict[str, float]] = field(default_factory=dict)  # facet -> value -> decayed impressions
     exposure_t: float = 0.0  # the time exposure refers to (the newest impression's)
     exposure_total: float = 0.0  # decayed impressions in all
+    session_weight: float = 0.0  # the in-session profile: gains decayed with the session half-life, at ``t``
+    session_centroid: np.ndarray | None = None
 
     def exposure_at(self, now: float, half_life: float) -> float:
         """The factor that brings exposure weights to ``now``."""
@@ -140,6 +157,18 @@ class Profile:
     def strength(self, now: float, half_life: float) -> float:
         """The decayed total gain at ``now`` (0 for an empty profile)."""
         return self.weight * self.weight_at(now, half_life) if self.weight > 0 else 0.0
+
+    def session_strength(self, now: float, session_half_life: float) -> float:
+        """The in-session profile's decayed gain at ``now`` (about 0 once the shopper has been away a while)."""
+        if self.session_weight <= 0:
+            return 0.0
+        return self.session_weight * 2.0 ** (-max(now - self.t, 0.0) / session_half_life)
+
+    def unit_session_centroid(self) -> np.ndarray | None:
+        if self.session_centroid is None:
+            return None
+        norm = float(np.linalg.norm(self.session_centroid))
+        return None if norm == 0 else (self.session_centroid / norm).astype(np.float32)
 
     def shares(self, facet: str) -> dict[str, float]:
         values = self.affinities.get(facet) or {}
@@ -165,20 +194,19 @@ class Profile:
             "exp": self.exposure,
             "et": self.exposure_t,
             "ew": self.exposure_total,
-            "c": None
-            if self.centroid is None
-            else base64.b64encode(np.asarray(self.centroid, dtype=np.float32).tobytes()).decode("ascii"),
+            "c": _b64(self.centroid),
+            "sw": self.session_weight,
+            "sc": _b64(self.session_centroid),
         }
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
     @classmethod
     def loads(cls, blob: bytes, version: int = 0) -> "Profile":
         d = json.loads(blob)
-        c = None if d.get("c") is None else np.frombuffer(base64.b64decode(d["c"]), dtype=np.float32).copy()
         return cls(
             t=d["t"],
             weight=d["w"],
-            centroid=c,
+            centroid=_unb64(d.get("c")),
             affinities=d.get("aff", {}),
             bought=d.get("bought", []),
             n_events=d.get("n", 0),
@@ -187,7 +215,17 @@ class Profile:
             exposure=d.get("exp", {}),
             exposure_t=d.get("et", 0.0),
             exposure_total=d.get("ew", 0.0),
+            session_weight=d.get("sw", 0.0),
+            session_centroid=_unb64(d.get("sc")),
         )
+
+
+def _b64(v: np.ndarray | None) -> str | None:
+    return None if v is None else base64.b64encode(np.asarray(v, dtype=np.float32).tobytes()).decode("ascii")
+
+
+def _unb64(s: str | None) -> np.ndarray | None:
+    return None if s is None else np.frombuffer(base64.b64decode(s), dtype=np.float32).copy()
 
 
 def bought_rows(profile: Profile | None, row_map: Mapping[str, int]) -> np.ndarray:
@@ -260,6 +298,7 @@ def apply_event(
         return True
     if gain <= 0:
         return False
+    s_decay, s_age, _ = _advance(profile.t, profile.n_events == 0, ts, settings.session_half_life)
     decay, age, profile.t = _advance(profile.t, profile.n_events == 0, ts, settings.half_life)
     w = gain * age
     if decay != 1.0:
@@ -270,6 +309,11 @@ def apply_event(
     vec = np.asarray(facets.vectors[row], dtype=np.float32)
     profile.centroid = w * vec if profile.centroid is None else profile.centroid + w * vec
     profile.weight += w
+    ws = gain * s_age  # the in-session profile: the same event, minutes of half-life
+    profile.session_weight = profile.session_weight * s_decay + ws
+    profile.session_centroid = (
+        ws * vec if profile.session_centroid is None else profile.session_centroid * np.float32(s_decay) + ws * vec
+    )
     _add_facets(profile.affinities, facets, row, w, settings.affinity_cap)
     if event == "purchase":
         if product_id in profile.bought:

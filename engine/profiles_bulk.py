@@ -98,8 +98,11 @@ def build_profiles(
     w = gains * decay
     weight = np.bincount(uidx, weights=w, minlength=len(uniq))
     n_events = np.bincount(uidx, minlength=len(uniq))
-    m = sp.csr_matrix((w, (uidx, rows)), shape=(len(uniq), len(facets)))
-    centroids = np.asarray(m @ np.asarray(facets.vectors, dtype=np.float32), dtype=np.float32)
+    ws = gains * np.exp2(-(t_last[uidx] - ts) / settings.session_half_life)  # the in-session profile
+    session_weight = np.bincount(uidx, weights=ws, minlength=len(uniq))
+    vectors = np.asarray(facets.vectors, dtype=np.float32)
+    centroids = np.asarray(sp.csr_matrix((w, (uidx, rows)), shape=(len(uniq), len(facets))) @ vectors, np.float32)
+    session = np.asarray(sp.csr_matrix((ws, (uidx, rows)), shape=(len(uniq), len(facets))) @ vectors, np.float32)
     for i, u in enumerate(uniq):
         p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
         p.t, p.weight, p.centroid, p.n_events = (
@@ -108,6 +111,7 @@ def build_profiles(
             centroids[i].copy(),
             int(n_events[i]),
         )
+        p.session_weight, p.session_centroid = float(session_weight[i]), session[i].copy()
     _fill_facets(profiles, uniq, uidx, rows, w, facets, "affinities", settings.affinity_cap)
     bought = np.flatnonzero(codes_evt == names.index("purchase")) if "purchase" in names else []
     if len(bought):
@@ -154,6 +158,9 @@ def merge_profiles(old: Profile, new: Profile, settings: ProfileSettings) -> Pro
             new.centroid * b if new.centroid is not None else 0
         )
         bought = [p for p in old.bought if p not in new.bought] + new.bought
+        shl = settings.session_half_life
+        sa, sb = 2.0 ** (-(t - old.t) / shl), 2.0 ** (-(t - new.t) / shl)
+        session = [c * f for c, f in ((old.session_centroid, sa), (new.session_centroid, sb)) if c is not None]
         merged = Profile(
             t=t,
             weight=old.weight * a + new.weight * b,
@@ -163,6 +170,8 @@ def merge_profiles(old: Profile, new: Profile, settings: ProfileSettings) -> Pro
             n_events=old.n_events + new.n_events,
             groups_id=new.groups_id,
             version=old.version,
+            session_weight=old.session_weight * sa + new.session_weight * sb,
+            session_centroid=np.asarray(sum(session), dtype=np.float32) if session else None,
         )
     if old.exposure_total > 0 and new.exposure_total > 0:
         t = max(old.exposure_t, new.exposure_t)

@@ -43,6 +43,7 @@ class EventArrays:
     pids: np.ndarray
     codes: np.ndarray
     ts: np.ndarray
+    counted: np.ndarray | None = None  # per event: whether it counts in the product statistics (None: all)
 
     @classmethod
     def from_events(cls, events: Iterable, row_of: Mapping[str, int]) -> "EventArrays":
@@ -113,7 +114,8 @@ class PointInTime:
         self.query_clicks = query_clicks  # an engine.query_clicks.QueryClickTimeline (logged searches), or None
         self.facets = facets
         self.settings = settings
-        self.timeline = StatsTimeline(events.rows, events.codes, events.ts, len(facets))
+        c = slice(None) if events.counted is None else events.counted
+        self.timeline = StatsTimeline(events.rows[c], events.codes[c], events.ts[c], len(facets))
         self.profiles: dict[str, Profile] = {}
         self._next = 0
         self._t = -np.inf
@@ -198,7 +200,15 @@ def session_features(
             prof = None
         ctr, pop = timeline_ctr_popularity(pit.timeline, rows, session.t, prior)
         personal = (
-            personal_features(rows, prof, engine.facets(), session.t, half_life, bought_rows(prof, row_of))
+            personal_features(
+                rows,
+                prof,
+                engine.facets(),
+                session.t,
+                half_life,
+                bought_rows(prof, row_of),
+                pit.settings.session_half_life,
+            )
             if prof is not None
             else None
         )

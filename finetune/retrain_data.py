@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.formats.clicklog import EVENTS
-from engine.events.impressions import ANONYMOUS
+from engine.events.impressions import ANONYMOUS, examined_exposure
 from finetune.ranker_sessions import EventArrays, Session
 
 DAY = 86400.0
@@ -51,6 +51,9 @@ class LoggedSessions:
     query_ids: dict = field(default_factory=dict)
     searches_log: tuple = ()
     clicks_log: tuple = ()
+    # (user key, product id, time): what each engaged named user surely looked at (the service folds the same
+    # into profiles as the events arrive: engine.events.impressions.examined)
+    exposure: list = field(default_factory=list)
 
     def query_click_timeline(self, propensity, min_users: float):
         from engine.query_clicks import QueryClickTimeline
@@ -87,7 +90,12 @@ def read_sessions(user_events, row_of: dict, gains: dict[str, float], rcfg, unti
     s_ts, s_q, s_u, s_rows, s_ranks, indptr = array("d"), array("q"), array("q"), array("q"), array("q"), array("q")
     indptr.append(0)
     c_ts, c_q, c_row, c_u = array("d"), array("q"), array("q"), array("q")
+    exposure: list = []
     for imps, linked in user_events.logged_searches(since, until):
+        by_sid = {i.search_id: i for i in imps}
+        exposure += examined_exposure(
+            by_sid, [(sid, u, rank, ts, 0) for sid, _, _, rank, ts, u in linked if ts < until]
+        )
         qid_of = {i.search_id: query_ids.setdefault(i.searched or i.query, len(query_ids)) for i in imps}
         best: dict[str, dict[int, float]] = {}  # search id -> product row -> best gain
         for sid, pid, code, rank, ts, user in linked:
@@ -151,6 +159,7 @@ def read_sessions(user_events, row_of: dict, gains: dict[str, float], rcfg, unti
         query_ids,
         (t, *(np.frombuffer(a, dtype=np.int64) for a in (s_q, s_u, indptr, s_rows, s_ranks))),
         tuple(np.frombuffer(a, dtype=d) for a, d in zip((c_ts, c_q, c_row, c_u), "dqqq")),
+        exposure,
     )
 
 
@@ -163,12 +172,20 @@ def cap_users(sessions: list[Session], cap: float) -> dict:
     return {u: c for u, c in n.items() if c > cap}
 
 
-def store_events(user_events, row_of: dict, until: float) -> EventArrays:
-    """Every credited event before ``until`` on a product in the index, time-ordered, as arrays."""
+def store_events(user_events, row_of: dict, until: float, exposure=()) -> EventArrays:
+    """Every credited event before ``until`` on a product in the index, time-ordered, as arrays; ``exposure``
+    ((user, product id, time), :attr:`LoggedSessions.exposure`) joins them as impressions that shape profiles
+    only (not the product statistics), as the service folded them."""
     kept = [
         (user, row_of[pid], pid, int(code), float(t))
         for page in user_events.event_pages(until)
         for user, pid, code, t in page
         if pid in row_of
     ]
-    return EventArrays.from_rows(kept)
+    extra = [(u, row_of[p], p, EVENTS.index("impression"), float(t)) for u, p, t in exposure if p in row_of]
+    if not extra:
+        return EventArrays.from_rows(kept)
+    rows = sorted([(*r, True) for r in kept] + [(*r, False) for r in extra], key=lambda r: r[4])
+    out = EventArrays.from_rows([r[:5] for r in rows])
+    out.counted = np.array([r[5] for r in rows], dtype=bool)
+    return out

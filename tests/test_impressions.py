@@ -4,6 +4,7 @@ import sqlite3
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from engine.events import Impression, SQLiteEventStore
@@ -184,3 +185,58 @@ def test_replicas_opening_a_new_postgres_store_at_once_do_not_collide(pg_dsn):
 
         with ThreadPoolExecutor(6) as pool:
             assert list(pool.map(open_one, range(6))) == [0] * 6
+
+
+def test_examined_counts_the_engaged_rank_and_the_skipped_above_it_once():
+    from engine.events.impressions import examined, examined_exposure
+
+    imp = Impression("s1", 0.0, "u", "q", "q", {}, 6, 0, [f"P{i}" for i in range(6)], {}, None)
+    assert examined(imp, 3, 0) == ["P0", "P1", "P2"]  # the click at rank 3 and the two skipped above it
+    assert examined(imp, 5, 3) == ["P3", "P4"] and examined(imp, 2, 3) == []  # only what is new
+    page2 = Impression("s2", 0.0, "u", "q", "q", {}, 3, 10, ["A", "B", "C"], {}, None)
+    assert examined(page2, 12, 0) == ["A", "B"]  # ranks 11 and 12 of the second page
+    got = examined_exposure(
+        {"s1": imp},
+        [("s1", "u", 2, 20.0, 0), ("s1", "u", 4, 10.0, 0), ("s1", "anon:s1", 6, 5.0, 0), ("s1", "v", 1, 1.0, 0)],
+    )
+    # in time order: v's click at rank 1; u's at rank 4 (ranks 1-4), then u's at rank 2 adds nothing
+    assert got == [("v", "P0", 1.0), ("u", "P0", 10.0), ("u", "P1", 10.0), ("u", "P2", 10.0), ("u", "P3", 10.0)]
+
+
+def test_a_click_teaches_the_profile_what_was_skipped_above_it_and_the_retrain_replays_it(engine):
+    from finetune.ranker_sessions import PointInTime
+    from finetune.retrain_data import read_sessions, store_events
+    from engine.profiles import ProfileSettings
+    from core.config.training import RetrainConfig
+
+    client, log = client_for(engine)
+    body = client.get("/search", params={"q": "蓝牙耳机", "k": 8, "user": "U5"}).json()
+    sid, hits = body["search_id"], [h["product_id"] for h in body["hits"]]
+    assert log.flush(10)
+
+    def exposure():
+        return engine.user_events().store.profile(engine.user_events().user_key("U5")).exposure_total
+
+    def click(rank, t):
+        item = {"search_id": sid, "product_id": hits[rank - 1], "event": "click", "user_id": "U5", "timestamp": t}
+        assert client.post("/events", json=item).status_code == 200
+
+    t = time.time()
+    click(3, t)
+    assert exposure() == pytest.approx(3.0)  # ranks 1 and 2 skipped (weak negatives) and the clicked one
+    click(2, t)
+    assert exposure() == pytest.approx(3.0)  # nothing new was looked at
+    click(6, t)
+    assert exposure() == pytest.approx(6.0)  # ranks 4-6: looked at on the way down; 7 and 8 never count
+    live = engine.user_events().store.profile(engine.user_events().user_key("U5"))
+    ev = engine.user_events()
+    row_of = engine.products.row_map()
+    logged = read_sessions(ev, row_of, {"click": 1.0}, RetrainConfig(), t + 60)
+    pit = PointInTime(store_events(ev, row_of, t + 60, logged.exposure), engine.facets(), ProfileSettings(30.0))
+    replayed = pit.profiles_at(t + 60)[ev.user_key("U5")]
+    assert replayed.exposure_total == pytest.approx(live.exposure_total)  # the retrain sees what serving saw
+    assert replayed.exposure.keys() == live.exposure.keys()
+    for f, values in live.exposure.items():
+        assert replayed.exposure[f] == pytest.approx(values)
+    # folded into profiles only: the product statistics (impressions column) do not count them
+    np.testing.assert_array_equal(pit.timeline.at(np.array([row_of[h] for h in hits]), t + 60)[:, 0], 0)

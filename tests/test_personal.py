@@ -198,6 +198,8 @@ def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path, s
             assert ea.keys() == eb.keys()
             np.testing.assert_allclose([ea[k] for k in ea], [eb[k] for k in ea], rtol=1e-6)
         assert a.exposure_t == b.exposure_t and a.exposure_total == pytest.approx(b.exposure_total, rel=1e-9)
+        assert a.session_weight == pytest.approx(b.session_weight, rel=1e-9)
+        np.testing.assert_allclose(a.session_centroid, b.session_centroid, rtol=1e-5, atol=1e-30)
     np.testing.assert_array_equal(bulk.stats().counts, online.stats().counts)
 
 
@@ -224,6 +226,43 @@ def test_profile_weights_decay_with_the_half_life_and_affinities_are_capped():
     apply_event(p, facets, 3, "P3", "impression", T0 + 21 * DAY, s)  # one half-life later: the first counts 0.5
     assert p.exposure_total == pytest.approx(1.5) and p.exposure_t == T0 + 21 * DAY
     assert apply_event(p, facets, 3, "P3", "no_such_gain", T0 + 22 * DAY, s) is False
+
+
+def test_the_in_session_profile_counts_the_last_minutes_and_fades_within_hours():
+    from engine.features import personal_features
+    from engine.profiles_bulk import build_profiles, merge_profiles
+
+    facets, s = tiny_facets(), ProfileSettings(half_life_days=30, session_minutes=30)
+    p = Profile()
+    for i in range(10):  # a long history on product 0, days ago
+        apply_event(p, facets, 0, "P0", "purchase", T0 + i * DAY, s)
+    now = T0 + 12 * DAY
+    apply_event(p, facets, 1, "P1", "click", now - 60, s)  # this session: product 1, a minute ago
+    X = personal_features(np.array([0, 1]), p, facets, now, s.half_life, None, s.session_half_life)
+    long, sess, strength = (X[:, PERSONAL.index(f)] for f in ("centroid_cos", "session_cos", "session"))
+    assert long[0] > long[1]  # the long history is about product 0 ...
+    assert sess[1] > sess[0] and sess[1] == pytest.approx(1.0, abs=1e-5)  # ... the session about product 1
+    assert strength[0] == pytest.approx(np.log1p(2 ** (-60 / 1800)), rel=1e-6)
+    later = personal_features(np.array([0, 1]), p, facets, now + 6 * 3600, s.half_life, None, s.session_half_life)
+    assert not later[:, [PERSONAL.index("session_cos"), PERSONAL.index("session")]].any()  # the session is over
+    assert later[0, PERSONAL.index("centroid_cos")] == pytest.approx(long[0])  # the long profile stays
+    # a profile stored and read back, and one merged from two halves built in bulk, keep the session part
+    q = Profile.loads(p.dumps())
+    assert q.session_weight == p.session_weight
+    np.testing.assert_array_equal(q.session_centroid, p.session_centroid)
+    rows = np.array([0] * 10 + [1])
+    ts = np.array([T0 + i * DAY for i in range(10)] + [now - 60])
+    codes = np.array([3] * 10 + [1])
+    names = ("impression", "click", "add_to_cart", "purchase")
+    half = [
+        build_profiles(
+            np.array(["u"] * len(rows[sl])), rows[sl], [f"P{r}" for r in rows[sl]], codes[sl], ts[sl], facets, s, names
+        )
+        for sl in (slice(0, 6), slice(6, None))
+    ]
+    m = merge_profiles(half[0]["u"], half[1]["u"], s)
+    assert m.session_weight == pytest.approx(p.session_weight, rel=1e-9)
+    np.testing.assert_allclose(m.session_centroid, p.session_centroid, rtol=1e-5)
 
 
 def test_a_users_own_click_rate_on_a_brand_corrects_for_what_they_were_shown():

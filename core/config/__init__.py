@@ -303,9 +303,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: finetune.retrain.debias must be auto or one of {DEBIAS_METHODS}, not {rt.debias!r}"
         )
-    if not 0 < rt.holdout_fraction < 1 or rt.window_days <= 0 or rt.holdout_days <= 0:
+    if not 0 < rt.holdout_fraction < 1 or rt.window_days <= 0 or rt.holdout_days <= 0 or rt.crossencoder_minutes < 0:
         raise ConfigError(
-            f"{where}: finetune.retrain needs window_days > 0, holdout_days > 0 and 0 < holdout_fraction < 1"
+            f"{where}: finetune.retrain needs window_days > 0, holdout_days > 0, 0 < holdout_fraction < 1 and "
+            "crossencoder_minutes >= 0"
         )
     if cfg.rerank.first_stage not in ("rrf", "scores"):
         raise ConfigError(f"{where}: rerank.first_stage must be rrf or scores, not {cfg.rerank.first_stage!r}")
@@ -345,8 +346,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: personal.store postgres needs personal.dsn or the environment variable ECOMSEARCH_PG_DSN"
         )
-    if pc.half_life_days <= 0 or pc.retention_days <= 0:
-        raise ConfigError(f"{where}: personal.half_life_days and personal.retention_days must be > 0")
+    if pc.half_life_days <= 0 or pc.retention_days <= 0 or pc.session_minutes <= 0:
+        raise ConfigError(
+            f"{where}: personal.half_life_days, personal.session_minutes and personal.retention_days must be > 0"
+        )
     bad = set(pc.gains) - {"impression", "click", "add_to_cart", "purchase"}
     if bad:
         raise ConfigError(f"{where}: personal.gains names unknown event(s) {sorted(bad)}")

@@ -63,6 +63,9 @@ class PersonalConfig:
     # Without either, recording events is refused (only the demo config ships a key)
     user_key: str | None = None
     half_life_days: float = 30.0
+    # the in-session profile: the same engagements decayed with this half-life (minutes), so what a shopper did
+    # in the last minutes counts at their next query (the session_cos / session features)
+    session_minutes: float = 30.0
     # events older than this are dropped (and profiles not updated for this long)
     retention_days: float = 365.0
     gains: dict[str, float] = field(default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3})

@@ -146,6 +146,10 @@ class RetrainConfig:
     k: int = 10
     # judged dev queries (finetune.dev, else eval.queries) may lose at most this much NDCG@10
     judged_tolerance: float = 0.005
+    # > 0: first train the serving cross-encoder further on the logged debiased click pairs for at most this many
+    # minutes (finetune.retrain_ce); the ranker is then fitted over its scores and the pair is guarded and
+    # promoted together.  0: the cross-encoder stays as it is
+    crossencoder_minutes: float = 0.0
     seed: int = 0
     # where the report goes (default reports/retrain/<config name>)
     reports: Path | None = None

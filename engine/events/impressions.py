@@ -80,6 +80,32 @@ class Impression:
             ) from None
 
 
+def examined(imp: Impression, rank: int, deepest: int) -> list[str]:
+    """The products of ``imp`` a shopper surely looked at on reaching ``rank`` that ``deepest`` (the deepest rank
+    already counted for this search, 0: none) did not cover: ranks ``deepest + 1 .. rank``, the engaged one and
+    the ones skipped above it.  A profile counts them as exposure (the skipped ones are its weak negatives:
+    seen, not chosen); products below the deepest engagement, and searches nobody engaged with, count nothing
+    (whether they were looked at is unknown)."""
+    lo = max(deepest - imp.offset, 0)
+    return imp.products[lo : max(rank - imp.offset, lo)]
+
+
+def examined_exposure(imps: dict, linked) -> list[tuple]:
+    """(user key, product id, time) of the exposure that ``linked`` events (search id, user key, rank, time, the
+    deepest rank already counted for that search and user before them) add: :func:`examined` per event in time order,
+    anonymous users excluded (they build no profile)."""
+    out = []
+    deepest: dict[tuple, int] = {}  # (search id, user) -> the deepest rank counted
+    for sid, user, rank, ts, before in sorted(linked, key=lambda e: e[3]):
+        imp = imps.get(sid)
+        if imp is None or rank is None or user is None or user.startswith(ANONYMOUS):
+            continue
+        d = max(deepest.get((sid, user), 0), before)
+        out += [(user, pid, ts) for pid in examined(imp, int(rank), d)]
+        deepest[(sid, user)] = max(d, int(rank))
+    return out
+
+
 def check_linked_event(event: str) -> None:
     """An event sent with a search id is something a shopper did with a shown product."""
     if event not in LINKED_EVENTS:

@@ -271,22 +271,34 @@ class UserEvents:
         ts: np.ndarray,
         queries: Sequence[str | None],
         links: Sequence[tuple] | None = None,
+        exposure: Sequence[tuple] = (),
     ) -> None:
         """Store already validated events (hashed users) and fold them into the users' profiles; ``links``: per
         event the (search id, rank, arm) of the impression it answers, or None.  Anonymous events (user key
-        ``anon:<search id>``) count for learning and the product statistics, never for a profile."""
+        ``anon:<search id>``) count for learning and the product statistics, never for a profile.
+        ``exposure``: (user key, product id, time) of shown products the users surely looked at
+        (:func:`engine.events.impressions.examined`), folded into their profiles as impressions, not stored."""
         if len(users) == 0:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
-        order = np.argsort(ts, kind="stable")
+        p_users, p_rows, p_pids, p_codes, p_ts = list(users), rows, list(pids), codes, ts
+        row_of = self.row_map()
+        exposure = [(u, p, t) for u, p, t in exposure if p in row_of]
+        if exposure:
+            p_users = p_users + [u for u, _, _ in exposure]
+            p_pids = p_pids + [p for _, p, _ in exposure]
+            p_rows = np.concatenate([rows, np.array([row_of[p] for _, p, _ in exposure], dtype=np.int64)])
+            p_codes = np.concatenate([codes, np.full(len(exposure), EVENT_CODE["impression"], dtype=np.int64)])
+            p_ts = np.concatenate([ts, np.array([t for _, _, t in exposure], dtype=np.float64)])
+        order = np.argsort(p_ts, kind="stable")
         if links is not None:  # only an event answering a search can be anonymous: it builds no profile
-            order = order[[not users[i].startswith(ANONYMOUS) for i in order]]
+            order = order[[not p_users[i].startswith(ANONYMOUS) for i in order]]
         new = build_profiles(
-            np.asarray(users, dtype=object)[order].astype(str),
-            rows[order],
-            np.asarray(pids, dtype=object)[order],
-            codes[order],
-            ts[order],
+            np.asarray(p_users, dtype=object)[order].astype(str),
+            p_rows[order],
+            np.asarray(p_pids, dtype=object)[order],
+            p_codes[order],
+            p_ts[order],
             self.facets,
             self.settings,
             EVENTS,

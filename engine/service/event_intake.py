@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 from engine.events import EventError, PrivacyError
-from engine.events.impressions import check_linked_event
+from engine.events.impressions import check_linked_event, examined_exposure
 from engine.service.http import ApiError
 
 EVENT_FIELDS = {"user_id", "product_id", "event", "timestamp", "query", "search_id"}
@@ -77,6 +77,30 @@ def record_event_items(engine, impressions, items: list) -> dict:
         checked.append((user, pid, row, event, ts, query, link))
     users, pids, rows, events, ts, queries, links = (list(col) for col in zip(*checked))
     ev.append_bulk(
-        users, pids, np.asarray(rows, dtype=np.int64), events, np.asarray(ts, dtype=np.float64), queries, links
+        users,
+        pids,
+        np.asarray(rows, dtype=np.int64),
+        events,
+        np.asarray(ts, dtype=np.float64),
+        queries,
+        links,
+        exposure=linked_exposure(ev, seen, checked),
     )
     return {"recorded": len(checked)}
+
+
+def linked_exposure(ev, imps: dict, checked: list) -> list[tuple]:
+    """What the request's events answering searches add to their users' profiles as exposure: the products shown
+    at and above each engaged rank that the user's earlier events on the same search had not covered
+    (:func:`engine.events.impressions.examined`)."""
+    sids = sorted({c[6][0] for c in checked if c[6][0] is not None})
+    if not sids:
+        return []
+    before: dict[tuple, int] = {}  # (search id, user) -> the deepest rank their stored events reached
+    for sid, _pid, _code, rank, _ts, user in ev.store.linked_events(sids):
+        if rank is not None:
+            before[(sid, user)] = max(before.get((sid, user), 0), int(rank))
+    return examined_exposure(
+        imps,
+        [(c[6][0], c[0], c[6][1], c[4], before.get((c[6][0], c[0]), 0)) for c in checked if c[6][0] is not None],
+    )

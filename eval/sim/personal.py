@@ -109,7 +109,7 @@ def evaluate_sessions(
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
 
     cfg = engine.cfg
-    hl = cfg.personal.half_life_days * DAY
+    hl, shl = cfg.personal.half_life_days * DAY, cfg.personal.session_minutes * 60.0
     row_of = engine.products.row_map()
     fac = engine.facets()
     runs_b, runs_p, runs_o, runs_r, runs_y, qrels, warm = {}, {}, {}, {}, {}, {}, []
@@ -117,7 +117,7 @@ def evaluate_sessions(
         c = world.cands[q]
         prof = profile_of(uid)
         ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, t, cfg.personal.ctr_prior)
-        personal = personal_features(c.rows, prof, fac, t, hl, bought_rows(prof, row_of)) if prof else None
+        personal = personal_features(c.rows, prof, fac, t, hl, bought_rows(prof, row_of), shl) if prof else None
         X = feature_matrix(c, ctr, pop, personal)
         full, base = ranker.score(X, 1.0, warm=prof is not None)
         sid = f"s{i}"
@@ -173,8 +173,9 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     log, cut = simulate(world, users, TASTES[taste], args.days, args.eval_days, args.sessions, rng, row_ids)
     row_of = engine.products.row_map()
     assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
+    events = log.events if args.exposure == "shown" else examined_only(log)
     pit = PointInTime(
-        EventArrays.from_events(log.events, row_of), engine.facets(), ProfileSettings.from_config(engine.cfg.personal)
+        EventArrays.from_events(events, row_of), engine.facets(), ProfileSettings.from_config(engine.cfg.personal)
     )
     tcfg = engine.cfg.finetune.ranker
     card = train_ranker(
@@ -206,6 +207,18 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
         "queries": len(world.queries),
     }
     return summary, ranker
+
+
+def examined_only(log) -> list:
+    """The log with each session's impressions below its deepest click dropped (and every impression of a
+    session without one): the service's rule for what a profile counts as seen
+    (:func:`engine.events.impressions.examined`).  A session's impressions are stamped ``t + position``."""
+    drop = set()
+    for s in log.sessions:
+        clicked = [i for i, r in enumerate(s.shown) if r in s.gains]
+        deepest = max(clicked) if clicked else -1
+        drop.update((s.user, s.t + i) for i in range(deepest + 1, len(s.shown)))
+    return [e for e in log.events if e.event != "impression" or (e.user_id, e.timestamp) not in drop]
 
 
 def query_pool(cfg, n: int, seed: int) -> list[str]:
@@ -252,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--guard-limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--exposure",
+        choices=("shown", "examined"),
+        default="shown",
+        help="what profiles count as seen: every logged impression, or those at and above a session's deepest click",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 

@@ -74,7 +74,7 @@ def guard(
                     apply_event(prof, fac, o, engine.products.ids[o], "impression", ts + j, settings)
                 apply_event(prof, fac, int(r), engine.products.ids[int(r)], "click", ts + 20, settings)
             prof = prof if prof.weight > 0 else None
-            personal = personal_features(c.rows, prof, fac, t, hl) if prof else None
+            personal = personal_features(c.rows, prof, fac, t, hl, None, settings.session_half_life) if prof else None
             X = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), personal)
             full, _ = ranker.score(X, 1.0, warm=prof is not None)
             runs[name][qid] = metrics.top_ids(c.rows, full)
