@@ -23,6 +23,7 @@ Writes a model card (in the ranker folder) and a report (``reports/retrain/<conf
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -95,16 +96,28 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     t = lap("read_and_click_model_s", t)
 
     pit = PointInTime(
-        store_events(events, row_of, until),
+        store_events(events, row_of, until, logged.exposure),
         engine.facets(),
         ProfileSettings.from_config(cfg.personal),
         logged.query_click_timeline(propensity, rc.query_click_min_users),
     )
+    ce_card, ce_staged, engine_new = None, None, engine
+    if rc.crossencoder_minutes > 0:  # the cross-encoder first (finetune.retrain_ce); the ranker goes over its scores
+        from finetune.retrain_ce import finetune_on_clicks
+
+        ce_card, ce_staged = finetune_on_clicks(cfg, engine, logged, propensity, progress)
+        if ce_staged is not None:
+            engine_new = SearchEngine.from_config(
+                dataclasses.replace(base, rerank=dataclasses.replace(base.rerank, model=str(ce_staged)))
+            )
+        t = lap("crossencoder_s", t)
     cache = serving_dir.parent / "cache"
-    cands = candidate_cache(
-        engine, [s.query for s in logged.train + logged.holdout], progress=progress, cache_dir=cache
+    queries = [s.query for s in logged.train + logged.holdout]
+    cands = candidate_cache(engine, queries, progress=progress, cache_dir=cache)
+    cands_new = (
+        cands if engine_new is engine else candidate_cache(engine_new, queries, progress=progress, cache_dir=cache)
     )
-    data = build_dataset(engine, logged.train, pit, cands, cfg.personal.ctr_prior, progress)
+    data = build_dataset(engine_new, logged.train, pit, cands_new, cfg.personal.ctr_prior, progress)
     t = lap("features_s", t)
 
     served = bool(Ranker.file_signature(serving_dir))
@@ -118,14 +131,21 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     )
     methods = DEBIAS_METHODS if rc.debias == "auto" else (rc.debias,)
     desc = f"logged searches {logged.split}; {len(logged.train)} engaged searches before the cut"
+    # what a warm start builds on: the serving ranker, or, over a new cross-encoder, the z-score mix (it reads
+    # any cross-encoder's scores); a learned ranker read the old one's scores, so a new one is fitted instead
+    warm = serving
+    if engine_new is not engine:
+        warm = copy.copy(serving) if serving.mix_weight is not None else None
+        if warm is not None:
+            warm.card = {**serving.card, "cross_encoder": cross_encoder_card(engine_new)}
     fitted: dict = {}
     for m in methods:
-        if rc.warm_start:
-            ranker, valid = fit_on_top(serving, data, ft.ranker, m, propensity, rc.clip, rc.delta_features)
+        if rc.warm_start and warm is not None:
+            ranker, valid = fit_on_top(warm, data, ft.ranker, m, propensity, rc.clip, rc.delta_features)
             ranker.card["data"] = desc
         else:
             ranker, valid = fit_ranker(
-                engine,
+                engine_new,
                 data,
                 ft.ranker,
                 FEATURES,
@@ -141,14 +161,21 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     t = lap("training_s", t)
 
     models = {"serving": serving, **{m: fitted[m][0] for m in methods}}
-    ranks = holdout_ranks(engine, logged.holdout, pit, models, cands)
+    ranks = holdout_ranks(engine, logged.holdout, pit, models, cands, {m: cands_new for m in methods})
     guards = {
         m: ips_guard(ranks, "serving", m, logged.holdout_searches, propensity, rc.k, rc.clip, rc.seed) for m in methods
     }
     judged, judged_path = judged_queries(cfg)
     judged_out = (
         judged_check(
-            engine, judged, pit, until, {"serving": serving, "new": fitted[chosen][0]}, rc.judged_tolerance, cache
+            engine,
+            judged,
+            pit,
+            until,
+            {"serving": serving, "new": fitted[chosen][0]},
+            rc.judged_tolerance,
+            cache,
+            engines={"new": engine_new},
         )
         if judged is not None
         else None
@@ -180,6 +207,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
         "decision": ("promoted: " if ship and promote else "not promoted: " if not ship else "won, --no-promote: ")
         + why,
         "dataset": {"sessions": int(len(data.groups)), "rows": int(len(data.y))},
+        "cross_encoder": ce_card,
     }
     ranker = fitted[chosen][0]
     ranker.card.update(
@@ -193,15 +221,55 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     ranker.save(staged)
     if ranker.reads("query_ctr"):  # the query clicks as of the window's end, looked up at serving time
         pit.query_clicks.at(until).snapshot().save(staged, engine.products.ids)
+    if ce_staged is not None:
+        ranker.card["cross_encoder_retrained"] = ce_card
+        ranker.save(staged)  # the card says a rollback takes the cross-encoder back too
     if ship and promote:
+        if ce_staged is not None:  # the cross-encoder (and its ONNX export) first: a reload in between refuses the
+            report["previous_cross_encoder"] = str(promote_cross_encoder(ce_staged, cfg))  # pair and keeps serving
         report["previous"] = str(swap_in(staged, serving_dir))
         report["promoted"] = str(serving_dir)
     else:
         report["candidate"] = str(staged)
+        if ce_staged is not None:
+            report["candidate_cross_encoder"] = str(ce_staged)
     lap("total_s", t0)
     report["timing"] = timing
     write_report(report, rc.reports or Path("reports/retrain") / cfg.name, propensity)
     return report
+
+
+def promote_cross_encoder(staged: Path, cfg: Config) -> Path | None:
+    """Swap a retrained cross-encoder (and its ONNX export, when there is one) in; returns the previous folder."""
+    from finetune.promote import promote
+    from indexer.encoder import resolve_model
+    from indexer.onnx_files import onnx_dir
+
+    serving = Path(resolve_model(cfg.rerank.model, cfg.root))
+    if onnx_dir(staged).is_dir():
+        promote(onnx_dir(staged), onnx_dir(serving))
+    return promote(staged, serving)
+
+
+def rollback_models(cfg: Config) -> list[str]:
+    """``--rollback``: the previous ranker back in service, and the previous cross-encoder with it when the ranker
+    being rolled back came with a retrained one (its card says so)."""
+    from engine.ranker import Ranker
+    from finetune.promote import rollback
+    from indexer.encoder import resolve_model
+    from indexer.onnx_files import onnx_dir
+
+    ranker_dir = Path(cfg.rerank.ranker)
+    done = []
+    card = Ranker.load(ranker_dir).card if Ranker.file_signature(ranker_dir) else {}
+    if card.get("cross_encoder_retrained"):
+        ce = Path(resolve_model(cfg.rerank.model, cfg.root))
+        if onnx_dir(ce).with_name(onnx_dir(ce).name + ".previous").is_dir():
+            rollback(onnx_dir(ce))
+        rollback(ce)
+        done.append(str(ce))
+    rollback(ranker_dir)
+    return [str(ranker_dir), *done]
 
 
 def write_report(report: dict, out: Path, propensity: np.ndarray) -> None:
@@ -293,7 +361,6 @@ def send_reload(url: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
 
     from core.cli import command, load, run
-    from finetune.promote import rollback
 
     ap = command("finetune.retrain", __doc__, overrides=True)
     ap.add_argument("--until", type=float, help="the window's end (Unix time; default now)")
@@ -308,8 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollback:
             if not cfg.rerank.ranker:
                 raise RetrainError(f"{cfg.source}: no rerank.ranker to roll back")
-            rollback(Path(cfg.rerank.ranker))
-            print(f"rolled back: {cfg.rerank.ranker} is the previous ranker again")
+            done = rollback_models(cfg)
+            print(f"rolled back: {', '.join(done)} hold the previous models again")
         else:
             report = run_retrain(cfg, args.until, promote=not args.no_promote, progress=not args.no_progress)
             print(report["decision"])

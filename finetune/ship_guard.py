@@ -27,9 +27,12 @@ def scores_of(model, X: np.ndarray) -> np.ndarray:
     return model.score(X, 1.0, warm=warm)[0]
 
 
-def holdout_ranks(engine, sessions: list[Session], pit: PointInTime, models: dict, cands: dict) -> dict:
+def holdout_ranks(
+    engine, sessions: list[Session], pit: PointInTime, models: dict, cands: dict, cands_of: dict | None = None
+) -> dict:
     """Per engaged row of the held-out sessions: the session index, its logged rank, its gain, and its rank under
-    each of ``models`` (name -> Ranker); ``cands``: the candidate sets per query."""
+    each of ``models`` (name -> Ranker); ``cands``: the candidate sets per query; ``cands_of``: a model's own
+    candidate sets where it reads another cross-encoder's scores (the same rows: the first stages are shared)."""
     row_of = engine.products.row_map()
     pc = engine.cfg.personal
     out: dict = {"search": [], "logged_rank": [], "gain": [], **{name: [] for name in models}}
@@ -37,10 +40,16 @@ def holdout_ranks(engine, sessions: list[Session], pit: PointInTime, models: dic
         c = cands[s.query]
         if not len(c.rows):
             continue
-        X = session_features(engine, c, s, pit, pc.ctr_prior, row_of, pc.half_life_days * 86400.0)
+        hl = pc.half_life_days * 86400.0
+        X = {id(cands): session_features(engine, c, s, pit, pc.ctr_prior, row_of, hl)}
         where = {int(r): j for j, r in enumerate(c.rows)}
         shown_rank = {r: s.offset + j + 1 for j, r in enumerate(s.shown) if r >= 0}
-        ranks = {name: ranks_of(scores_of(m, X)) for name, m in models.items()}
+        ranks = {}
+        for name, m in models.items():
+            sets = (cands_of or {}).get(name, cands)
+            if id(sets) not in X:
+                X[id(sets)] = session_features(engine, sets[s.query], s, pit, pc.ctr_prior, row_of, hl)
+            ranks[name] = ranks_of(scores_of(m, X[id(sets)]))
         for r, g in s.gains.items():
             if r not in shown_rank:
                 continue
@@ -73,14 +82,20 @@ def ips_guard(rows: dict, serving: str, new: str, n_searches: int, propensity, k
     )
 
 
-def judged_check(engine, judged, pit: PointInTime, until: float, models: dict, tolerance: float, cache_dir=None):
+def judged_check(
+    engine, judged, pit: PointInTime, until: float, models: dict, tolerance: float, cache_dir=None, engines=None
+):
     """NDCG@10 of ``models`` (``serving`` and ``new``) on judged queries (``core.formats.judged.JudgedQueries``),
-    no user, product counts and query clicks as of ``until``; ``passed``: ``new`` loses at most ``tolerance``."""
+    no user, product counts and query clicks as of ``until``; ``passed``: ``new`` loses at most ``tolerance``.
+    ``engines``: a model's own engine where it reads another cross-encoder's scores (default ``engine``)."""
     from core import metrics
     from core.bootstrap import paired_bootstrap
 
     qids = [q for q in judged.texts if judged.relevance.get(q)]
-    cands = candidate_cache(engine, [judged.texts[q] for q in qids], progress=False, cache_dir=cache_dir)
+    texts = [judged.texts[q] for q in qids]
+    engine_of = {name: (engines or {}).get(name, engine) for name in models}
+    sets = {id(e): candidate_cache(e, texts, progress=False, cache_dir=cache_dir) for e in engine_of.values()}
+    cands = sets[id(engine)] if id(engine) in sets else next(iter(sets.values()))
     row_of = engine.products.row_map()
     qrels = {q: {str(row_of[p]): g for p, g in judged.relevance[q].items() if p in row_of} for q in qids}
     runs: dict = {name: {} for name in models}
@@ -90,9 +105,9 @@ def judged_check(engine, judged, pit: PointInTime, until: float, models: dict, t
             continue
         ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, until, engine.cfg.personal.ctr_prior)
         qc = pit.query_clicks.at(until).lookup(judged.texts[q], c.rows) if pit.query_clicks is not None else None
-        X = feature_matrix(c, ctr, pop, None, qc)
         for name, m in models.items():
-            runs[name][q] = metrics.top_ids(c.rows, scores_of(m, X))
+            c_m = sets[id(engine_of[name])][judged.texts[q]]  # the same rows, this model's cross-encoder scores
+            runs[name][q] = metrics.top_ids(c_m.rows, scores_of(m, feature_matrix(c_m, ctr, pop, None, qc)))
     per = {name: metrics.ndcg(qrels, run, 10, per_query=True) for name, run in runs.items()}
     out: dict = {"queries": len(qids), "ndcg@10": {n: round(float(v.mean()), 4) for n, v in per.items()}}
     d = paired_bootstrap(per["serving"], per["new"])

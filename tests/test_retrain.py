@@ -187,3 +187,43 @@ def test_promote_swaps_whole_folders_and_rollback_restores(tmp_path):
     fresh.mkdir()
     (fresh / "model.txt").write_text("first")
     assert promote(fresh, tmp_path / "other") is None and (tmp_path / "other" / "model.txt").read_text() == "first"
+
+
+def test_click_pairs_weigh_a_click_by_how_rarely_its_rank_is_looked_at():
+    from types import SimpleNamespace
+
+    from finetune.ranker_sessions import Session
+    from finetune.retrain_ce import click_groups
+
+    eng = SimpleNamespace(products=SimpleNamespace(titles=[f"t{i}" for i in range(6)]))
+    s = Session("u", "q", 0.0, {0: 1.0, 4: 2.0}, [0, 1, 2, 3, 4, 5])  # clicked rank 1, carted rank 5
+    groups = click_groups(eng, [s], [1.0, 0.5, 0.4, 0.3, 0.25, 0.2], clip=3.0)
+    assert [(g.positive, g.gain) for g in groups] == [("t0", 1.0), ("t4", 2.0 * 3.0)]  # 1/0.25 = 4, clipped at 3
+    assert groups[0].negatives == ["t1", "t2", "t3", "t5"]  # shown and passed over: never an engaged one
+
+
+def test_the_cross_encoder_retrains_on_click_pairs_and_ships_and_rolls_back_with_the_ranker(rcfg, tmp_path):
+    from finetune.retrain import rollback_models
+
+    ce = tmp_path / "models" / "cross-encoder"
+    shutil.copytree(rcfg.rerank.model, ce)
+    ft = rcfg.finetune
+    cfg = dataclasses.replace(
+        rcfg,
+        rerank=dataclasses.replace(rcfg.rerank, model=str(ce)),
+        finetune=dataclasses.replace(ft, retrain=dataclasses.replace(ft.retrain, crossencoder_minutes=0.25)),
+    )
+    _, _, _, _, until = traffic(cfg, explore=0.5)
+    ce_before, ranker_before = folder_digest(ce), folder_digest(Path(cfg.rerank.ranker))
+    report = run_retrain(cfg, until=until, progress=False)
+    card = report["cross_encoder"]
+    assert card["usable_groups"] > 100 and card["holdout_searches"] > 20
+    assert card["holdout_mrr_new"] > card["holdout_mrr_serving"], card  # the click pairs taught it something
+    assert report["ship"], report["decision"]
+    assert folder_digest(ce) != ce_before and folder_digest(Path(report["previous_cross_encoder"])) == ce_before
+    ranker_card = (Path(cfg.rerank.ranker) / "model_card.json").read_text()
+    assert "cross_encoder_retrained" in ranker_card
+    eng = SearchEngine.from_config(cfg)  # the promoted pair loads: the ranker read the new model's scores
+    assert eng.query("蓝牙耳机", k=3).hits
+    assert sorted(rollback_models(cfg)) == sorted([cfg.rerank.ranker, str(ce)])
+    assert folder_digest(ce) == ce_before and folder_digest(Path(cfg.rerank.ranker)) == ranker_before
