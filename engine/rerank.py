@@ -32,6 +32,24 @@ def trained_max_length(path: Path, default: int = 96) -> int:
     return json.loads(f.read_text())["max_length"] if f.is_file() else default
 
 
+MEAN_POOLING = "ecomsearch_mean_pooling"  # a config.json flag: the head reads the mean of the token states
+
+
+def head_logits(model, input_ids, attention_mask, token_type_ids=None):
+    """A cross-encoder's logits ``[n, 1]``: BertForSequenceClassification's head on [CLS], or, for a model built
+    with mean pooling (``config.ecomsearch_mean_pooling``), the same pooler and classifier on the mean of the
+    pair's token states.  A sentence encoder such as e5 is trained on mean pooling, and its [CLS] state barely
+    differs between pairs (measured on the base model, 4 layers: standard deviation across pairs 0.004 against a
+    norm of 5.5), so a head on [CLS] starts blind and the listwise loss sat at ln 4 for the demo's whole run."""
+    if not getattr(model.config, MEAN_POOLING, False):
+        return model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+    h = model.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)[0]
+    m = attention_mask.unsqueeze(-1).to(h.dtype)
+    mean = (h * m).sum(1) / m.sum(1).clamp(min=1.0)
+    pooler = model.bert.pooler
+    return model.classifier(model.dropout(pooler.activation(pooler.dense(mean))))
+
+
 class CrossEncoder:
     """(query, title) pairs → relevance scores with a fine-tuned ``BertForSequenceClassification``."""
 
@@ -111,9 +129,14 @@ class CrossEncoder:
         batch_size: int = 64,
         device: str = "auto",
         seed: int = 0,
+        pooling: str = "cls",
     ) -> "CrossEncoder":
         """A new cross-encoder initialised from the base model's encoder, keeping its first ``num_layers``
-        layers (all when None); the one-logit head on [CLS] starts from seeded random weights."""
+        layers (all when None); the one-logit head starts from seeded random weights and reads [CLS]
+        (``pooling="cls"``), or the mean of the pair's token states (``"mean"``, :func:`head_logits`; its
+        pooler starts as the identity)."""
+        if pooling not in ("cls", "mean"):
+            raise ValueError(f"pooling must be cls or mean, not {pooling!r}")
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -126,8 +149,13 @@ class CrossEncoder:
             config.num_hidden_layers = num_layers
         config.num_labels = 1
         config.architectures = ["BertForSequenceClassification"]
+        setattr(config, MEAN_POOLING, pooling == "mean")
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_pretrained(str(base), config=config)
+        if pooling == "mean":
+            with torch.no_grad():
+                model.bert.pooler.dense.weight.copy_(torch.eye(config.hidden_size))
+                model.bert.pooler.dense.bias.zero_()
         return cls(model.to(pick_device(device)), AutoTokenizer.from_pretrained(str(base)), max_length, batch_size)
 
     def features(self, queries: Sequence[str], titles: Sequence[str]) -> dict:
@@ -143,7 +171,7 @@ class CrossEncoder:
 
     def logits(self, queries: Sequence[str], titles: Sequence[str]):
         """Scores as a tensor with gradients (training)."""
-        return self.model(**self.features(queries, titles)).logits[:, 0]
+        return head_logits(self.model, **self.features(queries, titles))[:, 0]
 
     def predict(self, queries: Sequence[str], titles: Sequence[str], batch_size: int | None = None) -> np.ndarray:
         """Scores of the pairs ``(queries[i], titles[i])``, float32, in input order."""

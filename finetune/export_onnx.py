@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import Config
+from engine.rerank import head_logits
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, model_fingerprint, resolve_model
 from indexer.onnx_files import EXPORT_FILE, onnx_dir, onnx_file, read_export
 from core.cli import command, load, run
@@ -87,6 +88,8 @@ def export_model(path: Path, kind: str, max_length: int, check: bool = True) -> 
             self.m = m
 
         def forward(self, *args):
+            if output == "logits":  # the cross-encoder's own head ([CLS] or mean pooling)
+                return head_logits(self.m, **dict(zip(inputs, args)))
             return getattr(self.m(**dict(zip(inputs, args))), output)
 
     fp32, int8 = onnx_file(path, "none"), onnx_file(path, "int8")

@@ -184,7 +184,9 @@ def train_crossencoder(
     # the layers it starts from: the base model's, or the fine-tuned bi-encoder's (already tuned to these
     # queries and titles)
     base = stage_model(cfg, "dense-base" if t.init == "base" else "dense")
-    model = CrossEncoder.from_base(base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed)
+    model = CrossEncoder.from_base(
+        base, t.num_layers, max_length=t.max_length, device=cfg.rerank.device, seed=t.seed, pooling=t.pooling
+    )
     report = train(
         model,
         examples,

@@ -30,6 +30,25 @@ def test_first_n_layers_are_kept(tiny_model):
         CrossEncoder.from_base(tiny_model, num_layers=5, device="cpu")
 
 
+def test_a_mean_pooling_head_reads_every_token_survives_save_load_and_onnx_export(tiny_model, tmp_path):
+    from engine.onnx_models import OnnxCrossEncoder
+    from finetune.export_onnx import export_model
+
+    ce = CrossEncoder.from_base(tiny_model, num_layers=1, device="cpu", pooling="mean")
+    assert torch.equal(ce.model.bert.pooler.dense.weight, torch.eye(ce.model.config.hidden_size))
+    qs, ts = ["蓝牙耳机"] * 3, ["索尼 蓝牙耳机 黑色", "索尼 蓝牙耳机 白色", "华为 手机"]
+    mean, cls = ce.predict(qs, ts), CrossEncoder.from_base(tiny_model, num_layers=1, device="cpu").predict(qs, ts)
+    assert not np.allclose(mean, cls)  # another head: the mean of the token states, not [CLS]
+    ce.save(tmp_path / "ce")
+    again = CrossEncoder.load(tmp_path / "ce", device="cpu")
+    np.testing.assert_allclose(again.predict(qs, ts), mean, atol=1e-5)  # the flag lives in config.json
+    report = export_model(tmp_path / "ce", "cross-encoder", 64)  # raises when the graph disagrees with torch
+    assert report["max_abs_diff_fp32"] < 1e-3
+    np.testing.assert_allclose(OnnxCrossEncoder(tmp_path / "ce", 64, quantize="none").predict(qs, ts), mean, atol=1e-4)
+    with pytest.raises(ValueError, match="pooling"):
+        CrossEncoder.from_base(tiny_model, device="cpu", pooling="max")
+
+
 def test_groups_put_the_positive_first_and_sample_distinct_negatives(demo_dir):
     ex = demo_groups(demo_dir, 10)
     gen = groups(ex, batch_size=4, group_size=4, rng=np.random.default_rng(0))

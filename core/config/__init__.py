@@ -283,6 +283,10 @@ def _validate(cfg: Config, where: str) -> None:
             raise ConfigError(f"{where}: finetune.{name}.negatives_window must be [start, end) with 0 <= start < end")
     if ft.crossencoder.loss not in ("listwise", "pointwise", "graded"):
         raise ConfigError(f"{where}: finetune.crossencoder.loss must be listwise, pointwise or graded")
+    if ft.crossencoder.pooling not in ("cls", "mean"):
+        raise ConfigError(
+            f"{where}: finetune.crossencoder.pooling must be cls or mean, not {ft.crossencoder.pooling!r}"
+        )
     if ft.crossencoder.init not in ("base", "bi-encoder"):
         raise ConfigError(
             f"{where}: finetune.crossencoder.init must be base or bi-encoder, not {ft.crossencoder.init!r}"

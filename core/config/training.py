@@ -74,6 +74,9 @@ class CrossEncoderTrainConfig(TrainingLoopConfig):
     # the encoder layers it starts from: base (the config's dense.base_model) or bi-encoder (dense.model,
     # the fine-tuned bi-encoder)
     init: str = "base"
+    # what the one-logit head reads: cls (the [CLS] state, BertForSequenceClassification) or mean (the mean of
+    # the pair's token states: what a sentence encoder such as e5 was trained to fill; engine.rerank.head_logits)
+    pooling: str = "cls"
     # parameter-efficient fine-tuning: LoRA adapters of this rank on the attention's query and value
     # projections (peft), the classifier head trained in full; 0 = full fine-tuning
     lora_rank: int = 0

@@ -6,8 +6,12 @@ a price and a mixed Chinese/English title (``Apple/苹果 iPhone15 Pro 256GB
 手机 …``, ``500ml``, ``64GB``); and a click log from simulated users with
 stable category and brand preferences who search over 60 days: for each
 query the simulated shop shows 10 products, the user clicks, adds to cart
-or buys with probabilities that depend on how well a product fits the
-query and on the user's brand preference.
+or buys with probabilities that depend on how well a product's title fits
+the query (its noun, brand, model series, capacity or size, colour and
+other attributes: :func:`_fit`) and on the user's brand preference.  The
+shop's engine is rough (it ranks by fit with a lot of noise), so a shown
+list mixes products that match the query's details with some that do not,
+and clicks tell them apart: what the demo's cross-encoder and ranker learn.
 
 Writes ``catalog.jsonl``, ``clicks.jsonl`` and ``queries.tsv`` (judged
 queries from the last 10 days' sessions: query, pid, relevance = best event,
@@ -44,6 +48,8 @@ class Product:
     noun: str
     attrs: dict[str, str]
     price: float
+    model: str = ""
+    spec: str = ""
 
 
 def _title(
@@ -98,6 +104,8 @@ def generate_catalog(n_products: int = 5000, seed: int = 7) -> list[Product]:
                 noun,
                 attrs,
                 round(price, 2),
+                model,
+                spec_str,
             )
         )
     return products
@@ -111,18 +119,26 @@ class User:
     brand_pref: dict[str, str]
 
 
-def _query_for(rng: random.Random, user: User, cat: str) -> tuple[str, dict]:
-    """A query and what it asks for (noun, optional brand, optional attribute)."""
+def _query_for(rng: random.Random, user: User, cat: str, pool: list[Product]) -> tuple[str, dict]:
+    """A query and what it asks for: a noun, and optionally a brand (the user's), a model series or a
+    capacity/size of a product of that brand in ``pool`` (so that the shop has it), an attribute."""
     spec = CATEGORIES[cat]
     noun = rng.choice(spec["nouns"])
     want: dict = {"noun": noun}
     words = [noun]
-    r = rng.random()
-    if r < 0.35:
+    if rng.random() < 0.45:
         brand = next(b for b in spec["brands"] if b[1] == user.brand_pref[cat])
-        bname = rng.choice([brand[1], brand[0].lower(), brand[0]])
-        words.insert(0, bname)
         want["brand"] = brand[1]
+        of_brand = [p for p in pool if p.brand == brand[1]]
+        example = rng.choice(of_brand) if of_brand else None
+        if example is not None and rng.random() < 0.35:  # a model series names the brand by itself
+            want["model"] = example.model
+            words.insert(0, example.model if rng.random() < 0.5 else example.model.lower())
+        else:
+            words.insert(0, rng.choice([brand[1], brand[0].lower(), brand[0]]))
+        if example is not None and example.spec and rng.random() < 0.4:
+            want["spec"] = example.spec
+            words.append(example.spec if rng.random() < 0.6 else example.spec.lower())
     if rng.random() < 0.4:
         key = rng.choice(list(spec["attrs"]))
         val = rng.choice(spec["attrs"][key])
@@ -132,11 +148,17 @@ def _query_for(rng: random.Random, user: User, cat: str) -> tuple[str, dict]:
 
 
 def _fit(p: Product, want: dict) -> float:
+    """How well a product's title fits what the query asks for, 0..1: each detail it gets wrong costs
+    (a wrong model series or brand most, a wrong capacity or colour less, another noun of the category least)."""
     score = 1.0 if p.noun == want["noun"] else 0.5
     if "brand" in want:
-        score *= 1.0 if p.brand == want["brand"] else 0.2
+        score *= 1.0 if p.brand == want["brand"] else 0.15
+    if "model" in want:
+        score *= 1.0 if p.model == want["model"] else 0.25
+    if "spec" in want:
+        score *= 1.0 if p.spec == want["spec"] else 0.3
     if "attr" in want:
-        score *= 1.0 if want["attr"] in p.attrs.values() else 0.4
+        score *= 1.0 if want["attr"] in p.attrs.values() else 0.3
     return score
 
 
@@ -161,17 +183,17 @@ def simulate_clicks(
         for _ in range(sessions_per_user):
             ts = START + rng.uniform(0, days * DAY)
             cat = rng.choices(ucats, user.weights)[0] if rng.random() < 0.9 else rng.choice(cats)
-            query, want = _query_for(rng, user, cat)
             pool = by_cat[cat]
-            # the shop's current engine: mostly relevant products, some noise, shuffled a bit
-            shown = sorted(rng.sample(pool, min(40, len(pool))), key=lambda p: -_fit(p, want) - rng.uniform(0, 0.6))[
+            query, want = _query_for(rng, user, cat, pool)
+            # the shop's current engine: rough, by fit with a lot of noise, so a list mixes good and poor fits
+            shown = sorted(rng.sample(pool, min(40, len(pool))), key=lambda p: -_fit(p, want) - rng.uniform(0, 0.8))[
                 :10
             ]
             for pos, p in enumerate(shown):
                 t = ts + pos
                 events.append(Event(user.uid, query, p.pid, "impression", t))
                 prefer = 1.6 if p.brand == user.brand_pref[cat] else 0.7
-                p_click = min(0.95, 0.45 * _fit(p, want) * prefer / (1 + 0.15 * pos))
+                p_click = min(0.95, 0.5 * _fit(p, want) ** 1.5 * prefer / (1 + 0.15 * pos))
                 if rng.random() < p_click:
                     events.append(Event(user.uid, query, p.pid, "click", t + 5))
                     if rng.random() < 0.3 * prefer:
