@@ -109,6 +109,7 @@ class ProfileSettings:
     affinity_cap: int = 50
     bought_cap: int = 200
     session_minutes: float = 30.0
+    exposure: str = "examined"  # or "shown" (personal.exposure)
 
     @property
     def half_life(self) -> float:
@@ -127,6 +128,7 @@ class ProfileSettings:
             personal.affinity_cap,
             personal.bought_cap,
             personal.session_minutes,
+            personal.exposure,
         )
 
 

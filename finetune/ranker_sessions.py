@@ -44,17 +44,25 @@ class EventArrays:
     codes: np.ndarray
     ts: np.ndarray
     counted: np.ndarray | None = None  # per event: whether it counts in the product statistics (None: all)
+    shapes_profile: np.ndarray | None = None  # per event: whether it shapes its user's profile (None: all)
 
     @classmethod
-    def from_events(cls, events: Iterable, row_of: Mapping[str, int]) -> "EventArrays":
-        """From :class:`core.formats.clicklog.Event` objects; events on products not in the index are dropped."""
-        kept = [
-            (e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp)
-            for e in events
-            if e.product_id in row_of
-        ]
-        kept.sort(key=lambda x: x[4])
-        return cls.from_rows(kept)
+    def from_events(cls, events: Iterable, row_of: Mapping[str, int], exposure: str = "shown") -> "EventArrays":
+        """From :class:`core.formats.clicklog.Event` objects; events on products not in the index are dropped.
+        ``exposure="examined"``: an impression shapes a profile only at or above its search's deepest engagement
+        (:func:`engine.events.impressions.examined_in_log`; ``personal.exposure``)."""
+        from engine.events.impressions import examined_in_log
+
+        kept = sorted((e for e in events if e.product_id in row_of), key=lambda e: e.timestamp)
+        out = cls.from_rows(
+            [(e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp) for e in kept]
+        )
+        if exposure == "examined" and kept:
+            out.shapes_profile = np.asarray(
+                examined_in_log(*zip(*((e.user_id, e.query, e.event, e.product_id, e.timestamp) for e in kept))),
+                dtype=bool,
+            )
+        return out
 
     @classmethod
     def from_rows(cls, rows: Sequence[tuple]) -> "EventArrays":
@@ -127,6 +135,8 @@ class PointInTime:
         ev = self.events
         end = int(np.searchsorted(ev.ts, t, side="left"))
         for i in range(self._next, end):
+            if ev.shapes_profile is not None and not ev.shapes_profile[i]:
+                continue
             user = ev.users[i]
             p = self.profiles.get(user)
             if p is None:

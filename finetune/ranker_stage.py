@@ -38,7 +38,7 @@ def train_ranker_stage(cfg: Config, data: TrainingData, out: Path, progress: boo
         sessions = sessions_from_events(before, row_of, ft.gains)
         pc = cfg.personal
         settings = ProfileSettings.from_config(pc)
-        pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
+        pit = PointInTime(EventArrays.from_events(before, row_of, settings.exposure), engine.facets(), settings)
         desc = (
             f"click log {ft.train}: {len(sessions)} sessions (user, query; 30-minute gaps) before the time cut "
             f"{cut:.0f} ({how} held out), labels = best gain per product"

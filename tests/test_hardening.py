@@ -292,8 +292,11 @@ def click_trusting_ranker():
     from engine.ranker import Ranker
 
     rng = np.random.default_rng(0)
-    # the features before query_ctr was added, and query_ctr 0 (no logged searches), as the test was written
-    X = np.insert(rng.normal(size=(4000, len(FEATURES) - 1)), FEATURES.index("query_ctr"), 0.0, axis=1)
+    # the features as the test was written (query_ctr and the in-session ones came later: 0, no logged searches
+    # and no session), drawn in the same order, so the model is the one the test was written against
+    written = [i for i, f in enumerate(FEATURES) if f not in ("query_ctr", "session_cos", "session")]
+    X = np.zeros((4000, len(FEATURES)))
+    X[:, written] = rng.normal(size=(4000, len(written)))
     X[:, FEATURES.index("ctr")] = rng.uniform(0, 1, 4000)
     X[:, FEATURES.index("popularity")] = rng.uniform(0, 3, 4000)
     relevance = X[:, FEATURES.index("ctr")] + X[:, FEATURES.index("popularity")] / 3 + 0.3 * X[:, FEATURES.index("ce")]

@@ -49,11 +49,12 @@ def open_test_store(kind, tmp_path):
     return PostgresEventStore(kind[1], kind[2] + "_" + hashlib.md5(str(tmp_path).encode()).hexdigest()[:6])
 
 
-def events_for(tmp_path, key="k", clock=None, retention_days=365.0, kind=None):
+def events_for(tmp_path, key="k", clock=None, retention_days=365.0, kind=None, exposure="shown"):
     facets = tiny_facets()
     ids = [f"P{i}" for i in range(len(facets))]
     kw = {"clock": clock} if clock else {}
-    return UserEvents(open_test_store(kind, tmp_path), facets, ids, ProfileSettings(30.0), key, retention_days, **kw)
+    settings = ProfileSettings(30.0, exposure=exposure)
+    return UserEvents(open_test_store(kind, tmp_path), facets, ids, settings, key, retention_days, **kw)
 
 
 # -- events in ---------------------------------------------------------------------------------------------
@@ -201,6 +202,34 @@ def test_bulk_ingestion_reports_bad_rows_and_matches_online_profiles(tmp_path, s
         assert a.session_weight == pytest.approx(b.session_weight, rel=1e-9)
         np.testing.assert_allclose(a.session_centroid, b.session_centroid, rtol=1e-5, atol=1e-30)
     np.testing.assert_array_equal(bulk.stats().counts, online.stats().counts)
+
+
+def test_a_click_log_teaches_profiles_only_what_each_search_surely_showed(tmp_path):
+    """personal.exposure: examined — an impression shapes the profile only at or above its search's deepest
+    engagement; the product statistics still count every impression."""
+    import json
+
+    from engine.events.impressions import examined_in_log
+
+    rows = [("u", "q", "impression", f"P{i}", T0 + i) for i in range(5)]  # one search shows P0..P4
+    rows += [("u", "q", "click", "P2", T0 + 10)]  # clicked at rank 3: P0, P1 skipped, P3, P4 unknown
+    rows += [("u", "q2", "impression", "P5", T0 + 20)]  # a search without a click: nothing known
+    rows += [("u", "q", "impression", "P0", T0 + 7200), ("u", "q", "click", "P0", T0 + 7210)]  # a later search
+    assert examined_in_log(*zip(*rows)) == [True, True, True, False, False, True, False, True, True]
+    log = tmp_path / "clicks.jsonl"
+    log.write_text(
+        "\n".join(json.dumps(dict(zip(("user_id", "query", "event", "product_id", "timestamp"), r))) for r in rows),
+        encoding="utf-8",
+    )
+    examined = events_for(tmp_path / "a", exposure="examined")
+    shown = events_for(tmp_path / "b", exposure="shown")
+    for ev in (examined, shown):
+        ev.ingest(log)
+    a, b = examined.profile("u"), shown.profile("u")
+    assert a.exposure_total == pytest.approx(4.0, rel=0.01) and b.exposure_total == pytest.approx(7.0, rel=0.01)
+    np.testing.assert_array_equal(examined.stats().counts, shown.stats().counts)  # every impression counted
+    examined.record("u", "P5", "impression", T0 + 7300)  # alone, an impression shapes no profile
+    assert examined.profile("u").exposure_total == pytest.approx(a.exposure_total)
 
 
 # -- profiles ----------------------------------------------------------------------------------------------

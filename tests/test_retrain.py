@@ -205,8 +205,14 @@ def test_click_pairs_weigh_a_click_by_how_rarely_its_rank_is_looked_at():
 def test_the_cross_encoder_retrains_on_click_pairs_and_ships_and_rolls_back_with_the_ranker(rcfg, tmp_path):
     from finetune.retrain import rollback_models
 
+    from engine.ranker import Ranker
+
     ce = tmp_path / "models" / "cross-encoder"
     shutil.copytree(rcfg.rerank.model, ce)
+    # the shop serves the z-score mix: the retrain can build on it over any cross-encoder's scores (a learned
+    # ranker read the old model's scores, so a fresh one is fitted, which a few days of traffic rarely make win)
+    shutil.rmtree(rcfg.rerank.ranker)
+    Ranker.mix(rcfg.rerank.weight).save(Path(rcfg.rerank.ranker))
     ft = rcfg.finetune
     cfg = dataclasses.replace(
         rcfg,

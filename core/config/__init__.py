@@ -354,6 +354,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(
             f"{where}: personal.half_life_days, personal.session_minutes and personal.retention_days must be > 0"
         )
+    if pc.exposure not in ("examined", "shown"):
+        raise ConfigError(f"{where}: personal.exposure must be examined or shown, not {pc.exposure!r}")
     bad = set(pc.gains) - {"impression", "click", "add_to_cart", "purchase"}
     if bad:
         raise ConfigError(f"{where}: personal.gains names unknown event(s) {sorted(bad)}")

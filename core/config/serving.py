@@ -66,6 +66,10 @@ class PersonalConfig:
     # the in-session profile: the same engagements decayed with this half-life (minutes), so what a shopper did
     # in the last minutes counts at their next query (the session_cos / session features)
     session_minutes: float = 30.0
+    # what a profile counts as seen (the exposure behind the user's own click rates): examined (the products at
+    # and above the deepest engagement of each search, the same rule for the service's searches and for click
+    # logs; engine.events.impressions) or shown (every logged impression)
+    exposure: str = "examined"
     # events older than this are dropped (and profiles not updated for this long)
     retention_days: float = 365.0
     gains: dict[str, float] = field(default_factory=lambda: {"click": 1, "add_to_cart": 2, "purchase": 3})

@@ -106,6 +106,43 @@ def examined_exposure(imps: dict, linked) -> list[tuple]:
     return out
 
 
+def examined_in_log(users, queries, events, products, ts, gap: float = 1800.0) -> list[bool]:
+    """For a click log (parallel sequences in time order): whether each event shapes a profile under the same rule
+    as :func:`examined` — every engagement does; an impression only when its product is at or above the deepest
+    engagement of its search.  A search is one user's impressions of one query, each within ``gap`` seconds of
+    the previous event of that user and query; ranks follow the order products were first shown in it; events
+    without a query count as they are."""
+    keep = [True] * len(events)
+    open_: dict = {}  # (user, query) -> [last time, {product: rank}, [(event index, rank)], deepest rank]
+
+    def close(search) -> None:
+        for i, rank in search[2]:
+            keep[i] = rank <= search[3]
+
+    for i, (u, q, e, p, t) in enumerate(zip(users, queries, events, products, ts)):
+        if not q:
+            continue
+        key = (u, q)
+        search = open_.get(key)
+        if search is not None and t - search[0] > gap:
+            close(search)
+            search = open_[key] = None
+        if e == "impression":
+            if search is None:
+                search = open_[key] = [t, {}, [], 0]
+            rank = search[1].setdefault(p, len(search[1]) + 1)
+            search[2].append((i, rank))
+            search[0] = t
+        elif search is not None:
+            if p in search[1]:
+                search[3] = max(search[3], search[1][p])
+            search[0] = t
+    for search in open_.values():
+        if search is not None:
+            close(search)
+    return keep
+
+
 def check_linked_event(event: str) -> None:
     """An event sent with a search id is something a shopper did with a shown product."""
     if event not in LINKED_EVENTS:

@@ -18,7 +18,7 @@ import numpy as np
 
 from core.formats.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
 from core.types import id_problem
-from engine.events.impressions import ANONYMOUS, Impression
+from engine.events.impressions import ANONYMOUS, Impression, examined_in_log
 from engine.events.postgres import PostgresEventStore
 from engine.events.sqlite import SQLiteEventStore
 from engine.events.store import DAY, DSN_ENV, EVENT_CODE, KEY_ENV, CreditRule, EventError, EventStore, PrivacyError
@@ -204,6 +204,8 @@ class UserEvents:
         pid = product_id.strip()
 
         def update(old: Profile | None) -> Profile | None:
+            if event == "impression" and self.settings.exposure == "examined":
+                return None  # alone, an impression says nothing of what was looked at (personal.exposure)
             prof = old or Profile()
             return prof if apply_event(prof, self.facets, row, pid, event, ts, self.settings) else None
 
@@ -256,7 +258,14 @@ class UserEvents:
             evs.append(item.event)
             ts.append(item.timestamp)
             queries.append(item.query)
-        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, np.asarray(ts, dtype=np.float64), queries)
+        ts_arr = np.asarray(ts, dtype=np.float64)
+        mask = None
+        if self.settings.exposure == "examined" and users:  # impressions below a search's deepest click: unseen
+            order = np.argsort(ts_arr, kind="stable")
+            kept = examined_in_log(*([col[i] for i in order] for col in (users, queries, evs, pids, ts)))
+            mask = np.zeros(len(users), dtype=bool)
+            mask[order] = kept
+        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, ts_arr, queries, profile_mask=mask)
         rep.recorded = len(users)
         rep.users = len(set(users))
         rep.seconds = time.perf_counter() - t0
@@ -272,24 +281,28 @@ class UserEvents:
         queries: Sequence[str | None],
         links: Sequence[tuple] | None = None,
         exposure: Sequence[tuple] = (),
+        profile_mask: np.ndarray | None = None,
     ) -> None:
         """Store already validated events (hashed users) and fold them into the users' profiles; ``links``: per
         event the (search id, rank, arm) of the impression it answers, or None.  Anonymous events (user key
         ``anon:<search id>``) count for learning and the product statistics, never for a profile.
         ``exposure``: (user key, product id, time) of shown products the users surely looked at
-        (:func:`engine.events.impressions.examined`), folded into their profiles as impressions, not stored."""
+        (:func:`engine.events.impressions.examined`), folded into their profiles as impressions, not stored.
+        ``profile_mask``: which of the events shape profiles (None: all; every event is stored either way)."""
         if len(users) == 0:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
-        p_users, p_rows, p_pids, p_codes, p_ts = list(users), rows, list(pids), codes, ts
+        sel = np.arange(len(users)) if profile_mask is None else np.flatnonzero(profile_mask)
+        p_users, p_rows = [users[i] for i in sel], rows[sel]
+        p_pids, p_codes, p_ts = [pids[i] for i in sel], codes[sel], ts[sel]
         row_of = self.row_map()
         exposure = [(u, p, t) for u, p, t in exposure if p in row_of]
         if exposure:
             p_users = p_users + [u for u, _, _ in exposure]
             p_pids = p_pids + [p for _, p, _ in exposure]
-            p_rows = np.concatenate([rows, np.array([row_of[p] for _, p, _ in exposure], dtype=np.int64)])
-            p_codes = np.concatenate([codes, np.full(len(exposure), EVENT_CODE["impression"], dtype=np.int64)])
-            p_ts = np.concatenate([ts, np.array([t for _, _, t in exposure], dtype=np.float64)])
+            p_rows = np.concatenate([p_rows, np.array([row_of[p] for _, p, _ in exposure], dtype=np.int64)])
+            p_codes = np.concatenate([p_codes, np.full(len(exposure), EVENT_CODE["impression"], dtype=np.int64)])
+            p_ts = np.concatenate([p_ts, np.array([t for _, _, t in exposure], dtype=np.float64)])
         order = np.argsort(p_ts, kind="stable")
         if links is not None:  # only an event answering a search can be anonymous: it builds no profile
             order = order[[not p_users[i].startswith(ANONYMOUS) for i in order]]

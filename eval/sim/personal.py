@@ -173,10 +173,9 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     log, cut = simulate(world, users, TASTES[taste], args.days, args.eval_days, args.sessions, rng, row_ids)
     row_of = engine.products.row_map()
     assert all(e.timestamp < cut for e in log.events) and all(s.t < cut for s in log.sessions)
-    events = log.events if args.exposure == "shown" else examined_only(log)
-    pit = PointInTime(
-        EventArrays.from_events(events, row_of), engine.facets(), ProfileSettings.from_config(engine.cfg.personal)
-    )
+    settings = ProfileSettings.from_config(engine.cfg.personal)
+    exposure = args.exposure or settings.exposure
+    pit = PointInTime(EventArrays.from_events(log.events, row_of, exposure), engine.facets(), settings)
     tcfg = engine.cfg.finetune.ranker
     card = train_ranker(
         engine,
@@ -207,18 +206,6 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
         "queries": len(world.queries),
     }
     return summary, ranker
-
-
-def examined_only(log) -> list:
-    """The log with each session's impressions below its deepest click dropped (and every impression of a
-    session without one): the service's rule for what a profile counts as seen
-    (:func:`engine.events.impressions.examined`).  A session's impressions are stamped ``t + position``."""
-    drop = set()
-    for s in log.sessions:
-        clicked = [i for i, r in enumerate(s.shown) if r in s.gains]
-        deepest = max(clicked) if clicked else -1
-        drop.update((s.user, s.t + i) for i in range(deepest + 1, len(s.shown)))
-    return [e for e in log.events if e.event != "impression" or (e.user_id, e.timestamp) not in drop]
 
 
 def query_pool(cfg, n: int, seed: int) -> list[str]:
@@ -268,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--exposure",
         choices=("shown", "examined"),
-        default="shown",
-        help="what profiles count as seen: every logged impression, or those at and above a session's deepest click",
+        default=None,
+        help="what profiles count as seen: every logged impression, or those at and above a search's deepest "
+        "engagement (default: the config's personal.exposure)",
     )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.profiles import ProfileSettings
 
     settings = ProfileSettings.from_config(pc)
-    pit = PointInTime(EventArrays.from_events(before, row_of), engine.facets(), settings)
+    pit = PointInTime(EventArrays.from_events(before, row_of, settings.exposure), engine.facets(), settings)
     groups = {"context": [], "plain": []}
     for s in sessions_from_events(before, row_of, ft.gains):
         prof = pit.profiles_at(s.t).get(s.user)

@@ -70,7 +70,11 @@ def guard(
             prof = Profile()
             for i, r in enumerate(hist):  # a session: the product among 9 random others shown, then clicked
                 ts = t - DAY + 100 * i
-                for j, o in enumerate([int(r)] + rng.integers(0, len(groups), size=9).tolist()):
+                shown = [int(r)] + rng.integers(0, len(groups), size=9).tolist()
+                # what the profile counts as seen follows personal.exposure, as in training (examined: the
+                # clicked product, shown first, and nothing below it)
+                seen = shown[:1] if settings.exposure == "examined" else shown
+                for j, o in enumerate(seen):
                     apply_event(prof, fac, o, engine.products.ids[o], "impression", ts + j, settings)
                 apply_event(prof, fac, int(r), engine.products.ids[int(r)], "click", ts + 20, settings)
             prof = prof if prof.weight > 0 else None
