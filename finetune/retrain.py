@@ -5,6 +5,8 @@ in service only when it wins.
    search showed, in order, and what the shopper did with it; the most recent days held out.
 2. **Estimate the position bias**: a position-based click model fitted by EM on every logged row before the
    cut (:mod:`finetune.click_model`): the examination propensity of each rank.
+   Optionally (``retrain.crossencoder_minutes`` > 0) the cross-encoder trains further on the debiased click pairs
+   first (:mod:`finetune.retrain_ce`); the ranker then goes over its scores and the two ship together.
 3. **Train** the LightGBM LambdaRank ranker on the engaged searches (features point-in-time: profiles and
    product counts from events strictly before each search), once per debiasing method (``retrain.debias``:
    ``auto`` fits naive labels, the additive position term, LightGBM's own ``position`` debiasing and the click
@@ -210,6 +212,8 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
         "cross_encoder": ce_card,
     }
     ranker = fitted[chosen][0]
+    if ce_staged is not None:  # the card tells a rollback to take the cross-encoder back too
+        ranker.card["cross_encoder_retrained"] = ce_card
     ranker.card.update(
         data=desc,
         debias=chosen,
@@ -221,12 +225,13 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     ranker.save(staged)
     if ranker.reads("query_ctr"):  # the query clicks as of the window's end, looked up at serving time
         pit.query_clicks.at(until).snapshot().save(staged, engine.products.ids)
-    if ce_staged is not None:
-        ranker.card["cross_encoder_retrained"] = ce_card
-        ranker.save(staged)  # the card says a rollback takes the cross-encoder back too
     if ship and promote:
-        if ce_staged is not None:  # the cross-encoder (and its ONNX export) first: a reload in between refuses the
-            report["previous_cross_encoder"] = str(promote_cross_encoder(ce_staged, cfg))  # pair and keeps serving
+        if ce_staged is not None:
+            from finetune.retrain_ce import promote_cross_encoder
+
+            # the cross-encoder (and its ONNX export) first: a reload in between refuses the mismatched pair
+            # and keeps serving the old one
+            report["previous_cross_encoder"] = str(promote_cross_encoder(ce_staged, cfg))
         report["previous"] = str(swap_in(staged, serving_dir))
         report["promoted"] = str(serving_dir)
     else:
@@ -237,39 +242,6 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     report["timing"] = timing
     write_report(report, rc.reports or Path("reports/retrain") / cfg.name, propensity)
     return report
-
-
-def promote_cross_encoder(staged: Path, cfg: Config) -> Path | None:
-    """Swap a retrained cross-encoder (and its ONNX export, when there is one) in; returns the previous folder."""
-    from finetune.promote import promote
-    from indexer.encoder import resolve_model
-    from indexer.onnx_files import onnx_dir
-
-    serving = Path(resolve_model(cfg.rerank.model, cfg.root))
-    if onnx_dir(staged).is_dir():
-        promote(onnx_dir(staged), onnx_dir(serving))
-    return promote(staged, serving)
-
-
-def rollback_models(cfg: Config) -> list[str]:
-    """``--rollback``: the previous ranker back in service, and the previous cross-encoder with it when the ranker
-    being rolled back came with a retrained one (its card says so)."""
-    from engine.ranker import Ranker
-    from finetune.promote import rollback
-    from indexer.encoder import resolve_model
-    from indexer.onnx_files import onnx_dir
-
-    ranker_dir = Path(cfg.rerank.ranker)
-    done = []
-    card = Ranker.load(ranker_dir).card if Ranker.file_signature(ranker_dir) else {}
-    if card.get("cross_encoder_retrained"):
-        ce = Path(resolve_model(cfg.rerank.model, cfg.root))
-        if onnx_dir(ce).with_name(onnx_dir(ce).name + ".previous").is_dir():
-            rollback(onnx_dir(ce))
-        rollback(ce)
-        done.append(str(ce))
-    rollback(ranker_dir)
-    return [str(ranker_dir), *done]
 
 
 def write_report(report: dict, out: Path, propensity: np.ndarray) -> None:
@@ -375,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.rollback:
             if not cfg.rerank.ranker:
                 raise RetrainError(f"{cfg.source}: no rerank.ranker to roll back")
+            from finetune.retrain_ce import rollback_models
+
             done = rollback_models(cfg)
             print(f"rolled back: {', '.join(done)} hold the previous models again")
         else:

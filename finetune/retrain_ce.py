@@ -112,3 +112,36 @@ def finetune_on_clicks(cfg, engine, logged, propensity, progress: bool = True) -
 
         card["onnx"] = export_model(staged, "cross-encoder", cfg.rerank.max_length or t.max_length)
     return card, staged
+
+
+def promote_cross_encoder(staged: Path, cfg) -> Path | None:
+    """Swap a retrained cross-encoder (and its ONNX export, when there is one) in; returns the previous folder."""
+    from finetune.promote import promote
+    from indexer.encoder import resolve_model
+    from indexer.onnx_files import onnx_dir
+
+    serving = Path(resolve_model(cfg.rerank.model, cfg.root))
+    if onnx_dir(staged).is_dir():
+        promote(onnx_dir(staged), onnx_dir(serving))
+    return promote(staged, serving)
+
+
+def rollback_models(cfg) -> list[str]:
+    """``--rollback``: the previous ranker back in service, and the previous cross-encoder with it when the ranker
+    being rolled back came with a retrained one (its card says so)."""
+    from engine.ranker import Ranker
+    from finetune.promote import rollback
+    from indexer.encoder import resolve_model
+    from indexer.onnx_files import onnx_dir
+
+    ranker_dir = Path(cfg.rerank.ranker)
+    done = []
+    card = Ranker.load(ranker_dir).card if Ranker.file_signature(ranker_dir) else {}
+    if card.get("cross_encoder_retrained"):
+        ce = Path(resolve_model(cfg.rerank.model, cfg.root))
+        if onnx_dir(ce).with_name(onnx_dir(ce).name + ".previous").is_dir():
+            rollback(onnx_dir(ce))
+        rollback(ce)
+        done.append(str(ce))
+    rollback(ranker_dir)
+    return [str(ranker_dir), *done]

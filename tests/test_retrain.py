@@ -203,7 +203,7 @@ def test_click_pairs_weigh_a_click_by_how_rarely_its_rank_is_looked_at():
 
 
 def test_the_cross_encoder_retrains_on_click_pairs_and_ships_and_rolls_back_with_the_ranker(rcfg, tmp_path):
-    from finetune.retrain import rollback_models
+    from finetune.retrain_ce import rollback_models
 
     from engine.ranker import Ranker
 
