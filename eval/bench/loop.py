@@ -197,15 +197,16 @@ def main(argv: list[str] | None = None) -> int:
         gained = [r for r in days if r["debiased"]["with_traffic"]["mrr@10"]["ci_low"] > 0]
         result["sessions_per_query_until_the_gain"] = gained[0]["sessions_per_query"] if gained else None
         if args.trap:
-            result["trap"] = position_trap(cfg0, out / "trap", j, quiet, args.trap, args.seed)
+            result["trap"] = position_trap(cfg0, out / "trap", j, quiet, args.trap, args.seed, args.explore)
         write(result, out)
         return 0
 
     return run(body, errors=(ValueError, FileNotFoundError))
 
 
-def position_trap(cfg0, out: Path, j, qids, n: int, seed: int) -> dict:
-    """Queries whose serving top 1 is weaker than a product at ranks 3-8, 150 sessions each at η = 2."""
+def position_trap(cfg0, out: Path, j, qids, n: int, seed: int, explore: float = 0.0) -> dict:
+    """Queries whose serving top 1 is weaker than a product at ranks 3-8, 150 sessions each at η = 2 (``explore``:
+    the share of them shown in a shuffled order, as in the main run)."""
     from engine import SearchEngine
     from eval.sim.traffic import served_lists
 
@@ -222,9 +223,9 @@ def position_trap(cfg0, out: Path, j, qids, n: int, seed: int) -> dict:
     if not trap:
         return {"queries": 0, "note": "no judged query has a weaker top 1 and its best product at ranks 3-8"}
     end = time.time() - 60
-    for _ in simulate_days(serving, j, trap, 2, 75.0, 2.0, seed + 1, end, 0.0):
+    for _ in simulate_days(serving, j, trap, 2, 75.0, 2.0, seed + 1, end, explore):
         pass
-    out_ = {"queries": len(trap), "sessions_per_query": 150, "eta": 2.0}
+    out_ = {"queries": len(trap), "sessions_per_query": 150, "eta": 2.0, "explore": explore}
     for method in ("naive", "debiased"):
         rep = retrain_as(cfg, method, out / "work" / method, end)
         eng = with_ranker(cfg, rep["candidate"])
