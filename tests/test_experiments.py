@@ -150,3 +150,30 @@ def test_a_missing_candidate_serves_the_serving_page_and_logs_no_arm(experiment_
         assert [h["product_id"] for h in r.json()["hits"]] == [h.product_id for h in eng.query("蓝牙耳机").hits]
         c.app.state.impressions.flush()
         assert eng.user_events().impression(r.json()["search_id"]).arm is None
+
+
+def test_an_exploration_share_shows_pages_shuffled_and_logs_what_was_shown(live_cfg):
+    def run(explore):
+        cfg = dataclasses.replace(live_cfg, serve=dataclasses.replace(live_cfg.serve, watch_seconds=0, explore=explore))
+        c, eng = client(cfg)
+        with c:
+            plain = [h.product_id for h in eng.query("蓝牙耳机", k=10).hits]
+            pages = [c.get("/search", params={"q": "蓝牙耳机", "k": 10}).json() for _ in range(6)]
+            second = c.get("/search", params={"q": "蓝牙耳机", "k": 5, "offset": 5}).json()
+            c.app.state.impressions.flush()
+            imps = [eng.user_events().impression(p["search_id"]) for p in pages]
+            return plain, pages, imps, eng.user_events().impression(second["search_id"]), c
+
+    plain, pages, imps, second, c = run(1.0)
+    shown = [[h["product_id"] for h in p["hits"]] for p in pages]
+    assert all(sorted(s) == sorted(plain) for s in shown)  # the same products ...
+    assert any(s != plain for s in shown)  # ... in another order
+    assert all([h["rank"] for h in p["hits"]] == list(range(1, 11)) for p in pages)
+    assert all(i.products == s and i.arm == "explore" for i, s in zip(imps, shown))  # logged as shown
+    assert second.arm is None  # a later page is never shuffled
+    with c:  # a click answers the rank it was shown at
+        p = pages[0]
+        ok = c.post("/events", json={"search_id": p["search_id"], "product_id": shown[0][3], "event": "click"})
+        assert ok.status_code == 200
+    plain, pages, imps, _, _ = run(0.0)
+    assert all([h["product_id"] for h in p["hits"]] == plain and i.arm is None for p, i in zip(pages, imps))

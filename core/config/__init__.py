@@ -300,6 +300,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: serve.interleave needs mode team_draft or ab and 0 < share <= 1")
     if il.candidate is not None and not cfg.rerank.model:
         raise ConfigError(f"{where}: serve.interleave.candidate is a ranker: set rerank.model too")
+    if not 0.0 <= cfg.serve.explore <= 1.0:
+        raise ConfigError(f"{where}: serve.explore is a share of searches, 0 to 1, not {cfg.serve.explore!r}")
     rt = ft.retrain
     if not rt.delta_features:
         raise ConfigError(f"{where}: finetune.retrain.delta_features must name at least one ranker feature")

@@ -126,6 +126,10 @@ class ServeConfig:
     impression_queue: int = 10_000
     impression_batch: int = 500
     interleave: InterleaveConfig = field(default_factory=InterleaveConfig)
+    # the share of logged first-page searches (outside an experiment) shown in a random order: exploration, so
+    # that `make retrain` can tell position from relevance (from pages always in the ranker's order the click
+    # model cannot; docs/fine-tuning.md, the position trap); 0: off
+    explore: float = 0.0
 
 
 @dataclass

@@ -90,7 +90,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
     app.state.engine = engine
     app.state.metrics = metrics
     app.state.impressions = impressions
-    experiment = Experiment(sc.interleave)
+    experiment = Experiment(sc.interleave, sc.explore)
     keys = keys if keys is not None else Keys.from_env()
     state = {"ready": True, "users": None}
     roots = (cfg.root, cfg.index_dir, tempfile.gettempdir())  # never named in a message a client reads

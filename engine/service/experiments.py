@@ -21,11 +21,17 @@ from engine.experiments import CANDIDATE, ab_arm, experiment_stats, team_draft
 log = logging.getLogger("ecomsearch.service")
 
 
-class Experiment:
-    """One service's experiment between the serving ranker and ``serve.interleave.candidate``."""
+EXPLORE = "explore"  # the arm of a search shown in a random order (serve.explore)
 
-    def __init__(self, cfg):
+
+class Experiment:
+    """One service's experiment between the serving ranker and ``serve.interleave.candidate``, and the
+    exploration share (``serve.explore``): first-page searches outside the experiment shown in a random order,
+    logged with the arm ``explore``, so that the click model of `make retrain` sees products at many ranks."""
+
+    def __init__(self, cfg, explore: float = 0.0):
         self.cfg = cfg
+        self.explore = float(explore)
         self.rng = np.random.default_rng(secrets.randbits(64))
 
     @property
@@ -33,10 +39,12 @@ class Experiment:
         return bool(self.cfg.candidate)
 
     def search(self, engine, user: str | None, query_args: dict):
-        """The result of one search and its experiment arm (None: not in the experiment).  A candidate that
-        cannot be loaded (a missing or broken folder) ends nothing: the search gets the serving page, logged."""
-        if not self.on or query_args.get("offset", 0) != 0:
+        """The result of one search and its arm (None: the plain page).  A candidate that cannot be loaded (a
+        missing or broken folder) ends nothing: the search gets the serving page, logged."""
+        if query_args.get("offset", 0) != 0:
             return engine.query(**query_args), None
+        if not self.on:
+            return self._explored(engine.query(**query_args))
         try:
             engine.version.models.candidate()
         except Exception:
@@ -53,13 +61,21 @@ class Experiment:
             variant = "candidate" if side == CANDIDATE else None
             return engine.query(**query_args, variant=variant), f"ab:{side}"
         if self.rng.random() >= c.share:
-            return engine.query(**query_args), None
+            return self._explored(engine.query(**query_args))
         a = engine.query(**query_args)
         b = engine.query(**query_args, variant="candidate")
         page, teams = team_draft([h.product_id for h in a.hits], [h.product_id for h in b.hits], len(a.hits), self.rng)
         by_id = {h.product_id: h for h in b.hits} | {h.product_id: h for h in a.hits}
         hits = [dataclasses.replace(by_id[p], rank=i + 1) for i, p in enumerate(page)]
         return dataclasses.replace(a, hits=hits), f"td:{teams}"
+
+    def _explored(self, res):
+        """``res`` as it is, or, for a share ``explore`` of searches, its hits in a random order (ranks renumbered)."""
+        if self.explore <= 0 or len(res.hits) < 2 or self.rng.random() >= self.explore:
+            return res, None
+        order = self.rng.permutation(len(res.hits))
+        hits = [dataclasses.replace(res.hits[j], rank=res.offset + i + 1) for i, j in enumerate(order)]
+        return dataclasses.replace(res, hits=hits), EXPLORE
 
 
 def experiment_report(events, since: float) -> dict:
