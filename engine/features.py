@@ -168,8 +168,8 @@ def personal_features(
     strength = profile.session_strength(now, session_half_life)
     sc = profile.unit_session_centroid() if strength >= SESSION_MIN else None
     if sc is not None and facets.vectors.shape[1] == len(sc):
-        out[:, 11] = np.asarray(facets.vectors[rows], dtype=np.float32) @ sc
-        out[:, 12] = np.log1p(strength)
+        out[:, PERSONAL.index("session_cos")] = np.asarray(facets.vectors[rows], dtype=np.float32) @ sc
+        out[:, PERSONAL.index("session")] = np.log1p(strength)
     return out
 
 
