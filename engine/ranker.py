@@ -77,6 +77,7 @@ class Ranker:
         self.path = Path(".")
         self.signature: tuple = ()
         self.deltas: list[tuple] = []  # (booster, feature names, column spec) added on top, oldest first
+        self._no_evidence: dict[int, float] = {}  # a delta booster's score of a row whose features are all 0
 
     @classmethod
     def mix(cls, weight: float, card: dict | None = None) -> "Ranker":
@@ -106,14 +107,23 @@ class Ranker:
         return np.array(known, dtype=np.int64), cols, consts
 
     def delta_score(self, X: np.ndarray) -> np.ndarray:
-        """The summed scores of the delta boosters (0 without any)."""
+        """The summed scores of the delta boosters (0 without any), each less its score of a row with no
+        evidence (every feature 0): a candidate without query clicks gets exactly 0, so a query without traffic
+        keeps its base scores bit for bit (a shared constant would shift them alike, but rounding would break
+        the base ranker's exact ties differently)."""
         out = np.zeros(len(X))
         for booster, features, (known, cols, consts) in self.deltas:
             Z = np.empty((len(X), len(features)))
             Z[:, known] = X[:, cols]
             for i, v in consts:
                 Z[:, i] = v
-            out += self._predict(booster, Z)
+            zero = self._no_evidence.get(id(booster))
+            if zero is None:
+                Z0 = np.zeros((1, len(features)))
+                for i, v in consts:
+                    Z0[:, i] = v
+                zero = self._no_evidence[id(booster)] = float(self._predict(booster, Z0)[0])
+            out += self._predict(booster, Z) - zero
         return out
 
     @staticmethod
