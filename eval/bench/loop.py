@@ -8,7 +8,8 @@ logged into a private event store exactly as the service logs it.  After each da
 on the logs so far, without promoting (the logging policy stays the serving ranker): **naive** (clicks as labels,
 raw click rates) and **debiased** (the EM click model's propensities; the debiasing method the job picks), and
 query() with each candidate ranker is measured on the judged queries with traffic and on those without (MRR@10,
-NDCG@10, paired bootstrap interval against the serving ranker).
+NDCG@10, paired bootstrap interval against the serving ranker as of the same day: the logged clicks also move
+the product counts a serving ranker may read).
 
 **The position trap** (``--trap``): queries where the serving top 1 is a weaker product than one shown at ranks
 3-8, under strong position bias (η = 2) and many sessions: the naive learner sees the top product clicked most
@@ -173,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         ):
             until = end - (args.days - d - 1) * DAY
             row = {"day": d + 1, "traffic": counts, "sessions_per_query": round(args.sessions * (d + 1), 2)}
+            # the serving ranker as of now: the logged clicks also move the product counts it may read (ctr,
+            # popularity), for every query; the retrain is measured against that, not against day 0
+            now = with_ranker(cfg, cfg.rerank.ranker)
+            base_now = {g: measure(now, j, qs) for g, qs in (("with_traffic", traffic), ("without_traffic", quiet))}
+            row["serving_now"] = {g: {m: round(float(v.mean()), 4) for m, v in base_now[g].items()} for g in base_now}
             for method in ("naive", "debiased"):
                 rep = retrain_as(cfg, method, out / "work" / method, until)
                 eng = with_ranker(cfg, rep["candidate"])
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                     "retrain_minutes": rep["minutes"],
                     "guard": rep["decision"],
                     **{
-                        g: compare(base[g], measure(eng, j, qs))
+                        g: compare(base_now[g], measure(eng, j, qs))
                         for g, qs in (("with_traffic", traffic), ("without_traffic", quiet))
                     },
                 }
