@@ -111,19 +111,21 @@ class Ranker:
         evidence (every feature 0): a candidate without query clicks gets exactly 0, so a query without traffic
         keeps its base scores bit for bit (a shared constant would shift them alike, but rounding would break
         the base ranker's exact ties differently)."""
-        out = np.zeros(len(X))
-        for booster, features, (known, cols, consts) in self.deltas:
-            Z = np.empty((len(X), len(features)))
-            Z[:, known] = X[:, cols]
+
+        def inputs(rows: np.ndarray, features, known, cols, consts) -> np.ndarray:
+            Z = np.empty((len(rows), len(features)))
+            Z[:, known] = rows[:, cols]
             for i, v in consts:
                 Z[:, i] = v
+            return Z
+
+        out = np.zeros(len(X))
+        for booster, features, spec in self.deltas:
             zero = self._no_evidence.get(id(booster))
             if zero is None:
-                Z0 = np.zeros((1, len(features)))
-                for i, v in consts:
-                    Z0[:, i] = v
-                zero = self._no_evidence[id(booster)] = float(self._predict(booster, Z0)[0])
-            out += self._predict(booster, Z) - zero
+                none = inputs(np.zeros((1, X.shape[1])), features, *spec)
+                zero = self._no_evidence[id(booster)] = float(self._predict(booster, none)[0])
+            out += self._predict(booster, inputs(X, features, *spec)) - zero
         return out
 
     @staticmethod

@@ -95,7 +95,7 @@ def judged_check(
     texts = [judged.texts[q] for q in qids]
     engine_of = {name: (engines or {}).get(name, engine) for name in models}
     sets = {id(e): candidate_cache(e, texts, progress=False, cache_dir=cache_dir) for e in engine_of.values()}
-    cands = sets[id(engine)] if id(engine) in sets else next(iter(sets.values()))
+    cands = sets[id(engine_of["serving"])]
     row_of = engine.products.row_map()
     qrels = {q: {str(row_of[p]): g for p, g in judged.relevance[q].items() if p in row_of} for q in qids}
     runs: dict = {name: {} for name in models}

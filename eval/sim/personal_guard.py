@@ -31,6 +31,7 @@ def guard(
     from engine.rerank import combine
 
     from engine.features import feature_matrix, personal_features
+    from engine.events.impressions import examined_in_log
     from engine.profiles import Profile, apply_event
     from core.formats.judged import read_queries
     from finetune.ranker_sessions import candidate_cache
@@ -71,12 +72,16 @@ def guard(
             for i, r in enumerate(hist):  # a session: the product among 9 random others shown, then clicked
                 ts = t - DAY + 100 * i
                 shown = [int(r)] + rng.integers(0, len(groups), size=9).tolist()
-                # what the profile counts as seen follows personal.exposure, as in training (examined: the
-                # clicked product, shown first, and nothing below it)
-                seen = shown[:1] if settings.exposure == "examined" else shown
-                for j, o in enumerate(seen):
-                    apply_event(prof, fac, o, engine.products.ids[o], "impression", ts + j, settings)
-                apply_event(prof, fac, int(r), engine.products.ids[int(r)], "click", ts + 20, settings)
+                events = [("impression", o, ts + j) for j, o in enumerate(shown)] + [("click", int(r), ts + 20)]
+                # what the profile counts as seen follows personal.exposure, as in training
+                keep = (
+                    examined_in_log(*zip(*(("u", "q", e, o, t) for e, o, t in events)))
+                    if settings.exposure == "examined"
+                    else [True] * len(events)
+                )
+                for (e, o, te), k in zip(events, keep):
+                    if k:
+                        apply_event(prof, fac, o, engine.products.ids[o], e, te, settings)
             prof = prof if prof.weight > 0 else None
             personal = personal_features(c.rows, prof, fac, t, hl, None, settings.session_half_life) if prof else None
             X = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), personal)
