@@ -362,9 +362,10 @@ def fit_ranker(
         if n_valid:
             check = personal_gain(booster, h, valid)
             # shrink the boost by how sure the held-out sessions are of it (positive-part James-Stein:
-            # 1 − 1/z²); no better than noise (z ≤ 1): dropped, never hurt
+            # 1 − 1/z²); not significantly better (z ≤ personal_min_z, one-sided 5%): dropped, never hurt
             z = check["z"]
-            check["scale"] = round(max(0.0, 1.0 - 1.0 / z**2), 3) if z > 1 else 0.0
+            check["min_z"] = tcfg.personal_min_z
+            check["scale"] = round(max(0.0, 1.0 - 1.0 / z**2), 3) if z > max(tcfg.personal_min_z, 1.0) else 0.0
             check["kept"] = check["scale"] > 0
             if not check["kept"]:
                 h, curve = None, curve_g

@@ -101,18 +101,21 @@ def evaluate_sessions(
     profile_of,
     users: dict | None = None,
     strength: float = 0.0,
-    bayes: HistoryPosterior | None = None,
+    bayes: dict[str, HistoryPosterior] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
     simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling), and
-    ``relevance``: the simulator's relevance alone (no taste; the base the Bayes ranking adds its posterior to)."""
+    ``relevance``: the simulator's relevance alone (no taste; the base the Bayes ranking adds its posterior to);
+    ``bayes``: named posteriors (``bayes``: from the history alone, ``bayes_upper``: the other facets' truth given),
+    each ranking by its expected clicks."""
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
 
     cfg = engine.cfg
     hl, shl = cfg.personal.half_life_days * DAY, cfg.personal.session_minutes * 60.0
     row_of = engine.products.row_map()
     fac = engine.facets()
-    runs_b, runs_p, runs_o, runs_r, runs_y, qrels, warm = {}, {}, {}, {}, {}, {}, []
+    runs_b, runs_p, runs_o, runs_r, qrels, warm = {}, {}, {}, {}, {}, []
+    runs_y: dict[str, dict] = {name: {} for name in bayes or {}}
     for i, (uid, q, t, gains) in enumerate(sessions):
         c = world.cands[q]
         prof = profile_of(uid)
@@ -127,8 +130,8 @@ def evaluate_sessions(
             util = click_logit(world.z[q], taste_of(world, users[uid], c.rows), strength)
             runs_o[sid] = metrics.top_ids(c.rows, util)
             runs_r[sid] = metrics.top_ids(c.rows, world.z[q])
-        if bayes is not None:
-            runs_y[sid] = metrics.top_ids(c.rows, bayes.expected_clicks(uid, q))
+        for name, post in (bayes or {}).items():
+            runs_y[name][sid] = metrics.top_ids(c.rows, post.expected_clicks(uid, q))
         qrels[sid] = {str(r): g for r, g in gains.items()}
         warm.append(prof is not None)
     out = {"warm": np.asarray(warm, dtype=bool)}
@@ -138,8 +141,8 @@ def evaluate_sessions(
         if runs_o:
             out[f"{name}/oracle"] = fn(qrels, runs_o, 10, per_query=True)
             out[f"{name}/relevance"] = fn(qrels, runs_r, 10, per_query=True)
-        if runs_y:
-            out[f"{name}/bayes"] = fn(qrels, runs_y, 10, per_query=True)
+        for ref, runs in runs_y.items():
+            out[f"{name}/{ref}"] = fn(qrels, runs, 10, per_query=True)
     return out
 
 
@@ -153,7 +156,7 @@ def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
                 k: round(v, 4)
                 for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel], seed=seed).items()
             }
-            for ceiling in ("oracle", "bayes", "relevance"):
+            for ceiling in ("oracle", "bayes", "bayes_upper", "relevance"):
                 if f"{m}/{ceiling}" in res:
                     block[m][ceiling] = (
                         round(float(res[f"{m}/{ceiling}"][sel].mean()), 4) if sel.any() else float("nan")
@@ -191,7 +194,10 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     profiles = pit.profiles_at(cut)
     profile_of = lambda uid: p if (p := profiles.get(uid)) is not None and p.weight > 0 else None  # noqa: E731
     by_uid = {u.uid: u for u in users}
-    bayes = HistoryPosterior(world, by_uid, log.sessions, TASTES[taste])
+    bayes = {
+        "bayes": HistoryPosterior(world, by_uid, log.sessions, TASTES[taste]),
+        "bayes_upper": HistoryPosterior(world, by_uid, log.sessions, TASTES[taste], given_others=True),
+    }
     res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes)
     summary = summarize(res, log.eval_sessions, args.seed)
     per_user = np.unique([s.user for s in log.sessions], return_counts=True)[1]
@@ -235,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tastes", default="none,medium,strong")
     ap.add_argument("--queries", type=int, default=600, help="size of the query pool (training queries)")
-    ap.add_argument("--users", type=int, default=400)
+    ap.add_argument("--users", type=int, default=1200)
     ap.add_argument("--sessions", type=float, default=15.0, help="mean sessions per user")
     ap.add_argument(
         "--curve",

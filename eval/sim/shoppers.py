@@ -203,45 +203,83 @@ class HistoryPosterior:
 
     For every (user, facet value) the log-likelihood ratio of *liked* against *not liked* under the
     simulator's own click model, summed over the user's logged impressions (each at its position and
-    relevance, clicked or not; the user's true taste on the other facets is given, so this is an upper
-    estimate).  With the share of liked values as the prior, each candidate's posterior per facet gives its
-    expected click probability; ranking by it is the best ranking that the training sessions support.
-    It separates two gaps: oracle − Bayes is what no profile can know (values the user never saw, noise),
-    Bayes − personal is what our features and ranker leave on the table."""
+    relevance, clicked or not).  The other facets of each impression enter through their own posterior
+    (mean field: the ratios of all facets are updated in turn from each other's current posteriors until they
+    settle, ``rounds``), so the posterior uses the history alone.  ``given_others=True`` instead gives each
+    impression the user's true taste on the other facets (an upper estimate, the earlier reference).  With the
+    share of liked values as the prior, each candidate's posterior per facet gives its expected click
+    probability; ranking by it is the best ranking that the training sessions support.  It separates two
+    gaps: oracle − Bayes is what no profile can know (values the user never saw, noise), Bayes − personal is
+    what our features and ranker leave on the table."""
 
-    def __init__(self, world: World, users: dict, sessions: list, strength: float):
+    def __init__(
+        self, world: World, users: dict, sessions: list, strength: float, given_others: bool = False, rounds: int = 6
+    ):
         self.world, self.strength = world, strength
         self.facets = list(world.facets)
-        n = len(self.facets)
-        self.llr: dict[str, dict] = {f: {} for f in self.facets}
         self.prior = {}
         for f in self.facets:
             share = np.mean([len(u.liked[f]) / world.n_values[f] for u in users.values()]) if users else 0.5
             self.prior[f] = float(np.log(share / (1.0 - share))) if 0 < share < 1 else 0.0
+        uids, pos, z, clicked, rows = [], [], [], [], []
         for s in sessions:
-            c = self.world.cands[s.query]
+            c = world.cands[s.query]
             index = {int(r): i for i, r in enumerate(c.rows)}
-            u = users[s.user]
-            for pos, row in enumerate(s.shown[: len(EXAMINE)]):
-                z = world.z[s.query][index[row]]
-                clicked = row in s.gains
-                for f in self.facets:
-                    others = sum(int(world.facets[g][row]) in u.liked[g] for g in self.facets if g != f) / n
-                    p1 = EXAMINE[pos] * _sigmoid(click_logit(z, others + 1.0 / n, strength))
-                    p0 = EXAMINE[pos] * _sigmoid(click_logit(z, others, strength))
-                    key = (s.user, int(world.facets[f][row]))
-                    step = np.log(p1 / p0) if clicked else np.log((1.0 - p1) / (1.0 - p0))
-                    self.llr[f][key] = self.llr[f].get(key, 0.0) + step
+            for p, row in enumerate(s.shown[: len(EXAMINE)]):
+                uids.append(s.user)
+                pos.append(p)
+                z.append(world.z[s.query][index[row]])
+                clicked.append(row in s.gains)
+                rows.append(row)
+        self.users = sorted(users)
+        uix = {u: i for i, u in enumerate(self.users)}
+        u = np.array([uix[x] for x in uids], dtype=np.int64)
+        rows_a = np.array(rows, dtype=np.int64)
+        theta = EXAMINE[np.array(pos, dtype=np.int64)] if pos else np.zeros(0)
+        z_a, clicked_a = np.array(z, dtype=np.float64), np.array(clicked, dtype=bool)
+        keys, inverse = {}, {}
+        for f in self.facets:
+            k = u * (world.n_values[f] + 1) + world.facets[f][rows_a]
+            keys[f], inverse[f] = np.unique(k, return_inverse=True)
+        liked = {
+            f: np.array([int(world.facets[f][r]) in users[self.users[i]].liked[f] for i, r in zip(u, rows_a)], bool)
+            for f in self.facets
+        }
+        n = len(self.facets)
+        llr = {f: np.zeros(len(keys[f])) for f in self.facets}
+        for _ in range(1 if given_others or n == 1 else rounds):
+            q = {f: _sigmoid(self.prior[f] + llr[f][inverse[f]]) for f in self.facets}
+            for f in self.facets:
+                # the distribution of how many other facets of the impression the user likes
+                dist = np.ones((len(u), 1))
+                for g in self.facets:
+                    if g == f:
+                        continue
+                    pg = liked[g].astype(np.float64) if given_others else q[g]
+                    nxt = np.zeros((len(u), dist.shape[1] + 1))
+                    nxt[:, :-1] += dist * (1.0 - pg)[:, None]
+                    nxt[:, 1:] += dist * pg[:, None]
+                    dist = nxt
+                counts = np.arange(dist.shape[1])
+                p1 = theta * (dist * _sigmoid(click_logit(z_a[:, None], (counts + 1.0) / n, strength))).sum(1)
+                p0 = theta * (dist * _sigmoid(click_logit(z_a[:, None], counts / n, strength))).sum(1)
+                step = np.where(clicked_a, np.log(p1 / p0), np.log((1.0 - p1) / (1.0 - p0)))
+                llr[f] = np.bincount(inverse[f], weights=step, minlength=len(keys[f]))
+        self.uix, self.keys, self.llr = uix, keys, llr
+
+    def log_ratio(self, f: str, uid: str, codes: np.ndarray) -> np.ndarray:
+        """The summed log-likelihood ratio (liked vs not) of each facet value ``codes`` for user ``uid``."""
+        i = self.uix.get(uid)
+        if i is None or not len(self.keys[f]):
+            return np.zeros(len(codes))
+        k = i * (self.world.n_values[f] + 1) + codes
+        pos = np.clip(np.searchsorted(self.keys[f], k), 0, len(self.keys[f]) - 1)
+        return np.where(self.keys[f][pos] == k, self.llr[f][pos], 0.0)
 
     def expected_clicks(self, uid: str, query: str) -> np.ndarray:
         c = self.world.cands[query]
         n = len(self.facets)
-        post = [
-            _sigmoid(
-                self.prior[f] + np.array([self.llr[f].get((uid, int(k)), 0.0) for k in self.world.facets[f][c.rows]])
-            )
-            for f in self.facets
-        ]
+        post = [_sigmoid(self.prior[f] + self.log_ratio(f, uid, self.world.facets[f][c.rows])) for f in self.facets]
         out = np.zeros(len(c.rows))
         for combo in np.ndindex(*([2] * n)):  # every liked / not-liked combination of the facets
             w = np.ones(len(c.rows))
