@@ -1,0 +1,94 @@
+"""Recommendation models (finetune.recs → engine.recs) on tiny generated events with known structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import recs
+from finetune.recs import RecsSettings, build, build_and_save
+
+DAY = 86400.0
+
+
+def _events(seed: int = 0):
+    """20 products: 0–4 phones, 5–9 cases (case 5+i fits phone i), 10–19 unrelated snacks.  Shoppers browse
+    two phones in a visit, buy one and its case days later; others click two snacks in a visit."""
+    rng = np.random.default_rng(seed)
+    users, rows, events, ts = [], [], [], []
+    t = 1_767_225_600.0
+    for u in range(300):
+        t += 3600.0
+        if u % 2 == 0:
+            p = int(rng.integers(0, 5))
+            q = (p + 1) % 5
+            for r, e, dt in ((p, "click", 0), (q, "click", 60), (p, "add_to_cart", 120), (p, "purchase", 180)):
+                users.append(f"u{u}"), rows.append(r), events.append(e), ts.append(t + dt)
+            users.append(f"u{u}"), rows.append(5 + p), events.append("purchase"), ts.append(t + 2 * DAY)
+        else:
+            a, b = rng.choice(np.arange(10, 20), size=2, replace=False)
+            for r, dt in ((a, 0), (b, 30)):
+                users.append(f"u{u}"), rows.append(int(r)), events.append("click"), ts.append(t + dt)
+            users.append(f"u{u}"), rows.append(int(a)), events.append("impression"), ts.append(t + 40)
+    return users, rows, events, ts
+
+
+@pytest.fixture(scope="module")
+def built():
+    return build(*_events(), 20, RecsSettings(factors=8, iterations=10, neighbours=5, min_support=2))
+
+
+def test_similar_comes_from_co_engagement_within_visits(built):
+    similar, _, _, card = built
+    nb, sc = similar.of(0)
+    assert set(nb[:2].tolist()) == {1, 4}  # the phones browsed beside phone 0
+    assert (np.diff(sc) <= 0).all() and 0 not in nb  # best first, never the product itself
+    snack_nb, _ = similar.of(12)
+    assert len(snack_nb) and set(snack_nb.tolist()) <= set(range(10, 20))  # snacks go with snacks
+    assert card["engagements"] == 150 * 5 + 150 * 2 and card["users"] == 300  # impressions ignored
+
+
+def test_bought_together_finds_the_complement_and_needs_support(built):
+    _, together, _, card = built
+    nb, _ = together.of(2)
+    assert nb[0] == 7  # phone 2 → its case, carted/bought in the same basket (days apart)
+    assert set(nb.tolist()) <= {7}  # nothing below min_support
+    assert together.of(12)[0].size == 0  # snacks were never carted
+    assert card["baskets"] == 150
+
+
+def test_als_user_vector_follows_the_current_history(built):
+    similar, together, items, card = built
+    m = recs.RecModels(similar, together, items, card["regularization"], card)
+    phone = m.user_vector(np.array([3]), np.array([3.0]))
+    snack = m.user_vector(np.array([11, 14]), np.array([1.0, 1.0]))
+    s_phone, s_snack = items @ phone, items @ snack
+    assert s_phone[:10].mean() > s_phone[10:].mean() and s_snack[10:].mean() > s_snack[:10].mean()
+    assert m.user_vector(np.array([], dtype=int), np.array([])) is None
+
+
+def test_saved_models_load_by_product_id_and_a_failed_build_keeps_the_old(tmp_path, monkeypatch):
+    ids = [f"P{i}" for i in range(20)]
+    out = tmp_path / "recs"
+    card = build_and_save(out, ids, *_events(), RecsSettings(factors=8, iterations=5, neighbours=5))
+    assert card["products_with_together"] == 10
+    m = recs.load(out, ids)
+    assert m.together.of(2)[0][0] == 7
+    # the serving index lost P3 and gained P99 in front: neighbours follow the ids, not the rows
+    new_ids = ["P99"] + [p for p in ids if p != "P3"]
+    m2 = recs.load(out, new_ids)
+    row = {p: i for i, p in enumerate(new_ids)}
+    assert [new_ids[r] for r in m2.together.of(row["P2"])[0]] == ["P7"]
+    assert m2.similar.of(0)[0].size == 0 and all(new_ids[r] != "P3" for r in m2.similar.rows[m2.similar.rows >= 0])
+    assert np.allclose(m2.items[row["P5"]], m.items[5])
+
+    def boom(*a, **k):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(recs, "save", boom)
+    import finetune.recs as frecs
+
+    monkeypatch.setattr(frecs, "save", boom)
+    with pytest.raises(RuntimeError):
+        build_and_save(out, ids, *_events(1), RecsSettings(factors=8, iterations=5, neighbours=5))
+    assert recs.load(out, ids).together.of(2)[0][0] == 7  # the previous build still serves
