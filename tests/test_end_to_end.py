@@ -30,7 +30,7 @@ def test_demo_data_is_deterministic_and_valid(demo_dir, tmp_path):
     for name in ("catalog.jsonl", "clicks.jsonl", "queries.tsv"):
         assert (tmp_path / name).read_bytes() == (demo_dir / name).read_bytes()
     cat = read_catalog(demo_dir / "catalog.jsonl")
-    assert len(cat) == 600 and len(set(cat.categories)) == 20 and not cat.rejected
+    assert len(cat) == 600 and len(set(cat.categories)) == 23 and not cat.rejected
     assert any("GB" in t or "ml" in t for t in cat.titles)
     events = read_clicklog(demo_dir / "clicks.jsonl")
     assert {e.event for e in events} == set(EVENTS)

@@ -222,7 +222,7 @@ def test_the_cross_encoder_retrains_on_click_pairs_and_ships_and_rolls_back_with
         rerank=dataclasses.replace(rcfg.rerank, model=str(ce)),
         finetune=dataclasses.replace(ft, retrain=dataclasses.replace(ft.retrain, crossencoder_minutes=0.25)),
     )
-    _, _, _, _, until = traffic(cfg, explore=0.5)
+    _, _, _, _, until = traffic(cfg, explore=0.5, per_day=3)
     ce_before, ranker_before = folder_digest(ce), folder_digest(Path(cfg.rerank.ranker))
     report = run_retrain(cfg, until=until, progress=False)
     card = report["cross_encoder"]

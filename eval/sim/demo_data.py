@@ -1,6 +1,6 @@
 """`python -m eval.sim.demo_data --out data/demo`: the generated demo catalog and click log.
 
-Deterministic (seeded): about 5,000 Chinese products over 20 categories,
+Deterministic (seeded): about 5,000 Chinese products over 23 categories (20 and three accessories),
 each with a brand (Chinese and Latin names), a model number, attributes,
 a price and a mixed Chinese/English title (``Apple/苹果 iPhone15 Pro 256GB
 手机 …``, ``500ml``, ``64GB``); and a click log from simulated users with
@@ -85,8 +85,11 @@ def generate_catalog(n_products: int = 5000, seed: int = 7) -> list[Product]:
         spec = CATEGORIES[cat]
         bi = rng.randrange(len(spec["brands"]))
         brand = spec["brands"][bi]
-        # each brand keeps its own model line, so a model name points at one brand
-        model = spec["models"][bi % len(spec["models"])].replace("{n}", str(rng.randint(1, 16)))
+        if "fits" in spec:  # an accessory: the model it fits, of any brand of that category (适用iPhone15)
+            fitted = CATEGORIES[spec["fits"]]["models"]
+            model = fitted[rng.randrange(len(fitted))].replace("{n}", str(rng.randint(1, 16)))
+        else:  # each brand keeps its own model line, so a model name points at one brand
+            model = spec["models"][bi % len(spec["models"])].replace("{n}", str(rng.randint(1, 16)))
         noun = rng.choice(spec["nouns"])
         sv = rng.choice(spec["spec_vals"])
         spec_str = rng.choice(spec["specs"]).replace("{s}", str(sv))
@@ -97,7 +100,7 @@ def generate_catalog(n_products: int = 5000, seed: int = 7) -> list[Product]:
         products.append(
             Product(
                 pid,
-                _title(rng, cat, spec, brand, noun, model, spec_str, attrs),
+                _title(rng, cat, spec, brand, noun, ("适用" + model) if "fits" in spec else model, spec_str, attrs),
                 cat,
                 brand[1],
                 brand[0],
@@ -162,6 +165,68 @@ def _fit(p: Product, want: dict) -> float:
     return score
 
 
+# what shoppers buy after (or with) a product of a category: a case and a charger for the phone they bought
+COMPLEMENTS = {"手机": ("手机壳", "充电器"), "运动鞋": ("袜子",), "笔记本电脑": ("机械键盘",), "咖啡": ("保温杯",)}
+# categories shoppers buy again (the same product, every one to three weeks); the others are bought once
+REPEAT = ("牛奶", "咖啡", "猫粮", "洗衣液", "洗发水", "面膜")
+
+
+def _session(rng, user: User, cat: str, query: str, want: dict, ts: float, pool, events, intent: float = 1.0):
+    """One search: the shop shows 10 products (rough: by fit with a lot of noise), the user clicks, carts and
+    buys by fit and brand preference (``intent`` scales how readily).  Returns the products bought."""
+    shown = sorted(rng.sample(pool, min(40, len(pool))), key=lambda p: -_fit(p, want) - rng.uniform(0, 0.8))[:10]
+    bought = []
+    for pos, p in enumerate(shown):
+        t = ts + pos
+        events.append(Event(user.uid, query, p.pid, "impression", t))
+        prefer = 1.6 if p.brand == user.brand_pref.get(cat) else 0.7
+        p_click = min(0.95, 0.5 * intent * _fit(p, want) ** 1.5 * prefer / (1 + 0.15 * pos))
+        if rng.random() < p_click:
+            events.append(Event(user.uid, query, p.pid, "click", t + 5))
+            if rng.random() < min(0.9, 0.3 * prefer * intent):
+                events.append(Event(user.uid, query, p.pid, "add_to_cart", t + 30))
+                if rng.random() < 0.5:
+                    events.append(Event(user.uid, query, p.pid, "purchase", t + 120))
+                    bought.append(p)
+    return bought
+
+
+def _complement_want(rng, bought: Product, cat: str, pool) -> tuple[str, dict]:
+    """The follow-up search for an accessory of ``bought``: a case for its model, a charger or socks of its
+    brand where the accessory category has that brand, otherwise the accessory's noun alone."""
+    noun = rng.choice(CATEGORIES[cat]["nouns"])
+    want: dict = {"noun": noun}
+    if "fits" in CATEGORIES[cat]:
+        want["model"] = bought.model
+        return f"{bought.model} {noun}" if rng.random() < 0.5 else f"{bought.model}{noun}", want
+    if any(p.brand == bought.brand for p in pool):
+        want["brand"] = bought.brand
+        return f"{bought.brand}{noun}", want
+    return noun, want
+
+
+def _follow_ups(rng, user: User, bought: list[Product], ts: float, end: float, by_cat, events) -> None:
+    """After a purchase: accessories (same visit or days later) and, in repeat categories, buying it again."""
+    for p in bought:
+        for cat in COMPLEMENTS.get(p.category, ()):
+            if rng.random() < 0.6:
+                t = ts + (300.0 if rng.random() < 0.5 else rng.uniform(0.5, 5.0) * DAY)
+                if t < end:
+                    query, want = _complement_want(rng, p, cat, by_cat[cat])
+                    # a search naming the phone model finds the cases that fit it: the shop's 40 best by fit
+                    pool = sorted(by_cat[cat], key=lambda x: -_fit(x, want) - rng.uniform(0, 0.3))[:40]
+                    got = _session(rng, user, cat, query, want, t, pool, events, intent=2.0)
+                    _follow_ups(rng, user, got, t, end, by_cat, events)
+        t = ts
+        while p.category in REPEAT and rng.random() < 0.7:
+            t += rng.uniform(7.0, 21.0) * DAY
+            if t >= end:
+                break
+            query = f"{p.brand}{p.noun}"
+            for event, dt in (("impression", 0), ("click", 5), ("add_to_cart", 30), ("purchase", 90)):
+                events.append(Event(user.uid, query, p.pid, event, t + dt))
+
+
 def simulate_clicks(
     products: list[Product], n_users: int = 400, days: int = 60, sessions_per_user: int = 12, seed: int = 11
 ) -> list[Event]:
@@ -169,7 +234,8 @@ def simulate_clicks(
     by_cat: dict[str, list[Product]] = defaultdict(list)
     for p in products:
         by_cat[p.category].append(p)
-    cats = list(CATEGORIES)
+    cats = [c for c in CATEGORIES if "fits" not in CATEGORIES[c]]  # accessories are searched as follow-ups too
+    end = START + days * DAY
     events: list[Event] = []
     for u in range(n_users):
         k = rng.randint(1, 3)
@@ -178,28 +244,14 @@ def simulate_clicks(
             f"U{u:04d}",
             ucats,
             [rng.uniform(0.5, 1.0) for _ in ucats],
-            {c: rng.choice(CATEGORIES[c]["brands"])[1] for c in cats},
+            {c: rng.choice(CATEGORIES[c]["brands"])[1] for c in CATEGORIES},
         )
         for _ in range(sessions_per_user):
             ts = START + rng.uniform(0, days * DAY)
             cat = rng.choices(ucats, user.weights)[0] if rng.random() < 0.9 else rng.choice(cats)
-            pool = by_cat[cat]
-            query, want = _query_for(rng, user, cat, pool)
-            # the shop's current engine: rough, by fit with a lot of noise, so a list mixes good and poor fits
-            shown = sorted(rng.sample(pool, min(40, len(pool))), key=lambda p: -_fit(p, want) - rng.uniform(0, 0.8))[
-                :10
-            ]
-            for pos, p in enumerate(shown):
-                t = ts + pos
-                events.append(Event(user.uid, query, p.pid, "impression", t))
-                prefer = 1.6 if p.brand == user.brand_pref[cat] else 0.7
-                p_click = min(0.95, 0.5 * _fit(p, want) ** 1.5 * prefer / (1 + 0.15 * pos))
-                if rng.random() < p_click:
-                    events.append(Event(user.uid, query, p.pid, "click", t + 5))
-                    if rng.random() < 0.3 * prefer:
-                        events.append(Event(user.uid, query, p.pid, "add_to_cart", t + 30))
-                        if rng.random() < 0.5:
-                            events.append(Event(user.uid, query, p.pid, "purchase", t + 120))
+            query, want = _query_for(rng, user, cat, by_cat[cat])
+            bought = _session(rng, user, cat, query, want, ts, by_cat[cat], events)
+            _follow_ups(rng, user, bought, ts, end, by_cat, events)
     events.sort(key=lambda e: e.timestamp)
     return events
 

@@ -236,4 +236,36 @@ CATEGORIES: dict[str, dict] = {
         extra=["高清", "自动对焦", "投墙"],
         price=(999, 8999),
     ),
+    # accessories: what shoppers buy after (or with) a phone, running shoes (eval.sim.demo_data.COMPLEMENTS)
+    "手机壳": dict(
+        nouns=["手机壳", "保护壳", "手机套"],
+        brands=[("Baseus", "倍思"), ("UGREEN", "绿联"), ("PISEN", "品胜"), ("ESR", "亿色")],
+        fits="手机",  # each case names the phone model it fits (适用iPhone15)
+        models=[],
+        specs=["{s}"],
+        spec_vals=["硅胶", "透明", "磨砂", "皮革"],
+        attrs={"颜色": ["黑色", "透明", "蓝色", "粉色"], "功能": ["防摔", "磁吸", "超薄"]},
+        extra=["全包", "男女款", "新款"],
+        price=(19, 129),
+    ),
+    "充电器": dict(
+        nouns=["充电器", "快充头", "充电头"],
+        brands=[("Huawei", "华为"), ("Xiaomi", "小米"), ("Apple", "苹果"), ("Anker", "安克"), ("UGREEN", "绿联")],
+        models=["SuperCharge {n}", "GaN{n}", "{n}0W 快充", "Nano {n}", "CD{n}"],
+        specs=["{s}W"],
+        spec_vals=[20, 33, 65, 100],
+        attrs={"接口": ["USB-C", "双口"], "颜色": ["白色", "黑色"]},
+        extra=["氮化镓", "快充", "便携"],
+        price=(39, 299),
+    ),
+    "袜子": dict(
+        nouns=["运动袜", "袜子", "棉袜", "跑步袜"],
+        brands=[("Nike", "耐克"), ("Adidas", "阿迪达斯"), ("Li-Ning", "李宁"), ("Anta", "安踏")],
+        models=["Everyday {n}", "Cushion {n}", "Pro{n}", "C{n}"],
+        specs=["{s}双装"],
+        spec_vals=[3, 5, 6],
+        attrs={"长度": ["中筒", "短筒", "船袜"], "颜色": ["白色", "黑色", "灰色"]},
+        extra=["吸汗", "透气", "加厚"],
+        price=(19, 99),
+    ),
 }
