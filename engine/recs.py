@@ -82,6 +82,17 @@ class RecModels:
         return np.linalg.solve(A, Yu.T @ c)
 
 
+def signature(path: Path) -> tuple | None:
+    """What identifies a build on disk (its card's time and size; the card is written last), or None when
+    there is none."""
+    card = Path(path) / "model_card.json"
+    try:
+        st = card.stat()
+    except OSError:
+        return None
+    return (str(card.resolve()), st.st_mtime_ns, st.st_size)
+
+
 def save(path: Path, similar: Neighbours, together: Neighbours, items: np.ndarray | None, card: dict, ids) -> None:
     """Write a build into ``path`` (a fresh folder; the caller swaps it into place)."""
     path.mkdir(parents=True, exist_ok=True)

@@ -21,31 +21,29 @@ top ``neighbours`` per product are kept.
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from core.config import RecsConfig
 from engine.recs import Neighbours, save
 
 ENGAGEMENTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 CONVERSIONS = ("add_to_cart", "purchase")
-
-
-@dataclass
-class RecsSettings:
-    visit_minutes: float = 30.0
-    basket_days: float = 7.0
-    min_support: int = 2
-    shrink: float = 5.0
-    neighbours: int = 50
-    factors: int = 64
-    iterations: int = 15
-    regularization: float = 0.05
-    half_life_days: float = 90.0
-    seed: int = 0
+BUILD_SETTINGS = (
+    "visit_minutes",
+    "basket_days",
+    "min_support",
+    "shrink",
+    "neighbours",
+    "factors",
+    "iterations",
+    "regularization",
+    "build_half_life_days",
+)
 
 
 def _episodes(users: np.ndarray, ts: np.ndarray, gap: float) -> np.ndarray:
@@ -115,7 +113,7 @@ def together_scores(C, counts: np.ndarray, n_baskets: int, min_support: int, shr
     return sp.csr_matrix((lift * co / (co + shrink), (r, c)), shape=C.shape)
 
 
-def als_items(users: np.ndarray, rows: np.ndarray, weights: np.ndarray, n: int, s: RecsSettings) -> np.ndarray | None:
+def als_items(users: np.ndarray, rows: np.ndarray, weights: np.ndarray, n: int, s: RecsConfig) -> np.ndarray | None:
     """ALS item factors from users × products confidences (``implicit``, CPU); None with too little data."""
     import scipy.sparse as sp
 
@@ -131,7 +129,7 @@ def als_items(users: np.ndarray, rows: np.ndarray, weights: np.ndarray, n: int, 
             factors=s.factors,
             iterations=s.iterations,
             regularization=s.regularization,
-            random_state=s.seed,
+            random_state=0,
             use_gpu=False,
             calculate_training_loss=False,
         )
@@ -146,11 +144,14 @@ def build(
     events: Sequence[str],
     ts: Sequence[float],
     n_products: int,
-    s: RecsSettings | None = None,
+    s: RecsConfig | None = None,
     now: float | None = None,
+    categories: tuple[np.ndarray, Sequence[str]] | None = None,
 ) -> tuple[Neighbours, Neighbours, np.ndarray | None, dict]:
-    """The three models and a card (counts, settings, seconds) from events (see the module docstring)."""
-    s = s or RecsSettings()
+    """The three models and a card (counts, settings, seconds) from events (see the module docstring).
+    ``categories``: (category code per product row, category names): the card then lists the categories
+    shoppers buy again (:func:`repeat_categories`)."""
+    s = s or RecsConfig()
     t0 = time.perf_counter()
     users, rows = np.asarray(users, dtype=object), np.asarray(rows, dtype=np.int64)
     events, ts = np.asarray(events, dtype=object), np.asarray(ts, dtype=np.float64)
@@ -173,7 +174,7 @@ def build(
     together = top_neighbours(together_scores(Cb, counts_b, n_baskets, s.min_support, s.shrink), s.neighbours)
 
     now = float(ts.max()) if now is None and len(ts) else (now or 0.0)
-    decay = 2.0 ** (-(now - ts) / (s.half_life_days * 86400.0)) if len(ts) else ts
+    decay = 2.0 ** (-(now - ts) / (s.build_half_life_days * 86400.0)) if len(ts) else ts
     items = als_items(users, rows, gain * decay, n_products, s) if len(ts) else None
     card = {
         "engagements": int(len(ts)),
@@ -184,14 +185,57 @@ def build(
         "products_with_similar": int((similar.rows[:, 0] >= 0).sum()),
         "products_with_together": int((together.rows[:, 0] >= 0).sum()),
         "als_factors": int(items.shape[1]) if items is not None else 0,
+        "repeat_categories": repeat_categories(users, rows, events, *categories) if categories else [],
+        "category_lift": category_lift(basket, rows[conv], *categories, s.min_support) if categories else {},
         "regularization": s.regularization,
-        "settings": {k: getattr(s, k) for k in s.__dataclass_fields__},
+        "settings": {k: getattr(s, k) for k in BUILD_SETTINGS},
         "seconds": round(time.perf_counter() - t0, 2),
     }
     return similar, together, items, card
 
 
-def build_and_save(out: Path, ids: Sequence[str], users, rows, events, ts, s: RecsSettings | None = None) -> dict:
+def repeat_categories(
+    users: np.ndarray, rows: np.ndarray, events: np.ndarray, codes: np.ndarray, names: Sequence[str]
+) -> list[str]:
+    """Categories shoppers buy again: at least 10% of their purchases (and 5 in all) are of a product the same
+    user bought before (events sorted by user and time).  For you leaves bought products of other categories
+    out."""
+    buy = events == "purchase"
+    if not buy.any():
+        return []
+    u, r = users[buy].astype(str), rows[buy]
+    pair = np.char.add(np.char.add(u, "|"), r.astype(str))
+    _, first = np.unique(pair, return_index=True)
+    again = np.ones(len(pair), dtype=bool)
+    again[first] = False
+    cat = np.asarray(codes)[r]
+    ok = cat >= 0
+    n = np.bincount(cat[ok], minlength=len(names))
+    rep = np.bincount(cat[ok], weights=again[ok].astype(float), minlength=len(names))
+    return [names[c] for c in np.flatnonzero((rep >= 5) & (rep >= 0.1 * np.maximum(n, 1)))]
+
+
+def category_lift(basket: np.ndarray, rows: np.ndarray, codes: np.ndarray, names, min_support: int) -> dict:
+    """Which categories go into one basket together, more than chance: ``{category: {other: lift}}`` over the
+    pairs of different categories seen in at least ``min_support`` baskets (what bought-together falls back on
+    for a product without pairs of its own)."""
+    cats = np.asarray(codes)[rows]
+    ok = cats >= 0
+    if not ok.any():
+        return {}
+    C, counts = co_occurrence(basket[ok], cats[ok], len(names))
+    C = C.tocoo()
+    n = int(basket.max()) + 1 if len(basket) else 0
+    out: dict = {}
+    for a, b, co in zip(C.row.tolist(), C.col.tolist(), C.data.tolist()):
+        if co >= min_support:
+            out.setdefault(names[a], {})[names[b]] = round(co * n / max(counts[a] * counts[b], 1.0), 3)
+    return out
+
+
+def build_and_save(
+    out: Path, ids: Sequence[str], users, rows, events, ts, s: RecsConfig | None = None, categories=None
+) -> dict:
     """:func:`build`, written to ``out`` through a staging folder swapped in at the end (a crash leaves the
     previous models in place)."""
     import os
@@ -200,7 +244,7 @@ def build_and_save(out: Path, ids: Sequence[str], users, rows, events, ts, s: Re
     out = Path(out)
     stage = out.with_name(out.name + ".staging")
     shutil.rmtree(stage, ignore_errors=True)
-    similar, together, items, card = build(users, rows, events, ts, len(ids), s)
+    similar, together, items, card = build(users, rows, events, ts, len(ids), s, categories=categories)
     save(stage, similar, together, items, card, ids)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -209,3 +253,82 @@ def build_and_save(out: Path, ids: Sequence[str], users, rows, events, ts, s: Re
     os.replace(stage, out)
     shutil.rmtree(old, ignore_errors=True)
     return card
+
+
+def events_of_log(path: Path, row_of: dict) -> tuple:
+    """(users, rows, events, times) of a click log's events on products the index has."""
+    from core.formats.clicklog import read_clicklog
+
+    ev = [e for e in read_clicklog(path) if e.product_id in row_of]
+    return (
+        [e.user_id for e in ev],
+        [row_of[e.product_id] for e in ev],
+        [e.event for e in ev],
+        [e.timestamp for e in ev],
+    )
+
+
+def events_of_store(user_events, until: float) -> tuple:
+    """(hashed users, rows, events, times) of the event store's credited events before ``until``, in pages."""
+    from core.formats.clicklog import EVENTS
+
+    row_of = user_events.row_map()
+    users, rows, events, ts = [], [], [], []
+    for page in user_events.event_pages(until):
+        for u, p, c, t in page:
+            r = row_of.get(p)
+            if r is not None and c > 0:
+                users.append(u), rows.append(r), events.append(EVENTS[c]), ts.append(t)
+    return users, rows, events, ts
+
+
+def models_dir(cfg) -> Path:
+    """Where the config's recommendation models live: ``recs.models``, or ``models/<config name>/recs``."""
+    p = cfg.recs.models or Path("models") / cfg.name / "recs"
+    return p if Path(p).is_absolute() else cfg.root / p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m finetune.recs --config C [--from-store]`: build the recommendation models (module doc)."""
+    import json
+
+    from core.cli import command, load, run
+
+    ap = command("finetune.recs", __doc__, overrides=True)
+    ap.add_argument(
+        "--from-store",
+        action="store_true",
+        help="read the event store (what `make retrain` does) instead of the config's click log",
+    )
+    args = ap.parse_args(argv)
+
+    def body():
+        from engine.search import SearchEngine
+
+        cfg = load(args)
+        engine = SearchEngine.from_config(cfg, load_models=False)
+        products = engine.products
+        if args.from_store:
+            src = events_of_store(engine.user_events(), time.time())
+            where = "the event store"
+        else:
+            train = cfg.finetune.train
+            if train is None or not Path(train).is_file():
+                print(f"error: {cfg.source}: finetune.train ({train}) is not a file; use --from-store", file=sys.stderr)
+                return 2
+            src = events_of_log(Path(train), products.row_map())
+            where = str(train)
+        out = models_dir(cfg)
+        card = build_and_save(
+            out, products.ids.tolist(), *src, cfg.recs, categories=(products.category_codes, products.categories)
+        )
+        card.pop("settings", None)
+        print(f"recommendation models from {where} -> {out}")
+        print(json.dumps(card, ensure_ascii=False))
+        return 0
+
+    return run(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from engine import recs
-from finetune.recs import RecsSettings, build, build_and_save
+from core.config import RecsConfig
+from finetune.recs import build, build_and_save
 
 DAY = 86400.0
 
@@ -35,7 +36,7 @@ def _events(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def built():
-    return build(*_events(), 20, RecsSettings(factors=8, iterations=10, neighbours=5, min_support=2))
+    return build(*_events(), 20, RecsConfig(factors=8, iterations=10, neighbours=5, min_support=2))
 
 
 def test_similar_comes_from_co_engagement_within_visits(built):
@@ -70,7 +71,7 @@ def test_als_user_vector_follows_the_current_history(built):
 def test_saved_models_load_by_product_id_and_a_failed_build_keeps_the_old(tmp_path, monkeypatch):
     ids = [f"P{i}" for i in range(20)]
     out = tmp_path / "recs"
-    card = build_and_save(out, ids, *_events(), RecsSettings(factors=8, iterations=5, neighbours=5))
+    card = build_and_save(out, ids, *_events(), RecsConfig(factors=8, iterations=5, neighbours=5))
     assert card["products_with_together"] == 10
     m = recs.load(out, ids)
     assert m.together.of(2)[0][0] == 7
@@ -90,5 +91,5 @@ def test_saved_models_load_by_product_id_and_a_failed_build_keeps_the_old(tmp_pa
 
     monkeypatch.setattr(frecs, "save", boom)
     with pytest.raises(RuntimeError):
-        build_and_save(out, ids, *_events(1), RecsSettings(factors=8, iterations=5, neighbours=5))
+        build_and_save(out, ids, *_events(1), RecsConfig(factors=8, iterations=5, neighbours=5))
     assert recs.load(out, ids).together.of(2)[0][0] == 7  # the previous build still serves

@@ -34,6 +34,7 @@ from core.config.loader import (
     parse_overrides,
     section_mapping,
 )
+from core.config.recs import RecsConfig
 from core.config.serving import (
     InterleaveConfig,
     PersonalConfig,
@@ -74,6 +75,7 @@ __all__ = [
     "PersonalConfig",
     "QueryConfig",
     "RankerTrainConfig",
+    "RecsConfig",
     "RerankConfig",
     "RetrainConfig",
     "SearchConfig",
@@ -104,6 +106,7 @@ class Config:
     personal: PersonalConfig = field(default_factory=PersonalConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    recs: RecsConfig = field(default_factory=RecsConfig)
     source: Path | None = None
     root: Path = Path(".")
 
@@ -211,6 +214,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         "personal",
         "serve",
         "query",
+        "recs",
     }
     unknown = set(raw) - known
     if unknown:
@@ -238,6 +242,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         personal=build_section(PersonalConfig, raw.get("personal"), f"{where}: personal", root),
         serve=_build_serve(raw.get("serve"), f"{where}: serve", root),
         query=build_section(QueryConfig, raw.get("query"), f"{where}: query", root),
+        recs=build_section(RecsConfig, raw.get("recs"), f"{where}: recs", root),
         source=source,
         root=root,
     )

@@ -69,6 +69,7 @@ _PATH_FIELDS = {
     "out_dir",
     "distill_from",
     "init_from",
+    "models",  # recs.models
 }
 
 

@@ -1,0 +1,47 @@
+"""The ``recs:`` section: recommendations beside search (engine.recommend serves them, finetune.recs builds them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class RecsConfig:
+    """Recommendations: similar, bought together, for you, trending (docs/recommendations.md)."""
+
+    # the built models (`make finetune` / `make retrain` write them; none: behaviour-free fallbacks only)
+    models: Path | None = None
+    # -- building (finetune.recs) --
+    visit_minutes: float = 30.0  # one user's engagements with gaps under this are one visit (similar)
+    basket_days: float = 7.0  # one user's carts and purchases with gaps under this are one basket (together)
+    min_support: int = 1  # baskets a pair must share to count as bought together (scores are damped by shrink)
+    shrink: float = 5.0  # evidence shrinkage of co-occurrence scores (pairs seen rarely count less)
+    neighbours: int = 50  # kept per product
+    factors: int = 64  # ALS dimensions (implicit)
+    iterations: int = 15
+    regularization: float = 0.05
+    build_half_life_days: float = 90.0  # ALS confidences decay with this half-life
+    # -- serving (engine.recommend) --
+    # bought together needs this many baskets with two or more products in the build (Algolia asks for
+    # 1,000 conversions in 30 days); below it, and for a product without its own pairs, it falls back
+    min_baskets: int = 100
+    trending_half_life_hours: float = 72.0  # decay of the trending counts
+    trending_days: float = 14.0  # how far back trending reads the event store when it (re)loads
+    trending_refresh_seconds: float = 60.0  # re-read the store this often (events other processes record)
+    history_events: int = 50  # a user's most recent engagements for_you reads
+    history_searches: int = 5  # and their most recent searches (one BM25 query each)
+    history_half_life_hours: float = 72.0  # how fast a for_you seed's weight fades
+    # how each kind mixes its parts (each normalized to a maximum of 1; docs/recommendations.md)
+    # bought together: a near-duplicate of the product (its title's BM25 match at least duplicate_share of the
+    # product's own) counts substitute_factor as much: complements before the same item in another colour
+    substitute_factor: float = 0.3
+    duplicate_share: float = 0.6
+    for_you_weights: dict[str, float] = field(
+        default_factory=lambda: {"als": 1.0, "neighbours": 0.5, "searches": 0.5, "profile": 0.2}
+    )
+    together_weights: dict[str, float] = field(default_factory=lambda: {"together": 1.0, "als": 1.0, "category": 1.0})
+    # a query whose best final score is under this (or with fewer than weak_min_hits hits) is weak: the
+    # search response adds recommendations from a relaxed query and the shopper's profile
+    weak_min_hits: int = 3
+    weak_score: float | None = None
