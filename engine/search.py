@@ -86,6 +86,8 @@ class SearchEngine:
         self._batching = None
         self.load_models = load_models
         self._passage_encoders = {}  # stage -> the encoder added products are embedded with
+        self._recommender = None  # (version, models signature, Recommender), built at the first recommend
+        self._rec_lock = threading.Lock()
 
     @classmethod
     def from_config(
@@ -304,6 +306,45 @@ class SearchEngine:
     def record_event(self, user_id: str, product_id: str, event: str, timestamp=None, query: str | None = None):
         """Record a user's event; the user's next query sees it (:meth:`IndexVersion.record_event`)."""
         return self._version.record_event(user_id, product_id, event, timestamp, query)
+
+    def recommend(
+        self,
+        kind: str,
+        product_id: str | None = None,
+        user_id: str | None = None,
+        query: str | None = None,
+        k: int = 10,
+        filters: dict | None = None,
+        explain: bool = False,
+    ):
+        """Recommendations of ``kind`` — ``similar`` / ``bought_together`` (need ``product_id``), ``for_you``
+        (``user_id``, optionally the ``query`` being typed), ``trending`` — as :class:`engine.recommend.
+        Recommendations` (hits, what produced them in ``source``, timings); ``filters`` as in :meth:`query`,
+        deleted products never.  ``explain=True`` gives each hit its parts' scores.  Bad arguments raise
+        :class:`engine.recommend.RecommendError` naming the parameter (see :mod:`engine.recommend`)."""
+        return self.recommender().recommend(kind, product_id, user_id, query, k, filters, explain)
+
+    def recommender(self):
+        """The :class:`engine.recommend.Recommender` of the version answering now, rebuilt when the version or
+        the recommendation models (``recs.models``; `make retrain` swaps them) changed."""
+        from engine.recommend import Recommender
+        from engine.recs import load as load_recs, signature
+
+        v = self._version
+        cfg = v.cfg.recs
+        path = None if cfg.models is None else (cfg.models if cfg.models.is_absolute() else v.cfg.root / cfg.models)
+        sig = signature(path) if path is not None else None
+        held = self._recommender
+        if held is not None and held[0] is v and held[1] == sig:
+            return held[2]
+        with self._rec_lock:
+            held = self._recommender
+            if held is None or held[0] is not v or held[1] != sig:
+                models = load_recs(path, v.products.ids.tolist()) if sig is not None else None
+                if held is not None:
+                    held[2].detach()
+                self._recommender = held = (v, sig, Recommender(v, models, cfg))
+            return held[2]
 
     def forget_user(self, user_id: str) -> int:
         """Delete every event and the profile of a user; returns the number of events deleted."""

@@ -115,6 +115,13 @@ def _sql(p: str, user: str) -> dict[str, str]:
         # the credited events before a time, one page after (ts, id) at a time (a retrain's point-in-time replay)
         "event_page": f"SELECT id, {user}, product, event, ts FROM events WHERE credited = 1 AND ts < {p} "
         f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
+        # one user's most recent credited events and searches (for_you's seeds; the (user, ts) index)
+        "recent": f"SELECT product, event, ts, query FROM events WHERE {user} = {p} AND credited = 1 "
+        f"ORDER BY ts DESC LIMIT {p}",
+        "searches": f"SELECT query, ts FROM impressions WHERE {user} = {p} ORDER BY ts DESC LIMIT {p}",
+        # the credited engagements since a time, one page after (ts, id) at a time (trending)
+        "since_page": f"SELECT id, product, event, ts FROM events WHERE credited = 1 AND event > 0 AND ts >= {p} "
+        f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
         # the credited events of some users in a time range (what the credit rule checks new events against)
         "credited": f"SELECT {user}, product, event, ts FROM events WHERE credited = 1 AND ts >= {p} AND ts < {p} "
         f"AND {user} IN ({{users}})",
@@ -313,6 +320,26 @@ class _SQLEventStore(EventStore):
                 return
             yield [r[1:] for r in rows]
             last_ts, last_id = rows[-1][4], rows[-1][0]
+
+    def recent(self, user: str, events: int, searches: int) -> tuple[list[tuple], list[tuple]]:
+        """A user's ``events`` most recent credited events (product, event code, time, query) and ``searches``
+        most recent logged searches (query, time), newest first."""
+        con = self._con()
+        return (
+            con.execute(self._sql["recent"], (user, events)).fetchall(),
+            con.execute(self._sql["searches"], (user, searches)).fetchall(),
+        )
+
+    def engagement_pages(self, since: float, page: int = 50_000):
+        """The credited clicks, carts and purchases since ``since`` as (product, event code, time), in time
+        order, ``page`` rows at a time."""
+        last_ts, last_id = -np.inf, -1
+        while True:
+            rows = self._con().execute(self._sql["since_page"], (since, last_ts, last_ts, last_id, page)).fetchall()
+            if not rows:
+                return
+            yield [r[1:] for r in rows]
+            last_ts, last_id = rows[-1][3], rows[-1][0]
 
     def experiment_rows(self, since: float) -> list[tuple]:
         """(search id, arm, clicked rank or None) of the experiment searches logged since ``since``."""

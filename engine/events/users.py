@@ -103,6 +103,7 @@ class UserEvents:
         self._stats_lock = threading.Lock()
         self._stats_read = 0.0
         self._writes = 0
+        self.listeners: list = []  # fn(rows, event codes, times) of each batch of credited events (trending)
 
     @classmethod
     def open(cls, cfg, facets: ProductFacets, products) -> "UserEvents":
@@ -213,6 +214,8 @@ class UserEvents:
         with self._stats_lock:
             if self._stats is not None and credited:
                 self._stats.add(row, EVENT_CODE[event])
+        if credited:
+            self._notify(np.array([row]), np.array([EVENT_CODE[event]]), np.array([ts], dtype=np.float64))
         self._writes += 1
         if self._writes % 1000 == 0:
             self.purge()
@@ -324,6 +327,11 @@ class UserEvents:
         with self._stats_lock:
             if self._stats is not None:
                 self._stats.add(rows[credited], codes[credited])
+        self._notify(rows[credited], codes[credited], np.asarray(ts, dtype=np.float64)[credited])
+
+    def _notify(self, rows, codes, ts) -> None:
+        for fn in list(self.listeners):
+            fn(rows, codes, ts)
 
     # -- impressions: what searches showed --------------------------------------------------------------
     def log_impressions(self, impressions: Sequence[Impression]) -> None:

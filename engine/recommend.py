@@ -1,0 +1,394 @@
+"""Recommendations beside search: ``similar``, ``bought_together``, ``for_you``, ``trending``.
+
+:class:`Recommender` answers :meth:`engine.search.SearchEngine.recommend` on one index version, from the
+models :mod:`finetune.recs` built (:mod:`engine.recs`: co-visit and co-basket neighbours, ALS item factors), the
+catalog's own content (the dense vectors of titles, BM25 over a title) and the event store read at request
+time (a user's recent engagements and searches; trending counts kept current online).  Every kind applies the
+filters and the deleted products as search does, and says in ``source`` what produced the list (and in
+``explain``, per product, each part's score) — a fallback is named, never silent:
+
+- ``similar``: content (dense cosine + BM25 of the product's title, normalized) plus behaviour (co-visit
+  neighbours, already shrunk toward 0 for rare pairs); never the product itself or a product with the same
+  title.
+- ``bought_together``: the product's co-basket neighbours, substitutes (its own category) demoted; without
+  pairs of its own, the pairs of its most similar products; below ``recs.min_baskets`` in the build or with
+  nothing found, trending outside the product's category.
+- ``for_you``: from the user's recent engagements (ALS vector solved from them now, and their co-visit and
+  co-basket neighbours) and recent searches (each search's BM25 results and those results' complements),
+  weighted by recency, plus the profile's category and brand shares; products bought in categories shoppers
+  do not buy again are left out.  Unknown or cold users get trending.
+- ``trending``: gain-weighted engagements decayed with ``recs.trending_half_life_hours`` (read from the store,
+  re-read every ``trending_refresh_seconds``, and updated at once by this process's own events); with no
+  recent engagement at all, all-time popularity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engine.query_input import check_filters, check_int
+from engine.types import Hit, QueryError
+
+KINDS = ("similar", "bought_together", "for_you", "trending")
+GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
+POOL = 100  # content candidates per source
+
+
+class RecommendError(QueryError):
+    """A recommendation argument that cannot be answered; ``param`` names it (kind, product, user, k, ...)."""
+
+
+@dataclass
+class Recommendations:
+    hits: list[Hit]
+    kind: str
+    source: str  # what produced the list: "behaviour + content", "fallback: trending (cold user)", ...
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self):
+        return iter(self.hits)
+
+    def __getitem__(self, i):
+        return self.hits[i]
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "hits": [h.to_dict() for h in self.hits],
+            "timings_ms": self.timings_ms,
+        }
+
+
+def _norm(x: np.ndarray) -> np.ndarray:
+    top = float(np.max(x)) if len(x) else 0.0
+    return x / top if top > 0 else np.zeros_like(x)
+
+
+class Recommender:
+    """Recommendations on one index version (``version``: :class:`engine.version.IndexVersion`)."""
+
+    def __init__(self, version, models, cfg, clock=time.time):
+        self.v = version
+        self.models = models  # engine.recs.RecModels or None
+        self.cfg = cfg  # core.config.RecsConfig
+        self.clock = clock
+        self.products = version.products
+        self.n = len(self.products)
+        self._trend = None
+        self._trend_read = -np.inf
+        self._trend_t = 0.0
+        self._lock = threading.Lock()
+        titles = self.products.titles
+        self._title = lambda r: "".join(titles[int(r)].split()).lower()
+        repeat = set((models.card.get("repeat_categories") if models else None) or [])
+        self.repeat_categories = np.array([c in repeat for c in self.products.categories] + [False], dtype=bool)
+
+    # -- the entry point ---------------------------------------------------------------------------------
+    def recommend(self, kind, product_id=None, user_id=None, query=None, k=10, filters=None, explain=False):
+        t0 = time.perf_counter()
+        if kind not in KINDS:
+            raise RecommendError("kind", f"unknown kind {kind!r}; use {', '.join(KINDS)}")
+        k = check_int(k, "k", 1, self.v.cfg.search.max_k)
+        filters = check_filters(filters)
+        mask = self.products.mask(**filters) if filters else np.ones(self.n, dtype=bool)
+        mask = self.v.with_live(mask)
+        mask[self.products.superseded_rows()] = False
+        row = None
+        if kind in ("similar", "bought_together"):
+            row = self._row(product_id)
+        if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+            raise RecommendError("user", f"must be a non-empty string, got {user_id!r}")
+        if query is not None and not isinstance(query, str):
+            raise RecommendError("query", f"must be a string, got {type(query).__name__}")
+        if kind == "similar":
+            scores, parts, source = self.similar(row, mask)
+        elif kind == "bought_together":
+            scores, parts, source = self.bought_together(row, mask)
+        elif kind == "for_you":
+            scores, parts, source = self.for_you(user_id, query, mask)
+        else:
+            scores, parts, source = self.trending(mask)
+        hits = self._hits(scores, parts, mask, k, explain, exclude=row)
+        return Recommendations(hits, kind, source, {"total": round((time.perf_counter() - t0) * 1000, 2)})
+
+    def _row(self, product_id) -> int:
+        if not isinstance(product_id, str) or not product_id.strip():
+            raise RecommendError("product", f"a product id is needed for this kind, got {product_id!r}")
+        try:
+            row = self.products.row_of(product_id)
+        except KeyError:
+            raise RecommendError("product", f"unknown product {product_id!r} (not in the index)") from None
+        live = self.v.live
+        if live is not None and not live[row]:
+            raise RecommendError("product", f"product {product_id!r} was deleted")
+        return row
+
+    def _hits(self, scores: dict, parts: dict, mask, k: int, explain: bool, exclude=None) -> list[Hit]:
+        """The top ``k`` of ``scores`` (``scores["rows"]`` with their ``scores["score"]``) within ``mask``,
+        without ``exclude`` and products titled exactly like it, each title once."""
+        rows, score = scores["rows"], scores["score"]
+        keep = mask[rows] & (score > 0)
+        if exclude is not None:
+            keep &= rows != exclude
+        idx = np.flatnonzero(keep)
+        pool = min(len(idx), 4 * k + 50)  # enough to skip duplicate titles, without sorting the catalog
+        if pool < len(idx):
+            idx = idx[np.argpartition(-score[idx], pool - 1)[:pool]]
+        idx = idx[np.argsort(-score[idx], kind="stable")]
+        ids, titles = self.products.ids, self.products.titles
+        seen = {self._title(exclude)} if exclude is not None else set()
+        out = []
+        for i in idx:
+            r = int(rows[i])
+            t = self._title(r)
+            if t in seen:
+                continue  # a duplicate listing of the same title
+            seen.add(t)
+            ex = {name: round(float(p[i]), 4) for name, p in parts.items()} if explain else None
+            out.append(Hit(ids[r], titles[r], float(score[i]), len(out) + 1, ex))
+            if len(out) == k:
+                break
+        return out
+
+    # -- content -----------------------------------------------------------------------------------------
+    def _vector(self, row: int) -> np.ndarray:
+        return np.asarray(self.v.facets().vectors[row], dtype=np.float32)
+
+    def content(self, row: int, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, dense cosine, BM25 share) of the products nearest to ``row``'s title."""
+        found = []
+        cos = {}
+        if "dense" in self.v.cfg.search.stages or self.v.cfg.rerank.model:
+            res = self.v.first_stages.dense("dense", self._vector(row)[None, :], POOL, mask)[0]
+            found.append(np.asarray(res.rows))
+            cos = dict(zip(np.asarray(res.rows).tolist(), np.asarray(res.scores, dtype=np.float64).tolist()))
+        bm = self.v.first_stages.bm25(self.v.understand(self.products.titles[row]).text, POOL, mask)
+        found.append(np.asarray(bm.rows))
+        rows = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
+        bm25 = dict(zip(np.asarray(bm.rows).tolist(), _norm(np.asarray(bm.scores, dtype=np.float64)).tolist()))
+        dense = np.array([cos.get(int(r), np.nan) for r in rows])
+        if np.isnan(dense).any():  # from BM25 only: its cosine straight from the vectors
+            miss = np.isnan(dense)
+            dense[miss] = np.asarray(self.v.facets().vectors[rows[miss]], dtype=np.float32) @ self._vector(row)
+        return rows, dense, np.array([bm25.get(int(r), 0.0) for r in rows])
+
+    # -- kinds -------------------------------------------------------------------------------------------
+    def similar(self, row: int, mask):
+        rows, dense, bm25 = self.content(row, mask)
+        beh_rows, beh = self.models.similar.of(row) if self.models else (np.zeros(0, np.int64), np.zeros(0))
+        allr = np.unique(np.concatenate([rows, beh_rows.astype(np.int64)]))
+        d = np.zeros(len(allr))
+        b25 = np.zeros(len(allr))
+        pos = np.searchsorted(allr, rows)
+        d[pos], b25[pos] = dense, bm25
+        extra = ~np.isin(allr, rows)
+        if extra.any():
+            d[extra] = np.asarray(self.v.facets().vectors[allr[extra]], dtype=np.float32) @ self._vector(row)
+        b = np.zeros(len(allr))
+        b[np.searchsorted(allr, beh_rows)] = beh
+        score = np.clip(d, 0, None) + 0.2 * b25 + b
+        source = "behaviour + content" if len(beh_rows) else "content (no co-visits for this product)"
+        return {"rows": allr, "score": score}, {"dense": d, "bm25": b25, "behaviour": b}, source
+
+    def bought_together(self, row: int, mask):
+        m = self.models
+        if m is None or m.conversions < self.cfg.min_baskets:
+            have = 0 if m is None else m.conversions
+            return self._trending_outside(
+                row, mask, f"fallback: trending outside its category (too few baskets: {have} < {self.cfg.min_baskets})"
+            )
+        w = self.cfg.together_weights
+        parts = {}
+        nb, sc = m.together.of(row)
+        own = np.zeros(self.n)
+        own[nb] = sc
+        source = "bought together"
+        if not len(nb):  # the pairs of its most similar products, weighted by how similar
+            sim, sim_parts, _ = self.similar(row, np.ones(self.n, dtype=bool))
+            top = np.argsort(-sim["score"])[:10]
+            own = m.together.spread(sim["rows"][top], sim["score"][top], self.n)
+            source = "bought together with similar products" if own.any() else "category complements"
+            near, share = sim["rows"], sim_parts["bm25"]
+        else:
+            bm = self.v.first_stages.bm25(self.v.understand(self.products.titles[row]).text, POOL, None)
+            near, share = np.asarray(bm.rows), _norm(np.asarray(bm.scores, dtype=np.float64))
+        parts["together"] = w.get("together", 1.0) * _norm(own)
+        if m.items is not None and m.items[row].any():  # shoppers who engaged with it also engaged with these
+            parts["als"] = w.get("als", 1.0) * _norm(np.clip(m.items @ m.items[row], 0, None))
+        cats = self.products.category_codes
+        lift = (m.card.get("category_lift") or {}).get(self.products.categories[cats[row]] if cats[row] >= 0 else "")
+        if lift:  # categories that go into one basket with this one, each product by its recent popularity
+            by_code = np.array([float(lift.get(c, 0.0)) for c in self.products.categories] + [0.0])
+            prior = _norm(by_code[np.where(cats >= 0, cats, -1)])
+            parts["category"] = w.get("category", 1.0) * prior * (0.5 + 0.5 * _norm(self.trend_counts()))
+        score = sum(parts.values())
+        score[near[share >= self.cfg.duplicate_share]] *= self.cfg.substitute_factor  # the same item again
+        rows = np.flatnonzero((score > 0) & mask)
+        if not len(rows):
+            return self._trending_outside(row, mask, "fallback: trending outside its category (no pairs)")
+        if source != "bought together":
+            source = f"fallback: {source}"
+        return {"rows": rows, "score": score[rows]}, {n: p[rows] for n, p in parts.items()}, source
+
+    def _trending_outside(self, row: int, mask, source: str):
+        cats = self.products.category_codes
+        other = mask & ((cats != cats[row]) | (cats[row] < 0))
+        scores, parts, _ = self.trending(other)
+        return scores, parts, source
+
+    def trending(self, mask):
+        t = self.trend_counts()
+        rows = np.flatnonzero(mask)
+        score = t[rows]
+        if not (score > 0).any():  # nothing engaged lately: all-time popularity, then catalog order
+            stats = self._all_time()
+            score = stats[rows] if stats is not None else np.zeros(len(rows))
+            src = "fallback: all-time popularity (no recent engagements)"
+            if not (score > 0).any():
+                score = 1.0 / (1.0 + np.arange(len(rows)))
+                src = "fallback: catalog order (no engagements at all)"
+            return {"rows": rows, "score": score}, {"popularity": score}, src
+        return {"rows": rows, "score": score}, {"trending": score}, "trending"
+
+    def for_you(self, user_id, query, mask):
+        from engine.events.history import recent_history
+
+        hist = None
+        ue = self._events()
+        if user_id is not None and ue is not None:
+            hist = recent_history(ue, user_id, self.cfg.history_events, self.cfg.history_searches)
+        profile = self.v.profile(user_id) if user_id is not None and hist is not None else None
+        return self.for_history(hist, query, mask, profile)
+
+    def for_history(self, hist, query, mask, profile=None, now: float | None = None):
+        """For-you scores of a history (:class:`engine.events.history.History`, or None), the query being
+        typed (or None) and the user's profile (or None), as of ``now`` (default the clock)."""
+        searches = list(hist.searches) if hist is not None else []
+        now = self.clock() if now is None else now
+        if query and query.strip():
+            searches.insert(0, (query.strip(), now))
+        if (hist is None or not len(hist)) and not searches:
+            scores, parts, _ = self.trending(mask)
+            return scores, parts, "fallback: trending (no history for this user)"
+        hl = self.cfg.history_half_life_hours * 3600.0
+        parts = {}
+        if hist is not None and len(hist):
+            w = np.array([GAINS.get(e, 0.0) for e in hist.events]) * 2.0 ** (-np.maximum(now - hist.ts, 0) / hl)
+            rows = hist.rows
+            if self.models is not None:
+                parts["neighbours"] = _norm(
+                    self.models.similar.spread(rows, w, self.n) + self.models.together.spread(rows, w, self.n)
+                )
+                u = self.models.user_vector(rows, 10.0 * w)
+                if u is not None:
+                    parts["als"] = _norm(np.clip(self.models.items @ u, 0, None))
+        if searches:
+            s = np.zeros(self.n)
+            for q, t in searches[: self.cfg.history_searches + 1]:
+                res = self.v.first_stages.bm25(self.v.understand(q).text, 50, mask)
+                wq = 2.0 ** (-max(now - t, 0.0) / hl)
+                rows = np.asarray(res.rows)
+                s[rows] += wq * _norm(np.asarray(res.scores, dtype=np.float64))
+                if self.models is not None and len(rows):  # what goes with what they searched for
+                    s += 0.5 * wq * _norm(self.models.together.spread(rows[:5], np.ones(min(5, len(rows))), self.n))
+            parts["searches"] = _norm(s)
+        if profile is not None:
+            cat = profile.shares("category")
+            codes = self.products.category_codes
+            pref = np.array([float(cat.get(str(c), 0.0)) for c in range(len(self.products.categories))] + [0.0])
+            parts["profile"] = _norm(pref[np.where(codes >= 0, codes, -1)])
+        fw = self.cfg.for_you_weights
+        parts = {name: fw.get(name, 1.0) * p for name, p in parts.items()}
+        score = sum(parts.values()) if parts else np.zeros(self.n)
+        if hist is not None and len(hist):
+            bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
+            once = bought[~self.repeat_categories[self.products.category_codes[bought]]]
+            score = score.copy()
+            score[once] = 0.0  # bought, in a category shoppers buy once
+        rows = np.flatnonzero(score > 0)
+        if not len(rows):
+            scores, parts, _ = self.trending(mask)
+            return scores, parts, "fallback: trending (history matches nothing under these filters)"
+        source = "for you: " + ", ".join(parts)
+        return {"rows": rows, "score": score[rows]}, {n: p[rows] for n, p in parts.items()}, source
+
+    def top(self, scores: dict, mask, k: int, exclude=None) -> np.ndarray:
+        """The rows :meth:`recommend` would list for ``scores`` (evaluation)."""
+        row_of = self.products.row_map()
+        return np.array([row_of[h.product_id] for h in self._hits(scores, {}, mask, k, False, exclude)], dtype=np.int64)
+
+    def set_trending(self, counts: np.ndarray, t: float) -> None:
+        """Trending counts as of time ``t`` given from outside (evaluation replaying a log); never re-read."""
+        with self._lock:
+            self._trend, self._trend_t, self._trend_read = np.asarray(counts, dtype=np.float64), t, np.inf
+
+    # -- trending counts ---------------------------------------------------------------------------------
+    def detach(self) -> None:
+        """Stop listening to the event store (a newer recommender took over)."""
+        ue = self._events()
+        if ue is not None and self.record in ue.listeners:
+            ue.listeners.remove(self.record)
+
+    def _events(self):
+        try:
+            return self.v.user_events()
+        except Exception:  # noqa: BLE001 — no event store configured or reachable: no personal history
+            return None
+
+    def _all_time(self):
+        ue = self._events()
+        if ue is None:
+            return None
+        counts = ue.stats().counts  # [n, 4] impressions, clicks, carts, purchases
+        return counts[:, 1] + 2 * counts[:, 2] + 3 * counts[:, 3]
+
+    def trend_counts(self) -> np.ndarray:
+        """Decayed gain-weighted engagements per product row, as of now."""
+        from engine.events.history import decayed_engagements
+
+        now = self.clock()
+        hl = self.cfg.trending_half_life_hours * 3600.0
+        with self._lock:
+            if self._trend is None or time.monotonic() - self._trend_read > self.cfg.trending_refresh_seconds:
+                ue = self._events()
+                if ue is not None and self.record not in ue.listeners:
+                    ue.listeners.append(self.record)
+                since = now - self.cfg.trending_days * 86400.0
+                self._trend = (
+                    decayed_engagements(ue, self.n, since, now, hl, GAINS) if ue is not None else np.zeros(self.n)
+                )
+                self._trend_read, self._trend_t = time.monotonic(), now
+            return self._trend * 2.0 ** (-max(now - self._trend_t, 0.0) / hl)
+
+    def record(self, rows: np.ndarray, codes: np.ndarray, ts: np.ndarray) -> None:
+        """Credited events this process stored (a :class:`engine.events.UserEvents` listener): trending counts
+        them at once (other processes' at the next re-read)."""
+        from core.formats.clicklog import EVENTS
+
+        gain = np.array([GAINS.get(e, 0.0) for e in EVENTS])[np.asarray(codes, dtype=np.int64)]
+        with self._lock:
+            if self._trend is not None and len(rows):
+                hl = self.cfg.trending_half_life_hours * 3600.0
+                w = gain * 2.0 ** (-(self._trend_t - np.asarray(ts, dtype=np.float64)) / hl)
+                np.add.at(self._trend, np.asarray(rows, dtype=np.int64), w)
+
+
+def weak_reason(result, cfg) -> str | None:
+    """Why a search's results are weak enough to add recommendations below them (None: they are not): fewer
+    hits than ``recs.weak_min_hits`` (a narrow filter, a rare query), or a best final score under
+    ``recs.weak_score`` where the config sets one (scores are the ranker's, so the threshold is per model)."""
+    if result.offset > 0:
+        return None  # only the first page gets the block
+    if len(result.hits) < cfg.weak_min_hits:
+        return f"few results ({len(result.hits)} < {cfg.weak_min_hits})"
+    if cfg.weak_score is not None and result.hits[0].score < cfg.weak_score:
+        return f"weak results (best score {result.hits[0].score:.3f} < {cfg.weak_score})"
+    return None

@@ -1,0 +1,152 @@
+"""SearchEngine.recommend: similar, bought together, for you, trending — on the tiny demo catalog."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from core.config import RecsConfig
+from engine.recommend import RecommendError
+from engine.search import SearchEngine
+from finetune.recs import build_and_save
+
+DAY = 86400.0
+
+
+def _rows_of(eng, category: str) -> np.ndarray:
+    p = eng.products
+    return np.flatnonzero(p.category_codes == p.categories.index(category))
+
+
+def _basket_events(eng, phones, cases, n_users: int = 60):
+    """Shoppers who buy phone i and then case i (a complement), and browse two phones in one visit."""
+    users, rows, events, ts = [], [], [], []
+    t = time.time() - 30 * DAY
+    for u in range(n_users):
+        i = u % len(phones)
+        for r, e, dt in (
+            (phones[i], "click", 0),
+            (phones[(i + 1) % len(phones)], "click", 60),
+            (phones[i], "purchase", 120),
+            (cases[i], "add_to_cart", 400),
+            (cases[i], "purchase", 500),
+        ):
+            users.append(f"s{u}"), rows.append(int(r)), events.append(e), ts.append(t + u * 3600 + dt)
+    return users, rows, events, ts
+
+
+@pytest.fixture(scope="module")
+def rec_engine(job_cfg, trained, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("recs")
+    cfg = dataclasses.replace(
+        job_cfg,
+        personal=dataclasses.replace(job_cfg.personal, user_key="test-key", path=tmp / "events.sqlite"),
+        recs=RecsConfig(models=tmp / "recs", min_baskets=10, factors=8, iterations=5, trending_refresh_seconds=3600),
+    )
+    eng = SearchEngine.from_config(cfg)
+    phones, cases = _rows_of(eng, "手机")[:4], _rows_of(eng, "手机壳")[:4]
+    p = eng.products
+    build_and_save(
+        cfg.recs.models,
+        p.ids.tolist(),
+        *_basket_events(eng, phones, cases),
+        cfg.recs,
+        categories=(p.category_codes, p.categories),
+    )
+    return eng, phones, cases
+
+
+def test_similar_is_content_plus_behaviour_and_never_the_product_or_its_title(rec_engine):
+    eng, phones, _ = rec_engine
+    pid = eng.products.ids[int(phones[0])]
+    res = eng.recommend("similar", product_id=pid, k=8, explain=True)
+    assert res.source == "behaviour + content" and len(res) == 8
+    titles = [h.title for h in res]
+    assert pid not in [h.product_id for h in res] and eng.products.titles[int(phones[0])] not in titles
+    assert len(set(titles)) == len(titles)
+    assert {"dense", "bm25", "behaviour"} <= set(res[0].explain)
+    assert eng.products.ids[int(phones[1])] in [h.product_id for h in res]  # browsed in the same visits
+    brand = eng.products.brands[eng.products.brand_codes[int(phones[0])]]
+    only = eng.recommend("similar", product_id=pid, k=5, filters={"brand": brand})
+    assert len(only) and all(
+        eng.products.brands[eng.products.brand_codes[eng.products.row_of(h.product_id)]] == brand for h in only
+    )
+
+
+def test_bought_together_finds_the_complement_and_falls_back_in_the_open(rec_engine):
+    eng, phones, cases = rec_engine
+    res = eng.recommend("bought_together", product_id=eng.products.ids[int(phones[2])], k=5, explain=True)
+    assert res.source == "bought together" and res[0].product_id == eng.products.ids[int(cases[2])]
+    # a product with no pairs of its own: the pairs of its most similar products, or trending elsewhere
+    other = int(_rows_of(eng, "手机")[-1])
+    res = eng.recommend("bought_together", product_id=eng.products.ids[other], k=5)
+    assert res.source.startswith("fallback:")
+    strict = dataclasses.replace(eng.cfg.recs, min_baskets=10_000)
+    from engine.recommend import Recommender
+
+    rec = Recommender(eng.version, eng.recommender().models, strict)
+    scores, _, source = rec.bought_together(int(phones[2]), np.ones(len(eng.products), dtype=bool))
+    assert "too few baskets" in source
+    cats = eng.products.category_codes
+    assert (cats[scores["rows"]] != cats[int(phones[2])]).all()  # never the product's own category
+
+
+def test_for_you_follows_the_users_newest_click_and_forgetting_resets_it(rec_engine):
+    eng, phones, cases = rec_engine
+    cold = eng.recommend("for_you", user_id="newcomer", k=5)
+    assert cold.source.startswith("fallback: trending") and len(cold) == 5
+    earphones = _rows_of(eng, "耳机")
+    eng.record_event("fan", eng.products.ids[int(earphones[0])], "click", query="蓝牙耳机")
+    first = eng.recommend("for_you", user_id="fan", k=5)
+    assert first.source.startswith("for you") and first.hits != cold.hits
+    cats = eng.products.category_codes
+    assert cats[eng.products.row_of(first[0].product_id)] == cats[int(earphones[0])]
+    eng.record_event("fan", eng.products.ids[int(phones[2])], "purchase", query="手机")
+    second = eng.recommend("for_you", user_id="fan", k=5)
+    assert [h.product_id for h in second] != [h.product_id for h in first]  # the next call sees the new event
+    assert eng.products.ids[int(cases[2])] in [h.product_id for h in second]  # and what goes with it
+    assert eng.products.ids[int(phones[2])] not in [h.product_id for h in second]  # phones are bought once
+    eng.forget_user("fan")
+    assert eng.recommend("for_you", user_id="fan", k=5).source.startswith("fallback: trending")
+
+
+def test_for_you_reads_the_query_being_typed(rec_engine):
+    eng, _, _ = rec_engine
+    res = eng.recommend("for_you", query="蓝牙耳机", k=5)
+    cats = eng.products.category_codes
+    assert all(eng.products.categories[cats[eng.products.row_of(h.product_id)]] == "耳机" for h in res[:3])
+
+
+def test_trending_counts_new_events_at_once(rec_engine):
+    eng, _, _ = rec_engine
+    eng.recommend("trending", k=3)  # counts read from the store
+    target = eng.products.ids[7]
+    for u in range(5):
+        eng.record_event(f"buyer{u}", target, "purchase")
+    res = eng.recommend("trending", k=3)
+    assert res.source == "trending" and res[0].product_id == target
+    cat = eng.products.categories[eng.products.category_codes[7]]
+    in_cat = eng.recommend("trending", k=3, filters={"category": cat})
+    assert in_cat[0].product_id == target
+
+
+@pytest.mark.parametrize(
+    "kwargs, param",
+    [
+        ({"kind": "popular"}, "kind"),
+        ({"kind": "similar"}, "product"),
+        ({"kind": "similar", "product_id": "NOPE"}, "product"),
+        ({"kind": "trending", "k": 0}, "k"),
+        ({"kind": "for_you", "user_id": "  "}, "user"),
+        ({"kind": "trending", "filters": {"colour": "red"}}, "colour"),
+    ],
+)
+def test_bad_arguments_name_the_parameter(rec_engine, kwargs, param):
+    eng, _, _ = rec_engine
+    with pytest.raises(Exception) as err:
+        eng.recommend(**kwargs)
+    assert getattr(err.value, "param", None) == param
+    assert isinstance(err.value, (RecommendError, ValueError))
