@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 # $(call step,NAME,COMMAND): run COMMAND and print how long it took (make demo prints every step's time)
 step = @t0=$$(date +%s.%N); $(2) || exit $$?; awk -v a=$$t0 -v b=$$(date +%s.%N) 'BEGIN {printf "== %-32s %7.1f s\n", "$(1)", b - a}'
 
-.PHONY: install model demo demo-data index finetune retrain onnx serve eval eval-personal bench bench-serving bench-scale bench-loop bench-interleave load-test probe-service lint test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune retrain onnx serve eval eval-personal eval-recs bench bench-serving bench-scale bench-loop bench-interleave load-test probe-service lint test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -44,6 +44,7 @@ models/demo/ranker/model.txt: data/demo/catalog.jsonl | models/base/config.json
 demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/demo/ranker/model.txt
 	$(call step,index (indexes/demo),$(PY) -m indexer --config configs/demo.yaml --if-stale)
 	$(call step,onnx exports,$(PY) -m finetune.export_onnx --config configs/demo.yaml --if-missing >/dev/null)
+	$(call step,recommendations (models/demo/recs),$(PY) -m finetune.recs --config configs/demo.yaml >/dev/null)
 	$(call step,example queries,$(PY) -m engine --config configs/demo.yaml -k 5 \
 		"华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮")
 	$(call step,filtered query,$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机")
@@ -59,10 +60,12 @@ index: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)
 finetune: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl)
 	$(PY) -m finetune --config $(CONFIG) $(if $(RESUME),--resume)
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing
+	$(PY) -m finetune.recs --config $(CONFIG)
 
 # learn the final ranker again from the service's logged searches (debiased), promote it only when it wins the
 # ship guard (docs/fine-tuning.md); RELOAD=http://host:port also switches a running service (admin key in the env)
 retrain: .venv/.installed
+	$(PY) -m finetune.recs --config $(CONFIG) --from-store
 	$(PY) -m finetune.retrain --config $(CONFIG) $(if $(RELOAD),--reload $(RELOAD))
 
 onnx: .venv/.installed
@@ -81,6 +84,10 @@ eval: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG))
 # the personalization benchmark: simulated users at three taste strengths (+ the guard on judged dev queries)
 eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval.sim.personal --config $(CONFIG) --out reports/personal/$(basename $(notdir $(CONFIG))) $(if $(CURVE),--curve $(CURVE))
+
+# recommendations on a time split of the click log, against popularity, item-kNN and ALS (docs/recommendations.md)
+eval-recs: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
+	$(PY) -m eval.recs --config $(CONFIG)
 
 bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/demo/ranker/model.txt
 	$(PY) -m eval.bench.bm25 $(if $(FULL),--full)

@@ -77,3 +77,26 @@ def test_the_page_searches_filters_personalizes_and_explains(server):
         page.wait_for_selector("#status.error")
         assert "q: empty" in page.inner_text("#status")
         browser.close()
+
+
+def test_the_page_shows_trending_at_start_and_similar_in_the_product_view(server):
+    url, engine = server
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#recs .recs .rec")  # the start view: trending (no shopper chosen)
+        assert "trending" in page.inner_text("#recs h3")
+        assert len(page.query_selector_all("#recs .rec")) == len(engine.recommend("trending", k=8))
+        page.fill("#q", "蓝牙耳机")
+        page.click("#go")
+        page.wait_for_selector(".hit .title")
+        first = page.eval_on_selector(".hit", "h => h.dataset.productId")
+        page.click(".hit .title")
+        page.wait_for_selector("#product .recs .rec")
+        similar = page.eval_on_selector_all(
+            "#product .recs:first-of-type .rec", "rs => rs.map(r => r.dataset.productId)"
+        )
+        assert similar == [h.product_id for h in engine.recommend("similar", product_id=first, k=6)]
+        assert "bought together" in page.inner_text("#product")
+        browser.close()

@@ -28,6 +28,7 @@ from engine.service.experiments import Experiment, experiment_report
 from engine.service.impressions import ImpressionLog
 from engine.service.metrics import Metrics
 from engine.service.page import demo_users, page_html
+from engine.service.recommend_route import add_recommend_route, weak_block
 from engine.types import EcomsearchError, QueryError
 from core.types import id_problem
 
@@ -245,6 +246,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             metrics.cache.labels("hit" if res.timings_ms["cache_hits"] else "miss").inc()
         out = res.to_dict()
         out["search_id"] = log_impression(res, user, filters, arm) if log and impressions is not None else None
+        out["recommendations"] = weak_block(engine, res, user, q)  # never an empty page
         return out
 
     def log_impression(res, user: str | None, filters: dict, arm: str | None = None) -> str | None:
@@ -271,6 +273,8 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             metrics.impressions.labels("failed").inc()
             return None
         return imp.search_id if impressions.submit(imp) else None
+
+    add_recommend_route(app, engine, SEARCH)
 
     @app.get("/experiments", summary="The online experiment's wins, ties and losses so far", dependencies=ADMIN)
     def experiments(days: float = 28.0):
