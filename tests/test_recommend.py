@@ -150,3 +150,29 @@ def test_bad_arguments_name_the_parameter(rec_engine, kwargs, param):
         eng.recommend(**kwargs)
     assert getattr(err.value, "param", None) == param
     assert isinstance(err.value, (RecommendError, ValueError))
+
+
+def test_http_recommend_and_the_block_under_a_search_with_few_results(rec_engine):
+    from fastapi.testclient import TestClient
+
+    from engine.service import create_app
+    from engine.service.http import Keys
+
+    eng, phones, cases = rec_engine
+    with TestClient(create_app(eng, watch=False, keys=Keys(admin="k")), headers={"Authorization": "Bearer k"}) as c:
+        pid = eng.products.ids[int(phones[2])]
+        r = c.get("/recommend", params={"kind": "bought_together", "product": pid, "k": 3})
+        assert r.status_code == 200 and r.json()["hits"][0]["product_id"] == eng.products.ids[int(cases[2])]
+        assert r.json()["kind"] == "bought_together" and "versions" in r.json()
+        bad = c.get("/recommend", params={"kind": "similar", "product": "NOPE"})
+        assert bad.status_code == 422 and bad.json()["error"]["param"] == "product"
+        assert c.get("/recommend", params={"kind": "similar", "colour": "red"}).json()["error"]["param"] == "colour"
+        assert c.get("/recommend").json()["error"]["param"] == "kind"
+        # a filter nothing passes: no hits, but a block of recommendations from the query relaxed
+        s = c.get("/search", params={"q": "蓝牙耳机", "price_max": 0.01, "log": "false"}).json()
+        assert s["hits"] == [] and s["recommendations"]["reason"].startswith("few results (0")
+        recs = s["recommendations"]["hits"]
+        cats = eng.products.category_codes
+        assert recs and eng.products.categories[cats[eng.products.row_of(recs[0]["product_id"])]] == "耳机"
+        fine = c.get("/search", params={"q": "蓝牙耳机", "k": 5, "log": "false"}).json()
+        assert fine["recommendations"] is None
