@@ -290,6 +290,12 @@ class Recommender:
                 u = self.models.user_vector(rows, 10.0 * w)
                 if u is not None:
                     parts["als"] = _norm(np.clip(self.models.items @ u, 0, None))
+        if hist is not None and len(hist):  # buy again: what they bought in categories shoppers buy again
+            bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
+            again = bought[self.repeat_categories[self.products.category_codes[bought]]]
+            if len(again):
+                parts["again"] = np.zeros(self.n)
+                parts["again"][again] = 1.0
         if searches:
             s = np.zeros(self.n)
             for q, t in searches[: self.cfg.history_searches + 1]:

@@ -176,3 +176,21 @@ def test_http_recommend_and_the_block_under_a_search_with_few_results(rec_engine
         assert recs and eng.products.categories[cats[eng.products.row_of(recs[0]["product_id"])]] == "耳机"
         fine = c.get("/search", params={"q": "蓝牙耳机", "k": 5, "log": "false"}).json()
         assert fine["recommendations"] is None
+
+
+def test_for_you_offers_again_what_shoppers_buy_again_and_not_what_they_buy_once(rec_engine):
+    from engine.events.history import History
+    from engine.recommend import Recommender
+
+    eng, phones, _ = rec_engine
+    m = eng.recommender().models
+    repeat = dataclasses.replace(m, card={**m.card, "repeat_categories": ["牛奶"]})
+    rec = Recommender(eng.version, repeat, eng.cfg.recs)
+    milk = int(_rows_of(eng, "牛奶")[0])
+    now = time.time()
+    hist = History(np.array([milk, int(phones[0])]), ["purchase", "purchase"], np.array([now - 10 * DAY] * 2))
+    mask = np.ones(len(eng.products), dtype=bool)
+    scores, parts, _ = rec.for_history(hist, None, mask, now=now)
+    top = rec.top(scores, mask, 10)
+    assert milk in top and int(phones[0]) not in top  # milk is bought again, the phone once
+    assert "again" in parts

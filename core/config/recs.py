@@ -38,7 +38,7 @@ class RecsConfig:
     substitute_factor: float = 0.3
     duplicate_share: float = 0.6
     for_you_weights: dict[str, float] = field(
-        default_factory=lambda: {"als": 1.0, "neighbours": 0.5, "searches": 0.5, "profile": 0.2}
+        default_factory=lambda: {"als": 1.0, "neighbours": 0.5, "searches": 0.5, "profile": 0.2, "again": 1.0}
     )
     together_weights: dict[str, float] = field(default_factory=lambda: {"together": 1.0, "als": 1.0, "category": 1.0})
     # a query whose best final score is under this (or with fewer than weak_min_hits hits) is weak: the
