@@ -10,13 +10,16 @@ filters and the deleted products as search does, and says in ``source`` what pro
 - ``similar``: content (dense cosine + BM25 of the product's title, normalized) plus behaviour (co-visit
   neighbours, already shrunk toward 0 for rare pairs); never the product itself or a product with the same
   title.
-- ``bought_together``: the product's co-basket neighbours, substitutes (its own category) demoted; without
-  pairs of its own, the pairs of its most similar products; below ``recs.min_baskets`` in the build or with
-  nothing found, trending outside the product's category.
+- ``bought_together``: the product's co-basket neighbours (without pairs of its own, those of its most similar
+  products), the ALS similarity of who engaged with it, and the categories that go into one basket with its
+  own (each product there by recent popularity), mixed by ``recs.together_weights``; near-duplicates of the
+  product (titles matching most of its own) demoted; below ``recs.min_baskets`` in the build or with nothing
+  found, trending outside the product's category.
 - ``for_you``: from the user's recent engagements (ALS vector solved from them now, and their co-visit and
   co-basket neighbours) and recent searches (each search's BM25 results and those results' complements),
-  weighted by recency, plus the profile's category and brand shares; products bought in categories shoppers
-  do not buy again are left out.  Unknown or cold users get trending.
+  weighted by recency, plus the profile's category shares and what they buy again, mixed by
+  ``recs.for_you_weights``; products bought in categories shoppers do not buy again are left out.  Unknown or
+  cold users get trending.
 - ``trending``: gain-weighted engagements decayed with ``recs.trending_half_life_hours`` (read from the store,
   re-read every ``trending_refresh_seconds``, and updated at once by this process's own events); with no
   recent engagement at all, all-time popularity.
@@ -385,16 +388,3 @@ class Recommender:
                 hl = self.cfg.trending_half_life_hours * 3600.0
                 w = gain * 2.0 ** (-(self._trend_t - np.asarray(ts, dtype=np.float64)) / hl)
                 np.add.at(self._trend, np.asarray(rows, dtype=np.int64), w)
-
-
-def weak_reason(result, cfg) -> str | None:
-    """Why a search's results are weak enough to add recommendations below them (None: they are not): fewer
-    hits than ``recs.weak_min_hits`` (a narrow filter, a rare query), or a best final score under
-    ``recs.weak_score`` where the config sets one (scores are the ranker's, so the threshold is per model)."""
-    if result.offset > 0:
-        return None  # only the first page gets the block
-    if len(result.hits) < cfg.weak_min_hits:
-        return f"few results ({len(result.hits)} < {cfg.weak_min_hits})"
-    if cfg.weak_score is not None and result.hits[0].score < cfg.weak_score:
-        return f"weak results (best score {result.hits[0].score:.3f} < {cfg.weak_score})"
-    return None

@@ -57,8 +57,6 @@ def weak_block(engine, res, user: str | None, q: str, k: int = 10) -> dict | Non
     """For a first page with few or weak results: recommendations from the query relaxed (each of its words
     may match: BM25 over the text, with its complements) and the shopper's history, without the filters
     that narrowed the search; None when the results are fine."""
-    from engine.recommend import weak_reason
-
     reason = weak_reason(res, engine.cfg.recs)
     if reason is None:
         return None
@@ -71,3 +69,16 @@ def weak_block(engine, res, user: str | None, q: str, k: int = 10) -> dict | Non
     block = rec.to_dict()
     block["hits"] = [h for h in block["hits"] if h["product_id"] not in shown][:k]
     return {"reason": reason, **block}
+
+
+def weak_reason(result, cfg) -> str | None:
+    """Why a search's results are weak enough to add recommendations below them (None: they are not): fewer
+    hits than ``recs.weak_min_hits`` (a narrow filter, a rare query), or a best final score under
+    ``recs.weak_score`` where the config sets one (scores are the ranker's, so the threshold is per model)."""
+    if result.offset > 0:
+        return None  # only the first page gets the block
+    if len(result.hits) < cfg.weak_min_hits:
+        return f"few results ({len(result.hits)} < {cfg.weak_min_hits})"
+    if cfg.weak_score is not None and result.hits[0].score < cfg.weak_score:
+        return f"weak results (best score {result.hits[0].score:.3f} < {cfg.weak_score})"
+    return None
