@@ -220,3 +220,16 @@ def test_wentian_bm25_and_dense_match_on_milvus(tmp_path):
         assert mrr["local"] > 0.4 and abs(mrr["local"] - mrr["milvus"]) <= 0.005, mrr
     finally:
         milvus.manifest_path(mv).unlink(missing_ok=True)
+
+
+def test_similar_recommendations_search_milvus_and_agree_with_the_local_index(pair):
+    local, mv = SearchEngine.from_config(pair[0]), SearchEngine.from_config(pair[1])
+    cat = local.products.categories[int(local.products.category_codes[3])]
+    for filters in (None, {"category": cat}):
+        a = local.recommend("similar", product_id=local.products.ids[3], k=8, filters=filters)
+        b = mv.recommend("similar", product_id=local.products.ids[3], k=8, filters=filters)
+        ids_a, ids_b = [h.product_id for h in a], [h.product_id for h in b]
+        assert len(ids_b) == 8 and len(set(ids_a) & set(ids_b)) >= 6, (filters, ids_a, ids_b)
+        if filters:
+            rows = [mv.products.row_of(i) for i in ids_b]
+            assert all(mv.products.categories[int(mv.products.category_codes[r])] == cat for r in rows)
