@@ -194,3 +194,17 @@ def test_for_you_offers_again_what_shoppers_buy_again_and_not_what_they_buy_once
     top = rec.top(scores, mask, 10)
     assert milk in top and int(phones[0]) not in top  # milk is bought again, the phone once
     assert "again" in parts
+
+
+def test_a_new_build_is_picked_up_at_the_next_call(rec_engine):
+    eng, phones, cases = rec_engine
+    before = eng.recommender()
+    assert eng.recommender() is before  # nothing changed: the same recommender
+    p = eng.products
+    users, rows, events, ts = _basket_events(eng, phones, cases[::-1])  # phone i now goes with case 3 - i
+    time.sleep(0.01)
+    build_and_save(eng.cfg.recs.models, p.ids.tolist(), users, rows, events, ts, eng.cfg.recs)
+    after = eng.recommender()
+    assert after is not before
+    res = eng.recommend("bought_together", product_id=p.ids[int(phones[0])], k=3)
+    assert res[0].product_id == p.ids[int(cases[::-1][0])]
