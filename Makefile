@@ -49,6 +49,7 @@ demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/de
 		"华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮")
 	$(call step,filtered query,$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 "蓝牙耳机")
 	$(call step,personalized query,$(PY) -m eval.sim.demo_personal --config configs/demo.yaml "蓝牙耳机")
+	$(call step,recommendations,$(PY) -m engine --config configs/demo.yaml -k 4 --recommend bought_together "华为手机" "跑步鞋")
 	@echo
 	@echo "Search page and API: make serve (then open http://$(HOST):$(PORT)/ ; API docs at http://$(HOST):$(PORT)/docs)"
 

@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", help="personalize for this user id (their recorded events)")
     ap.add_argument("--personalize", type=float, default=1.0, help="0 (off) .. 1 (full)")
     ap.add_argument("--explain", action="store_true", help="print each hit's stage scores and features")
+    ap.add_argument(
+        "--recommend",
+        choices=("similar", "bought_together", "for_you", "trending"),
+        help="recommendations instead of search: for the top hit of each query (similar, bought_together), "
+        "for --user (for_you, the query as what is being typed), or trending",
+    )
     ap.add_argument("queries", nargs="+")
     args = ap.parse_args(argv)
     try:
@@ -44,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in {"category": args.category, "brand": args.brand, "price_max": args.price_max}.items()
         if v is not None
     }
+    if args.recommend:
+        return recommend(engine, args, filters)
     for q in args.queries:
         t0 = time.perf_counter()
         try:
@@ -67,6 +75,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {h.rank:>2}. [{h.product_id}] {h.title}  ({h.score:.4g})")
             if h.explain:
                 print("      " + format_explain(h.explain))
+    return 0
+
+
+def recommend(engine, args, filters: dict) -> int:
+    """``--recommend KIND``: each query's top hit (or the shopper, or nothing) and what is recommended."""
+    for q in args.queries:
+        try:
+            product = None
+            if args.recommend in ("similar", "bought_together"):
+                top = engine.query(q, k=1)
+                if not top.hits:
+                    print(f"\n{q}: no product to recommend for")
+                    continue
+                product = top.hits[0].product_id
+                print(f"\n{args.recommend} for [{product}] {top.hits[0].title}  (the top hit of {q!r})")
+            else:
+                print(f"\n{args.recommend}" + (f" for {args.user}" if args.user else "") + f" (typed: {q!r})")
+            res = engine.recommend(
+                args.recommend,
+                product_id=product,
+                user_id=args.user,
+                query=q if args.recommend == "for_you" else None,
+                k=args.k,
+                filters=filters or None,
+            )
+        except QueryError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"  ({res.source}, {res.timings_ms['total']:.1f} ms)")
+        for h in res:
+            print(f"  {h.rank:>2}. [{h.product_id}] {h.title}")
     return 0
 
 

@@ -208,3 +208,18 @@ def test_a_new_build_is_picked_up_at_the_next_call(rec_engine):
     assert after is not before
     res = eng.recommend("bought_together", product_id=p.ids[int(phones[0])], k=3)
     assert res[0].product_id == p.ids[int(cases[::-1][0])]
+
+
+def test_the_command_line_prints_recommendations_for_a_querys_top_hit(rec_engine, tmp_path, capsys):
+    from core.config import write_config
+    from engine.__main__ import main
+
+    eng, phones, cases = rec_engine
+    path = write_config(eng.cfg, tmp_path / "c.yaml")
+    title = eng.products.titles[int(phones[2])]
+    assert main(["--config", str(path), "-k", "3", "--recommend", "similar", title]) == 0
+    out = capsys.readouterr().out
+    top = eng.query(title, k=1)[0]
+    assert f"similar for [{top.product_id}]" in out
+    assert all(f"[{h.product_id}]" in out for h in eng.recommend("similar", product_id=top.product_id, k=3))
+    assert main(["--config", str(path), "--recommend", "trending", "x"]) == 0 and "trending" in capsys.readouterr().out
