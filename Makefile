@@ -66,8 +66,8 @@ finetune: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONF
 # learn the final ranker again from the service's logged searches (debiased), promote it only when it wins the
 # ship guard (docs/fine-tuning.md); RELOAD=http://host:port also switches a running service (admin key in the env)
 retrain: .venv/.installed
-	$(PY) -m finetune.recs --config $(CONFIG) --from-store
 	$(PY) -m finetune.retrain --config $(CONFIG) $(if $(RELOAD),--reload $(RELOAD))
+	$(PY) -m finetune.recs --config $(CONFIG) --from-store
 
 onnx: .venv/.installed
 	$(PY) -m finetune.export_onnx --config $(CONFIG) --if-missing

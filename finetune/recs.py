@@ -282,6 +282,20 @@ def events_of_store(user_events, until: float) -> tuple:
     return users, rows, events, ts
 
 
+def shrunk(out: Path, engagements: int, keep: float = 0.5) -> str | None:
+    """Why a build from ``engagements`` events should not replace the serving one at ``out`` (None: it may):
+    it saw less than ``keep`` of the serving build's engagements — a purged or wrong store, a truncated log."""
+    import json
+
+    card = Path(out) / "model_card.json"
+    if not card.is_file():
+        return None
+    before = int(json.loads(card.read_text(encoding="utf-8")).get("engagements", 0))
+    if engagements < keep * before:
+        return f"{engagements} engagements against the serving build's {before}"
+    return None
+
+
 def models_dir(cfg) -> Path:
     """Where the config's recommendation models live: ``recs.models``, or ``models/<config name>/recs``."""
     p = cfg.recs.models or Path("models") / cfg.name / "recs"
@@ -299,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
         "--from-store",
         action="store_true",
         help="read the event store (what `make retrain` does) instead of the config's click log",
+    )
+    ap.add_argument(
+        "--force",
+        action="store_true",
+        help="swap the build in even when it saw far fewer engagements than the serving one",
     )
     args = ap.parse_args(argv)
 
@@ -319,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             src = events_of_log(Path(train), products.row_map())
             where = str(train)
         out = models_dir(cfg)
+        problem = shrunk(out, len(src[0]))
+        if problem and not args.force:
+            print(f"error: {problem}; the serving models stay (--force to replace them)", file=sys.stderr)
+            return 2
         card = build_and_save(
             out, products.ids.tolist(), *src, cfg.recs, categories=(products.category_codes, products.categories)
         )

@@ -93,3 +93,14 @@ def test_saved_models_load_by_product_id_and_a_failed_build_keeps_the_old(tmp_pa
     with pytest.raises(RuntimeError):
         build_and_save(out, ids, *_events(1), RecsConfig(factors=8, iterations=5, neighbours=5))
     assert recs.load(out, ids).together.of(2)[0][0] == 7  # the previous build still serves
+
+
+def test_a_build_from_far_fewer_events_does_not_replace_the_serving_one(tmp_path):
+    from finetune.recs import shrunk
+
+    ids = [f"P{i}" for i in range(20)]
+    out = tmp_path / "recs"
+    assert shrunk(out, 10) is None  # nothing serving yet
+    build_and_save(out, ids, *_events(), RecsConfig(factors=8, iterations=5))
+    assert shrunk(out, 1050) is None and shrunk(out, 600) is None
+    assert "300 engagements against the serving build's 1050" in shrunk(out, 300)
