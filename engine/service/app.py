@@ -21,6 +21,7 @@ from engine.service.http import (
     inline_script_hashes,
     parse_json,
     public,
+    query_filters,
     security_headers,
 )
 from engine.service.event_intake import record_event_items
@@ -224,16 +225,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
             raise ApiError(422, "q", "missing: give the query text as q=")
         if not q.strip():
             raise ApiError(422, "q", "empty: give the query text as q=")
-        for name, value in (("price_min", price_min), ("price_max", price_max), ("personalize", personalize)):
-            if value is not None and not math.isfinite(value):
-                raise ApiError(422, name, f"must be a finite number, got {value}")
-        filters = {
-            "category": category[0] if category and len(category) == 1 else category,
-            "brand": brand[0] if brand and len(brand) == 1 else brand,
-            "price_min": price_min,
-            "price_max": price_max,
-        }
-        filters = {f: v for f, v in filters.items() if v is not None}
+        filters = query_filters(category, brand, price_min, price_max, personalize=personalize)
         if user is not None and (problem := id_problem(user)):
             raise ApiError(422, "user", problem)
         args = {"text": q, "k": k, "offset": offset, "filters": filters or None, "user_id": user}

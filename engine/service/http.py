@@ -41,6 +41,23 @@ class ApiError(Exception):
         self.status, self.param, self.message, self.headers = status, param, message, headers
 
 
+def query_filters(category, brand, price_min, price_max, **numbers) -> dict:
+    """The filters of a request's query parameters (a repeated ``category``/``brand`` is a list, a single one a
+    string); a price (or another number in ``numbers``) that is not finite is a 422 naming it."""
+    import math
+
+    for name, value in (("price_min", price_min), ("price_max", price_max), *numbers.items()):
+        if value is not None and not math.isfinite(value):
+            raise ApiError(422, name, f"must be a finite number, got {value}")
+    filters = {
+        "category": category[0] if category and len(category) == 1 else category,
+        "brand": brand[0] if brand and len(brand) == 1 else brand,
+        "price_min": price_min,
+        "price_max": price_max,
+    }
+    return {f: v for f, v in filters.items() if v is not None}
+
+
 def error_response(status: int, param: str | None, message: str, headers: dict | None = None, **extra):
     from fastapi.responses import JSONResponse
 

@@ -1,11 +1,10 @@
 """``GET /recommend``: recommendations beside search (:meth:`engine.search.SearchEngine.recommend`)."""
 
 import logging
-import math
 from typing import Annotated
 
 from core.types import id_problem
-from engine.service.http import ApiError
+from engine.service.http import ApiError, query_filters
 
 log = logging.getLogger("ecomsearch.service")
 RECOMMEND_PARAMS = {"kind", "product", "user", "q", "k", "category", "brand", "price_min", "price_max", "explain"}
@@ -35,18 +34,9 @@ def add_recommend_route(app, engine, dependencies) -> None:
             raise ApiError(422, unknown[0], f"unknown parameter; use {', '.join(sorted(RECOMMEND_PARAMS))}")
         if kind is None:
             raise ApiError(422, "kind", "missing: similar, bought_together, for_you or trending")
-        for name, value in (("price_min", price_min), ("price_max", price_max)):
-            if value is not None and not math.isfinite(value):
-                raise ApiError(422, name, f"must be a finite number, got {value}")
         if user is not None and (problem := id_problem(user)):
             raise ApiError(422, "user", problem)
-        filters = {
-            "category": category[0] if category and len(category) == 1 else category,
-            "brand": brand[0] if brand and len(brand) == 1 else brand,
-            "price_min": price_min,
-            "price_max": price_max,
-        }
-        filters = {f: v for f, v in filters.items() if v is not None} or None
+        filters = query_filters(category, brand, price_min, price_max) or None
         res = engine.recommend(kind, product, user, q, k, filters, explain)
         out = res.to_dict()
         out["versions"] = engine.versions()
