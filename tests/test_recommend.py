@@ -223,3 +223,15 @@ def test_the_command_line_prints_recommendations_for_a_querys_top_hit(rec_engine
     assert f"similar for [{top.product_id}]" in out
     assert all(f"[{h.product_id}]" in out for h in eng.recommend("similar", product_id=top.product_id, k=3))
     assert main(["--config", str(path), "--recommend", "trending", "x"]) == 0 and "trending" in capsys.readouterr().out
+
+
+def test_the_history_read_counts_engagements_not_impressions(rec_engine):
+    from engine.events.history import recent_history
+
+    eng, _, _ = rec_engine
+    ue = eng.user_events()
+    eng.record_event("looker", eng.products.ids[1], "click", query="手机")
+    for i in range(30):  # many impressions after the click
+        eng.record_event("looker", eng.products.ids[10 + i], "impression", query="手机")
+    hist = recent_history(ue, "looker", 5, 5)
+    assert hist.rows.tolist() == [1] and hist.events == ["click"] and hist.searches[0][0] == "手机"

@@ -116,7 +116,7 @@ def _sql(p: str, user: str) -> dict[str, str]:
         "event_page": f"SELECT id, {user}, product, event, ts FROM events WHERE credited = 1 AND ts < {p} "
         f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
         # one user's most recent credited events and searches (for_you's seeds; the (user, ts) index)
-        "recent": f"SELECT product, event, ts, query FROM events WHERE {user} = {p} AND credited = 1 "
+        "recent": f"SELECT product, event, ts, query FROM events WHERE {user} = {p} AND credited = 1 AND event > 0 "
         f"ORDER BY ts DESC LIMIT {p}",
         "searches": f"SELECT query, ts FROM impressions WHERE {user} = {p} ORDER BY ts DESC LIMIT {p}",
         # the credited engagements since a time, one page after (ts, id) at a time (trending)
@@ -322,7 +322,7 @@ class _SQLEventStore(EventStore):
             last_ts, last_id = rows[-1][4], rows[-1][0]
 
     def recent(self, user: str, events: int, searches: int) -> tuple[list[tuple], list[tuple]]:
-        """A user's ``events`` most recent credited events (product, event code, time, query) and ``searches``
+        """A user's ``events`` most recent credited engagements (product, event code, time, query) and ``searches``
         most recent logged searches (query, time), newest first."""
         con = self._con()
         return (
