@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.query_input import check_filters, check_int
-from engine.types import Hit, QueryError
+from engine.rerank import stage_lookup
+from engine.types import Hit, HitList, QueryError
 
 KINDS = ("similar", "bought_together", "for_you", "trending")
 GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
@@ -46,20 +47,11 @@ class RecommendError(QueryError):
 
 
 @dataclass
-class Recommendations:
+class Recommendations(HitList):
     hits: list[Hit]
     kind: str
     source: str  # what produced the list: "behaviour + content", "fallback: trending (cold user)", ...
     timings_ms: dict[str, float] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    def __iter__(self):
-        return iter(self.hits)
-
-    def __getitem__(self, i):
-        return self.hits[i]
 
     def to_dict(self) -> dict:
         return {
@@ -167,21 +159,22 @@ class Recommender:
 
     def content(self, row: int, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, dense cosine, BM25 share) of the products nearest to ``row``'s title."""
-        found = []
-        cos = {}
+        lists = []
         if "dense" in self.v.cfg.search.stages or self.v.cfg.rerank.model:
-            res = self.v.first_stages.dense("dense", self._vector(row)[None, :], POOL, mask)[0]
-            found.append(np.asarray(res.rows))
-            cos = dict(zip(np.asarray(res.rows).tolist(), np.asarray(res.scores, dtype=np.float64).tolist()))
+            lists.append(self.v.first_stages.dense("dense", self._vector(row)[None, :], POOL, mask)[0])
         bm = self.v.first_stages.bm25(self.v.understand(self.products.titles[row]).text, POOL, mask)
-        found.append(np.asarray(bm.rows))
-        rows = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.int64)
-        bm25 = dict(zip(np.asarray(bm.rows).tolist(), _norm(np.asarray(bm.scores, dtype=np.float64)).tolist()))
-        dense = np.array([cos.get(int(r), np.nan) for r in rows])
-        if np.isnan(dense).any():  # from BM25 only: its cosine straight from the vectors
-            miss = np.isnan(dense)
+        rows = np.unique(np.concatenate([np.asarray(x.rows, dtype=np.int64) for x in [*lists, bm]]))
+        dense = np.full(len(rows), np.nan)
+        if lists:
+            cos, rank = stage_lookup(rows, lists[0])
+            dense[rank > 0] = cos[rank > 0]
+        miss = np.isnan(dense)
+        if miss.any():  # not in the dense list: its cosine straight from the vectors
             dense[miss] = np.asarray(self.v.facets().vectors[rows[miss]], dtype=np.float32) @ self._vector(row)
-        return rows, dense, np.array([bm25.get(int(r), 0.0) for r in rows])
+        score, rank = stage_lookup(rows, bm)
+        top = float(np.max(bm.scores)) if len(bm.rows) else 0.0
+        share = np.where(rank > 0, score / top, 0.0) if top > 0 else np.zeros(len(rows))
+        return rows, dense, share
 
     # -- kinds -------------------------------------------------------------------------------------------
     def similar(self, row: int, mask):

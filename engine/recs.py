@@ -82,6 +82,13 @@ class RecModels:
         return np.linalg.solve(A, Yu.T @ c)
 
 
+def models_dir(cfg) -> Path:
+    """Where a config's recommendation models live: ``recs.models``, or ``models/<config name>/recs`` (what
+    `make finetune` and `make retrain` write and the engine reads)."""
+    p = Path(cfg.recs.models) if cfg.recs.models else Path("models") / cfg.name / "recs"
+    return p if p.is_absolute() else cfg.root / p
+
+
 def signature(path: Path) -> tuple | None:
     """What identifies a build on disk (its card's time and size; the card is written last), or None when
     there is none."""

@@ -328,12 +328,12 @@ class SearchEngine:
         """The :class:`engine.recommend.Recommender` of the version answering now, rebuilt when the version or
         the recommendation models (``recs.models``; `make retrain` swaps them) changed."""
         from engine.recommend import Recommender
-        from engine.recs import load as load_recs, signature
+        from engine.recs import load as load_recs, models_dir, signature
 
         v = self._version
         cfg = v.cfg.recs
-        path = None if cfg.models is None else (cfg.models if cfg.models.is_absolute() else v.cfg.root / cfg.models)
-        sig = signature(path) if path is not None else None
+        path = models_dir(v.cfg)
+        sig = signature(path)
         held = self._recommender
         if held is not None and held[0] is v and held[1] == sig:
             return held[2]

@@ -66,8 +66,23 @@ class Hit:
         return d
 
 
+class HitList:
+    """Behaves as its list of ``hits``: ``len``, iteration, indexing (query and recommendation answers)."""
+
+    hits: list
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self):
+        return iter(self.hits)
+
+    def __getitem__(self, i):
+        return self.hits[i]
+
+
 @dataclass
-class QueryResult:
+class QueryResult(HitList):
     """The hits of one query, the milliseconds each step took and the versions that answered it.
 
     Behaves as the list of hits (``len``, iteration, indexing) so that code written for the older
@@ -84,15 +99,6 @@ class QueryResult:
     offset: int = 0
     searched: str | None = None  # what the engine searched after query understanding (None: as cleaned)
     rewrites: list[dict] = field(default_factory=list)  # the rewrite steps: {"rule", "from", "to"}
-
-    def __len__(self) -> int:
-        return len(self.hits)
-
-    def __iter__(self):
-        return iter(self.hits)
-
-    def __getitem__(self, i):
-        return self.hits[i]
 
     def __eq__(self, other):
         if isinstance(other, list):

@@ -134,7 +134,7 @@ def evaluate(
     from tqdm import tqdm
 
     from core.formats.clicklog import read_clicklog
-    from engine.events.history import History
+    from engine.events.history import make_history
     from engine.recommend import Recommender
     from engine.recs import RecModels
     from engine.search import SearchEngine
@@ -177,6 +177,7 @@ def evaluate(
     k = 10
     out: dict = {
         "split": "validation (the window before the test window)" if valid else "test",
+        "products": len(products),
         "cut": cut,
         "test_days": test_days,
         "train_events": len(train),
@@ -195,16 +196,13 @@ def evaluate(
             if task == "for_you":
                 ev = [e for e in history[seed] if e.timestamp < t][::-1][: cfg.recs.history_events]
                 eng_ev = [e for e in ev if e.event in GAINS]
-                searches, seen = [], set()
-                for e in ev:
-                    if e.query and e.query.strip() not in seen:
-                        seen.add(e.query.strip())
-                        searches.append((e.query.strip(), e.timestamp))
-                hist = History(
-                    np.array([row_of[e.product_id] for e in eng_ev], dtype=np.int64),
+                hist = make_history(
+                    [row_of[e.product_id] for e in eng_ev],
                     [e.event for e in eng_ev],
-                    np.array([e.timestamp for e in eng_ev]),
-                    searches[: cfg.recs.history_searches],
+                    [e.timestamp for e in eng_ev],
+                    [e.query for e in eng_ev],
+                    [(e.query, e.timestamp) for e in ev if e.event not in GAINS],
+                    cfg.recs.history_searches,
                 )
                 scores, _, _ = rec.for_history(hist, None, mask, None, now=cut)
                 ranked["ours"].append(rec.top(scores, mask, k))
@@ -344,16 +342,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         res = evaluate(cfg, args.test_days, not args.no_progress, args.limit, args.valid)
         out = Path(args.out) if args.out else cfg.root / "reports" / "recs" / cfg.name
-        from engine.search import SearchEngine
-
-        n = len(SearchEngine.from_config(cfg, load_models=False).products)
         simulated = (
             "**The shoppers are simulated** (eval.sim.demo_data): accessories after phones, running shoes, "
             "laptops and coffee; repeat purchases of consumables."
             if "demo" in cfg.name
             else ""
         )
-        write_report(out, res, {"config": str(cfg.source), "products": n, "simulated": simulated})
+        write_report(out, res, {"config": str(cfg.source), "products": res["products"], "simulated": simulated})
         for task, b in res["tasks"].items():
             hr = {s: m["hr@10"] for s, m in b["systems"].items()}
             print(f"{task} ({b['cases']} cases): " + ", ".join(f"{s} {v:.4f}" for s, v in hr.items()))

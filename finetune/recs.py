@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from core.config import RecsConfig
-from engine.recs import Neighbours, save
+from engine.recs import Neighbours, models_dir, save
 
 ENGAGEMENTS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 CONVERSIONS = ("add_to_cart", "purchase")
@@ -294,12 +294,6 @@ def shrunk(out: Path, engagements: int, keep: float = 0.5) -> str | None:
     if engagements < keep * before:
         return f"{engagements} engagements against the serving build's {before}"
     return None
-
-
-def models_dir(cfg) -> Path:
-    """Where the config's recommendation models live: ``recs.models``, or ``models/<config name>/recs``."""
-    p = cfg.recs.models or Path("models") / cfg.name / "recs"
-    return p if Path(p).is_absolute() else cfg.root / p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ from pathlib import Path
 class RecsConfig:
     """Recommendations: similar, bought together, for you, trending (docs/recommendations.md)."""
 
-    # the built models (`make finetune` / `make retrain` write them; none: behaviour-free fallbacks only)
+    # the built models (`make finetune` / `make retrain` write them; default models/<config name>/recs; where
+    # none are built, behaviour-free fallbacks only)
     models: Path | None = None
     # -- building (finetune.recs) --
     visit_minutes: float = 30.0  # one user's engagements with gaps under this are one visit (similar)

@@ -27,6 +27,21 @@ class History:
         return len(self.rows)
 
 
+def make_history(rows, events, ts, queries, searches, n_searches: int) -> History | None:
+    """A :class:`History` from engagements newest first (product rows, event names, times, their queries) and
+    logged searches (query, time): the searches are the distinct queries of both, newest first, at most
+    ``n_searches``.  None when there is nothing."""
+    seen, out = set(), []
+    for q, t in sorted([(q, t) for q, t in zip(queries, ts) if q] + list(searches), key=lambda x: -x[1]):
+        norm = q.strip()
+        if norm and norm not in seen:
+            seen.add(norm)
+            out.append((norm, float(t)))
+    if not len(rows) and not out:
+        return None
+    return History(np.asarray(rows, dtype=np.int64), list(events), np.asarray(ts, dtype=np.float64), out[:n_searches])
+
+
 def recent_history(user_events, user_id: str, n_events: int, n_searches: int) -> History | None:
     """The user's recent history, or None for an unknown user (no key, or nothing stored under it)."""
     key = user_events.user_key(user_id)
@@ -35,20 +50,8 @@ def recent_history(user_events, user_id: str, n_events: int, n_searches: int) ->
     events, searches = user_events.store.recent(key, n_events, n_searches)
     row_of = user_events.row_map()
     kept = [(row_of[p], EVENTS[c], t, q) for p, c, t, q in events if p in row_of and c > 0]
-    seen, queries = set(), []
-    for q, t in sorted([(q, t) for *_, t, q in kept if q] + list(searches), key=lambda x: -x[1]):
-        norm = q.strip()
-        if norm and norm not in seen:
-            seen.add(norm)
-            queries.append((norm, float(t)))
-    if not kept and not queries:
-        return None
-    return History(
-        np.array([k[0] for k in kept], dtype=np.int64),
-        [k[1] for k in kept],
-        np.array([k[2] for k in kept], dtype=np.float64),
-        queries[:n_searches],
-    )
+    rows, names, ts, queries = (list(col) for col in zip(*kept)) if kept else ([], [], [], [])
+    return make_history(rows, names, ts, queries, searches, n_searches)
 
 
 def decayed_engagements(

@@ -295,31 +295,27 @@ class _SQLEventStore(EventStore):
     def impression(self, search_id):
         return self._con().execute(self._sql["impression_get"], (search_id,)).fetchone()
 
-    def impression_pages(self, since: float, until: float, page: int = 10_000):
-        """The impressions of ``[since, until)`` in time order, ``page`` rows at a time (keyset pagination:
-        never more than one page in memory, on SQLite and PostgreSQL alike)."""
-        last_ts, last_id = -np.inf, ""
+    def _keyset_pages(self, sql: str, window: tuple, ts_col: int, first_id, page: int):
+        """Rows of statement ``sql`` (its ``window`` parameters, then the keyset: last time, last time, last id,
+        page size) in (time, id) order, one page at a time: never more than a page in memory, on SQLite and
+        PostgreSQL alike.  The id is each row's first column, the time its ``ts_col``-th."""
+        last_ts, last_id = -np.inf, first_id
         while True:
-            rows = (
-                self._con()
-                .execute(self._sql["impression_page"], (since, until, last_ts, last_ts, last_id, page))
-                .fetchall()
-            )
+            rows = self._con().execute(self._sql[sql], (*window, last_ts, last_ts, last_id, page)).fetchall()
             if not rows:
                 return
             yield rows
-            last_ts, last_id = rows[-1][1], rows[-1][0]
+            last_ts, last_id = rows[-1][ts_col], rows[-1][0]
+
+    def impression_pages(self, since: float, until: float, page: int = 10_000):
+        """The impressions of ``[since, until)`` in time order, ``page`` rows at a time (keyset pagination)."""
+        yield from self._keyset_pages("impression_page", (since, until), 1, "", page)
 
     def event_pages(self, until: float, page: int = 50_000):
         """The credited events before ``until`` as (user, product, event code, time), in time order, ``page``
-        rows at a time (keyset pagination, as :meth:`impression_pages`)."""
-        last_ts, last_id = -np.inf, -1
-        while True:
-            rows = self._con().execute(self._sql["event_page"], (until, last_ts, last_ts, last_id, page)).fetchall()
-            if not rows:
-                return
+        rows at a time."""
+        for rows in self._keyset_pages("event_page", (until,), 4, -1, page):
             yield [r[1:] for r in rows]
-            last_ts, last_id = rows[-1][4], rows[-1][0]
 
     def recent(self, user: str, events: int, searches: int) -> tuple[list[tuple], list[tuple]]:
         """A user's ``events`` most recent credited engagements (product, event code, time, query) and ``searches``
@@ -333,13 +329,8 @@ class _SQLEventStore(EventStore):
     def engagement_pages(self, since: float, page: int = 50_000):
         """The credited clicks, carts and purchases since ``since`` as (product, event code, time), in time
         order, ``page`` rows at a time."""
-        last_ts, last_id = -np.inf, -1
-        while True:
-            rows = self._con().execute(self._sql["since_page"], (since, last_ts, last_ts, last_id, page)).fetchall()
-            if not rows:
-                return
+        for rows in self._keyset_pages("since_page", (since,), 3, -1, page):
             yield [r[1:] for r in rows]
-            last_ts, last_id = rows[-1][3], rows[-1][0]
 
     def experiment_rows(self, since: float) -> list[tuple]:
         """(search id, arm, clicked rank or None) of the experiment searches logged since ``since``."""
