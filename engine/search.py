@@ -88,6 +88,7 @@ class SearchEngine:
         self._passage_encoders = {}  # stage -> the encoder added products are embedded with
         self._recommender = None  # (version, models signature, Recommender), built at the first recommend
         self._rec_lock = threading.Lock()
+        self._suggester = None  # (version, Suggester), loaded at the first suggest
 
     @classmethod
     def from_config(
@@ -323,6 +324,34 @@ class SearchEngine:
         deleted products never.  ``explain=True`` gives each hit its parts' scores.  Bad arguments raise
         :class:`engine.recommend.RecommendError` naming the parameter (see :mod:`engine.recommend`)."""
         return self.recommender().recommend(kind, product_id, user_id, query, k, filters, explain)
+
+    def suggest(self, prefix: str, k: int = 8, user_id: str | None = None):
+        """Query suggestions for what the shopper has typed — characters, pinyin, initials or a mix
+        (:class:`engine.suggest.Suggestion` list, best first; :mod:`engine.suggest`)."""
+        return self.suggester().suggest(prefix, k, user_id)
+
+    def suggester(self):
+        """The :class:`engine.suggest.Suggester` of the version answering now (its ``suggest`` stage); a reload
+        keeps the searches counted online."""
+        from engine.suggest import Suggester
+        from indexer.store import read_manifest, stage_folder
+        from indexer.suggest_index import SuggestIndex
+
+        v = self._version
+        held = self._suggester
+        if held is not None and held[0] is v:
+            return held[1]
+        with self._rec_lock:
+            held = self._suggester
+            if held is None or held[0] is not v:
+                folder = stage_folder(v.cfg.index_dir, "suggest", v.root)
+                read_manifest(folder, "suggest", verify=v.verify)  # a clear error where `make index` built none
+                t2s = v.cfg.text.traditional_to_simplified
+                sug = Suggester(SuggestIndex.load(folder), v.cfg.suggest, t2s, events=v.user_events)
+                if held is not None:
+                    sug.carry_live(held[1])
+                self._suggester = held = (v, sug)
+            return held[1]
 
     def recommender(self):
         """The :class:`engine.recommend.Recommender` of the version answering now, rebuilt when the version or

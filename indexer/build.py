@@ -11,7 +11,15 @@ from indexer import bm25
 from core.formats.catalog import Catalog, read_catalog, write_rejects
 from core.config import Config
 from indexer.dense import DENSE_STAGES, index_stages
-from indexer.store import IndexCommit, IndexLoadError, index_commit, read_manifest, sha256_file, version_root
+from indexer.store import (
+    IndexCommit,
+    IndexLoadError,
+    index_commit,
+    read_manifest,
+    sha256_file,
+    stage_folder,
+    version_root,
+)
 
 
 @dataclass
@@ -72,11 +80,21 @@ def build_indexes(
     catalog_sha = sha256_file(catalog.source) if catalog.source else None
     catalog, n_purged = exclude_deleted(catalog, deleted_ids(cfg))  # deleted products leave the index files
     built = []
+    bm25_index = None
     for stage in stages:
         t0 = time.perf_counter()
         if stage == "bm25":
-            path, manifest, _ = bm25.build_and_save(cfg, catalog, progress=progress, runner=runner, commit=commit)
+            path, manifest, bm25_index = bm25.build_and_save(
+                cfg, catalog, progress=progress, runner=runner, commit=commit
+            )
             detail = ""
+        elif stage == "suggest":
+            from indexer import suggest
+
+            if bm25_index is None:  # only the suggestions are stale: the serving bm25 build's tokens
+                bm25_index = bm25.BM25Index.load(stage_folder(cfg.index_dir, "bm25"), cfg.text, verify=False)
+            path, manifest = suggest.build_and_save(cfg, bm25_index, commit=commit, progress=progress)
+            detail = f"{manifest['n_suggestions']} suggestions, {manifest['n_keys']} keys"
         elif stage in DENSE_STAGES:
             from indexer import dense
 
@@ -104,7 +122,8 @@ def build_indexes(
             raise ValueError(f"no index for stage {stage!r}")
         if n_purged:
             detail = f"{detail}, {n_purged} deleted products left out".lstrip(", ")
-        built.append(StageBuild(stage, path, time.perf_counter() - t0, manifest["n_products"], detail))
+        n_products = manifest.get("n_products", len(bm25_index) if bm25_index is not None else 0)
+        built.append(StageBuild(stage, path, time.perf_counter() - t0, n_products, detail))
     return built
 
 
@@ -123,10 +142,17 @@ def stale_stages(cfg: Config, stages: Iterable[str]) -> list[str]:
     except IndexLoadError:
         n_rows = None
     for stage in stages:
+        kind = stage if stage in ("bm25", "suggest") else "dense"
         try:
-            manifest = read_manifest(root / stage, "bm25" if stage == "bm25" else "dense", verify=False)
+            manifest = read_manifest(root / stage, kind, verify=False)
         except IndexLoadError:
             stale.append(stage)
+            continue
+        if stage == "suggest":  # built from the version's bm25 build, the query log and the settings
+            from indexer.suggest import sources_fingerprint
+
+            if "bm25" in stale or manifest.get("sources") != sources_fingerprint(cfg):
+                stale.append(stage)
             continue
         if (
             manifest.get("config_hash") != cfg.index_fingerprint()
@@ -181,7 +207,7 @@ def _rebuild(cfg: Config, needed, stale, progress: bool) -> None:
             n = built["bm25"].n_products
             rows_changed = []
             for stage in needed:
-                if stage in built or stage == "bm25":
+                if stage in built or stage in ("bm25", "suggest"):  # suggest: stale whenever bm25 is
                     continue
                 manifest = read_manifest(cfg.index_dir / stage, "dense", verify=False)
                 if manifest.get("n_products") != n:

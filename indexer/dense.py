@@ -296,10 +296,13 @@ def build_and_save(
 
 def index_stages(cfg, extra: Iterable[str] = ()) -> list[str]:
     """The indexes a config needs: always bm25 (it holds the product table), plus its dense stages
-    (``dense-base`` only where its model differs from ``dense``'s: otherwise they share one index)."""
+    (``dense-base`` only where its model differs from ``dense``'s: otherwise they share one index), plus the
+    query suggestions (``suggest.enabled``)."""
     stages = ["bm25"]
     for s in list(cfg.search.stages) + list(extra):
         s = "dense" if s in ("hybrid", "rerank") else s
         if s in DENSE_STAGES:
             stages.append(stage_index_dir(cfg, s).name)
+    if cfg.suggest.enabled or "suggest" in extra:
+        stages.append("suggest")  # query suggestions: built from the bm25 stage of the same version
     return list(dict.fromkeys(stages))

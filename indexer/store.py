@@ -27,7 +27,7 @@ from core.types import EcomsearchError
 
 # per index kind; bumped whenever its files change meaning (bm25 2: stored token ids per product;
 # dense 2: product vectors and k-means product groups stored beside the FAISS index)
-FORMAT_VERSIONS = {"bm25": 2, "dense": 2}
+FORMAT_VERSIONS = {"bm25": 2, "dense": 2, "suggest": 1}
 MANIFEST = "manifest.json"
 
 

@@ -35,6 +35,7 @@ from core.config.loader import (
     section_mapping,
 )
 from core.config.recs import RecsConfig
+from core.config.suggest import SuggestConfig
 from core.config.serving import (
     InterleaveConfig,
     PersonalConfig,
@@ -79,6 +80,7 @@ __all__ = [
     "RerankConfig",
     "RetrainConfig",
     "SearchConfig",
+    "SuggestConfig",
     "ServeConfig",
     "TextConfig",
     "TrainingLoopConfig",
@@ -107,6 +109,7 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
     recs: RecsConfig = field(default_factory=RecsConfig)
+    suggest: SuggestConfig = field(default_factory=SuggestConfig)
     source: Path | None = None
     root: Path = Path(".")
 
@@ -215,6 +218,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         "serve",
         "query",
         "recs",
+        "suggest",
     }
     unknown = set(raw) - known
     if unknown:
@@ -243,6 +247,7 @@ def config_from_dict(raw: dict, base: Path, source: Path | None = None) -> Confi
         serve=_build_serve(raw.get("serve"), f"{where}: serve", root),
         query=build_section(QueryConfig, raw.get("query"), f"{where}: query", root),
         recs=build_section(RecsConfig, raw.get("recs"), f"{where}: recs", root),
+        suggest=build_section(SuggestConfig, raw.get("suggest"), f"{where}: suggest", root),
         source=source,
         root=root,
     )

@@ -70,6 +70,8 @@ _PATH_FIELDS = {
     "distill_from",
     "init_from",
     "models",  # recs.models
+    "log",  # suggest.log
+    "blocklist",  # suggest.blocklist
 }
 
 

@@ -30,6 +30,7 @@ from engine.service.impressions import ImpressionLog
 from engine.service.metrics import Metrics
 from engine.service.page import demo_users, page_html
 from engine.service.recommend_route import add_recommend_route, weak_block
+from engine.service.suggest_route import add_suggest_route
 from engine.types import EcomsearchError, QueryError
 from core.types import id_problem
 
@@ -267,6 +268,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         return imp.search_id if impressions.submit(imp) else None
 
     add_recommend_route(app, engine, SEARCH)
+    add_suggest_route(app, engine, SEARCH, impressions)
 
     @app.get("/experiments", summary="The online experiment's wins, ties and losses so far", dependencies=ADMIN)
     def experiments(days: float = 28.0):

@@ -32,6 +32,7 @@ class ImpressionLog:
         self._lock = threading.Lock()
         self._metrics = metrics
         self.logged = self.dropped = self.failed = 0
+        self.listeners: list[Callable[[list[Impression]], None]] = []  # told of each batch written (suggestions)
         self._thread = threading.Thread(target=self._run, name="impression-log", daemon=True)
         self._thread.start()
 
@@ -80,6 +81,11 @@ class ImpressionLog:
             self._write(items)
             self.logged += len(items)
             outcome = "logged"
+            for listener in self.listeners:
+                try:
+                    listener(items)
+                except Exception:  # a listener's failure never loses an impression
+                    log.exception("an impression listener failed")
         except Exception:  # the store is down: counted and logged, the searches were answered anyway
             log.exception("writing %d impressions failed", len(items))
             self.failed += len(items)

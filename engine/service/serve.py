@@ -36,6 +36,8 @@ def serving_app(config, overrides: list[str]):
     engine = SearchEngine.from_config(config, **parse_overrides(overrides))
     app = create_app(engine)
     engine.query(engine.products.titles[0], k=10)
+    if engine.cfg.suggest.enabled:
+        engine.suggester().load_logged()  # the searches logged before this start count in suggestions
     return app
 
 
