@@ -148,7 +148,7 @@ class Recommender:
                 continue  # a duplicate listing of the same title
             seen.add(t)
             ex = {name: round(float(p[i]), 4) for name, p in parts.items()} if explain else None
-            out.append(Hit(ids[r], titles[r], float(score[i]), len(out) + 1, ex))
+            out.append(Hit(ids[r], titles[r], float(score[i]), len(out) + 1, ex, **self.products.columns(r)))
             if len(out) == k:
                 break
         return out

@@ -122,6 +122,7 @@ class SearchEngine:
         personalize: float = 1.0,
         explain: bool = False,
         variant: str | None = None,
+        facets: Sequence[str] | None = None,
     ) -> QueryResult:
         """Ranked hits ``offset+1 .. offset+k`` for a query, with per-step timings and the versions that answered.
 
@@ -137,9 +138,19 @@ class SearchEngine:
         ranker (``serve.interleave.candidate``) instead of the serving one.
         The text is cleaned (:mod:`engine.query_input`); a query with nothing to
         search for gets no hits and a ``reason``.  Bad arguments raise
-        :class:`engine.types.QueryError` naming the parameter.
+        :class:`engine.types.QueryError` naming the parameter.  ``facets`` (category, brand, price) adds
+        disjunctive counts over the query's matching set (:mod:`engine.facets`).
         """
-        return self._version.query(text, k, offset, filters, mask, user_id, personalize, explain, variant)
+        from engine.facets import check_facets, facet_counts
+
+        names = check_facets(facets)
+        v = self._version
+        res = v.query(text, k, offset, filters, mask, user_id, personalize, explain, variant)
+        if names and not res.reason:
+            shown = [v.products.row_of(h.product_id) for h in res.hits]
+            res.facets = facet_counts(v, res.searched or res.query, filters, names, shown)
+            res.timings_ms["facets"] = res.facets["ms"]
+        return res
 
     def query_batch(
         self,

@@ -58,9 +58,15 @@ class Hit:
     score: float
     rank: int  # 1-based over the whole ranking (offset + position)
     explain: dict | None = None  # with query(..., explain=True): stage scores/ranks, cross-encoder, personal
+    category: str | None = None  # the catalog's columns, where it has them (what a result page shows)
+    brand: str | None = None
+    price: float | None = None
 
     def to_dict(self) -> dict:
         d = {"product_id": self.product_id, "title": self.title, "score": self.score, "rank": self.rank}
+        for name in ("category", "brand", "price"):
+            if getattr(self, name) is not None:
+                d[name] = getattr(self, name)
         if self.explain is not None:
             d["explain"] = self.explain
         return d
@@ -99,6 +105,7 @@ class QueryResult(HitList):
     offset: int = 0
     searched: str | None = None  # what the engine searched after query understanding (None: as cleaned)
     rewrites: list[dict] = field(default_factory=list)  # the rewrite steps: {"rule", "from", "to"}
+    facets: dict | None = None  # query(facets=...): {"matched", "ms", "facets": {name: counts}} (engine.facets)
 
     def __eq__(self, other):
         if isinstance(other, list):
@@ -123,4 +130,6 @@ class QueryResult(HitList):
         if self.rewrites:  # query understanding changed what was searched
             d["searched"] = self.searched
             d["rewrites"] = self.rewrites
+        if self.facets is not None:
+            d["facets"] = self.facets
         return d

@@ -387,9 +387,9 @@ class IndexVersion:
         return QueryRun(self, texts, k, offset, filters, mask, user_ids, personalize, variant).answer(explain)
 
     def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:
-        ids, titles = self.products.ids, self.products.titles
+        p = self.products
         return [
-            Hit(ids[int(r)], titles[int(r)], float(s), first_rank + i, notes[i] if notes else None)
+            Hit(p.ids[int(r)], p.titles[int(r)], float(s), first_rank + i, notes[i] if notes else None, **p.columns(r))
             for i, (r, s) in enumerate(zip(res.rows, res.scores))
         ]
 

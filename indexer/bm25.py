@@ -261,6 +261,41 @@ class BM25Index:
             total = s if total is None else total + s
         return total
 
+    def token_matrix(self):
+        """Token × product CSR matrix of the ``words`` field, 1 where a title holds the token (built once)."""
+        m = getattr(self, "_token_matrix", None)
+        if m is None:
+            import scipy.sparse as sp
+
+            dt = self.doc_tokens["words"]
+            n_docs = len(dt.indptr) - 1
+            docs = np.repeat(np.arange(n_docs), np.diff(dt.indptr))
+            shape = (len(self.retrievers["words"].vocab_dict) + 1, n_docs)
+            m = sp.csr_matrix((np.ones(len(dt.ids), dtype=np.float32), (dt.ids, docs)), shape=shape)
+            m.data[:] = 1.0  # a token repeated in a title counts once
+            self._token_matrix = m
+        return m
+
+    def token_sets(self, texts: Sequence[str]) -> tuple[list[list[int]], np.ndarray]:
+        """Per text: the ids of its distinct ``words`` tokens the index knows, and how many distinct tokens it
+        has in all (an unknown token counts as one no product holds)."""
+        vocab = self.retrievers["words"].vocab_dict
+        toks = [set(self.tokenizer.tokenize(t)) for t in texts]
+        return [sorted(vocab[t] for t in ts if t in vocab) for ts in toks], np.array([len(ts) for ts in toks])
+
+    def matching(self, text: str, min_match: float, mask: np.ndarray | None = None) -> np.ndarray:
+        """The rows of the products holding at least ``min_match`` of the query's distinct word tokens (rounded
+        down, at least one; Elasticsearch's minimum_should_match), under ``mask``."""
+        (ids,), n = self.token_sets([text])
+        if not ids:
+            return np.zeros(0, dtype=np.int64)
+        need = max(1, int(np.floor(min_match * n[0] + 1e-9)))
+        counts = np.asarray(self.token_matrix()[ids].sum(axis=0)).ravel()
+        keep = counts >= need
+        if mask is not None:
+            keep &= mask
+        return np.flatnonzero(keep)
+
     def search(self, text: str, k: int = 10, mask: np.ndarray | None = None) -> SearchResult:
         """Top-k products for a query; ``mask`` (bool, one per product) filters inside retrieval, before top-k."""
         if mask is not None:

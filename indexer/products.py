@@ -150,6 +150,15 @@ class ProductTable:
         newest = np.fromiter((row_of[pid] for pid in self.ids.tolist()), dtype=np.int64, count=len(self))
         return np.flatnonzero(newest != np.arange(len(self)))
 
+    def columns(self, row: int) -> dict:
+        """The category, brand and price of a row (None where the catalog has none)."""
+        c, b, p = int(self.category_codes[row]), int(self.brand_codes[row]), float(self.prices[row])
+        return {
+            "category": self.categories[c] if c >= 0 else None,
+            "brand": self.brands[b] if b >= 0 else None,
+            "price": p if p == p else None,
+        }
+
     def row_of(self, pid: str) -> int:
         """Row of a product id (KeyError if absent)."""
         return self.row_map()[pid]

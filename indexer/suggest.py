@@ -163,17 +163,13 @@ def merge_spacing(pop: Counter) -> Counter:
 
 def hit_counts(bm25, texts: list[str], min_match: float, chunk: int = 4096, progress: bool = False):
     """(hits, category code of the majority of hits or -1, its share): per text, the products holding at least
-    ``min_match`` of its distinct word tokens (rounded down, at least one)."""
+    ``min_match`` of its distinct word tokens (:meth:`indexer.bm25.BM25Index.matching`, one sparse product per
+    chunk of texts)."""
     import scipy.sparse as sp
     from tqdm import tqdm
 
-    dt = bm25.doc_tokens["words"]
-    retriever = bm25.retrievers["words"]
-    vocab = retriever.vocab_dict
-    n_docs, n_vocab = len(dt.indptr) - 1, len(vocab) + 1
-    doc_rows = np.repeat(np.arange(n_docs), np.diff(dt.indptr))
-    X = sp.csr_matrix((np.ones(len(dt.ids), dtype=np.float32), (dt.ids, doc_rows)), shape=(n_vocab, n_docs))
-    X.data[:] = 1.0  # a token repeated in a title counts once
+    X = bm25.token_matrix()
+    n_vocab, n_docs = X.shape
     cats = bm25.products.category_codes
     n_cat = len(bm25.products.categories)
     C = None
@@ -183,23 +179,22 @@ def hit_counts(bm25, texts: list[str], min_match: float, chunk: int = 4096, prog
     hits = np.zeros(len(texts), dtype=np.int32)
     top_cat = np.full(len(texts), -1, dtype=np.int32)
     share = np.zeros(len(texts))
-    tok = bm25.tokenizer
     for a in tqdm(range(0, len(texts), chunk), desc="suggestion hits", disable=not progress):
-        toks = [set(tok.tokenize(x)) for x in texts[a : a + chunk]]
-        ids = [sorted(vocab[t] for t in ts if t in vocab) for ts in toks]  # a token no title has counts as missed
+        ids, n_tok = bm25.token_sets(texts[a : a + chunk])
         rows = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
         cols = np.fromiter((j for i in ids for j in i), dtype=np.int64, count=len(rows))
         Q = sp.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(ids), n_vocab))
-        need = np.maximum(1, np.floor(min_match * np.array([len(ts) for ts in toks]) + 1e-9))
+        need = np.maximum(1, np.floor(min_match * n_tok + 1e-9))
         M = (Q @ X).tocsr()
         M.data = (M.data >= np.repeat(need, np.diff(M.indptr))).astype(np.float32)
         M.eliminate_zeros()
-        hits[a : a + len(ids)] = np.diff(M.indptr)
-        hits[a : a + len(ids)][np.array([len(i) == 0 for i in ids], dtype=bool)] = 0
+        h = np.diff(M.indptr)
+        h[np.array([len(i) == 0 for i in ids], dtype=bool)] = 0
+        hits[a : a + len(ids)] = h
         if C is not None:
             counts = (M @ C).toarray()
             top_cat[a : a + len(ids)] = counts.argmax(axis=1)
-            share[a : a + len(ids)] = counts.max(axis=1) / np.maximum(hits[a : a + len(ids)], 1)
+            share[a : a + len(ids)] = counts.max(axis=1) / np.maximum(h, 1)
     return hits, top_cat, share
 
 
@@ -215,8 +210,9 @@ def sources_fingerprint(cfg) -> str:
     return h.hexdigest()[:16]
 
 
-def build_suggest_index(cfg, bm25, progress: bool = False) -> SuggestIndex:
-    """The suggestions of ``cfg`` over the BM25 index just built (or serving)."""
+def build_suggest_index(cfg, bm25, progress: bool = False, exclude=frozenset()) -> SuggestIndex:
+    """The suggestions of ``cfg`` over the BM25 index just built (or serving); ``exclude``: cleaned query texts
+    left out of the log (an evaluation's held-out targets)."""
     sc = cfg.suggest
     t2s = cfg.text.traditional_to_simplified
     t0 = time.perf_counter()
@@ -226,6 +222,8 @@ def build_suggest_index(cfg, bm25, progress: bool = False) -> SuggestIndex:
         queries, log_name = clicklog_queries(cfg.finetune.train), f"click log {cfg.finetune.train}"
     else:
         queries, log_name = [], None
+    if exclude:
+        queries = [q for q in queries if clean(q, t2s) not in exclude]
     from_log = log_candidates(queries, sc, t2s)
     from_catalog = catalog_candidates(bm25.products, sc, t2s)
     pop = Counter(from_log)

@@ -3,7 +3,7 @@ frequent prefixes precomputed.
 
 Each suggestion is reachable by several keys (``docs/suggestions.md``):
 
-- its text (character prefix: ``蓝牙`` → 蓝牙耳机);
+- its text, with and without its spaces (character prefix: ``蓝牙`` → 蓝牙耳机);
 - its full pinyin and its pinyin initials (``lanya``, ``lyej`` → 蓝牙耳机), Latin and digits kept as typed;
 - the mixed spellings a pinyin input method produces mid-word: the first characters as Han, the rest as full
   pinyin or initials (``蓝y``, ``蓝牙ej``).
@@ -44,7 +44,7 @@ def typed_keys(text: str) -> set[str]:
     """Every key a shopper may type for ``text``: the text, and from each Han character on its full pinyin or
     its initials after the characters before it."""
     units = syllables(text)
-    keys = {text}
+    keys = {text, text.replace(" ", "")}
     han = [bool(_HAN.match(c)) for c in text]
     for i, is_han in enumerate(han):
         if not is_han:

@@ -155,3 +155,24 @@ def test_a_missing_query_log_is_an_error_naming_it(tmp_path):
     bad.write_text("id\tquery\n1\n", encoding="utf-8")
     with pytest.raises(SuggestSourceError, match=r"q.tsv:2: query"):
         read_query_log(bad)
+
+
+def test_the_typing_simulation_counts_keys_and_picks_the_longest_prefix():
+    from collections import Counter
+
+    from eval.suggest import MostPopular, first_useful, mode_tail, simulate
+    from indexer.suggest_index import syllables
+
+    target = "蓝牙耳机降噪"
+    units = syllables(target)
+    assert mode_tail(units, target, "initials", 0) == "lyejjz" and mode_tail(units, target, "pinyin", 4) == "jiangzao"
+    never = lambda typed, k: []  # noqa: E731
+    assert simulate(never, target, units, "hanzi") == (6, 6) and simulate(never, target, units, "pinyin")[0] == 17
+    # one key, then the whole target offered: two keys in all
+    oracle = lambda typed, k: ["蓝牙", target] if target.startswith(typed) or typed == "l" else []  # noqa: E731
+    assert simulate(oracle, target, units, "hanzi") == (2, 6)
+    assert simulate(oracle, target, units, "initials") == (2, 6)
+    base = MostPopular(Counter({"蓝牙耳机": 5, "蓝牙 音箱": 9, "耳机": 1}))
+    assert base("蓝牙", 8) == ["蓝牙音箱", "蓝牙耳机"] and base("lanya", 8) == []
+    assert first_useful(["蓝牙音箱", "蓝牙耳机"], target, "蓝牙") == 2
+    assert first_useful(["蓝牙"], target, "蓝牙") == 0

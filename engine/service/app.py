@@ -48,6 +48,7 @@ SEARCH_PARAMS = {
     "explain",
     "personalize",
     "log",
+    "facets",
 }
 
 
@@ -218,6 +219,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         explain: bool = False,
         personalize: float = 1.0,
         log: bool = True,
+        facets: Annotated[list[str] | None, Query()] = None,
     ):
         unknown = sorted(set(request.query_params) - SEARCH_PARAMS)
         if unknown:
@@ -229,7 +231,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
         filters = query_filters(category, brand, price_min, price_max, personalize=personalize)
         if user is not None and (problem := id_problem(user)):
             raise ApiError(422, "user", problem)
-        args = {"text": q, "k": k, "offset": offset, "filters": filters or None, "user_id": user}
+        args = {"text": q, "k": k, "offset": offset, "filters": filters or None, "user_id": user, "facets": facets}
         res, arm = experiment.search(engine, user, {**args, "personalize": personalize, "explain": explain})
         # a QueryError becomes a 422 naming the parameter
         for step, ms in res.timings_ms.items():

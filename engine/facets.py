@@ -1,0 +1,131 @@
+"""Facet counts over a query's matching set: category, brand (values with counts) and a price histogram.
+
+The matching set of a hybrid engine (docs/search-page.md): the products holding at least
+``search.facet_min_match`` of the query's word tokens (Elasticsearch's minimum_should_match; the rule a
+suggestion's hit count uses), the ``search.facet_depth`` best of them by BM25, plus the products the query
+ranked (a dense match is counted where it is shown); deleted products never.  (The dense stage alone has no
+matching set: it ranks the whole catalog.)  Counts are **disjunctive**: a facet's counts apply every filter
+but its own, so a shopper who ticked one brand still sees the other brands and how many each would add.
+Everything is numpy over the matching rows' catalog columns; a catalog without a column gets no facet for it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+
+from engine.types import QueryError
+
+FACETS = ("category", "brand", "price")
+
+
+def check_facets(names) -> list[str]:
+    if names is None:
+        return []
+    names = [names] if isinstance(names, str) else list(names)
+    names = [n.strip() for x in names for n in str(x).split(",") if n.strip()]
+    bad = [n for n in names if n not in FACETS]
+    if bad:
+        raise QueryError("facets", f"unknown facet {bad[0]!r}; facets are {', '.join(FACETS)}")
+    return list(dict.fromkeys(names))
+
+
+def round_step(span: float, buckets: int) -> float:
+    """A round bucket width (1, 2 or 5 × 10^n) giving about ``buckets`` buckets over ``span``."""
+    raw = max(span / max(buckets, 1), 1e-9)
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+
+
+def _filter_masks(p, rows: np.ndarray, filters: dict) -> dict[str, np.ndarray]:
+    """Per filtered facet, which matching rows pass that filter."""
+    out = {}
+    for name, codes, vocab in (("category", p.category_codes, p.categories), ("brand", p.brand_codes, p.brands)):
+        wanted = filters.get(name)
+        if wanted is not None:
+            wanted = [wanted] if isinstance(wanted, str) else list(wanted)
+            pos = {v: i for i, v in enumerate(vocab)}
+            out[name] = np.isin(codes[rows], [pos[v] for v in wanted if v in pos])
+    if filters.get("price_min") is not None or filters.get("price_max") is not None:
+        price = p.prices[rows]
+        keep = np.isfinite(price)
+        if filters.get("price_min") is not None:
+            keep &= price >= filters["price_min"]
+        if filters.get("price_max") is not None:
+            keep &= price <= filters["price_max"]
+        out["price"] = keep
+    return out
+
+
+def matching_set(version, text: str, shown) -> np.ndarray:
+    """The rows facets count over (see the module doc)."""
+    cfg = version.cfg.search
+    bm25 = version.bm25
+    rows = bm25.matching(text, cfg.facet_min_match, version.with_live(None))
+    if len(rows) > cfg.facet_depth:
+        scores = bm25.scores(text)[rows]
+        rows = rows[np.argpartition(-scores, cfg.facet_depth - 1)[: cfg.facet_depth]]
+    return np.union1d(rows, np.asarray(list(shown), dtype=np.int64))
+
+
+def facet_counts(version, text: str, filters: dict | None, names: list[str], shown=()) -> dict:
+    """``{"matched": n, "ms": t, "facets": {name: ...}}`` for the facets ``names`` of query ``text`` (``shown``:
+    the rows the query ranked)."""
+    t0 = time.perf_counter()
+    cfg = version.cfg.search
+    p = version.products
+    rows = matching_set(version, text, shown)
+    filters = filters or {}
+    masks = _filter_masks(p, rows, filters)
+    out: dict = {}
+    for name in names:
+        keep = np.ones(len(rows), dtype=bool)
+        for other, m in masks.items():
+            if other != name:
+                keep &= m
+        r = rows[keep]
+        if name == "price":
+            block = _histogram(p.prices[r], cfg.price_buckets, filters)
+        else:
+            codes, vocab = (p.category_codes, p.categories) if name == "category" else (p.brand_codes, p.brands)
+            block = _values(codes[r], vocab, filters.get(name), cfg.facet_values)
+        if block is not None:
+            out[name] = block
+    return {"matched": int(len(rows)), "ms": round((time.perf_counter() - t0) * 1000, 3), "facets": out}
+
+
+def _values(codes: np.ndarray, vocab, selected, limit: int) -> list[dict] | None:
+    if not len(vocab):
+        return None  # the catalog has no such column
+    selected = [] if selected is None else ([selected] if isinstance(selected, str) else list(selected))
+    counts = np.bincount(codes[codes >= 0], minlength=len(vocab))
+    order = np.lexsort((np.arange(len(vocab)), -counts))
+    shown = [int(i) for i in order[:limit] if counts[i] > 0]
+    pos = {v: i for i, v in enumerate(vocab)}
+    shown += [pos[v] for v in selected if v in pos and pos[v] not in shown]
+    chosen = set(selected)
+    return [{"value": vocab[i], "count": int(counts[i]), "selected": vocab[i] in chosen} for i in shown]
+
+
+def _histogram(prices: np.ndarray, buckets: int, filters: dict) -> dict | None:
+    prices = prices[np.isfinite(prices)]
+    if not len(prices):
+        return None
+    lo, hi = float(prices.min()), float(prices.max())
+    step = round_step(hi - lo, buckets)
+    start = math.floor(lo / step) * step
+    n = max(1, math.ceil((hi - start) / step + 1e-9))
+    if start + n * step <= hi:
+        n += 1
+    edges = start + step * np.arange(n + 1)
+    counts, _ = np.histogram(prices, bins=edges)
+    return {
+        "min": lo,
+        "max": hi,
+        "selected": [filters.get("price_min"), filters.get("price_max")],
+        "buckets": [
+            {"min": float(a), "max": float(b), "count": int(c)} for a, b, c in zip(edges[:-1], edges[1:], counts)
+        ],
+    }
