@@ -87,7 +87,9 @@ class Recommender:
         self.repeat_categories = np.array([c in repeat for c in self.products.categories] + [False], dtype=bool)
 
     # -- the entry point ---------------------------------------------------------------------------------
-    def recommend(self, kind, product_id=None, user_id=None, query=None, k=10, filters=None, explain=False):
+    def recommend(
+        self, kind, product_id=None, user_id=None, query=None, k=10, filters=None, explain=False, hide=frozenset()
+    ):
         t0 = time.perf_counter()
         if kind not in KINDS:
             raise RecommendError("kind", f"unknown kind {kind!r}; use {', '.join(KINDS)}")
@@ -96,6 +98,8 @@ class Recommender:
         mask = self.products.mask(**filters) if filters else np.ones(self.n, dtype=bool)
         mask = self.v.with_live(mask)
         mask[self.products.superseded_rows()] = False
+        row_of = self.products.row_map()
+        mask[[row_of[p] for p in hide if p in row_of]] = False  # merchandising rules' hides (engine.rules)
         row = None
         if kind in ("similar", "bought_together"):
             row = self._row(product_id)

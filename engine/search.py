@@ -40,6 +40,8 @@ from engine.features import Candidates
 from engine.models import build_id
 from engine.types import Hit, QueryResult, SearchResult
 from engine.understanding import QueryRewriter, Rewrite
+from engine.rule_book import rule_book
+from engine.rules_apply import recount_suggestions, ruled_query
 from engine.version import IndexVersion
 from indexer.bm25 import BM25Index
 from core.config import Config, ConfigError, load_config
@@ -89,6 +91,7 @@ class SearchEngine:
         self._recommender = None  # (version, models signature, Recommender), built at the first recommend
         self._rec_lock = threading.Lock()
         self._suggester = None  # (version, Suggester), loaded at the first suggest
+        self.rules = rule_book(cfg)  # merchandising rules (engine.rules), re-read when they change
 
     @classmethod
     def from_config(
@@ -145,7 +148,9 @@ class SearchEngine:
 
         names = check_facets(facets)
         v = self._version
-        res = v.query(text, k, offset, filters, mask, user_id, personalize, explain, variant)
+        args = (filters, mask, user_id, personalize, explain, variant)
+        run = lambda kk, off: v.query(text, kk, off, *args)  # noqa: E731
+        res = ruled_query(v, self.rules, text, k, offset, filters, mask, run, explain)
         if names and not res.reason:
             shown = [v.products.row_of(h.product_id) for h in res.hits]
             res.facets = facet_counts(v, res.searched or res.query, filters, names, shown)
@@ -334,35 +339,35 @@ class SearchEngine:
         Recommendations` (hits, what produced them in ``source``, timings); ``filters`` as in :meth:`query`,
         deleted products never.  ``explain=True`` gives each hit its parts' scores.  Bad arguments raise
         :class:`engine.recommend.RecommendError` naming the parameter (see :mod:`engine.recommend`)."""
-        return self.recommender().recommend(kind, product_id, user_id, query, k, filters, explain)
+        hide = self.rules.hidden_everywhere()
+        return self.recommender().recommend(kind, product_id, user_id, query, k, filters, explain, hide)
 
     def suggest(self, prefix: str, k: int = 8, user_id: str | None = None):
         """Query suggestions for what the shopper has typed — characters, pinyin, initials or a mix
         (:class:`engine.suggest.Suggestion` list, best first; :mod:`engine.suggest`)."""
-        return self.suggester().suggest(prefix, k, user_id)
+        out = self.suggester().suggest(prefix, k, user_id)
+        hidden = self.rules.hidden_everywhere()
+        if hidden:  # rules hide products everywhere: offered suggestions still find min_hits without them
+            sc = self.cfg.suggest
+            out = recount_suggestions(self._version, out, hidden, sc.min_match, sc.min_hits)
+        return out
+
+    def known_product(self, product_id: str) -> bool:
+        """Whether a product id is in the serving index (deleted or not)."""
+        return product_id in self.products.row_map()
 
     def suggester(self):
         """The :class:`engine.suggest.Suggester` of the version answering now (its ``suggest`` stage); a reload
         keeps the searches counted online."""
-        from engine.suggest import Suggester
-        from indexer.store import read_manifest, stage_folder
-        from indexer.suggest_index import SuggestIndex
+        from engine.suggest import load_suggester
 
-        v = self._version
-        held = self._suggester
-        if held is not None and held[0] is v:
-            return held[1]
-        with self._rec_lock:
-            held = self._suggester
-            if held is None or held[0] is not v:
-                folder = stage_folder(v.cfg.index_dir, "suggest", v.root)
-                read_manifest(folder, "suggest", verify=v.verify)  # a clear error where `make index` built none
-                t2s = v.cfg.text.traditional_to_simplified
-                sug = Suggester(SuggestIndex.load(folder), v.cfg.suggest, t2s, events=v.user_events)
-                if held is not None:
-                    sug.carry_live(held[1])
-                self._suggester = held = (v, sug)
-            return held[1]
+        v, held = self._version, self._suggester
+        if held is None or held[0] is not v:
+            with self._rec_lock:
+                held = self._suggester
+                if held is None or held[0] is not v:
+                    self._suggester = held = (v, load_suggester(v, held[1] if held is not None else None))
+        return held[1]
 
     def recommender(self):
         """The :class:`engine.recommend.Recommender` of the version answering now, rebuilt when the version or

@@ -190,3 +190,17 @@ class Suggester:
             return None
         shares = profile.shares("category")
         return np.array([float(shares.get(str(c), 0.0)) for c in range(len(self.index.categories))])
+
+
+def load_suggester(version, previous: Suggester | None = None) -> Suggester:
+    """The suggester of an index version's ``suggest`` stage (a clear error where `make index` built none),
+    keeping the online counts of ``previous``."""
+    from indexer.store import read_manifest, stage_folder
+
+    folder = stage_folder(version.cfg.index_dir, "suggest", version.root)
+    read_manifest(folder, "suggest", verify=version.verify)
+    t2s = version.cfg.text.traditional_to_simplified
+    sug = Suggester(SuggestIndex.load(folder), version.cfg.suggest, t2s, events=version.user_events)
+    if previous is not None:
+        sug.carry_live(previous)
+    return sug

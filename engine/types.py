@@ -61,10 +61,11 @@ class Hit:
     category: str | None = None  # the catalog's columns, where it has them (what a result page shows)
     brand: str | None = None
     price: float | None = None
+    rules: list[str] | None = None  # the merchandising rules that moved it (engine.rules)
 
     def to_dict(self) -> dict:
         d = {"product_id": self.product_id, "title": self.title, "score": self.score, "rank": self.rank}
-        for name in ("category", "brand", "price"):
+        for name in ("category", "brand", "price", "rules"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
         if self.explain is not None:
@@ -106,6 +107,7 @@ class QueryResult(HitList):
     searched: str | None = None  # what the engine searched after query understanding (None: as cleaned)
     rewrites: list[dict] = field(default_factory=list)  # the rewrite steps: {"rule", "from", "to"}
     facets: dict | None = None  # query(facets=...): {"matched", "ms", "facets": {name: counts}} (engine.facets)
+    rules: dict | None = None  # where rules exist: {"version", "fired": [ids], "redirect": url or None}
 
     def __eq__(self, other):
         if isinstance(other, list):
@@ -132,4 +134,6 @@ class QueryResult(HitList):
             d["rewrites"] = self.rewrites
         if self.facets is not None:
             d["facets"] = self.facets
+        if self.rules is not None:
+            d["rules"] = self.rules
         return d

@@ -66,10 +66,14 @@ def read_query_log(path: Path) -> list[str]:
 
 
 def clicklog_queries(path: Path) -> list[str]:
-    """One search per shopper and query of a click log."""
-    from core.formats.clicklog import read_clicklog
+    """One search per shopper and query of a click log (of a judged-queries file: its queries)."""
+    from core.formats.clicklog import ClickLogError, read_clicklog
 
-    return [q for _, q in {(e.user_id, e.query) for e in read_clicklog(path) if e.query}]
+    try:
+        events = read_clicklog(path)
+    except ClickLogError:
+        return read_query_log(path)  # finetune.train may be judged queries (a query column)
+    return [q for _, q in {(e.user_id, e.query) for e in events if e.query}]
 
 
 def read_blocklist(path: Path | None, t2s: bool) -> list[str]:

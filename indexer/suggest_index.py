@@ -125,7 +125,7 @@ class SuggestIndex:
                 key_sid.append(sid)
         sid_arr = np.asarray(key_sid, dtype=np.int32)
         keys = marisa_trie.RecordTrie("<i", zip(key_list, ((int(s),) for s in sid_arr)))
-        prefixes, table = prefix_tables(np.asarray(key_list), sid_arr, pop, top_k, threshold)
+        prefixes, table = prefix_tables(np.asarray(key_list, dtype=str), sid_arr, pop, top_k, threshold)
         ptrie = marisa_trie.Trie(prefixes.tolist())
         prefix_row = np.empty(len(ptrie), dtype=np.int32)
         for row, p in enumerate(prefixes.tolist()):

@@ -72,6 +72,7 @@ _PATH_FIELDS = {
     "models",  # recs.models
     "log",  # suggest.log
     "blocklist",  # suggest.blocklist
+    "rules_file",  # serve.rules_file
 }
 
 

@@ -114,6 +114,9 @@ class InterleaveConfig:
 class ServeConfig:
     """The HTTP service (engine.service, `make serve`)."""
 
+    # merchandising rules kept in a file beside the config (read-only; engine.rules); those managed through
+    # /rules and `python -m engine.rules_cli` live in <index_dir>/rules.json
+    rules_file: Path | None = None
     # cross-encoder work of concurrent requests is gathered for up to this long and scored in one batch (0: off)
     batch_window_ms: float = 3.0
     max_batch_pairs: int = 1024

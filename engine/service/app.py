@@ -30,6 +30,7 @@ from engine.service.impressions import ImpressionLog
 from engine.service.metrics import Metrics
 from engine.service.page import demo_users, page_html
 from engine.service.recommend_route import add_recommend_route, weak_block
+from engine.service.rules_route import add_rules_routes
 from engine.service.suggest_route import add_suggest_route
 from engine.types import EcomsearchError, QueryError
 from core.types import id_problem
@@ -271,6 +272,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
 
     add_recommend_route(app, engine, SEARCH)
     add_suggest_route(app, engine, SEARCH, impressions)
+    add_rules_routes(app, engine, ADMIN)
 
     @app.get("/experiments", summary="The online experiment's wins, ties and losses so far", dependencies=ADMIN)
     def experiments(days: float = 28.0):
