@@ -45,6 +45,7 @@ def id_problem(value: object) -> str | None:
 class SearchResult:
     rows: np.ndarray  # int64 product rows, best first
     scores: np.ndarray  # float32, higher is better
+    lifted: np.ndarray | None = None  # bool per row: personalization ranked it higher than without (final_rank)
 
 
 # stage names, spelled here only

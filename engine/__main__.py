@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         help="recommendations instead of search: for the top hit of each query (similar, bought_together), "
         "for --user (for_you, the query as what is being typed), or trending",
     )
+    ap.add_argument("--suggest", action="store_true", help="query suggestions for each argument as typed so far")
+    ap.add_argument("--facets", help="facet counts under the hits, e.g. category,brand,price")
     ap.add_argument("queries", nargs="+")
     args = ap.parse_args(argv)
     try:
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.recommend:
         return recommend(engine, args, filters)
+    if args.suggest:
+        return suggest(engine, args)
     for q in args.queries:
         t0 = time.perf_counter()
         try:
@@ -63,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                 user_id=args.user,
                 personalize=args.personalize,
                 explain=args.explain,
+                facets=args.facets,
             )
         except QueryError as e:
             print(f"error: {e}", file=sys.stderr)
@@ -75,6 +80,28 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {h.rank:>2}. [{h.product_id}] {h.title}  ({h.score:.4g})")
             if h.explain:
                 print("      " + format_explain(h.explain))
+        if hits.facets:
+            print(f"  facets over {hits.facets['matched']} matching products ({hits.facets['ms']:.1f} ms):")
+            for name, values in hits.facets["facets"].items():
+                if name == "price":
+                    cells = [f"¥{b['min']:g}-{b['max']:g} ({b['count']})" for b in values["buckets"] if b["count"]]
+                else:
+                    cells = [f"{v['value']} ({v['count']})" + (" ✓" if v["selected"] else "") for v in values[:8]]
+                print(f"    {name}: " + ", ".join(cells))
+    return 0
+
+
+def suggest(engine, args) -> int:
+    for q in args.queries:
+        t0 = time.perf_counter()
+        try:
+            found = engine.suggest(q, k=args.k, user_id=args.user)
+        except EcomsearchError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        ms = (time.perf_counter() - t0) * 1000
+        shown = [s.text + (f" — {s.category}" if s.category else "") for s in found]
+        print(f"\n{q!r} → " + " | ".join(shown or ["(none)"]) + f"  ({ms:.1f} ms)")
     return 0
 
 

@@ -2,9 +2,10 @@
 
 The matching set of a hybrid engine (docs/search-page.md): the products holding at least
 ``search.facet_min_match`` of the query's word tokens (Elasticsearch's minimum_should_match; the rule a
-suggestion's hit count uses), the ``search.facet_depth`` best of them by BM25, plus the products the query
-ranked (a dense match is counted where it is shown); deleted products never.  (The dense stage alone has no
-matching set: it ranks the whole catalog.)  Counts are **disjunctive**: a facet's counts apply every filter
+suggestion's hit count uses), the ``search.facet_depth`` best of them by BM25; deleted products never.  The
+dense stage ranks the whole catalog and has no matching set, so a hit only it found is shown but not counted;
+and the set never depends on the filters (the ranked hits do), so ticking a value keeps the others' counts.
+Counts are **disjunctive**: a facet's counts apply every filter
 but its own, so a shopper who ticked one brand still sees the other brands and how many each would add.
 Everything is numpy over the matching rows' catalog columns; a catalog without a column gets no facet for it.
 """
@@ -59,7 +60,7 @@ def _filter_masks(p, rows: np.ndarray, filters: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def matching_set(version, text: str, shown) -> np.ndarray:
+def matching_set(version, text: str) -> np.ndarray:
     """The rows facets count over (see the module doc)."""
     cfg = version.cfg.search
     bm25 = version.bm25
@@ -67,16 +68,15 @@ def matching_set(version, text: str, shown) -> np.ndarray:
     if len(rows) > cfg.facet_depth:
         scores = bm25.scores(text)[rows]
         rows = rows[np.argpartition(-scores, cfg.facet_depth - 1)[: cfg.facet_depth]]
-    return np.union1d(rows, np.asarray(list(shown), dtype=np.int64))
+    return rows
 
 
-def facet_counts(version, text: str, filters: dict | None, names: list[str], shown=()) -> dict:
-    """``{"matched": n, "ms": t, "facets": {name: ...}}`` for the facets ``names`` of query ``text`` (``shown``:
-    the rows the query ranked)."""
+def facet_counts(version, text: str, filters: dict | None, names: list[str]) -> dict:
+    """``{"matched": n, "ms": t, "facets": {name: ...}}`` for the facets ``names`` of query ``text``."""
     t0 = time.perf_counter()
     cfg = version.cfg.search
     p = version.products
-    rows = matching_set(version, text, shown)
+    rows = matching_set(version, text)
     filters = filters or {}
     masks = _filter_masks(p, rows, filters)
     out: dict = {}

@@ -64,13 +64,19 @@ def rank_candidates(
         score = combine(cand.ce, cand.first, r.weight)
         order = np.argsort(-score, kind="stable")
     rows, scores = cand.rows[order], score[order].astype(np.float32)
+    lifted = np.zeros(len(rows), dtype=bool)
+    if base is not None and profile is not None:  # ranked higher with the shopper's history than without it
+        base_pos = np.empty(n, dtype=np.int64)
+        base_pos[np.lexsort((-combine(cand.ce, cand.first, r.weight), -base))] = np.arange(n)
+        lifted = base_pos[order] > np.arange(n)
     if k > n:  # the hybrid ranking continues below the reranked candidates
         tail = reciprocal_rank_fusion(cand.lists, k)
         tail_rows = tail.rows[~np.isin(tail.rows, rows)][: k - n]
         floor = (scores.min() if n else 0.0) - 1.0
         rows = np.concatenate([rows, tail_rows])
         scores = np.concatenate([scores, floor - np.arange(len(tail_rows), dtype=np.float32)])
-    res = SearchResult(rows[:k], scores[:k])
+        lifted = np.concatenate([lifted, np.zeros(len(tail_rows), dtype=bool)])
+    res = SearchResult(rows[:k], scores[:k], lifted[:k])
     if not explain:
         return res, None
     if X is None:

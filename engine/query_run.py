@@ -112,7 +112,11 @@ class QueryRun:
                 continue
             res, notes = ranked[i]
             hits = v.hits(
-                SearchResult(res.rows[offset:depth], res.scores[offset:depth]),
+                SearchResult(
+                    res.rows[offset:depth],
+                    res.scores[offset:depth],
+                    res.lifted[offset:depth] if res.lifted is not None else None,
+                ),
                 notes[offset:depth] if notes else None,
                 first_rank=offset + 1,
             )

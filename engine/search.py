@@ -152,8 +152,7 @@ class SearchEngine:
         run = lambda kk, off: v.query(text, kk, off, *args)  # noqa: E731
         res = ruled_query(v, self.rules, text, k, offset, filters, mask, run, explain)
         if names and not res.reason:
-            shown = [v.products.row_of(h.product_id) for h in res.hits]
-            res.facets = facet_counts(v, res.searched or res.query, filters, names, shown)
+            res.facets = facet_counts(v, res.searched or res.query, filters, names)
             res.timings_ms["facets"] = res.facets["ms"]
         return res
 

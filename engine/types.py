@@ -62,12 +62,15 @@ class Hit:
     brand: str | None = None
     price: float | None = None
     rules: list[str] | None = None  # the merchandising rules that moved it (engine.rules)
+    personalized: bool = False  # the shopper's history ranked it higher than it ranks for nobody
 
     def to_dict(self) -> dict:
         d = {"product_id": self.product_id, "title": self.title, "score": self.score, "rank": self.rank}
         for name in ("category", "brand", "price", "rules"):
             if getattr(self, name) is not None:
                 d[name] = getattr(self, name)
+        if self.personalized:
+            d["personalized"] = True
         if self.explain is not None:
             d["explain"] = self.explain
         return d

@@ -387,11 +387,13 @@ class IndexVersion:
         return QueryRun(self, texts, k, offset, filters, mask, user_ids, personalize, variant).answer(explain)
 
     def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:
-        p = self.products
-        return [
-            Hit(p.ids[int(r)], p.titles[int(r)], float(s), first_rank + i, notes[i] if notes else None, **p.columns(r))
-            for i, (r, s) in enumerate(zip(res.rows, res.scores))
-        ]
+        p, lifted = self.products, res.lifted
+        out = []
+        for i, (r, s) in enumerate(zip(res.rows, res.scores)):
+            r, note = int(r), notes[i] if notes else None
+            up = bool(lifted[i]) if lifted is not None else False
+            out.append(Hit(p.ids[r], p.titles[r], float(s), first_rank + i, note, personalized=up, **p.columns(r)))
+        return out
 
     def query_many(self, texts: Sequence[str], k: int = 10) -> list[QueryResult]:
         return self.query_batch(list(texts), k=k)

@@ -524,6 +524,12 @@ def test_the_personalize_knob_scales_the_personal_contribution(personal_engine):
     share = lambda hits: np.mean([_brand_of(eng, h) == target for h in hits[:10]])  # noqa: E731
     assert share(full) > share(base)
     assert share(base) <= share(half) <= share(full)
+    # the page's badge: hits the shopper's history ranked higher than they rank for nobody, and only those
+    lifted = [h for h in full if h.personalized]
+    base_rank = {h.product_id: h.rank for h in base}
+    assert lifted and all(base_rank.get(h.product_id, 99) > h.rank for h in lifted)
+    assert any(_brand_of(eng, h) == target for h in lifted) and lifted[0].to_dict()["personalized"] is True
+    assert not any(h.personalized for h in off) and not any(h.personalized for h in base)
     with pytest.raises(ValueError, match="personalize"):
         eng.query(q, user_id="fan", personalize=1.5)
 
