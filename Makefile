@@ -106,6 +106,7 @@ bench: .venv/.installed models/base/config.json data/demo/catalog.jsonl models/d
 bench-serving: .venv/.installed
 	$(PY) -m eval.bench.impression_cost --config $(CONFIG) --out reports/serving/impression_cost-$(basename $(notdir $(CONFIG))).json
 	$(PY) -m eval.bench.serving_profiles --config configs/wentian.yaml --out reports/serving/wentian
+	$(PY) -m eval.bench.suggest --config configs/wentian.yaml --out reports/serving/suggest-wentian.json
 # the learning loop on simulated shoppers: naive against debiased retraining, per simulated day
 bench-loop: .venv/.installed models/base/config.json $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m indexer --config $(CONFIG) --if-stale
