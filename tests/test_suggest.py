@@ -176,3 +176,43 @@ def test_the_typing_simulation_counts_keys_and_picks_the_longest_prefix():
     assert base("蓝牙", 8) == ["蓝牙音箱", "蓝牙耳机"] and base("lanya", 8) == []
     assert first_useful(["蓝牙音箱", "蓝牙耳机"], target, "蓝牙") == 2
     assert first_useful(["蓝牙"], target, "蓝牙") == 0
+
+
+def test_a_shoppers_category_shares_raise_suggestions_of_that_category(sug_engine):
+    import dataclasses
+
+    sug = sug_engine.suggester()
+    plain = sug_engine.suggest("sj", 8)
+    cats = {s.category for s in plain if s.category}
+    assert {"手机", "手机壳"} <= cats
+    target = next(s.category for s in plain[1:] if s.category and s.category != plain[0].category)
+    p = sug_engine.products
+    rows = np.flatnonzero(p.category_codes == p.categories.index(target))[:4]
+    for r in rows:
+        sug_engine.record_event("case-fan", p.ids[int(r)], "purchase")
+    old = sug.cfg
+    sug.cfg = dataclasses.replace(old, category_boost=1000.0)
+    try:
+        mine = sug_engine.suggest("sj", 8, user_id="case-fan")
+    finally:
+        sug.cfg = old
+    assert mine[0].category == target != plain[0].category
+    assert [s.text for s in sug_engine.suggest("sj", 8, user_id="nobody-known")] == texts(plain)
+
+
+def test_searches_logged_by_the_service_reach_the_suggester(sug_engine):
+    from fastapi.testclient import TestClient
+
+    from engine.service import create_app
+    from engine.service.http import Keys
+
+    sug = sug_engine.suggester()
+    sid = sug.index.sid("华为手机")
+    before = sug.live[sid]
+    app = create_app(sug_engine, watch=False, keys=Keys())
+    with TestClient(app, raise_server_exceptions=False) as c:
+        for _ in range(3):
+            assert c.get("/search", params={"q": "华为手机", "k": 3}).status_code == 200
+        assert c.get("/search", params={"q": "华为手机", "k": 3, "log": "false"}).status_code == 200
+        assert app.state.impressions.flush()
+    assert sug.live[sid] == before + 3  # the monitoring search (log=false) does not count
