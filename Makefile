@@ -48,7 +48,7 @@ demo: .venv/.installed data/demo/catalog.jsonl models/base/config.json models/de
 	$(call step,example queries,$(PY) -m engine --config configs/demo.yaml -k 5 \
 		"华为手机" "iphone15 256gb" "蓝月亮洗衣液 3kg" "降噪耳机 sony" "猫粮")
 	$(call step,suggestions as typed (characters / pinyin / initials / mixed),$(PY) -m engine --config configs/demo.yaml -k 5 --suggest "蓝牙" "lanya" "lyej" "蓝y" "xiyiye")
-	$(call step,filtered query with facet counts,$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 --facets category,brand,price "蓝牙耳机")
+	$(call step,filtered query with facet counts,$(PY) -m engine --config configs/demo.yaml -k 3 --category 耳机 --price-max 500 --facets category --facets brand --facets price "蓝牙耳机")
 	$(call step,personalized query,$(PY) -m eval.sim.demo_personal --config configs/demo.yaml "蓝牙耳机")
 	$(call step,recommendations,$(PY) -m engine --config configs/demo.yaml -k 4 --recommend bought_together "华为手机" "跑步鞋")
 	@echo

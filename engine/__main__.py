@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         "for --user (for_you, the query as what is being typed), or trending",
     )
     ap.add_argument("--suggest", action="store_true", help="query suggestions for each argument as typed so far")
-    ap.add_argument("--facets", help="facet counts under the hits, e.g. category,brand,price")
+    ap.add_argument("--facets", action="append", help="facet counts under the hits: category, brand, price (repeat)")
     ap.add_argument("queries", nargs="+")
     args = ap.parse_args(argv)
     try:

@@ -175,9 +175,9 @@ def test_the_search_page_and_its_contract(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     html = page.text
-    for element in ('id="q"', 'id="category"', 'id="brand"', 'id="price_max"', 'id="user"', 'id="explain"'):
+    for element in ('id="q"', 'id="suggest"', 'id="facets"', 'id="user"', 'id="explain"'):
         assert element in html
-    assert 'api("/search?' in html and 'api("/facets")' in html
+    assert 'api("/search?' in html and 'api("/facets")' in html and 'api("/suggest?' in html
     facets = client.get("/facets").json()
     assert facets["categories"] and facets["brands"]
     assert facets["users"] and {"user_id", "favourite_brands"} <= set(facets["users"][0])  # the demo click log
@@ -190,9 +190,11 @@ def test_the_search_page_and_its_contract(client):
             "category": facets["categories"][0],
             "user": facets["users"][0]["user_id"],
             "explain": "true",
+            "facets": "category,brand,price",
         },
     )
-    assert r.status_code == 200
+    assert r.status_code == 200 and set(r.json()["facets"]["facets"]) <= {"category", "brand", "price"}
+    assert client.get("/suggest", params={"q": "lanya", "k": "8"}).status_code == 200
 
 
 def test_the_index_watcher_switches_to_a_rebuilt_index(live_cfg):
