@@ -90,6 +90,7 @@ eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$
 # recommendations on a time split of the click log, against popularity, item-kNN and ALS (docs/recommendations.md)
 eval-recs: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval.recs --config $(CONFIG)
+	$(PY) -m eval.recs_weak --config $(CONFIG) --no-progress
 
 # query suggestions: held-out judged queries typed as characters, pinyin and initials (reports/suggest/)
 eval-suggest: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
