@@ -49,3 +49,26 @@ def test_the_evaluation_runs_on_the_tiny_demo_and_ours_beats_popularity(job_cfg,
     assert sim["ours"]["hr@10"] > sim["popularity"]["hr@10"]  # content and co-visits know what goes together
     write_report(tmp_path, res, {"config": "t", "products": 600, "simulated": ""})
     assert (tmp_path / "recs.png").stat().st_size > 0 and "| similar |" in (tmp_path / "report.md").read_text()
+
+
+def test_weak_searches_take_each_shoppers_first_search_and_its_first_engagement(job_cfg, trained):
+    from core.config import RecsConfig
+    from eval.recs_weak import evaluate as evaluate_weak, searches
+
+    rows = {f"P{i}": i for i in range(4)}
+    t = 1_000.0
+    log = [
+        Event("u", "耳机", "P0", "impression", t),
+        Event("u", "耳机", "P1", "click", t + 30),  # the target of u's 耳机 search, at the time it began
+        Event("u", "耳机", "P2", "purchase", t + 60),  # a later engagement of the same search: not another case
+        Event("v", "手机", "P3", "click", t + 90),
+        Event("v", "", "P0", "click", t + 99),  # no query: no search
+    ]
+    assert searches(log, rows) == [("u", "耳机", 1, t), ("v", "手机", 3, t + 90)]
+    cfg = dataclasses.replace(job_cfg, recs=RecsConfig(factors=8, iterations=5))
+    res = evaluate_weak(cfg, test_days=10, limit=40, progress=False)
+    m = res["missed"]
+    assert res["searches"] == 40 and m["cases"] == res["missed_first_page"] > 0
+    for s in ("block", "page2", "trending"):
+        assert 0 <= m[s]["hr@10"] <= 1
+    assert res["signal"]["flagged"] == 0  # every tiny-demo search has a full page: the count signal stays quiet
