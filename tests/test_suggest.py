@@ -216,3 +216,22 @@ def test_searches_logged_by_the_service_reach_the_suggester(sug_engine):
         assert c.get("/search", params={"q": "华为手机", "k": 3, "log": "false"}).status_code == 200
         assert app.state.impressions.flush()
     assert sug.live[sid] == before + 3  # the monitoring search (log=false) does not count
+
+
+def test_the_one_key_bound_picks_the_best_eight_lists_with_hindsight():
+    from eval.suggest import one_key_bound
+
+    texts_ = ["蓝牙", "蓝牙耳机", "蓝月亮"] + [f"手{c}" for c in "机表套链环镯帕绢提"]
+    targets = ["蓝牙耳机降噪", "蓝月亮洗衣液", "手机壳", "手表带", "水杯"]
+    # hanzi: 蓝 → 蓝牙耳机 and 蓝月亮 both fit in 8; 手 → 手机, 手表; 水 has nothing: 4 of 5
+    assert one_key_bound(texts_, targets, "hanzi") == 0.8
+    # initials: "s" groups 手机壳, 手表带, 水杯 (one list for all three): still 4 of 5 here
+    assert one_key_bound(texts_, targets, "initials") == 0.8
+    # with only one slot per key the bound falls
+    import eval.suggest as es
+
+    old, es.K = es.K, 1
+    try:
+        assert one_key_bound(texts_, targets, "hanzi") == 0.4  # one of 蓝…, one of 手…
+    finally:
+        es.K = old
