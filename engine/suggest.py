@@ -147,9 +147,8 @@ class Suggester:
             cats = ix.category[sids]
             score = score * (1.0 + self.cfg.category_boost * np.where(cats >= 0, share[np.maximum(cats, 0)], 0.0))
         order = np.lexsort((sids, -score))
-        out = [
-            self._suggestion(s, float(score.max()) + 1.0 + (len(recent) - i), "recent") for i, s in enumerate(recent)
-        ]
+        top = float(score.max()) if len(score) else 0.0
+        out = [self._suggestion(s, top + 1.0 + (len(recent) - i), "recent") for i, s in enumerate(recent)]
         for i in order:
             if len(out) >= k:
                 break

@@ -93,3 +93,5 @@ def test_facets_over_http(engine):
         assert "facets" not in c.get("/search", params={"q": "蓝牙耳机"}).json()
         r = c.get("/search", params={"q": "蓝牙耳机", "facets": "size"})
         assert r.status_code == 422 and "facets" in r.text
+        r = c.get("/suggest", params={"q": "lanya"})  # this config builds no suggestions
+        assert r.status_code == 404 and "suggest.enabled" in r.text

@@ -204,3 +204,27 @@ def test_apply_rules_keeps_order_without_rules():
 
     rows, scores, moved = apply_rules([], np.array([2, 0, 1]), np.array([3.0, 2.0, 1.0]), P(), np.ones(3, bool))
     assert rows.tolist() == [2, 0, 1] and moved == {}
+
+
+def test_rules_from_the_yaml_file_apply_are_read_only_and_their_edits_count(engine, tmp_path):
+    from engine.rule_book import RuleBook
+
+    pinned = other_product(engine, "手机", 50)
+    f = tmp_path / "rules.yaml"
+    f.write_text(
+        "rules:\n  - id: file-pin\n    condition: {query: {exact: 手机}}\n"
+        f"    consequence: {{pin: [{{product: {pinned}, position: 1}}]}}\n",
+        encoding="utf-8",
+    )
+    engine.rules = RuleBook(engine.cfg.index_dir, f, engine.rules.normalize)
+    res = engine.query("手机", k=3)
+    assert ids(res)[0] == pinned and res.rules["fired"] == ["file-pin"]
+    with pytest.raises(RuleError) as e:
+        engine.rules.put(rule("file-pin", {"any": True}, {"hide": [pinned]}))
+    assert e.value.field == "id" and "YAML" in str(e.value)
+    v1 = engine.rules.rules()[0]
+    f.write_text(f.read_text(encoding="utf-8").replace("exact: 手机", "exact: 手机壳"), encoding="utf-8")
+    assert engine.rules.rules()[0] != v1 and ids(engine.query("手机", k=3))[0] != pinned
+    f.write_text("rules:\n  - id: broken\n    condition: {query: {exact: x}}\n    consequence: {pin: 3}\n")
+    with pytest.raises(RuleError, match="rules.yaml: rules\\[0\\].consequence.pin"):
+        engine.rules.rules()

@@ -37,7 +37,12 @@ def serving_app(config, overrides: list[str]):
     app = create_app(engine)
     engine.query(engine.products.titles[0], k=10)
     if engine.cfg.suggest.enabled:
-        engine.suggester().load_logged()  # the searches logged before this start count in suggestions
+        from indexer.store import IndexLoadError
+
+        try:
+            engine.suggester().load_logged()  # the searches logged before this start count in suggestions
+        except IndexLoadError as e:  # an index built before suggestions existed: search serves, /suggest says why
+            logging.getLogger("ecomsearch.service").warning("no query suggestions until `make index`: %s", e)
     return app
 
 

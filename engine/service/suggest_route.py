@@ -21,6 +21,8 @@ def add_suggest_route(app, engine, dependencies, impressions=None) -> None:
         unknown = sorted(set(request.query_params) - SUGGEST_PARAMS)
         if unknown:
             raise ApiError(422, unknown[0], f"unknown parameter; use {', '.join(sorted(SUGGEST_PARAMS))}")
+        if not engine.cfg.suggest.enabled:
+            raise ApiError(404, None, "this service has no query suggestions (suggest.enabled is false)")
         if q is None:
             raise ApiError(422, "q", "missing: the text typed so far")
         if len(q) > 100:
@@ -29,7 +31,7 @@ def add_suggest_route(app, engine, dependencies, impressions=None) -> None:
             raise ApiError(422, "user", problem)
         return {"q": q, "suggestions": [s.to_dict() for s in engine.suggest(q, k, user)]}
 
-    if impressions is not None:
+    if impressions is not None and engine.cfg.suggest.enabled:
 
         def count(items) -> None:
             sug = engine.suggester()
