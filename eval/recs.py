@@ -83,6 +83,51 @@ def targets(test, row_of: dict, train_users: set, visit: float, basket: float, t
     return out
 
 
+def trained_recommender(engine, train, row_of: dict, cut: float, cfg):
+    """Our recommender over models built from the training engagements (and trending as of the cut); the
+    seconds the build took."""
+    from engine.recommend import Recommender
+    from engine.recs import RecModels
+    from finetune.recs import build
+
+    products = engine.products
+    eng = [e for e in train if e.event in GAINS]
+    rows = [row_of[e.product_id] for e in eng]
+    t0 = time.perf_counter()
+    similar, together, items, card = build(
+        [e.user_id for e in eng],
+        rows,
+        [e.event for e in eng],
+        [e.timestamp for e in eng],
+        len(products),
+        cfg.recs,
+        categories=(products.category_codes, products.categories),
+    )
+    build_s = time.perf_counter() - t0
+    rec = Recommender(engine.version, RecModels(similar, together, items, cfg.recs.regularization, card), cfg.recs)
+    hl = cfg.recs.trending_half_life_hours * 3600.0
+    weights = [GAINS[e.event] * 2.0 ** (-(cut - e.timestamp) / hl) for e in eng]
+    rec.set_trending(np.bincount(rows, weights=weights, minlength=len(products)), cut)
+    return rec, card, build_s
+
+
+def history_before(events: list, t: float, row_of: dict, cfg):
+    """A user's history (:class:`engine.events.history.History`) from their log events before ``t``, as the
+    store would give it (newest engagements and searches first)."""
+    from engine.events.history import make_history
+
+    ev = [e for e in events if e.timestamp < t][::-1][: cfg.recs.history_events]
+    eng_ev = [e for e in ev if e.event in GAINS]
+    return make_history(
+        [row_of[e.product_id] for e in eng_ev],
+        [e.event for e in eng_ev],
+        [e.timestamp for e in eng_ev],
+        [e.query for e in eng_ev],
+        [(e.query, e.timestamp) for e in ev if e.event not in GAINS],
+        cfg.recs.history_searches,
+    )
+
+
 def rank_metrics(ranked: list[np.ndarray], truth: list[int], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Per case: hit@k and NDCG@k of one target."""
     hit, ndcg = np.zeros(len(truth)), np.zeros(len(truth))
@@ -134,11 +179,7 @@ def evaluate(
     from tqdm import tqdm
 
     from core.formats.clicklog import read_clicklog
-    from engine.events.history import make_history
-    from engine.recommend import Recommender
-    from engine.recs import RecModels
     from engine.search import SearchEngine
-    from finetune.recs import build
 
     engine = SearchEngine.from_config(cfg)
     products = engine.products
@@ -146,28 +187,10 @@ def evaluate(
     train, test, cut = split_events(read_clicklog(cfg.finetune.train), row_of, test_days, valid)
     eng = [e for e in train if e.event in GAINS]
     users, rows = [e.user_id for e in eng], [row_of[e.product_id] for e in eng]
-    t0 = time.perf_counter()
-    similar, together, items, card = build(
-        users,
-        rows,
-        [e.event for e in eng],
-        [e.timestamp for e in eng],
-        len(products),
-        cfg.recs,
-        categories=(products.category_codes, products.categories),
-    )
-    build_s = time.perf_counter() - t0
-    rec = Recommender(engine.version, RecModels(similar, together, items, cfg.recs.regularization, card), cfg.recs)
+    rec, card, build_s = trained_recommender(engine, train, row_of, cut, cfg)
     t0 = time.perf_counter()
     base = Baselines(users, rows, np.array([GAINS[e.event] for e in eng]), len(products), cfg.recs.factors)
     base_s = time.perf_counter() - t0
-    hl = cfg.recs.trending_half_life_hours * 3600.0
-    rec.set_trending(
-        np.bincount(
-            rows, weights=[GAINS[e.event] * 2.0 ** (-(cut - e.timestamp) / hl) for e in eng], minlength=len(products)
-        ),
-        cut,
-    )
     titles = [products.titles[i] for i in range(len(products))]
     cases = targets(test, row_of, set(users), cfg.recs.visit_minutes * 60.0, cfg.recs.basket_days * 86400.0, titles)
     history: dict[str, list] = {}
@@ -194,16 +217,7 @@ def evaluate(
         for seed, target, t in tqdm(todo, desc=f"eval {task}", disable=not progress):
             t1 = time.perf_counter()
             if task == "for_you":
-                ev = [e for e in history[seed] if e.timestamp < t][::-1][: cfg.recs.history_events]
-                eng_ev = [e for e in ev if e.event in GAINS]
-                hist = make_history(
-                    [row_of[e.product_id] for e in eng_ev],
-                    [e.event for e in eng_ev],
-                    [e.timestamp for e in eng_ev],
-                    [e.query for e in eng_ev],
-                    [(e.query, e.timestamp) for e in ev if e.event not in GAINS],
-                    cfg.recs.history_searches,
-                )
+                hist = history_before(history[seed], t, row_of, cfg)
                 scores, _, _ = rec.for_history(hist, None, mask, None, now=cut)
                 ranked["ours"].append(rec.top(scores, mask, k))
             elif task == "similar":

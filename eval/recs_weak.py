@@ -24,7 +24,7 @@ import numpy as np
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 from core.cli import command, load, run
 
-GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
+from eval.recs import GAINS
 
 
 def searches(test, row_of: dict) -> list[tuple[str, str, int, float]]:
@@ -48,38 +48,15 @@ def evaluate(cfg, test_days: float = 10.0, limit: int | None = None, progress: b
     from tqdm import tqdm
 
     from core.formats.clicklog import read_clicklog
-    from engine.events.history import make_history
-    from engine.recommend import Recommender
-    from engine.recs import RecModels
     from engine.search import SearchEngine
     from engine.service.recommend_route import weak_reason
-    from eval.recs import split_events
-    from finetune.recs import build
+    from eval.recs import history_before, split_events, trained_recommender
 
     engine = SearchEngine.from_config(cfg)
     p = engine.products
     row_of = p.row_map()
     train, test, cut = split_events(read_clicklog(cfg.finetune.train), row_of, test_days)
-    eng = [e for e in train if e.event in GAINS]
-    similar, together, items, card = build(
-        [e.user_id for e in eng],
-        [row_of[e.product_id] for e in eng],
-        [e.event for e in eng],
-        [e.timestamp for e in eng],
-        len(p),
-        cfg.recs,
-        categories=(p.category_codes, p.categories),
-    )
-    rec = Recommender(engine.version, RecModels(similar, together, items, cfg.recs.regularization, card), cfg.recs)
-    hl = cfg.recs.trending_half_life_hours * 3600.0
-    rec.set_trending(
-        np.bincount(
-            [row_of[e.product_id] for e in eng],
-            weights=[GAINS[e.event] * 2.0 ** (-(cut - e.timestamp) / hl) for e in eng],
-            minlength=len(p),
-        ),
-        cut,
-    )
+    rec, _, _ = trained_recommender(engine, train, row_of, cut, cfg)
     history: dict[str, list] = {}
     for e in sorted(train + test, key=lambda e: e.timestamp):
         history.setdefault(e.user_id, []).append(e)
@@ -91,16 +68,7 @@ def evaluate(cfg, test_days: float = 10.0, limit: int | None = None, progress: b
         res = engine.query(q, k=20)
         ids = [row_of[h.product_id] for h in res.hits]
         page1, page2 = ids[:10], ids[10:20]
-        ev = [e for e in history.get(user, []) if e.timestamp < t][::-1][: cfg.recs.history_events]
-        eng_ev = [e for e in ev if e.event in GAINS]
-        hist = make_history(
-            [row_of[e.product_id] for e in eng_ev],
-            [e.event for e in eng_ev],
-            [e.timestamp for e in eng_ev],
-            [e.query for e in eng_ev],
-            [(e.query, e.timestamp) for e in ev if e.event not in GAINS],
-            cfg.recs.history_searches,
-        )
+        hist = history_before(history.get(user, []), t, row_of, cfg)
         scores, _, _ = rec.for_history(hist, q, mask, None, now=t)
         block = [r for r in rec.top(scores, mask, 10 + len(page1)) if r not in page1][:10]
         trend = [r for r in rec.top(trend_scores, mask, 20) if r not in page1][:10]
