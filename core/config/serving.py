@@ -26,7 +26,7 @@ class SearchConfig:
     # recent results kept per (query, filters, k, offset, user-profile version, index version); 0: no cache
     cache_size: int = 2048
     # facet counts (query(facets=...)) are over the matching set: the products holding facet_min_match of the
-    # query's word tokens (the facet_depth best by BM25) and the ranked hits; filters apply disjunctively
+    # query's word tokens (the facet_depth best by BM25); filters apply disjunctively
     facet_min_match: float = 0.75
     facet_depth: int = 10000
     facet_values: int = 20  # the most values listed per facet (by count; a selected value always)
