@@ -43,20 +43,11 @@ def round_step(span: float, buckets: int) -> float:
 def _filter_masks(p, rows: np.ndarray, filters: dict) -> dict[str, np.ndarray]:
     """Per filtered facet, which matching rows pass that filter."""
     out = {}
-    for name, codes, vocab in (("category", p.category_codes, p.categories), ("brand", p.brand_codes, p.brands)):
-        wanted = filters.get(name)
-        if wanted is not None:
-            wanted = [wanted] if isinstance(wanted, str) else list(wanted)
-            pos = {v: i for i, v in enumerate(vocab)}
-            out[name] = np.isin(codes[rows], [pos[v] for v in wanted if v in pos])
+    for name in ("category", "brand"):
+        if filters.get(name) is not None:
+            out[name] = p.mask(rows=rows, **{name: filters[name]})
     if filters.get("price_min") is not None or filters.get("price_max") is not None:
-        price = p.prices[rows]
-        keep = np.isfinite(price)
-        if filters.get("price_min") is not None:
-            keep &= price >= filters["price_min"]
-        if filters.get("price_max") is not None:
-            keep &= price <= filters["price_max"]
-        out["price"] = keep
+        out["price"] = p.mask(price_min=filters.get("price_min"), price_max=filters.get("price_max"), rows=rows)
     return out
 
 
@@ -89,24 +80,22 @@ def facet_counts(version, text: str, filters: dict | None, names: list[str]) -> 
         if name == "price":
             block = _histogram(p.prices[r], cfg.price_buckets, filters)
         else:
-            codes, vocab = (p.category_codes, p.categories) if name == "category" else (p.brand_codes, p.brands)
-            block = _values(codes[r], vocab, filters.get(name), cfg.facet_values)
+            codes, vocab = p.column(name)
+            block = _values(codes[r], vocab, p.codes_of(name, filters.get(name) or []), cfg.facet_values)
         if block is not None:
             out[name] = block
     return {"matched": int(len(rows)), "ms": round((time.perf_counter() - t0) * 1000, 3), "facets": out}
 
 
-def _values(codes: np.ndarray, vocab, selected, limit: int) -> list[dict] | None:
+def _values(codes: np.ndarray, vocab, selected: list[int], limit: int) -> list[dict] | None:
+    """The ``limit`` largest counts and every selected value (``selected``: their codes)."""
     if not len(vocab):
         return None  # the catalog has no such column
-    selected = [] if selected is None else ([selected] if isinstance(selected, str) else list(selected))
     counts = np.bincount(codes[codes >= 0], minlength=len(vocab))
     order = np.lexsort((np.arange(len(vocab)), -counts))
     shown = [int(i) for i in order[:limit] if counts[i] > 0]
-    pos = {v: i for i, v in enumerate(vocab)}
-    shown += [pos[v] for v in selected if v in pos and pos[v] not in shown]
-    chosen = set(selected)
-    return [{"value": vocab[i], "count": int(counts[i]), "selected": vocab[i] in chosen} for i in shown]
+    shown += [c for c in selected if c not in shown]
+    return [{"value": vocab[i], "count": int(counts[i]), "selected": i in selected} for i in shown]
 
 
 def _histogram(prices: np.ndarray, buckets: int, filters: dict) -> dict | None:

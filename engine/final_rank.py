@@ -59,7 +59,8 @@ def rank_candidates(
         X = features(cand, profile if ranker.uses_personal else None)
         score, base = ranker.score(X, personalize, warm=profile is not None)
         # a tree ensemble scores in steps: candidates it cannot tell apart keep the z-score mix's order
-        order = np.lexsort((-combine(cand.ce, cand.first, r.weight), -score))
+        mix = combine(cand.ce, cand.first, r.weight)
+        order = np.lexsort((-mix, -score))
     else:
         score = combine(cand.ce, cand.first, r.weight)
         order = np.argsort(-score, kind="stable")
@@ -67,7 +68,7 @@ def rank_candidates(
     lifted = np.zeros(len(rows), dtype=bool)
     if base is not None and profile is not None:  # ranked higher with the shopper's history than without it
         base_pos = np.empty(n, dtype=np.int64)
-        base_pos[np.lexsort((-combine(cand.ce, cand.first, r.weight), -base))] = np.arange(n)
+        base_pos[np.lexsort((-mix, -base))] = np.arange(n)
         lifted = base_pos[order] > np.arange(n)
     if k > n:  # the hybrid ranking continues below the reranked candidates
         tail = reciprocal_rank_fusion(cand.lists, k)

@@ -66,6 +66,11 @@ class RuleBook:
                 self._rules, self._version, self._seen = rules, version, stamp
         return self._version, list(self._rules)
 
+    @property
+    def version(self) -> int:
+        """The version of the rules last read (:meth:`rules`, :meth:`firing`)."""
+        return self._version
+
     def put(self, rule: Rule) -> int:
         """Add or replace a stored rule; the new version."""
         if any(r.id == rule.id and r.source != "store" for r in self.rules()[1]):

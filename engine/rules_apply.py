@@ -18,14 +18,10 @@ def apply_rules(rules: list[Rule], rows: np.ndarray, scores: np.ndarray, product
     spread = float(scores.std()) if len(scores) > 1 and scores.std() > 0 else 1.0
     for r in rules:
         for b in r.consequence.get("boost", []):
-            codes, vocab = (
-                (products.category_codes, products.categories)
-                if b["field"] == "category"
-                else (products.brand_codes, products.brands)
-            )
-            if b["value"] not in vocab:
+            code = products.codes_of(b["field"], b["value"])
+            if not code:
                 continue
-            hit = codes[rows] == vocab.index(b["value"])
+            hit = products.column(b["field"])[0][rows] == code[0]
             scores[hit] += b["weight"] * spread
             for row in rows[hit]:
                 moved.setdefault(int(row), []).append(r.id)
@@ -69,8 +65,8 @@ def ruled_query(version, book: RuleBook, text: str, k: int, offset: int, filters
 
     from core.types import SearchResult
 
-    number, _ = book.rules()
     fired = book.firing(text, filters)
+    number = book.version  # of the rules firing just read
     if not fired:
         res = run(k, offset)
         if number:

@@ -28,6 +28,7 @@ from indexer.suggest import clean
 from indexer.suggest_index import SuggestIndex, typed_keys
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_LATIN = re.compile(r"^[a-z0-9]+$")  # a prefix that may carry one typo
 _PINYIN_SEP = re.compile(r"(?<=[a-z])['\s]+(?=[a-z])")
 MAX_K = 20
 
@@ -132,7 +133,7 @@ class Suggester:
         found = {int(s): "popular" for s in ix.completions(p)}
         if " " in p:
             found.update((int(s), "popular") for s in ix.completions(p.replace(" ", "")) if int(s) not in found)
-        if len(found) < k and ix.is_latin(p) and len(p) >= self.cfg.typo_min_letters:
+        if len(found) < k and _LATIN.match(p) and len(p) >= self.cfg.typo_min_letters:
             for v in one_edit(p):
                 if ix.has_prefix(v):
                     found.update((int(s), "typo") for s in ix.completions(v) if int(s) not in found)

@@ -94,6 +94,7 @@ class ProductTable:
         self.brands = brands
         self.prices = prices
         self._row_of: dict[str, int] | None = None
+        self._code_of: dict[str, dict[str, int]] = {}  # per column, value → code (built once)
 
     @classmethod
     def from_catalog(cls, catalog: Catalog) -> "ProductTable":
@@ -163,28 +164,44 @@ class ProductTable:
         """Row of a product id (KeyError if absent)."""
         return self.row_map()[pid]
 
+    def column(self, name: str) -> tuple[np.ndarray, list[str]]:
+        """(codes per row, values) of the ``category`` or ``brand`` column."""
+        if name == "category":
+            return self.category_codes, self.categories
+        if name == "brand":
+            return self.brand_codes, self.brands
+        raise KeyError(name)
+
+    def codes_of(self, name: str, values: str | Sequence[str]) -> list[int]:
+        """The codes of ``values`` in a column (values the catalog does not have are left out)."""
+        pos = self._code_of.get(name)
+        if pos is None:
+            pos = self._code_of[name] = {v: i for i, v in enumerate(self.column(name)[1])}
+        wanted = [values] if isinstance(values, str) else list(values)
+        return [pos[v] for v in wanted if v in pos]
+
     def mask(
         self,
         category: str | Sequence[str] | None = None,
         brand: str | Sequence[str] | None = None,
         price_min: float | None = None,
         price_max: float | None = None,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Boolean mask of the products that pass every given filter."""
-        keep = np.ones(len(self), dtype=bool)
-        for values, codes, vocab in (
-            (category, self.category_codes, self.categories),
-            (brand, self.brand_codes, self.brands),
-        ):
-            if values is None:
-                continue
-            wanted = [values] if isinstance(values, str) else list(values)
-            pos = {v: i for i, v in enumerate(vocab)}
-            keep &= np.isin(codes, [pos[v] for v in wanted if v in pos])
-        if price_min is not None:
-            keep &= self.prices >= price_min  # NaN (no price) fails a price filter
-        if price_max is not None:
-            keep &= self.prices <= price_max
+        """Boolean mask of the products that pass every given filter (of ``rows`` only, in their order, when
+        given)."""
+        n = len(self) if rows is None else len(rows)
+        keep = np.ones(n, dtype=bool)
+        for name, values in (("category", category), ("brand", brand)):
+            if values is not None:
+                codes = self.column(name)[0]
+                keep &= np.isin(codes if rows is None else codes[rows], self.codes_of(name, values))
+        if price_min is not None or price_max is not None:
+            prices = self.prices if rows is None else self.prices[rows]
+            if price_min is not None:
+                keep &= prices >= price_min  # NaN (no price) fails a price filter
+            if price_max is not None:
+                keep &= prices <= price_max
         return keep
 
     def save(self, folder: Path) -> None:

@@ -131,25 +131,18 @@ def catalog_candidates(products, cfg, t2s: bool) -> Counter:
             for i in range(len(words) - size + 1):
                 seen.add(tuple(words[i : i + size]))
         df.update(seen)
+    widest: dict[tuple, int] = {}  # per segment, the titles of its most frequent one-word extension
+    for seg, c in df.items():
+        widest[seg[:-1]] = max(widest.get(seg[:-1], 0), c)
     for seg, c in df.items():
         text = "".join(seg)
         if len(seg) == 4 or c < cfg.segment_min_products or not (2 <= len(text) <= 12 and _HAN.search(text)):
             continue
         # a fragment of a longer phrase (手机4g全 of 手机4g全网通) is no suggestion: keep the maximal one
-        if any(df[seg + (w,)] >= MAXIMAL * c for w in _next_words(df, seg)):
+        if widest.get(seg, 0) >= MAXIMAL * c:
             continue
         out[text] += cfg.catalog_weight * c
     return out
-
-
-def _next_words(df: Counter, seg: tuple) -> list[str]:
-    nxt = getattr(df, "_next", None)
-    if nxt is None:
-        nxt = {}
-        for s in df:
-            nxt.setdefault(s[:-1], []).append(s[-1])
-        df._next = nxt  # type: ignore[attr-defined]
-    return nxt.get(seg, [])
 
 
 def merge_spacing(pop: Counter) -> Counter:

@@ -26,7 +26,6 @@ import numpy as np
 FILES = ("keys.marisa", "texts.marisa", "prefixes.marisa", "arrays.npz", "suggest.json")
 MAX_DEPTH = 16  # prefixes up to this many characters may be frequent (longer ones walk the trie)
 _HAN = re.compile(r"[\u4e00-\u9fff]")
-_LATIN = re.compile(r"^[a-z0-9]+$")
 
 
 def syllables(text: str) -> list[str]:
@@ -221,6 +220,3 @@ class SuggestIndex:
 
     def has_prefix(self, prefix: str) -> bool:
         return next(self.keys.iterkeys(prefix), None) is not None
-
-    def is_latin(self, prefix: str) -> bool:
-        return bool(_LATIN.match(prefix))
