@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from finetune.ranker import POSITION, lambdarank_params, model_inputs, train_set
+from finetune.ranker_fit import POSITION, lambdarank_params, model_inputs, train_set
 from finetune.ranker_sessions import Dataset
 
 

@@ -251,6 +251,17 @@ class Dataset:
             Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1], w[1]),
         )
 
+    def take(self, sessions: np.ndarray) -> "Dataset":
+        """The sessions where the boolean mask ``sessions`` is true, in their order."""
+        sessions = np.asarray(sessions, dtype=bool)
+        rows = np.repeat(sessions, self.groups)
+
+        def part(a):
+            return None if a is None else a[rows]
+
+        kept = [s for s, k in zip(self.sessions, sessions) if k]
+        return Dataset(self.X[rows], self.y[rows], self.groups[sessions], kept, part(self.position), part(self.weight))
+
     def shuffled(self, seed: int = 0) -> "Dataset":
         """The same sessions with rows in a random order within each (seeded): a ranking that cannot tell
         rows apart must not inherit the logged order (its position bias) when it is measured."""

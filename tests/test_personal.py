@@ -349,7 +349,7 @@ def test_validation_rows_are_shuffled_within_their_sessions_only():
 
 def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
     from engine.ranker import Ranker
-    from finetune.ranker import fit
+    from finetune.ranker_fit import fit
     from core.config import RankerTrainConfig
 
     data = _logged_data(np.random.default_rng(1), personal_effect=0.0)
@@ -371,7 +371,7 @@ def test_the_logged_position_is_learned_and_is_a_constant_at_serving(tmp_path):
 
 def test_the_staged_ranker_keeps_a_personal_boost_only_when_held_out_sessions_confirm_it(tmp_path):
     from engine.ranker import Ranker
-    from finetune.ranker import fit_staged, personal_gain
+    from finetune.ranker_personal import fit_staged, personal_gain
     from core.config import RankerTrainConfig
 
     tcfg = RankerTrainConfig(num_rounds=80, early_stopping=20)
@@ -400,6 +400,32 @@ def test_the_staged_ranker_keeps_a_personal_boost_only_when_held_out_sessions_co
     cold = np.zeros_like(H)
     np.testing.assert_allclose(full - base, 0.9 * (h.predict(H) - h.predict(cold)))  # the vouched-for share
     np.testing.assert_array_equal(ranker.score(X, 1.0, warm=False)[0], base)
+
+
+def test_cross_validation_sees_a_weak_taste_that_one_held_out_slice_misses():
+    """A weak personal effect: the last 15% of 1,000 sessions cannot tell it from noise, five folds over all of
+    them can (and still refuse a booster where there is no effect), and the booster is fitted on every session
+    with the number of trees the folds chose."""
+    from finetune.ranker_fit import fit_base
+    from finetune.ranker_personal import fit_personal_cv, personal_gain, fit_staged
+    from core.config import RankerTrainConfig
+
+    tcfg = RankerTrainConfig(num_rounds=60, early_stopping=20)
+    feats = ["ce", "bm25_score", "brand_ctr", "history"]
+    checks = {}
+    for effect in (0.35, 0.0):
+        data = _logged_data(np.random.default_rng(5), n_sessions=1000, personal_effect=effect)
+        train, valid = data.split(850)
+        valid = valid.shuffled()
+        g, h, *_ = fit_staged(train, valid, tcfg, feats, progress=False)
+        held_out = personal_gain(g, h, valid)
+        g, _, _ = fit_base(train, valid, tcfg, ["ce", "bm25_score"], progress=False)
+        h, curve, cv = fit_personal_cv(g, data, tcfg, ["brand_ctr", "history"])
+        assert cv["sessions"] == 1000 and cv["folds"] == 5 and 1 <= cv["trees"] <= 60 and len(curve) == 60
+        assert h.current_iteration() == cv["trees"]
+        checks[effect] = (held_out["z"], cv["z"])
+    assert checks[0.35][0] < 1.645 < checks[0.35][1]  # one slice misses the taste, five folds see it
+    assert checks[0.0][1] < 1.645  # and no taste is still none
 
 
 def test_price_bands_are_quantiles_within_each_category():
@@ -674,7 +700,7 @@ def test_the_config_chooses_the_event_store_and_postgres_needs_a_dsn(tmp_path, p
 
 
 def test_cross_validation_folds_keep_every_session_whole():
-    from finetune.ranker import session_folds
+    from finetune.ranker_fit import session_folds
 
     groups = np.array([3, 1, 4, 2, 5, 2, 3])
     folds = session_folds(groups, 3, seed=1)
@@ -690,7 +716,7 @@ def test_cross_validation_folds_keep_every_session_whole():
 
 
 def test_cross_validation_chooses_the_rounds_and_fits_every_session():
-    from finetune.ranker import fit_cv
+    from finetune.ranker_fit import fit_cv
     from finetune.ranker_sessions import Dataset
     from core.config import RankerTrainConfig
 

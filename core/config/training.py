@@ -110,6 +110,9 @@ class RankerTrainConfig:
     # the personal booster ships only when the held-out sessions' NDCG@10 gain is this many standard errors
     # above 0 (1.645: a one-sided 5% test); then it is shrunk by 1 − 1/z²
     personal_min_z: float = 1.645
+    # ... judged by this many folds of cross-validation over all training sessions (each validates once; the
+    # number of the personal booster's trees chosen there too); 0: by the last valid_fraction alone
+    personal_folds: int = 5
     seed: int = 0
 
 
