@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         f.write(json.dumps({"line": line, "reason": reason}, ensure_ascii=False) + "\n")
             print(rep.summary())
         elif args.cmd == "forget":
-            print(f"forgot {events.forget(args.user_id)} events and the profile")
+            n = engine.forget_user(args.user_id)  # also into the ledger of forgotten users (engine.forgotten)
+            print(f"forgot {n} events and the profile")
         else:
             print(f"dropped {events.purge()} events past the retention")
     except (ConfigError, IndexLoadError, ModelMissingError, EventError, PrivacyError, ClickLogError) as e:

@@ -70,9 +70,12 @@ def _norm(x: np.ndarray) -> np.ndarray:
 class Recommender:
     """Recommendations on one index version (``version``: :class:`engine.version.IndexVersion`)."""
 
-    def __init__(self, version, models, cfg, clock=time.time):
+    def __init__(self, version, models, cfg, clock=time.time, paused: str | None = None):
+        """``paused``: why the built models are not used (a user was forgotten after their build,
+        :mod:`engine.forgotten`); every list then says so in its ``source``."""
         self.v = version
-        self.models = models  # engine.recs.RecModels or None
+        self.models = None if paused else models  # engine.recs.RecModels or None
+        self.paused = paused
         self.cfg = cfg  # core.config.RecsConfig
         self.clock = clock
         self.products = version.products
@@ -83,7 +86,7 @@ class Recommender:
         self._lock = threading.Lock()
         titles = self.products.titles
         self._title = lambda r: "".join(titles[int(r)].split()).lower()
-        repeat = set((models.card.get("repeat_categories") if models else None) or [])
+        repeat = set((self.models.card.get("repeat_categories") if self.models else None) or [])
         self.repeat_categories = np.array([c in repeat for c in self.products.categories] + [False], dtype=bool)
 
     # -- the entry point ---------------------------------------------------------------------------------
@@ -116,6 +119,8 @@ class Recommender:
         else:
             scores, parts, source = self.trending(mask)
         hits = self._hits(scores, parts, mask, k, explain, exclude=row)
+        if self.paused:
+            source = f"{source}; {self.paused}"
         return Recommendations(hits, kind, source, {"total": round((time.perf_counter() - t0) * 1000, 2)})
 
     def _row(self, product_id) -> int:

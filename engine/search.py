@@ -89,6 +89,7 @@ class SearchEngine:
         self.load_models = load_models
         self._passage_encoders = {}  # stage -> the encoder added products are embedded with
         self._recommender = None  # (version, models signature, Recommender), built at the first recommend
+        self._forget_seen = None  # the ledger of forgotten users as the suggester last counted (engine.forgotten)
         self._rec_lock = threading.Lock()
         self._suggester = None  # (version, Suggester), loaded at the first suggest
         self.rules = rule_book(cfg)  # merchandising rules (engine.rules), re-read when they change
@@ -360,39 +361,65 @@ class SearchEngine:
         keeps the searches counted online."""
         from engine.suggest import load_suggester
 
+        from engine import forgotten
+
         v, held = self._version, self._suggester
         if held is None or held[0] is not v:
             with self._rec_lock:
                 held = self._suggester
                 if held is None or held[0] is not v:
                     self._suggester = held = (v, load_suggester(v, held[1] if held is not None else None))
+        gone = forgotten.signature(v.cfg)
+        if gone != self._forget_seen:  # a user was forgotten (by any process): their searches leave the counts
+            self._forget_seen = gone
+            if held[1].loaded:
+                held[1].reload_logged()
         return held[1]
 
     def recommender(self):
         """The :class:`engine.recommend.Recommender` of the version answering now, rebuilt when the version or
         the recommendation models (``recs.models``; `make retrain` swaps them) changed."""
+        from engine import forgotten
         from engine.recommend import Recommender
         from engine.recs import load as load_recs, models_dir, signature
 
         v = self._version
         cfg = v.cfg.recs
         path = models_dir(v.cfg)
-        sig = signature(path)
+        sig = (signature(path), forgotten.signature(v.cfg))
         held = self._recommender
         if held is not None and held[0] is v and held[1] == sig:
             return held[2]
         with self._rec_lock:
             held = self._recommender
             if held is None or held[0] is not v or held[1] != sig:
-                models = load_recs(path, v.products.ids.tolist()) if sig is not None else None
+                models = load_recs(path, v.products.ids.tolist()) if sig[0] is not None else None
+                paused = None
+                if models is not None and sig[1] is not None:
+                    built = float(models.card.get("built_at", 0.0))
+                    if forgotten.latest(v.cfg) >= built:
+                        paused = (
+                            "behaviour models paused: a user was forgotten after they were built; "
+                            "`make retrain` or `python -m finetune.recs` builds them without that user"
+                        )
                 if held is not None:
                     held[2].detach()
-                self._recommender = held = (v, sig, Recommender(v, models, cfg))
+                self._recommender = held = (v, sig, Recommender(v, models, cfg, paused=paused))
             return held[2]
 
     def forget_user(self, user_id: str) -> int:
-        """Delete every event and the profile of a user; returns the number of events deleted."""
-        return self._version.forget_user(user_id)
+        """Delete every event and the profile of a user; returns the number of events deleted.  A user who had
+        events goes into the ledger of forgotten users (:mod:`engine.forgotten`): recommendation models built
+        before pause, trending and the suggestions' live counts are read again without them."""
+        import time as _time
+
+        from engine import forgotten
+
+        v = self._version
+        n = v.forget_user(user_id)
+        if n:
+            forgotten.record(v.cfg, v.user_events().user_key(user_id, for_write=True), _time.time())
+        return n
 
     def profile(self, user_id: str | None):
         return self._version.profile(user_id)

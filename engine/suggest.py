@@ -121,6 +121,18 @@ class Suggester:
                     self.observe(row[3])
             self._loaded = True
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the logged searches were counted (:meth:`load_logged`)."""
+        return self._loaded
+
+    def reload_logged(self) -> None:
+        """Count the logged searches again from the store (a user was forgotten: their searches left it)."""
+        with self._lock:
+            self.live = np.zeros(len(self.index), dtype=np.float64)
+            self._loaded = False
+        self.load_logged()
+
     def suggest(self, prefix: str, k: int = 8, user_id: str | None = None) -> list[Suggestion]:
         if not isinstance(prefix, str):
             raise QueryError("q", f"must be text, got {type(prefix).__name__}")

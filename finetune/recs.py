@@ -234,17 +234,28 @@ def category_lift(basket: np.ndarray, rows: np.ndarray, codes: np.ndarray, names
 
 
 def build_and_save(
-    out: Path, ids: Sequence[str], users, rows, events, ts, s: RecsConfig | None = None, categories=None
+    out: Path,
+    ids: Sequence[str],
+    users,
+    rows,
+    events,
+    ts,
+    s: RecsConfig | None = None,
+    categories=None,
+    built_at: float | None = None,
 ) -> dict:
     """:func:`build`, written to ``out`` through a staging folder swapped in at the end (a crash leaves the
-    previous models in place)."""
+    previous models in place).  ``built_at`` (default now): when its events were read — a user forgotten
+    later pauses the build (:mod:`engine.forgotten`)."""
     import os
     import shutil
 
+    built_at = time.time() if built_at is None else float(built_at)
     out = Path(out)
     stage = out.with_name(out.name + ".staging")
     shutil.rmtree(stage, ignore_errors=True)
     similar, together, items, card = build(users, rows, events, ts, len(ids), s, categories=categories)
+    card["built_at"] = built_at
     save(stage, similar, together, items, card, ids)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -280,6 +291,26 @@ def events_of_store(user_events, until: float) -> tuple:
             if r is not None and c > 0:
                 users.append(u), rows.append(r), events.append(EVENTS[c]), ts.append(t)
     return users, rows, events, ts
+
+
+def without_forgotten(src: tuple, forgotten: dict[str, float], key) -> tuple[tuple, int]:
+    """The events of ``src`` (users, rows, events, times) less those of forgotten users (``forgotten``: hashed
+    keys, :func:`engine.forgotten.read`; ``key``: a user id -> its hashed key, None where the ids are already
+    keys), and how many were left out."""
+    if not forgotten:
+        return src, 0
+    users = src[0]
+    hashed: dict[str, str] = {}
+    drop = np.zeros(len(users), dtype=bool)
+    for i, u in enumerate(users):
+        h = hashed.get(u)
+        if h is None:
+            h = hashed[u] = u if key is None else key(u)
+        drop[i] = h in forgotten
+    if not drop.any():
+        return src, 0
+    keep = np.flatnonzero(~drop)
+    return tuple([part[i] for i in keep] for part in src), int(drop.sum())
 
 
 def shrunk(out: Path, engagements: int, keep: float = 0.5) -> str | None:
@@ -318,11 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         from engine.search import SearchEngine
 
+        from engine import forgotten
+
         cfg = load(args)
         engine = SearchEngine.from_config(cfg, load_models=False)
         products = engine.products
+        built_at = time.time()
+        gone = forgotten.read(cfg)
         if args.from_store:
-            src = events_of_store(engine.user_events(), time.time())
+            src = events_of_store(engine.user_events(), built_at)
             where = "the event store"
         else:
             train = cfg.finetune.train
@@ -331,13 +366,22 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             src = events_of_log(Path(train), products.row_map())
             where = str(train)
+            if gone:  # the log keeps users the store forgot: leave them out (their ids hashed as the store does)
+                ue = engine.user_events()
+                src, left_out = without_forgotten(src, gone, lambda u: ue.user_key(u, for_write=True))
+                where += f" without {left_out} events of forgotten users"
         out = models_dir(cfg)
         problem = shrunk(out, len(src[0]))
         if problem and not args.force:
             print(f"error: {problem}; the serving models stay (--force to replace them)", file=sys.stderr)
             return 2
         card = build_and_save(
-            out, products.ids.tolist(), *src, cfg.recs, categories=(products.category_codes, products.categories)
+            out,
+            products.ids.tolist(),
+            *src,
+            cfg.recs,
+            categories=(products.category_codes, products.categories),
+            built_at=built_at,
         )
         card.pop("settings", None)
         print(f"recommendation models from {where} -> {out}")

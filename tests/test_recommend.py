@@ -110,7 +110,63 @@ def test_for_you_follows_the_users_newest_click_and_forgetting_resets_it(rec_eng
     assert eng.products.ids[int(cases[2])] in [h.product_id for h in second]  # and what goes with it
     assert eng.products.ids[int(phones[2])] not in [h.product_id for h in second]  # phones are bought once
     eng.forget_user("fan")
-    assert eng.recommend("for_you", user_id="fan", k=5).source.startswith("fallback: trending")
+    gone = eng.recommend("for_you", user_id="fan", k=5)
+    assert gone.source.startswith("fallback: trending") and "paused" in gone.source  # models built before
+    p = eng.products  # a build after the forget serves again (the other tests read the built models)
+    build_and_save(
+        eng.cfg.recs.models,
+        p.ids.tolist(),
+        *_basket_events(eng, phones, cases),
+        eng.cfg.recs,
+        categories=(p.category_codes, p.categories),
+    )
+    assert "paused" not in eng.recommend("for_you", user_id="newcomer", k=5).source
+
+
+def test_a_forgotten_users_share_leaves_every_recommendation_at_once(job_cfg, trained, tmp_path):
+    """One shopper alone links a phone with a pair of earphones (one visit) and alone bought the earphones: after
+    they are forgotten, neither the neighbours built before nor trending show it, and a rebuild from the click
+    log (which still holds them) leaves them out."""
+    from engine import forgotten
+    from finetune.recs import without_forgotten
+
+    cfg = dataclasses.replace(
+        job_cfg,
+        personal=dataclasses.replace(job_cfg.personal, user_key="test-key", path=tmp_path / "events.sqlite"),
+        recs=RecsConfig(models=tmp_path / "recs", factors=8, iterations=5, trending_refresh_seconds=3600),
+    )
+    eng = SearchEngine.from_config(cfg)
+    p = eng.products
+    phone, ear = int(_rows_of(eng, "手机")[0]), int(_rows_of(eng, "耳机")[0])
+    users, rows, events, ts = _basket_events(eng, _rows_of(eng, "手机")[1:4], _rows_of(eng, "手机壳")[1:4], 30)
+    t = time.time() - DAY
+    for r, e, dt in ((phone, "click", 0), (ear, "click", 60), (ear, "purchase", 90)):
+        users.append("loner"), rows.append(r), events.append(e), ts.append(t + dt)
+        eng.record_event("loner", p.ids[r], e, timestamp=t + dt)
+    log = (users, rows, events, ts)
+    build_and_save(cfg.recs.models, p.ids.tolist(), *log, cfg.recs, categories=(p.category_codes, p.categories))
+
+    def behaviour_of_ear():
+        res = eng.recommend("similar", product_id=p.ids[phone], k=10, explain=True)
+        return res, {h.product_id: h.explain.get("behaviour", 0.0) for h in res}.get(p.ids[ear], 0.0)
+
+    res, linked = behaviour_of_ear()
+    assert linked > 0 and "paused" not in res.source
+    assert eng.recommend("trending", k=1)[0].product_id == p.ids[ear]  # the only purchase in the store
+
+    assert eng.forget_user("loner") == 3
+    assert list(forgotten.read(cfg)) == [eng.user_events().user_key("loner")]  # hashed, never the id
+    res, linked = behaviour_of_ear()
+    assert linked == 0 and "paused" in res.source  # at once, in this process and any other reading the ledger
+    assert eng.recommend("trending", k=3).source.startswith("fallback: catalog order")  # no engagement is left
+
+    ue = eng.user_events()
+    kept, left_out = without_forgotten(log, forgotten.read(cfg), lambda u: ue.user_key(u, for_write=True))
+    assert left_out == 3 and "loner" not in kept[0] and len(kept[0]) == len(users) - 3
+    time.sleep(0.01)
+    build_and_save(cfg.recs.models, p.ids.tolist(), *kept, cfg.recs, categories=(p.category_codes, p.categories))
+    res, linked = behaviour_of_ear()
+    assert linked == 0 and res.source == "content (no co-visits for this product)"  # not paused; loner gone
 
 
 def test_for_you_reads_the_query_being_typed(rec_engine):
