@@ -89,7 +89,8 @@ class SearchEngine:
         self.load_models = load_models
         self._passage_encoders = {}  # stage -> the encoder added products are embedded with
         self._recommender = None  # (version, models signature, Recommender), built at the first recommend
-        self._forget_seen = None  # the ledger of forgotten users as the suggester last counted (engine.forgotten)
+        # the ledger of forgotten users (engine.forgotten) as the suggester last counted, and that suggester
+        self._forget_seen: tuple = (None, None)
         self._rec_lock = threading.Lock()
         self._suggester = None  # (version, Suggester), loaded at the first suggest
         self.rules = rule_book(cfg)  # merchandising rules (engine.rules), re-read when they change
@@ -359,9 +360,8 @@ class SearchEngine:
     def suggester(self):
         """The :class:`engine.suggest.Suggester` of the version answering now (its ``suggest`` stage); a reload
         keeps the searches counted online."""
-        from engine.suggest import load_suggester
-
         from engine import forgotten
+        from engine.suggest import load_suggester
 
         v, held = self._version, self._suggester
         if held is None or held[0] is not v:
@@ -370,10 +370,12 @@ class SearchEngine:
                 if held is None or held[0] is not v:
                     self._suggester = held = (v, load_suggester(v, held[1] if held is not None else None))
         gone = forgotten.signature(v.cfg)
-        if gone != self._forget_seen:  # a user was forgotten (by any process): their searches leave the counts
-            self._forget_seen = gone
-            if held[1].loaded:
-                held[1].reload_logged()
+        seen, counted_by = self._forget_seen
+        if counted_by is not held[1]:  # a new suggester: the ledger as it is now
+            self._forget_seen = (gone, held[1])
+        elif gone != seen:  # a user was forgotten (by any process): their searches leave the counts
+            self._forget_seen = (gone, held[1])
+            held[1].reload_logged()
         return held[1]
 
     def recommender(self):
@@ -409,16 +411,20 @@ class SearchEngine:
 
     def forget_user(self, user_id: str) -> int:
         """Delete every event and the profile of a user; returns the number of events deleted.  A user who had
-        events goes into the ledger of forgotten users (:mod:`engine.forgotten`): recommendation models built
-        before pause, trending and the suggestions' live counts are read again without them."""
+        events or logged searches goes into the ledger of forgotten users (:mod:`engine.forgotten`):
+        recommendation models built before pause, trending and the suggestions' live counts are read again
+        without them."""
         import time as _time
 
         from engine import forgotten
 
         v = self._version
+        ue = v.user_events()
+        key = ue.user_key(user_id, for_write=True)
+        events, searches = ue.store.recent(key, 1, 1)  # anything of theirs in the store, before it goes
         n = v.forget_user(user_id)
-        if n:
-            forgotten.record(v.cfg, v.user_events().user_key(user_id, for_write=True), _time.time())
+        if n or events or searches:
+            forgotten.record(v.cfg, key, _time.time())
         return n
 
     def profile(self, user_id: str | None):

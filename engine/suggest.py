@@ -121,11 +121,6 @@ class Suggester:
                     self.observe(row[3])
             self._loaded = True
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the logged searches were counted (:meth:`load_logged`)."""
-        return self._loaded
-
     def reload_logged(self) -> None:
         """Count the logged searches again from the store (a user was forgotten: their searches left it)."""
         with self._lock:

@@ -235,3 +235,23 @@ def test_the_one_key_bound_picks_the_best_eight_lists_with_hindsight():
         assert one_key_bound(texts_, targets, "hanzi") == 0.4  # one of 蓝…, one of 手…
     finally:
         es.K = old
+
+
+def test_a_forgotten_shoppers_searches_leave_the_live_counts(sug_engine):
+    from fastapi.testclient import TestClient
+
+    from engine.service import create_app
+    from engine.service.http import Keys
+
+    sug = sug_engine.suggester()
+    sid = sug.index.sid("华为手机")
+    assert sid is not None
+    app = create_app(sug_engine, watch=False, keys=Keys(admin="a"))
+    with TestClient(app, raise_server_exceptions=False, headers={"Authorization": "Bearer a"}) as c:
+        before = sug_engine.suggester().live[sid]
+        for _ in range(4):
+            assert c.get("/search", params={"q": "华为手机", "k": 3, "user": "leaver"}).status_code == 200
+        assert app.state.impressions.flush()
+        assert sug_engine.suggester().live[sid] == before + 4
+        assert c.delete("/users/leaver").status_code == 200
+        assert sug_engine.suggester().live[sid] == before  # counted again from the store, without them
