@@ -85,11 +85,11 @@ def mnrl_loss(model, batch: Sequence[Example], scale: float, max_negatives: int)
 def distill_kl_loss(model, batch, scale: float, temperature: float = 1.0) -> torch.Tensor:
     """Listwise KL from the teacher's scores to the student's (``scale`` × cosine) over each query's group of
     candidates: the bi-encoder learns the cross-encoder's order among the titles retrieval hands it."""
-    g = len(batch[0][1])
-    q = embed(model, [QUERY_PREFIX + query for query, _, _ in batch])
-    d = embed(model, [PASSAGE_PREFIX + t for _, titles, _ in batch for t in titles]).view(len(batch), g, -1)
+    g = len(batch[0][1])  # each item (query, titles, teacher scores[, the judged positive's place: unused here])
+    q = embed(model, [QUERY_PREFIX + b[0] for b in batch])
+    d = embed(model, [PASSAGE_PREFIX + t for b in batch for t in b[1]]).view(len(batch), g, -1)
     student = scale * torch.einsum("bd,bgd->bg", q, d) / temperature
-    teacher = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32, device=model.device) / temperature
+    teacher = torch.tensor(np.stack([b[2] for b in batch]), dtype=torch.float32, device=model.device) / temperature
     return torch.nn.functional.kl_div(
         torch.log_softmax(student, 1), torch.log_softmax(teacher, 1), log_target=True, reduction="batchmean"
     )

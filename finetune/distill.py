@@ -9,6 +9,12 @@ scoring head) and learns the teacher's order: a listwise KL divergence between t
 the student's scores over groups of a query's candidates (the teacher's best always in the group).  Early
 stopping watches the student's agreement with the teacher (mean per-query Pearson correlation) on held-out
 distillation queries: no judged dev query is used for training or for choosing the checkpoint.
+
+``--init`` starts the student from a trained cross-encoder instead (the shipped 4-layer one, say: it keeps
+its depth and continues from what it learned); ``--label-weight`` adds the listwise cross-entropy of the
+judged positive (training queries whose judged product is among the candidates: it is always in its group) to
+the KL term, so the student learns the teacher's order and the labels together; ``--teacher-quantize int8``
+scores with the teacher's int8 ONNX export (faster; cached apart from the fp32 scores).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -78,9 +85,12 @@ def teacher_scores(
     return out
 
 
-def batches(data, batch_size: int, group: int, rng: np.random.Generator):
-    """Groups of ``group`` candidates per query: the teacher's best plus a random draw of the rest."""
+def batches(data, batch_size: int, group: int, rng: np.random.Generator, positives: dict | None = None):
+    """Groups of ``group`` candidates per query: the teacher's best plus a random draw of the rest, and the
+    judged positive where the query has one among its candidates (``positives``: query -> judged titles).  Each
+    item: (query, titles, teacher scores, index of the judged positive in the group or -1)."""
     usable = [d for d in data if len(d[1]) >= group]
+    positives = positives or {}
     while True:
         order = rng.permutation(len(usable))
         for i in range(0, len(order) - batch_size + 1, batch_size):
@@ -88,23 +98,50 @@ def batches(data, batch_size: int, group: int, rng: np.random.Generator):
             for j in order[i : i + batch_size]:
                 q, titles, s = usable[j]
                 best = int(np.argmax(s))
-                rest = np.delete(np.arange(len(titles)), best)
-                pick = np.concatenate([[best], rng.choice(rest, group - 1, replace=False)])
-                batch.append((q, [titles[p] for p in pick], s[pick]))
+                judged = [k for k, t in enumerate(titles) if t in positives.get(q, ())]
+                first = [best] + [k for k in judged[:1] if k != best]
+                rest = np.setdiff1d(np.arange(len(titles)), first)
+                pick = np.concatenate([first, rng.choice(rest, group - len(first), replace=False)]).astype(int)
+                label = next((g for g, k in enumerate(pick) if k in judged), -1)
+                batch.append((q, [titles[p] for p in pick], s[pick], label))
             yield batch
 
 
-def kl_loss(student, batch, temperature: float = 1.0):
+def kl_loss(student, batch, temperature: float = 1.0, label_weight: float = 0.0):
+    """Listwise KL from the teacher's softmax over each group to the student's; with ``label_weight``, plus that
+    weight times the listwise cross-entropy of the judged positive, over the groups that hold one."""
     import torch
 
     g = len(batch[0][1])
-    queries = [q for q, ts, _ in batch for _ in ts]
-    titles = [t for _, ts, _ in batch for t in ts]
-    logits = student.logits(queries, titles).float().view(len(batch), g) / temperature
-    target = torch.tensor(np.stack([s for _, _, s in batch]), dtype=torch.float32) / temperature
-    return torch.nn.functional.kl_div(
+    queries = [b[0] for b in batch for _ in b[1]]
+    titles = [t for b in batch for t in b[1]]
+    raw = student.logits(queries, titles).float().view(len(batch), g)
+    logits = raw / temperature
+    target = torch.tensor(np.stack([b[2] for b in batch]), dtype=torch.float32) / temperature
+    loss = torch.nn.functional.kl_div(
         torch.log_softmax(logits, 1), torch.log_softmax(target, 1), log_target=True, reduction="batchmean"
     )
+    labels = torch.tensor([b[3] for b in batch], dtype=torch.long)
+    has = labels >= 0
+    if label_weight > 0 and bool(has.any()):
+        loss = loss + label_weight * torch.nn.functional.cross_entropy(raw[has], labels[has])
+    return loss
+
+
+def judged_titles(cfg, engine, queries: Sequence[str]) -> dict[str, set[str]]:
+    """The judged positive titles of those ``queries`` that are training queries (query text -> titles of the
+    judged products the index has)."""
+    from finetune.inputs import load_training_data
+
+    data = load_training_data(cfg)
+    wanted = set(queries)
+    row_of, titles = engine.products.row_map(), engine.products.titles
+    out: dict[str, set[str]] = {}
+    for qid, pos in data.train.positives.items():
+        q = data.train.texts.get(qid)
+        if q in wanted:
+            out.setdefault(q, set()).update(titles[row_of[p]] for p in pos if p in row_of)
+    return out
 
 
 def agreement(student, held) -> float:
@@ -137,6 +174,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--max-length", type=int, default=96)
+    ap.add_argument(
+        "--init",
+        default=None,
+        help="start the student from this cross-encoder (e.g. the shipped smaller one) instead of the teacher's "
+        "first --layers layers",
+    )
+    ap.add_argument(
+        "--label-weight",
+        type=float,
+        default=0.0,
+        help="add this weight times the listwise cross-entropy of the judged positive (training queries)",
+    )
+    ap.add_argument(
+        "--teacher-quantize",
+        choices=("none", "int8"),
+        default="none",
+        help="score with the teacher's ONNX export, fp32 (its exact scores) or int8 weights (faster)",
+    )
     args = ap.parse_args(argv)
 
     from engine.onnx_models import OnnxCrossEncoder
@@ -150,24 +205,33 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, **overrides)
     engine = SearchEngine.from_config(cfg)
     teacher_path = Path(args.teacher)
-    try:  # the teacher's exact scores, faster: its fp32 ONNX export where there is one
-        teacher = OnnxCrossEncoder(teacher_path, args.max_length, 128, "none")
+    try:  # the teacher's exact scores, faster: its fp32 ONNX export where there is one (or its int8 weights)
+        teacher = OnnxCrossEncoder(teacher_path, args.max_length, 128, args.teacher_quantize)
     except ModelMissingError:  # no export: torch
+        if args.teacher_quantize != "none":
+            raise
         teacher = CrossEncoder.load(teacher_path, max_length=args.max_length)
     t0 = time.perf_counter()
     train_q, log_q = distill_queries(cfg, args.train_queries, args.log_queries, Path(args.querylog))
     queries = train_q + log_q
-    cache = Path(args.out + ".teacher-cache") / f"{teacher.fingerprint()}-d{args.depth}"
+    quant = "" if args.teacher_quantize == "none" else f"-{args.teacher_quantize}"
+    cache = Path(args.out + ".teacher-cache") / f"{teacher.fingerprint()}{quant}-d{args.depth}"
     data = teacher_scores(engine, teacher, queries, cache)
     scoring_min = (time.perf_counter() - t0) / 60
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data))
     held = [data[i] for i in order[: args.held_out]]
     train = [data[i] for i in order[args.held_out :]]
-    student = CrossEncoder.from_base(teacher_path, num_layers=args.layers, max_length=args.max_length, device="cpu")
+    if args.init:  # continue a trained cross-encoder (its own depth)
+        student = CrossEncoder.load(args.init, max_length=args.max_length, device="cpu")
+        student.model.train()
+    else:
+        student = CrossEncoder.from_base(teacher_path, num_layers=args.layers, max_length=args.max_length, device="cpu")
+    layers = int(student.model.config.num_hidden_layers)
+    positives = judged_titles(cfg, engine, train_q) if args.label_weight > 0 else {}
     student.model.get_input_embeddings().weight.requires_grad_(False)
     settings = CrossEncoderTrainConfig(
-        num_layers=args.layers,
+        num_layers=layers,
         lr=args.lr,
         batch_size=args.batch_size,
         group_size=args.group,
@@ -182,24 +246,28 @@ def main(argv: list[str] | None = None) -> int:
     card = {
         "distilled_from": str(teacher_path),
         "teacher_fingerprint": teacher.fingerprint(),
-        "layers": args.layers,
+        "teacher_runtime": f"onnx {args.teacher_quantize}" if isinstance(teacher, OnnxCrossEncoder) else "torch",
+        "layers": layers,
+        "init": str(args.init) if args.init else f"the teacher's first {layers} layers",
         "queries": {"train": len(train_q), "querylog": len(log_q), "held_out_for_early_stopping": len(held)},
         "pairs": int(sum(len(d[1]) for d in data)),
         "depth": args.depth,
-        "loss": "listwise KL to the teacher",
+        "loss": "listwise KL to the teacher"
+        + (f" + {args.label_weight} x listwise cross-entropy of the judged positive" if args.label_weight else ""),
+        "judged_queries": len(positives),
         "teacher_scoring_minutes": round(scoring_min, 1),
     }
     result = loop.run(
         student.model,
         params,
-        lambda r: batches(train, args.batch_size, args.group, r),
-        lambda b: kl_loss(student, b),
+        lambda r: batches(train, args.batch_size, args.group, r, positives),
+        lambda b: kl_loss(student, b, label_weight=args.label_weight),
         settings,
         out,
         save=lambda folder: student.save(folder, card=card),
         evaluate=lambda: agreement(student, held),
         log_path=Path(args.out + ".log.json"),
-        desc=f"student ({args.layers} layers)",
+        desc=f"student ({layers} layers)",
         extra_log=card,
     )
     card.update({"training": {k: v for k, v in result.items() if k != "log"}})

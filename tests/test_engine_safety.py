@@ -263,6 +263,7 @@ def test_onnx_runtime_scores_and_vectors_match_torch(live_cfg):
 
 def test_distillation_trains_a_smaller_student_from_teacher_scores_and_resumes_its_cache(live_cfg, tmp_path):
     import json
+    from pathlib import Path
 
     import yaml
 
@@ -321,3 +322,26 @@ def test_distillation_trains_a_smaller_student_from_teacher_scores_and_resumes_i
     # a second run reads the teacher's scores from the cache (no teacher pass): same pairs
     assert distill(args) == 0
     assert json.loads((tmp_path / "s" / "model_card.json").read_text())["pairs"] == card["pairs"]
+    # continuing a trained cross-encoder, with the judged positives' cross-entropy beside the KL term
+    cont = [*args[: args.index("--out")], "--out", str(tmp_path / "c"), *args[args.index("--out") + 2 :]]
+    assert distill([*cont, "--init", str(teacher), "--label-weight", "1.0"]) == 0
+    card = json.loads((tmp_path / "c" / "model_card.json").read_text())
+    layers = json.loads((Path(teacher) / "config.json").read_text())["num_hidden_layers"]
+    assert card["init"] == str(teacher) and card["layers"] == layers and card["judged_queries"] > 0
+    assert "cross-entropy of the judged positive" in card["loss"]
+
+
+def test_distillation_groups_hold_the_teachers_best_and_the_judged_positive():
+    from finetune.distill import batches
+
+    rng = np.random.default_rng(0)
+    data = [(f"q{i}", [f"t{i}-{j}" for j in range(10)], rng.normal(size=10).astype(np.float32)) for i in range(8)]
+    positives = {"q0": {"t0-7"}, "q1": {"not a candidate"}}
+    for batch in [next(batches(data, 4, 4, np.random.default_rng(s), positives)) for s in range(6)]:
+        for q, titles, scores, label in batch:
+            full = next(d for d in data if d[0] == q)
+            assert titles[0] == full[1][int(np.argmax(full[2]))] and len(set(titles)) == 4
+            if q == "q0":
+                assert label >= 0 and titles[label] == "t0-7"
+            else:
+                assert label == -1
