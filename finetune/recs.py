@@ -347,9 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def body():
-        from engine.search import SearchEngine
-
         from engine import forgotten
+        from engine.search import SearchEngine
 
         cfg = load(args)
         engine = SearchEngine.from_config(cfg, load_models=False)
