@@ -24,6 +24,9 @@
   and fit on every session: :func:`fit_cv`); the user-affinity features are constrained to
   be monotone increasing (more affinity never lowers a score).  Saved as
   ``model.txt`` + ``features.json`` + ``model_card.json``.
+- **Staged** (click logs with users): the personal features in a booster of their own on top
+  (:mod:`finetune.ranker_personal`), shipped only where cross-validation over every session vouches for it.
+  The LightGBM fitting itself is :mod:`finetune.ranker_fit`.
 """
 
 from __future__ import annotations
