@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,13 @@ def teacher_scores(
         key = hashlib.sha256(json.dumps(part, ensure_ascii=False).encode()).hexdigest()[:16]
         f = cache / f"chunk-{start:07d}-{key}.json"
         if f.is_file():
-            out += [(q, t, np.asarray(s, dtype=np.float32)) for q, t, s in json.loads(f.read_text(encoding="utf-8"))]
-            continue
+            try:
+                done = json.loads(f.read_text(encoding="utf-8"))
+            except ValueError:  # a chunk cut short (a run killed while writing it): score it again
+                done = None
+            if done is not None:
+                out += [(q, t, np.asarray(s, dtype=np.float32)) for q, t, s in done]
+                continue
         cands = [c for c, _, _ in engine.stage_candidates(part, engine.live)]
         pair_q = [q for q, c in zip(part, cands) for _ in c.rows]
         pair_t = titles.take(r for c in cands for r in c.rows)
@@ -80,7 +86,9 @@ def teacher_scores(
             n = len(c.rows)
             rows.append((q, list(pair_t[pos : pos + n]), scores[pos : pos + n].tolist()))
             pos += n
-        f.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        tmp = f.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, f)  # a chunk is there whole or not at all
         out += [(q, t, np.asarray(s, dtype=np.float32)) for q, t, s in rows]
     return out
 

@@ -322,6 +322,10 @@ def test_distillation_trains_a_smaller_student_from_teacher_scores_and_resumes_i
     # a second run reads the teacher's scores from the cache (no teacher pass): same pairs
     assert distill(args) == 0
     assert json.loads((tmp_path / "s" / "model_card.json").read_text())["pairs"] == card["pairs"]
+    chunks[0].write_text(chunks[0].read_text()[:20])  # a chunk cut short by a killed run is scored again
+    assert distill(args) == 0
+    assert json.loads((tmp_path / "s" / "model_card.json").read_text())["pairs"] == card["pairs"]
+    assert json.loads(chunks[0].read_text()) and not list((tmp_path / "s.teacher-cache").rglob("*.tmp*"))
     # continuing a trained cross-encoder, with the judged positives' cross-entropy beside the KL term
     cont = [*args[: args.index("--out")], "--out", str(tmp_path / "c"), *args[args.index("--out") + 2 :]]
     assert distill([*cont, "--init", str(teacher), "--label-weight", "1.0"]) == 0
