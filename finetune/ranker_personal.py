@@ -125,7 +125,9 @@ def fit_personal_cv(g, data: Dataset, tcfg, personal: Sequence[str], **debias) -
         curves.append(np.asarray(evals["valid"]["ndcg@10"]))
         models.append(booster)
         held.append((te, served[rows_te]))
-    curve = np.mean(curves, axis=0)
+    # a fold whose booster found no more splits stops early: its curve stays at its last value
+    longest = max(1, max(len(c) for c in curves))
+    curve = np.mean([np.pad(c, (0, longest - len(c)), mode="edge") if len(c) else np.zeros(longest) for c in curves], 0)
     trees = int(np.argmax(curve)) + 1
     diffs = []
     for booster, (te, base) in zip(models, held):
