@@ -31,6 +31,7 @@ call (:mod:`engine.query_run`), the version tying them (:mod:`engine.version`).
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -414,8 +415,6 @@ class SearchEngine:
         events or logged searches goes into the ledger of forgotten users (:mod:`engine.forgotten`):
         recommendation models built before pause, trending and the suggestions' live counts are read again
         without them."""
-        import time as _time
-
         from engine import forgotten
 
         v = self._version
@@ -424,7 +423,7 @@ class SearchEngine:
         events, searches = ue.store.recent(key, 1, 1)  # anything of theirs in the store, before it goes
         n = v.forget_user(user_id)
         if n or events or searches:
-            forgotten.record(v.cfg, key, _time.time())
+            forgotten.record(v.cfg, key, time.time())
         return n
 
     def profile(self, user_id: str | None):

@@ -35,15 +35,16 @@ from core.cli import command
 QUERYLOG = "../shared/datasets/querylog/taobao_queries.tsv"
 
 
-def distill_queries(cfg, n_train: int, n_log: int, log_path: Path | None, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Training queries (seeded sample of what ``make finetune`` trains on: judged pairs, or a click log's
-    queries before its time cut) and unlabeled query-log queries; none of them a dev or evaluation query."""
-    from finetune.inputs import load_training_data
+def distill_queries(
+    cfg, data, n_train: int, n_log: int, log_path: Path | None, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """Training queries (seeded sample of what ``make finetune`` trains on, ``data``: the config's
+    :func:`finetune.inputs.load_training_data` — judged pairs, or a click log's queries before its time cut) and
+    unlabeled query-log queries; none of them a dev or evaluation query."""
     from core.formats.judged import read_queries
     from indexer.vocab_trim import read_query_column
 
     rng = np.random.default_rng(seed)
-    data = load_training_data(cfg)
     held = set(data.dev.texts.values())
     if cfg.eval.queries and Path(cfg.eval.queries).is_file():
         held |= set(read_queries(cfg.eval.queries).texts.values())
@@ -136,12 +137,9 @@ def kl_loss(student, batch, temperature: float = 1.0, label_weight: float = 0.0)
     return loss
 
 
-def judged_titles(cfg, engine, queries: Sequence[str]) -> dict[str, set[str]]:
-    """The judged positive titles of those ``queries`` that are training queries (query text -> titles of the
-    judged products the index has)."""
-    from finetune.inputs import load_training_data
-
-    data = load_training_data(cfg)
+def judged_titles(data, engine, queries: Sequence[str]) -> dict[str, set[str]]:
+    """The judged positive titles of those ``queries`` that are training queries of ``data`` (query text -> titles
+    of the judged products the index has)."""
     wanted = set(queries)
     row_of, titles = engine.products.row_map(), engine.products.titles
     out: dict[str, set[str]] = {}
@@ -206,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.rerank import CrossEncoder
     from engine.search import SearchEngine
     from finetune import loop
+    from finetune.inputs import load_training_data
     from indexer.encoder import ModelMissingError
 
     overrides = parse_overrides(args.set)
@@ -220,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         teacher = CrossEncoder.load(teacher_path, max_length=args.max_length)
     t0 = time.perf_counter()
-    train_q, log_q = distill_queries(cfg, args.train_queries, args.log_queries, Path(args.querylog))
+    training = load_training_data(cfg)  # read once: the queries and, with --label-weight, their judged products
+    train_q, log_q = distill_queries(cfg, training, args.train_queries, args.log_queries, Path(args.querylog))
     queries = train_q + log_q
     quant = "" if args.teacher_quantize == "none" else f"-{args.teacher_quantize}"
     cache = Path(args.out + ".teacher-cache") / f"{teacher.fingerprint()}{quant}-d{args.depth}"
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         student = CrossEncoder.from_base(teacher_path, num_layers=args.layers, max_length=args.max_length, device="cpu")
     layers = int(student.model.config.num_hidden_layers)
-    positives = judged_titles(cfg, engine, train_q) if args.label_weight > 0 else {}
+    positives = judged_titles(training, engine, train_q) if args.label_weight > 0 else {}
     student.model.get_input_embeddings().weight.requires_grad_(False)
     settings = CrossEncoderTrainConfig(
         num_layers=layers,

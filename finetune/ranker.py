@@ -78,7 +78,7 @@ def _fit_staged(train: Dataset, valid: Dataset, data: Dataset, tcfg, features: S
     has_valid = len(valid.groups) > 0
     if tcfg.personal_folds >= 2 and len(data.groups) >= 2 * tcfg.personal_folds:
         g, curve_g, choice = fit_base(
-            train, valid if has_valid else None, tcfg, _non_personal(features), progress, **debias
+            train, valid if has_valid else None, tcfg, [f for f in features if f not in PERSONAL], progress, **debias
         )
         h, curve, check = fit_personal_cv(g, data, tcfg, [f for f in features if f in PERSONAL], **debias)
     elif has_valid:
@@ -95,10 +95,6 @@ def _fit_staged(train: Dataset, valid: Dataset, data: Dataset, tcfg, features: S
     if not check["kept"]:
         h, curve = None, curve_g
     return g, h, curve_g, curve, choice, check
-
-
-def _non_personal(features: Sequence[str]) -> list[str]:
-    return [f for f in features if f not in PERSONAL]
 
 
 def cross_encoder_card(engine) -> dict:
