@@ -49,10 +49,12 @@ def rank_candidates(
     profile=None,
     personalize: float = 1.0,
     explain: bool = False,
+    teacher=None,
 ) -> tuple[SearchResult, list[dict] | None]:
     """The final order of one query's candidates (``ranker``, or the z-score mix when None), the rest of the
     hybrid list below them down to ``k``, and per hit an explanation when asked.  ``features(cand, profile)``
-    gives the feature rows."""
+    gives the feature rows; ``teacher(query, rows)``, when given, the cascade's scores of the top
+    ``r.teacher_top`` (:func:`cascade`)."""
     n = len(cand.rows)
     X = base = None
     if ranker is not None:
@@ -64,6 +66,9 @@ def rank_candidates(
     else:
         score = combine(cand.ce, cand.first, r.weight)
         order = np.argsort(-score, kind="stable")
+    taught = None
+    if teacher is not None and n > 1 and cand.query is not None:
+        score, order, taught = cascade(cand, score, order, r, teacher)
     rows, scores = cand.rows[order], score[order].astype(np.float32)
     lifted = np.zeros(len(rows), dtype=bool)
     if base is not None and profile is not None:  # ranked higher with the shopper's history than without it
@@ -83,10 +88,37 @@ def rank_candidates(
     if X is None:
         X = features(cand, None)
     notes = [_explain(cand, X, i, ranker, r, score, base) for i in order[:k]]
+    if taught is not None:
+        for note, i in zip(notes, order[:k]):
+            if i in taught:
+                note["teacher"] = taught[i]
     notes += [
         {"stages": {}, "note": "below the reranked candidates: hybrid order"} for _ in range(len(res.rows) - len(notes))
     ]
     return res, notes
+
+
+def cascade(cand: Candidates, score: np.ndarray, order: np.ndarray, r: RerankConfig, teacher):
+    """The cascade: ``teacher`` scores the final order's top ``r.teacher_top``, :func:`reorder_top` reorders
+    them.  Returns (scores, order, per reordered candidate its teacher score)."""
+    top = order[: r.teacher_top]
+    t = np.asarray(teacher(cand.query, cand.rows[top]), dtype=np.float64)
+    new, new_order = reorder_top(score, order, t, r.teacher_weight)
+    return new, new_order, {int(i): float(x) for i, x in zip(top, t)}
+
+
+def reorder_top(score: np.ndarray, order: np.ndarray, teacher: np.ndarray, weight: float):
+    """The first ``len(teacher)`` of ``order`` (``teacher``: their scores) reordered among themselves by ``weight ·
+    z(teacher) + (1 − weight) · z(score)`` (z over those few), the rest where they were; the block's new scores
+    stay above every other.  Returns (scores, order)."""
+    from engine.rerank import standardize
+
+    top, rest = order[: len(teacher)], order[len(teacher) :]
+    block = weight * standardize(teacher) + (1.0 - weight) * standardize(score[top])
+    new = np.asarray(score, dtype=np.float64).copy()
+    new[top] = new[order[0]] + 1.0 + block - block.min()
+    within = np.lexsort((np.arange(len(top)), -new[top]))
+    return new, np.concatenate([top[within], rest])
 
 
 def _explain(cand: Candidates, X: np.ndarray, i: int, ranker, r: RerankConfig, score, base) -> dict:

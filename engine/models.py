@@ -1,5 +1,5 @@
 """The models one index version answers with: each dense stage's query encoder and FAISS index, the cross-encoder
-(or the micro-batcher in front of it), the learned final ranker.
+(or the micro-batcher in front of it), the learned final ranker, the cascade's teacher.
 
 Each loads once, at first use, under the version's lock; a version opened on reload takes over its predecessor's
 models where the files are unchanged (same fingerprint), so a reload that changed only the index reloads no model.
@@ -49,6 +49,7 @@ class VersionModels:
         self.ranker_model = None
         self.query_clicks_model = None  # the ranker's query_ctr snapshot, on this version's product rows
         self.candidate_model: tuple | None = None  # serve.interleave.candidate: (Ranker, its query clicks)
+        self.teacher_model = None  # rerank.teacher: the cascade's larger cross-encoder
 
     def forget_previous(self) -> None:
         """Drop the reference to the version this one took models over from (once everything is loaded)."""
@@ -149,6 +150,46 @@ class VersionModels:
         self.cross_encoder()
         return self.scorer.predict(queries, titles)
 
+    # -- cascade teacher ---------------------------------------------------------------------------------------
+    def teacher(self):
+        """The cascade's larger cross-encoder (``rerank.teacher``), loaded once; None when the config names none."""
+        if self.teacher_model is None and self.cfg.rerank.teacher:
+            with self._lock:
+                if self.teacher_model is None:
+                    self.teacher_model = self._load_teacher()
+        return self.teacher_model
+
+    def _load_teacher(self):
+        from indexer.encoder import resolve_model
+
+        r = self.cfg.rerank
+        path = Path(resolve_model(r.teacher, self.cfg.root))
+        if not (path / "config.json").is_file():
+            raise ModelMissingError(
+                f"rerank.teacher {path} not found; train it with `python -m finetune --stages cross-encoder "
+                "--cross-encoder-layers 12 --cross-encoder-out <folder>`"
+            )
+        old = self._previous.teacher_model if self._previous is not None else None
+        if (
+            old is not None
+            and old.path == path
+            and old.runtime == ("torch" if r.runtime == "torch" else f"onnx-{r.teacher_quantize}")
+            and old.fingerprint() == model_fingerprint(path, old.max_length)
+        ):
+            return old
+        from engine.rerank import trained_max_length
+
+        if r.runtime == "onnx":
+            from engine.onnx_models import OnnxCrossEncoder
+
+            return OnnxCrossEncoder(path, trained_max_length(path), r.batch_size, r.teacher_quantize)
+        return CrossEncoder.load(path, batch_size=r.batch_size, device=r.device)
+
+    def teacher_scores(self, query: str, rows: np.ndarray) -> np.ndarray:
+        """The teacher's scores of ``query`` against the titles of product ``rows``."""
+        rows = np.asarray(rows)
+        return self.teacher().predict([query] * len(rows), self.bm25.products.titles.take(rows))
+
     # -- final ranker ------------------------------------------------------------------------------------------
     def ranker(self):
         """The learned final ranker (``rerank.ranker``), loaded once; None when the config names none."""
@@ -217,6 +258,7 @@ class VersionModels:
             self.cross_encoder_model is not None,
             self.ranker_model is not None,
             self.candidate_model is not None,
+            self.teacher_model is not None,
         )
 
     def ready(self) -> dict[str, bool]:
@@ -226,6 +268,7 @@ class VersionModels:
             "dense": "dense" not in cfg.search.stages or "dense" in self.dense,
             "cross_encoder": not cfg.rerank.model or self.cross_encoder_model is not None,
             "ranker": not cfg.rerank.ranker or self.ranker_model is not None,
+            "teacher": not cfg.rerank.teacher or self.teacher_model is not None,
         }
 
     def describe(self) -> dict[str, str]:
@@ -239,6 +282,9 @@ class VersionModels:
             v["cross_encoder"] = f"{Path(ce.path).name}@{ce.fingerprint()} ({ce.runtime})"
         if self.ranker_model is not None:
             v["ranker"] = f"{self.ranker_model.path.name}@{self.ranker_model.version}"
+        if self.teacher_model is not None:
+            t = self.teacher_model
+            v["teacher"] = f"{Path(t.path).name}@{t.fingerprint()} ({t.runtime}, top {self.cfg.rerank.teacher_top})"
         if self.candidate_model is not None:
             v["candidate_ranker"] = f"{self.candidate_model[0].path.name}@{self.candidate_model[0].version}"
         return v
@@ -255,8 +301,9 @@ class VersionModels:
             if enc.fingerprint != encoder_fingerprint(cfg, stage):
                 return True
         ce = self.cross_encoder_model
-        if ce is not None and ce.fingerprint() != model_fingerprint(Path(ce.path), ce.max_length):
-            return True
+        for m in (ce, self.teacher_model):
+            if m is not None and m.fingerprint() != model_fingerprint(Path(m.path), m.max_length):
+                return True
         if self.ranker_model is not None:
             from engine.ranker import Ranker
 

@@ -325,6 +325,7 @@ class IndexVersion:
             profile,
             personalize,
             explain,
+            self.models.teacher_scores if self.cfg.rerank.teacher else None,
         )
 
     def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:

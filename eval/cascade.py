@@ -1,5 +1,7 @@
 """`python -m eval.cascade --config C --teacher T --out reports/cascade/<config>`: what a larger cross-encoder on
-the top few candidates would add (a lever study for the relevance issue; nothing here serves).
+the top few candidates would add, over a grid of block sizes and weights (the study that chooses
+``rerank.teacher_top`` and ``teacher_weight``; ``query()`` runs the chosen one, measured with ``python -m eval
+--compare``).
 
 The config's judged queries (``eval.queries``) get their candidate sets as ``query()`` ranks them without a
 ranker: the z-score mix of the config's cross-encoder and the first stages (``rerank.weight``; the sets cached
@@ -27,15 +29,11 @@ from core.cli import command, load, run
 def block_reorder(mix: np.ndarray, teacher: np.ndarray, top: int, weight: float) -> np.ndarray:
     """Scores that keep the mix's ``top`` candidates on top, ordered among themselves by ``weight`` of the
     teacher's z-score and the rest of the mix's (``teacher``: scores of every candidate; only the top ones
-    are read)."""
-    from engine.rerank import standardize
+    are read): what ``rerank.teacher`` does in ``query()`` (:func:`engine.final_rank.reorder_top`)."""
+    from engine.final_rank import reorder_top
 
-    order = np.argsort(-mix, kind="stable")[:top]
-    out = np.asarray(mix, dtype=np.float64).copy()
-    lift = out.max() - out.min() + 10.0 if len(out) else 0.0
-    block = weight * standardize(teacher[order]) + (1.0 - weight) * standardize(mix[order])
-    out[order] = mix.max() + lift + block
-    return out
+    order = np.argsort(-np.asarray(mix), kind="stable")
+    return reorder_top(np.asarray(mix, dtype=np.float64), order, np.asarray(teacher)[order[:top]], weight)[0]
 
 
 def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: list[float], progress: bool) -> dict:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from core.config import Config
-from engine.rerank import head_logits
+from engine.rerank import head_logits, trained_max_length
 from indexer.encoder import PASSAGE_PREFIX, QUERY_PREFIX, model_fingerprint, resolve_model
 from indexer.onnx_files import EXPORT_FILE, onnx_dir, onnx_file, read_export
 from core.cli import command, load, run
@@ -135,12 +135,16 @@ def current(path: Path, kind: str) -> bool:
 def export_config(
     cfg: Config, if_missing: bool = False, only_used: bool = False, kinds=("cross-encoder", "query-encoder")
 ) -> list[dict]:
-    """Export what the config serves with: the cross-encoder (rerank.model) and the dense query encoder.
+    """Export what the config serves with: the cross-encoder (rerank.model, and rerank.teacher where set) and the
+    dense query encoder.
     ``if_missing``: keep current exports; ``only_used``: only models the config runs on ONNX; ``kinds``: which."""
     done = []
     todo = []
     if "cross-encoder" in kinds and cfg.rerank.model and (not only_used or cfg.rerank.runtime == "onnx"):
         todo.append((Path(resolve_model(cfg.rerank.model, cfg.root)), "cross-encoder", cfg.rerank.max_length or 96))
+    if "cross-encoder" in kinds and cfg.rerank.teacher and (not only_used or cfg.rerank.runtime == "onnx"):
+        teacher = Path(resolve_model(cfg.rerank.teacher, cfg.root))  # the cascade's: a cross-encoder too
+        todo.append((teacher, "cross-encoder", trained_max_length(teacher)))
     if (
         "query-encoder" in kinds
         and "dense" in cfg.search.stages

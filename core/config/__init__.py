@@ -330,8 +330,15 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: rerank.ranker orders the cross-encoder's candidates: set rerank.model too")
     if not 0 <= cfg.rerank.weight <= 1 or cfg.rerank.depth < 1:
         raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
+    r = cfg.rerank
+    if r.teacher and (not r.model or r.teacher_top < 2 or not 0 <= r.teacher_weight <= 1):
+        raise ConfigError(
+            f"{where}: rerank.teacher reorders the cross-encoder's top candidates: it needs rerank.model, "
+            f"teacher_top >= 2 and teacher_weight in [0, 1] (got {r.teacher_top}, {r.teacher_weight})"
+        )
     for name, runtime, quantize in (
         ("rerank", cfg.rerank.runtime, cfg.rerank.quantize),
+        ("rerank.teacher", cfg.rerank.runtime, cfg.rerank.teacher_quantize),
         ("dense.query", cfg.dense.query_runtime, cfg.dense.query_quantize),
     ):
         if runtime not in ("torch", "onnx") or quantize not in ("none", "int8"):

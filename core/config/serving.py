@@ -53,6 +53,13 @@ class RerankConfig:
     quantize: str = "none"
     # the learned final ranker (LightGBM LambdaRank, trained by `make finetune`); None: the z-score mix above
     ranker: str | None = None
+    # the cascade: a larger cross-encoder (`python -m finetune --cross-encoder-layers 12`) reorders the final
+    # order's top `teacher_top` among themselves by teacher_weight * z(teacher) + (1 - teacher_weight) * z(final
+    # score); it runs as rerank.runtime says, with its own quantize (onnx: none or int8). None: no cascade
+    teacher: str | None = None
+    teacher_top: int = 5
+    teacher_weight: float = 0.5
+    teacher_quantize: str = "none"
 
 
 @dataclass
