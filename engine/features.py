@@ -9,7 +9,8 @@ One row per reranked candidate, columns named by :data:`FEATURES`:
   fusion score, the product's smoothed click-through rate and its
   popularity (log of gain-weighted engagements), and its debiased click rate
   for this very query from the logged searches (:mod:`engine.query_clicks`;
-  0 where nothing is logged);
+  0 where nothing is logged); how the query's words meet the title
+  (:mod:`engine.text_match`: word coverage, code coverage, title length);
 - personal (all 0 for a user without a profile: :data:`COLD`): cosine of the
   product to the user's centroid, the user's affinity (share) to the
   product's category, brand, group and price band, whether the user bought
@@ -35,6 +36,7 @@ import numpy as np
 
 from engine.profiles import FACETS, Profile, ProductFacets
 from engine.rerank import first_stage_scores, stage_lookup, standardize
+from engine.text_match import TEXT_MATCH
 
 NON_PERSONAL = (
     "ce",
@@ -48,6 +50,7 @@ NON_PERSONAL = (
     "ctr",
     "popularity",
     "query_ctr",
+    *TEXT_MATCH,
 )
 PERSONAL = (
     "centroid_cos",
@@ -66,6 +69,7 @@ PERSONAL = (
 )
 FEATURES = NON_PERSONAL + PERSONAL
 PERSONAL_IDX = np.array([FEATURES.index(f) for f in PERSONAL])
+_MATCH_COLS = np.array([FEATURES.index(f) for f in TEXT_MATCH])
 COLD = np.zeros(len(PERSONAL))  # the personal features of a user the engine knows nothing about
 # smoothing of a user's own click-through rate on a facet value, in impressions: a value shown to the user
 # fewer times than this stays near the user's average rate
@@ -88,6 +92,7 @@ class Candidates:
     ce: np.ndarray | None = None  # cross-encoder scores
     lists: list = field(default_factory=list)  # each stage's full list (the hybrid tail below the candidates)
     query: str | None = None  # the text the candidates were searched for
+    match: np.ndarray | None = None  # [n, len(TEXT_MATCH)]: how the query's words meet each title
 
     @classmethod
     def from_stages(
@@ -197,6 +202,8 @@ def feature_matrix(
     X[:, 9] = popularity
     if query_ctr is not None:
         X[:, 10] = query_ctr
+    if cand.match is not None:
+        X[:, _MATCH_COLS] = cand.match
     if personal is not None:
         X[:, PERSONAL_IDX] = personal
     return X

@@ -276,8 +276,13 @@ class IndexVersion:
         """Per query: the reranked candidates (union of the bm25 and dense top ``rerank.depth``) with their
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
+        from engine.text_match import text_match
+
         both = self.stage_candidates(texts, mask, deep=deep, timings=timings)
-        return score_candidate_sets(texts, both, self.products.titles, self.score_pairs, self.cfg.rerank, timings)
+        sets = score_candidate_sets(texts, both, self.products.titles, self.score_pairs, self.cfg.rerank, timings)
+        for text, cand in zip(texts, sets):
+            cand.match = text_match(self.bm25, text, cand.rows)
+        return sets
 
     def cached_candidate_sets(
         self, texts: list[str], mask: np.ndarray | None, key, deep: int, timings: dict

@@ -356,8 +356,11 @@ def run_job(
         # the ranker learns from the scores serving will give: the cross-encoder's ONNX export where it runs on one
         summary["onnx"] += export_config(cfg, if_missing=True, only_used=True, kinds=("cross-encoder",))
         rk_out = out_dir / "ranker"
+        from engine.features import FEATURES
+
         key = settings_hash(
             ft.ranker,
+            FEATURES,  # what the engine computes: a new feature retrains the ranker
             cfg.personal,
             data.source,
             len(data.train),

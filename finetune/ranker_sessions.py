@@ -167,6 +167,11 @@ def candidate_cache(
             with open(path, "rb") as f:
                 cached = pickle.load(f)
     out = {q: cached[q] for q in uniq if q in cached}
+    for q, c in out.items():
+        if c.match is None:  # cached before the text-match features
+            from engine.text_match import text_match
+
+            c.match = text_match(engine.bm25, q, c.rows)
     todo = [q for q in uniq if q not in out]
     for i in tqdm(range(0, len(todo), batch), desc="candidates + cross-encoder", disable=not progress or not todo):
         chunk = todo[i : i + batch]
