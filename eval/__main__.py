@@ -9,10 +9,11 @@ DIR/recall.png and the runs.
 `python -m eval --config CONFIG --compare A B --stages rerank --out DIR`
 evaluates the same queries and stages twice, under A and under B, and reports
 the paired difference B − A: the check to run before shipping a change.  A and
-B are each a config file (.yaml) or a model folder, which replaces the model of
+B are each a config file (.yaml), a model folder, which replaces the model of
 the same kind in CONFIG: a ranker folder (model.txt) → rerank.ranker, a
 cross-encoder → rerank.model, a bi-encoder (sentence-transformers folder) →
-dense.model.
+dense.model, or settings over CONFIG and its --set (`rerank.teacher=models/x`,
+comma-separated; `rerank.depth=20` as the other side keeps CONFIG as is).
 """
 
 from __future__ import annotations
@@ -30,14 +31,20 @@ from eval.significance import fmt_interval, paired
 from core.formats.judged import QueriesError, read_queries
 from indexer.build import ensure_indexes
 from core.formats.catalog import CatalogError
-from core.config import ConfigError, load_config
+from core.config import ConfigError, load_config, parse_overrides
 from indexer.encoder import ModelMissingError
 from indexer.store import IndexLoadError
 from core.cli import command, load
 
 
-def variant(cfg, spec: str):
-    """The config ``spec`` names: a config file, or ``cfg`` with one model replaced by a folder."""
+def variant(cfg, spec: str, overrides: dict | None = None):
+    """The config ``spec`` names: a config file, ``cfg`` with one model replaced by a folder, or ``cfg``
+    reloaded with ``SECTION.FIELD=VALUE`` settings (comma-separated) over its ``overrides`` (the ``--set``)."""
+    if "=" in spec:
+        from core.config import parse_overrides
+        from core.config.loader import merge
+
+        return load_config(cfg.source, **merge(overrides or {}, parse_overrides(spec.split(","))))
     p = Path(spec)
     if p.suffix in (".yaml", ".yml"):
         return load_config(p)
@@ -61,12 +68,22 @@ def run_config(cfg, queries, stages, progress: bool, judged_only: bool = False):
 
 
 def compare(
-    cfg, a: str, b: str, queries, stages, out: Path, progress: bool, seed: int = 0, judged_only: bool = False
+    cfg,
+    a: str,
+    b: str,
+    queries,
+    stages,
+    out: Path,
+    progress: bool,
+    seed: int = 0,
+    judged_only: bool = False,
+    overrides: dict | None = None,
 ) -> dict:
-    """Evaluate under ``a`` and ``b``; write ``compare.json`` and ``compare.md`` (B − A per stage)."""
+    """Evaluate under ``a`` and ``b`` (:func:`variant`); write ``compare.json`` and ``compare.md`` (B − A per
+    stage)."""
     results = {}
     for name, spec in (("A", a), ("B", b)):
-        c = variant(cfg, spec)
+        c = variant(cfg, spec, overrides)
         _, res = run_config(c, queries, stages, progress, judged_only)
         results[name] = res
         write_report(out / name, res, {"config": spec}, queries.texts, queries.relevance)
@@ -140,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         "--compare",
         nargs=2,
         metavar=("A", "B"),
-        help="two configs or model folders on the same queries: the paired difference B − A",
+        help="two configs, model folders or SECTION.FIELD=VALUE[,...] settings over --config, on the same "
+        "queries: the paired difference B − A",
     )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -158,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         queries = read_queries(qpath)
         if args.compare:
             payload = compare(
-                cfg, *args.compare, queries, stages, Path(args.out), progress, judged_only=args.judged_only
+                cfg,
+                *args.compare,
+                queries,
+                stages,
+                Path(args.out),
+                progress,
+                judged_only=args.judged_only,
+                overrides=parse_overrides(args.set or []),
             )
             for stage, d in payload["stages"].items():
                 print(

@@ -113,3 +113,8 @@ def test_compare_takes_configs_or_model_folders(tmp_path):
     for bad in ("empty", "nope"):
         with pytest.raises(ConfigError, match="--compare"):
             variant(cfg, str(tmp_path / bad))
+    # settings over the config and its --set: the spec wins where both set a field
+    v = variant(cfg, "rerank.teacher=models/t,rerank.teacher_top=3", {"rerank": {"depth": 7, "teacher_top": 9}})
+    assert (v.rerank.teacher, v.rerank.teacher_top, v.rerank.depth) == ("models/t", 3, 7)
+    with pytest.raises(ConfigError, match="teacher"):
+        variant(cfg, "rerank.teacher=models/t,rerank.teacher_top=1")
