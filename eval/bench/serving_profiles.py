@@ -1,7 +1,8 @@
 """`python -m eval.bench.serving_profiles --config configs/wentian.yaml`: quality against latency of the serving levers.
 
 Each profile is the config with some settings changed (ONNX Runtime for the cross-encoder and/or the query
-encoder, int8 weights, fewer candidates, a shorter max length, a distilled student cross-encoder).  For each:
+encoder, int8 weights, fewer candidates, a shorter max length, a distilled student cross-encoder, the 12-layer
+teacher on the top few: ``rerank.teacher``).  For each:
 MRR@10 / NDCG@10 of what ``query()`` returns on the judged queries (all of them, batched), with a paired
 bootstrap CI of the difference from the first profile; and single-query latency through ``query()``, one query
 at a time, on the first ``--latency-queries`` of them (the candidate cache off: every query computed).  The
@@ -32,6 +33,7 @@ from core.cli import command
 # name -> (what changes, overrides); the first is the reference every other is compared with
 CE = "models/wentian/cross-encoder"  # the 4-layer cross-encoder (`make finetune CONFIG=configs/wentian.yaml`)
 STUDENT = "models/wentian/cross-encoder-L2-distilled"  # `python -m finetune.distill ... --layers 2`
+TEACHER = "models/wentian/teacher-L12"  # the 12-layer cross-encoder (docs/fine-tuning.md: the teacher)
 # every profile names every lever, so that none depends on what the config currently chooses
 REF = {
     "rerank": {
@@ -41,6 +43,10 @@ REF = {
         "depth": 50,
         "max_length": None,
         "ranker": "models/wentian/ranker",
+        "teacher": None,
+        "teacher_top": 5,
+        "teacher_weight": 0.5,
+        "teacher_quantize": "none",
     },
     "dense": {"query_runtime": "torch", "query_quantize": "none"},
 }
@@ -71,6 +77,18 @@ PROFILES: dict[str, tuple[str, dict]] = {
     "int8+qenc": ("ONNX int8 cross-encoder and query encoder", lever(INT8, QENC)),
     "int8+qenc+d30": ("ONNX int8 cross-encoder and query encoder, depth 30", lever({**INT8, "depth": 30}, QENC)),
     "int8+qenc+d20": ("ONNX int8 cross-encoder and query encoder, depth 20", lever({**INT8, "depth": 20}, QENC)),
+    "int8+qenc+d20+cascade5": (
+        "the same, the 12-layer int8 teacher reordering the top 5 (rerank.teacher)",
+        lever({**INT8, "depth": 20, "teacher": TEACHER, "teacher_quantize": "int8"}, QENC),
+    ),
+    "int8+qenc+d20+cascade3": (
+        "the same, the teacher on the top 3",
+        lever({**INT8, "depth": 20, "teacher": TEACHER, "teacher_quantize": "int8", "teacher_top": 3}, QENC),
+    ),
+    "int8+qenc+d15+cascade5": (
+        "depth 15, the teacher on the top 5",
+        lever({**INT8, "depth": 15, "teacher": TEACHER, "teacher_quantize": "int8"}, QENC),
+    ),
     "int8+qenc+d20-mix": (
         "the same with the z-score mix (to compare with the student)",
         lever({**INT8, "depth": 20, "ranker": None}, QENC),
