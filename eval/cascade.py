@@ -8,7 +8,9 @@ ranker: the z-score mix of the config's cross-encoder and the first stages (``re
 with the ranker job's candidates).  The teacher (``--teacher``: a cross-encoder folder with an ONNX export,
 ``--quantize`` none or int8) then scores each query's candidates; for every ``--top`` N and ``--weights`` w the
 mix's top N stay on top, reordered among themselves by ``w · z(teacher) + (1 − w) · z(mix)`` (z over the N).
-MRR@10 and NDCG@10 of each against the mix alone, with 95% paired bootstrap intervals, and the teacher's
+MRR@10 and NDCG@10 of each against the mix alone, with 95% paired bootstrap intervals; the precision of the
+teacher's top product at margins over its second (what pseudo-labels from unlabeled queries would be worth);
+and the teacher's
 milliseconds per query for N pairs (its time over all candidates, scaled by N over their number: batches of
 N cost a little more per pair).  Writes ``cascade.json`` and ``cascade.md``.  Settings are chosen on these
 judged queries: the gain of the chosen one is a dev figure, confirmed only on other queries.
@@ -64,6 +66,7 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
         runs[f"top{n}-w{w:g}"] = {}
     seconds, pairs = 0.0, 0
     per_top = {n: 0.0 for n in tops}
+    margins, right = [], []  # the teacher's top-1 margin over its second, and whether its top-1 is judged
     for qid, text in tqdm(list(zip(qids, texts)), desc="teacher", disable=not progress):
         c = cands[text]
         mix = combine(c.ce, c.first, cfg.rerank.weight)
@@ -74,6 +77,10 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
         seconds, pairs = seconds + dt, pairs + len(c.rows)
         for n in tops:
             per_top[n] += dt * min(n, len(c.rows)) / max(len(c.rows), 1)
+        if len(ts) > 1:
+            first, second = np.argsort(-ts, kind="stable")[:2]
+            margins.append(float(ts[first] - ts[second]))
+            right.append(str(c.rows[first]) in qrels.get(str(qid), {}))
         for n, w in names:
             runs[f"top{n}-w{w:g}"][str(qid)] = metrics.top_ids(c.rows, block_reorder(mix, ts, n, w))
     out: dict = {
@@ -98,7 +105,32 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
             row[m] = round(float(v.mean()), 4)
             row[f"{m}_diff"] = {k: round(d[k], 4) for k in ("diff", "ci_low", "ci_high", "p_value")}
         out["runs"][name] = row
+    out["pseudo_labels"] = pseudo_label_precision(np.asarray(margins), np.asarray(right, dtype=bool))
     return out
+
+
+def pseudo_label_precision(margins: np.ndarray, right: np.ndarray, quantiles=(0, 0.25, 0.5, 0.75, 0.9)) -> list:
+    """How often the teacher's top product is a judged one, among the queries whose top-1 leads its second by at
+    least a margin (the margins at ``quantiles`` of all): what pseudo-labels from unlabeled queries at that
+    margin would be worth (a judged product missed by the judges counts as wrong: precision is a lower bound)."""
+    from core.bootstrap import bootstrap_ci
+
+    rows = []
+    for q in quantiles:
+        m = float(np.quantile(margins, q)) if len(margins) else 0.0
+        keep = margins >= m
+        if not keep.any():
+            continue
+        lo, hi = bootstrap_ci(right[keep].astype(np.float64))[1:]
+        rows.append(
+            {
+                "margin": round(m, 3),
+                "share": round(float(keep.mean()), 3),
+                "precision": round(float(right[keep].mean()), 4),
+                "ci": [round(float(lo), 4), round(float(hi), 4)],
+            }
+        )
+    return rows
 
 
 def write_report(res: dict, out_dir: Path) -> None:
@@ -123,6 +155,18 @@ def write_report(res: dict, out_dir: Path) -> None:
             f"| {r['top']} | {r['weight']:g} | {r['mrr@10']:.4f} | {dm['diff']:+.4f} [{dm['ci_low']:+.4f}, "
             f"{dm['ci_high']:+.4f}] | {r['ndcg@10']:.4f} | {dn['diff']:+.4f} [{dn['ci_low']:+.4f}, "
             f"{dn['ci_high']:+.4f}] | {r['teacher_ms_per_query']} |"
+        )
+    lines += [
+        "",
+        "Pseudo-labels: the teacher's top product over all candidates, kept where it leads the second by a margin",
+        "(logits); precision = the share whose top product is judged (a lower bound: judges miss some).",
+        "",
+        "| margin ≥ | share of queries | precision [95% CI] |",
+        "| ---: | ---: | --- |",
+    ]
+    for r in res.get("pseudo_labels", []):
+        lines.append(
+            f"| {r['margin']:.2f} | {r['share']:.0%} | {r['precision']:.3f} [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |"
         )
     (out_dir / "cascade.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 

@@ -51,3 +51,15 @@ def test_the_cascade_reorders_only_the_top_block_and_keeps_it_on_top():
     assert np.argsort(-block_reorder(mix, teacher, 3, 0.0), kind="stable").tolist() == np.argsort(-mix).tolist()
     both = np.argsort(-block_reorder(mix, teacher, 3, 0.5), kind="stable")[:3].tolist()
     assert set(both) == {0, 2, 3} and both[-1] == 2  # a block ranked by both: 2 is middling on each, 0 and 3 lead one
+
+
+def test_pseudo_label_precision_rises_with_the_teachers_margin():
+    from eval.cascade import pseudo_label_precision
+
+    rng = np.random.default_rng(0)
+    margins = rng.exponential(1.0, 2000)
+    right = rng.random(2000) < 1 - np.exp(-margins)  # surer tops are right more often
+    rows = pseudo_label_precision(margins, right)
+    assert [r["share"] for r in rows] == sorted((r["share"] for r in rows), reverse=True) and rows[0]["share"] == 1
+    assert rows[-1]["precision"] > rows[0]["precision"] + 0.2
+    assert rows[0]["ci"][0] < rows[0]["precision"] < rows[0]["ci"][1]
