@@ -12,6 +12,7 @@ import numpy as np
 from engine.features import FEATURES, PERSONAL, Candidates, ctr_popularity, feature_matrix, personal_features
 from engine.fusion import reciprocal_rank_fusion
 from engine.rerank import combine
+from engine.text_match import TEXT_MATCH
 from engine.types import SearchResult
 from core.config import PersonalConfig, RerankConfig
 
@@ -132,6 +133,7 @@ def _explain(cand: Candidates, X: np.ndarray, i: int, ranker, r: RerankConfig, s
         "first_stage": float(cand.first[i]),
         "ctr": float(X[i, FEATURES.index("ctr")]),
         "popularity": float(X[i, FEATURES.index("popularity")]),
+        "text_match": {f: float(X[i, FEATURES.index(f)]) for f in TEXT_MATCH},
         "personal": {f: float(X[i, FEATURES.index(f)]) for f in PERSONAL},
         "ranker": "lightgbm" if ranker is not None else f"z-score mix (weight {r.weight})",
         "non_personal_score": float(base[i]) if base is not None else float(score[i]),

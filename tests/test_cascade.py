@@ -49,5 +49,7 @@ def test_query_reorders_the_top_block_by_the_teacher_and_says_so(live_cfg):
         assert np.all(np.diff(t) <= 1e-5), f"{q}: the top 4 must follow the teacher at weight 1"
         assert all("teacher" in h.explain for h in b.hits[:4]) and not any("teacher" in h.explain for h in b.hits[4:])
         moved += ids_a[:4] != ids_b[:4]
+        cov = [h.explain["text_match"]["coverage"] for h in b.hits[:4]]
+        assert all(0 <= c <= 1 for c in cov) and max(cov) > 0  # the query's words are in its best titles
     assert moved > 0, "the teacher never changed an order: the test would not see a broken cascade"
     assert "teacher" in taught.query("手机").versions
