@@ -3,12 +3,13 @@ the top few candidates would add, over a grid of block sizes and weights (the st
 ``rerank.teacher_top`` and ``teacher_weight``; ``query()`` runs the chosen one, measured with ``python -m eval
 --compare``).
 
-The config's judged queries (``eval.queries``) get their candidate sets as ``query()`` ranks them without a
-ranker: the z-score mix of the config's cross-encoder and the first stages (``rerank.weight``; the sets cached
-with the ranker job's candidates).  The teacher (``--teacher``: a cross-encoder folder with an ONNX export,
-``--quantize`` none or int8) then scores each query's candidates; for every ``--top`` N and ``--weights`` w the
-mix's top N stay on top, reordered among themselves by ``w · z(teacher) + (1 − w) · z(mix)`` (z over the N).
-MRR@10 and NDCG@10 of each against the mix alone, with 95% paired bootstrap intervals; the precision of the
+The config's judged queries (``eval.queries``) get their candidate sets in the order ``query()`` gives them
+without a teacher: the learned ranker's where the config has one, else the z-score mix of the cross-encoder and
+the first stages (``rerank.weight``; the sets cached with the ranker job's candidates).  The teacher
+(``--teacher``: a cross-encoder folder with an ONNX export, ``--quantize`` none or int8) then scores each
+query's candidates; for every ``--top`` N and ``--weights`` w the base's top N stay on top, reordered among
+themselves by ``w · z(teacher) + (1 − w) · z(base score)`` (z over the N; :func:`engine.final_rank.reorder_top`).
+MRR@10 and NDCG@10 of each against the base, with 95% paired bootstrap intervals; the precision of the
 teacher's top product at margins over its second (what pseudo-labels from unlabeled queries would be worth);
 and the teacher's
 milliseconds per query for N pairs (its time over all candidates, scaled by N over their number: batches of
@@ -38,23 +39,43 @@ def block_reorder(mix: np.ndarray, teacher: np.ndarray, top: int, weight: float)
     return reorder_top(np.asarray(mix, dtype=np.float64), order, np.asarray(teacher)[order[:top]], weight)[0]
 
 
+def base_order(engine, cand, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """One query's candidates as ``query()`` orders them without a teacher: (each candidate's final score, the
+    candidate indices in final order)."""
+    from engine.rerank import combine
+
+    if not cfg.rerank.ranker:
+        mix = combine(cand.ce, cand.first, cfg.rerank.weight)
+        return mix, np.argsort(-mix, kind="stable")
+    res, _ = engine.rank_candidates(cand, len(cand.rows))
+    where = {int(r): i for i, r in enumerate(cand.rows)}
+    order = np.array([where[int(r)] for r in res.rows], dtype=np.int64)
+    score = np.zeros(len(cand.rows))
+    score[order] = res.scores
+    return score, order
+
+
 def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: list[float], progress: bool) -> dict:
     from core import metrics
     from core.bootstrap import paired_bootstrap
     from core.formats.judged import read_queries
     from engine.onnx_models import OnnxCrossEncoder
-    from engine.rerank import combine
+    from engine.rerank import trained_max_length
     from engine.search import SearchEngine
     from finetune.ranker_sessions import candidate_cache
     from tqdm import tqdm
 
-    engine = SearchEngine.from_config(cfg)
+    import dataclasses
+
+    from engine.final_rank import reorder_top
+
+    engine = SearchEngine.from_config(dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, teacher=None)))
     dev = read_queries(cfg.eval.queries)
     qids = [q for q in dev.texts if dev.relevance.get(q)]
     texts = [dev.texts[q] for q in qids]
     cache = (cfg.finetune.out_dir or cfg.root / "models" / cfg.name) / "cache"
     cands = candidate_cache(engine, texts, progress=progress, cache_dir=cache)
-    teacher = OnnxCrossEncoder(Path(teacher_path), cfg.rerank.max_length or 96, 128, quantize)
+    teacher = OnnxCrossEncoder(Path(teacher_path), trained_max_length(Path(teacher_path)), 128, quantize)
     row_of, titles = engine.products.row_map(), engine.products.titles
     qrels = {
         str(q): {str(row_of[p]): g for p, g in judged.items() if p in row_of}
@@ -69,8 +90,8 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
     margins, right = [], []  # the teacher's top-1 margin over its second, and whether its top-1 is judged
     for qid, text in tqdm(list(zip(qids, texts)), desc="teacher", disable=not progress):
         c = cands[text]
-        mix = combine(c.ce, c.first, cfg.rerank.weight)
-        runs["mix"][str(qid)] = metrics.top_ids(c.rows, mix)
+        score, order = base_order(engine, c, cfg)
+        runs["mix"][str(qid)] = c.rows[order[:10]].astype(str).tolist()
         t0 = time.perf_counter()
         ts = teacher.predict([text] * len(c.rows), titles.take(c.rows))
         dt = time.perf_counter() - t0
@@ -82,13 +103,16 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
             margins.append(float(ts[first] - ts[second]))
             right.append(str(c.rows[first]) in qrels.get(str(qid), {}))
         for n, w in names:
-            runs[f"top{n}-w{w:g}"][str(qid)] = metrics.top_ids(c.rows, block_reorder(mix, ts, n, w))
+            new = reorder_top(score, order, ts[order[:n]], w)[1]
+            runs[f"top{n}-w{w:g}"][str(qid)] = c.rows[new[:10]].astype(str).tolist()
     out: dict = {
         "config": str(cfg.source),
         "teacher": str(teacher_path),
         "quantize": quantize,
         "queries": len(qids),
-        "base": f"z-score mix of {cfg.rerank.model} (weight {cfg.rerank.weight}) and the first stages",
+        "base": f"the learned ranker {cfg.rerank.ranker}"
+        if cfg.rerank.ranker
+        else f"z-score mix of {cfg.rerank.model} (weight {cfg.rerank.weight}) and the first stages",
         "teacher_pairs_per_second": round(pairs / seconds, 1) if seconds else None,
         "runs": {},
     }

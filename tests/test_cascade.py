@@ -53,3 +53,20 @@ def test_query_reorders_the_top_block_by_the_teacher_and_says_so(live_cfg):
         assert all(0 <= c <= 1 for c in cov) and max(cov) > 0  # the query's words are in its best titles
     assert moved > 0, "the teacher never changed an order: the test would not see a broken cascade"
     assert "teacher" in taught.query("手机").versions
+
+
+def test_the_cascade_study_starts_from_the_order_query_gives(live_cfg):
+    from eval.cascade import base_order
+    from engine.search import SearchEngine
+
+    ranker = str(live_cfg.finetune.out_dir / "ranker")
+    for cfg in (live_cfg, dataclasses.replace(live_cfg, rerank=dataclasses.replace(live_cfg.rerank, ranker=ranker))):
+        engine = SearchEngine.from_config(cfg)
+        for q in ["蓝牙耳机", "运动鞋 男"]:
+            cand = engine.candidate_sets([q], engine.live)[0]
+            score, order = base_order(engine, cand, cfg)
+            shown = [h.product_id for h in engine.query(q, k=10).hits]
+            ids = engine.products.ids
+            assert [ids[r] for r in cand.rows[order[:10]]] == shown[: min(10, len(order))]
+            assert np.all(np.diff(score[order]) <= 0)
+    assert engine.ranker() is not None
