@@ -29,16 +29,6 @@ import numpy as np
 from core.cli import command, load, run
 
 
-def block_reorder(mix: np.ndarray, teacher: np.ndarray, top: int, weight: float) -> np.ndarray:
-    """Scores that keep the mix's ``top`` candidates on top, ordered among themselves by ``weight`` of the
-    teacher's z-score and the rest of the mix's (``teacher``: scores of every candidate; only the top ones
-    are read): what ``rerank.teacher`` does in ``query()`` (:func:`engine.final_rank.reorder_top`)."""
-    from engine.final_rank import reorder_top
-
-    order = np.argsort(-np.asarray(mix), kind="stable")
-    return reorder_top(np.asarray(mix, dtype=np.float64), order, np.asarray(teacher)[order[:top]], weight)[0]
-
-
 def base_order(engine, cand, cfg) -> tuple[np.ndarray, np.ndarray]:
     """One query's candidates as ``query()`` orders them without a teacher: (each candidate's final score, the
     candidate indices in final order)."""

@@ -18,6 +18,9 @@ def test_reorder_top_moves_only_the_block_and_keeps_it_above_the_rest():
     assert new[[2, 3, 1]].min() > new[[4, 0]].max()
     _, same = reorder_top(score, order, np.array([-1.0, 0.0, 5.0]), 0.0)
     assert same.tolist() == order.tolist()  # weight 0: the final score alone
+    # half and half: row 3 is second by score but last by the teacher, row 2 the reverse: 3 ends last
+    _, both = reorder_top(score, order, np.array([0.0, -5.0, 5.0]), 0.5)
+    assert set(both[:3].tolist()) == {1, 2, 3} and both[2] == 3 and both[3:].tolist() == [4, 0]
 
 
 def test_a_teacher_needs_a_cross_encoder_and_a_block_of_two(tmp_path, demo_dir):

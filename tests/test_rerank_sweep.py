@@ -40,19 +40,6 @@ def test_scores_are_cached_per_model_and_pairs(tmp_path):
     assert ce.calls == 3, "a retrained model must not reuse the old model's scores"
 
 
-def test_the_cascade_reorders_only_the_top_block_and_keeps_it_on_top():
-    from eval.cascade import block_reorder
-
-    mix = np.array([0.9, 0.1, 0.8, 0.7, -0.5, 0.2])
-    teacher = np.array([-1.0, 9.0, 0.0, 5.0, 9.0, 9.0])  # loves 1, 4, 5: outside the top 3, never lifted
-    s = block_reorder(mix, teacher, 3, 1.0)
-    order = np.argsort(-s, kind="stable")
-    assert order[:3].tolist() == [3, 2, 0] and order[3:].tolist() == [5, 1, 4]  # the rest keeps the mix order
-    assert np.argsort(-block_reorder(mix, teacher, 3, 0.0), kind="stable").tolist() == np.argsort(-mix).tolist()
-    both = np.argsort(-block_reorder(mix, teacher, 3, 0.5), kind="stable")[:3].tolist()
-    assert set(both) == {0, 2, 3} and both[-1] == 2  # a block ranked by both: 2 is middling on each, 0 and 3 lead one
-
-
 def test_pseudo_label_precision_rises_with_the_teachers_margin():
     from eval.cascade import pseudo_label_precision
 
