@@ -47,12 +47,12 @@ def text_match(bm25, query: str | None, rows: np.ndarray) -> np.ndarray:
     owner = np.repeat(np.arange(len(rows)), lens)
     flat = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens) + np.repeat(starts, lens)
     ids = dt.ids[flat].astype(np.int64)
+    span = int(ids.max()) + 1 if len(ids) else 1  # (candidate, token) pairs as one integer key
     for col, wanted in ((0, tokens), (1, codes)):
         if not wanted:
             continue
         known = np.array(sorted(vocab[t] for t in wanted if t in vocab), dtype=np.int64)
         hit = np.isin(ids, known)
-        pairs = np.unique(owner[hit] * (int(ids.max()) + 1) + ids[hit]) if hit.any() else np.zeros(0, np.int64)
-        found = np.bincount(pairs // (int(ids.max()) + 1), minlength=len(rows)) if len(pairs) else 0
-        out[:, col] = np.asarray(found, dtype=np.float64) / len(wanted)
+        pairs = np.unique(owner[hit] * span + ids[hit])  # a token repeated in a title counts once
+        out[:, col] = np.bincount(pairs // span, minlength=len(rows)) / len(wanted)
     return out

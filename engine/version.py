@@ -25,6 +25,7 @@ from engine.query_input import clean_text, searchable
 from engine.query_run import QueryRun
 from engine.rerank import CrossEncoder
 from engine.types import QueryError, DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryResult, SearchResult
+from engine.text_match import text_match
 from engine.understanding import QueryRewriter, Rewrite
 from indexer.bm25 import BM25Index
 from core.config import Config
@@ -276,8 +277,6 @@ class IndexVersion:
         """Per query: the reranked candidates (union of the bm25 and dense top ``rerank.depth``) with their
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
-        from engine.text_match import text_match
-
         both = self.stage_candidates(texts, mask, deep=deep, timings=timings)
         sets = score_candidate_sets(texts, both, self.products.titles, self.score_pairs, self.cfg.rerank, timings)
         for text, cand in zip(texts, sets):
