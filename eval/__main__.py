@@ -41,7 +41,6 @@ def variant(cfg, spec: str, overrides: dict | None = None):
     """The config ``spec`` names: a config file, ``cfg`` with one model replaced by a folder, or ``cfg``
     reloaded with ``SECTION.FIELD=VALUE`` settings (comma-separated) over its ``overrides`` (the ``--set``)."""
     if "=" in spec:
-        from core.config import parse_overrides
         from core.config.loader import merge
 
         return load_config(cfg.source, **merge(overrides or {}, parse_overrides(spec.split(","))))

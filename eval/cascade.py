@@ -53,11 +53,10 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
     from engine.rerank import trained_max_length
     from engine.search import SearchEngine
     from finetune.ranker_sessions import candidate_cache
-    from tqdm import tqdm
-
     import dataclasses
 
     from engine.final_rank import reorder_top
+    from tqdm import tqdm
 
     engine = SearchEngine.from_config(dataclasses.replace(cfg, rerank=dataclasses.replace(cfg.rerank, teacher=None)))
     dev = read_queries(cfg.eval.queries)
@@ -71,7 +70,7 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
         str(q): {str(row_of[p]): g for p, g in judged.items() if p in row_of}
         for q, judged in dev.gains(cfg.eval.gain_offset).items()
     }
-    runs: dict[str, dict] = {"mix": {}}
+    runs: dict[str, dict] = {"base": {}}
     names = [(n, w) for n in tops for w in weights]
     for n, w in names:
         runs[f"top{n}-w{w:g}"] = {}
@@ -81,7 +80,7 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
     for qid, text in tqdm(list(zip(qids, texts)), desc="teacher", disable=not progress):
         c = cands[text]
         score, order = base_order(engine, c, cfg)
-        runs["mix"][str(qid)] = c.rows[order[:10]].astype(str).tolist()
+        runs["base"][str(qid)] = c.rows[order[:10]].astype(str).tolist()
         t0 = time.perf_counter()
         ts = teacher.predict([text] * len(c.rows), titles.take(c.rows))
         dt = time.perf_counter() - t0
@@ -107,9 +106,9 @@ def evaluate(cfg, teacher_path: Path, quantize: str, tops: list[int], weights: l
         "runs": {},
     }
     base = {
-        m: fn(qrels, runs["mix"], 10, per_query=True) for m, fn in (("mrr@10", metrics.mrr), ("ndcg@10", metrics.ndcg))
+        m: fn(qrels, runs["base"], 10, per_query=True) for m, fn in (("mrr@10", metrics.mrr), ("ndcg@10", metrics.ndcg))
     }
-    out["runs"]["mix"] = {m: round(float(v.mean()), 4) for m, v in base.items()}
+    out["runs"]["base"] = {m: round(float(v.mean()), 4) for m, v in base.items()}
     for n, w in names:
         name = f"top{n}-w{w:g}"
         row: dict = {"top": n, "weight": w, "teacher_ms_per_query": round(1000 * per_top[n] / len(qids), 1)}
@@ -159,10 +158,10 @@ def write_report(res: dict, out_dir: Path) -> None:
         "",
         "| top N | teacher weight | MRR@10 | diff [95% CI] | NDCG@10 | diff [95% CI] | teacher ms/query |",
         "| ---: | ---: | ---: | --- | ---: | --- | ---: |",
-        f"| – (base) | – | {res['runs']['mix']['mrr@10']:.4f} | | {res['runs']['mix']['ndcg@10']:.4f} | | 0 |",
+        f"| – (base) | – | {res['runs']['base']['mrr@10']:.4f} | | {res['runs']['base']['ndcg@10']:.4f} | | 0 |",
     ]
     for name, r in res["runs"].items():
-        if name == "mix":
+        if name == "base":
             continue
         dm, dn = r["mrr@10_diff"], r["ndcg@10_diff"]
         lines.append(
