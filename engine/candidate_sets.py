@@ -13,15 +13,18 @@ from typing import Callable, Sequence
 import numpy as np
 
 from engine.features import Candidates
+from engine.text_match import text_match
 from engine.types import RERANK_FIRST_STAGES
 from core.config import RerankConfig
 
 
 def score_candidate_sets(
-    texts: Sequence[str], both: list, titles, score_pairs: Callable, r: RerankConfig, timings: dict | None = None
+    texts: Sequence[str], both: list, bm25, score_pairs: Callable, r: RerankConfig, timings: dict | None = None
 ) -> list[Candidates]:
     """:class:`Candidates` per query from :func:`engine.first_stages.stage_candidates`'s ``both``, with
-    cross-encoder scores (``score_pairs(queries, titles)``) of all queries' pairs in one run."""
+    cross-encoder scores (``score_pairs(queries, titles)``) of all queries' pairs in one run, and their
+    text-match features (:func:`engine.text_match.text_match` over ``bm25``, the BM25 index)."""
+    titles = bm25.products.titles
     pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
     pair_t = titles.take(row for c, _, _ in both for row in c.rows)
     t0 = time.perf_counter()
@@ -34,6 +37,7 @@ def score_candidate_sets(
         cand = Candidates.from_stages(fused, top, lists, RERANK_FIRST_STAGES, r.first_stage, r.depth)
         cand.query = text
         cand.ce = ce[start : start + len(cand.rows)].astype(np.float64)
+        cand.match = text_match(bm25, text, cand.rows)
         start += len(cand.rows)
         out.append(cand)
     return out

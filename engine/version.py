@@ -25,7 +25,6 @@ from engine.query_input import clean_text, searchable
 from engine.query_run import QueryRun
 from engine.rerank import CrossEncoder
 from engine.types import QueryError, DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryResult, SearchResult
-from engine.text_match import text_match
 from engine.understanding import QueryRewriter, Rewrite
 from indexer.bm25 import BM25Index
 from core.config import Config
@@ -278,10 +277,7 @@ class IndexVersion:
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
         both = self.stage_candidates(texts, mask, deep=deep, timings=timings)
-        sets = score_candidate_sets(texts, both, self.products.titles, self.score_pairs, self.cfg.rerank, timings)
-        for text, cand in zip(texts, sets):
-            cand.match = text_match(self.bm25, text, cand.rows)
-        return sets
+        return score_candidate_sets(texts, both, self.bm25, self.score_pairs, self.cfg.rerank, timings)
 
     def cached_candidate_sets(
         self, texts: list[str], mask: np.ndarray | None, key, deep: int, timings: dict
