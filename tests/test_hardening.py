@@ -293,9 +293,11 @@ def click_trusting_ranker():
     from engine.ranker import Ranker
 
     rng = np.random.default_rng(0)
-    # the features as the test was written (query_ctr and the in-session ones came later: 0, no logged searches
-    # and no session), drawn in the same order, so the model is the one the test was written against
-    written = [i for i, f in enumerate(FEATURES) if f not in ("query_ctr", "session_cos", "session")]
+    # the features as the test was written (query_ctr, the in-session and the text-match ones came later: 0, no
+    # logged searches, no session, no text), drawn in the same order, so the model is the one the test was written
+    # against
+    later = ("query_ctr", "session_cos", "session", "coverage", "code_match", "title_len")
+    written = [i for i, f in enumerate(FEATURES) if f not in later]
     X = np.zeros((4000, len(FEATURES)))
     X[:, written] = rng.normal(size=(4000, len(written)))
     X[:, FEATURES.index("ctr")] = rng.uniform(0, 1, 4000)
