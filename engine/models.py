@@ -173,7 +173,7 @@ class VersionModels:
         if (
             old is not None
             and old.path == path
-            and old.runtime == ("torch" if r.runtime == "torch" else f"onnx-{r.teacher_quantize}")
+            and same_runtime(old, r, r.teacher_quantize, None)
             and old.fingerprint() == model_fingerprint(path, old.max_length)
         ):
             return old
@@ -331,10 +331,12 @@ def encoder_fingerprint(cfg: Config, stage: str) -> str:
     return model_fingerprint(Path(stage_model(cfg, stage)), cfg.dense.max_length)
 
 
-def same_runtime(ce, r) -> bool:
-    """Whether a loaded cross-encoder runs as the config's ``rerank`` section says."""
-    wanted = "torch" if r.runtime == "torch" else f"onnx-{r.quantize}"
-    return ce.runtime == wanted and (r.max_length is None or r.max_length == ce.max_length)
+def same_runtime(ce, r, quantize: str | None = None, max_length: int | None = -1) -> bool:
+    """Whether a loaded cross-encoder runs as the config's ``rerank`` section says (``quantize``/``max_length``
+    other than the section's: the cascade teacher's own; ``max_length`` None: any)."""
+    wanted = "torch" if r.runtime == "torch" else f"onnx-{quantize or r.quantize}"
+    length = r.max_length if max_length == -1 else max_length
+    return ce.runtime == wanted and (length is None or length == ce.max_length)
 
 
 def query_encoder(cfg: Config, stage: str):

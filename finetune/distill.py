@@ -57,6 +57,15 @@ def distill_queries(
     return out, extra
 
 
+def read_chunk(f: Path) -> list | None:
+    """One teacher-cache chunk's ``[query, titles, scores]`` rows; None for a chunk cut short (a run killed
+    while writing it, before chunks were written whole)."""
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+
+
 def teacher_scores(
     engine, teacher, queries: list[str], cache: Path, chunk: int = 128
 ) -> list[tuple[str, list[str], np.ndarray]]:
@@ -71,10 +80,7 @@ def teacher_scores(
         key = hashlib.sha256(json.dumps(part, ensure_ascii=False).encode()).hexdigest()[:16]
         f = cache / f"chunk-{start:07d}-{key}.json"
         if f.is_file():
-            try:
-                done = json.loads(f.read_text(encoding="utf-8"))
-            except ValueError:  # a chunk cut short (a run killed while writing it): score it again
-                done = None
+            done = read_chunk(f)  # None: cut short by a killed run, scored again
             if done is not None:
                 out += [(q, t, np.asarray(s, dtype=np.float32)) for q, t, s in done]
                 continue

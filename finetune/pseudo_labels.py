@@ -29,12 +29,10 @@ from core.cli import command, load, run
 def read_cache(cache: Path) -> Iterable[tuple[str, list[str], np.ndarray]]:
     """Every cached ``(query, titles, scores)`` of a distillation teacher cache folder, chunk by chunk (a chunk
     cut short by a killed run is skipped: the job scores it again)."""
+    from finetune.distill import read_chunk
+
     for f in sorted(Path(cache).glob("chunk-*.json")):
-        try:
-            rows = json.loads(f.read_text(encoding="utf-8"))
-        except ValueError:
-            continue
-        for q, titles, scores in rows:
+        for q, titles, scores in read_chunk(f) or []:
             yield q, titles, np.asarray(scores, dtype=np.float32)
 
 
