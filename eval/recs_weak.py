@@ -11,6 +11,13 @@ missed.
 
 The signal the service uses to add the block (fewer than ``recs.weak_min_hits`` hits, or a best score under
 ``recs.weak_score``) is measured too: the share of missed pages it flags.
+
+**Where the block is shown** (``narrowed``): unfiltered, the engine always fills a page, so the block appears
+when filters leave fewer than ``recs.weak_min_hits`` products.  Each search is narrowed the way a shopper does
+on the page — the category of its top hit, a brand of that category, a ±10% price band around one of that
+category's prices (drawn at random, seeded, up to ``--draws`` times until the service's signal fires; nothing
+of the target is used) — and on the flagged searches the target's HR@10 is compared between the few filtered
+hits, the block (which ignores the filters), trending, and the same search without its filters.
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ def searches(test, row_of: dict) -> list[tuple[str, str, int, float]]:
     return out
 
 
-def evaluate(cfg, test_days: float = 10.0, limit: int | None = None, progress: bool = True) -> dict:
+def evaluate(
+    cfg, test_days: float = 10.0, limit: int | None = None, progress: bool = True, draws: int = 3, seed: int = 0
+) -> dict:
     from tqdm import tqdm
 
     from core.formats.clicklog import read_clicklog
@@ -64,6 +73,8 @@ def evaluate(cfg, test_days: float = 10.0, limit: int | None = None, progress: b
     cases = searches(test, row_of)[: limit or None]
     trend_scores, _, _ = rec.trending(mask)
     rows: dict[str, list] = {"missed": [], "block": [], "page2": [], "trending": [], "flagged": []}
+    narrow: dict[str, list] = {"hits": [], "page": [], "block": [], "trending": [], "unfiltered": []}
+    rng = np.random.default_rng(seed)
     for user, q, target, t in tqdm(cases, desc="weak searches", disable=not progress):
         res = engine.query(q, k=20)
         ids = [row_of[h.product_id] for h in res.hits]
@@ -78,6 +89,15 @@ def evaluate(cfg, test_days: float = 10.0, limit: int | None = None, progress: b
         rows["trending"].append(target in trend)
         page = engine.query(q, k=10)
         rows["flagged"].append(weak_reason(page, cfg.recs) is not None)
+        few = narrowed(engine, q, page1, rng, draws, cfg.recs) if page1 else None
+        if few is not None:
+            shown = [row_of[h.product_id] for h in few.hits]
+            block = [r for r in rec.top(scores, mask, 10 + len(shown)) if r not in shown][:10]
+            narrow["hits"].append(len(shown))
+            narrow["page"].append(target in shown)
+            narrow["block"].append(target in block)
+            narrow["trending"].append(target in [r for r in rec.top(trend_scores, mask, 20) if r not in shown][:10])
+            narrow["unfiltered"].append(target in page1)
     arr = {k: np.array(v, dtype=float) for k, v in rows.items()}
     missed = arr["missed"] > 0
     out: dict = {"searches": len(cases), "missed_first_page": int(missed.sum()), "products": len(p)}
@@ -96,6 +116,45 @@ def evaluate(cfg, test_days: float = 10.0, limit: int | None = None, progress: b
         "share_of_missed_flagged": round(float(flagged[missed].mean()), 4) if missed.any() else None,
         "share_of_fine_flagged": round(float(flagged[~missed].mean()), 4) if (~missed).any() else None,
     }
+    out["narrowed"] = narrowed_summary(narrow, len(cases), draws)
+    return out
+
+
+def narrowed(engine, q: str, page1: list[int], rng, draws: int, recs_cfg):
+    """The search narrowed by a shopper's filters (the category of its top hit, a brand of that category, a
+    ±10% price band around one of its prices), drawn up to ``draws`` times until the service flags the page
+    (fewer than ``recs.weak_min_hits`` hits); the flagged page, or None."""
+    from engine.service.recommend_route import weak_reason
+
+    p = engine.products
+    cat = p.category_codes[page1[0]]
+    rows = np.flatnonzero(p.category_codes == cat)
+    for _ in range(draws):
+        price = float(p.prices[rng.choice(rows)])
+        filters = {
+            "category": [p.categories[cat]],
+            "brand": [p.brands[p.brand_codes[rng.choice(rows)]]],
+            "price_min": 0.9 * price,
+            "price_max": 1.1 * price,
+        }
+        page = engine.query(q, k=10, filters=filters)
+        if weak_reason(page, recs_cfg) is not None:
+            return page
+    return None
+
+
+def narrowed_summary(narrow: dict, searches: int, draws: int) -> dict:
+    """HR@10 of the target on the flagged narrowed searches: the few hits, the block, trending, unfiltered."""
+    arr = {k: np.array(v, dtype=float) for k, v in narrow.items()}
+    out: dict = {"searches": searches, "draws": draws, "flagged": len(arr["hits"])}
+    if not len(arr["hits"]):
+        return out
+    out["mean_hits"] = round(float(arr["hits"].mean()), 3)
+    for s in ("page", "block", "trending", "unfiltered"):
+        _, lo, hi = bootstrap_ci(arr[s])
+        out[s] = {"hr@10": round(float(arr[s].mean()), 4), "ci": [round(lo, 4), round(hi, 4)]}
+    out["block_minus_trending"] = paired_bootstrap(arr["trending"], arr["block"])
+    out["page_or_block_minus_page"] = paired_bootstrap(arr["page"], np.maximum(arr["page"], arr["block"]))
     return out
 
 
@@ -104,12 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="default reports/recs/<config name>/weak.json")
     ap.add_argument("--test-days", type=float, default=10.0)
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--draws", type=int, default=3, help="filter draws per search until the page is flagged")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
     def body():
         cfg = load(args)
-        res = evaluate(cfg, args.test_days, args.limit, not args.no_progress)
+        res = evaluate(cfg, args.test_days, args.limit, not args.no_progress, args.draws)
         out = Path(args.out) if args.out else cfg.root / "reports" / "recs" / cfg.name / "weak.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -118,6 +178,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{res['searches']} searches, first page missed the target in {res['missed_first_page']}: "
             f"block HR@10 {m['block']['hr@10']}, page two {m['page2']['hr@10']}, trending {m['trending']['hr@10']}"
         )
+        nw = res["narrowed"]
+        if nw["flagged"]:
+            print(
+                f"narrowed by filters to < {cfg.recs.weak_min_hits} hits: {nw['flagged']} searches; the few hits "
+                f"{nw['page']['hr@10']}, the block {nw['block']['hr@10']}, trending {nw['trending']['hr@10']}, "
+                f"unfiltered {nw['unfiltered']['hr@10']}"
+            )
         print(f"wrote {out}")
         return 0
 

@@ -72,3 +72,8 @@ def test_weak_searches_take_each_shoppers_first_search_and_its_first_engagement(
     for s in ("block", "page2", "trending"):
         assert 0 <= m[s]["hr@10"] <= 1
     assert res["signal"]["flagged"] == 0  # every tiny-demo search has a full page: the count signal stays quiet
+    nw = res["narrowed"]  # narrowed by filters until the signal fires: where the block is shown
+    assert 0 < nw["flagged"] <= 40 and nw["mean_hits"] < cfg.recs.weak_min_hits
+    for s in ("page", "block", "trending", "unfiltered"):
+        assert 0 <= nw[s]["hr@10"] <= 1
+    assert {"diff", "ci_low", "ci_high"} <= set(nw["block_minus_trending"])
