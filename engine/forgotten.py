@@ -11,7 +11,10 @@ that replicas sharing the models folder see every forget; read by signature, as 
   no aggregate of other users' events (content, the user's own history, the live store) until a build from
   after the forget serves (:mod:`finetune.recs` leaves every forgotten user's events out of a click-log build;
   the store no longer has them);
-- trending and the suggestions' live counts are read again from the store, which no longer has them.
+- trending and the suggestions' live counts are read again from the store, which no longer has them;
+- the final ranker's query clicks (``query_clicks.npz`` of the serving ranker, its ``.previous`` and the
+  experiment candidate) lose the user's share at once (:func:`forget_query_clicks`, before their logged
+  searches are deleted; :func:`engine.query_clicks.forget_in`).
 
 Only hashed keys are kept (the store's HMAC of the user id), never the id.
 """
@@ -73,3 +76,35 @@ def signature(cfg) -> tuple | None:
     except OSError:
         return None
     return (st.st_mtime_ns, st.st_size)
+
+
+def query_click_folders(cfg) -> list[Path]:
+    """The ranker folders whose query clicks could serve: ``rerank.ranker``, the experiment candidate, and the
+    ``.previous`` folder a rollback would bring back."""
+    from engine.query_clicks import FILE
+
+    out: list[Path] = []
+    for path in (cfg.rerank.ranker, cfg.serve.interleave.candidate):
+        if path:
+            p = Path(path) if Path(path).is_absolute() else cfg.root / path
+            out += [p, p.with_name(p.name + ".previous")]
+    return [p for p in dict.fromkeys(out) if (p / FILE).is_file()]
+
+
+def forget_query_clicks(cfg, store, key: str) -> int:
+    """Take the user (hashed ``key``) out of every serving snapshot of query clicks, from their logged searches
+    and clicks still in ``store``; returns the number of (query, product) entries changed."""
+    from core.formats.clicklog import EVENTS
+    from engine.events.impressions import Impression
+    from engine.query_clicks import FILE, forget_in
+
+    folders = query_click_folders(cfg)
+    if not folders:
+        return 0
+    imps = [Impression.from_row(r) for r in store.user_impressions(key)]
+    if not imps:
+        return 0
+    click = EVENTS.index("click")
+    linked = store.linked_events([i.search_id for i in imps])
+    clicks = [(sid, pid, float(ts)) for sid, pid, code, _, ts, user in linked if user == key and int(code) == click]
+    return sum(forget_in(folder / FILE, imps, clicks) for folder in folders)

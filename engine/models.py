@@ -208,6 +208,20 @@ class VersionModels:
 
         return QueryClicks.load(ranker.path, self.bm25.products.row_map())
 
+    def reload_query_clicks(self) -> None:
+        """Read the query clicks again after a forget rewrote them (the ranker itself is unchanged, so its
+        signature is taken as it is now rather than reloading it)."""
+        from engine.ranker import Ranker
+
+        with self._lock:
+            if self.ranker_model is not None:
+                self.ranker_model.signature = Ranker.file_signature(self.ranker_model.path)
+                self.query_clicks_model = self._query_clicks_of(self.ranker_model)
+            if self.candidate_model is not None:
+                ranker = self.candidate_model[0]
+                ranker.signature = Ranker.file_signature(ranker.path)
+                self.candidate_model = (ranker, self._query_clicks_of(ranker))
+
     def query_clicks(self, variant: str | None = None):
         """The ranker's ``query_ctr`` snapshot (``query_clicks.npz`` beside it), or None; ``variant``
         ``"candidate"``: the experiment candidate's."""

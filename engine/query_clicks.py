@@ -18,11 +18,19 @@ users weigh ``min_users`` (default 1) in all.
 :class:`QueryClickTimeline` replays the logged searches in time order (training: nothing from after a search is
 known at it); its state at the end of the window is the :class:`QueryClicks` snapshot saved with the ranker
 (``query_clicks.npz``) and looked up at serving time, one vectorized ``searchsorted`` per query.
+
+**Forgetting a user** takes their share out of a saved snapshot (:func:`forget_in`): the snapshot keeps each
+entry's clicking users' weight and its examinations (``Σ w_u`` and ``Σ θ``) and the window and propensities it
+was counted with, so the user's own logged searches in that window (read from the store before they are
+deleted) give exactly what they added — their click weight and their examination at their best rank — and the
+value is counted again without it.  A snapshot saved before these parts were kept loses the entries the user
+clicked instead (it cannot tell their share from the others').
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +41,14 @@ FILE = "query_clicks.npz"
 
 
 class QueryClicks:
-    """Per query: the products clicked for it (sorted rows) and their ``query_ctr``."""
+    """Per query: the products clicked for it (sorted rows) and their ``query_ctr``; ``parts`` (per query, aligned
+    with the rows: clicking users' weight ``Σ w_u`` and examinations ``Σ θ``) and ``meta`` (the window
+    ``since``/``until``, the normalized propensities ``theta``, ``min_users``) let a forget be taken out."""
 
-    def __init__(self, table: dict[str, tuple[np.ndarray, np.ndarray]]):
+    def __init__(self, table: dict[str, tuple[np.ndarray, np.ndarray]], parts: dict | None = None, meta=None):
         self.table = table
+        self.parts = parts
+        self.meta = meta or {}
 
     def __len__(self) -> int:
         return len(self.table)
@@ -57,12 +69,19 @@ class QueryClicks:
         sizes = np.array([len(self.table[q][0]) for q in queries], dtype=np.int64)
         rows = np.concatenate([self.table[q][0] for q in queries]) if queries else np.zeros(0, np.int64)
         vals = np.concatenate([self.table[q][1] for q in queries]) if queries else np.zeros(0)
-        np.savez_compressed(
+        extra = {}
+        if self.parts is not None:
+            for j, name in enumerate(("clicked", "examined")):
+                got = [self.parts[q][j] for q in queries]
+                extra[name] = np.concatenate(got).astype(np.float64) if got else np.zeros(0)
+            extra["meta"] = np.array(json.dumps(self.meta))
+        write_npz(
             Path(folder) / FILE,
             queries=np.array(json.dumps(queries, ensure_ascii=False)),
             sizes=sizes,
             products=np.array(json.dumps([product_ids[int(r)] for r in rows], ensure_ascii=False)),
             values=vals,
+            **extra,
         )
 
     @classmethod
@@ -71,10 +90,7 @@ class QueryClicks:
         p = Path(folder) / FILE
         if not p.is_file():
             return None
-        with np.load(p) as z:
-            queries = json.loads(str(z["queries"]))
-            products = json.loads(str(z["products"]))
-            sizes, vals = z["sizes"], z["values"]
+        queries, products, sizes, vals, parts, meta = read_npz(p)
         table, start = {}, 0
         for q, n in zip(queries, sizes.tolist()):
             rows = np.array([row_of.get(pid, -1) for pid in products[start : start + n]], dtype=np.int64)
@@ -83,7 +99,95 @@ class QueryClicks:
             order = np.argsort(rows[keep])
             table[q] = (rows[keep][order], v[keep][order])
             start += n
-        return cls(table)
+        return cls(table, meta=meta)
+
+
+def write_npz(path: Path, **arrays) -> None:
+    """Write the snapshot whole under a temporary name, then rename it over ``path``: a reader never sees half."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def read_npz(path: Path) -> tuple:
+    """(queries, product ids, sizes, values, (clicked, examined) or None, meta) of a saved snapshot."""
+    with np.load(path) as z:
+        queries = json.loads(str(z["queries"]))
+        products = json.loads(str(z["products"]))
+        sizes, vals = z["sizes"], z["values"]
+        parts = (z["clicked"], z["examined"]) if "clicked" in z.files else None
+        meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
+    return queries, products, sizes, vals, parts, meta
+
+
+def user_share(meta: dict, searches, clicks) -> dict[tuple[str, str], tuple[float, float]]:
+    """What one user added to a snapshot counted with ``meta``: ``(query, product id) -> (click weight,
+    examination)``, from their logged searches (:class:`engine.events.impressions.Impression`) and the clicks
+    that answer them (search id, product id, time), counted as :class:`QueryClickTimeline` counts them (searches
+    in the window, each product at its best rank, one click per query and product, weight ``min(1, 3 / their
+    searches of the query)``)."""
+    since, until = float(meta.get("since", -np.inf)), float(meta.get("until", np.inf))
+    theta = np.asarray(meta.get("theta") or [1.0], dtype=np.float64)
+    searched: dict[str, int] = {}
+    seen: dict[tuple[str, str], float] = {}
+    query_of = {}
+    for imp in searches:
+        if not since <= imp.ts < until:
+            continue
+        q = imp.searched or imp.query
+        query_of[imp.search_id] = q
+        searched[q] = searched.get(q, 0) + 1
+        for j, pid in enumerate(imp.products):
+            th = float(theta[min(max(imp.offset + j + 1, 1), len(theta)) - 1])
+            seen[(q, pid)] = max(seen.get((q, pid), 0.0), th)
+    clicked = {(query_of[sid], pid) for sid, pid, ts in clicks if sid in query_of and ts < until}
+    out = {key: (0.0, th) for key, th in seen.items()}
+    for q, pid in clicked:
+        out[(q, pid)] = (min(1.0, REPEAT_CAP / max(searched.get(q, 1), 1)), out.get((q, pid), (0.0, 0.0))[1])
+    return out
+
+
+def forget_in(path: Path, searches, clicks) -> int:
+    """Take one user's share (:func:`user_share` of their logged searches and clicks) out of the snapshot file
+    ``path``, rewritten whole; returns the number of entries changed (0: nothing of theirs, file untouched)."""
+    queries, products, sizes, vals, parts, meta = read_npz(path)
+    share = user_share(meta, searches, clicks)
+    if not share:
+        return 0
+    vals = vals.astype(np.float64).copy()
+    clicked, examined = (parts[0].copy(), parts[1].copy()) if parts is not None else (None, None)
+    keep = np.ones(len(vals), dtype=bool)
+    changed, start = 0, 0
+    min_users = float(meta.get("min_users", 1.0))
+    for q, n in zip(queries, sizes.tolist()):
+        for i in range(start, start + n):
+            got = share.get((q, products[i]))
+            if got is None:
+                continue
+            changed += 1
+            if clicked is None:  # no parts: drop what they clicked
+                keep[i] = got[0] == 0
+                continue
+            clicked[i], examined[i] = max(clicked[i] - got[0], 0.0), max(examined[i] - got[1], 0.0)
+            vals[i] = clicked[i] / (examined[i] + PRIOR) if clicked[i] >= min_users - 1e-9 else 0.0
+            keep[i] = vals[i] > 0
+        start += n
+    if not changed:
+        return 0
+    bounds = np.cumsum([0, *sizes.tolist()])
+    sizes = np.array([int(keep[a:b].sum()) for a, b in zip(bounds[:-1], bounds[1:])], dtype=np.int64)
+    extra = {}
+    if clicked is not None:
+        extra = {"clicked": clicked[keep], "examined": examined[keep], "meta": np.array(json.dumps(meta))}
+    write_npz(
+        path,
+        queries=np.array(json.dumps(queries, ensure_ascii=False)),
+        sizes=sizes,
+        products=np.array(json.dumps([p for p, k in zip(products, keep) if k], ensure_ascii=False)),
+        values=vals[keep],
+        **extra,
+    )
+    return changed
 
 
 class QueryClickTimeline:
@@ -138,10 +242,15 @@ class QueryClickTimeline:
         self._ci = max(self._ci, end)
         return self
 
-    def _value(self, q: int, row: int) -> float:
+    def _parts(self, q: int, row: int) -> tuple[float, float]:
+        """(Σ w_u of the users who clicked, Σ θ of the users who saw) of one query and product."""
         users = self._clicks.get(q, {}).get(row, ())
         c = sum(min(1.0, REPEAT_CAP / max(self._searched.get((q, u), 1), 1)) for u in users)
-        return c / (self._exam.get(q, {}).get(row, 0.0) + PRIOR) if c >= self.min_users else 0.0
+        return c, self._exam.get(q, {}).get(row, 0.0)
+
+    def _value(self, q: int, row: int) -> float:
+        c, exam = self._parts(q, row)
+        return c / (exam + PRIOR) if c >= self.min_users else 0.0
 
     def lookup(self, query: str | None, rows: np.ndarray) -> np.ndarray:
         q = self.query_ids.get(query) if query is not None else None
@@ -149,13 +258,18 @@ class QueryClickTimeline:
             return np.zeros(len(rows))
         return np.fromiter((self._value(q, int(r)) for r in rows), dtype=np.float64, count=len(rows))
 
-    def snapshot(self) -> QueryClicks:
-        """The state now as a :class:`QueryClicks` (what serving looks up)."""
+    def snapshot(self, since: float = -np.inf) -> QueryClicks:
+        """The state now as a :class:`QueryClicks` (what serving looks up), with the parts a forget needs;
+        ``since``: where the logged searches it replays begin."""
         names = {i: q for q, i in self.query_ids.items()}
-        table = {}
+        table, parts = {}, {}
         for q, per in self._clicks.items():
             rows = np.array(sorted(per), dtype=np.int64)
-            vals = np.array([self._value(q, int(r)) for r in rows])
+            got = np.array([self._parts(q, int(r)) for r in rows], dtype=np.float64).reshape(-1, 2)
+            vals = np.where(got[:, 0] >= self.min_users, got[:, 0] / (got[:, 1] + PRIOR), 0.0)
             if np.any(vals > 0):
-                table[names[q]] = (rows[vals > 0], vals[vals > 0])
-        return QueryClicks(table)
+                keep = vals > 0
+                table[names[q]] = (rows[keep], vals[keep])
+                parts[names[q]] = (got[keep, 0], got[keep, 1])
+        meta = {"since": float(since), "until": float(self._t), "theta": self.theta.tolist()}
+        return QueryClicks(table, parts, {**meta, "min_users": float(self.min_users)})

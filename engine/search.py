@@ -414,14 +414,17 @@ class SearchEngine:
         """Delete every event and the profile of a user; returns the number of events deleted.  A user who had
         events or logged searches goes into the ledger of forgotten users (:mod:`engine.forgotten`):
         recommendation models built before pause, trending and the suggestions' live counts are read again
-        without them."""
+        without them, and the final ranker's query clicks lose their share at once."""
         from engine import forgotten
 
         v = self._version
         ue = v.user_events()
         key = ue.user_key(user_id, for_write=True)
         events, searches = ue.store.recent(key, 1, 1)  # anything of theirs in the store, before it goes
+        changed = forgotten.forget_query_clicks(v.cfg, ue.store, key) if searches else 0
         n = v.forget_user(user_id)
+        if changed:
+            v.models.reload_query_clicks()
         if n or events or searches:
             forgotten.record(v.cfg, key, time.time())
         return n

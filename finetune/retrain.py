@@ -224,7 +224,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     staged = staging_folder(serving_dir)
     ranker.save(staged)
     if ranker.reads("query_ctr"):  # the query clicks as of the window's end, looked up at serving time
-        pit.query_clicks.at(until).snapshot().save(staged, engine.products.ids)
+        pit.query_clicks.at(until).snapshot(logged.since).save(staged, engine.products.ids)
     if ship and promote:
         if ce_staged is not None:
             from finetune.retrain_ce import promote_cross_encoder

@@ -11,6 +11,7 @@ import pytest
 
 from core.config import RetrainConfig
 from core.formats.judged import read_queries
+from engine.query_clicks import read_npz
 from engine.search import SearchEngine
 from eval.sim.traffic import ClickModel, attractiveness, served_lists, simulate
 from finetune.promote import promote, rollback
@@ -86,6 +87,16 @@ def test_real_clicks_retrain_ship_and_swap_the_ranker_folder_atomically(rcfg):
     # a running engine switches on reload, and rollback restores the old files
     eng = SearchEngine.from_config(dataclasses.replace(rcfg))
     v1 = eng.versions()["ranker"]
+    # forgetting a shopper takes their clicks out of the served query clicks at once, without a reload
+    models = eng._version.models
+    old = {q: v.copy() for q, (_, v) in models.query_clicks().table.items()}
+    assert read_npz(ranker / "query_clicks.npz")[4] is not None  # saved with the parts a forget needs
+    assert eng.forget_user("u0") > 0
+    new = models.query_clicks().table
+    assert new.keys() <= old.keys() and any(
+        len(new.get(q, ((), ()))[1]) != len(v) or not np.allclose(new[q][1], v) for q, v in old.items()
+    )
+    assert not eng.stale() and eng.versions()["ranker"] == v1
     rollback(ranker)
     assert folder_digest(ranker) == before
     assert eng.reload()["changed"] and eng.versions()["ranker"] != v1

@@ -119,6 +119,9 @@ def _sql(p: str, user: str) -> dict[str, str]:
         "recent": f"SELECT product, event, ts, query FROM events WHERE {user} = {p} AND credited = 1 AND event > 0 "
         f"ORDER BY ts DESC LIMIT {p}",
         "searches": f"SELECT query, ts FROM impressions WHERE {user} = {p} ORDER BY ts DESC LIMIT {p}",
+        # every logged search of one user (what a forget takes out of the query clicks; the user index)
+        "user_impressions": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, "
+        f"versions, arm FROM impressions WHERE {user} = {p} ORDER BY ts",
         # the credited engagements since a time, one page after (ts, id) at a time (trending)
         "since_page": f"SELECT id, product, event, ts FROM events WHERE credited = 1 AND event > 0 AND ts >= {p} "
         f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
@@ -325,6 +328,10 @@ class _SQLEventStore(EventStore):
             con.execute(self._sql["recent"], (user, events)).fetchall(),
             con.execute(self._sql["searches"], (user, searches)).fetchall(),
         )
+
+    def user_impressions(self, user: str) -> list[tuple]:
+        """Every logged search of one user (hashed key), oldest first, as stored rows."""
+        return self._con().execute(self._sql["user_impressions"], (user,)).fetchall()
 
     def engagement_pages(self, since: float, page: int = 50_000):
         """The credited clicks, carts and purchases since ``since`` as (product, event code, time), in time
