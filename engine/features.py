@@ -51,6 +51,8 @@ NON_PERSONAL = (
     "popularity",
     "query_ctr",
     *TEXT_MATCH,
+    "ce_rank",
+    "ce_gap",
 )
 PERSONAL = (
     "centroid_cos",
@@ -204,6 +206,9 @@ def feature_matrix(
         X[:, 10] = query_ctr
     if cand.match is not None:
         X[:, _MATCH_COLS] = cand.match
+    if n:  # where the cross-encoder puts each candidate among this query's, and how far below its best
+        X[np.argsort(-ce, kind="stable"), FEATURES.index("ce_rank")] = np.arange(1, n + 1)
+        X[:, FEATURES.index("ce_gap")] = ce - ce.max()
     if personal is not None:
         X[:, PERSONAL_IDX] = personal
     return X

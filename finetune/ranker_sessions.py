@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from engine.features import FEATURES, StatsTimeline, timeline_ctr_popularity, personal_features
 from engine.profiles import Profile, ProductFacets, ProfileSettings, apply_event, bought_rows
+from engine.text_match import TEXT_MATCH
 
 EVENT_NAMES = ("impression", "click", "add_to_cart", "purchase")
 SESSION_GAP = 1800.0
@@ -168,7 +169,7 @@ def candidate_cache(
                 cached = pickle.load(f)
     out = {q: cached[q] for q in uniq if q in cached}
     for q, c in out.items():
-        if c.match is None:  # cached before the text-match features
+        if c.match is None or c.match.shape[1] != len(TEXT_MATCH):  # cached before (some of) these features
             from engine.text_match import text_match
 
             c.match = text_match(engine.bm25, q, c.rows)
