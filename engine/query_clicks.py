@@ -159,14 +159,15 @@ def forget_in(path: Path, searches, clicks) -> int:
     keep = np.ones(len(vals), dtype=bool)
     changed, start = 0, 0
     min_users = float(meta.get("min_users", 1.0))
+    asked = {q for q, _ in share}
     for q, n in zip(queries, sizes.tolist()):
-        for i in range(start, start + n):
+        for i in range(start, start + n) if q in asked else ():
             got = share.get((q, products[i]))
-            if got is None:
+            if got is None or (clicked is None and got[0] == 0):
                 continue
             changed += 1
             if clicked is None:  # no parts: drop what they clicked
-                keep[i] = got[0] == 0
+                keep[i] = False
                 continue
             clicked[i], examined[i] = max(clicked[i] - got[0], 0.0), max(examined[i] - got[1], 0.0)
             vals[i] = clicked[i] / (examined[i] + PRIOR) if clicked[i] >= min_users - 1e-9 else 0.0
