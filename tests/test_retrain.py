@@ -67,7 +67,7 @@ def traffic(cfg, days=8, per_day=2, wrong=None, shuffle_clicks=False, span=DAY, 
 
 
 def test_real_clicks_retrain_ship_and_swap_the_ranker_folder_atomically(rcfg):
-    _, texts, wanted, _, until = traffic(rcfg)
+    _, texts, wanted, _, until = traffic(rcfg, per_day=3)
     ranker = Path(rcfg.rerank.ranker)
     before = folder_digest(ranker)
     report = run_retrain(rcfg, until=until, progress=False)
