@@ -149,7 +149,16 @@ def user_share(meta: dict, searches, clicks) -> dict[tuple[str, str], tuple[floa
 
 def forget_in(path: Path, searches, clicks) -> int:
     """Take one user's share (:func:`user_share` of their logged searches and clicks) out of the snapshot file
-    ``path``, rewritten whole; returns the number of entries changed (0: nothing of theirs, file untouched)."""
+    ``path``, rewritten whole; returns the number of entries changed (0: nothing of theirs, file untouched).
+    Forgets in several processes at once take turns (an exclusive lock beside the file): none is lost."""
+    import fcntl
+
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _forget_in(path, searches, clicks)
+
+
+def _forget_in(path: Path, searches, clicks) -> int:
     queries, products, sizes, vals, parts, meta = read_npz(path)
     share = user_share(meta, searches, clicks)
     if not share:
