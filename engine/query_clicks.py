@@ -102,6 +102,16 @@ class QueryClicks:
         return cls(table, meta=meta)
 
 
+def examined(theta: np.ndarray, rank: int) -> float:
+    """The examination propensity of a 1-based rank (the last one's beyond the fitted ranks)."""
+    return float(theta[min(max(rank, 1), len(theta)) - 1])
+
+
+def user_weight(searches: int) -> float:
+    """One user's click weight for a query they searched ``searches`` times: ``min(1, 3 / searches)``."""
+    return min(1.0, REPEAT_CAP / max(searches, 1))
+
+
 def write_npz(path: Path, **arrays) -> None:
     """Write the snapshot whole under a temporary name, then rename it over ``path``: a reader never sees half."""
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -138,12 +148,12 @@ def user_share(meta: dict, searches, clicks) -> dict[tuple[str, str], tuple[floa
         query_of[imp.search_id] = q
         searched[q] = searched.get(q, 0) + 1
         for j, pid in enumerate(imp.products):
-            th = float(theta[min(max(imp.offset + j + 1, 1), len(theta)) - 1])
+            th = examined(theta, imp.offset + j + 1)
             seen[(q, pid)] = max(seen.get((q, pid), 0.0), th)
     clicked = {(query_of[sid], pid) for sid, pid, ts in clicks if sid in query_of and ts < until}
     out = {key: (0.0, th) for key, th in seen.items()}
     for q, pid in clicked:
-        out[(q, pid)] = (min(1.0, REPEAT_CAP / max(searched.get(q, 1), 1)), out.get((q, pid), (0.0, 0.0))[1])
+        out[(q, pid)] = (user_weight(searched.get(q, 1)), out.get((q, pid), (0.0, 0.0))[1])
     return out
 
 
@@ -231,7 +241,6 @@ class QueryClickTimeline:
             raise ValueError("QueryClickTimeline.at needs non-decreasing times")
         self._t = t
         end = int(np.searchsorted(self.s_ts, t, side="left"))
-        last = len(self.theta) - 1
         for i in range(self._si, end):
             q, u = int(self.s_q[i]), int(self.s_u[i])
             self._searched[(q, u)] = self._searched.get((q, u), 0) + 1
@@ -240,7 +249,7 @@ class QueryClickTimeline:
                 self.s_rows[self.indptr[i] : self.indptr[i + 1]].tolist(),
                 self.s_ranks[self.indptr[i] : self.indptr[i + 1]].tolist(),
             ):
-                th = float(self.theta[min(max(rank, 1), last + 1) - 1])
+                th = examined(self.theta, rank)
                 old = self._seen.get((q, row, u), 0.0)
                 if th > old:  # each user once, at their best rank
                     exam[row] = exam.get(row, 0.0) + th - old
@@ -255,7 +264,7 @@ class QueryClickTimeline:
     def _parts(self, q: int, row: int) -> tuple[float, float]:
         """(Σ w_u of the users who clicked, Σ θ of the users who saw) of one query and product."""
         users = self._clicks.get(q, {}).get(row, ())
-        c = sum(min(1.0, REPEAT_CAP / max(self._searched.get((q, u), 1), 1)) for u in users)
+        c = sum(user_weight(self._searched.get((q, u), 1)) for u in users)
         return c, self._exam.get(q, {}).get(row, 0.0)
 
     def _value(self, q: int, row: int) -> float:
