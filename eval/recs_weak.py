@@ -72,6 +72,7 @@ def evaluate(
     mask = engine.version.with_live(np.ones(len(p), dtype=bool))
     cases = searches(test, row_of)[: limit or None]
     trend_scores, _, _ = rec.trending(mask)
+    trend_top = rec.top(trend_scores, mask, 20)  # the same for every search: computed once
     rows: dict[str, list] = {"missed": [], "block": [], "page2": [], "trending": [], "flagged": []}
     narrow: dict[str, list] = {"hits": [], "page": [], "block": [], "trending": [], "unfiltered": []}
     rng = np.random.default_rng(seed)
@@ -82,7 +83,7 @@ def evaluate(
         hist = history_before(history.get(user, []), t, row_of, cfg)
         scores, _, _ = rec.for_history(hist, q, mask, None, now=t)
         block = [r for r in rec.top(scores, mask, 10 + len(page1)) if r not in page1][:10]
-        trend = [r for r in rec.top(trend_scores, mask, 20) if r not in page1][:10]
+        trend = [r for r in trend_top if r not in page1][:10]
         rows["missed"].append(target not in page1)
         rows["block"].append(target in block)
         rows["page2"].append(target in page2)
@@ -96,7 +97,7 @@ def evaluate(
             narrow["hits"].append(len(shown))
             narrow["page"].append(target in shown)
             narrow["block"].append(target in block)
-            narrow["trending"].append(target in [r for r in rec.top(trend_scores, mask, 20) if r not in shown][:10])
+            narrow["trending"].append(target in [r for r in trend_top if r not in shown][:10])
             narrow["unfiltered"].append(target in page1)
     arr = {k: np.array(v, dtype=float) for k, v in rows.items()}
     missed = arr["missed"] > 0
