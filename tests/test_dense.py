@@ -1,10 +1,12 @@
 import json
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from engine import SearchEngine
-from engine.fusion import reciprocal_rank_fusion
+from engine.fusion import fuse, reciprocal_rank_fusion, score_fusion
 from core.types import SearchResult
 from indexer.build import build_indexes, ensure_indexes, stale_stages
 from indexer.dense import DenseIndex
@@ -70,6 +72,50 @@ def test_rrf_fuses_by_rank():
     assert set(fused.rows) == {1, 2, 3, 4}
 
 
+def test_weighted_rrf_and_score_fusion():
+    a = SearchResult(np.array([1, 2, 3]), np.array([9.0, 8.0, 1.0], dtype=np.float32))
+    b = SearchResult(np.array([3, 4, 5]), np.array([0.90, 0.50, 0.49], dtype=np.float32))
+    # a stage weighted 0 adds nothing: the other stage's order (its absent products after it)
+    assert list(fuse([a, b], 6, "rrf", [1.0, 0.0]).rows[:3]) == [1, 2, 3]
+    assert list(fuse([a, b], 6, "rrf", [0.0, 1.0]).rows[:3]) == [3, 4, 5]
+    # ranks: 3 is in both lists and wins; scores: 1 and 3 each top one list, 3 is last in a (scaled 0 there), and
+    # 2 (scaled 7/8 in a) passes 4 (1/41 in b), which rank fusion would tie by rank
+    assert fuse([a, b], 5, "rrf").rows[0] == 3
+    s = score_fusion([a, b], 5, span=3)
+    assert list(s.rows) == [1, 3, 2, 4, 5]
+    assert np.allclose(s.scores, [1.0, 1.0, 7 / 8, 1 / 41, 0.0], atol=1e-6)
+    # dense weighted 2: its best (3) leads
+    assert list(score_fusion([a, b], 5, [1.0, 2.0], span=3).rows) == [3, 1, 2, 4, 5]
+    with pytest.raises(ValueError, match="unknown method 'max'"):
+        fuse([a, b], 5, "max")
+
+
+def test_score_fusion_scale_does_not_depend_on_depth():
+    rng = np.random.default_rng(0)
+    lists = []
+    for _ in range(2):
+        rows = rng.permutation(2000)[:1000]
+        lists.append(SearchResult(rows, np.sort(rng.gamma(2.0, size=1000))[::-1].astype(np.float32)))
+    short = [SearchResult(r.rows[:100], r.scores[:100]) for r in lists]
+    deep, page = score_fusion(lists, 20, span=100), score_fusion(short, 20, span=100)
+    assert list(deep.rows) == list(page.rows)
+    # scaled over the whole list instead, the deep list's top would differ from the page's
+    assert list(score_fusion(lists, 20, span=1000).rows) != list(page.rows)
+
+
+def test_fusion_settings_are_checked():
+    from core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="search.fusion.method"):
+        make_config(Path("/tmp"), Path("/tmp/c.jsonl"), search={"fusion": {"method": "max"}})
+    with pytest.raises(ConfigError, match=r"search.fusion.weights names \['densse'\]"):
+        make_config(
+            Path("/tmp"),
+            Path("/tmp/c.jsonl"),
+            search={"stages": ["bm25", "dense"], "fusion": {"weights": {"densse": 2}}},
+        )
+
+
 @pytest.fixture(scope="module")
 def dense_cfg(demo_dir, tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dense")
@@ -107,6 +153,23 @@ def test_engine_answers_from_bm25_and_dense(dense_cfg):
     manifest = json.loads(((dense_cfg.index_dir / "dense") / "manifest.json").read_text())
     assert manifest["encoder"]["fingerprint"] == eng.dense_stage("dense")[0].fingerprint
     assert manifest["factory"] == "HNSW16" and manifest["n_vectors"] == len(eng.products)
+
+
+def test_hybrid_and_query_follow_the_fusion_setting(dense_cfg):
+    from dataclasses import replace
+
+    eng = SearchEngine.from_config(dense_cfg)
+    rows = lambda e, stage: list(e.retrieve("华为 手机", 10, stage).rows)  # noqa: E731
+    fu = dense_cfg.search.fusion
+    bm25_only = replace(dense_cfg, search=replace(dense_cfg.search, fusion=replace(fu, weights={"dense": 0.0})))
+    e0 = SearchEngine.from_config(bm25_only)
+    bm25 = rows(e0, "bm25")
+    assert rows(e0, "hybrid")[: len(bm25)] == bm25 != rows(eng, "hybrid")[: len(bm25)]
+    assert [h.product_id for h in e0.query("华为 手机", k=len(bm25))] == [e0.products.ids[int(r)] for r in bm25]
+    by_scores = replace(dense_cfg, search=replace(dense_cfg.search, fusion=replace(fu, method="scores")))
+    es = SearchEngine.from_config(by_scores)
+    lists = [es.retrieve("华为 手机", 100, s) for s in ("bm25", "dense")]
+    assert rows(es, "hybrid") == list(score_fusion(lists, 10, span=dense_cfg.search.candidates).rows)
 
 
 def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):

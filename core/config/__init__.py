@@ -37,6 +37,7 @@ from core.config.loader import (
 from core.config.recs import RecsConfig
 from core.config.suggest import SuggestConfig
 from core.config.serving import (
+    FusionConfig,
     InterleaveConfig,
     PersonalConfig,
     QueryConfig,
@@ -71,6 +72,7 @@ __all__ = [
     "DenseConfig",
     "EvalConfig",
     "FinetuneConfig",
+    "FusionConfig",
     "InterleaveConfig",
     "MilvusConfig",
     "PersonalConfig",
@@ -159,7 +161,7 @@ def _build_serve(data: dict | None, where: str, root: Path) -> ServeConfig:
 
 
 def _build_search(data: dict | None, where: str, root: Path) -> SearchConfig:
-    return _build_nested(SearchConfig, {"milvus": MilvusConfig}, data, where, root)
+    return _build_nested(SearchConfig, {"milvus": MilvusConfig, "fusion": FusionConfig}, data, where, root)
 
 
 def load_config(path: str | Path, **overrides: Any) -> Config:
@@ -357,6 +359,11 @@ def _validate(cfg: Config, where: str) -> None:
         )
     if sc.milvus.insert_batch < 1 or sc.milvus.bm25_oversample < 1:
         raise ConfigError(f"{where}: search.milvus.insert_batch and bm25_oversample must be >= 1")
+    fu = sc.fusion
+    if fu.method not in ("rrf", "scores") or fu.c < 0 or any(w < 0 for w in fu.weights.values()):
+        raise ConfigError(f"{where}: search.fusion.method must be rrf or scores, c and weights >= 0")
+    if unknown := sorted(set(fu.weights) - set(sc.stages)):
+        raise ConfigError(f"{where}: search.fusion.weights names {unknown}, not in search.stages {sc.stages}")
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
         raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
     pc = cfg.personal

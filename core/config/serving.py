@@ -12,6 +12,16 @@ from core.config.index import MilvusConfig
 
 
 @dataclass
+class FusionConfig:
+    # how the hybrid stage (query() without a cross-encoder) merges the first stages' lists (engine.fusion):
+    # rrf (reciprocal rank fusion, Σ weight / (c + rank)) or scores (Σ weight × min-max scaled score)
+    method: str = "rrf"
+    c: float = 60.0
+    # per stage (bm25, dense); a stage not named weighs 1
+    weights: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class SearchConfig:
     stages: list[str] = field(default_factory=lambda: ["bm25"])
     # where the first stages run: local (bm25s + FAISS in this process) or milvus (one Milvus collection)
@@ -19,6 +29,7 @@ class SearchConfig:
     milvus: MilvusConfig = field(default_factory=MilvusConfig)
     # candidates each first stage hands on
     candidates: int = 100
+    fusion: FusionConfig = field(default_factory=FusionConfig)
     # longer queries are cut here (the result says `truncated`); a 1 MB query costs no more than this
     max_query_chars: int = 256
     # the deepest hit a query may ask for (k + offset)
