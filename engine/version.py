@@ -19,7 +19,7 @@ from engine.candidate_sets import CandidateCache, score_candidate_sets
 from engine.features import Candidates
 from engine.final_rank import candidate_features, rank_candidates
 from engine.first_stages import FirstStages, LocalFirstStages, MilvusFirstStages, retrieve_batch, stage_candidates
-from engine.fusion import fuse
+from engine.hybrid import hybrid
 from engine.models import VersionModels
 from engine.query_input import clean_text, searchable
 from engine.query_run import QueryRun
@@ -234,10 +234,10 @@ class IndexVersion:
         raise ValueError(f"unknown stage {stage!r}; this engine has {list(STAGES)}")
 
     def fused(self, text: str, k: int, stages: Sequence[str], mask: np.ndarray | None) -> SearchResult:
-        """Each stage's candidates (``search.candidates`` deep), merged as ``search.fusion`` says."""
-        depth, fu = max(k, self.cfg.search.candidates), self.cfg.search.fusion
-        lists = [self.retrieve_understood(text, depth, s, mask) for s in stages]
-        return fuse(lists, k, fu.method, [fu.weights.get(s, 1.0) for s in stages], fu.c, self.cfg.search.candidates)
+        """Each stage's candidates (``search.candidates`` deep), merged as ``search.fusion`` says
+        (:func:`engine.hybrid.hybrid`)."""
+        vectors = lambda stage: self.dense_stage(stage)[1].vectors  # noqa: E731
+        return hybrid(self.first_stages, self._encode, vectors, text, k, stages, mask, self.cfg.search)
 
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages, pairs for rerank)."""

@@ -108,6 +108,8 @@ def test_fusion_settings_are_checked():
 
     with pytest.raises(ConfigError, match="search.fusion.method"):
         make_config(Path("/tmp"), Path("/tmp/c.jsonl"), search={"fusion": {"method": "max"}})
+    with pytest.raises(ConfigError, match="feedback_weight in"):
+        make_config(Path("/tmp"), Path("/tmp/c.jsonl"), search={"fusion": {"feedback": 5, "feedback_weight": 0}})
     with pytest.raises(ConfigError, match=r"search.fusion.weights names \['densse'\]"):
         make_config(
             Path("/tmp"),
@@ -170,6 +172,39 @@ def test_hybrid_and_query_follow_the_fusion_setting(dense_cfg):
     es = SearchEngine.from_config(by_scores)
     lists = [es.retrieve("华为 手机", 100, s) for s in ("bm25", "dense")]
     assert rows(es, "hybrid") == list(score_fusion(lists, 10, span=dense_cfg.search.candidates).rows)
+
+
+def test_feedback_query_and_kept_top():
+    from engine.hybrid import feedback_query, keep_top
+
+    vectors = np.eye(4, dtype=np.float16)
+    q = np.array([1.0, 0.0, 0.0, 0.0], dtype=np.float32)
+    moved = feedback_query(q, vectors, np.array([1, 2]), 0.5)
+    # 0.5·q + 0.5·mean(e1, e2) = (0.5, 0.25, 0.25, 0), unit length
+    assert np.allclose(moved, np.array([[0.5, 0.25, 0.25, 0.0]]) / np.sqrt(0.375), atol=1e-6)
+    assert np.allclose(feedback_query(q, vectors, np.array([], dtype=np.int64), 0.5), q[None])
+    plain = SearchResult(np.array([7, 8, 9]), np.array([0.03, 0.02, 0.01], dtype=np.float32))
+    after = SearchResult(np.array([5, 8, 6, 7, 4]), np.array([0.09, 0.08, 0.07, 0.06, 0.05], dtype=np.float32))
+    kept = keep_top(plain, after, 2, 5)
+    assert list(kept.rows) == [7, 8, 5, 6, 4]  # the first two stay, the rest in the after-feedback order
+    assert np.all(np.diff(kept.scores) < 0)
+
+
+def test_feedback_keeps_the_first_page_and_reorders_below(dense_cfg):
+    from dataclasses import replace
+
+    fu = replace(dense_cfg.search.fusion, feedback=3, feedback_weight=0.5, feedback_below=5)
+    plain_eng = SearchEngine.from_config(dense_cfg)
+    fb_eng = SearchEngine.from_config(replace(dense_cfg, search=replace(dense_cfg.search, fusion=fu)))
+    changed = 0
+    for text in ("华为 手机", "蓝牙耳机", "洗衣液", "跑步鞋 男"):
+        plain, fb = plain_eng.retrieve(text, 40, "hybrid"), fb_eng.retrieve(text, 40, "hybrid")
+        assert list(fb.rows[:5]) == list(plain.rows[:5])  # the first page as the plain fusion has it
+        assert len(set(fb.rows)) == len(fb.rows) == 40 and np.all(np.diff(fb.scores) <= 0)
+        changed += list(fb.rows[5:]) != list(plain.rows[5:])
+        # a page no deeper than the kept products is the plain fusion's, without the second search
+        assert list(fb_eng.retrieve(text, 5, "hybrid").rows) == list(plain.rows[:5])
+    assert changed >= 2  # the second, moved search reorders what follows the first page
 
 
 def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):

@@ -19,6 +19,12 @@ class FusionConfig:
     c: float = 60.0
     # per stage (bm25, dense); a stage not named weighs 1
     weights: dict[str, float] = field(default_factory=dict)
+    # pseudo-relevance feedback (engine.hybrid): the fused list's top `feedback` products move each dense stage's
+    # query vector towards their mean, the query keeping `feedback_weight` of it; that stage searches again and
+    # the lists are fused once more, below the plain fusion's first `feedback_below` products (kept). 0: off
+    feedback: int = 0
+    feedback_weight: float = 0.85
+    feedback_below: int = 10
 
 
 @dataclass
