@@ -237,7 +237,7 @@ class IndexVersion:
         """Each stage's candidates (``search.candidates`` deep), merged as ``search.fusion`` says
         (:func:`engine.hybrid.hybrid`)."""
         vectors = lambda stage: self.dense_stage(stage)[1].vectors  # noqa: E731
-        return hybrid(self.first_stages, self._encode, vectors, text, k, stages, mask, self.cfg.search)
+        return hybrid(self.first_stages, self._encode, vectors, text, k, stages, mask, self.cfg.search, self.bm25)
 
     def retrieve_many(self, texts: Sequence[str], k: int, stage: str) -> list[SearchResult]:
         """Batch retrieval for evaluation (queries encoded in batches for dense stages, pairs for rerank)."""

@@ -296,6 +296,32 @@ class BM25Index:
             keep &= mask
         return np.flatnonzero(keep)
 
+    def feedback_scores(self, text: str, rows: np.ndarray, terms: int, min_docs: int = 2) -> np.ndarray | None:
+        """Every product's score for the ``terms`` best words of the titles of ``rows`` (pseudo-relevance
+        feedback, after RM3): words the query lacks that at least ``min_docs`` of those titles hold, ranked by
+        that count × idf, each weighted by the share of titles holding it; in the scale :meth:`scores` gives
+        the query's words (None: no such word, or no ``words`` field)."""
+        r, dt = self.retrievers.get("words"), self.doc_tokens.get("words")
+        if r is None or dt is None or len(rows) == 0 or terms <= 0:
+            return None
+        (query_ids,), _ = self.token_sets([text])
+        held = np.concatenate([np.unique(dt.ids[dt.indptr[x] : dt.indptr[x + 1]]) for x in np.asarray(rows)])
+        ids, count = np.unique(held[~np.isin(held, query_ids)], return_counts=True)
+        keep = count >= min_docs
+        if not keep.any():
+            return None
+        ids, count = ids[keep], count[keep]
+        df = np.diff(r.scores["indptr"])[ids]
+        idf = np.log((self._n - df + 0.5) / (df + 0.5) + 1.0)
+        best = np.lexsort((ids, -(count * idf)))[:terms]
+        out = np.zeros(int(r.scores["num_docs"]))
+        for t, c in zip(ids[best], count[best]):
+            out += (c / len(rows)) * field_scores(r, np.array([t], dtype=np.int64))
+        if len(self.retrievers) > 1:  # scores() scales each field by its weight over its best product
+            words = field_scores(r, np.asarray(query_ids, dtype=np.int64)) if query_ids else out
+            out *= self.weights["words"] / max(float(words.max()), 1e-9)
+        return out
+
     def search(self, text: str, k: int = 10, mask: np.ndarray | None = None) -> SearchResult:
         """Top-k products for a query; ``mask`` (bool, one per product) filters inside retrieval, before top-k."""
         if mask is not None:

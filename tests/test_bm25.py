@@ -117,3 +117,32 @@ def test_benchmark_measures_each_system(tmp_path, system):
     assert 0 < row["p50_ms"] <= row["p99_ms"] and row["build_s"] > 0
     if system == "ecomsearch":
         assert row["query_hit_share"] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_feedback_words_come_from_the_feedback_titles(tmp_path):
+    from core.formats.catalog import Catalog
+
+    titles = [
+        "pvc pipe fitting schedule 40",
+        "pvc elbow fitting schedule 40",
+        "copper pipe fitting",
+        "garden hose",
+        "schedule 40 pvc coupling",
+        "hose reel",
+        "fitting kit",
+        "pvc pipe",
+    ]
+    n = len(titles)
+    cat = Catalog([str(i) for i in range(n)], titles, [None] * n, [None] * n, np.full(n, np.nan), [None] * n)
+    index = BM25Index.build(cat, TextConfig(), BM25Config())
+    fb = np.array([0, 1])  # what the first search put on top
+    two = index.feedback_scores("pvc pipe", fb, terms=2)
+    # the two rarest words both titles share and the query lacks: schedule, 40 (fitting is in 4 titles, elbow in 1)
+    assert np.flatnonzero(two > 0).tolist() == [0, 1, 4]
+    three = index.feedback_scores("pvc pipe", fb, terms=3)
+    assert np.flatnonzero(three > 0).tolist() == [0, 1, 2, 4, 6]  # + fitting
+    assert three[7] == 0  # "pvc pipe" holds only the query's own words: nothing added
+    assert index.feedback_scores("pvc pipe", fb, terms=3, min_docs=3) is None  # no word in all three of two
+    # the coupling (pvc, schedule 40) passes the copper pipe once the feedback words count
+    base = index.scores("pvc pipe")
+    assert base[4] < base[2] and (base + 0.3 * two)[4] > (base + 0.3 * two)[2]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from engine import SearchEngine
+from core.config import ConfigError
 from engine.fusion import fuse, reciprocal_rank_fusion, score_fusion
 from core.types import SearchResult
 from indexer.build import build_indexes, ensure_indexes, stale_stages
@@ -205,6 +206,26 @@ def test_feedback_keeps_the_first_page_and_reorders_below(dense_cfg):
         # a page no deeper than the kept products is the plain fusion's, without the second search
         assert list(fb_eng.retrieve(text, 5, "hybrid").rows) == list(plain.rows[:5])
     assert changed >= 2  # the second, moved search reorders what follows the first page
+
+
+def test_word_feedback_reorders_below_the_first_page(dense_cfg):
+    from dataclasses import replace
+
+    dense_only = replace(dense_cfg.search.fusion, feedback=3, feedback_weight=1.0, feedback_below=5)
+    words = replace(dense_only, feedback_terms=4, feedback_term_weight=1.0)
+    e1 = SearchEngine.from_config(replace(dense_cfg, search=replace(dense_cfg.search, fusion=dense_only)))
+    e2 = SearchEngine.from_config(replace(dense_cfg, search=replace(dense_cfg.search, fusion=words)))
+    plain = SearchEngine.from_config(dense_cfg)
+    changed = 0
+    for text in ("华为 手机", "蓝牙耳机", "洗衣液", "跑步鞋 男"):
+        a, b = e1.retrieve(text, 40, "hybrid"), e2.retrieve(text, 40, "hybrid")
+        # weight 1: the dense query does not move, so only the words change the order below the first 5
+        assert list(a.rows) == list(plain.retrieve(text, 40, "hybrid").rows)
+        assert list(b.rows[:5]) == list(a.rows[:5]) and len(set(b.rows)) == 40
+        changed += list(b.rows) != list(a.rows)
+    assert changed >= 2
+    with pytest.raises(ConfigError, match="backend local only"):
+        make_config(Path("/tmp"), Path("/tmp/c.jsonl"), search={"backend": "milvus", "fusion": {"feedback_terms": 3}})
 
 
 def test_dense_index_refuses_another_encoder(dense_cfg, tmp_path):

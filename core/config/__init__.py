@@ -364,6 +364,10 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: search.fusion.method must be rrf or scores, c and weights >= 0")
     if fu.feedback < 0 or fu.feedback_below < 0 or not 0 < fu.feedback_weight <= 1:
         raise ConfigError(f"{where}: search.fusion.feedback, feedback_below must be >= 0, feedback_weight in (0, 1]")
+    if fu.feedback_terms < 0 or fu.feedback_term_weight < 0 or fu.feedback_min_docs < 1:
+        raise ConfigError(f"{where}: search.fusion.feedback_terms, feedback_term_weight >= 0, feedback_min_docs >= 1")
+    if fu.feedback_terms and sc.backend != "local":
+        raise ConfigError(f"{where}: search.fusion.feedback_terms re-scores the local BM25 index: backend local only")
     if unknown := sorted(set(fu.weights) - set(sc.stages)):
         raise ConfigError(f"{where}: search.fusion.weights names {unknown}, not in search.stages {sc.stages}")
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:

@@ -25,6 +25,11 @@ class FusionConfig:
     feedback: int = 0
     feedback_weight: float = 0.85
     feedback_below: int = 10
+    # word feedback for the keyword stage: the `feedback_terms` best words (by idf) that at least
+    # `feedback_min_docs` of those titles share, added to the BM25 query at `feedback_term_weight`. 0: off
+    feedback_terms: int = 0
+    feedback_term_weight: float = 0.3
+    feedback_min_docs: int = 2
 
 
 @dataclass
