@@ -22,7 +22,9 @@ from core.types import SearchResult
 
 FUSION_METHODS = ("rrf", "scores")
 
-_EMPTY = SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+
+def _empty() -> SearchResult:
+    return SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 
 def _merge(results: Sequence[SearchResult], contrib: Sequence[np.ndarray], k: int) -> SearchResult:
@@ -44,7 +46,7 @@ def reciprocal_rank_fusion(
     w = [1.0] * len(results) if weights is None else list(weights)
     kept = [(r, x) for r, x in zip(results, w) if len(r.rows)]
     if not kept:
-        return _EMPTY
+        return _empty()
     contrib = [x / (c + np.arange(1, len(r.rows) + 1)) for r, x in kept]
     return _merge([r for r, _ in kept], contrib, k)
 
@@ -56,7 +58,7 @@ def score_fusion(
     w = [1.0] * len(results) if weights is None else list(weights)
     kept = [(r, x) for r, x in zip(results, w) if len(r.rows)]
     if not kept:
-        return _EMPTY
+        return _empty()
     contrib = []
     for r, x in kept:
         s = np.asarray(r.scores, dtype=np.float64)

@@ -368,7 +368,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: search.fusion.feedback_terms, feedback_term_weight >= 0, feedback_min_docs >= 1")
     if fu.feedback_terms and sc.backend != "local":
         raise ConfigError(f"{where}: search.fusion.feedback_terms re-scores the local BM25 index: backend local only")
-    if unknown := sorted(set(fu.weights) - set(sc.stages)):
+    fused = set(sc.stages) | ({"bm25", "dense"} if "hybrid" in sc.stages else set())
+    if unknown := sorted(set(fu.weights) - fused):
         raise ConfigError(f"{where}: search.fusion.weights names {unknown}, not in search.stages {sc.stages}")
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
         raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
