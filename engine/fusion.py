@@ -14,7 +14,7 @@ Two methods (``search.fusion``):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -23,14 +23,19 @@ from core.types import SearchResult
 FUSION_METHODS = ("rrf", "scores")
 
 
-def _empty() -> SearchResult:
-    return SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
-
-
-def _merge(results: Sequence[SearchResult], contrib: Sequence[np.ndarray], k: int) -> SearchResult:
-    rows = np.concatenate([r.rows for r in results])
-    uniq, inv = np.unique(rows, return_inverse=True)
-    fused = np.bincount(inv, weights=np.concatenate(contrib))
+def _merge(
+    results: Sequence[SearchResult],
+    weights: Sequence[float] | None,
+    k: int,
+    contrib: Callable[[SearchResult], np.ndarray],
+) -> SearchResult:
+    """Sum ``weight × contrib(list)`` per product over the non-empty lists; the top ``k`` (ties by row)."""
+    w = [1.0] * len(results) if weights is None else list(weights)
+    kept = [(r, x) for r, x in zip(results, w) if len(r.rows)]
+    if not kept:
+        return SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+    uniq, inv = np.unique(np.concatenate([r.rows for r, _ in kept]), return_inverse=True)
+    fused = np.bincount(inv, weights=np.concatenate([x * contrib(r) for r, x in kept]))
     order = np.lexsort((uniq, -fused))[:k]
     return SearchResult(uniq[order], fused[order].astype(np.float32))
 
@@ -43,28 +48,20 @@ def reciprocal_rank_fusion(
     Needs no score calibration between stages (BM25 scores and cosines live on
     different scales).  Vectorized over the concatenated candidate lists.
     """
-    w = [1.0] * len(results) if weights is None else list(weights)
-    kept = [(r, x) for r, x in zip(results, w) if len(r.rows)]
-    if not kept:
-        return _empty()
-    contrib = [x / (c + np.arange(1, len(r.rows) + 1)) for r, x in kept]
-    return _merge([r for r, _ in kept], contrib, k)
+    return _merge(results, weights, k, lambda r: 1.0 / (c + np.arange(1, len(r.rows) + 1)))
+
+
+def _min_max(r: SearchResult, span: int) -> np.ndarray:
+    s = np.asarray(r.scores, dtype=np.float64)
+    hi, lo = s[0], s[min(len(s), span) - 1]
+    return np.clip((s - lo) / (hi - lo), 0.0, None) if hi > lo else np.ones(len(s))
 
 
 def score_fusion(
     results: Sequence[SearchResult], k: int, weights: Sequence[float] | None = None, span: int = 100
 ) -> SearchResult:
     """Weighted sum of the stages' scores min-max scaled over their top ``span`` (lists are best first)."""
-    w = [1.0] * len(results) if weights is None else list(weights)
-    kept = [(r, x) for r, x in zip(results, w) if len(r.rows)]
-    if not kept:
-        return _empty()
-    contrib = []
-    for r, x in kept:
-        s = np.asarray(r.scores, dtype=np.float64)
-        hi, lo = s[0], s[min(len(s), span) - 1]
-        contrib.append(x * (np.clip((s - lo) / (hi - lo), 0.0, None) if hi > lo else np.ones(len(s))))
-    return _merge([r for r, _ in kept], contrib, k)
+    return _merge(results, weights, k, lambda r: _min_max(r, span))
 
 
 def fuse(

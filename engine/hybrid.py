@@ -23,11 +23,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from core.config import FusionConfig, SearchConfig
+from core.config import SearchConfig
 from engine.first_stages import FirstStages
 from engine.fusion import fuse
 from engine.types import DENSE_STAGES, SearchResult
-from indexer.bm25 import BM25Index, top_k
+from indexer.bm25 import BM25Index
 
 
 def feedback_query(qvec: np.ndarray, vectors: np.ndarray, rows: np.ndarray, weight: float) -> np.ndarray:
@@ -57,7 +57,15 @@ def hybrid(
     fu, depth, span = sc.fusion, max(k, sc.candidates), sc.candidates
     weights = [fu.weights.get(s, 1.0) for s in stages]
     qvecs = {s: encode(s, [text]) for s in stages if s in DENSE_STAGES}
-    lists = [first.dense(s, qvecs[s], depth, mask)[0] if s in qvecs else first.bm25(text, depth, mask) for s in stages]
+    # word feedback adds to the BM25 scores of the first search: scored once, here (backend local: the config says)
+    words = bm25 is not None and fu.feedback > 0 and fu.feedback_terms > 0 and k > fu.feedback_below
+    base = bm25.scores(text) if words else None
+    lists = []
+    for s in stages:
+        if s in qvecs:
+            lists.append(first.dense(s, qvecs[s], depth, mask)[0])
+        else:
+            lists.append(bm25.top(base, depth, mask) if base is not None else first.bm25(text, depth, mask))
     keep = fu.feedback_below
     if fu.feedback <= 0 or k <= keep or not (qvecs or fu.feedback_terms):  # a page the plain fusion answers
         return fuse(lists, k, fu.method, weights, fu.c, span)
@@ -69,25 +77,12 @@ def hybrid(
                 raise ValueError(f"search.fusion.feedback: the {s} index holds no product vectors; rebuild it")
             q = feedback_query(qvecs[s][0], v, plain.rows[: fu.feedback], fu.feedback_weight)
             lists[j] = first.dense(s, q, depth, mask)[0]
-        elif s == "bm25" and fu.feedback_terms > 0 and bm25 is not None:
-            lists[j] = expanded_bm25(bm25, text, plain.rows[: fu.feedback], fu, depth, mask, lists[j])
+        elif s == "bm25" and base is not None:
+            extra = bm25.feedback_scores(text, plain.rows[: fu.feedback], fu.feedback_terms, fu.feedback_min_docs)
+            if extra is not None:
+                lists[j] = bm25.top(base + fu.feedback_term_weight * extra, depth, mask)
     after = fuse(lists, k + keep, fu.method, weights, fu.c, span)
     return keep_top(plain, after, keep, k)
-
-
-def expanded_bm25(
-    bm25: BM25Index, text: str, rows: np.ndarray, fu: FusionConfig, depth: int, mask, plain: SearchResult
-) -> SearchResult:
-    """The keyword stage again with the feedback words of ``rows``' titles added (``feedback_term_weight``
-    each, by the share of titles holding it; :meth:`indexer.bm25.BM25Index.feedback_scores`)."""
-    extra = bm25.feedback_scores(text, rows, fu.feedback_terms, fu.feedback_min_docs)
-    base = bm25.scores(text)
-    if extra is None or base is None:
-        return plain
-    scores = base + fu.feedback_term_weight * extra
-    if mask is not None:
-        scores[~np.asarray(mask, dtype=bool)] = 0.0
-    return SearchResult(*top_k(scores, min(depth, len(scores))))
 
 
 def keep_top(plain: SearchResult, after: SearchResult, keep: int, k: int) -> SearchResult:

@@ -331,10 +331,14 @@ class BM25Index:
         scores = self.scores(text)
         if scores is None:
             return SearchResult(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
+        return self.top(scores, k, mask)
+
+    def top(self, scores: np.ndarray, k: int, mask: np.ndarray | None = None) -> SearchResult:
+        """The top-k of every product's ``scores`` (:meth:`scores`, perhaps with more added), ``mask`` applied
+        (``scores`` itself is left as it is)."""
         if mask is not None:
-            scores[~mask] = 0.0
-        rows, top = top_k(scores, min(k, self._n))
-        return SearchResult(rows, top)
+            scores = np.where(np.asarray(mask, dtype=bool), scores, 0.0)
+        return SearchResult(*top_k(scores, min(k, self._n)))
 
 
 def build_and_save(
