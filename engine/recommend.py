@@ -17,7 +17,8 @@ filters and the deleted products as search does, and says in ``source`` what pro
   found, trending outside the product's category.
 - ``for_you``: from the user's recent engagements (ALS vector solved from them now, and their co-visit and
   co-basket neighbours) and recent searches (each search's BM25 results and those results' complements),
-  weighted by recency, plus the profile's category shares and what they buy again, mixed by
+  weighted by recency, their taste (each product's (category, brand) share of the history), plus the
+  profile's category shares and what they buy again, mixed by
   ``recs.for_you_weights``; products bought in categories shoppers do not buy again are left out.  Unknown or
   cold users get trending.
 - ``trending``: gain-weighted engagements decayed with ``recs.trending_half_life_hours`` (read from the store,
@@ -33,12 +34,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engine.for_you import GAINS, for_history, norm_max
 from engine.query_input import check_filters, check_int
 from engine.rerank import stage_lookup
 from engine.types import Hit, HitList, QueryError
 
 KINDS = ("similar", "bought_together", "for_you", "trending")
-GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 POOL = 100  # content candidates per source
 
 
@@ -60,11 +61,6 @@ class Recommendations(HitList):
             "hits": [h.to_dict() for h in self.hits],
             "timings_ms": self.timings_ms,
         }
-
-
-def _norm(x: np.ndarray) -> np.ndarray:
-    top = float(np.max(x)) if len(x) else 0.0
-    return x / top if top > 0 else np.zeros_like(x)
 
 
 class Recommender:
@@ -224,16 +220,16 @@ class Recommender:
             near, share = sim["rows"], sim_parts["bm25"]
         else:
             bm = self.v.first_stages.bm25(self.v.understand(self.products.titles[row]).text, POOL, None)
-            near, share = np.asarray(bm.rows), _norm(np.asarray(bm.scores, dtype=np.float64))
-        parts["together"] = w.get("together", 1.0) * _norm(own)
+            near, share = np.asarray(bm.rows), norm_max(np.asarray(bm.scores, dtype=np.float64))
+        parts["together"] = w.get("together", 1.0) * norm_max(own)
         if m.items is not None and m.items[row].any():  # shoppers who engaged with it also engaged with these
-            parts["als"] = w.get("als", 1.0) * _norm(np.clip(m.items @ m.items[row], 0, None))
+            parts["als"] = w.get("als", 1.0) * norm_max(np.clip(m.items @ m.items[row], 0, None))
         cats = self.products.category_codes
         lift = (m.card.get("category_lift") or {}).get(self.products.categories[cats[row]] if cats[row] >= 0 else "")
         if lift:  # categories that go into one basket with this one, each product by its recent popularity
             by_code = np.array([float(lift.get(c, 0.0)) for c in self.products.categories] + [0.0])
-            prior = _norm(by_code[np.where(cats >= 0, cats, -1)])
-            parts["category"] = w.get("category", 1.0) * prior * (0.5 + 0.5 * _norm(self.trend_counts()))
+            prior = norm_max(by_code[np.where(cats >= 0, cats, -1)])
+            parts["category"] = w.get("category", 1.0) * prior * (0.5 + 0.5 * norm_max(self.trend_counts()))
         score = sum(parts.values())
         score[near[share >= self.cfg.duplicate_share]] *= self.cfg.substitute_factor  # the same item again
         rows = np.flatnonzero((score > 0) & mask)
@@ -276,60 +272,7 @@ class Recommender:
     def for_history(self, hist, query, mask, profile=None, now: float | None = None):
         """For-you scores of a history (:class:`engine.events.history.History`, or None), the query being
         typed (or None) and the user's profile (or None), as of ``now`` (default the clock)."""
-        searches = list(hist.searches) if hist is not None else []
-        now = self.clock() if now is None else now
-        if query and query.strip():
-            searches.insert(0, (query.strip(), now))
-        if (hist is None or not len(hist)) and not searches:
-            scores, parts, _ = self.trending(mask)
-            return scores, parts, "fallback: trending (no history for this user)"
-        hl = self.cfg.history_half_life_hours * 3600.0
-        parts = {}
-        if hist is not None and len(hist):
-            w = np.array([GAINS.get(e, 0.0) for e in hist.events]) * 2.0 ** (-np.maximum(now - hist.ts, 0) / hl)
-            rows = hist.rows
-            if self.models is not None:
-                parts["neighbours"] = _norm(
-                    self.models.similar.spread(rows, w, self.n) + self.models.together.spread(rows, w, self.n)
-                )
-                u = self.models.user_vector(rows, 10.0 * w)
-                if u is not None:
-                    parts["als"] = _norm(np.clip(self.models.items @ u, 0, None))
-        if hist is not None and len(hist):  # buy again: what they bought in categories shoppers buy again
-            bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
-            again = bought[self.repeat_categories[self.products.category_codes[bought]]]
-            if len(again):
-                parts["again"] = np.zeros(self.n)
-                parts["again"][again] = 1.0
-        if searches:
-            s = np.zeros(self.n)
-            for q, t in searches[: self.cfg.history_searches + 1]:
-                res = self.v.first_stages.bm25(self.v.understand(q).text, 50, mask)
-                wq = 2.0 ** (-max(now - t, 0.0) / hl)
-                rows = np.asarray(res.rows)
-                s[rows] += wq * _norm(np.asarray(res.scores, dtype=np.float64))
-                if self.models is not None and len(rows):  # what goes with what they searched for
-                    s += 0.5 * wq * _norm(self.models.together.spread(rows[:5], np.ones(min(5, len(rows))), self.n))
-            parts["searches"] = _norm(s)
-        if profile is not None:
-            cat = profile.shares("category")
-            codes = self.products.category_codes
-            pref = np.array([float(cat.get(str(c), 0.0)) for c in range(len(self.products.categories))] + [0.0])
-            parts["profile"] = _norm(pref[np.where(codes >= 0, codes, -1)])
-        fw = self.cfg.for_you_weights
-        parts = {name: fw.get(name, 1.0) * p for name, p in parts.items()}
-        score = sum(parts.values()) if parts else np.zeros(self.n)
-        if hist is not None and len(hist):
-            bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
-            once = bought[~self.repeat_categories[self.products.category_codes[bought]]]
-            score = score.copy()
-            score[once] = 0.0  # bought, in a category shoppers buy once
-        rows = np.flatnonzero(score > 0)
-        if not len(rows):
-            scores, parts, _ = self.trending(mask)
-            return scores, parts, "fallback: trending (history matches nothing under these filters)"
-        source = "for you: " + ", ".join(parts)
-        return {"rows": rows, "score": score[rows]}, {n: p[rows] for n, p in parts.items()}, source
+        return for_history(self, hist, query, mask, profile, self.clock() if now is None else now)
 
     def top(self, scores: dict, mask, k: int, exclude=None) -> np.ndarray:
         """The rows :meth:`recommend` would list for ``scores`` (evaluation)."""

@@ -291,3 +291,48 @@ def test_the_history_read_counts_engagements_not_impressions(rec_engine):
         eng.record_event("looker", eng.products.ids[10 + i], "impression", query="手机")
     hist = recent_history(ue, "looker", 5, 5)
     assert hist.rows.tolist() == [1] and hist.events == ["click"] and hist.searches[0][0] == "手机"
+
+
+def test_for_you_taste_prefers_the_brand_a_shopper_keeps_choosing_in_a_category(rec_engine):
+    from engine.events.history import History
+    from engine.for_you import taste
+    from engine.recommend import Recommender
+
+    eng, _, _ = rec_engine
+    p = eng.products
+    phones = _rows_of(eng, "手机")
+    brands = p.brand_codes[phones]
+    chosen, other = np.unique(brands)[:2]
+    mine = phones[brands == chosen]
+    seen, unseen = mine[:2], mine[2:]
+    assert len(unseen) and (brands == other).any()
+    w = np.array([1.0, 1.0])
+    t = taste(p, seen, w, 0.2)
+    assert t[unseen].min() == 1.0  # the same category and brand as the history: the top
+    assert 0 < t[phones[brands == other]].max() < t[unseen].min()  # the category's other brands: a little
+    assert t[_rows_of(eng, "牛奶")].max() == 0.0  # another category: nothing
+    only = dataclasses.replace(eng.cfg.recs, for_you_weights={"taste": 1.0, "als": 0, "neighbours": 0, "again": 0})
+    rec = Recommender(eng.version, eng.recommender().models, only)
+    now = time.time()
+    hist = History(seen, ["click", "click"], np.array([now - 3600.0] * 2))
+    mask = np.ones(len(p), dtype=bool)
+    scores, parts, source = rec.for_history(hist, None, mask, now=now)
+    assert list(parts) == ["taste"] and source == "for you: taste"
+    assert set(rec.top(scores, mask, 3).tolist()) <= set(mine.tolist())
+
+
+@pytest.mark.parametrize(
+    "recs, fragment",
+    [
+        ({"for_you_weights": {"tase": 1.0}}, "recs.for_you_weights names unknown part(s) ['tase']"),
+        ({"together_weights": {"together": -1}}, "recs.together_weights weights must be numbers >= 0"),
+        ({"taste_category": -0.5}, "recs.taste_category must be >= 0"),
+    ],
+)
+def test_recommendation_weights_are_checked_when_the_config_loads(tmp_path, demo_dir, recs, fragment):
+    from core.config import ConfigError
+    from conftest import make_config
+
+    with pytest.raises(ConfigError) as err:
+        make_config(tmp_path, demo_dir / "catalog.jsonl", recs=recs)
+    assert fragment in str(err.value)

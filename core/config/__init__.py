@@ -373,6 +373,7 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: search.fusion.weights names {unknown}, not in search.stages {sc.stages}")
     if sc.max_query_chars < 1 or sc.max_k < 1 or sc.cache_size < 0 or sc.candidates < 1:
         raise ConfigError(f"{where}: search.max_query_chars, max_k and candidates must be >= 1, cache_size >= 0")
+    cfg.recs.check(where)
     pc = cfg.personal
     if pc.store not in ("sqlite", "postgres"):
         raise ConfigError(

@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config.loader import ConfigError
+
+FOR_YOU_PARTS = ("als", "neighbours", "searches", "profile", "again", "taste")
+TOGETHER_PARTS = ("together", "als", "category")
+
 
 @dataclass
 class RecsConfig:
@@ -39,10 +44,33 @@ class RecsConfig:
     substitute_factor: float = 0.3
     duplicate_share: float = 0.6
     for_you_weights: dict[str, float] = field(
-        default_factory=lambda: {"als": 1.0, "neighbours": 0.5, "searches": 0.5, "profile": 0.2, "again": 1.0}
+        default_factory=lambda: {
+            "als": 1.0,
+            "neighbours": 0.5,
+            "searches": 0.5,
+            "profile": 0.2,
+            "again": 1.0,
+            "taste": 0.5,
+        }
     )
+    # for_you's taste part: the history's share of a product's (category, brand), plus this much of its
+    # category's share
+    taste_category: float = 0.2
     together_weights: dict[str, float] = field(default_factory=lambda: {"together": 1.0, "als": 1.0, "category": 1.0})
     # a query whose best final score is under this (or with fewer than weak_min_hits hits) is weak: the
     # search response adds recommendations from a relaxed query and the shopper's profile
     weak_min_hits: int = 3
     weak_score: float | None = None
+
+    def check(self, where: str) -> None:
+        """Raise :class:`ConfigError` naming the first bad setting."""
+        for name, weights, known in (
+            ("for_you_weights", self.for_you_weights, FOR_YOU_PARTS),
+            ("together_weights", self.together_weights, TOGETHER_PARTS),
+        ):
+            if unknown := sorted(set(weights) - set(known)):
+                raise ConfigError(f"{where}: recs.{name} names unknown part(s) {unknown}; known: {list(known)}")
+            if any(not isinstance(w, int | float) or w < 0 for w in weights.values()):
+                raise ConfigError(f"{where}: recs.{name} weights must be numbers >= 0, got {weights}")
+        if self.taste_category < 0:
+            raise ConfigError(f"{where}: recs.taste_category must be >= 0, not {self.taste_category}")
