@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.config.recs import FOR_YOU_WEIGHTS
+
 GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 
 
@@ -96,8 +98,8 @@ def for_history(rec, hist, query, mask, profile, now: float):
         codes = rec.products.category_codes
         pref = np.array([float(cat.get(str(c), 0.0)) for c in range(len(rec.products.categories))] + [0.0])
         parts["profile"] = norm_max(pref[np.where(codes >= 0, codes, -1)])
-    fw = rec.cfg.for_you_weights
-    parts = {name: fw.get(name, 1.0) * p for name, p in parts.items() if fw.get(name, 1.0) > 0}
+    fw = {**FOR_YOU_WEIGHTS, **rec.cfg.for_you_weights}
+    parts = {name: fw[name] * p for name, p in parts.items() if fw[name] > 0}
     score = sum(parts.values()) if parts else np.zeros(rec.n)
     if engaged:
         bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from core.config.recs import TOGETHER_WEIGHTS
 from engine.for_you import GAINS, for_history, norm_max
 from engine.query_input import check_filters, check_int
 from engine.rerank import stage_lookup
@@ -206,7 +207,7 @@ class Recommender:
             return self._trending_outside(
                 row, mask, f"fallback: trending outside its category (too few baskets: {have} < {self.cfg.min_baskets})"
             )
-        w = self.cfg.together_weights
+        w = {**TOGETHER_WEIGHTS, **self.cfg.together_weights}
         parts = {}
         nb, sc = m.together.of(row)
         own = np.zeros(self.n)
@@ -221,15 +222,15 @@ class Recommender:
         else:
             bm = self.v.first_stages.bm25(self.v.understand(self.products.titles[row]).text, POOL, None)
             near, share = np.asarray(bm.rows), norm_max(np.asarray(bm.scores, dtype=np.float64))
-        parts["together"] = w.get("together", 1.0) * norm_max(own)
+        parts["together"] = w["together"] * norm_max(own)
         if m.items is not None and m.items[row].any():  # shoppers who engaged with it also engaged with these
-            parts["als"] = w.get("als", 1.0) * norm_max(np.clip(m.items @ m.items[row], 0, None))
+            parts["als"] = w["als"] * norm_max(np.clip(m.items @ m.items[row], 0, None))
         cats = self.products.category_codes
         lift = (m.card.get("category_lift") or {}).get(self.products.categories[cats[row]] if cats[row] >= 0 else "")
         if lift:  # categories that go into one basket with this one, each product by its recent popularity
             by_code = np.array([float(lift.get(c, 0.0)) for c in self.products.categories] + [0.0])
             prior = norm_max(by_code[np.where(cats >= 0, cats, -1)])
-            parts["category"] = w.get("category", 1.0) * prior * (0.5 + 0.5 * norm_max(self.trend_counts()))
+            parts["category"] = w["category"] * prior * (0.5 + 0.5 * norm_max(self.trend_counts()))
         score = sum(parts.values())
         score[near[share >= self.cfg.duplicate_share]] *= self.cfg.substitute_factor  # the same item again
         rows = np.flatnonzero((score > 0) & mask)

@@ -311,13 +311,14 @@ def test_for_you_taste_prefers_the_brand_a_shopper_keeps_choosing_in_a_category(
     assert t[unseen].min() == 1.0  # the same category and brand as the history: the top
     assert 0 < t[phones[brands == other]].max() < t[unseen].min()  # the category's other brands: a little
     assert t[_rows_of(eng, "牛奶")].max() == 0.0  # another category: nothing
-    only = dataclasses.replace(eng.cfg.recs, for_you_weights={"taste": 1.0, "als": 0, "neighbours": 0, "again": 0})
+    only = dataclasses.replace(eng.cfg.recs, for_you_weights={"als": 0, "neighbours": 0, "again": 0})
     rec = Recommender(eng.version, eng.recommender().models, only)
     now = time.time()
     hist = History(seen, ["click", "click"], np.array([now - 3600.0] * 2))
     mask = np.ones(len(p), dtype=bool)
     scores, parts, source = rec.for_history(hist, None, mask, now=now)
     assert list(parts) == ["taste"] and source == "for you: taste"
+    assert parts["taste"].max() == pytest.approx(0.5)  # not named in the config: its default weight
     assert set(rec.top(scores, mask, 3).tolist()) <= set(mine.tolist())
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from core.config.loader import ConfigError
 
-FOR_YOU_PARTS = ("als", "neighbours", "searches", "profile", "again", "taste")
-TOGETHER_PARTS = ("together", "als", "category")
+# each part's weight where a config's mapping does not name it (docs/recommendations.md)
+FOR_YOU_WEIGHTS = {"als": 1.0, "neighbours": 0.5, "searches": 0.5, "profile": 0.2, "again": 1.0, "taste": 0.5}
+TOGETHER_WEIGHTS = {"together": 1.0, "als": 1.0, "category": 1.0}
 
 
 @dataclass
@@ -43,20 +44,12 @@ class RecsConfig:
     # product's own) counts substitute_factor as much: complements before the same item in another colour
     substitute_factor: float = 0.3
     duplicate_share: float = 0.6
-    for_you_weights: dict[str, float] = field(
-        default_factory=lambda: {
-            "als": 1.0,
-            "neighbours": 0.5,
-            "searches": 0.5,
-            "profile": 0.2,
-            "again": 1.0,
-            "taste": 0.5,
-        }
-    )
+    # how each kind mixes its parts; a part a config does not name keeps its default weight
+    for_you_weights: dict[str, float] = field(default_factory=lambda: dict(FOR_YOU_WEIGHTS))
     # for_you's taste part: the history's share of a product's (category, brand), plus this much of its
     # category's share
     taste_category: float = 0.2
-    together_weights: dict[str, float] = field(default_factory=lambda: {"together": 1.0, "als": 1.0, "category": 1.0})
+    together_weights: dict[str, float] = field(default_factory=lambda: dict(TOGETHER_WEIGHTS))
     # a query whose best final score is under this (or with fewer than weak_min_hits hits) is weak: the
     # search response adds recommendations from a relaxed query and the shopper's profile
     weak_min_hits: int = 3
@@ -65,8 +58,8 @@ class RecsConfig:
     def check(self, where: str) -> None:
         """Raise :class:`ConfigError` naming the first bad setting."""
         for name, weights, known in (
-            ("for_you_weights", self.for_you_weights, FOR_YOU_PARTS),
-            ("together_weights", self.together_weights, TOGETHER_PARTS),
+            ("for_you_weights", self.for_you_weights, FOR_YOU_WEIGHTS),
+            ("together_weights", self.together_weights, TOGETHER_WEIGHTS),
         ):
             if unknown := sorted(set(weights) - set(known)):
                 raise ConfigError(f"{where}: recs.{name} names unknown part(s) {unknown}; known: {list(known)}")
