@@ -15,7 +15,7 @@ HOST ?= 127.0.0.1
 # $(call step,NAME,COMMAND): run COMMAND and print how long it took (make demo prints every step's time)
 step = @t0=$$(date +%s.%N); $(2) || exit $$?; awk -v a=$$t0 -v b=$$(date +%s.%N) 'BEGIN {printf "== %-32s %7.1f s\n", "$(1)", b - a}'
 
-.PHONY: install model demo demo-data index finetune retrain onnx serve eval homedepot eval-personal eval-recs eval-suggest bench bench-serving bench-scale bench-loop bench-interleave load-test probe-service lint test test-slow ablation clean
+.PHONY: install model demo demo-data index finetune retrain onnx serve eval homedepot eval-personal eval-recs eval-recs-worlds eval-suggest bench bench-serving bench-scale bench-loop bench-interleave load-test probe-service lint test test-slow ablation clean
 
 install: .venv/.installed
 
@@ -103,6 +103,10 @@ eval-personal: .venv/.installed models/base/config.json $(if $(findstring demo,$
 eval-recs: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)
 	$(PY) -m eval.recs --config $(CONFIG)
 	$(PY) -m eval.recs_weak --config $(CONFIG) --no-progress
+
+# the same over eight simulated demo worlds, their cases pooled (~2 minutes; docs/recommendations.md)
+eval-recs-worlds: .venv/.installed data/demo/catalog.jsonl models/demo/ranker/model.txt
+	$(PY) -m eval.recs_worlds --config configs/demo.yaml --no-progress
 
 # query suggestions: held-out judged queries typed as characters, pinyin and initials (reports/suggest/)
 eval-suggest: .venv/.installed $(if $(findstring demo,$(CONFIG)),data/demo/catalog.jsonl models/demo/ranker/model.txt)

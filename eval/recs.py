@@ -268,6 +268,7 @@ def _block(ranked: dict, truth: list, ms: list, n_products: int, k: int) -> dict
             "ndcg@10": round(float(ndcg.mean()), 4) if len(ndcg) else float("nan"),
             "coverage": round(len(shown) / n_products, 4),
         }
+    block["hits"] = {s: h.astype(int).tolist() for s, h in hits.items()}  # per case (eval.recs_worlds pools them)
     best = max(("item_knn", "als"), key=lambda s: hits[s].mean() if len(truth) else 0.0)
     block["vs_best_implicit"] = {"baseline": best, **paired_bootstrap(hits[best], hits["ours"])}
     block["vs_popularity"] = paired_bootstrap(hits["popularity"], hits["ours"])
@@ -276,7 +277,10 @@ def _block(ranked: dict, truth: list, ms: list, n_products: int, k: int) -> dict
 
 def write_report(out_dir: Path, res: dict, context: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recs.json").write_text(json.dumps({**context, **res}, indent=1, ensure_ascii=False) + "\n")
+    tasks = {t: {k: v for k, v in b.items() if k != "hits"} for t, b in res["tasks"].items()}
+    (out_dir / "recs.json").write_text(
+        json.dumps({**context, **res, "tasks": tasks}, indent=1, ensure_ascii=False) + "\n"
+    )
     lines = [
         f"# Recommendations: {context['config']}",
         "",

@@ -77,3 +77,32 @@ def test_weak_searches_take_each_shoppers_first_search_and_its_first_engagement(
     for s in ("page", "block", "trending", "unfiltered"):
         assert 0 <= nw[s]["hr@10"] <= 1
     assert {"diff", "ci_low", "ci_high"} <= set(nw["block_minus_trending"])
+
+
+def test_simulated_worlds_pool_their_cases_and_the_demo_seed_redraws_the_demos_log(
+    job_cfg, trained, tmp_path, demo_dir
+):
+    import pytest
+
+    from core.config import RecsConfig
+    from engine.search import SearchEngine
+    from eval.recs_worlds import NotTheDemoCatalog, demo_products, measure, write_report
+
+    cfg = dataclasses.replace(job_cfg, recs=RecsConfig(factors=8, iterations=5))
+    res = measure(cfg, [11, 21], tmp_path, users=120, valid=False, progress=False, limit=60)
+    log = (tmp_path / "logs" / "clicks-11-120.jsonl").read_text()
+    assert log == (demo_dir / "clicks.jsonl").read_text()  # click seed 11 is the demo's own shoppers
+    assert set(res["worlds"]) == {11, 21}
+    for task, block in res["pooled"].items():
+        assert block["cases"] > 0 and set(block["systems"]) == set(SYSTEMS)
+        assert block["best_implicit"] in ("item_knn", "als")
+        v = block["vs"]["popularity"]
+        assert v["diff"] == pytest.approx(
+            block["systems"]["ours"]["hr@10"] - block["systems"]["popularity"]["hr@10"], abs=2e-4
+        )
+    assert res["pooled"]["for_you"]["cases"] > 60  # both worlds' cases, each capped at 60
+    write_report(tmp_path / "out", res)
+    assert "| for_you |" in (tmp_path / "out" / "report.md").read_text()
+    assert (tmp_path / "out" / "worlds.png").stat().st_size > 0
+    with pytest.raises(NotTheDemoCatalog, match="not the generated demo catalog"):
+        demo_products(SearchEngine.from_config(cfg).products, seeds=(8,))
