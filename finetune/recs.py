@@ -16,7 +16,9 @@ only what shoppers did (clicks, carts, purchases) says which products go togethe
   ``factors`` dimensions; the engine solves a user's vector from their current history at request time.
 
 Everything is vectorized with ``scipy.sparse`` (a visit × product incidence matrix, its Gram matrix); the
-top ``neighbours`` per product are kept.
+top ``neighbours`` per product are kept.  A build replaces the serving one only when it saw at least half its
+engagements and the same recipe, built without the last ``recs.guard_days``, beats popularity on them
+(:mod:`finetune.recs_guard`).
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ def build_and_save(
     s: RecsConfig | None = None,
     categories=None,
     built_at: float | None = None,
+    guard: dict | None = None,
 ) -> dict:
     """:func:`build`, written to ``out`` through a staging folder swapped in at the end (a crash leaves the
     previous models in place).  ``built_at`` (default now): when its events were read — a user forgotten
@@ -256,6 +259,8 @@ def build_and_save(
     shutil.rmtree(stage, ignore_errors=True)
     similar, together, items, card = build(users, rows, events, ts, len(ids), s, categories=categories)
     card["built_at"] = built_at
+    if guard is not None:
+        card["guard"] = guard
     save(stage, similar, together, items, card, ids)
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -349,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     def body():
         from engine import forgotten
         from engine.search import SearchEngine
+        from finetune import recs_guard
 
         cfg = load(args)
         engine = SearchEngine.from_config(cfg, load_models=False)
@@ -371,6 +377,10 @@ def main(argv: list[str] | None = None) -> int:
                 where += f" without {left_out} events of forgotten users"
         out = models_dir(cfg)
         problem = shrunk(out, len(src[0]))
+        categories = (products.category_codes, products.categories)
+        verdict = recs_guard.check(engine, src, cfg.recs, categories, build) if not problem else None
+        if verdict is not None and not verdict["passed"]:
+            problem = verdict["reason"]
         if problem and not args.force:
             print(f"error: {problem}; the serving models stay (--force to replace them)", file=sys.stderr)
             return 2
@@ -379,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             products.ids.tolist(),
             *src,
             cfg.recs,
-            categories=(products.category_codes, products.categories),
+            categories=categories,
             built_at=built_at,
+            guard=verdict,
         )
         card.pop("settings", None)
         print(f"recommendation models from {where} -> {out}")

@@ -104,3 +104,63 @@ def test_a_build_from_far_fewer_events_does_not_replace_the_serving_one(tmp_path
     build_and_save(out, ids, *_events(), RecsConfig(factors=8, iterations=5))
     assert shrunk(out, 1050) is None and shrunk(out, 600) is None
     assert "300 engagements against the serving build's 1050" in shrunk(out, 300)
+
+
+def test_the_quality_guard_passes_a_real_log_and_refuses_shuffled_shoppers(job_cfg, trained, demo_dir):
+    import dataclasses
+
+    from engine.search import SearchEngine
+    from finetune import recs_guard
+    from finetune.recs import events_of_log
+
+    eng = SearchEngine.from_config(job_cfg, load_models=False)
+    p = eng.products
+    s = RecsConfig(factors=8, iterations=5, guard_min_cases=20)
+    src = events_of_log(demo_dir / "clicks.jsonl", p.row_map())
+    cats = (p.category_codes, p.categories)
+    ok = recs_guard.check(eng, src, s, cats, build)
+    assert ok["passed"] and ok["hr_ours"] > ok["hr_popularity"], ok
+    assert ok["for_you_cases"] > 0 and ok["similar_cases"] > 0 and ok["cut"] < max(src[3])
+    perm = np.random.default_rng(0).permutation(len(src[0]))
+    shuffled = ([src[0][i] for i in perm], *src[1:])  # every event credited to a random shopper
+    bad = recs_guard.check(eng, shuffled, s, cats, build)
+    assert not bad["passed"] and bad["reason"].startswith("not ahead of popularity"), bad
+    few = recs_guard.check(eng, src, dataclasses.replace(s, guard_min_cases=10**6), cats, build)
+    assert few["passed"] and "not judged" in few["reason"]
+
+
+def test_held_out_cases_take_the_first_engagement_and_clicks_within_a_visit():
+    from finetune.recs_guard import held_out_cases
+
+    t = 1_000_000.0
+    users = ["a", "a", "a", "a", "b", "c", "c"]
+    rows = [1, 2, 3, 4, 5, 6, 7]
+    events = ["click", "click", "click", "impression", "click", "click", "click"]
+    ts = [t - 10, t + 1, t + 60, t + 61, t + 5, t + 100, t + 9000]
+    for_you, similar = held_out_cases(users, rows, events, np.array(ts), t, 1800.0)
+    assert for_you == [("a", 2)]  # b and c have no history before the cut
+    assert similar == [(2, 3)]  # c's clicks are 2.5 hours apart: two visits
+
+
+def test_a_build_the_guard_refuses_leaves_the_serving_models(job_cfg, trained, demo_dir, tmp_path):
+    import dataclasses
+    import json
+
+    from core.config import write_config
+    from core.formats.clicklog import read_clicklog, write_clicklog
+    from finetune.recs import main
+
+    events = read_clicklog(demo_dir / "clicks.jsonl")
+    perm = np.random.default_rng(1).permutation(len(events))
+    shuffled = [dataclasses.replace(e, user_id=events[i].user_id) for e, i in zip(events, perm)]
+    write_clicklog(shuffled, tmp_path / "shuffled.jsonl")
+    recs_cfg = RecsConfig(models=tmp_path / "recs", factors=8, iterations=5, guard_min_cases=20)
+    good = write_config(dataclasses.replace(job_cfg, recs=recs_cfg), tmp_path / "good.yaml")
+    assert main(["--config", str(good)]) == 0
+    card = json.loads((tmp_path / "recs" / "model_card.json").read_text())
+    assert card["guard"]["passed"] and card["guard"]["hr_ours"] > card["guard"]["hr_popularity"]
+    ft = dataclasses.replace(job_cfg.finetune, train=tmp_path / "shuffled.jsonl")
+    bad = write_config(dataclasses.replace(job_cfg, recs=recs_cfg, finetune=ft), tmp_path / "bad.yaml")
+    assert main(["--config", str(bad)]) == 2
+    assert json.loads((tmp_path / "recs" / "model_card.json").read_text()) == card  # the serving build stays
+    assert main(["--config", str(bad), "--force"]) == 0
