@@ -34,13 +34,16 @@ def norm_max(x: np.ndarray) -> np.ndarray:
 
 def taste(products, rows: np.ndarray, w: np.ndarray, category_weight: float) -> np.ndarray:
     """Per product: the share of the weights ``w`` of the history ``rows`` on its (category, brand), plus
-    ``category_weight`` × its category's share; 0 for products without a category, normalized to max 1."""
+    ``category_weight`` × its category's share, normalized to max 1.  A product without a category counts by its
+    brand among the uncategorized; one with neither gets 0."""
     cat, br = products.category_codes, products.brand_codes  # -1 (none) indexes the extra last slot
     m = np.zeros((len(products.categories) + 1, len(products.brands) + 1))
     np.add.at(m, (cat[rows], br[rows]), w)
-    m[-1, :] = 0.0
+    m[-1, -1] = 0.0  # neither category nor brand: says nothing
     share = m / max(float(m.sum()), 1e-12)
-    return norm_max(share[cat, br] + category_weight * share.sum(axis=1)[cat])
+    by_category = share.sum(axis=1)
+    by_category[-1] = 0.0  # "no category" is not a category
+    return norm_max(share[cat, br] + category_weight * by_category[cat])
 
 
 def _engagement_parts(rec, hist, now: float) -> dict[str, np.ndarray]:

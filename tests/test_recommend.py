@@ -337,3 +337,17 @@ def test_recommendation_weights_are_checked_when_the_config_loads(tmp_path, demo
     with pytest.raises(ConfigError) as err:
         make_config(tmp_path, demo_dir / "catalog.jsonl", recs=recs)
     assert fragment in str(err.value)
+
+
+def test_for_you_taste_without_categories_reads_the_brand_and_without_either_nothing():
+    from types import SimpleNamespace
+
+    from engine.for_you import taste
+
+    brands_only = SimpleNamespace(
+        category_codes=np.full(6, -1), brand_codes=np.array([0, 0, 1, 1, -1, -1]), categories=[], brands=["A", "B"]
+    )
+    t = taste(brands_only, np.array([0, 4]), np.array([1.0, 1.0]), 0.2)
+    assert t.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # brand A's products; the unbranded ones say nothing
+    titles_only = SimpleNamespace(category_codes=np.full(3, -1), brand_codes=np.full(3, -1), categories=[], brands=[])
+    assert not taste(titles_only, np.array([0, 1]), np.array([1.0, 2.0]), 0.2).any()
