@@ -322,26 +322,36 @@ def write_report(out_dir: Path, res: dict, context: dict) -> None:
     _plot(res, out_dir / "recs.png")
 
 
-def _plot(res: dict, path: Path) -> None:
+def grouped_bars(path: Path, groups: list[str], series: dict, ylabel: str, title: str, zero: bool = False) -> None:
+    """A bar chart with 95% intervals: per group (x), one bar per series; ``series``: name -> (values, lows,
+    highs) aligned with ``groups``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(res["tasks"])
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    width = 0.8 / len(SYSTEMS)
-    for j, s in enumerate(SYSTEMS):
-        vals = [res["tasks"][t]["systems"][s]["hr@10"] for t in tasks]
-        lo = [v - res["tasks"][t]["systems"][s]["hr_ci"][0] for v, t in zip(vals, tasks)]
-        hi = [res["tasks"][t]["systems"][s]["hr_ci"][1] - v for v, t in zip(vals, tasks)]
-        ax.bar(np.arange(len(tasks)) + j * width, vals, width, yerr=[lo, hi], capsize=3, label=s)
-    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks)
-    ax.set(ylabel="HR@10 (95% CI)", title="next item, ranked against the whole catalog")
+    width = 0.8 / len(series)
+    for j, (name, (vals, lo, hi)) in enumerate(series.items()):
+        err = [[v - low for v, low in zip(vals, lo)], [high - v for v, high in zip(vals, hi)]]
+        ax.bar(np.arange(len(groups)) + j * width, vals, width, yerr=err, capsize=3, label=name)
+    if zero:
+        ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot(res: dict, path: Path) -> None:
+    tasks = list(res["tasks"])
+    series = {}
+    for s in SYSTEMS:
+        m = [res["tasks"][t]["systems"][s] for t in tasks]
+        series[s] = ([x["hr@10"] for x in m], [x["hr_ci"][0] for x in m], [x["hr_ci"][1] for x in m])
+    grouped_bars(path, tasks, series, "HR@10 (95% CI)", "next item, ranked against the whole catalog")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 from core.cli import command, load, run
 
-from eval.recs import SYSTEMS, evaluate
+from eval.recs import SYSTEMS, evaluate, grouped_bars
 
 DEFAULT_SEEDS = "11,21,22,23,31,32,33,34"  # 11: the click seed of `make demo-data`'s own log
 
@@ -119,27 +119,13 @@ def write_report(out: Path, res: dict) -> None:
 
 
 def _plot(res: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tasks = list(res["pooled"])
-    fig, ax = plt.subplots(figsize=(8, 3.4))
-    base = ("popularity", "item_knn", "als")
-    width = 0.8 / len(base)
-    for j, s in enumerate(base):
+    series = {}
+    for s in ("popularity", "item_knn", "als"):
         v = [res["pooled"][t]["vs"][s] for t in tasks]
-        d = [x["diff"] for x in v]
-        err = [[x["diff"] - x["ci_low"] for x in v], [x["ci_high"] - x["diff"] for x in v]]
-        ax.bar(np.arange(len(tasks)) + j * width, d, width, yerr=err, capsize=3, label=f"ours − {s}")
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(np.arange(len(tasks)) + width, tasks, fontsize=8)
-    ax.set(ylabel="HR@10 difference (95% CI)", title=f"pooled over {len(res['worlds'])} simulated worlds")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        series[f"ours − {s}"] = ([x["diff"] for x in v], [x["ci_low"] for x in v], [x["ci_high"] for x in v])
+    title = f"pooled over {len(res['worlds'])} simulated worlds"
+    grouped_bars(path, tasks, series, "HR@10 difference (95% CI)", title, zero=True)
 
 
 def measure(cfg, seeds: list[int], out: Path, users: int, valid: bool, progress: bool, limit: int | None = None):
