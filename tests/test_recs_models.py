@@ -164,3 +164,18 @@ def test_a_build_the_guard_refuses_leaves_the_serving_models(job_cfg, trained, d
     assert main(["--config", str(bad)]) == 2
     assert json.loads((tmp_path / "recs" / "model_card.json").read_text()) == card  # the serving build stays
     assert main(["--config", str(bad), "--force"]) == 0
+
+
+def test_the_guard_scores_a_seeded_sample_of_a_large_stores_cases(job_cfg, trained, demo_dir):
+    from engine.search import SearchEngine
+    from finetune import recs_guard
+    from finetune.recs import events_of_log
+
+    eng = SearchEngine.from_config(job_cfg, load_models=False)
+    p = eng.products
+    src = events_of_log(demo_dir / "clicks.jsonl", p.row_map())
+    s = RecsConfig(factors=8, iterations=5, guard_min_cases=5, guard_max_cases=10)
+    a = recs_guard.check(eng, src, s, (p.category_codes, p.categories), build)
+    b = recs_guard.check(eng, src, s, (p.category_codes, p.categories), build)
+    assert a["for_you_cases"] + a["similar_cases"] > 20 and a["scored_cases"] == 20  # 10 per task scored
+    assert a == b  # the same sample each run

@@ -31,9 +31,10 @@ class RecsConfig:
     build_half_life_days: float = 90.0  # ALS confidences decay with this half-life
     # the quality guard (finetune.recs_guard): the recipe built without the last guard_days must beat
     # popularity on them (HR@10, paired interval above 0) before a build replaces the serving one; fewer
-    # held-out cases than guard_min_cases: not judged
+    # held-out cases than guard_min_cases: not judged; at most guard_max_cases per task (a seeded sample)
     guard_days: float = 7.0
     guard_min_cases: int = 50
+    guard_max_cases: int = 2000
     # -- serving (engine.recommend) --
     # bought together needs this many baskets with two or more products in the build (Algolia asks for
     # 1,000 conversions in 30 days); below it, and for a product without its own pairs, it falls back
@@ -72,5 +73,7 @@ class RecsConfig:
                 raise ConfigError(f"{where}: recs.{name} weights must be numbers >= 0, got {weights}")
         if self.taste_category < 0:
             raise ConfigError(f"{where}: recs.taste_category must be >= 0, not {self.taste_category}")
-        if self.guard_days <= 0 or self.guard_min_cases < 0:
-            raise ConfigError(f"{where}: recs.guard_days must be > 0 and recs.guard_min_cases >= 0")
+        if self.guard_days <= 0 or self.guard_min_cases < 0 or self.guard_max_cases < 1:
+            raise ConfigError(
+                f"{where}: recs.guard_days must be > 0, recs.guard_min_cases >= 0 and recs.guard_max_cases >= 1"
+            )
