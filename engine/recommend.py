@@ -222,15 +222,20 @@ class Recommender:
         else:
             bm = self.v.first_stages.bm25(self.v.understand(self.products.titles[row]).text, POOL, None)
             near, share = np.asarray(bm.rows), norm_max(np.asarray(bm.scores, dtype=np.float64))
-        parts["together"] = w["together"] * norm_max(own)
-        if m.items is not None and m.items[row].any():  # shoppers who engaged with it also engaged with these
-            parts["als"] = w["als"] * norm_max(np.clip(m.items @ m.items[row], 0, None))
         cats = self.products.category_codes
         lift = (m.card.get("category_lift") or {}).get(self.products.categories[cats[row]] if cats[row] >= 0 else "")
+        by_code = np.array([float((lift or {}).get(c, 0.0)) for c in self.products.categories] + [0.0])
+        cat_lift = by_code[np.where(cats >= 0, cats, -1)]
+        together = norm_max(own)
+        if lift and len(nb):  # an own pair across categories bought together less than chance (one shopper's
+            # phone and socks) counts as much as the two categories go together; the same category, and products
+            # without one, as they are
+            together *= np.where((cats == cats[row]) | (cats < 0), 1.0, np.minimum(1.0, cat_lift))
+        parts["together"] = w["together"] * together
+        if m.items is not None and m.items[row].any():  # shoppers who engaged with it also engaged with these
+            parts["als"] = w["als"] * norm_max(np.clip(m.items @ m.items[row], 0, None))
         if lift:  # categories that go into one basket with this one, each product by its recent popularity
-            by_code = np.array([float(lift.get(c, 0.0)) for c in self.products.categories] + [0.0])
-            prior = norm_max(by_code[np.where(cats >= 0, cats, -1)])
-            parts["category"] = w["category"] * prior * (0.5 + 0.5 * norm_max(self.trend_counts()))
+            parts["category"] = w["category"] * norm_max(cat_lift) * (0.5 + 0.5 * norm_max(self.trend_counts()))
         score = sum(parts.values())
         score[near[share >= self.cfg.duplicate_share]] *= self.cfg.substitute_factor  # the same item again
         rows = np.flatnonzero((score > 0) & mask)

@@ -351,3 +351,34 @@ def test_for_you_taste_without_categories_reads_the_brand_and_without_either_not
     assert t.tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # brand A's products; the unbranded ones say nothing
     titles_only = SimpleNamespace(category_codes=np.full(3, -1), brand_codes=np.full(3, -1), categories=[], brands=[])
     assert not taste(titles_only, np.array([0, 1]), np.array([1.0, 2.0]), 0.2).any()
+
+
+def test_an_own_pair_across_categories_bought_together_less_than_chance_counts_less(rec_engine, tmp_path):
+    from engine import recs
+    from engine.recommend import Recommender
+
+    eng, phones, cases = rec_engine
+    p = eng.products
+    all_phones, socks, milk = _rows_of(eng, "手机"), _rows_of(eng, "袜子"), _rows_of(eng, "牛奶")
+    rare = int(next(r for r in all_phones if r not in phones))
+    users, rows, events, ts = _basket_events(eng, phones, cases)
+    t = max(ts) + 3600.0
+    for u in range(30):  # socks go into baskets with milk, not with phones
+        for r, dt in ((int(socks[u % len(socks)]), 0.0), (int(milk[u % len(milk)]), 60.0)):
+            users.append(f"m{u}"), rows.append(r), events.append("purchase"), ts.append(t + u * 3600 + dt)
+    for r, dt in ((rare, 0.0), (int(socks[0]), 60.0)):  # and once, one shopper's phone and socks
+        users.append("once"), rows.append(r), events.append("purchase"), ts.append(t - 7200 + dt)
+    cats = (p.category_codes, p.categories)
+    build_and_save(tmp_path / "recs", p.ids.tolist(), users, rows, events, ts, eng.cfg.recs, cats)
+    models = recs.load(tmp_path / "recs", p.ids.tolist())
+    assert models.together.of(rare)[0].tolist() == [int(socks[0])]  # its one pair: the socks
+    lift = models.card["category_lift"]["手机"]
+    assert lift["袜子"] < 1 < lift["手机壳"]
+    rec = Recommender(eng.version, models, eng.cfg.recs)
+    mask = np.ones(len(p), dtype=bool)
+    scores, parts, _ = rec.bought_together(rare, mask)
+    at = {int(r): i for i, r in enumerate(scores["rows"])}
+    assert parts["together"][at[int(socks[0])]] == pytest.approx(lift["袜子"], rel=1e-6)  # was 1.0
+    scores, parts, _ = rec.bought_together(int(phones[2]), mask)  # a pair across categories that go together
+    at = {int(r): i for i, r in enumerate(scores["rows"])}
+    assert parts["together"][at[int(cases[2])]] == 1.0
