@@ -22,8 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.config.recs import FOR_YOU_WEIGHTS
-
-GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
+from engine.recs import GAINS
 
 
 def norm_max(x: np.ndarray) -> np.ndarray:
@@ -46,8 +45,16 @@ def taste(products, rows: np.ndarray, w: np.ndarray, category_weight: float) -> 
     return norm_max(share[cat, br] + category_weight * by_category[cat])
 
 
-def _engagement_parts(rec, hist, now: float) -> dict[str, np.ndarray]:
-    """The parts read from the history's engagements (neighbours, als, taste, again)."""
+def _bought(rec, hist) -> tuple[np.ndarray, np.ndarray]:
+    """(bought again, bought once): the history's purchases in categories shoppers buy again, and the others."""
+    bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
+    again = rec.repeat_categories[rec.products.category_codes[bought]]
+    return bought[again], bought[~again]
+
+
+def _engagement_parts(rec, hist, now: float, again: np.ndarray) -> dict[str, np.ndarray]:
+    """The parts read from the history's engagements (neighbours, als, taste, and ``again``: its purchases in
+    categories shoppers buy again)."""
     cfg, n = rec.cfg, rec.n
     hl = cfg.history_half_life_hours * 3600.0
     w = np.array([GAINS.get(e, 0.0) for e in hist.events]) * 2.0 ** (-np.maximum(now - hist.ts, 0) / hl)
@@ -60,8 +67,6 @@ def _engagement_parts(rec, hist, now: float) -> dict[str, np.ndarray]:
         if u is not None:
             parts["als"] = norm_max(np.clip(m.items @ u, 0, None))
     parts["taste"] = taste(rec.products, rows, w, cfg.taste_category)
-    bought = rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
-    again = bought[rec.repeat_categories[rec.products.category_codes[bought]]]
     if len(again):  # buy again: what they bought in categories shoppers buy again
         parts["again"] = np.zeros(n)
         parts["again"][again] = 1.0
@@ -93,7 +98,10 @@ def for_history(rec, hist, query, mask, profile, now: float):
     if not engaged and not searches:
         scores, parts, _ = rec.trending(mask)
         return scores, parts, "fallback: trending (no history for this user)"
-    parts = _engagement_parts(rec, hist, now) if engaged else {}
+    parts, once = {}, None
+    if engaged:
+        again, once = _bought(rec, hist)
+        parts = _engagement_parts(rec, hist, now, again)
     if searches:
         parts["searches"] = _search_part(rec, searches, mask, now)
     if profile is not None:
@@ -104,9 +112,7 @@ def for_history(rec, hist, query, mask, profile, now: float):
     fw = {**FOR_YOU_WEIGHTS, **rec.cfg.for_you_weights}
     parts = {name: fw[name] * p for name, p in parts.items() if fw[name] > 0}
     score = sum(parts.values()) if parts else np.zeros(rec.n)
-    if engaged:
-        bought = hist.rows[np.array([e == "purchase" for e in hist.events], dtype=bool)]
-        once = bought[~rec.repeat_categories[rec.products.category_codes[bought]]]
+    if once is not None:
         score = score.copy()
         score[once] = 0.0  # bought, in a category shoppers buy once
     rows = np.flatnonzero(score > 0)

@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.config.recs import TOGETHER_WEIGHTS
-from engine.for_you import GAINS, for_history, norm_max
+from engine.for_you import for_history, norm_max
 from engine.query_input import check_filters, check_int
+from engine.recs import GAINS
 from engine.rerank import stage_lookup
 from engine.types import Hit, HitList, QueryError
 

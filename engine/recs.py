@@ -26,6 +26,8 @@ from typing import Sequence
 import numpy as np
 
 FORMAT = 1
+# what each engagement weighs for every recommendation model and list (impressions: nothing)
+GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 
 
 @dataclass

@@ -35,10 +35,10 @@ import numpy as np
 
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 from core.cli import command, load, run
+from engine.recs import GAINS
 
 TASKS = ("for_you", "similar", "bought_together")
 SYSTEMS = ("ours", "popularity", "item_knn", "als")
-GAINS = {"click": 1.0, "add_to_cart": 2.0, "purchase": 3.0}
 
 
 def split_events(events, row_of: dict, test_days: float, valid: bool = False):
@@ -85,30 +85,12 @@ def targets(test, row_of: dict, train_users: set, visit: float, basket: float, t
 
 def trained_recommender(engine, train, row_of: dict, cut: float, cfg):
     """Our recommender over models built from the training engagements (and trending as of the cut); the
-    seconds the build took."""
-    from engine.recommend import Recommender
-    from engine.recs import RecModels
-    from finetune.recs import build
+    build's card and the seconds it took (:func:`finetune.recs_build.built_recommender`)."""
+    from finetune.recs_build import built_recommender
 
-    products = engine.products
     eng = [e for e in train if e.event in GAINS]
-    rows = [row_of[e.product_id] for e in eng]
-    t0 = time.perf_counter()
-    similar, together, items, card = build(
-        [e.user_id for e in eng],
-        rows,
-        [e.event for e in eng],
-        [e.timestamp for e in eng],
-        len(products),
-        cfg.recs,
-        categories=(products.category_codes, products.categories),
-    )
-    build_s = time.perf_counter() - t0
-    rec = Recommender(engine.version, RecModels(similar, together, items, cfg.recs.regularization, card), cfg.recs)
-    hl = cfg.recs.trending_half_life_hours * 3600.0
-    weights = [GAINS[e.event] * 2.0 ** (-(cut - e.timestamp) / hl) for e in eng]
-    rec.set_trending(np.bincount(rows, weights=weights, minlength=len(products)), cut)
-    return rec, card, build_s
+    src = tuple(list(col) for col in zip(*[(e.user_id, row_of[e.product_id], e.event, e.timestamp) for e in eng]))
+    return built_recommender(engine, src, cfg.recs, cut)
 
 
 def history_before(events: list, t: float, row_of: dict, cfg):

@@ -31,7 +31,7 @@ import numpy as np
 from core.bootstrap import bootstrap_ci, paired_bootstrap
 from core.cli import command, load, run
 
-from eval.recs import GAINS
+from engine.recs import GAINS
 
 
 def searches(test, row_of: dict) -> list[tuple[str, str, int, float]]:

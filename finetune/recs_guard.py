@@ -23,7 +23,8 @@ import numpy as np
 
 from core.bootstrap import paired_bootstrap
 from core.config import RecsConfig
-from engine.for_you import GAINS
+from engine.recs import GAINS
+from finetune.recs_build import built_recommender
 
 K = 10
 
@@ -55,12 +56,10 @@ def held_out_cases(users, rows, events, ts, cut: float, visit_seconds: float):
     return list(first.items()), similar
 
 
-def check(engine, src: tuple, s: RecsConfig, categories, build) -> dict:
-    """The guard's verdict on building ``src`` (users, rows, events, times) with ``s`` by ``build``
-    (:func:`finetune.recs.build`): ``passed``, ``reason`` and the measurements."""
+def check(engine, src: tuple, s: RecsConfig) -> dict:
+    """The guard's verdict on building ``src`` (users, rows, events, times) with ``s``: ``passed``, ``reason``
+    and the measurements."""
     from engine.events.history import make_history
-    from engine.recommend import Recommender
-    from engine.recs import RecModels
 
     users, rows, events, ts = src
     ts_a = np.asarray(ts, dtype=np.float64)
@@ -80,11 +79,9 @@ def check(engine, src: tuple, s: RecsConfig, categories, build) -> dict:
     keep = np.flatnonzero(ts_a < cut)
     part = [[col[i] for i in keep] for col in (users, rows, events, ts)]
     n = len(engine.products)
-    sim, tog, items, card = build(*part, n, s, categories=categories)
-    rec = Recommender(engine.version, RecModels(sim, tog, items, s.regularization, card), s)
+    rec, _, _ = built_recommender(engine, part, s, cut)
     weights = np.array([GAINS.get(e, 0.0) for e in part[2]])
     counts = np.bincount(np.asarray(part[1], dtype=np.int64), weights=weights, minlength=n)
-    rec.set_trending(counts, cut)
     popular = np.argsort(-counts, kind="stable")[: K + 1]
     mask = engine.version.with_live(np.ones(n, dtype=bool))
     history: dict = {}

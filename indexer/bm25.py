@@ -42,8 +42,9 @@ def build_retriever(token_lists: Sequence[list[str]], cfg: BM25Config, progress:
     return retriever
 
 
-def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray) -> np.ndarray:
-    """BM25 score of every product for one query: a sum of the query tokens' sparse columns.
+def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray, token_weights: np.ndarray | None = None) -> np.ndarray:
+    """BM25 score of every product for one query: a sum of the query tokens' sparse columns, each scaled by its
+    ``token_weights`` entry where given.
 
     One ``np.bincount`` over the concatenated postings (C speed) instead of
     a Python loop per token.
@@ -58,9 +59,12 @@ def field_scores(retriever: bm25s.BM25, token_ids: np.ndarray) -> np.ndarray:
     else:
         rows = np.concatenate([sc["indices"][a:b] for a, b in zip(starts, ends)])
         weights = np.concatenate([sc["data"][a:b] for a, b in zip(starts, ends)])
+    if token_weights is not None:
+        weights = weights * np.repeat(np.asarray(token_weights, dtype=np.float64), ends - starts)
     scores = np.bincount(rows, weights=weights, minlength=n)
     if retriever.nonoccurrence_array is not None:  # bm25l / bm25+
-        scores += retriever.nonoccurrence_array[token_ids].sum()
+        extra = retriever.nonoccurrence_array[token_ids]
+        scores += (extra if token_weights is None else extra * token_weights).sum()
     return scores
 
 
@@ -314,9 +318,7 @@ class BM25Index:
         df = np.diff(r.scores["indptr"])[ids]
         idf = np.log((self._n - df + 0.5) / (df + 0.5) + 1.0)
         best = np.lexsort((ids, -(count * idf)))[:terms]
-        out = np.zeros(int(r.scores["num_docs"]))
-        for t, c in zip(ids[best], count[best]):
-            out += (c / len(rows)) * field_scores(r, np.array([t], dtype=np.int64))
+        out = field_scores(r, ids[best].astype(np.int64), count[best] / len(rows))
         if len(self.retrievers) > 1:  # scores() scales each field by its weight over its best product
             words = field_scores(r, np.asarray(query_ids, dtype=np.int64)) if query_ids else out
             out *= self.weights["words"] / max(float(words.max()), 1e-9)

@@ -117,15 +117,14 @@ def test_the_quality_guard_passes_a_real_log_and_refuses_shuffled_shoppers(job_c
     p = eng.products
     s = RecsConfig(factors=8, iterations=5, guard_min_cases=20)
     src = events_of_log(demo_dir / "clicks.jsonl", p.row_map())
-    cats = (p.category_codes, p.categories)
-    ok = recs_guard.check(eng, src, s, cats, build)
+    ok = recs_guard.check(eng, src, s)
     assert ok["passed"] and ok["hr_ours"] > ok["hr_popularity"], ok
     assert ok["for_you_cases"] > 0 and ok["similar_cases"] > 0 and ok["cut"] < max(src[3])
     perm = np.random.default_rng(0).permutation(len(src[0]))
     shuffled = ([src[0][i] for i in perm], *src[1:])  # every event credited to a random shopper
-    bad = recs_guard.check(eng, shuffled, s, cats, build)
+    bad = recs_guard.check(eng, shuffled, s)
     assert not bad["passed"] and bad["reason"].startswith("not ahead of popularity"), bad
-    few = recs_guard.check(eng, src, dataclasses.replace(s, guard_min_cases=10**6), cats, build)
+    few = recs_guard.check(eng, src, dataclasses.replace(s, guard_min_cases=10**6))
     assert few["passed"] and "not judged" in few["reason"]
 
 
@@ -175,7 +174,7 @@ def test_the_guard_scores_a_seeded_sample_of_a_large_stores_cases(job_cfg, train
     p = eng.products
     src = events_of_log(demo_dir / "clicks.jsonl", p.row_map())
     s = RecsConfig(factors=8, iterations=5, guard_min_cases=5, guard_max_cases=10)
-    a = recs_guard.check(eng, src, s, (p.category_codes, p.categories), build)
-    b = recs_guard.check(eng, src, s, (p.category_codes, p.categories), build)
+    a = recs_guard.check(eng, src, s)
+    b = recs_guard.check(eng, src, s)
     assert a["for_you_cases"] + a["similar_cases"] > 20 and a["scored_cases"] == 20  # 10 per task scored
     assert a == b  # the same sample each run
