@@ -41,6 +41,14 @@ def candidate_features(
     return feature_matrix(cand, ctr, pop, personal, qctr)
 
 
+def taste_evidence(cand: Candidates, profile, facets, pc: PersonalConfig, now: float | None = None) -> np.ndarray:
+    """The user's taste evidence of each candidate (:func:`engine.taste.evidence_rows`) as of ``now``."""
+    from engine.taste import evidence_rows
+
+    now = time.time() if now is None else now
+    return evidence_rows(profile, facets, cand.rows, now, pc.taste_half_life_days * 86400.0)
+
+
 def rank_candidates(
     cand: Candidates,
     k: int,
@@ -51,16 +59,19 @@ def rank_candidates(
     personalize: float = 1.0,
     explain: bool = False,
     teacher=None,
+    evidence=None,
 ) -> tuple[SearchResult, list[dict] | None]:
     """The final order of one query's candidates (``ranker``, or the z-score mix when None), the rest of the
     hybrid list below them down to ``k``, and per hit an explanation when asked.  ``features(cand, profile)``
-    gives the feature rows; ``teacher(query, rows)``, when given, the cascade's scores of the top
-    ``r.teacher_top`` (:func:`cascade`)."""
+    gives the feature rows, ``evidence(cand, profile)`` the user's taste evidence (for a ranker with a taste
+    model); ``teacher(query, rows)``, when given, the cascade's scores of the top ``r.teacher_top``
+    (:func:`cascade`)."""
     n = len(cand.rows)
     X = base = None
     if ranker is not None:
         X = features(cand, profile if ranker.uses_personal else None)
-        score, base = ranker.score(X, personalize, warm=profile is not None)
+        ev = evidence(cand, profile) if evidence is not None and ranker.taste is not None and profile else None
+        score, base = ranker.score(X, personalize, warm=profile is not None, evidence=ev)
         # a tree ensemble scores in steps: candidates it cannot tell apart keep the z-score mix's order
         mix = combine(cand.ce, cand.first, r.weight)
         order = np.lexsort((-mix, -score))

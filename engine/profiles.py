@@ -22,7 +22,10 @@ A profile summarises what one (hashed) user engaged with:
   price band: what they chose *given what they saw*.  A shop shows some brands
   far more than others, and shares of engagement alone mostly repeat that.
   Impressions change nothing else: a user with impressions only is still
-  cold (``weight`` 0).
+  cold (``weight`` 0);
+- **taste** evidence per facet value: decayed counts of the impressions and the clicks at each rank bucket of the
+  searches the user made (every product shown, clicked or not, below the deepest click too), with its own
+  half-life (``personal.taste_half_life_days``): what :mod:`engine.taste` reads a taste from.
 
 Profiles are updated online, one event at a time (:func:`apply_event`), and
 in bulk with numpy for a whole log (:func:`engine.profiles_bulk.build_profiles`); both give the
@@ -110,6 +113,11 @@ class ProfileSettings:
     bought_cap: int = 200
     session_minutes: float = 30.0
     exposure: str = "examined"  # or "shown" (personal.exposure)
+    taste_half_life_days: float = 365.0
+
+    @property
+    def taste_half_life(self) -> float:
+        return self.taste_half_life_days * DAY
 
     @property
     def half_life(self) -> float:
@@ -129,6 +137,7 @@ class ProfileSettings:
             personal.bought_cap,
             personal.session_minutes,
             personal.exposure,
+            personal.taste_half_life_days,
         )
 
 
@@ -147,6 +156,9 @@ class Profile:
     exposure_total: float = 0.0  # decayed impressions in all
     session_weight: float = 0.0  # the in-session profile: gains decayed with the session half-life, at ``t``
     session_centroid: np.ndarray | None = None
+    # taste evidence (engine.taste): facet -> value -> decayed impressions per rank bucket, then clicks per bucket
+    taste: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    taste_t: float = 0.0  # the time taste evidence refers to (its newest event's)
 
     def exposure_at(self, now: float, half_life: float) -> float:
         """The factor that brings exposure weights to ``now``."""
@@ -199,6 +211,8 @@ class Profile:
             "c": _b64(self.centroid),
             "sw": self.session_weight,
             "sc": _b64(self.session_centroid),
+            "ta": {f: {k: [round(x, 4) for x in v] for k, v in vals.items()} for f, vals in self.taste.items()},
+            "tt": self.taste_t,
         }
         return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
@@ -219,6 +233,8 @@ class Profile:
             exposure_total=d.get("ew", 0.0),
             session_weight=d.get("sw", 0.0),
             session_centroid=_unb64(d.get("sc")),
+            taste=d.get("ta", {}),
+            taste_t=d.get("tt", 0.0),
         )
 
 
@@ -285,16 +301,73 @@ def _apply_impression(profile: Profile, facets: ProductFacets, row: int, ts: flo
     _add_facets(profile.exposure, facets, row, w, EXPOSURE_CAP * settings.affinity_cap)
 
 
+TASTE_BUCKETS = 6  # engine.taste.N_BUCKETS (ranks 1, 2, 3, 4-5, 6-10, 11+)
+TASTE_EDGES = (2, 3, 4, 6, 11)
+
+
+def _taste_bucket(rank: int) -> int:
+    return sum(rank >= e for e in TASTE_EDGES)
+
+
+def taste_strength(values: list[float]) -> float:
+    """What keeps a value when a facet holds too many: its impressions and clicks in all."""
+    return float(sum(values))
+
+
+def cap_taste(values: dict[str, list[float]], cap: int) -> dict[str, list[float]]:
+    if len(values) <= cap:
+        return values
+    keep = sorted(values.items(), key=lambda kv: (-taste_strength(kv[1]), kv[0]))[:cap]
+    return dict(keep)
+
+
+def _apply_taste(
+    profile: Profile, facets: ProductFacets, row: int, rank: int, clicked: bool, ts: float, settings: ProfileSettings
+) -> None:
+    """One shown (or clicked) product at a known 1-based ``rank`` into the taste evidence."""
+    empty = not profile.taste
+    decay, w, profile.taste_t = _advance(profile.taste_t, empty, ts, settings.taste_half_life)
+    if decay != 1.0:
+        for values in profile.taste.values():
+            for v in values.values():
+                for i in range(len(v)):
+                    v[i] *= decay
+    col = _taste_bucket(rank) + (TASTE_BUCKETS if clicked else 0)
+    for f, key in facet_keys(facets, row).items():
+        values = profile.taste.setdefault(f, {})
+        v = values.get(key)
+        if v is None:
+            v = values[key] = [0.0] * (2 * TASTE_BUCKETS)
+        v[col] += w
+        profile.taste[f] = cap_taste(values, EXPOSURE_CAP * settings.affinity_cap)
+
+
 def apply_event(
-    profile: Profile, facets: ProductFacets, row: int, product_id: str, event: str, ts: float, settings: ProfileSettings
+    profile: Profile,
+    facets: ProductFacets,
+    row: int,
+    product_id: str,
+    event: str,
+    ts: float,
+    settings: ProfileSettings,
+    rank: int = 0,
+    shapes: bool = True,
 ) -> bool:
     """Update ``profile`` in place with one event; returns False when the event changes nothing
-    (an event type with no gain other than an impression).  An impression only adds exposure."""
+    (an event type with no gain other than an impression).  An impression only adds exposure.  ``rank``: the
+    1-based rank the product was shown at in the search the event belongs to (0: unknown); an impression or a
+    click with a rank adds taste evidence (:mod:`engine.taste`).  ``shapes=False``: the event adds taste evidence
+    only (an impression below the search's deepest engagement under ``personal.exposure: examined``)."""
     gain = float(settings.gains.get(event, 0.0))
     if profile.groups_id != facets.groups_id:  # group codes of another dense build mean nothing here
         profile.affinities.pop("group", None)
         profile.exposure.pop("group", None)
+        profile.taste.pop("group", None)
         profile.groups_id = facets.groups_id
+    if rank > 0 and event in ("impression", "click"):
+        _apply_taste(profile, facets, row, rank, event == "click", ts, settings)
+    if not shapes:
+        return rank > 0 and event in ("impression", "click")
     if event == "impression":
         _apply_impression(profile, facets, row, ts, settings)
         return True

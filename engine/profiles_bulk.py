@@ -9,7 +9,17 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.profiles import EXPOSURE_CAP, FACETS, Profile, ProductFacets, ProfileSettings, cap_values
+from engine.profiles import (
+    EXPOSURE_CAP,
+    FACETS,
+    TASTE_BUCKETS,
+    TASTE_EDGES,
+    Profile,
+    ProductFacets,
+    ProfileSettings,
+    cap_taste,
+    cap_values,
+)
 
 
 def _facet_sums(uidx: np.ndarray, rows: np.ndarray, w: np.ndarray, facets: ProductFacets):
@@ -54,6 +64,47 @@ def _fill_facets(
             store[f] = cap_values(store[f], cap)
 
 
+def _fill_taste(
+    profiles: dict[str, Profile],
+    users: np.ndarray,
+    rows: np.ndarray,
+    ts: np.ndarray,
+    ranks: np.ndarray,
+    clicked: np.ndarray,
+    facets: ProductFacets,
+    settings: ProfileSettings,
+) -> None:
+    """Taste evidence (:func:`engine.profiles._apply_taste` for every event at once): decayed impressions and
+    clicks per (user, facet value, rank bucket)."""
+    uniq, uidx, t_last, w = _decayed(users, ts, settings.taste_half_life)
+    width = 2 * TASTE_BUCKETS
+    col = np.searchsorted(np.asarray(TASTE_EDGES), ranks, side="right") + TASTE_BUCKETS * clicked.astype(np.int64)
+    for i, u in enumerate(uniq):
+        p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
+        p.taste_t = float(t_last[i])
+    for f in FACETS:
+        codes = np.asarray(facets.codes(f))[rows]
+        ok = codes >= 0
+        if not ok.any():
+            continue
+        span = int(codes.max()) + 1
+        key = (uidx[ok].astype(np.int64) * span + codes[ok]) * width + col[ok]
+        k_uniq, k_inv = np.unique(key, return_inverse=True)
+        sums = np.bincount(k_inv, weights=w[ok])
+        cell, c = k_uniq // width, k_uniq % width
+        for uv, ci, x in zip(cell.tolist(), c.tolist(), sums.tolist()):
+            values = profiles[str(uniq[uv // span])].taste.setdefault(f, {})
+            v = values.get(str(uv % span))
+            if v is None:
+                v = values[str(uv % span)] = [0.0] * width
+            v[ci] = x
+    cap = EXPOSURE_CAP * settings.affinity_cap
+    for u in uniq:
+        p = profiles[str(u)]
+        for f in list(p.taste):
+            p.taste[f] = cap_taste(p.taste[f], cap)
+
+
 def build_profiles(
     users: np.ndarray,
     rows: np.ndarray,
@@ -63,31 +114,45 @@ def build_profiles(
     facets: ProductFacets,
     settings: ProfileSettings,
     event_names: Sequence[str],
+    ranks: np.ndarray | None = None,
+    shapes: np.ndarray | None = None,
 ) -> dict[str, Profile]:
     """Profiles of many users at once (bulk ingestion): the same numbers as applying their events one by one.
 
     ``users`` (user keys), ``rows`` (product rows), ``events`` (codes into ``event_names``) and ``ts`` are
     parallel arrays.  Vectorized: decayed weights per event, then one sparse product for the centroids
-    and one grouped sum per facet (engagement and, from impressions, exposure).
+    and one grouped sum per facet (engagement and, from impressions, exposure).  ``ranks``: each event's 1-based
+    rank in its search (0: unknown) for the taste evidence; ``shapes``: which events shape the rest of the profile
+    (None: all), as :func:`engine.profiles.apply_event`'s arguments of the same names.
     """
     import scipy.sparse as sp
 
     users, rows, ts, events = np.asarray(users), np.asarray(rows), np.asarray(ts), np.asarray(events)
-    gains = np.array([float(settings.gains.get(e, 0.0)) for e in event_names])[events]
     names = list(event_names)
+    profiles: dict[str, Profile] = {}
+    if ranks is not None and len(events):
+        ranks = np.asarray(ranks, dtype=np.int64)
+        codes = [names.index(e) for e in ("impression", "click") if e in names]
+        ev = (ranks > 0) & np.isin(events, codes)
+        if ev.any():
+            clicked = events[ev] == names.index("click") if "click" in names else np.zeros(int(ev.sum()), bool)
+            _fill_taste(profiles, users[ev], rows[ev], ts[ev], ranks[ev], clicked, facets, settings)
+    if shapes is not None:
+        shapes = np.asarray(shapes, dtype=bool)
+        users, rows, ts, events = users[shapes], rows[shapes], ts[shapes], events[shapes]
+        product_ids = [p for p, k in zip(product_ids, shapes) if k] if len(product_ids) else product_ids
+    gains = np.array([float(settings.gains.get(e, 0.0)) for e in event_names])[events]
     seen = events == names.index("impression") if "impression" in names else np.zeros(len(events), dtype=bool)
     keep = (gains > 0) & ~seen
     if not keep.any() and not seen.any():
-        return {}
-    profiles: dict[str, Profile] = {}
+        return profiles
     if seen.any():  # exposure: impressions only
         erows = rows[seen]
         uniq, uidx, t_last, w = _decayed(users[seen], ts[seen], settings.half_life)
         total = np.bincount(uidx, weights=w, minlength=len(uniq))
         for i, u in enumerate(uniq):
-            profiles[str(u)] = Profile(
-                groups_id=facets.groups_id, exposure_t=float(t_last[i]), exposure_total=float(total[i])
-            )
+            p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
+            p.exposure_t, p.exposure_total = float(t_last[i]), float(total[i])
         _fill_facets(profiles, uniq, uidx, erows, w, facets, "exposure", EXPOSURE_CAP * settings.affinity_cap)
     if not keep.any():
         return profiles
@@ -183,4 +248,24 @@ def merge_profiles(old: Profile, new: Profile, settings: ProfileSettings) -> Pro
     else:
         merged.exposure = {f: v for f, v in old.exposure.items() if f not in drop}
         merged.exposure_t, merged.exposure_total = old.exposure_t, old.exposure_total
+    merged.taste, merged.taste_t = _merge_taste(old, new, settings, drop)
     return merged
+
+
+def _merge_taste(old: Profile, new: Profile, settings: ProfileSettings, drop: set[str]) -> tuple[dict, float]:
+    """The two profiles' taste evidence, decayed to the later time and summed."""
+    if not new.taste:
+        return {f: v for f, v in old.taste.items() if f not in drop}, old.taste_t
+    if not old.taste:
+        return new.taste, new.taste_t
+    t = max(old.taste_t, new.taste_t)
+    hl = settings.taste_half_life
+    a, b = 2.0 ** (-(t - old.taste_t) / hl), 2.0 ** (-(t - new.taste_t) / hl)
+    out: dict[str, dict[str, list[float]]] = {}
+    for f in set(old.taste) | set(new.taste):
+        vals = {} if f in drop else {k: [x * a for x in v] for k, v in old.taste.get(f, {}).items()}
+        for k, v in new.taste.get(f, {}).items():
+            cur = vals.get(k)
+            vals[k] = [x * b for x in v] if cur is None else [x + y * b for x, y in zip(cur, v)]
+        out[f] = cap_taste(vals, EXPOSURE_CAP * settings.affinity_cap)
+    return out, t

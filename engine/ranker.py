@@ -14,6 +14,10 @@ A ranker retrained on the service's own traffic (``make retrain``, warm start) a
 scores of the ranker before it, so the model is ``f(x) + Σ δ_i(x)``; the ``δ`` read no personal feature, so
 they shift the personal and the non-personal score alike.
 
+A ranker may hold a taste model too (``taste.json``, :mod:`engine.taste`, fitted by ``finetune.taste_fit``):
+then a warm user's full score is ``r⁻¹(r(f(x)) + Σ_f θ̂_f)`` — the model's score mapped to the log-odds of a
+click, the user's taste for each of the candidate's facet values added on that scale, and mapped back.
+
 The personalization knob: with ``f`` the model, ``x`` a candidate's features
 and ``x₀`` the same features with the personal ones set to a cold user's
 (:data:`engine.features.COLD`), the final score is
@@ -78,6 +82,7 @@ class Ranker:
         self.signature: tuple = ()
         self.deltas: list[tuple] = []  # (booster, feature names, column spec) added on top, oldest first
         self._no_evidence: dict[int, float] = {}  # a delta booster's score of a row whose features are all 0
+        self.taste = None  # an engine.taste.TasteModel, or None
 
     @classmethod
     def mix(cls, weight: float, card: dict | None = None) -> "Ranker":
@@ -96,6 +101,7 @@ class Ranker:
             self.booster, self.features, card, self.personal, self.personal_features or None, self.personal_scale
         )
         out.mix_weight = self.mix_weight
+        out.taste = self.taste
         out.deltas = [*self.deltas, (booster, list(features), self._columns(features))]
         return out
 
@@ -138,7 +144,7 @@ class Ranker:
         if not (p / MODEL_FILE).is_file() and not (p / MIX_FILE).is_file():
             return ()
         out: tuple = ()  # model.txt's (or mix.json's) (size, mtime, sha) first: [2] names the model in versions()
-        extra = [p / "query_clicks.npz", *sorted(p.glob("delta-*.txt"))]
+        extra = [p / "query_clicks.npz", p / "taste.json", *sorted(p.glob("delta-*.txt"))]
         for f in [p / MODEL_FILE, p / MIX_FILE, p / PERSONAL_FILE, p / FEATURES_FILE, *extra]:
             if f.is_file():
                 st = f.stat()
@@ -158,7 +164,7 @@ class Ranker:
 
     @property
     def uses_personal(self) -> bool:
-        return len(self.personal_cols) > 0 or self.personal is not None
+        return len(self.personal_cols) > 0 or self.personal is not None or self.taste is not None
 
     @classmethod
     def load(cls, path: str | Path) -> "Ranker":
@@ -188,6 +194,9 @@ class Ranker:
             ranker.deltas.append(
                 (lgb.Booster(model_file=str(p / d["file"])), d["features"], cls._columns(d["features"]))
             )
+        from engine.taste import TasteModel
+
+        ranker.taste = TasteModel.load(p)
         ranker.path, ranker.signature = p, signature
         return ranker
 
@@ -215,16 +224,29 @@ class Ranker:
                 booster.save_model(str(p / f"delta-{i}.txt"))
                 spec["deltas"].append({"file": f"delta-{i}.txt", "features": features})
         (p / FEATURES_FILE).write_text(json.dumps(spec, indent=1), encoding="utf-8")
+        if self.taste is not None:
+            self.taste.save(p)
+        else:
+            (p / "taste.json").unlink(missing_ok=True)
         (p / "model_card.json").write_text(
             json.dumps(self.card, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
         )
 
-    def score(self, X: np.ndarray, personalize: float = 1.0, warm: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(final scores, non-personal scores ``f(x₀)``) of one query's candidates."""
-        full, base = self._score(X, personalize, warm)
+    def score(
+        self, X: np.ndarray, personalize: float = 1.0, warm: bool = True, evidence: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(final scores, non-personal scores ``f(x₀)``) of one query's candidates; ``evidence``: the user's taste
+        evidence of each candidate (:func:`engine.taste.evidence_rows`), read when the ranker has a taste model."""
+        taste = self.taste is not None and warm and personalize > 0 and evidence is not None and evidence.any()
+        full, base = self._score(X, 1.0 if taste else personalize, warm)
         if self.deltas and len(X):
             d = self.delta_score(X)
-            return full + d, base + d
+            full, base = full + d, base + d
+        if taste:  # r⁻¹(r(f(x₀)) + Σθ̂) + s · (h(x) − h(x₀)), then the knob: base + personalize · (that − base)
+            t = self.taste.personal_logit(evidence)
+            # a candidate the shopper's history says nothing about keeps its score bit for bit
+            tasted = np.where(t != 0, self.taste.score_of_logit(self.taste.relevance_logit(base) + t), base)
+            full = base + personalize * (tasted + (full - base) - base)
         return full, base
 
     def _score(self, X: np.ndarray, personalize: float, warm: bool) -> tuple[np.ndarray, np.ndarray]:

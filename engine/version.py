@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.candidate_sets import CandidateCache, score_candidate_sets
 from engine.features import Candidates
-from engine.final_rank import candidate_features, rank_candidates
+from engine.final_rank import candidate_features, rank_candidates, taste_evidence
 from engine.first_stages import FirstStages, LocalFirstStages, MilvusFirstStages, retrieve_batch, stage_candidates
 from engine.hybrid import hybrid
 from engine.models import VersionModels
@@ -327,6 +327,7 @@ class IndexVersion:
             personalize,
             explain,
             self.models.teacher_scores if self.cfg.rerank.teacher else None,
+            lambda c, p: taste_evidence(c, p, self.facets(), self.cfg.personal, now),
         )
 
     def _reranked(self, texts: Sequence[str], k: int, mask: np.ndarray | None) -> list[SearchResult]:

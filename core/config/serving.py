@@ -98,6 +98,9 @@ class PersonalConfig:
     # Without either, recording events is refused (only the demo config ships a key)
     user_key: str | None = None
     half_life_days: float = 30.0
+    # the taste evidence (engine.taste: impressions and clicks per facet value and rank) decays more slowly: a
+    # brand or a price band is a lasting preference, and a month of it is too little evidence to read it from
+    taste_half_life_days: float = 365.0
     # the in-session profile: the same engagements decayed with this half-life (minutes), so what a shopper did
     # in the last minutes counts at their next query (the session_cos / session features)
     session_minutes: float = 30.0

@@ -112,7 +112,14 @@ def examined_in_log(users, queries, events, products, ts, gap: float = 1800.0) -
     engagement of its search.  A search is one user's impressions of one query, each within ``gap`` seconds of
     the previous event of that user and query; ranks follow the order products were first shown in it; events
     without a query count as they are."""
+    return searches_in_log(users, queries, events, products, ts, gap)[0]
+
+
+def searches_in_log(users, queries, events, products, ts, gap: float = 1800.0) -> tuple[list[bool], list[int]]:
+    """(:func:`examined_in_log`, each event's 1-based rank in its search): an impression's rank, an engagement's
+    the rank its product was shown at in the open search of its user and query; 0 where none is known."""
     keep = [True] * len(events)
+    ranks = [0] * len(events)
     open_: dict = {}  # (user, query) -> [last time, {product: rank}, [(event index, rank)], deepest rank]
 
     def close(search) -> None:
@@ -133,14 +140,16 @@ def examined_in_log(users, queries, events, products, ts, gap: float = 1800.0) -
             rank = search[1].setdefault(p, len(search[1]) + 1)
             search[2].append((i, rank))
             search[0] = t
+            ranks[i] = rank
         elif search is not None:
             if p in search[1]:
                 search[3] = max(search[3], search[1][p])
+                ranks[i] = search[1][p]
             search[0] = t
     for search in open_.values():
         if search is not None:
             close(search)
-    return keep
+    return keep, ranks
 
 
 def check_linked_event(event: str) -> None:

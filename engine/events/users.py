@@ -10,15 +10,15 @@ import hmac
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from core.formats.clicklog import EVENTS, ClickLogError, iter_clicklog, parse_timestamp
+from core.formats.clicklog import EVENTS, parse_timestamp
 from core.types import id_problem
-from engine.events.impressions import ANONYMOUS, Impression, examined_in_log
+from engine.events.impressions import ANONYMOUS, Impression
 from engine.events.postgres import PostgresEventStore
 from engine.events.sqlite import SQLiteEventStore
 from engine.events.store import DAY, DSN_ENV, EVENT_CODE, KEY_ENV, CreditRule, EventError, EventStore, PrivacyError
@@ -29,6 +29,8 @@ from engine.profiles import (
     apply_event,
     bought_rows,
 )
+from engine.events.ingest import IngestReport, ingest_clicklog
+from engine.events.shown import fold_shown
 from engine.profiles_bulk import build_profiles, merge_profiles
 
 
@@ -54,21 +56,6 @@ class ProductStats:
     def add(self, rows, codes, n=1.0) -> None:
         np.add.at(self.counts, (rows, codes), n)
         np.add.at(self.totals, codes, n)
-
-
-@dataclass
-class IngestReport:
-    read: int = 0
-    recorded: int = 0
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-    users: int = 0
-    seconds: float = 0.0
-
-    def summary(self) -> str:
-        return (
-            f"{self.recorded} events recorded for {self.users} users, {len(self.rejected)} rejected "
-            f"(of {self.read} rows), {self.seconds:.1f} s"
-        )
 
 
 class UserEvents:
@@ -222,57 +209,8 @@ class UserEvents:
         return prof
 
     def ingest(self, path: str | Path, skip_bad_rows: bool = False, progress: bool = False) -> IngestReport:
-        """Load a click log: validated, user ids hashed, profiles built in bulk and merged with stored ones,
-        all in one transaction.  A bad row stops the load (nothing stored) unless ``skip_bad_rows``: then
-        it is reported with its reason and the good rows are stored."""
-        t0 = time.perf_counter()
-        rep = IngestReport()
-        hashed: dict[str, str] = {}
-        users, pids, rows, evs, ts, queries = [], [], [], [], [], []
-        row_of = self.row_map()
-        now = self.clock()
-        for line, item in iter_clicklog(path):
-            rep.read += 1
-            if isinstance(item, ClickLogError):
-                err = str(item)
-            else:
-                row = row_of.get(item.product_id)
-                err = (
-                    None
-                    if row is not None
-                    else f"{path}:{line}: field 'product_id': unknown product {item.product_id!r} (not in the index)"
-                )
-                if err is None:
-                    try:
-                        self.check_time(item.timestamp, now)
-                    except EventError as e:
-                        err = f"{path}:{line}: {e}"
-            if err is not None:
-                if not skip_bad_rows:
-                    raise EventError(err + " (use --skip-bad-rows to load the good rows and list the bad)")
-                rep.rejected.append((line, err))
-                continue
-            u = hashed.get(item.user_id)
-            if u is None:
-                u = hashed[item.user_id] = self.user_key(item.user_id, for_write=True)
-            users.append(u)
-            pids.append(item.product_id)
-            rows.append(row)
-            evs.append(item.event)
-            ts.append(item.timestamp)
-            queries.append(item.query)
-        ts_arr = np.asarray(ts, dtype=np.float64)
-        mask = None
-        if self.settings.exposure == "examined" and users:  # impressions below a search's deepest click: unseen
-            order = np.argsort(ts_arr, kind="stable")
-            kept = examined_in_log(*([col[i] for i in order] for col in (users, queries, evs, pids, ts)))
-            mask = np.zeros(len(users), dtype=bool)
-            mask[order] = kept
-        self.append_bulk(users, pids, np.asarray(rows, dtype=np.int64), evs, ts_arr, queries, profile_mask=mask)
-        rep.recorded = len(users)
-        rep.users = len(set(users))
-        rep.seconds = time.perf_counter() - t0
-        return rep
+        """Load a click log (:func:`engine.events.ingest.ingest_clicklog`)."""
+        return ingest_clicklog(self, path, skip_bad_rows)
 
     def append_bulk(
         self,
@@ -285,27 +223,36 @@ class UserEvents:
         links: Sequence[tuple] | None = None,
         exposure: Sequence[tuple] = (),
         profile_mask: np.ndarray | None = None,
+        ranks: Sequence[int] | None = None,
     ) -> None:
         """Store already validated events (hashed users) and fold them into the users' profiles; ``links``: per
         event the (search id, rank, arm) of the impression it answers, or None.  Anonymous events (user key
         ``anon:<search id>``) count for learning and the product statistics, never for a profile.
         ``exposure``: (user key, product id, time) of shown products the users surely looked at
         (:func:`engine.events.impressions.examined`), folded into their profiles as impressions, not stored.
-        ``profile_mask``: which of the events shape profiles (None: all; every event is stored either way)."""
+        ``profile_mask``: which of the events shape profiles (None: all; every event is stored either way);
+        ``ranks``: each event's 1-based rank in its search (0: unknown), the taste evidence's
+        (:mod:`engine.taste`; a click with a link takes the link's)."""
         if len(users) == 0:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
-        sel = np.arange(len(users)) if profile_mask is None else np.flatnonzero(profile_mask)
-        p_users, p_rows = [users[i] for i in sel], rows[sel]
-        p_pids, p_codes, p_ts = [pids[i] for i in sel], codes[sel], ts[sel]
+        p_users, p_rows, p_pids, p_codes, p_ts = list(users), rows, list(pids), codes, ts
+        p_shapes = np.ones(len(users), dtype=bool) if profile_mask is None else np.asarray(profile_mask, dtype=bool)
+        # each event's rank in its search feeds the taste evidence: a click answering a search has its rank
+        p_ranks = np.zeros(len(users), dtype=np.int64) if ranks is None else np.array(ranks, dtype=np.int64)
+        for i, (link, e) in enumerate(zip(links or (), events)):
+            if link is not None and link[1] is not None and e == "click":
+                p_ranks[i] = int(link[1])
         row_of = self.row_map()
         exposure = [(u, p, t) for u, p, t in exposure if p in row_of]
-        if exposure:
+        if exposure:  # exposure adds no taste evidence: what the searches showed comes whole (log_impressions)
             p_users = p_users + [u for u, _, _ in exposure]
             p_pids = p_pids + [p for _, p, _ in exposure]
             p_rows = np.concatenate([p_rows, np.array([row_of[p] for _, p, _ in exposure], dtype=np.int64)])
             p_codes = np.concatenate([p_codes, np.full(len(exposure), EVENT_CODE["impression"], dtype=np.int64)])
             p_ts = np.concatenate([p_ts, np.array([t for _, _, t in exposure], dtype=np.float64)])
+            p_shapes = np.concatenate([p_shapes, np.ones(len(exposure), dtype=bool)])
+            p_ranks = np.concatenate([p_ranks, np.zeros(len(exposure), dtype=np.int64)])
         order = np.argsort(p_ts, kind="stable")
         if links is not None:  # only an event answering a search can be anonymous: it builds no profile
             order = order[[not p_users[i].startswith(ANONYMOUS) for i in order]]
@@ -318,6 +265,8 @@ class UserEvents:
             self.facets,
             self.settings,
             EVENTS,
+            ranks=p_ranks[order],
+            shapes=p_shapes[order],
         )
         old = self.store.profiles(new)
         merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
@@ -335,9 +284,11 @@ class UserEvents:
 
     # -- impressions: what searches showed --------------------------------------------------------------
     def log_impressions(self, impressions: Sequence[Impression]) -> None:
-        """Store what searches showed (the service logs every search; the Python API only when asked)."""
+        """Store what searches showed (the service logs every search; the Python API only when asked), and fold
+        what they showed known users into those users' taste evidence (:mod:`engine.events.shown`)."""
         if impressions:
             self.store.log_impressions([i.row() for i in impressions])
+            fold_shown(self.store, self.facets, self.settings, self.row_map(), impressions)
 
     def impression(self, search_id: str) -> Impression | None:
         """The stored impression of a search (None: unknown id)."""

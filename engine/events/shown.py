@@ -1,0 +1,63 @@
+"""What logged searches showed their (known) shoppers, folded into the shoppers' taste evidence.
+
+A profile's taste evidence (:mod:`engine.taste`) counts, per facet value and rank, how often a shopper was shown
+it and how often they clicked it.  The clicks come with the events that answer a search (their rank is the
+impression's); the impressions come from here: every product a logged search showed a known user, at its rank,
+whether or not anything was clicked (a search nobody clicked is evidence too: those brands were passed over).
+Nothing is stored as an event (the impressions table keeps the searches); anonymous searches build no profile.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from core.formats.clicklog import EVENTS
+from engine.events.impressions import ANONYMOUS, Impression
+from engine.profiles_bulk import build_profiles, merge_profiles
+
+
+def shown_rows(impressions: Sequence[Impression], row_of) -> tuple[list, list, list, list, list]:
+    """(user keys, product ids, rows, times, 1-based ranks) of the products ``impressions`` showed known users."""
+    users, pids, rows, ts, ranks = [], [], [], [], []
+    for imp in impressions:
+        if not imp.user or imp.user.startswith(ANONYMOUS):
+            continue
+        for j, pid in enumerate(imp.products):
+            row = row_of.get(pid)
+            if row is None:
+                continue
+            users.append(imp.user)
+            pids.append(pid)
+            rows.append(row)
+            ts.append(imp.ts)
+            ranks.append(imp.offset + j + 1)
+    return users, pids, rows, ts, ranks
+
+
+def fold_shown(store, facets, settings, row_of, impressions: Sequence[Impression]) -> int:
+    """Fold what ``impressions`` showed into their users' taste evidence in ``store``; returns how many products."""
+    users, pids, rows, ts, ranks = shown_rows(impressions, row_of)
+    if not users:
+        return 0
+    order = np.argsort(np.asarray(ts, dtype=np.float64), kind="stable")
+    n = len(order)
+    new = build_profiles(
+        np.asarray(users, dtype=object)[order].astype(str),
+        np.asarray(rows, dtype=np.int64)[order],
+        np.asarray(pids, dtype=object)[order],
+        np.full(n, EVENTS.index("impression"), dtype=np.int64),
+        np.asarray(ts, dtype=np.float64)[order],
+        facets,
+        settings,
+        EVENTS,
+        ranks=np.asarray(ranks, dtype=np.int64)[order],
+        shapes=np.zeros(n, dtype=bool),
+    )
+    old = store.profiles(new)
+    merged = {u: merge_profiles(old[u], p, settings) if u in old else p for u, p in new.items()}
+    for u, p in merged.items():
+        p.version = (old[u].version if u in old else 0) + 1
+    store.append_many([], [], [], [], [], merged, None)
+    return n
