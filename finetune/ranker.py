@@ -62,8 +62,21 @@ def train_ranker(
         if cands is not None
         else candidate_cache(engine, [s.query for s in sessions], progress=progress, cache_dir=cache_dir)
     )
-    data = build_dataset(engine, sessions, pit, cands, engine.cfg.personal.ctr_prior, progress)
+    rows = None
+    if pit is not None and any(s.shown and s.user is not None for s in sessions):
+        from finetune.taste_fit import TasteRows
+
+        rows = TasteRows(engine.facets(), engine.cfg.personal.taste_half_life_days * 86400.0)
+    data = build_dataset(engine, sessions, pit, cands, engine.cfg.personal.ctr_prior, progress, collect=rows)
     ranker, _ = fit_ranker(engine, data, tcfg, features, cv=pit is None, description=description, t0=t0)
+    if rows is not None and len(rows) and tcfg.taste and tcfg.staged and ranker.booster is not None:
+        from finetune.taste_fit import fit_taste, personal_on_taste
+
+        ranker.taste, ranker.card["taste_check"] = fit_taste(
+            ranker, rows, pit.profiles, tcfg.valid_fraction, tcfg.personal_min_z, tcfg.seed
+        )
+        if ranker.taste is not None:  # h again, on top of the taste: only what the taste model does not read
+            ranker = personal_on_taste(ranker, data, rows, tcfg)
     ranker.save(out)
     return ranker.card
 

@@ -99,6 +99,8 @@ def fit_personal_cv(g, data: Dataset, tcfg, personal: Sequence[str], **debias) -
     method, propensity, clip = debias.get("method"), debias.get("propensity"), debias.get("clip", 10.0)
     fitted = g.predict(model_inputs(g.feature_name(), data))  # as h is trained on: g with the logged position
     served = g.predict(model_inputs(g.feature_name(), data, serving=True))
+    if data.offset is not None:  # h learns on top of the taste model's scores (finetune.ranker)
+        fitted, served = fitted + data.offset, served + data.offset
     n = len(data.groups)
     k = min(tcfg.personal_folds, n)
     fold_of = np.empty(n, dtype=np.int64)

@@ -46,23 +46,27 @@ class EventArrays:
     ts: np.ndarray
     counted: np.ndarray | None = None  # per event: whether it counts in the product statistics (None: all)
     shapes_profile: np.ndarray | None = None  # per event: whether it shapes its user's profile (None: all)
+    ranks: np.ndarray | None = None  # per event: its 1-based rank in its search (0: unknown; None: none known)
 
     @classmethod
     def from_events(cls, events: Iterable, row_of: Mapping[str, int], exposure: str = "shown") -> "EventArrays":
         """From :class:`core.formats.clicklog.Event` objects; events on products not in the index are dropped.
         ``exposure="examined"``: an impression shapes a profile only at or above its search's deepest engagement
-        (:func:`engine.events.impressions.examined_in_log`; ``personal.exposure``)."""
-        from engine.events.impressions import examined_in_log
+        (:func:`engine.events.impressions.examined_in_log`; ``personal.exposure``).  Each event's rank in its
+        search (impressions in the order first shown) feeds the profiles' taste evidence (:mod:`engine.taste`)."""
+        from engine.events.impressions import searches_in_log
 
         kept = sorted((e for e in events if e.product_id in row_of), key=lambda e: e.timestamp)
         out = cls.from_rows(
             [(e.user_id, row_of[e.product_id], e.product_id, EVENT_NAMES.index(e.event), e.timestamp) for e in kept]
         )
-        if exposure == "examined" and kept:
-            out.shapes_profile = np.asarray(
-                examined_in_log(*zip(*((e.user_id, e.query, e.event, e.product_id, e.timestamp) for e in kept))),
-                dtype=bool,
+        if kept:
+            keep, ranks = searches_in_log(
+                *zip(*((e.user_id, e.query, e.event, e.product_id, e.timestamp) for e in kept))
             )
+            out.ranks = np.asarray(ranks, dtype=np.int64)
+            if exposure == "examined":
+                out.shapes_profile = np.asarray(keep, dtype=bool)
         return out
 
     @classmethod
@@ -136,14 +140,17 @@ class PointInTime:
         ev = self.events
         end = int(np.searchsorted(ev.ts, t, side="left"))
         for i in range(self._next, end):
-            if ev.shapes_profile is not None and not ev.shapes_profile[i]:
+            shapes = ev.shapes_profile is None or bool(ev.shapes_profile[i])
+            rank = int(ev.ranks[i]) if ev.ranks is not None else 0
+            if not shapes and rank <= 0:
                 continue
             user = ev.users[i]
             p = self.profiles.get(user)
             if p is None:
                 p = self.profiles[user] = Profile()
+            event = EVENT_NAMES[ev.codes[i]]
             apply_event(
-                p, self.facets, int(ev.rows[i]), ev.pids[i], EVENT_NAMES[ev.codes[i]], float(ev.ts[i]), self.settings
+                p, self.facets, int(ev.rows[i]), ev.pids[i], event, float(ev.ts[i]), self.settings, rank, shapes
             )
         self._next = max(self._next, end)
         return self.profiles
@@ -243,6 +250,7 @@ class Dataset:
     sessions: list[int]  # index of each kept session in the input list
     position: np.ndarray | None = None  # each row's logged position (0 = top; -1 unknown: judged pairs)
     weight: np.ndarray | None = None  # each row's session weight (None: all 1)
+    offset: np.ndarray | None = None  # a score each row starts from beside g's (the taste model's; None: 0)
 
     def split(self, n_first: int) -> tuple["Dataset", "Dataset"]:
         """(the first ``n_first`` sessions, the rest)."""
@@ -251,10 +259,10 @@ class Dataset:
         def halves(a):
             return (None, None) if a is None else (a[:cut], a[cut:])
 
-        pos, w = halves(self.position), halves(self.weight)
+        pos, w, o = halves(self.position), halves(self.weight), halves(self.offset)
         return (
-            Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0], w[0]),
-            Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1], w[1]),
+            Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0], w[0], o[0]),
+            Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1], w[1], o[1]),
         )
 
     def take(self, sessions: np.ndarray) -> "Dataset":
@@ -266,7 +274,15 @@ class Dataset:
             return None if a is None else a[rows]
 
         kept = [s for s, k in zip(self.sessions, sessions) if k]
-        return Dataset(self.X[rows], self.y[rows], self.groups[sessions], kept, part(self.position), part(self.weight))
+        return Dataset(
+            self.X[rows],
+            self.y[rows],
+            self.groups[sessions],
+            kept,
+            part(self.position),
+            part(self.weight),
+            part(self.offset),
+        )
 
     def shuffled(self, seed: int = 0) -> "Dataset":
         """The same sessions with rows in a random order within each (seeded): a ranking that cannot tell
@@ -276,7 +292,8 @@ class Dataset:
         perm = np.argsort(key, kind="stable")
         pos = None if self.position is None else self.position[perm]
         w = None if self.weight is None else self.weight[perm]
-        return Dataset(self.X[perm], self.y[perm], self.groups, self.sessions, pos, w)
+        o = None if self.offset is None else self.offset[perm]
+        return Dataset(self.X[perm], self.y[perm], self.groups, self.sessions, pos, w, o)
 
     @property
     def logged(self) -> bool:
@@ -285,9 +302,17 @@ class Dataset:
 
 
 def build_dataset(
-    engine, sessions: Sequence[Session], pit: PointInTime | None, cands: dict, prior: float, progress: bool = True
+    engine,
+    sessions: Sequence[Session],
+    pit: PointInTime | None,
+    cands: dict,
+    prior: float,
+    progress: bool = True,
+    collect=None,
 ) -> Dataset:
-    """Feature rows and labels of the sessions (in time order) whose candidates hold a positive."""
+    """Feature rows and labels of the sessions (in time order) whose candidates hold a positive.  ``collect(i,
+    session, candidates, feature rows, pit)`` is called for every logged session (one with impressions), with or
+    without a positive, as of its start (:class:`finetune.taste_fit.TasteRows`)."""
     row_of = engine.products.row_map() if pit is not None else {}
     half_life = engine.cfg.personal.half_life_days * 86400.0
     Xs, ys, groups, kept, positions, weights = [], [], [], [], [], []
@@ -297,6 +322,8 @@ def build_dataset(
             continue
         y = np.array([s.gains.get(int(r), 0.0) for r in cand.rows])
         X = session_features(engine, cand, s, pit, prior, row_of, half_life)
+        if collect is not None and s.shown:
+            collect(i, s, cand, X, pit)
         pos = np.full(len(y), -1.0)
         if s.shown:  # logged sessions: only what the user saw has a label; the rest is unknown, not 0
             seen = np.isin(cand.rows, s.shown)

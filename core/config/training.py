@@ -113,6 +113,9 @@ class RankerTrainConfig:
     # ... judged by this many folds of cross-validation over all training sessions (each validates once; the
     # number of the personal booster's trees chosen there too); 0: by the last valid_fraction alone
     personal_folds: int = 5
+    # click logs with impressions: fit the taste click model (engine.taste) beside the ranker; it ships when
+    # the last valid_fraction of the sessions' clicks are predicted better with it (z > personal_min_z)
+    taste: bool = True
     seed: int = 0
 
 

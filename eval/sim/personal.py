@@ -109,9 +109,11 @@ def evaluate_sessions(
     ``bayes``: named posteriors (``bayes``: from the history alone, ``bayes_upper``: the other facets' truth given),
     each ranking by its expected clicks."""
     from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
+    from engine.taste import evidence_rows
 
     cfg = engine.cfg
     hl, shl = cfg.personal.half_life_days * DAY, cfg.personal.session_minutes * 60.0
+    thl = cfg.personal.taste_half_life_days * DAY
     row_of = engine.products.row_map()
     fac = engine.facets()
     runs_b, runs_p, runs_o, runs_r, qrels, warm = {}, {}, {}, {}, {}, []
@@ -122,7 +124,8 @@ def evaluate_sessions(
         ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, t, cfg.personal.ctr_prior)
         personal = personal_features(c.rows, prof, fac, t, hl, bought_rows(prof, row_of), shl) if prof else None
         X = feature_matrix(c, ctr, pop, personal)
-        full, base = ranker.score(X, 1.0, warm=prof is not None)
+        ev = evidence_rows(prof, fac, c.rows, t, thl) if prof is not None and ranker.taste is not None else None
+        full, base = ranker.score(X, 1.0, warm=prof is not None, evidence=ev)
         sid = f"s{i}"
         runs_b[sid] = metrics.top_ids(c.rows, base)
         runs_p[sid] = metrics.top_ids(c.rows, full)

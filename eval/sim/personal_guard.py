@@ -31,7 +31,8 @@ def guard(
     from engine.rerank import combine
 
     from engine.features import feature_matrix, personal_features
-    from engine.events.impressions import examined_in_log
+    from engine.events.impressions import searches_in_log
+    from engine.taste import evidence_rows
     from engine.profiles import Profile, apply_event
     from core.formats.judged import read_queries
     from finetune.ranker_sessions import candidate_cache
@@ -73,19 +74,21 @@ def guard(
                 ts = t - DAY + 100 * i
                 shown = [int(r)] + rng.integers(0, len(groups), size=9).tolist()
                 events = [("impression", o, ts + j) for j, o in enumerate(shown)] + [("click", int(r), ts + 20)]
-                # what the profile counts as seen follows personal.exposure, as in training
-                keep = (
-                    examined_in_log(*zip(*(("u", "q", e, o, t) for e, o, t in events)))
-                    if settings.exposure == "examined"
-                    else [True] * len(events)
-                )
-                for (e, o, te), k in zip(events, keep):
-                    if k:
-                        apply_event(prof, fac, o, engine.products.ids[o], e, te, settings)
+                # what the profile counts as seen follows personal.exposure, as in training; ranks feed the taste
+                keep, ranks = searches_in_log(*zip(*(("u", "q", e, o, t) for e, o, t in events)))
+                if settings.exposure != "examined":
+                    keep = [True] * len(events)
+                for (e, o, te), k, rk in zip(events, keep, ranks):
+                    apply_event(prof, fac, o, engine.products.ids[o], e, te, settings, rk, k)
             prof = prof if prof.weight > 0 else None
             personal = personal_features(c.rows, prof, fac, t, hl, None, settings.session_half_life) if prof else None
             X = feature_matrix(c, np.zeros(len(c.rows)), np.zeros(len(c.rows)), personal)
-            full, _ = ranker.score(X, 1.0, warm=prof is not None)
+            ev = (
+                evidence_rows(prof, fac, c.rows, t, settings.taste_half_life)
+                if prof is not None and ranker.taste is not None
+                else None
+            )
+            full, _ = ranker.score(X, 1.0, warm=prof is not None, evidence=ev)
             runs[name][qid] = metrics.top_ids(c.rows, full)
     base = metrics.mrr(qrels, runs["base"], 10, per_query=True)
     out = {}
