@@ -15,8 +15,10 @@ scores of the ranker before it, so the model is ``f(x) + Σ δ_i(x)``; the ``δ`
 they shift the personal and the non-personal score alike.
 
 A ranker may hold a taste model too (``taste.json``, :mod:`engine.taste`, fitted by ``finetune.taste_fit``):
-then a warm user's full score is ``r⁻¹(r(f(x)) + Σ_f θ̂_f)`` — the model's score mapped to the log-odds of a
-click, the user's taste for each of the candidate's facet values added on that scale, and mapped back.
+then a warm user's full score is ``r⁻¹(r(f(x₀)) + Σ_f θ̂_f) + s · (h(x) − h(x₀))`` — the non-personal score mapped
+to the log-odds of a click, the user's taste for each of the candidate's facet values added on that scale, mapped
+back, and the personal booster's part (fitted on top of the taste model, over what it does not read) added.
+``make retrain``'s delta boosters keep it; its ship guard compares rankings without it.
 
 The personalization knob: with ``f`` the model, ``x`` a candidate's features
 and ``x₀`` the same features with the personal ones set to a cold user's
