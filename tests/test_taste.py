@@ -257,3 +257,36 @@ def test_the_taste_fit_ships_a_model_for_a_real_taste_and_none_without_one():
     assert np.mean(wins) > 0.5  # chance: 1 in 6
     none, check0 = fit_taste(_StubRanker(), *simulate_logged(strength=0.0, seed=1)[:2], 0.2, 1.645)
     assert none is None and not check0["kept"] and check0["facets"] == []
+
+
+def test_a_shoppers_clicks_and_the_impression_log_folding_their_searches_lose_no_update(tmp_path):
+    """The service's impression log folds searches into profiles in its own thread while requests record the same
+    shopper's clicks: neither overwrites the other."""
+    import threading
+
+    from engine.events import SQLiteEventStore, UserEvents
+    from engine.events.impressions import Impression
+
+    facets = facets_of()
+    ids = [f"P{i}" for i in range(len(facets))]
+    ev = UserEvents(SQLiteEventStore(tmp_path / "e.sqlite"), facets, ids, ProfileSettings(30.0), "key", 3650.0)
+    key = ev.user_key("shopper", for_write=True)
+    t = ev.clock() - 3600
+    n = 40
+
+    def searches():
+        for i in range(n):
+            ev.log_impressions([Impression(f"s{i}", t, key, "q", "q", products=["P0", "P1", "P2"])])
+
+    def clicks():
+        for _ in range(n):
+            ev.append_bulk([key], ["P5"], np.array([5]), ["click"], np.array([t]), ["q"])
+
+    threads = [threading.Thread(target=searches), threading.Thread(target=clicks)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    prof = ev.store.profile(key)
+    assert prof.n_events == n and prof.weight == pytest.approx(n)
+    assert sum(prof.taste["brand"]["0"]) == pytest.approx(n)  # P0 (brand 0) shown first in every search

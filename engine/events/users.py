@@ -88,6 +88,9 @@ class UserEvents:
         self.clock = clock
         self._stats: ProductStats | None = None
         self._stats_lock = threading.Lock()
+        # profiles read, merged and written back: a request's events and the impression log's folds of the same
+        # shopper (two threads) must not overwrite each other's update
+        self._profile_lock = threading.Lock()
         self._stats_read = 0.0
         self._writes = 0
         self.listeners: list = []  # fn(rows, event codes, times) of each batch of credited events (trending)
@@ -197,7 +200,8 @@ class UserEvents:
             prof = old or Profile()
             return prof if apply_event(prof, self.facets, row, pid, event, ts, self.settings) else None
 
-        prof, credited = self.store.append(user, pid, row, event, ts, query, update)
+        with self._profile_lock:
+            prof, credited = self.store.append(user, pid, row, event, ts, query, update)
         with self._stats_lock:
             if self._stats is not None and credited:
                 self._stats.add(row, EVENT_CODE[event])
@@ -268,11 +272,12 @@ class UserEvents:
             ranks=p_ranks[order],
             shapes=p_shapes[order],
         )
-        old = self.store.profiles(new)
-        merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
-        for u, p in merged.items():
-            p.version = (old[u].version if u in old else 0) + 1
-        credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged, links)
+        with self._profile_lock:
+            old = self.store.profiles(new)
+            merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
+            for u, p in merged.items():
+                p.version = (old[u].version if u in old else 0) + 1
+            credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged, links)
         with self._stats_lock:
             if self._stats is not None:
                 self._stats.add(rows[credited], codes[credited])
@@ -288,7 +293,8 @@ class UserEvents:
         what they showed known users into those users' taste evidence (:mod:`engine.events.shown`)."""
         if impressions:
             self.store.log_impressions([i.row() for i in impressions])
-            fold_shown(self.store, self.facets, self.settings, self.row_map(), impressions)
+            with self._profile_lock:
+                fold_shown(self.store, self.facets, self.settings, self.row_map(), impressions)
 
     def impression(self, search_id: str) -> Impression | None:
         """The stored impression of a search (None: unknown id)."""
