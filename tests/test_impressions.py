@@ -137,8 +137,10 @@ def test_forgetting_a_user_and_the_retention_take_their_impressions(tmp_path, st
     old = Impression("s-old", now - 400 * 86400, None, "q", None, products=["P3"])
     ev.log_impressions([mine, other, old])
     assert ev.impression("s-mine").products == ["P1", "P2"] and ev.impression("nope") is None
+    assert ev.store.profile(ev.user_key("alice")).taste  # what her search showed: taste evidence
     ev.forget("alice")
     assert ev.impression("s-mine") is None and ev.impression("s-other") is not None
+    assert ev.store.profile(ev.user_key("alice")) is None  # and the profile holding it
     ev.purge(now)  # retention 365 days
     assert ev.impression("s-old") is None and ev.impression("s-other") is not None
 

@@ -300,6 +300,8 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
 
     @app.delete("/users/{user_id}", summary="Forget a user: every event, the profile, their counts", dependencies=ADMIN)
     def forget(user_id: str):
+        if impressions is not None:  # their searches still queued are written (and folded) first, then deleted
+            impressions.flush()
         return {"user": user_id, "events_deleted": engine.forget_user(user_id)}  # bad ids: EventError -> 422
 
     # -- products ----------------------------------------------------------------------------------------------
