@@ -49,10 +49,10 @@ class TasteRows:
         where = {r: j for j, r in enumerate(s.shown)}
         rows = cand.rows[seen]
         prof = pit.profiles.get(s.user) if (pit is not None and s.user is not None) else None
-        self.X.append(X[seen])
+        self.X.append(X[seen].astype(np.float32))  # compact: a big log's every shown product is kept
         self.rank.append(np.array([s.offset + where[int(r)] + 1 for r in rows], dtype=np.int64))
         self.clicked.append(np.array([s.gains.get(int(r), 0.0) > 0 for r in rows], dtype=bool))
-        self.evidence.append(evidence_rows(prof, self.facets, rows, s.t, self.half_life).astype(np.float32))
+        self.evidence.append(evidence_rows(prof, self.facets, rows, s.t, self.half_life).astype(np.float16))
         self.session.append(np.full(len(rows), i, dtype=np.int64))
         self.users[i] = s.user
 
@@ -117,7 +117,7 @@ def session_loglik(model: TasteModel, x: np.ndarray, bucket: np.ndarray, clicked
 def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, min_z: float, seed: int = 0):
     """(the taste model or None when it does not ship, the check for the model card)."""
     X, rank, clicked, evidence, session = rows.arrays()
-    score = ranker.score(X, 0.0, warm=False)[1]  # the non-personal score f(x₀): taste adds to it
+    score = ranker.score(X.astype(np.float64), 0.0, warm=False)[1]  # the non-personal score f(x₀): taste adds to it
     bucket = rank_bucket(rank)
     e, knots, logits = fit_relevance(score, bucket, clicked)
     attraction_each = 1.0 / (
