@@ -22,18 +22,23 @@ from engine.profiles import (
 )
 
 
-def _facet_sums(uidx: np.ndarray, rows: np.ndarray, w: np.ndarray, facets: ProductFacets):
-    """Per facet: (user index, facet value, summed weight) triples of the events."""
+def _facet_sums(
+    uidx: np.ndarray, rows: np.ndarray, w: np.ndarray, facets: ProductFacets, col: np.ndarray | None = None, width=1
+):
+    """Per facet: (user index, facet value, column, summed weight) of the events; ``col``: each event's column in
+    a vector of ``width`` per value (the taste evidence's rank buckets), None: one column."""
+    col = np.zeros(len(rows), dtype=np.int64) if col is None else col
     for f in FACETS:
         codes = np.asarray(facets.codes(f))[rows]
         ok = codes >= 0
         if not ok.any():
             continue
         span = int(codes.max()) + 1
-        key = uidx[ok].astype(np.int64) * span + codes[ok]
+        key = (uidx[ok].astype(np.int64) * span + codes[ok]) * width + col[ok]
         k_uniq, k_inv = np.unique(key, return_inverse=True)
         sums = np.bincount(k_inv, weights=w[ok])
-        yield f, k_uniq // span, k_uniq % span, sums
+        cell = k_uniq // width
+        yield f, cell // span, cell % span, k_uniq % width, sums
 
 
 def _decayed(users: np.ndarray, ts: np.ndarray, half_life: float):
@@ -55,7 +60,7 @@ def _fill_facets(
     cap: int,
 ) -> None:
     """The grouped per-facet sums of ``w`` into each profile's ``attr`` (affinities or exposure), capped."""
-    for f, ui, vals, sums in _facet_sums(uidx, rows, w, facets):
+    for f, ui, vals, _, sums in _facet_sums(uidx, rows, w, facets):
         for u, v, x in zip(ui.tolist(), vals.tolist(), sums.tolist()):
             getattr(profiles[str(uniq[u])], attr).setdefault(f, {})[str(v)] = x
     for p in profiles.values():
@@ -82,22 +87,10 @@ def _fill_taste(
     for i, u in enumerate(uniq):
         p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
         p.taste_t = float(t_last[i])
-    for f in FACETS:
-        codes = np.asarray(facets.codes(f))[rows]
-        ok = codes >= 0
-        if not ok.any():
-            continue
-        span = int(codes.max()) + 1
-        key = (uidx[ok].astype(np.int64) * span + codes[ok]) * width + col[ok]
-        k_uniq, k_inv = np.unique(key, return_inverse=True)
-        sums = np.bincount(k_inv, weights=w[ok])
-        cell, c = k_uniq // width, k_uniq % width
-        for uv, ci, x in zip(cell.tolist(), c.tolist(), sums.tolist()):
-            values = profiles[str(uniq[uv // span])].taste.setdefault(f, {})
-            v = values.get(str(uv % span))
-            if v is None:
-                v = values[str(uv % span)] = [0.0] * width
-            v[ci] = x
+    for f, ui, vals, cols, sums in _facet_sums(uidx, rows, w, facets, col, width):
+        for u, v, ci, x in zip(ui.tolist(), vals.tolist(), cols.tolist(), sums.tolist()):
+            values = profiles[str(uniq[u])].taste.setdefault(f, {})
+            values.setdefault(str(v), [0.0] * width)[ci] = x
     cap = EXPOSURE_CAP * settings.affinity_cap
     for u in uniq:
         p = profiles[str(u)]
