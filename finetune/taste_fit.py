@@ -144,7 +144,7 @@ def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, mi
             for j, f in enumerate(FACETS):
                 if f in model.priors:
                     part_x[f][sel] = model.theta(f, ev[:, j])
-    ids, inv = np.unique(session[held], return_inverse=True)
+    _, inv = np.unique(session[held], return_inverse=True)
     base_ll = session_loglik(model, base_x, bucket, clicked)
 
     def z_of(x):
@@ -152,7 +152,8 @@ def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, mi
         se = float(per_session.std(ddof=1) / np.sqrt(len(per_session))) if len(per_session) > 1 else float("inf")
         return per_session, (float(per_session.mean() / se) if se > 0 and np.isfinite(se) else 0.0), se
 
-    # a facet counts when its own taste predicts the held-out clicks better (a brand, not a k-means group, say)
+    # a facet counts when its own taste predicts the held-out clicks better (one the shoppers have no taste for
+    # — the simulated demo shoppers' categories — is left out)
     facet_z = {f: round(z_of(base_x + part_x[f])[1], 2) for f in FACETS if part_x[f].any()}
     kept = [f for f, z in facet_z.items() if z > min_z]
     per_session, z, se = z_of(base_x + sum((part_x[f] for f in kept), np.zeros(len(score))))
