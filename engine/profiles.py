@@ -305,8 +305,9 @@ TASTE_BUCKETS = 6  # engine.taste.N_BUCKETS (ranks 1, 2, 3, 4-5, 6-10, 11+)
 TASTE_EDGES = (2, 3, 4, 6, 11)
 
 
-def _taste_bucket(rank: int) -> int:
-    return sum(rank >= e for e in TASTE_EDGES)
+def taste_bucket(rank):
+    """The rank bucket of 1-based ``rank`` (an int or an array of them): 0 for rank 1 … 5 for 11 and deeper."""
+    return np.searchsorted(TASTE_EDGES, rank, side="right")
 
 
 def taste_strength(values: list[float]) -> float:
@@ -332,7 +333,7 @@ def _apply_taste(
             for v in values.values():
                 for i in range(len(v)):
                     v[i] *= decay
-    col = _taste_bucket(rank) + (TASTE_BUCKETS if clicked else 0)
+    col = int(taste_bucket(rank)) + (TASTE_BUCKETS if clicked else 0)
     for f, key in facet_keys(facets, row).items():
         values = profile.taste.setdefault(f, {})
         v = values.get(key)

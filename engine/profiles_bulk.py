@@ -13,12 +13,12 @@ from engine.profiles import (
     EXPOSURE_CAP,
     FACETS,
     TASTE_BUCKETS,
-    TASTE_EDGES,
     Profile,
     ProductFacets,
     ProfileSettings,
     cap_taste,
     cap_values,
+    taste_bucket,
 )
 
 
@@ -83,7 +83,7 @@ def _fill_taste(
     clicks per (user, facet value, rank bucket)."""
     uniq, uidx, t_last, w = _decayed(users, ts, settings.taste_half_life)
     width = 2 * TASTE_BUCKETS
-    col = np.searchsorted(np.asarray(TASTE_EDGES), ranks, side="right") + TASTE_BUCKETS * clicked.astype(np.int64)
+    col = taste_bucket(ranks) + TASTE_BUCKETS * clicked.astype(np.int64)
     for i, u in enumerate(uniq):
         p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
         p.taste_t = float(t_last[i])
@@ -183,6 +183,15 @@ def build_profiles(
         for p in profiles.values():
             p.bought = p.bought[-settings.bought_cap :]
     return profiles
+
+
+def merge_stored(stored: dict[str, Profile], new: dict[str, Profile], settings: ProfileSettings) -> dict:
+    """``new`` profiles merged onto the ``stored`` ones of the same users (:func:`merge_profiles`), each one version
+    newer: what a bulk append writes back."""
+    merged = {u: merge_profiles(stored[u], p, settings) if u in stored else p for u, p in new.items()}
+    for u, p in merged.items():
+        p.version = (stored[u].version if u in stored else 0) + 1
+    return merged
 
 
 def _merge_values(old: dict, new: dict, a: float, b: float, cap: int, drop_old: set[str]) -> dict:

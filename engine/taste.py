@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.profiles import FACETS, TASTE_BUCKETS, TASTE_EDGES, Profile, ProductFacets
+from engine.profiles import FACETS, TASTE_BUCKETS, TASTE_EDGES, Profile, ProductFacets, taste_bucket
 
 TASTE_FILE = "taste.json"
 RANK_EDGES = np.array((1, *TASTE_EDGES))  # bucket b holds ranks [edges[b], edges[b + 1]); the last 11 and deeper
@@ -44,9 +44,7 @@ GRID = np.linspace(-3.0, 3.0, 25)  # the support of each facet's prior over θ
 ZERO = int(np.argmin(np.abs(GRID)))  # θ = 0
 
 
-def rank_bucket(rank) -> np.ndarray:
-    """The bucket of 1-based ranks (``rank`` ≥ 1)."""
-    return np.clip(np.searchsorted(RANK_EDGES, np.asarray(rank), side="right") - 1, 0, N_BUCKETS - 1)
+rank_bucket = taste_bucket  # the bucket of 1-based ranks
 
 
 def evidence_rows(profile: Profile | None, facets: ProductFacets, rows: np.ndarray, now: float, half_life: float):

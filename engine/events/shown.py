@@ -15,7 +15,7 @@ import numpy as np
 
 from core.formats.clicklog import EVENTS
 from engine.events.impressions import ANONYMOUS, Impression
-from engine.profiles_bulk import build_profiles, merge_profiles
+from engine.profiles_bulk import build_profiles, merge_stored
 
 
 def shown_rows(impressions: Sequence[Impression], row_of) -> tuple[list, list, list, list, list]:
@@ -55,9 +55,5 @@ def fold_shown(store, facets, settings, row_of, impressions: Sequence[Impression
         ranks=np.asarray(ranks, dtype=np.int64)[order],
         shapes=np.zeros(n, dtype=bool),
     )
-    old = store.profiles(new)
-    merged = {u: merge_profiles(old[u], p, settings) if u in old else p for u, p in new.items()}
-    for u, p in merged.items():
-        p.version = (old[u].version if u in old else 0) + 1
-    store.append_many([], [], [], [], [], merged, None)
+    store.append_many([], [], [], [], [], merge_stored(store.profiles(new), new, settings), None)
     return n

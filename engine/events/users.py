@@ -31,7 +31,7 @@ from engine.profiles import (
 )
 from engine.events.ingest import IngestReport, ingest_clicklog
 from engine.events.shown import fold_shown
-from engine.profiles_bulk import build_profiles, merge_profiles
+from engine.profiles_bulk import build_profiles, merge_stored
 
 
 def open_store(personal_cfg) -> EventStore:
@@ -273,10 +273,7 @@ class UserEvents:
             shapes=p_shapes[order],
         )
         with self._profile_lock:
-            old = self.store.profiles(new)
-            merged = {u: merge_profiles(old[u], p, self.settings) if u in old else p for u, p in new.items()}
-            for u, p in merged.items():
-                p.version = (old[u].version if u in old else 0) + 1
+            merged = merge_stored(self.store.profiles(new), new, self.settings)
             credited = self.store.append_many(users, pids, events, ts.tolist(), queries, merged, links)
         with self._stats_lock:
             if self._stats is not None:
