@@ -81,6 +81,34 @@ def test_the_bayes_ranking_from_history_learns_the_taste_only_when_there_is_one(
         assert np.mean(liked) > np.mean(other) + 0.5  # the history points at the liked values
 
 
+def test_the_guards_bayes_reference_lifts_the_clicked_values_and_leaves_an_empty_history_alone(world):
+    from types import SimpleNamespace
+
+    from eval.sim.personal_guard import bayes_clicks, position_z
+
+    eng, w = world
+    rng = np.random.default_rng(3)
+    users = {u.uid: u for u in shoppers.make_users(w, 80, rng)}
+    zpos = position_z(w, seed=0)
+    assert zpos.shape == (10,) and zpos[0] > zpos[-1]  # the shop shows its best first
+    f = next(iter(w.facets))
+    codes = w.facets[f]
+    q = next(q for q in w.queries if len(np.unique(codes[w.cands[q].rows])) >= 2)
+    c = w.cands[q]
+    z = np.zeros(len(c.rows))  # equally relevant: only the history can order them
+    flat = bayes_clicks((w, users, 1.0), [], zpos, c, z)
+    assert np.allclose(flat, flat[0])
+    liked = codes[c.rows[0]]
+    others = np.flatnonzero(codes != liked)
+    lists = [[int(c.rows[0])] + rng.choice(others, 9).tolist() for _ in range(5)]  # clicked in one value, 5 times
+    exp = bayes_clicks((w, users, 1.0), lists, zpos, SimpleNamespace(rows=c.rows), z)
+    same = codes[c.rows] == liked
+    assert exp[same].min() > exp[~same].max()
+    # without taste in the world the same history says nothing
+    none = bayes_clicks((w, users, 0.0), lists, zpos, c, z)
+    assert np.allclose(none, bayes_clicks((w, users, 0.0), [], zpos, c, z))
+
+
 def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_cfg, trained, tmp_path):
     import yaml
 
@@ -122,6 +150,8 @@ def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_c
                 "none",
                 "--curve",
                 "16",
+                "--knobs",
+                "0,0.5,1",
                 "--no-progress",
             ]
         )
@@ -145,7 +175,11 @@ def test_the_benchmark_writes_the_agreed_json_and_cold_users_are_identical(job_c
         and row["history_sessions_per_warm_user"] > payload["medium"]["train"]["history_sessions_per_warm_user"]
     )
     assert {"diff", "ci_low", "ci_high", "bayes", "bayes_upper", "relevance"} <= set(row["warm"]["ndcg@10"])
+    # the knob: at 0 the personal ranking is the base one, at 1 it is the reported lift
+    knobs = payload["medium"]["knobs"]
+    assert set(knobs) == {"0", "0.5"} and knobs["0"]["ndcg@10"]["diff"] == 0
     report = (out / "report.md").read_text()
+    assert "personalize knob" in report
     assert "simulated" in report and "Lift by length of history" in report and (out / "lift.png").is_file()
 
 

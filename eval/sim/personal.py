@@ -56,7 +56,12 @@ query gets a synthetic history of 5 sessions, each showing 10 products and
 one of them clicked: (a) a product of the judged product's own group (the
 judged product excluded), or (b) a random product; the 9 others shown are
 random; MRR@10 with the medium-taste ranker (and, as ``guard_strong``, the
-strong-taste one), personalized vs not.  The
+strong-taste one), personalized vs not, at every value of the ``personalize``
+knob in ``--knobs`` (the lift's share of the room against the guard's cost);
+and the same histories ranked by the simulator's own Bayes posterior against
+its relevance alone (each guard session assumed to show what the simulated
+shop shows at each position on average): what a perfect learner of the
+simulated tastes pays on those queries.  The
 same queries compare the config's own learned ranker (``rerank.ranker``,
 no user) with the z-score mix on the same candidates.
 
@@ -73,99 +78,12 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.profiles import ProfileSettings, bought_rows
-from core import metrics
-from core.bootstrap import paired_bootstrap
+from engine.profiles import ProfileSettings
+from eval.sim.personal_eval import evaluate_sessions, summarize
 from eval.sim.personal_guard import guard
 from eval.sim.personal_report import write_report
 from core.cli import command, load
-from eval.sim.shoppers import (
-    DAY,
-    TASTES,
-    World,
-    build_world,
-    make_users,
-    taste_of,
-    click_logit,
-    simulate,
-    HistoryPosterior,
-)
-
-
-def evaluate_sessions(
-    engine,
-    ranker,
-    world: World,
-    sessions: list,
-    pit,
-    profile_of,
-    users: dict | None = None,
-    strength: float = 0.0,
-    bayes: dict[str, HistoryPosterior] | None = None,
-) -> dict[str, np.ndarray]:
-    """Per eval session: NDCG@10 and MRR@10, base (personalize=0) and personal (1), whether warm, and (given the
-    simulated users) the oracle: the simulator's own click utility, true taste included (a ceiling), and
-    ``relevance``: the simulator's relevance alone (no taste; the base the Bayes ranking adds its posterior to);
-    ``bayes``: named posteriors (``bayes``: from the history alone, ``bayes_upper``: the other facets' truth given),
-    each ranking by its expected clicks."""
-    from engine.features import feature_matrix, personal_features, timeline_ctr_popularity
-    from engine.taste import evidence_rows
-
-    cfg = engine.cfg
-    hl, shl = cfg.personal.half_life_days * DAY, cfg.personal.session_minutes * 60.0
-    thl = cfg.personal.taste_half_life_days * DAY
-    row_of = engine.products.row_map()
-    fac = engine.facets()
-    runs_b, runs_p, runs_o, runs_r, qrels, warm = {}, {}, {}, {}, {}, []
-    runs_y: dict[str, dict] = {name: {} for name in bayes or {}}
-    for i, (uid, q, t, gains) in enumerate(sessions):
-        c = world.cands[q]
-        prof = profile_of(uid)
-        ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, t, cfg.personal.ctr_prior)
-        personal = personal_features(c.rows, prof, fac, t, hl, bought_rows(prof, row_of), shl) if prof else None
-        X = feature_matrix(c, ctr, pop, personal)
-        ev = evidence_rows(prof, fac, c.rows, t, thl) if prof is not None and ranker.taste is not None else None
-        full, base = ranker.score(X, 1.0, warm=prof is not None, evidence=ev)
-        sid = f"s{i}"
-        runs_b[sid] = metrics.top_ids(c.rows, base)
-        runs_p[sid] = metrics.top_ids(c.rows, full)
-        if users is not None:
-            util = click_logit(world.z[q], taste_of(world, users[uid], c.rows), strength)
-            runs_o[sid] = metrics.top_ids(c.rows, util)
-            runs_r[sid] = metrics.top_ids(c.rows, world.z[q])
-        for name, post in (bayes or {}).items():
-            runs_y[name][sid] = metrics.top_ids(c.rows, post.expected_clicks(uid, q))
-        qrels[sid] = {str(r): g for r, g in gains.items()}
-        warm.append(prof is not None)
-    out = {"warm": np.asarray(warm, dtype=bool)}
-    for name, fn in (("ndcg@10", metrics.ndcg), ("mrr@10", metrics.mrr)):
-        out[f"{name}/base"] = fn(qrels, runs_b, 10, per_query=True)
-        out[f"{name}/personal"] = fn(qrels, runs_p, 10, per_query=True)
-        if runs_o:
-            out[f"{name}/oracle"] = fn(qrels, runs_o, 10, per_query=True)
-            out[f"{name}/relevance"] = fn(qrels, runs_r, 10, per_query=True)
-        for ref, runs in runs_y.items():
-            out[f"{name}/{ref}"] = fn(qrels, runs, 10, per_query=True)
-    return out
-
-
-def summarize(res: dict[str, np.ndarray], sessions: list, seed: int) -> dict:
-    out = {}
-    for group, sel in (("warm", res["warm"]), ("cold", ~res["warm"])):
-        users = {sessions[i][0] for i in np.flatnonzero(sel)}
-        block = {"n_users": len(users), "n_queries": int(sel.sum())}
-        for m in ("ndcg@10", "mrr@10"):
-            block[m] = {
-                k: round(v, 4)
-                for k, v in paired_bootstrap(res[f"{m}/base"][sel], res[f"{m}/personal"][sel], seed=seed).items()
-            }
-            for ceiling in ("oracle", "bayes", "bayes_upper", "relevance"):
-                if f"{m}/{ceiling}" in res:
-                    block[m][ceiling] = (
-                        round(float(res[f"{m}/{ceiling}"][sel].mean()), 4) if sel.any() else float("nan")
-                    )
-        out[group] = block
-    return out
+from eval.sim.shoppers import TASTES, World, build_world, make_users, simulate, HistoryPosterior
 
 
 def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Path, progress: bool):
@@ -201,7 +119,10 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
         "bayes": HistoryPosterior(world, by_uid, log.sessions, TASTES[taste]),
         "bayes_upper": HistoryPosterior(world, by_uid, log.sessions, TASTES[taste], given_others=True),
     }
-    res = evaluate_sessions(engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes)
+    knobs = tuple(float(k) for k in args.knobs.split(",") if k.strip() and float(k) != 1.0)
+    res = evaluate_sessions(
+        engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes, knobs
+    )
     summary = summarize(res, log.eval_sessions, args.seed)
     per_user = np.unique([s.user for s in log.sessions], return_counts=True)[1]
     summary["train"] = {
@@ -214,7 +135,7 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
         "ambiguous_queries": int(world.ambiguous.sum()),
         "queries": len(world.queries),
     }
-    return summary, ranker
+    return summary, (ranker, by_uid)
 
 
 def query_pool(cfg, n: int, seed: int) -> list[str]:
@@ -268,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         help="what profiles count as seen: every logged impression, or those at and above a search's deepest "
         "engagement (default: the config's personal.exposure)",
     )
+    ap.add_argument(
+        "--knobs",
+        default="0.25,0.5,0.75,1",
+        help="values of the personalize knob at which the warm users' lift and the guard are also reported",
+    )
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
 
@@ -276,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     progress = not args.no_progress
+    knobs = tuple(float(k) for k in args.knobs.split(",") if k.strip() and float(k) != 1.0)
     cfg = load(args)
     # the simulation needs the cross-encoder's candidates; the learned ranker is what it trains
     shipped_ranker = cfg.rerank.ranker
@@ -286,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     cache = (cfg.finetune.out_dir or cfg.root / "models" / cfg.name) / "cache"
     world = build_world(engine, query_pool(cfg, args.queries, args.seed), progress, cache_dir=cache)
     payload: dict = {}
-    rankers = {}
+    rankers, sim_users = {}, {}
     for i, taste in enumerate(t for t in args.tastes.split(",") if t):
         if taste not in TASTES:
             print(f"error: unknown taste {taste!r}; use {', '.join(TASTES)}", file=sys.stderr)
             return 2
-        payload[taste], rankers[taste] = run_taste(engine, world, taste, args, args.seed + 1, out, progress)
+        payload[taste], (rankers[taste], sim_users[taste]) = run_taste(
+            engine, world, taste, args, args.seed + 1, out, progress
+        )
         w = payload[taste]["warm"]["ndcg@10"]
         print(
             f"{taste}: warm NDCG@10 {w['base']:.4f} -> {w['personal']:.4f} ({w['diff']:+.4f} "
@@ -336,17 +265,30 @@ def main(argv: list[str] | None = None) -> int:
             args.guard_limit,
             cache_dir=cache,
             shipped=shipped,
+            knobs=knobs,
+            bayes=(world, sim_users["medium"], TASTES["medium"]),
         )
         if "ranker_vs_mix" in g:
             payload["ranker_vs_mix"] = g.pop("ranker_vs_mix")
             m = payload["ranker_vs_mix"]["mrr@10"]
             print(f"{shipped_ranker} vs z-score mix on {guard_path}: MRR@10 {m['zscore_mix']:.4f} -> {m['ranker']:.4f}")
+        payload["guard_bayes"] = g.pop("bayes")
         payload["guard"] = g
         if "strong" in rankers and rankers["strong"].uses_personal:  # the same histories, the strong-taste ranker
-            payload["guard_strong"] = guard(
-                engine, rankers["strong"], Path(guard_path), 5, args.seed, progress, args.guard_limit, cache_dir=cache
+            g = guard(
+                engine,
+                rankers["strong"],
+                Path(guard_path),
+                5,
+                args.seed,
+                progress,
+                args.guard_limit,
+                cache_dir=cache,
+                bayes=(world, sim_users["strong"], TASTES["strong"]),
             )
-        for key in ("guard", "guard_strong"):
+            payload["guard_strong_bayes"] = g.pop("bayes")
+            payload["guard_strong"] = g
+        for key in ("guard", "guard_bayes", "guard_strong", "guard_strong_bayes"):
             for name, g in payload.get(key, {}).items():
                 print(
                     f"{key} {name}: MRR@10 {g['mrr@10']['base']:.4f} -> {g['mrr@10']['personal']:.4f} "

@@ -4,14 +4,17 @@ learned ranker, without a user, against the z-score mix on the same candidates."
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from core import metrics
 from core.bootstrap import paired_bootstrap
 from engine.profiles import ProfileSettings
-from eval.sim.shoppers import DAY, START
+from eval.sim.shoppers import DAY, EXAMINE, START, HistoryPosterior
+from finetune.ranker_sessions import Session
 
 
 def guard(
@@ -24,10 +27,14 @@ def guard(
     limit: int | None = None,
     cache_dir: Path | None = None,
     shipped=None,
+    knobs: tuple[float, ...] = (),
+    bayes: tuple | None = None,
 ) -> dict:
     """MRR@10 on judged dev queries with a synthetic history: (a) the judged product's group, (b) random.
     With ``shipped`` (the config's own learned ranker) also its non-personal ranking against the z-score mix
-    on the same candidates (``ranker_vs_mix``)."""
+    on the same candidates (``ranker_vs_mix``); ``knobs``: the same at more values of ``personalize``;
+    ``bayes``: ``(world, users, strength)`` of the simulation, to rank the same histories by the simulator's own
+    Bayes posterior against its relevance alone (``bayes``: what a perfect learner of the simulated tastes pays)."""
     from engine.rerank import combine
 
     from engine.features import feature_matrix, personal_features
@@ -48,6 +55,9 @@ def guard(
     rng = np.random.default_rng(seed)
     t = START
     runs = {"base": {}, "group_history": {}, "random_history": {}, "mix": {}, "shipped": {}}
+    runs_k = {(name, k): {} for name in ("group_history", "random_history") for k in knobs}
+    runs_y = {"relevance": {}, "group_history": {}, "random_history": {}}
+    zpos = position_z(bayes[0], seed) if bayes else None
     qrels = {}
     groups = np.asarray(fac.group)
     for qid, text in zip(qids, texts):
@@ -67,12 +77,17 @@ def guard(
             runs["shipped"][qid] = metrics.top_ids(c.rows, s_score)
         same = np.flatnonzero(groups == groups[target])
         same = same[~np.isin(same, [row_of[p] for p in rel])]
+        if bayes:
+            z = _standardized(mix)
+            runs_y["relevance"][qid] = metrics.top_ids(c.rows, z)
         for name, pool in (("group_history", same), ("random_history", np.arange(len(groups)))):
             hist = rng.choice(pool, size=min(n_history, len(pool)), replace=False) if len(pool) else []
             prof = Profile()
+            lists = []
             for i, r in enumerate(hist):  # a session: the product among 9 random others shown, then clicked
                 ts = t - DAY + 100 * i
                 shown = [int(r)] + rng.integers(0, len(groups), size=9).tolist()
+                lists.append(shown)
                 events = [("impression", o, ts + j) for j, o in enumerate(shown)] + [("click", int(r), ts + 20)]
                 # what the profile counts as seen follows personal.exposure, as in training; ranks feed the taste
                 keep, ranks = searches_in_log(*zip(*(("u", "q", e, o, t) for e, o, t in events)))
@@ -90,6 +105,12 @@ def guard(
             )
             full, _ = ranker.score(X, 1.0, warm=prof is not None, evidence=ev)
             runs[name][qid] = metrics.top_ids(c.rows, full)
+            for k in knobs:
+                runs_k[name, k][qid] = metrics.top_ids(
+                    c.rows, ranker.score(X, k, warm=prof is not None, evidence=ev)[0]
+                )
+            if bayes:
+                runs_y[name][qid] = metrics.top_ids(c.rows, bayes_clicks(bayes, lists, zpos, c, z))
     base = metrics.mrr(qrels, runs["base"], 10, per_query=True)
     out = {}
     for name in ("group_history", "random_history"):
@@ -97,6 +118,25 @@ def guard(
         out[name] = {
             "n_queries": len(qrels),
             "mrr@10": {k: round(v, 4) for k, v in paired_bootstrap(base, pers, seed=seed).items()},
+        }
+        for k in knobs:
+            pers = metrics.mrr(qrels, runs_k[name, k], 10, per_query=True)
+            out[name].setdefault("knobs", {})[f"{k:g}"] = {
+                key: round(v, 4) for key, v in paired_bootstrap(base, pers, seed=seed).items()
+            }
+    if bayes:
+        rel = metrics.mrr(qrels, runs_y["relevance"], 10, per_query=True)
+        out["bayes"] = {
+            name: {
+                "n_queries": len(qrels),
+                "mrr@10": {
+                    k: round(v, 4)
+                    for k, v in paired_bootstrap(
+                        rel, metrics.mrr(qrels, runs_y[name], 10, per_query=True), seed=seed
+                    ).items()
+                },
+            }
+            for name in ("group_history", "random_history")
         }
     if shipped is not None:
         # on all judged dev queries (one missing from the candidates scores 0 for both)
@@ -113,3 +153,35 @@ def guard(
             }
         out["ranker_vs_mix"] = block
     return out
+
+
+def _standardized(s: np.ndarray) -> np.ndarray:
+    sd = s.std()
+    return (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
+
+
+def position_z(world, seed: int, draws: int = 20) -> np.ndarray:
+    """The mean relevance ``z`` the simulated shop shows at each of its 10 positions (its Plackett-Luce draws):
+    what the Bayes reference assumes of a guard session, which shows products without a query."""
+    rng = np.random.default_rng(seed)
+    total, n = np.zeros(len(EXAMINE)), 0
+    for q in world.queries:
+        top = world.shown[q]
+        for _ in range(draws):
+            keys = 0.5 * world.z[q][top] + rng.gumbel(size=len(top))
+            total += world.z[q][top[np.argsort(-keys)][: len(EXAMINE)]]
+            n += 1
+    return total / max(n, 1)
+
+
+def bayes_clicks(bayes: tuple, lists: list[list[int]], zpos: np.ndarray, cands, z: np.ndarray) -> np.ndarray:
+    """The simulator's expected clicks of a dev query's candidates for a shopper whose history is ``lists`` (each
+    shown in order, its first product clicked), the history read by :class:`HistoryPosterior`."""
+    world, users, strength = bayes
+    sessions, qc, qz = [], {"dev": cands}, {"dev": z}
+    for i, shown in enumerate(lists):
+        qc[f"h{i}"], qz[f"h{i}"] = SimpleNamespace(rows=np.asarray(shown)), zpos[: len(shown)]
+        sessions.append(Session("guard", f"h{i}", 0.0, gains={shown[0]: 1.0}, shown=list(shown)))
+    mini = dataclasses.replace(world, cands=qc, z=qz)
+    post = HistoryPosterior(mini, {**users, "guard": next(iter(users.values()))}, sessions, strength)
+    return post.expected_clicks("guard", "dev")

@@ -87,12 +87,23 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
             "| history | queries | MRR@10 base | MRR@10 personal | diff [95% CI] |",
             "| --- | ---: | ---: | ---: | --- |",
         ]
-        for name, g in payload[key].items():
+        rows = [(name, g) for name, g in payload[key].items()]
+        rows += [(f"{name}, Bayes", g) for name, g in payload.get(f"{key}_bayes", {}).items()]
+        for name, g in rows:
             m = g["mrr@10"]
             lines.append(
                 f"| {name} | {g['n_queries']} | {m['base']:.4f} | {m['personal']:.4f} | {m['diff']:+.4f} "
                 f"[{m['ci_low']:+.4f}, {m['ci_high']:+.4f}] |"
             )
+        if f"{key}_bayes" in payload:
+            lines += [
+                "",
+                "Bayes: the same histories read by the simulator's own posterior (each guard session assumed to "
+                "show what the simulated shop shows at each position on average), candidates ranked by expected "
+                "clicks against the simulator's relevance alone: what a perfect learner of the simulated tastes "
+                "pays on these queries.",
+            ]
+    lines += _knob_table(payload)
     if "ranker_vs_mix" in payload:
         b = payload["ranker_vs_mix"]
         lines += [
@@ -157,3 +168,34 @@ def _plot(path: Path, payload: dict) -> bool:
 def _share(diff: float, room: float) -> str:
     """The share of the room (Bayes − relevance) a lift reached; – where there is no room."""
     return f"{diff / room:.0%}" if room > 0.001 else "–"
+
+
+def _knob_table(payload: dict) -> list[str]:
+    """The medium-taste ranker at each value of the personalize knob: the warm users' lift against the guard."""
+    knobs = payload.get("medium", {}).get("knobs")
+    if not knobs:
+        return []
+    warm = payload["medium"]["warm"]["ndcg@10"]
+    room = warm.get("bayes", float("nan")) - warm.get("relevance", float("nan"))
+    guard = payload.get("guard", {})
+    rows = {**knobs, "1": {"ndcg@10": warm}}
+    lines = [
+        "",
+        "## The personalize knob: lift against the guard (medium taste)",
+        "",
+        "| personalize | warm NDCG@10 diff [95% CI] | share of the Bayes room | guard random history MRR@10 diff "
+        "[95% CI] | guard group history MRR@10 diff |",
+        "| ---: | --- | ---: | --- | ---: |",
+    ]
+    for k in sorted(rows, key=float):
+        n = rows[k]["ndcg@10"]
+        cells = []
+        for name in ("random_history", "group_history"):
+            g = guard.get(name, {})
+            m = g.get("mrr@10") if k == "1" else g.get("knobs", {}).get(k)
+            cells.append(f"{m['diff']:+.4f} [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}]" if m else "–")
+        lines.append(
+            f"| {k} | {n['diff']:+.4f} [{n['ci_low']:+.4f}, {n['ci_high']:+.4f}] | {_share(n['diff'], room)} | "
+            f"{cells[0]} | {cells[1].split(' ')[0]} |"
+        )
+    return lines
