@@ -13,10 +13,12 @@ The model (fitted by :mod:`finetune.taste_fit` on logged sessions, saved as ``ta
   are liked, without assuming a shape.
 
 **Evidence** per (user, facet value) is model-free and kept in the profile (:attr:`engine.profiles.Profile.taste`):
-decayed counts of impressions ``n_k`` and of clicks ``c_k`` per rank bucket.  With ``a_k``, the attraction of what
-rank ``k`` usually shows, the value's log-likelihood at each θ of a grid is exact and linear in the counts:
+decayed counts of impressions ``n_k`` and of clicks ``c_k`` per rank bucket.  With ``a_k(θ)``, the click chance once
+examined of what rank ``k`` shows at taste θ — the mean of ``σ(r(g) + θ)`` over the bucket's logged impressions, so
+their spread in relevance is integrated out (σ of the mean logit instead would shrink every taste toward 0) — the
+value's log-likelihood at each θ of a grid is exact and linear in the counts:
 
-    log L(θ) = Σ_k c_k log p_k(θ) + (n_k − c_k) log(1 − p_k(θ)),   p_k(θ) = e_k σ(logit a_k + θ)
+    log L(θ) = Σ_k c_k log p_k(θ) + (n_k − c_k) log(1 − p_k(θ)),   p_k(θ) = e_k a_k(θ)
 
 and ``θ̂`` is the posterior mean under the facet's prior: a value seen twice moves little, one chosen again and
 again over others shown beside it moves a lot.
@@ -72,7 +74,9 @@ def evidence_rows(profile: Profile | None, facets: ProductFacets, rows: np.ndarr
 @dataclass
 class TasteModel:
     examination: np.ndarray  # e_k per rank bucket
-    attraction: np.ndarray  # a_k: the mean click chance, once examined, of what each rank bucket shows
+    # the click chance, once examined, of what each rank bucket shows at each θ of GRID: ``[N_BUCKETS, len(GRID)]``,
+    # the mean of σ(r(g) + θ) over the bucket's logged impressions (or ``[N_BUCKETS]``: a_k, read as σ(logit a_k + θ))
+    attraction: np.ndarray
     knots: np.ndarray  # non-personal ranker scores
     logits: np.ndarray  # r at the knots: increasing
     priors: dict[str, np.ndarray] = field(default_factory=dict)  # facet -> prior mass on GRID
@@ -89,11 +93,17 @@ class TasteModel:
         bad = [f for f, w in self.priors.items() if f not in FACETS or w.shape != GRID.shape]
         if bad:
             raise ValueError(f"taste model: priors for unknown facets or of the wrong size: {bad}")
-        e, a = self.examination, self.attraction
+        a = self.attraction
+        if a.ndim == 1:
+            a = 1.0 / (1.0 + np.exp(-(np.log(a / (1.0 - a))[:, None] + GRID[None, :])))
+        if a.shape != (len(self.examination), len(GRID)):
+            raise ValueError(
+                f"taste model: attraction of shape {a.shape}, wanted ({len(self.examination)}, {len(GRID)})"
+            )
+        self.attraction = a
         # the log-likelihood of a value's counts at each θ of GRID is linear in the counts: counts @ W, with
-        # p_kj = e_k σ(logit a_k + θ_j) the click chance at bucket k: n_k log(1 − p_kj) + c_k log(p_kj / (1 − p_kj))
-        p = e[:, None] / (1.0 + np.exp(-(np.log(a / (1.0 - a))[:, None] + GRID[None, :])))
-        p = np.clip(p, 1e-9, 1.0 - 1e-9)
+        # p_kj = e_k a_k(θ_j) the click chance at bucket k: n_k log(1 − p_kj) + c_k log(p_kj / (1 − p_kj))
+        p = np.clip(self.examination[:, None] * a, 1e-9, 1.0 - 1e-9)
         self._w = np.vstack([np.log1p(-p), np.log(p) - np.log1p(-p)])
 
     # r and its inverse: piecewise linear, extended linearly beyond the knots (strictly increasing)
@@ -128,7 +138,7 @@ class TasteModel:
     def to_dict(self) -> dict:
         return {
             "examination": self.examination.round(6).tolist(),
-            "attraction": self.attraction.round(6).tolist(),
+            "attraction": self.attraction.round(6).tolist(),  # [bucket][θ]
             "knots": self.knots.tolist(),
             "logits": self.logits.tolist(),
             "rank_edges": RANK_EDGES.tolist(),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.profiles import FACETS
-from engine.taste import GRID, N_BUCKETS, TasteModel, evidence_rows, fit_prior, rank_bucket
+from engine.taste import GRID, N_BUCKETS, ZERO, TasteModel, evidence_rows, fit_prior, rank_bucket
 
 N_KNOTS = 8
 
@@ -93,6 +93,21 @@ def fit_relevance(score: np.ndarray, bucket: np.ndarray, clicked: np.ndarray) ->
     return e, knots, logits
 
 
+def bucket_attraction(x: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+    """``[N_BUCKETS, len(GRID)]``: the mean of σ(x + θ) over the impressions of each rank bucket, at each θ of the
+    grid — the click chance, once examined, of a value shown there, with the relevance of what the bucket shows
+    integrated out instead of set to its mean (σ of the mean logit would shrink every taste toward 0: a logistic
+    model that leaves out its impressions' spread in relevance underestimates every effect).  Empty buckets take
+    every impression's mean."""
+    counts = np.bincount(bucket, minlength=N_BUCKETS).astype(np.float64)
+    out = np.empty((N_BUCKETS, len(GRID)))
+    for j, theta in enumerate(GRID):
+        p = 1.0 / (1.0 + np.exp(-(x + theta)))
+        mean = np.bincount(bucket, weights=p, minlength=N_BUCKETS) / np.maximum(counts, 1.0)
+        out[:, j] = np.where(counts > 0, mean, p.mean() if len(p) else 0.5)
+    return np.clip(out, 1e-4, 1 - 1e-4)
+
+
 def profile_evidence(profiles: dict, users: set | None = None) -> dict[str, np.ndarray]:
     """Per facet: every (user, value) evidence row of ``profiles`` (of ``users`` only, when given)."""
     out: dict[str, list] = {f: [] for f in FACETS}
@@ -120,13 +135,8 @@ def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, mi
     score = ranker.score(X.astype(np.float64), 0.0, warm=False)[1]  # the non-personal score f(x₀): taste adds to it
     bucket = rank_bucket(rank)
     e, knots, logits = fit_relevance(score, bucket, clicked)
-    attraction_each = 1.0 / (
-        1.0 + np.exp(-TasteModel(e, np.full(N_BUCKETS, 0.5), knots, logits).relevance_logit(score))
-    )
-    counts = np.bincount(bucket, minlength=N_BUCKETS).astype(np.float64)
-    attraction = np.bincount(bucket, weights=attraction_each, minlength=N_BUCKETS) / np.maximum(counts, 1.0)
-    attraction = np.clip(np.where(counts > 0, attraction, attraction_each.mean()), 1e-4, 1 - 1e-4)
-    model = TasteModel(e, attraction, knots, logits)
+    model = TasteModel(e, np.full(N_BUCKETS, 0.5), knots, logits)
+    model = TasteModel(e, bucket_attraction(model.relevance_logit(score), bucket), knots, logits)
     # the check: the last sessions, priors from the other half of the users
     order = np.unique(session)
     n_valid = max(1, int(len(order) * valid_fraction))
@@ -171,7 +181,7 @@ def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, mi
         "min_z": min_z,
         "kept": bool(kept) and bool(z > min_z),
         "examination": e.round(4).tolist(),
-        "attraction": attraction.round(4).tolist(),
+        "attraction": model.attraction[:, ZERO].round(4).tolist(),
         "prior_sd": spread,
     }
     model.card = check

@@ -290,3 +290,28 @@ def test_a_shoppers_clicks_and_the_impression_log_folding_their_searches_lose_no
     prof = ev.store.profile(key)
     assert prof.n_events == n and prof.weight == pytest.approx(n)
     assert sum(prof.taste["brand"]["0"]) == pytest.approx(n)  # P0 (brand 0) shown first in every search
+
+
+def test_a_taste_read_through_the_buckets_spread_of_relevance_is_not_shrunk():
+    """Clicks on a value shown at rank 1, where what rank 1 shows varies in relevance: the taste read with that
+    spread integrated out (``bucket_attraction``) finds the true θ; read at the bucket's mean relevance it is
+    attenuated, as a logistic model that leaves out heterogeneity always is."""
+    from finetune.taste_fit import bucket_attraction
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(-0.5, 2.0, size=200_000)  # relevance logits of what rank 1 showed
+    bucket = np.zeros(len(x), dtype=np.int64)
+    e = np.ones(N_BUCKETS)
+    spread = TasteModel(e, bucket_attraction(x, bucket), [0.0, 1.0], [0.0, 1.0])
+    p0 = (1.0 / (1.0 + np.exp(-x))).mean()
+    flat = TasteModel(e, np.full(N_BUCKETS, p0), [0.0, 1.0], [0.0, 1.0])
+    # no spread: the table is σ(x + θ) itself
+    same = bucket_attraction(np.zeros(10), np.zeros(10, dtype=np.int64))
+    assert np.allclose(same[0], 1.0 / (1.0 + np.exp(-GRID)), atol=1e-4)
+    # a value liked by θ = 1.5, shown at rank 1 20,000 times: its clicks under the true per-impression model
+    shown = rng.choice(x, 20_000)
+    clicks = (rng.random(len(shown)) < 1.0 / (1.0 + np.exp(-(shown + 1.5)))).sum()
+    counts = np.zeros(2 * N_BUCKETS)
+    counts[0], counts[N_BUCKETS] = len(shown), clicks
+    mle = {name: GRID[np.argmax(m.loglik(counts))] for name, m in (("spread", spread), ("flat", flat))}
+    assert abs(mle["spread"] - 1.5) <= 0.25 and mle["flat"] <= 1.0
