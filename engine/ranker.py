@@ -15,9 +15,10 @@ scores of the ranker before it, so the model is ``f(x) + Σ δ_i(x)``; the ``δ`
 they shift the personal and the non-personal score alike.
 
 A ranker may hold a taste model too (``taste.json``, :mod:`engine.taste`, fitted by ``finetune.taste_fit``):
-then a warm user's full score is ``r⁻¹(r(f(x₀)) + Σ_f θ̂_f) + s · (h(x) − h(x₀))`` — the non-personal score mapped
-to the log-odds of a click, the user's taste for each of the candidate's facet values added on that scale, mapped
-back, and the personal booster's part (fitted on top of the taste model, over what it does not read) added.
+then a warm user's full score is ``r⁻¹(logit E[σ(r(f(x₀)) + Σ_f θ_f)]) + s · (h(x) − h(x₀))`` — the non-personal
+score mapped to the log-odds of a click, the user's taste for each of the candidate's facet values added on that
+scale (the expected click chance under the values' posteriors), mapped back, and the personal booster's part
+(fitted on top of the taste model, over what it does not read) added.
 ``make retrain``'s delta boosters keep it; its ship guard compares rankings without it.
 
 The personalization knob: with ``f`` the model, ``x`` a candidate's features
@@ -244,10 +245,13 @@ class Ranker:
         if self.deltas and len(X):
             d = self.delta_score(X)
             full, base = full + d, base + d
-        if taste:  # r⁻¹(r(f(x₀)) + Σθ̂) + s · (h(x) − h(x₀)), then the knob: base + personalize · (that − base)
-            t = self.taste.personal_logit(evidence)
+        if (
+            taste
+        ):  # r⁻¹(logit E[σ(r(f(x₀)) + Σθ)]) + s · (h(x) − h(x₀)), then the knob: base + personalize · (that − base)
+            x = self.taste.relevance_logit(base)
+            t = self.taste.expected_logit(x, evidence) - x
             # a candidate the shopper's history says nothing about keeps its score bit for bit
-            tasted = np.where(t != 0, self.taste.score_of_logit(self.taste.relevance_logit(base) + t), base)
+            tasted = np.where(t != 0, self.taste.score_of_logit(x + t), base)
             full = base + personalize * (tasted + (full - base) - base)
         return full, base
 

@@ -20,13 +20,14 @@ value's log-likelihood at each θ of a grid is exact and linear in the counts:
 
     log L(θ) = Σ_k c_k log p_k(θ) + (n_k − c_k) log(1 − p_k(θ)),   p_k(θ) = e_k a_k(θ)
 
-and ``θ̂`` is the posterior mean under the facet's prior: a value seen twice moves little, one chosen again and
+and the posterior over θ follows from the facet's prior: a value seen twice moves little, one chosen again and
 again over others shown beside it moves a lot.
 
-**Ranking**: by expected clicks of an examined product, ``r(g) + Σ_f θ̂_f`` — relevance and taste on one scale,
+**Ranking**: by the expected click chance of an examined product, ``E[σ(r(g) + Σ_f θ_f)]`` under the posteriors
+of the candidate's values (what the Bayes ranking ranks by) — relevance and taste on one scale,
 so no weight between them is chosen from logged lists (which show 10 products in an order the shopper's
 examination biases, and taught the personal booster about half the weight the taste deserves: docs/results.md,
-Personalization).  :class:`engine.ranker.Ranker` maps the sum back to its own scale with ``r⁻¹``.
+Personalization).  :class:`engine.ranker.Ranker` maps its log-odds back to its own scale with ``r⁻¹``.
 """
 
 from __future__ import annotations
@@ -127,13 +128,28 @@ class TasteModel:
             return np.zeros(counts.shape[:-1])
         return posterior_mean(self.loglik(counts), w)
 
-    def personal_logit(self, evidence: np.ndarray) -> np.ndarray:
-        """``Σ_f θ̂_f`` per candidate from :func:`evidence_rows`."""
-        out = np.zeros(evidence.shape[0])
+    def expected_logit(self, x: np.ndarray, evidence: np.ndarray) -> np.ndarray:
+        """The log-odds of each candidate's expected click chance ``E[σ(x + Σ_f θ_f)]`` under its values'
+        posteriors, ``x`` its relevance logit (what the Bayes ranking ranks by; ``x`` itself where the evidence
+        is none)."""
+        dist, lo = np.ones((len(x), 1)), 0  # the distribution of Σθ on GRID's spacing, from lo steps
+        seen = np.zeros(len(x), dtype=bool)
         for j, f in enumerate(FACETS):
-            if f in self.priors and evidence[:, j].any():
-                out += self.theta(f, evidence[:, j])
-        return out
+            w = self.priors.get(f)
+            if w is None or not evidence[:, j].any():
+                continue
+            seen |= evidence[:, j].any(axis=1)
+            post = posterior(self.loglik(evidence[:, j]), w)
+            nxt = np.zeros((len(x), dist.shape[1] + len(GRID) - 1))
+            for k in range(len(GRID)):
+                nxt[:, k : k + dist.shape[1]] += dist * post[:, k : k + 1]
+            dist, lo = nxt, lo - ZERO
+        x = np.asarray(x, dtype=np.float64)
+        if dist.shape[1] == 1:
+            return x.copy()
+        sums = (lo + np.arange(dist.shape[1])) * (GRID[1] - GRID[0])
+        p = np.clip((dist / (1.0 + np.exp(-(x[:, None] + sums[None, :])))).sum(axis=1), 1e-12, 1 - 1e-12)
+        return np.where(seen, np.log(p) - np.log1p(-p), x)
 
     def to_dict(self) -> dict:
         return {
@@ -162,6 +178,17 @@ class TasteModel:
         if d.get("rank_edges") != RANK_EDGES.tolist() or not np.allclose(d.get("grid", []), GRID):
             raise ValueError(f"{path}: rank buckets or grid of another engine version; retrain with `make finetune`")
         return cls(d["examination"], d["attraction"], d["knots"], d["logits"], d["priors"], d.get("card", {}))
+
+
+def posterior(loglik: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """``[..., len(GRID)]``: the posterior over θ on :data:`GRID` (all mass on θ = 0 where the evidence is none)."""
+    logpost = loglik + np.log(np.maximum(prior, 1e-300))
+    post = np.exp(logpost - logpost.max(axis=-1, keepdims=True))
+    post /= post.sum(axis=-1, keepdims=True)
+    none = np.abs(loglik).max(axis=-1) == 0
+    post[none] = 0.0
+    post[none, ZERO] = 1.0
+    return post
 
 
 def posterior_mean(loglik: np.ndarray, prior: np.ndarray) -> np.ndarray:

@@ -7,11 +7,12 @@ replays the log).  Then:
 
 1. **examination and relevance**: ``P(click) = e_k · σ(r(s))`` by maximum likelihood (L-BFGS), ``e`` per rank
    bucket (the top fixed at 1), ``r`` increasing and piecewise linear over quantile knots of the score ``s``;
-   ``a_k`` = the mean ``σ(r(s))`` of what bucket ``k`` showed;
+   ``a_k(θ)`` = the mean ``σ(r(s) + θ)`` of what bucket ``k`` showed, at each θ of the grid;
 2. **priors**: per facet, the nonparametric maximum-likelihood prior of θ over every (user, value) evidence of
    the users' profiles at the end of the log (:func:`engine.taste.fit_prior`);
 3. **the check**: on the last ``valid_fraction`` of the sessions, each session's click log-likelihood with
-   ``Σ θ̂`` (evidence as of the session, priors fitted on the *other* half of the users) against without, first
+   the tastes (the posterior-predictive ``E[σ(r(s) + Σ θ)]``; evidence as of the session, priors fitted on the
+   *other* half of the users) against without, first
    for each facet alone: a facet is kept when its z exceeds ``personal_min_z``, and the model ships when it keeps
    one — a log without taste (or too little of it) gets no taste model, and personalization stays exactly what
    the ranker alone gives.
@@ -144,16 +145,19 @@ def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, mi
     users = sorted({u for u in rows.users.values() if u is not None})
     half = set(np.random.default_rng(seed).permutation(users)[: len(users) // 2].tolist())
     base_x = model.relevance_logit(score)
-    part_x = {f: np.zeros(len(score)) for f in FACETS}  # each facet's Σθ̂ on the held-out rows
+    halves = []  # (held-out rows of the half's users, the priors from the other half)
     for part in (half, set(users) - half):
-        other = set(users) - part
-        model.priors = fit_priors(model, profile_evidence(profiles, other))
         sel = held & np.isin(session, [i for i, u in rows.users.items() if u in part])
         if sel.any():
-            ev = evidence[sel].astype(np.float64)
-            for j, f in enumerate(FACETS):
-                if f in model.priors:
-                    part_x[f][sel] = model.theta(f, ev[:, j])
+            halves.append((sel, fit_priors(model, profile_evidence(profiles, set(users) - part))))
+
+    def predicted(facets):  # the held-out rows' posterior-predictive click log-odds with the tastes of ``facets``
+        x = base_x.copy()
+        for sel, priors in halves:
+            model.priors = {f: w for f, w in priors.items() if f in facets}
+            x[sel] = model.expected_logit(base_x[sel], evidence[sel].astype(np.float64))
+        return x
+
     _, inv = np.unique(session[held], return_inverse=True)
     base_ll = session_loglik(model, base_x, bucket, clicked)
 
@@ -164,9 +168,10 @@ def fit_taste(ranker, rows: TasteRows, profiles: dict, valid_fraction: float, mi
 
     # a facet counts when its own taste predicts the held-out clicks better (one the shoppers have no taste for
     # — the simulated demo shoppers' categories — is left out)
-    facet_z = {f: round(z_of(base_x + part_x[f])[1], 2) for f in FACETS if part_x[f].any()}
+    seen = [f for j, f in enumerate(FACETS) if any(f in pr and evidence[sel, j].any() for sel, pr in halves)]
+    facet_z = {f: round(z_of(predicted({f}))[1], 2) for f in seen}
     kept = [f for f, z in facet_z.items() if z > min_z]
-    per_session, z, se = z_of(base_x + sum((part_x[f] for f in kept), np.zeros(len(score))))
+    per_session, z, se = z_of(predicted(set(kept)))
     model.priors = {f: w for f, w in fit_priors(model, profile_evidence(profiles)).items() if f in kept}
     spread = {f: round(float(np.sqrt(max(w @ GRID**2 - (w @ GRID) ** 2, 0.0))), 3) for f, w in model.priors.items()}
     check = {
@@ -207,7 +212,8 @@ def personal_on_taste(ranker, data, rows: TasteRows, tcfg):
         raise ValueError(f"taste rows ({len(ev)}) and the ranker's dataset ({len(data.y)}) do not line up")
     base = ranker.score(data.X, 0.0, warm=False)[1]
     taste = ranker.taste
-    data.offset = taste.score_of_logit(taste.relevance_logit(base) + taste.personal_logit(ev)) - base
+    x = taste.relevance_logit(base)
+    data.offset = taste.score_of_logit(taste.expected_logit(x, ev)) - base
     names = [f for f in PERSONAL if f not in FACET_FEATURES]
     h, _, check = fit_personal_cv(ranker.booster, data, tcfg, names)
     data.offset = None

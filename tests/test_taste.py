@@ -315,3 +315,30 @@ def test_a_taste_read_through_the_buckets_spread_of_relevance_is_not_shrunk():
     counts[0], counts[N_BUCKETS] = len(shown), clicks
     mle = {name: GRID[np.argmax(m.loglik(counts))] for name, m in (("spread", spread), ("flat", flat))}
     assert abs(mle["spread"] - 1.5) <= 0.25 and mle["flat"] <= 1.0
+
+
+def test_the_ranking_reads_the_expected_click_chance_under_the_posteriors():
+    from engine.profiles import FACETS
+    from engine.taste import posterior
+
+    rng = np.random.default_rng(5)
+    prior = np.where(np.isin(np.arange(len(GRID)), (12, 20)), 0.5, 1e-9)  # half indifferent, half liked (θ = 2)
+    prior /= prior.sum()
+    m = model_for_tests({"brand": prior, "price_band": prior})
+    ev = np.zeros((6, len(FACETS), 2 * N_BUCKETS))
+    b, pb = FACETS.index("brand"), FACETS.index("price_band")
+    ev[:, b, 0] = rng.integers(1, 6, size=6)
+    ev[:, b, N_BUCKETS] = rng.integers(0, 2, size=6) * ev[:, b, 0]
+    ev[:3, pb, 1] = 3.0
+    ev[:3, pb, N_BUCKETS + 1] = [0.0, 1.0, 3.0]
+    ev[5] = 0.0  # a candidate the history says nothing about
+    x = rng.normal(size=6)
+    got = m.expected_logit(x, ev)
+    # by hand: the double sum over both facets' posteriors
+    post_b, post_p = posterior(m.loglik(ev[:, b]), prior), posterior(m.loglik(ev[:, pb]), prior)
+    sig = 1.0 / (1.0 + np.exp(-(x[:, None, None] + GRID[None, :, None] + GRID[None, None, :])))
+    p = np.einsum("ni,nj,nij->n", post_b, post_p, sig)
+    assert np.allclose(got, np.log(p / (1 - p)), atol=1e-9)
+    assert got[5] == x[5]  # no evidence: the relevance logit itself, bit for bit
+    # an uncertain taste is worth less than its mean: E[σ(x + θ)] < σ(x + E θ) where x + θ sits above 0
+    assert got[4] < x[4] + m.theta("brand", ev[4:5, b])[0] or x[4] + m.theta("brand", ev[4:5, b])[0] < 0
