@@ -245,9 +245,8 @@ class Ranker:
         if self.deltas and len(X):
             d = self.delta_score(X)
             full, base = full + d, base + d
-        if (
-            taste
-        ):  # r⁻¹(logit E[σ(r(f(x₀)) + Σθ)]) + s · (h(x) − h(x₀)), then the knob: base + personalize · (that − base)
+        if taste:
+            # r⁻¹(logit E[σ(r(f(x₀)) + Σθ)]) + s · (h(x) − h(x₀)), then the knob: base + personalize · (that − base)
             x = self.taste.relevance_logit(base)
             t = self.taste.expected_logit(x, evidence) - x
             # a candidate the shopper's history says nothing about keeps its score bit for bit

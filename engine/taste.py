@@ -193,11 +193,7 @@ def posterior(loglik: np.ndarray, prior: np.ndarray) -> np.ndarray:
 
 def posterior_mean(loglik: np.ndarray, prior: np.ndarray) -> np.ndarray:
     """E[θ | evidence] from the log-likelihood on :data:`GRID` and ``prior`` (0 where the evidence is none)."""
-    logpost = loglik + np.log(np.maximum(prior, 1e-300))
-    logpost -= logpost.max(axis=-1, keepdims=True)
-    post = np.exp(logpost)
-    mean = (post @ GRID) / post.sum(axis=-1)
-    return np.where(np.abs(loglik).max(axis=-1) > 0, mean, 0.0)
+    return posterior(loglik, prior) @ GRID  # GRID[ZERO] is exactly 0
 
 
 def fit_prior(loglik: np.ndarray, iters: int = 300) -> np.ndarray:

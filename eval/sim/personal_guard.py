@@ -13,7 +13,7 @@ import numpy as np
 from core import metrics
 from core.bootstrap import paired_bootstrap
 from engine.profiles import ProfileSettings
-from eval.sim.shoppers import DAY, EXAMINE, START, HistoryPosterior
+from eval.sim.shoppers import DAY, EXAMINE, START, HistoryPosterior, shop_order, standardized
 from finetune.ranker_sessions import Session
 
 
@@ -78,7 +78,7 @@ def guard(
         same = np.flatnonzero(groups == groups[target])
         same = same[~np.isin(same, [row_of[p] for p in rel])]
         if bayes:
-            z = _standardized(mix)
+            z = standardized(mix)
             runs_y["relevance"][qid] = metrics.top_ids(c.rows, z)
         for name, pool in (("group_history", same), ("random_history", np.arange(len(groups)))):
             hist = rng.choice(pool, size=min(n_history, len(pool)), replace=False) if len(pool) else []
@@ -155,21 +155,15 @@ def guard(
     return out
 
 
-def _standardized(s: np.ndarray) -> np.ndarray:
-    sd = s.std()
-    return (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
-
-
 def position_z(world, seed: int, draws: int = 20) -> np.ndarray:
     """The mean relevance ``z`` the simulated shop shows at each of its 10 positions (its Plackett-Luce draws):
     what the Bayes reference assumes of a guard session, which shows products without a query."""
     rng = np.random.default_rng(seed)
     total, n = np.zeros(len(EXAMINE)), 0
     for q in world.queries:
-        top = world.shown[q]
         for _ in range(draws):
-            keys = 0.5 * world.z[q][top] + rng.gumbel(size=len(top))
-            total += world.z[q][top[np.argsort(-keys)][: len(EXAMINE)]]
+            shown = shop_order(world, q, rng)
+            total[: len(shown)] += world.z[q][shown]
             n += 1
     return total / max(n, 1)
 

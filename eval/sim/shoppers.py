@@ -69,8 +69,7 @@ def build_world(engine, queries: list[str], progress: bool = True, cache_dir: Pa
     for q in queries:
         c = cands[q]
         s = combine(c.ce, c.first, r.weight)
-        sd = s.std()
-        z[q] = (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
+        z[q] = standardized(s)
         order = np.argsort(-s, kind="stable")
         shown[q] = order[:30]
         top_rows = c.rows[order[:10]]
@@ -86,6 +85,20 @@ def build_world(engine, queries: list[str], progress: bool = True, cache_dir: Pa
             if len(b):
                 area_brands[int(a)] = b
     return World(queries, cands, z, shown, np.asarray(area), np.asarray(amb), taste, n_values, area_brands)
+
+
+def standardized(s: np.ndarray) -> np.ndarray:
+    """A query's scores as z-scores over its candidates (all 0 when they are all equal)."""
+    sd = s.std()
+    return (s - s.mean()) / sd if sd > 0 else np.zeros(len(s))
+
+
+def shop_order(world: World, query: str, rng: np.random.Generator) -> np.ndarray:
+    """The 10 candidates (indices) the simulated shop shows for ``query``, in order: a Plackett-Luce draw on
+    ``0.5 z`` from its non-personal top 30 (Gumbel top-k)."""
+    top = world.shown[query]
+    keys = 0.5 * world.z[query][top] + rng.gumbel(size=len(top))
+    return top[np.argsort(-keys)][: len(EXAMINE)]
 
 
 def make_users(world: World, n_users: int, rng: np.random.Generator, cold_share: float = 0.25) -> list[SimUser]:
@@ -171,11 +184,9 @@ def simulate(
                 t, cut - 300.0
             )  # a session's events (shown over seconds, bought within minutes) stay before the cut
             sess = Session(user.uid, q, float(t))
-            # the shop shows 10 of the top 30 non-personal candidates, best first with some exploration
-            # (a Plackett-Luce draw on 1.5 z: Gumbel top-k), as logged ranking data usually has
-            top = world.shown[q]
-            keys = 0.5 * world.z[q][top] + rng.gumbel(size=len(top))
-            for pos, j in enumerate(top[np.argsort(-keys)][:10]):
+            # the shop shows 10 of the top 30 non-personal candidates, best first with some exploration, as
+            # logged ranking data usually has
+            for pos, j in enumerate(shop_order(world, q, rng)):
                 row = int(c.rows[j])
                 pid = row_ids[row]
                 ts = float(t) + pos
