@@ -310,15 +310,11 @@ def taste_bucket(rank):
     return np.searchsorted(TASTE_EDGES, rank, side="right")
 
 
-def taste_strength(values: list[float]) -> float:
-    """What keeps a value when a facet holds too many: its impressions and clicks in all."""
-    return float(sum(values))
-
-
 def cap_taste(values: dict[str, list[float]], cap: int) -> dict[str, list[float]]:
+    """The ``cap`` values with the most impressions and clicks in all (ties by key)."""
     if len(values) <= cap:
         return values
-    keep = sorted(values.items(), key=lambda kv: (-taste_strength(kv[1]), kv[0]))[:cap]
+    keep = sorted(values.items(), key=lambda kv: (-sum(kv[1]), kv[0]))[:cap]
     return dict(keep)
 
 

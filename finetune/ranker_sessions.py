@@ -255,45 +255,33 @@ class Dataset:
     def split(self, n_first: int) -> tuple["Dataset", "Dataset"]:
         """(the first ``n_first`` sessions, the rest)."""
         cut = int(self.groups[:n_first].sum())
-
-        def halves(a):
-            return (None, None) if a is None else (a[:cut], a[cut:])
-
-        pos, w, o = halves(self.position), halves(self.weight), halves(self.offset)
         return (
-            Dataset(self.X[:cut], self.y[:cut], self.groups[:n_first], self.sessions[:n_first], pos[0], w[0], o[0]),
-            Dataset(self.X[cut:], self.y[cut:], self.groups[n_first:], self.sessions[n_first:], pos[1], w[1], o[1]),
+            self._rows(slice(None, cut), self.groups[:n_first], self.sessions[:n_first]),
+            self._rows(slice(cut, None), self.groups[n_first:], self.sessions[n_first:]),
         )
 
     def take(self, sessions: np.ndarray) -> "Dataset":
         """The sessions where the boolean mask ``sessions`` is true, in their order."""
         sessions = np.asarray(sessions, dtype=bool)
-        rows = np.repeat(sessions, self.groups)
-
-        def part(a):
-            return None if a is None else a[rows]
-
         kept = [s for s, k in zip(self.sessions, sessions) if k]
-        return Dataset(
-            self.X[rows],
-            self.y[rows],
-            self.groups[sessions],
-            kept,
-            part(self.position),
-            part(self.weight),
-            part(self.offset),
-        )
+        return self._rows(np.repeat(sessions, self.groups), self.groups[sessions], kept)
 
     def shuffled(self, seed: int = 0) -> "Dataset":
         """The same sessions with rows in a random order within each (seeded): a ranking that cannot tell
         rows apart must not inherit the logged order (its position bias) when it is measured."""
         rng = np.random.default_rng(seed)
         key = np.repeat(np.arange(len(self.groups)), self.groups) + rng.random(len(self.y))
-        perm = np.argsort(key, kind="stable")
-        pos = None if self.position is None else self.position[perm]
-        w = None if self.weight is None else self.weight[perm]
-        o = None if self.offset is None else self.offset[perm]
-        return Dataset(self.X[perm], self.y[perm], self.groups, self.sessions, pos, w, o)
+        return self._rows(np.argsort(key, kind="stable"), self.groups, self.sessions)
+
+    def _rows(self, rows, groups: np.ndarray, sessions: list[int]) -> "Dataset":
+        """The dataset of ``rows`` (an index, a mask or a slice), every row-aligned array taken alike."""
+
+        def part(a):
+            return None if a is None else a[rows]
+
+        return Dataset(
+            self.X[rows], self.y[rows], groups, sessions, part(self.position), part(self.weight), part(self.offset)
+        )
 
     @property
     def logged(self) -> bool:

@@ -119,7 +119,7 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
         "bayes": HistoryPosterior(world, by_uid, log.sessions, TASTES[taste]),
         "bayes_upper": HistoryPosterior(world, by_uid, log.sessions, TASTES[taste], given_others=True),
     }
-    knobs = tuple(float(k) for k in args.knobs.split(",") if k.strip() and float(k) != 1.0)
+    knobs = extra_knobs(args.knobs)
     res = evaluate_sessions(
         engine, ranker, world, log.eval_sessions, pit, profile_of, by_uid, TASTES[taste], bayes, knobs
     )
@@ -136,6 +136,11 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
         "queries": len(world.queries),
     }
     return summary, (ranker, by_uid)
+
+
+def extra_knobs(text: str) -> tuple[float, ...]:
+    """The ``--knobs`` values besides 1 (which every run reports)."""
+    return tuple(float(k) for k in text.split(",") if k.strip() and float(k) != 1.0)
 
 
 def query_pool(cfg, n: int, seed: int) -> list[str]:
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     progress = not args.no_progress
-    knobs = tuple(float(k) for k in args.knobs.split(",") if k.strip() and float(k) != 1.0)
+    knobs = extra_knobs(args.knobs)
     cfg = load(args)
     # the simulation needs the cross-encoder's candidates; the learned ranker is what it trains
     shipped_ranker = cfg.rerank.ranker
