@@ -46,6 +46,9 @@ class SearchResult:
     rows: np.ndarray  # int64 product rows, best first
     scores: np.ndarray  # float32, higher is better
     lifted: np.ndarray | None = None  # bool per row: personalization ranked it higher than without (final_rank)
+    # per row: the click log-odds the ranker's taste model reads in its non-personal score (nan: none), what an
+    # impression logs for the shoppers' taste evidence (engine.taste_counts)
+    relevance: np.ndarray | None = None
 
 
 # stage names, spelled here only

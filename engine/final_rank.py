@@ -82,6 +82,9 @@ def rank_candidates(
     if teacher is not None and n > 1 and cand.query is not None:
         score, order, taught = cascade(cand, score, order, r, teacher)
     rows, scores = cand.rows[order], score[order].astype(np.float32)
+    relevance = None
+    if base is not None and ranker.taste is not None:
+        relevance = ranker.taste.relevance_logit(base[order]).astype(np.float32)
     lifted = np.zeros(len(rows), dtype=bool)
     if base is not None and profile is not None:  # ranked higher with the shopper's history than without it
         base_pos = np.empty(n, dtype=np.int64)
@@ -94,7 +97,9 @@ def rank_candidates(
         rows = np.concatenate([rows, tail_rows])
         scores = np.concatenate([scores, floor - np.arange(len(tail_rows), dtype=np.float32)])
         lifted = np.concatenate([lifted, np.zeros(len(tail_rows), dtype=bool)])
-    res = SearchResult(rows[:k], scores[:k], lifted[:k])
+        if relevance is not None:
+            relevance = np.concatenate([relevance, np.full(len(tail_rows), np.nan, dtype=np.float32)])
+    res = SearchResult(rows[:k], scores[:k], lifted[:k], relevance[:k] if relevance is not None else None)
     if not explain:
         return res, None
     if X is None:

@@ -25,7 +25,10 @@ A profile summarises what one (hashed) user engaged with:
   cold (``weight`` 0);
 - **taste** evidence per facet value: decayed counts of the impressions and the clicks at each rank bucket of the
   searches the user made (every product shown, clicked or not, below the deepest click too), with its own
-  half-life (``personal.taste_half_life_days``): what :mod:`engine.taste` reads a taste from.
+  half-life (``personal.taste_half_life_days``): what :mod:`engine.taste` reads a taste from.  Where the search
+  logged how relevant each product was (the serving taste model's click log-odds ``x`` of its non-personal
+  score), the impressions and clicks with an ``x`` are counted again with their summed ``x`` per bucket: a
+  click on a product the engine found a poor match says more of a taste than one on its best match.
 
 Profiles are updated online, one event at a time (:func:`apply_event`), and
 in bulk with numpy for a whole log (:func:`engine.profiles_bulk.build_profiles`); both give the
@@ -42,6 +45,8 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
+
+from engine.taste_counts import TASTE_WIDTH, cap_taste, taste_columns, taste_row
 
 FACETS = ("category", "brand", "group", "price_band")
 EXPOSURE_CAP = 4  # exposure keeps this many times ``affinity_cap`` values per facet
@@ -156,7 +161,7 @@ class Profile:
     exposure_total: float = 0.0  # decayed impressions in all
     session_weight: float = 0.0  # the in-session profile: gains decayed with the session half-life, at ``t``
     session_centroid: np.ndarray | None = None
-    # taste evidence (engine.taste): facet -> value -> decayed impressions per rank bucket, then clicks per bucket
+    # taste evidence (engine.taste): facet -> value -> TASTE_WIDTH decayed sums (:data:`TASTE_PARTS` per bucket)
     taste: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     taste_t: float = 0.0  # the time taste evidence refers to (its newest event's)
 
@@ -233,7 +238,7 @@ class Profile:
             exposure_total=d.get("ew", 0.0),
             session_weight=d.get("sw", 0.0),
             session_centroid=_unb64(d.get("sc")),
-            taste=d.get("ta", {}),
+            taste={f: {k: taste_row(v) for k, v in vals.items()} for f, vals in d.get("ta", {}).items()},
             taste_t=d.get("tt", 0.0),
         )
 
@@ -301,27 +306,18 @@ def _apply_impression(profile: Profile, facets: ProductFacets, row: int, ts: flo
     _add_facets(profile.exposure, facets, row, w, EXPOSURE_CAP * settings.affinity_cap)
 
 
-TASTE_BUCKETS = 6  # engine.taste.N_BUCKETS (ranks 1, 2, 3, 4-5, 6-10, 11+)
-TASTE_EDGES = (2, 3, 4, 6, 11)
-
-
-def taste_bucket(rank):
-    """The rank bucket of 1-based ``rank`` (an int or an array of them): 0 for rank 1 … 5 for 11 and deeper."""
-    return np.searchsorted(TASTE_EDGES, rank, side="right")
-
-
-def cap_taste(values: dict[str, list[float]], cap: int) -> dict[str, list[float]]:
-    """The ``cap`` values with the most impressions and clicks in all (ties by key)."""
-    if len(values) <= cap:
-        return values
-    keep = sorted(values.items(), key=lambda kv: (-sum(kv[1]), kv[0]))[:cap]
-    return dict(keep)
-
-
 def _apply_taste(
-    profile: Profile, facets: ProductFacets, row: int, rank: int, clicked: bool, ts: float, settings: ProfileSettings
+    profile: Profile,
+    facets: ProductFacets,
+    row: int,
+    rank: int,
+    clicked: bool,
+    ts: float,
+    settings: ProfileSettings,
+    x: float | None = None,
 ) -> None:
-    """One shown (or clicked) product at a known 1-based ``rank`` into the taste evidence."""
+    """One shown (or clicked) product at a known 1-based ``rank`` (and relevance ``x``, if logged) into the taste
+    evidence."""
     empty = not profile.taste
     decay, w, profile.taste_t = _advance(profile.taste_t, empty, ts, settings.taste_half_life)
     if decay != 1.0:
@@ -329,13 +325,14 @@ def _apply_taste(
             for v in values.values():
                 for i in range(len(v)):
                     v[i] *= decay
-    col = int(taste_bucket(rank)) + (TASTE_BUCKETS if clicked else 0)
+    cols = taste_columns(rank, clicked, x)
     for f, key in facet_keys(facets, row).items():
         values = profile.taste.setdefault(f, {})
         v = values.get(key)
         if v is None:
-            v = values[key] = [0.0] * (2 * TASTE_BUCKETS)
-        v[col] += w
+            v = values[key] = [0.0] * TASTE_WIDTH
+        for col, factor in cols:
+            v[col] += w * factor
         profile.taste[f] = cap_taste(values, EXPOSURE_CAP * settings.affinity_cap)
 
 
@@ -349,12 +346,14 @@ def apply_event(
     settings: ProfileSettings,
     rank: int = 0,
     shapes: bool = True,
+    relevance: float | None = None,
 ) -> bool:
     """Update ``profile`` in place with one event; returns False when the event changes nothing
     (an event type with no gain other than an impression).  An impression only adds exposure.  ``rank``: the
     1-based rank the product was shown at in the search the event belongs to (0: unknown); an impression or a
     click with a rank adds taste evidence (:mod:`engine.taste`).  ``shapes=False``: the event adds taste evidence
-    only (an impression below the search's deepest engagement under ``personal.exposure: examined``)."""
+    only (an impression below the search's deepest engagement under ``personal.exposure: examined``);
+    ``relevance``: the product's click log-odds as the search that showed it scored it (None or nan: not logged)."""
     gain = float(settings.gains.get(event, 0.0))
     if profile.groups_id != facets.groups_id:  # group codes of another dense build mean nothing here
         profile.affinities.pop("group", None)
@@ -362,7 +361,7 @@ def apply_event(
         profile.taste.pop("group", None)
         profile.groups_id = facets.groups_id
     if rank > 0 and event in ("impression", "click"):
-        _apply_taste(profile, facets, row, rank, event == "click", ts, settings)
+        _apply_taste(profile, facets, row, rank, event == "click", ts, settings, relevance)
     if not shapes:
         return rank > 0 and event in ("impression", "click")
     if event == "impression":

@@ -9,17 +9,8 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.profiles import (
-    EXPOSURE_CAP,
-    FACETS,
-    TASTE_BUCKETS,
-    Profile,
-    ProductFacets,
-    ProfileSettings,
-    cap_taste,
-    cap_values,
-    taste_bucket,
-)
+from engine.profiles import EXPOSURE_CAP, FACETS, Profile, ProductFacets, ProfileSettings, cap_values
+from engine.taste_counts import TASTE_BUCKETS, TASTE_WIDTH, cap_taste, taste_bucket, taste_row
 
 
 def _facet_sums(
@@ -78,12 +69,22 @@ def _fill_taste(
     clicked: np.ndarray,
     facets: ProductFacets,
     settings: ProfileSettings,
+    relevance: np.ndarray | None = None,
 ) -> None:
     """Taste evidence (:func:`engine.profiles._apply_taste` for every event at once): decayed impressions and
-    clicks per (user, facet value, rank bucket)."""
+    clicks per (user, facet value, rank bucket), and those with a logged ``relevance`` (finite) again with their
+    summed relevance (:data:`engine.taste_counts.TASTE_PARTS`)."""
     uniq, uidx, t_last, w = _decayed(users, ts, settings.taste_half_life)
-    width = 2 * TASTE_BUCKETS
-    col = taste_bucket(ranks) + TASTE_BUCKETS * clicked.astype(np.int64)
+    width = TASTE_WIDTH
+    k = clicked.astype(np.int64)
+    col = taste_bucket(ranks) + TASTE_BUCKETS * k
+    if relevance is not None:  # the events with an x count again in the x blocks: once, and weighted by x
+        x = np.asarray(relevance, dtype=np.float64)
+        has = np.isfinite(x)
+        b = col[has] - TASTE_BUCKETS * k[has]
+        col = np.concatenate([col, b + TASTE_BUCKETS * (2 + 2 * k[has]), b + TASTE_BUCKETS * (3 + 2 * k[has])])
+        uidx, rows = np.concatenate([uidx, uidx[has], uidx[has]]), np.concatenate([rows, rows[has], rows[has]])
+        w = np.concatenate([w, w[has], w[has] * x[has]])
     for i, u in enumerate(uniq):
         p = profiles.setdefault(str(u), Profile(groups_id=facets.groups_id))
         p.taste_t = float(t_last[i])
@@ -109,6 +110,7 @@ def build_profiles(
     event_names: Sequence[str],
     ranks: np.ndarray | None = None,
     shapes: np.ndarray | None = None,
+    relevance: np.ndarray | None = None,
 ) -> dict[str, Profile]:
     """Profiles of many users at once (bulk ingestion): the same numbers as applying their events one by one.
 
@@ -116,7 +118,8 @@ def build_profiles(
     parallel arrays.  Vectorized: decayed weights per event, then one sparse product for the centroids
     and one grouped sum per facet (engagement and, from impressions, exposure).  ``ranks``: each event's 1-based
     rank in its search (0: unknown) for the taste evidence; ``shapes``: which events shape the rest of the profile
-    (None: all), as :func:`engine.profiles.apply_event`'s arguments of the same names.
+    (None: all), ``relevance``: each event's logged click log-odds (nan: none; None: none at all), as
+    :func:`engine.profiles.apply_event`'s arguments of the same names.
     """
     import scipy.sparse as sp
 
@@ -129,7 +132,8 @@ def build_profiles(
         ev = (ranks > 0) & np.isin(events, codes)
         if ev.any():
             clicked = events[ev] == names.index("click") if "click" in names else np.zeros(int(ev.sum()), bool)
-            _fill_taste(profiles, users[ev], rows[ev], ts[ev], ranks[ev], clicked, facets, settings)
+            x = np.asarray(relevance, dtype=np.float64)[ev] if relevance is not None else None
+            _fill_taste(profiles, users[ev], rows[ev], ts[ev], ranks[ev], clicked, facets, settings, x)
     if shapes is not None:
         shapes = np.asarray(shapes, dtype=bool)
         users, rows, ts, events = users[shapes], rows[shapes], ts[shapes], events[shapes]
@@ -265,9 +269,10 @@ def _merge_taste(old: Profile, new: Profile, settings: ProfileSettings, drop: se
     a, b = 2.0 ** (-(t - old.taste_t) / hl), 2.0 ** (-(t - new.taste_t) / hl)
     out: dict[str, dict[str, list[float]]] = {}
     for f in set(old.taste) | set(new.taste):
-        vals = {} if f in drop else {k: [x * a for x in v] for k, v in old.taste.get(f, {}).items()}
+        vals = {} if f in drop else {k: [x * a for x in taste_row(v)] for k, v in old.taste.get(f, {}).items()}
         for k, v in new.taste.get(f, {}).items():
             cur = vals.get(k)
+            v = taste_row(v)
             vals[k] = [x * b for x in v] if cur is None else [x + y * b for x, y in zip(cur, v)]
         out[f] = cap_taste(vals, EXPOSURE_CAP * settings.affinity_cap)
     return out, t

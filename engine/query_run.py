@@ -116,6 +116,7 @@ class QueryRun:
                     res.rows[offset:depth],
                     res.scores[offset:depth],
                     res.lifted[offset:depth] if res.lifted is not None else None,
+                    res.relevance[offset:depth] if res.relevance is not None else None,
                 ),
                 notes[offset:depth] if notes else None,
                 first_rank=offset + 1,

@@ -21,7 +21,10 @@ value's log-likelihood at each θ of a grid is exact and linear in the counts:
     log L(θ) = Σ_k c_k log p_k(θ) + (n_k − c_k) log(1 − p_k(θ)),   p_k(θ) = e_k a_k(θ)
 
 and the posterior over θ follows from the facet's prior: a value seen twice moves little, one chosen again and
-again over others shown beside it moves a lot.
+again over others shown beside it moves a lot.  Where the searches logged how relevant each product was (the
+serving model's ``x = r(g)``, :mod:`engine.taste_counts`), those impressions and clicks count at their own mean
+``x`` per bucket and outcome, ``p_k(θ) = e_k σ(x̄ + θ)``, instead of the bucket's table: a click on a product
+the engine found a poor match is stronger evidence of a taste than one on its best match.
 
 **Ranking**: by the expected click chance of an examined product, ``E[σ(r(g) + Σ_f θ_f)]`` under the posteriors
 of the candidate's values (what the Bayes ranking ranks by) — relevance and taste on one scale,
@@ -38,7 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.profiles import FACETS, TASTE_BUCKETS, TASTE_EDGES, Profile, ProductFacets, taste_bucket
+from engine.profiles import FACETS, Profile, ProductFacets
+from engine.taste_counts import TASTE_BUCKETS, TASTE_EDGES, TASTE_WIDTH, taste_bucket, taste_row
 
 TASTE_FILE = "taste.json"
 RANK_EDGES = np.array((1, *TASTE_EDGES))  # bucket b holds ranks [edges[b], edges[b + 1]); the last 11 and deeper
@@ -51,9 +55,10 @@ rank_bucket = taste_bucket  # the bucket of 1-based ranks
 
 
 def evidence_rows(profile: Profile | None, facets: ProductFacets, rows: np.ndarray, now: float, half_life: float):
-    """``[len(rows), len(FACETS), 2 · N_BUCKETS]``: the profile's (shown, clicked) counts per rank bucket of each
-    candidate's facet values, decayed to ``now`` (zeros for values never shown, for -1 and without a profile)."""
-    out = np.zeros((len(rows), len(FACETS), 2 * N_BUCKETS))
+    """``[len(rows), len(FACETS), TASTE_WIDTH]``: the profile's evidence (:data:`engine.taste_counts.TASTE_PARTS`
+    per rank bucket) of each candidate's facet values, decayed to ``now`` (zeros for values never shown, for -1 and
+    without a profile)."""
+    out = np.zeros((len(rows), len(FACETS), TASTE_WIDTH))
     if profile is None or not profile.taste:
         return out
     decay = 2.0 ** (-max(now - profile.taste_t, 0.0) / half_life)
@@ -62,7 +67,7 @@ def evidence_rows(profile: Profile | None, facets: ProductFacets, rows: np.ndarr
         if not values or (f == "group" and profile.groups_id != facets.groups_id):
             continue
         keys = np.fromiter((int(k) for k in values), dtype=np.int64, count=len(values))
-        table = np.asarray(list(values.values()), dtype=np.float64) * decay
+        table = np.asarray([taste_row(v) for v in values.values()], dtype=np.float64) * decay
         order = np.argsort(keys)
         keys, table = keys[order], table[order]
         codes = np.asarray(facets.codes(f))[rows]
@@ -115,10 +120,31 @@ class TasteModel:
         return _interp(np.asarray(x, dtype=np.float64), self.logits, self.knots)
 
     def loglik(self, counts: np.ndarray) -> np.ndarray:
-        """``[..., len(GRID)]``: the log-likelihood of each value's evidence ``counts`` ``[..., 2 · N_BUCKETS]`` at
-        each θ of the grid, less its value at θ = 0 (impressions are never fewer than clicks)."""
-        n, c = counts[..., :N_BUCKETS], counts[..., N_BUCKETS:]
-        ll = np.concatenate([np.maximum(n, c), c], axis=-1) @ self._w
+        """``[..., len(GRID)]``: the log-likelihood of each value's evidence ``counts`` ``[..., TASTE_WIDTH]`` (or
+        the counts alone, ``[..., 2 · N_BUCKETS]``) at each θ of the grid, less its value at θ = 0.
+
+        Impressions and clicks with a logged relevance count at their mean ``x`` per bucket and outcome,
+        ``log(1 − e_k σ(x̄ + θ))`` and ``log(e_k σ(x̄ + θ))``; the rest through the bucket's table ``a_k(θ)``."""
+        B = N_BUCKETS
+        n, c = counts[..., :B], counts[..., B : 2 * B]
+        if counts.shape[-1] < TASTE_WIDTH or not counts[..., 2 * B :].any():
+            ll = np.concatenate([np.maximum(n, c), c], axis=-1) @ self._w
+            return ll - ll[..., [ZERO]]
+        m, s, m1, s1 = (counts[..., j * B : (j + 1) * B] for j in range(2, 6))
+        m1 = np.minimum(m1, c)
+        m0 = np.clip(m - m1, 0.0, np.maximum(n - c, 0.0))
+        s0 = np.where(m0 > 0, s - s1, 0.0)
+        u1 = c - m1  # clicks and non-clicks without an x: the table
+        u0 = np.maximum(n - c, 0.0) - m0
+        ll = np.concatenate([u0 + u1, u1], axis=-1) @ self._w
+        e = self.examination[:, None]
+        for mk, sk, clicked in ((m0, s0, False), (m1, s1, True)):
+            have = mk > 0
+            if not have.any():
+                continue
+            xbar = np.where(have, sk / np.where(have, mk, 1.0), 0.0)
+            p = np.clip(e / (1.0 + np.exp(-(xbar[..., None] + GRID))), 1e-9, 1.0 - 1e-9)  # [..., B, grid]
+            ll = ll + (mk[..., None] * (np.log(p) if clicked else np.log1p(-p))).sum(axis=-2)
         return ll - ll[..., [ZERO]]
 
     def theta(self, facet: str, counts: np.ndarray) -> np.ndarray:

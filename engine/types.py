@@ -63,6 +63,9 @@ class Hit:
     price: float | None = None
     rules: list[str] | None = None  # the merchandising rules that moved it (engine.rules)
     personalized: bool = False  # the shopper's history ranked it higher than it ranks for nobody
+    # the click log-odds the ranker's taste model read in its non-personal score: logged with the impression for
+    # the shoppers' taste evidence (engine.taste_counts), not part of the answer
+    relevance: float | None = None
 
     def to_dict(self) -> dict:
         d = {"product_id": self.product_id, "title": self.title, "score": self.score, "rank": self.rank}

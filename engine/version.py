@@ -390,12 +390,15 @@ class IndexVersion:
         return QueryRun(self, texts, k, offset, filters, mask, user_ids, personalize, variant).answer(explain)
 
     def hits(self, res: SearchResult, notes: list[dict] | None = None, first_rank: int = 1) -> list[Hit]:
-        p, lifted = self.products, res.lifted
+        p, lifted, x = self.products, res.lifted, res.relevance
         out = []
         for i, (r, s) in enumerate(zip(res.rows, res.scores)):
-            r, note = int(r), notes[i] if notes else None
+            r = int(r)
             up = bool(lifted[i]) if lifted is not None else False
-            out.append(Hit(p.ids[r], p.titles[r], float(s), first_rank + i, note, personalized=up, **p.columns(r)))
+            kw = {"personalized": up, "relevance": float(x[i]) if x is not None and np.isfinite(x[i]) else None}
+            out.append(
+                Hit(p.ids[r], p.titles[r], float(s), first_rank + i, notes[i] if notes else None, **kw, **p.columns(r))
+            )
         return out
 
     def query_many(self, texts: Sequence[str], k: int = 10) -> list[QueryResult]:

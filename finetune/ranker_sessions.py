@@ -47,6 +47,7 @@ class EventArrays:
     counted: np.ndarray | None = None  # per event: whether it counts in the product statistics (None: all)
     shapes_profile: np.ndarray | None = None  # per event: whether it shapes its user's profile (None: all)
     ranks: np.ndarray | None = None  # per event: its 1-based rank in its search (0: unknown; None: none known)
+    relevance: np.ndarray | None = None  # per event: the logged click log-odds of its product (nan: none logged)
 
     @classmethod
     def from_events(cls, events: Iterable, row_of: Mapping[str, int], exposure: str = "shown") -> "EventArrays":
@@ -65,6 +66,9 @@ class EventArrays:
                 *zip(*((e.user_id, e.query, e.event, e.product_id, e.timestamp) for e in kept))
             )
             out.ranks = np.asarray(ranks, dtype=np.int64)
+            x = [e.relevance for e in kept]
+            if any(v is not None for v in x):
+                out.relevance = np.array([np.nan if v is None else v for v in x], dtype=np.float64)
             if exposure == "examined":
                 out.shapes_profile = np.asarray(keep, dtype=bool)
         return out
@@ -149,8 +153,9 @@ class PointInTime:
             if p is None:
                 p = self.profiles[user] = Profile()
             event = EVENT_NAMES[ev.codes[i]]
+            x = float(ev.relevance[i]) if ev.relevance is not None else None
             apply_event(
-                p, self.facets, int(ev.rows[i]), ev.pids[i], event, float(ev.ts[i]), self.settings, rank, shapes
+                p, self.facets, int(ev.rows[i]), ev.pids[i], event, float(ev.ts[i]), self.settings, rank, shapes, x
             )
         self._next = max(self._next, end)
         return self.profiles

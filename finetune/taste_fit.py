@@ -122,7 +122,11 @@ def profile_evidence(profiles: dict, users: set | None = None) -> dict[str, np.n
 
 
 def fit_priors(model: TasteModel, evidence: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {f: fit_prior(model.loglik(ev)) for f, ev in evidence.items() if len(ev)}
+    """Each facet's prior, fitted on the values' counts alone (impressions and clicks per rank bucket, relevance
+    integrated out by the bucket's table): fitted on the likelihood that reads each logged relevance too, the
+    priors come out narrower and the lift on the simulated shoppers falls (docs/results.md, Personalization);
+    the relevance sharpens each shopper's posterior, where the ranking reads it."""
+    return {f: fit_prior(model.loglik(ev[..., : 2 * N_BUCKETS])) for f, ev in evidence.items() if len(ev)}
 
 
 def session_loglik(model: TasteModel, x: np.ndarray, bucket: np.ndarray, clicked: np.ndarray) -> np.ndarray:

@@ -163,7 +163,32 @@ def test_a_version_2_store_gets_impressions_and_event_links(tmp_path):
     assert cols[-3:] == ["search_id", "rank", "arm"]
     store.log_impressions([Impression("s1", 2.0, "a", "q", None, products=["P1"]).row()])
     assert Impression.from_row(store.impression("s1")).products == ["P1"]
-    assert store._con().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert store._con().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
+
+
+def test_a_version_3_store_gets_the_relevance_of_what_its_searches_showed(tmp_path):
+    path = tmp_path / "events.sqlite"
+    SQLiteEventStore(path).log_impressions([Impression("old", 1.0, "a", "q", None, products=["P1"]).row()])
+    con = sqlite3.connect(path)  # back to version 3: the impressions table without the relevance column
+    con.executescript("""
+        CREATE TABLE imp3 (search_id TEXT PRIMARY KEY, ts REAL NOT NULL, user TEXT, query TEXT NOT NULL,
+            searched TEXT, filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL,
+            versions TEXT, arm TEXT);
+        INSERT INTO imp3 SELECT search_id, ts, user, query, searched, filters, k, offset_, products, versions, arm
+            FROM impressions;
+        DROP TABLE impressions;
+        ALTER TABLE imp3 RENAME TO impressions;
+        UPDATE meta SET value = '3' WHERE key = 'schema_version';
+    """)
+    con.commit()
+    con.close()
+    store = SQLiteEventStore(path)
+    assert [r[1] for r in store._con().execute("PRAGMA table_info(impressions)")][-1] == "relevance"
+    assert Impression.from_row(store.impression("old")).relevance is None  # logged before: none
+    new = Impression("new", 2.0, "a", "q", None, products=["P1", "P2"], relevance=[-1.25, None])
+    store.log_impressions([new.row()])
+    assert Impression.from_row(store.impression("new")).relevance == [-1.25, None]
+    assert store._con().execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "4"
 
 
 def test_replicas_opening_a_new_postgres_store_at_once_do_not_collide(pg_dsn):

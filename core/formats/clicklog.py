@@ -38,6 +38,9 @@ class Event:
     product_id: str
     event: str
     timestamp: float  # Unix seconds, UTC
+    # how relevant the search that showed the product found it (its click log-odds), where the engine logged it;
+    # not a column of the click-log file
+    relevance: float | None = None
 
 
 def parse_timestamp(value) -> float:

@@ -34,6 +34,9 @@ class Impression:
     products: list[str] = field(default_factory=list)  # shown, in order (rank offset + 1 first)
     versions: dict = field(default_factory=dict)
     arm: str | None = None
+    # per shown product, the click log-odds the serving ranker's taste model read in it (None: none; a search
+    # logged without a taste model has none)
+    relevance: list[float | None] | None = None
 
     def row(self) -> tuple:
         """The store's row (:meth:`engine.events.store.EventStore.log_impressions`)."""
@@ -49,11 +52,14 @@ class Impression:
             json.dumps(self.products, ensure_ascii=False),
             json.dumps(self.versions, ensure_ascii=False, sort_keys=True),
             self.arm,
+            json.dumps([None if x is None else round(float(x), 4) for x in self.relevance])
+            if self.relevance is not None and any(x is not None for x in self.relevance)
+            else None,
         )
 
     @classmethod
     def from_row(cls, row) -> "Impression":
-        sid, ts, user, query, searched, filters, k, offset, products, versions, arm = row
+        sid, ts, user, query, searched, filters, k, offset, products, versions, arm, *rest = row
         return cls(
             sid,
             float(ts),
@@ -66,7 +72,14 @@ class Impression:
             json.loads(products),
             json.loads(versions) if versions else {},
             arm,
+            json.loads(rest[0]) if rest and rest[0] else None,
         )
+
+    def relevance_of(self, rank: int) -> float | None:
+        """The logged relevance of the product shown at 1-based ``rank`` (None: none logged)."""
+        j = rank - self.offset - 1
+        x = self.relevance
+        return x[j] if x is not None and 0 <= j < len(x) else None
 
     def rank_of(self, product_id: str) -> int:
         """The 1-based rank the product was shown at; :class:`EventError` naming ``product_id`` when this search

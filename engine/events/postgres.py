@@ -29,7 +29,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     user_key TEXT PRIMARY KEY, t DOUBLE PRECISION NOT NULL, version INTEGER NOT NULL, data BYTEA NOT NULL);
 CREATE TABLE IF NOT EXISTS impressions (
     search_id TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, user_key TEXT, query TEXT NOT NULL, searched TEXT,
-    filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL, versions TEXT, arm TEXT);
+    filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL, versions TEXT, arm TEXT,
+    relevance TEXT);
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user_key);
 CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
 CREATE TABLE IF NOT EXISTS product_stats (

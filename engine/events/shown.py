@@ -18,9 +18,10 @@ from engine.events.impressions import ANONYMOUS, Impression
 from engine.profiles_bulk import build_profiles, merge_stored
 
 
-def shown_rows(impressions: Sequence[Impression], row_of) -> tuple[list, list, list, list, list]:
-    """(user keys, product ids, rows, times, 1-based ranks) of the products ``impressions`` showed known users."""
-    users, pids, rows, ts, ranks = [], [], [], [], []
+def shown_rows(impressions: Sequence[Impression], row_of) -> tuple[list, list, list, list, list, list]:
+    """(user keys, product ids, rows, times, 1-based ranks, logged relevance or nan) of the products
+    ``impressions`` showed known users."""
+    users, pids, rows, ts, ranks, xs = [], [], [], [], [], []
     for imp in impressions:
         if not imp.user or imp.user.startswith(ANONYMOUS):
             continue
@@ -33,12 +34,14 @@ def shown_rows(impressions: Sequence[Impression], row_of) -> tuple[list, list, l
             rows.append(row)
             ts.append(imp.ts)
             ranks.append(imp.offset + j + 1)
-    return users, pids, rows, ts, ranks
+            x = imp.relevance_of(imp.offset + j + 1)
+            xs.append(np.nan if x is None else float(x))
+    return users, pids, rows, ts, ranks, xs
 
 
 def fold_shown(store, facets, settings, row_of, impressions: Sequence[Impression]) -> int:
     """Fold what ``impressions`` showed into their users' taste evidence in ``store``; returns how many products."""
-    users, pids, rows, ts, ranks = shown_rows(impressions, row_of)
+    users, pids, rows, ts, ranks, xs = shown_rows(impressions, row_of)
     if not users:
         return 0
     order = np.argsort(np.asarray(ts, dtype=np.float64), kind="stable")
@@ -54,6 +57,7 @@ def fold_shown(store, facets, settings, row_of, impressions: Sequence[Impression
         EVENTS,
         ranks=np.asarray(ranks, dtype=np.int64)[order],
         shapes=np.zeros(n, dtype=bool),
+        relevance=np.asarray(xs, dtype=np.float64)[order],
     )
     store.append_many([], [], [], [], [], merge_stored(store.profiles(new), new, settings), None)
     return n

@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS profiles (
     user TEXT PRIMARY KEY, t REAL NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS impressions (
     search_id TEXT PRIMARY KEY, ts REAL NOT NULL, user TEXT, query TEXT NOT NULL, searched TEXT,
-    filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL, versions TEXT, arm TEXT);
+    filters TEXT, k INTEGER NOT NULL, offset_ INTEGER NOT NULL, products TEXT NOT NULL, versions TEXT, arm TEXT,
+    relevance TEXT);
 CREATE INDEX IF NOT EXISTS impressions_user ON impressions (user);
 CREATE INDEX IF NOT EXISTS impressions_ts ON impressions (ts);
 CREATE TABLE IF NOT EXISTS product_stats (

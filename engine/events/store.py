@@ -13,7 +13,8 @@ from core.formats.clicklog import EVENTS
 from core.types import EcomsearchError
 from engine.profiles import Profile
 
-SCHEMA_VERSION = 3  # 2: events.credited (whether an event counts in the product statistics); 3: impressions
+# 2: events.credited (whether an event counts in the product statistics); 3: impressions; 4: impressions.relevance
+SCHEMA_VERSION = 4
 # (what each search showed) and events.search_id / rank / arm (the impression an event answers)
 KEY_ENV = "ECOMSEARCH_USER_KEY"
 DSN_ENV = "ECOMSEARCH_PG_DSN"  # wins over personal.dsn (keeps the password out of the config file)
@@ -100,13 +101,14 @@ def _sql(p: str, user: str) -> dict[str, str]:
         "event": f"INSERT INTO events ({user}, product, event, ts, query, credited, search_id, rank, arm) "
         f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
         "impression": f"INSERT INTO impressions (search_id, ts, {user}, query, searched, filters, k, offset_, "
-        f"products, versions, arm) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
+        f"products, versions, arm, relevance) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}) "
         "ON CONFLICT (search_id) DO NOTHING",
         "impression_get": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, versions, "
-        f"arm FROM impressions WHERE search_id = {p}",
+        f"arm, relevance FROM impressions WHERE search_id = {p}",
         # a time window of impressions, one page after (ts, search_id) at a time: streams any number of them
         "impression_page": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, versions, "
-        f"arm FROM impressions WHERE ts >= {p} AND ts < {p} AND (ts > {p} OR (ts = {p} AND search_id > {p})) "
+        f"arm, relevance FROM impressions WHERE ts >= {p} AND ts < {p} "
+        f"AND (ts > {p} OR (ts = {p} AND search_id > {p})) "
         f"ORDER BY ts, search_id LIMIT {p}",
         "linked": f"SELECT search_id, product, event, rank, ts, {user} FROM events WHERE search_id IN ({{ids}})",
         # the searches of an online experiment (arm set) and the ranks of the clicks answering them
@@ -121,7 +123,7 @@ def _sql(p: str, user: str) -> dict[str, str]:
         "searches": f"SELECT query, ts FROM impressions WHERE {user} = {p} ORDER BY ts DESC LIMIT {p}",
         # every logged search of one user (what a forget takes out of the query clicks; the user index)
         "user_impressions": f"SELECT search_id, ts, {user}, query, searched, filters, k, offset_, products, "
-        f"versions, arm FROM impressions WHERE {user} = {p} ORDER BY ts",
+        f"versions, arm, relevance FROM impressions WHERE {user} = {p} ORDER BY ts",
         # the credited engagements since a time, one page after (ts, id) at a time (trending)
         "since_page": f"SELECT id, product, event, ts FROM events WHERE credited = 1 AND event > 0 AND ts >= {p} "
         f"AND (ts > {p} OR (ts = {p} AND id > {p})) ORDER BY ts, id LIMIT {p}",
@@ -231,14 +233,14 @@ def _counts(pids: Sequence[str], codes: np.ndarray, credited: np.ndarray) -> lis
 def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
     """Record the schema version in a new store; bring an older store to this version (1 -> 2: every stored
     event credited, the product statistics recounted from the events, so they hold what forgetting can take
-    back; 2 -> 3: events get search_id, rank and arm, the impressions table is new); refuse a store another
-    schema version wrote."""
+    back; 2 -> 3: events get search_id, rank and arm, the impressions table is new; 3 -> 4: impressions get the
+    relevance of what they showed); refuse a store another schema version wrote."""
     row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     if row is None:
         con.execute(f"INSERT INTO meta VALUES ('schema_version', {placeholder})", (str(SCHEMA_VERSION),))
         return
     version = int(row[0])
-    if version not in (1, 2, SCHEMA_VERSION):
+    if version not in (1, 2, 3, SCHEMA_VERSION):
         raise EventError(f"{where}: event store schema version {row[0]}, this engine reads {SCHEMA_VERSION}; {hint}")
     if version == 1:
         con.execute("ALTER TABLE events ADD COLUMN credited SMALLINT NOT NULL DEFAULT 1")
@@ -251,6 +253,8 @@ def _stamp_schema(con, placeholder: str, where: str, hint: str) -> None:
     if version <= 2:  # the impressions table is created with the schema; events learn which one they answer
         for column in ("search_id TEXT", "rank INTEGER", "arm TEXT"):
             con.execute(f"ALTER TABLE events ADD COLUMN {column}")
+    if version == 3:  # (a store of version 2 or older creates the impressions table with the column)
+        con.execute("ALTER TABLE impressions ADD COLUMN relevance TEXT")
     if version != SCHEMA_VERSION:
         con.execute(f"UPDATE meta SET value = {placeholder} WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
     con.execute("CREATE INDEX IF NOT EXISTS events_search ON events (search_id)")  # the events of a search

@@ -228,6 +228,7 @@ class UserEvents:
         exposure: Sequence[tuple] = (),
         profile_mask: np.ndarray | None = None,
         ranks: Sequence[int] | None = None,
+        relevance: Sequence[float | None] | None = None,
     ) -> None:
         """Store already validated events (hashed users) and fold them into the users' profiles; ``links``: per
         event the (search id, rank, arm) of the impression it answers, or None.  Anonymous events (user key
@@ -236,7 +237,8 @@ class UserEvents:
         (:func:`engine.events.impressions.examined`), folded into their profiles as impressions, not stored.
         ``profile_mask``: which of the events shape profiles (None: all; every event is stored either way);
         ``ranks``: each event's 1-based rank in its search (0: unknown), the taste evidence's
-        (:mod:`engine.taste`; a click with a link takes the link's)."""
+        (:mod:`engine.taste`; a click with a link takes the link's), ``relevance`` its logged relevance there
+        (None: none)."""
         if len(users) == 0:
             return
         codes = np.fromiter((EVENT_CODE[e] for e in events), dtype=np.int64, count=len(events))
@@ -247,6 +249,7 @@ class UserEvents:
         for i, (link, e) in enumerate(zip(links or (), events)):
             if link is not None and link[1] is not None and e == "click":
                 p_ranks[i] = int(link[1])
+        p_x = np.array([np.nan if x is None else x for x in relevance or [None] * len(users)], dtype=np.float64)
         row_of = self.row_map()
         exposure = [(u, p, t) for u, p, t in exposure if p in row_of]
         if exposure:  # exposure adds no taste evidence: what the searches showed comes whole (log_impressions)
@@ -257,6 +260,7 @@ class UserEvents:
             p_ts = np.concatenate([p_ts, np.array([t for _, _, t in exposure], dtype=np.float64)])
             p_shapes = np.concatenate([p_shapes, np.ones(len(exposure), dtype=bool)])
             p_ranks = np.concatenate([p_ranks, np.zeros(len(exposure), dtype=np.int64)])
+            p_x = np.concatenate([p_x, np.full(len(exposure), np.nan)])
         order = np.argsort(p_ts, kind="stable")
         if links is not None:  # only an event answering a search can be anonymous: it builds no profile
             order = order[[not p_users[i].startswith(ANONYMOUS) for i in order]]
@@ -271,6 +275,7 @@ class UserEvents:
             EVENTS,
             ranks=p_ranks[order],
             shapes=p_shapes[order],
+            relevance=p_x[order],
         )
         with self._profile_lock:
             merged = merge_stored(self.store.profiles(new), new, self.settings)

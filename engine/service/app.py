@@ -263,6 +263,7 @@ def create_app(engine, watch: bool | None = None, keys: Keys | None = None):
                 [h.product_id for h in res.hits],
                 res.versions,
                 arm,
+                [h.relevance for h in res.hits],
             )
         except Exception:  # no usable event store (a bad file, a database down): the search is answered, not logged
             log.exception("the impression of a search could not be logged")

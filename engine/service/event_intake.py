@@ -66,16 +66,16 @@ def record_event_items(engine, impressions, items: list) -> dict:
             if imp is not None:
                 check_linked_event(event)
                 link = (imp.search_id, imp.rank_of(pid), imp.arm)  # rank_of: 422 when the search did not show it
-                query = imp.query
+                query, x = imp.query, imp.relevance_of(link[1])
             else:
-                link, query = (None, None, None), item.get("query")
+                link, query, x = (None, None, None), item.get("query"), None
         except EventError as e:
             field = re.search(r"field '(\w+)'", str(e))
             raise ApiError(422, f"{where}.{field.group(1)}" if field else where, str(e)) from None
         except PrivacyError as e:
             raise ApiError(403, "user_id", str(e)) from None
-        checked.append((user, pid, row, event, ts, query, link))
-    users, pids, rows, events, ts, queries, links = (list(col) for col in zip(*checked))
+        checked.append((user, pid, row, event, ts, query, link, x))
+    users, pids, rows, events, ts, queries, links, xs = (list(col) for col in zip(*checked))
     ev.append_bulk(
         users,
         pids,
@@ -85,6 +85,7 @@ def record_event_items(engine, impressions, items: list) -> dict:
         queries,
         links,
         exposure=linked_exposure(ev, seen, checked),
+        relevance=xs,
     )
     return {"recorded": len(checked)}
 
