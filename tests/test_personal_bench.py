@@ -202,3 +202,37 @@ def test_the_user_context_text_names_the_strongest_brands_and_price_band():
     assert ctx == "偏好: 品牌 漫步者 索尼; 价位 高"
     assert with_context("蓝牙耳机", ctx) == "蓝牙耳机 | 偏好: 品牌 漫步者 索尼; 价位 高"
     assert context_text(None, []) == "" and with_context("蓝牙耳机", "") == "蓝牙耳机"
+
+
+def test_the_simulated_log_carries_the_relevance_the_engine_served_each_product_at(world):
+    """What the service logs with an impression, given to the simulated shop's log: each impression and click
+    the serving ranker's r(g) of its product at the session's time; carts and purchases none."""
+    from engine.features import feature_matrix, timeline_ctr_popularity
+    from engine.profiles import ProfileSettings
+    from engine.ranker import Ranker
+    from eval.sim.served import served_relevance, share_logged
+    from finetune.ranker_sessions import EventArrays, PointInTime
+    from tests.test_taste import model_for_tests
+
+    eng, w = world
+    rng = np.random.default_rng(4)
+    users = shoppers.make_users(w, 30, rng)
+    log, _ = shoppers.simulate(w, users, 1.0, 30, 10, 4, rng, eng.products.ids)
+    row_of = eng.products.row_map()
+    settings = ProfileSettings.from_config(eng.cfg.personal)
+    pit = PointInTime(EventArrays.from_events(log.events, row_of), eng.facets(), settings)
+    ranker = Ranker.mix(0.5)
+    ranker.taste = model_for_tests()
+    events = served_relevance(eng, ranker, w, log, pit)
+    assert len(events) == len(log.events) and share_logged(events) == 1.0 and share_logged(log.events) == 0.0
+    assert all((e.relevance is not None) == (e.event in ("impression", "click")) for e in events)
+    s = log.sessions[len(log.sessions) // 2]
+    c = w.cands[s.query]
+    ctr, pop = timeline_ctr_popularity(pit.timeline, c.rows, s.t, eng.cfg.personal.ctr_prior)
+    x = ranker.taste.relevance_logit(ranker.score(feature_matrix(c, ctr, pop, None), 0.0, warm=False)[1])
+    got = {(e.product_id, e.timestamp): e.relevance for e in events if e.user_id == s.user and e.event == "impression"}
+    for pos, row in enumerate(s.shown):
+        assert got[eng.products.ids[row], s.t + pos] == pytest.approx(x[list(c.rows).index(row)])
+    # the profiles built from it count the relevance beside the ranks
+    prof = PointInTime(EventArrays.from_events(events, row_of), eng.facets(), settings).profiles_at(np.inf)[s.user]
+    assert any(sum(v[12:]) != 0 for vals in prof.taste.values() for v in vals.values())

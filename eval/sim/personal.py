@@ -37,6 +37,10 @@ it changes nothing when there is none.  The behaviour model:
 - **Training**: only sessions before the cut.  The ranker is trained exactly
   as `make finetune` trains it (:func:`finetune.ranker.train_ranker`, profiles
   and counts point-in-time); profiles for evaluation are those at the cut.
+  When it ships a taste model, the log is then given what the service would
+  have logged had that ranker served it — each impression's and click's
+  relevance (:mod:`eval.sim.served`) — and the ranker is trained again on it,
+  as a shop's next retrain reads its own traffic.
 - **Evaluation** on sessions after the cut: the user's judgments are drawn
   from the same click model without position bias (each candidate examined
   with probability 0.5), so neither ranking is favoured by what it showed;
@@ -83,6 +87,7 @@ from eval.sim.personal_eval import evaluate_sessions, summarize
 from eval.sim.personal_guard import guard
 from eval.sim.personal_report import write_report
 from core.cli import command, load
+from eval.sim.served import served_relevance, share_logged
 from eval.sim.shoppers import TASTES, World, build_world, make_users, simulate, HistoryPosterior
 
 
@@ -101,17 +106,27 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     exposure = args.exposure or settings.exposure
     pit = PointInTime(EventArrays.from_events(log.events, row_of, exposure), engine.facets(), settings)
     tcfg = engine.cfg.finetune.ranker
-    card = train_ranker(
-        engine,
-        log.sessions,
-        pit,
-        tcfg,
-        out_dir / f"ranker-{taste}",
-        cands=world.cands,
-        progress=progress,
-        description=f"simulated sessions before the cut, taste {taste}",
-    )
-    ranker = Ranker.load(out_dir / f"ranker-{taste}")
+
+    def train(pit, logged: str = ""):
+        card = train_ranker(
+            engine,
+            log.sessions,
+            pit,
+            tcfg,
+            out_dir / f"ranker-{taste}",
+            cands=world.cands,
+            progress=progress,
+            description=f"simulated sessions before the cut, taste {taste}{logged}",
+        )
+        return card, Ranker.load(out_dir / f"ranker-{taste}")
+
+    card, ranker = train(pit)
+    logged = 0.0
+    if ranker.taste is not None:  # the engine serves the log with it (and logs relevance), then learns again
+        log.events = served_relevance(engine, ranker, world, log, pit)
+        logged = share_logged(log.events)
+        pit = PointInTime(EventArrays.from_events(log.events, row_of, exposure), engine.facets(), settings)
+        card, ranker = train(pit, ", relevance logged")
     profiles = pit.profiles_at(cut)
     profile_of = lambda uid: p if (p := profiles.get(uid)) is not None and p.weight > 0 else None  # noqa: E731
     by_uid = {u.uid: u for u in users}
@@ -128,6 +143,7 @@ def run_taste(engine, world: World, taste: str, args, rng_seed: int, out_dir: Pa
     summary["train"] = {
         "events": len(log.events),
         "sessions": len(log.sessions),
+        "relevance_logged": round(logged, 3),
         "ranker_sessions": card["sessions"],
         "history_sessions_per_warm_user": round(float(per_user.mean()), 1) if len(per_user) else 0.0,
         "cut": cut,

@@ -128,7 +128,8 @@ def write_report(out: Path, payload: dict, context: dict) -> None:
             lines += [
                 "",
                 f"Ranker ({taste}): {payload[taste]['train']['ranker_sessions']} training sessions; "
-                "top features by gain: " + ", ".join(f"{k} {v:.0f}" for k, v in top),
+                f"relevance logged with {payload[taste]['train'].get('relevance_logged', 0.0):.0%} of the "
+                "impressions and clicks; top features by gain: " + ", ".join(f"{k} {v:.0f}" for k, v in top),
             ]
     (out / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
