@@ -42,13 +42,14 @@ def log_events():
     return sorted(ev, key=lambda e: e[3])
 
 
-def test_taste_evidence_counts_shown_and_clicked_by_rank_the_same_online_and_in_bulk():
-    facets, s = facets_of(), ProfileSettings(30.0, taste_half_life_days=365.0)
-    ev = log_events()
+def online_and_bulk(ev, facets, s):
+    """The profiles of ``ev`` ((user, row, event, time, rank, shapes[, relevance]) each) applied one event at a time
+    and in bulk, their taste evidence checked equal."""
     online: dict[str, Profile] = {}
-    for u, row, e, t, rank, shapes in ev:
-        apply_event(online.setdefault(u, Profile()), facets, row, f"P{row}", e, t, s, rank, shapes)
-    users, rows, codes, ts, ranks, shapes = zip(*((u, r, NAMES.index(e), t, k, sh) for u, r, e, t, k, sh in ev))
+    for u, row, e, t, rank, shapes, *x in ev:
+        apply_event(online.setdefault(u, Profile()), facets, row, f"P{row}", e, t, s, rank, shapes, *x)
+    users, rows, codes, ts, ranks, shapes = zip(*((u, r, NAMES.index(e), t, k, sh) for u, r, e, t, k, sh, *_ in ev))
+    xs = [np.nan if len(e) < 7 or e[6] is None else e[6] for e in ev]
     bulk = build_profiles(
         np.array(users),
         np.array(rows),
@@ -60,15 +61,23 @@ def test_taste_evidence_counts_shown_and_clicked_by_rank_the_same_online_and_in_
         NAMES,
         ranks=np.array(ranks),
         shapes=np.array(shapes),
+        relevance=np.array(xs),
     )
-    for u in ("u", "w"):
+    for u in online:
         a, b = online[u], bulk[u]
         assert a.taste_t == b.taste_t and a.taste.keys() == b.taste.keys()
         for f in a.taste:
             assert a.taste[f].keys() == b.taste[f].keys()
             for k in a.taste[f]:
-                np.testing.assert_allclose(a.taste[f][k], b.taste[f][k], rtol=1e-12)
+                np.testing.assert_allclose(a.taste[f][k], b.taste[f][k], rtol=1e-12, atol=1e-12)
         assert a.exposure_total == pytest.approx(b.exposure_total)
+    return online, bulk
+
+
+def test_taste_evidence_counts_shown_and_clicked_by_rank_the_same_online_and_in_bulk():
+    facets, s = facets_of(), ProfileSettings(30.0, taste_half_life_days=365.0)
+    ev = log_events()
+    online, _ = online_and_bulk(ev, facets, s)
     u = online["u"]
     # brand 2 (P2): shown once at rank 3 (bucket 2) and clicked there; P3, P4 below the click count as shown
     # for the taste, not as exposure; the search without a click counts too (P5..P7: brands 0, 1, 2)

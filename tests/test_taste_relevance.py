@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from engine.profiles import Profile, ProfileSettings, apply_event
-from engine.profiles_bulk import build_profiles, merge_profiles
+from engine.profiles_bulk import merge_profiles
 from engine.taste import GRID, N_BUCKETS, posterior_mean, rank_bucket
 from engine.taste_counts import TASTE_PARTS, TASTE_WIDTH, taste_columns
-from tests.test_taste import DAY, NAMES, T0, facets_of, log_events, model_for_tests
+from tests.test_taste import DAY, T0, facets_of, log_events, model_for_tests, online_and_bulk
 
-X = {"impression": -1.5, "click": -1.5}  # the relevance logged with the first search's impressions and click
+LOGGED = ("impression", "click")  # the events a search logs a relevance for
 
 
 def logged(ev):
     """``log_events`` with a relevance on the first day's impressions and clicks of user u (x = −1.5 − rank/10),
     none on the rest."""
-    return [(*e, -1.5 - e[4] / 10 if e[0] == "u" and e[3] < T0 + DAY and e[2] in X else None) for e in ev]
+    return [(*e, -1.5 - e[4] / 10 if e[0] == "u" and e[3] < T0 + DAY and e[2] in LOGGED else None) for e in ev]
 
 
 def block(v, part):
@@ -28,37 +28,14 @@ def block(v, part):
 def test_relevance_is_counted_per_rank_bucket_the_same_online_in_bulk_and_merged():
     facets, s = facets_of(), ProfileSettings(30.0, taste_half_life_days=365.0)
     ev = logged(log_events())
-    online: dict[str, Profile] = {}
-    for u, row, e, t, rank, shapes, x in ev:
-        apply_event(online.setdefault(u, Profile()), facets, row, f"P{row}", e, t, s, rank, shapes, x)
-    users, rows, codes, ts, ranks, shapes, xs = zip(
-        *((u, r, NAMES.index(e), t, k, sh, np.nan if x is None else x) for u, r, e, t, k, sh, x in ev)
-    )
-    bulk = build_profiles(
-        np.array(users),
-        np.array(rows),
-        [f"P{r}" for r in rows],
-        np.array(codes),
-        np.array(ts),
-        facets,
-        s,
-        NAMES,
-        ranks=np.array(ranks),
-        shapes=np.array(shapes),
-        relevance=np.array(xs),
-    )
-    for u in ("u", "w"):
-        for f in online[u].taste:
-            assert online[u].taste[f].keys() == bulk[u].taste[f].keys()
-            for k in online[u].taste[f]:
-                np.testing.assert_allclose(online[u].taste[f][k], bulk[u].taste[f][k], rtol=1e-12, atol=1e-12)
+    online, _ = online_and_bulk(ev, facets, s)
     u = online["u"]
     decay = 2.0 ** (-(DAY - 8) / s.taste_half_life)  # the first day's events, decayed to the last one
     brand2 = u.taste["brand"]["2"]  # P2 shown at rank 3 and clicked (x −1.8); P7 at rank 3 the next day (no x)
     b = rank_bucket(3)
     assert len(brand2) == TASTE_WIDTH
     assert block(brand2, "shown")[b] == pytest.approx(1.0 + 2.0 ** (-DAY / s.taste_half_life), rel=1e-9)
-    assert block(brand2, "shown_x")[b] == pytest.approx(2.0 ** (-(DAY - 0) / s.taste_half_life), rel=1e-9)
+    assert block(brand2, "shown_x")[b] == pytest.approx(2.0 ** (-DAY / s.taste_half_life), rel=1e-9)
     assert block(brand2, "sum_x")[b] == pytest.approx(-1.8 * 2.0 ** (-DAY / s.taste_half_life), rel=1e-9)
     assert block(brand2, "clicked_x")[b] == pytest.approx(decay, rel=1e-9)
     assert block(brand2, "sum_clicked_x")[b] == pytest.approx(-1.8 * decay, rel=1e-9)
