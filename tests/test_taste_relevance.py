@@ -2,6 +2,8 @@
 log-odds of a product, logged with the impression, counted per rank bucket beside the counts — the same online, in
 bulk, merged and from the impression log — and read by the taste model (engine.taste)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,46 @@ def test_the_final_ranking_returns_the_relevance_a_taste_model_read_in_each_hit(
     order = [int(np.flatnonzero(cand.rows == row)[0]) for row in res.rows]
     np.testing.assert_allclose(res.relevance, ranker.taste.relevance_logit(base[order]), rtol=1e-6)
     assert np.all(np.diff(res.relevance) <= 1e-6)  # best first
+
+
+def test_the_service_logs_each_hits_relevance_and_a_click_answering_the_search_counts_it(live_cfg, tmp_path):
+    """End to end: a ranker with a taste model serves a search; the impression holds each reranked hit's r(g) (the
+    hits' answer does not show it); a click sent with the search id folds that relevance into the taste evidence."""
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from engine.ranker import Ranker
+    from engine.search import SearchEngine
+    from engine.service import create_app
+    from engine.service.http import Keys
+
+    folder = tmp_path / "ranker-taste"
+    shutil.copytree(live_cfg.finetune.out_dir / "ranker", folder)  # what `make finetune` trained
+    ranker = Ranker.load(folder)
+    prior = np.exp(-0.5 * GRID**2)
+    ranker.taste = model_for_tests({"brand": prior / prior.sum()})
+    ranker.save(folder)
+    cfg = dataclasses.replace(live_cfg, rerank=dataclasses.replace(live_cfg.rerank, ranker=str(folder)))
+    eng = SearchEngine.from_config(cfg)
+    app = create_app(eng, watch=False, keys=Keys(admin="admin-secret-1"))
+    client = TestClient(app, raise_server_exceptions=False)
+    r = client.get("/search", params={"q": "蓝牙耳机", "k": 5, "user": "U3"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert all("relevance" not in h for h in body["hits"])
+    assert app.state.impressions.flush(10)
+    imp = eng.user_events().impression(body["search_id"])
+    xs = imp.relevance
+    assert xs is not None and len(xs) == 5 and all(x is not None and np.isfinite(x) for x in xs)
+    assert xs == sorted(xs, reverse=True) or any(h.get("personalized") for h in body["hits"])
+    pid = body["hits"][1]["product_id"]
+    click = {"search_id": body["search_id"], "product_id": pid, "event": "click", "user_id": "U3"}
+    r = client.post("/events", json=click)
+    assert r.status_code == 200, r.text
+    prof = eng.user_events().profile("U3")
+    brand = eng.facets().brand[eng.products.row_map()[pid]]
+    ev = prof.taste["brand"][str(int(brand))]
+    b = rank_bucket(2)
+    assert block(ev, "clicked_x")[b] == pytest.approx(1.0, rel=1e-3)
+    assert block(ev, "sum_clicked_x")[b] == pytest.approx(xs[1], abs=1e-3)
