@@ -53,13 +53,19 @@ class TasteRows:
         self.X.append(X[seen].astype(np.float32))  # compact: a big log's every shown product is kept
         self.rank.append(np.array([s.offset + where[int(r)] + 1 for r in rows], dtype=np.int64))
         self.clicked.append(np.array([s.gains.get(int(r), 0.0) > 0 for r in rows], dtype=bool))
-        self.evidence.append(evidence_rows(prof, self.facets, rows, s.t, self.half_life).astype(np.float16))
+        ev = evidence_rows(prof, self.facets, rows, s.t, self.half_life)
+        if not ev[..., 2 * N_BUCKETS :].any():  # no relevance logged: the counts alone (a third of the memory)
+            ev = ev[..., : 2 * N_BUCKETS]
+        self.evidence.append(ev.astype(np.float16))
         self.session.append(np.full(len(rows), i, dtype=np.int64))
         self.users[i] = s.user
 
     def arrays(self):
         cat = np.concatenate
-        return cat(self.X), cat(self.rank), cat(self.clicked), cat(self.evidence), cat(self.session)
+        width = max(e.shape[-1] for e in self.evidence)
+        pad = lambda e: e if e.shape[-1] == width else np.pad(e, ((0, 0), (0, 0), (0, width - e.shape[-1])))  # noqa: E731
+        ev = cat([pad(e) for e in self.evidence])
+        return cat(self.X), cat(self.rank), cat(self.clicked), ev, cat(self.session)
 
     def __len__(self) -> int:
         return sum(len(r) for r in self.rank)

@@ -190,3 +190,28 @@ def test_the_service_logs_each_hits_relevance_and_a_click_answering_the_search_c
     b = rank_bucket(2)
     assert block(ev, "clicked_x")[b] == pytest.approx(1.0, rel=1e-3)
     assert block(ev, "sum_clicked_x")[b] == pytest.approx(xs[1], abs=1e-3)
+
+
+def test_the_taste_fit_keeps_counts_alone_where_no_relevance_was_logged():
+    """A click log's replay (no relevance anywhere) keeps 12 numbers per value and row, not 36; sessions with and
+    without relevance line up, the former's relevance blocks zero."""
+    from types import SimpleNamespace
+
+    from engine.features import FEATURES
+    from finetune.taste_fit import TasteRows
+
+    facets, s = facets_of(), ProfileSettings(30.0)
+    rows = TasteRows(facets, s.taste_half_life)
+    profiles = {"a": Profile(), "b": Profile()}
+    for user, x in (("a", None), ("b", -1.0)):
+        apply_event(profiles[user], facets, 3, "P3", "impression", T0, s, 1, False, x)
+        apply_event(profiles[user], facets, 3, "P3", "click", T0 + 5, s, 1, True, x)
+    shown = [3, 8, 13]
+    X = np.zeros((3, len(FEATURES)))
+    for i, user in enumerate(("a", "b")):
+        sess = SimpleNamespace(user=user, t=T0 + DAY, shown=shown, offset=0, gains={3: 1.0})
+        rows(i, sess, SimpleNamespace(rows=np.array(shown)), X, SimpleNamespace(profiles=profiles))
+    assert [e.shape[-1] for e in rows.evidence] == [2 * N_BUCKETS, TASTE_WIDTH]
+    ev = rows.arrays()[3]
+    assert ev.shape == (6, 4, TASTE_WIDTH) and not ev[:3, :, 2 * N_BUCKETS :].any() and ev[3:, :, 2 * N_BUCKETS :].any()
+    np.testing.assert_array_equal(ev[:3, :, : 2 * N_BUCKETS], ev[3:, :, : 2 * N_BUCKETS])
