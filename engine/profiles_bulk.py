@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from engine.profiles import EXPOSURE_CAP, FACETS, Profile, ProductFacets, ProfileSettings, cap_values
-from engine.taste_counts import TASTE_BUCKETS, TASTE_WIDTH, cap_taste, taste_bucket, taste_row
+from engine.taste_counts import TASTE_WIDTH, cap_taste, taste_cols, taste_row
 
 
 def _facet_sums(
@@ -76,13 +76,11 @@ def _fill_taste(
     summed relevance (:data:`engine.taste_counts.TASTE_PARTS`)."""
     uniq, uidx, t_last, w = _decayed(users, ts, settings.taste_half_life)
     width = TASTE_WIDTH
-    k = clicked.astype(np.int64)
-    col = taste_bucket(ranks) + TASTE_BUCKETS * k
+    col, col_x, col_sum = taste_cols(ranks, clicked)
     if relevance is not None:  # the events with an x count again in the x blocks: once, and weighted by x
         x = np.asarray(relevance, dtype=np.float64)
         has = np.isfinite(x)
-        b = col[has] - TASTE_BUCKETS * k[has]
-        col = np.concatenate([col, b + TASTE_BUCKETS * (2 + 2 * k[has]), b + TASTE_BUCKETS * (3 + 2 * k[has])])
+        col = np.concatenate([col, col_x[has], col_sum[has]])
         uidx, rows = np.concatenate([uidx, uidx[has], uidx[has]]), np.concatenate([rows, rows[has], rows[has]])
         w = np.concatenate([w, w[has], w[has] * x[has]])
     for i, u in enumerate(uniq):

@@ -42,7 +42,15 @@ from pathlib import Path
 import numpy as np
 
 from engine.profiles import FACETS, Profile, ProductFacets
-from engine.taste_counts import TASTE_BUCKETS, TASTE_EDGES, TASTE_WIDTH, taste_bucket, taste_row
+from engine.taste_counts import (
+    COUNTS_WIDTH,
+    TASTE_BUCKETS,
+    TASTE_EDGES,
+    TASTE_WIDTH,
+    taste_bucket,
+    taste_parts,
+    taste_row,
+)
 
 TASTE_FILE = "taste.json"
 RANK_EDGES = np.array((1, *TASTE_EDGES))  # bucket b holds ranks [edges[b], edges[b + 1]); the last 11 and deeper
@@ -125,12 +133,11 @@ class TasteModel:
 
         Impressions and clicks with a logged relevance count at their mean ``x`` per bucket and outcome,
         ``log(1 − e_k σ(x̄ + θ))`` and ``log(e_k σ(x̄ + θ))``; the rest through the bucket's table ``a_k(θ)``."""
-        B = N_BUCKETS
-        n, c = counts[..., :B], counts[..., B : 2 * B]
-        if counts.shape[-1] < TASTE_WIDTH or not counts[..., 2 * B :].any():
+        n, c = counts[..., :N_BUCKETS], counts[..., N_BUCKETS:COUNTS_WIDTH]
+        if counts.shape[-1] < TASTE_WIDTH or not counts[..., COUNTS_WIDTH:].any():
             ll = np.concatenate([np.maximum(n, c), c], axis=-1) @ self._w
             return ll - ll[..., [ZERO]]
-        m, s, m1, s1 = (counts[..., j * B : (j + 1) * B] for j in range(2, 6))
+        _, _, m, s, m1, s1 = taste_parts(counts)
         m1 = np.minimum(m1, c)
         m0 = np.clip(m - m1, 0.0, np.maximum(n - c, 0.0))
         s0 = np.where(m0 > 0, s - s1, 0.0)

@@ -13,6 +13,7 @@ TASTE_EDGES = (2, 3, 4, 6, 11)
 # their summed x, clicks with an x, their summed x (one block of TASTE_BUCKETS each, in this order)
 TASTE_PARTS = ("shown", "clicked", "shown_x", "sum_x", "clicked_x", "sum_clicked_x")
 TASTE_WIDTH = len(TASTE_PARTS) * TASTE_BUCKETS
+COUNTS_WIDTH = 2 * TASTE_BUCKETS  # shown and clicked: all a value's evidence holds where no relevance was logged
 
 
 def taste_row(v: list[float]) -> list[float]:
@@ -21,15 +22,26 @@ def taste_row(v: list[float]) -> list[float]:
     return v if len(v) >= TASTE_WIDTH else list(v) + [0.0] * (TASTE_WIDTH - len(v))
 
 
+def taste_cols(rank, clicked):
+    """(count column, count-with-x column, x-sum column) of impressions (``clicked`` false) or clicks at 1-based
+    ``rank`` — ints or arrays alike (the one place the layout of :data:`TASTE_PARTS` is spelled)."""
+    b = taste_bucket(rank)
+    k = np.asarray(clicked, dtype=np.int64)
+    return b + TASTE_BUCKETS * k, b + TASTE_BUCKETS * (2 + 2 * k), b + TASTE_BUCKETS * (3 + 2 * k)
+
+
 def taste_columns(rank, clicked, x=None):
     """The evidence columns an impression (or a click) at 1-based ``rank`` adds to, with its weight's factor:
     ``[(column, factor)]`` — its count, and with a finite relevance ``x`` its count with x and its x."""
-    b = int(taste_bucket(rank))
-    k = 1 if clicked else 0
-    out = [(b + k * TASTE_BUCKETS, 1.0)]
-    if x is not None and np.isfinite(x):
-        out += [(b + (2 + 2 * k) * TASTE_BUCKETS, 1.0), (b + (3 + 2 * k) * TASTE_BUCKETS, float(x))]
-    return out
+    n, nx, sx = (int(c) for c in taste_cols(rank, bool(clicked)))
+    if x is None or not np.isfinite(x):
+        return [(n, 1.0)]
+    return [(n, 1.0), (nx, 1.0), (sx, float(x))]
+
+
+def taste_parts(a: np.ndarray) -> tuple:
+    """The :data:`TASTE_PARTS` blocks (``[..., TASTE_BUCKETS]`` each) of evidence ``a`` ``[..., TASTE_WIDTH]``."""
+    return tuple(a[..., j * TASTE_BUCKETS : (j + 1) * TASTE_BUCKETS] for j in range(len(TASTE_PARTS)))
 
 
 def taste_bucket(rank):
@@ -41,5 +53,5 @@ def cap_taste(values: dict[str, list[float]], cap: int) -> dict[str, list[float]
     """The ``cap`` values with the most impressions and clicks in all (ties by key)."""
     if len(values) <= cap:
         return values
-    keep = sorted(values.items(), key=lambda kv: (-sum(kv[1][: 2 * TASTE_BUCKETS]), kv[0]))[:cap]
+    keep = sorted(values.items(), key=lambda kv: (-sum(kv[1][:COUNTS_WIDTH]), kv[0]))[:cap]
     return dict(keep)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.profiles import FACETS
+from engine.taste_counts import COUNTS_WIDTH
 from engine.taste import GRID, N_BUCKETS, ZERO, TasteModel, evidence_rows, fit_prior, rank_bucket
 
 N_KNOTS = 8
@@ -54,8 +55,8 @@ class TasteRows:
         self.rank.append(np.array([s.offset + where[int(r)] + 1 for r in rows], dtype=np.int64))
         self.clicked.append(np.array([s.gains.get(int(r), 0.0) > 0 for r in rows], dtype=bool))
         ev = evidence_rows(prof, self.facets, rows, s.t, self.half_life)
-        if not ev[..., 2 * N_BUCKETS :].any():  # no relevance logged: the counts alone (a third of the memory)
-            ev = ev[..., : 2 * N_BUCKETS]
+        if not ev[..., COUNTS_WIDTH:].any():  # no relevance logged: the counts alone (a third of the memory)
+            ev = ev[..., :COUNTS_WIDTH]
         self.evidence.append(ev.astype(np.float16))
         self.session.append(np.full(len(rows), i, dtype=np.int64))
         self.users[i] = s.user
@@ -132,7 +133,7 @@ def fit_priors(model: TasteModel, evidence: dict[str, np.ndarray]) -> dict[str, 
     integrated out by the bucket's table): fitted on the likelihood that reads each logged relevance too, the
     priors come out narrower and the lift on the simulated shoppers falls (docs/results.md, Personalization);
     the relevance sharpens each shopper's posterior, where the ranking reads it."""
-    return {f: fit_prior(model.loglik(ev[..., : 2 * N_BUCKETS])) for f, ev in evidence.items() if len(ev)}
+    return {f: fit_prior(model.loglik(ev[..., :COUNTS_WIDTH])) for f, ev in evidence.items() if len(ev)}
 
 
 def session_loglik(model: TasteModel, x: np.ndarray, bucket: np.ndarray, clicked: np.ndarray) -> np.ndarray:

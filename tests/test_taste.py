@@ -102,15 +102,20 @@ def test_taste_evidence_counts_shown_and_clicked_by_rank_the_same_online_and_in_
     assert merged.taste_t == u.taste_t
 
 
-def test_a_logged_search_folds_what_it_showed_and_a_linked_click_its_rank(tmp_path):
+def shopper_events(tmp_path):
+    """(an event store over ``facets_of()``'s products, the key of one shopper, an hour ago)."""
     from engine.events import SQLiteEventStore, UserEvents
-    from engine.events.impressions import Impression
 
     facets = facets_of()
     ids = [f"P{i}" for i in range(len(facets))]
     ev = UserEvents(SQLiteEventStore(tmp_path / "e.sqlite"), facets, ids, ProfileSettings(30.0), "key", 3650.0)
-    key = ev.user_key("shopper", for_write=True)
-    t = ev.clock() - 3600
+    return ev, ev.user_key("shopper", for_write=True), ev.clock() - 3600
+
+
+def test_a_logged_search_folds_what_it_showed_and_a_linked_click_its_rank(tmp_path):
+    from engine.events.impressions import Impression
+
+    ev, key, t = shopper_events(tmp_path)
     shown = ["P0", "P1", "P2", "P3", "P4", "P5"]
     ev.log_impressions(
         [
@@ -273,14 +278,9 @@ def test_a_shoppers_clicks_and_the_impression_log_folding_their_searches_lose_no
     shopper's clicks: neither overwrites the other."""
     import threading
 
-    from engine.events import SQLiteEventStore, UserEvents
     from engine.events.impressions import Impression
 
-    facets = facets_of()
-    ids = [f"P{i}" for i in range(len(facets))]
-    ev = UserEvents(SQLiteEventStore(tmp_path / "e.sqlite"), facets, ids, ProfileSettings(30.0), "key", 3650.0)
-    key = ev.user_key("shopper", for_write=True)
-    t = ev.clock() - 3600
+    ev, key, t = shopper_events(tmp_path)
     n = 40
 
     def searches():

@@ -11,7 +11,7 @@ from engine.profiles import Profile, ProfileSettings, apply_event
 from engine.profiles_bulk import merge_profiles
 from engine.taste import GRID, N_BUCKETS, posterior_mean, rank_bucket
 from engine.taste_counts import TASTE_PARTS, TASTE_WIDTH, taste_columns
-from tests.test_taste import DAY, T0, facets_of, log_events, model_for_tests, online_and_bulk
+from tests.test_taste import DAY, T0, facets_of, log_events, model_for_tests, online_and_bulk, shopper_events
 
 LOGGED = ("impression", "click")  # the events a search logs a relevance for
 
@@ -95,14 +95,9 @@ def test_a_click_on_a_product_the_engine_found_a_poor_match_says_more_of_a_taste
 
 
 def test_the_impression_log_carries_relevance_into_the_profile_and_to_a_linked_click(tmp_path):
-    from engine.events import SQLiteEventStore, UserEvents
     from engine.events.impressions import Impression
 
-    facets = facets_of()
-    ids = [f"P{i}" for i in range(len(facets))]
-    ev = UserEvents(SQLiteEventStore(tmp_path / "e.sqlite"), facets, ids, ProfileSettings(30.0), "key", 3650.0)
-    key = ev.user_key("shopper", for_write=True)
-    t = ev.clock() - 3600
+    ev, key, t = shopper_events(tmp_path)
     shown = ["P0", "P1", "P2", "P5"]
     imp = Impression("s1", t, key, "q", "q", products=shown, relevance=[-0.5, None, -2.0, -1.0])
     ev.log_impressions([imp])
