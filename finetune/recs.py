@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         from engine import forgotten
         from engine.search import SearchEngine
         from finetune import recs_guard
+        from finetune.inputs import is_clicklog
 
         cfg = load(args)
         engine = SearchEngine.from_config(cfg, load_models=False)
@@ -155,6 +156,13 @@ def main(argv: list[str] | None = None) -> int:
             if train is None or not Path(train).is_file():
                 print(f"error: {cfg.source}: finetune.train ({train}) is not a file; use --from-store", file=sys.stderr)
                 return 2
+            if not is_clicklog(Path(train), cfg.finetune.format):
+                # judged pairs (WenTian, Home Depot) hold no shoppers: nothing to learn recommendations from
+                print(
+                    f"{cfg.source}: finetune.train ({train}) holds judged pairs, not shoppers' events: no "
+                    "recommendation models built from it (`make retrain` builds them from the event store)"
+                )
+                return 0
             src = events_of_log(Path(train), products.row_map())
             where = str(train)
             if gone:  # the log keeps users the store forgot: leave them out (their ids hashed as the store does)

@@ -165,6 +165,27 @@ def test_a_build_the_guard_refuses_leaves_the_serving_models(job_cfg, trained, d
     assert main(["--config", str(bad), "--force"]) == 0
 
 
+def test_judged_pairs_build_no_recommendations_and_do_not_fail_the_job(job_cfg, trained, tmp_path, capsys):
+    """`make finetune` on WenTian or Home Depot (judged pairs, no shoppers) ends with this step: it says why it
+    builds nothing, leaves no models, and succeeds; a missing file is still an error."""
+    import dataclasses
+
+    from core.config import write_config
+    from finetune.recs import main
+
+    judged = tmp_path / "judged.tsv"
+    judged.write_text("query\tpid\trelevance\nphone\tp1\t3\n", encoding="utf-8")
+    recs_cfg = RecsConfig(models=tmp_path / "recs")
+    ft = dataclasses.replace(job_cfg.finetune, train=judged)
+    cfg = write_config(dataclasses.replace(job_cfg, recs=recs_cfg, finetune=ft), tmp_path / "judged.yaml")
+    assert main(["--config", str(cfg)]) == 0
+    assert "judged pairs" in capsys.readouterr().out
+    assert not (tmp_path / "recs").exists()
+    ft = dataclasses.replace(job_cfg.finetune, train=tmp_path / "missing.tsv")
+    gone = write_config(dataclasses.replace(job_cfg, recs=recs_cfg, finetune=ft), tmp_path / "gone.yaml")
+    assert main(["--config", str(gone)]) == 2
+
+
 def test_the_guard_scores_a_seeded_sample_of_a_large_stores_cases(job_cfg, trained, demo_dir):
     from engine.search import SearchEngine
     from finetune import recs_guard
