@@ -9,8 +9,10 @@ import dataclasses
 
 import numpy as np
 
-# how long after the impression the simulator logs each event of a shown product (:func:`eval.sim.shoppers.simulate`)
-AFTER = {"impression": 0.0, "click": 5.0}
+from eval.sim.shoppers import LAG
+
+# the events that carry the relevance served with the impression, and how long after it the simulator logs them
+AFTER = {e: LAG[e] for e in ("impression", "click")}
 
 
 def served_relevance(engine, ranker, world, log, pit) -> list:

@@ -16,6 +16,9 @@ DAY = 86400.0
 START = 1_767_225_600.0  # 2026-01-01
 TASTES = {"none": 0.0, "medium": 1.0, "strong": 2.0}
 EVENTS = ("impression", "click", "add_to_cart", "purchase")
+# seconds after its impression each event of a shown product is logged (the product at position p is shown p
+# seconds into its session)
+LAG = {"impression": 0.0, "click": 5.0, "add_to_cart": 30.0, "purchase": 120.0}
 EXAMINE = 1.0 / (1.0 + np.arange(10)) ** 0.6  # the chance a user looks at each of the 10 shown positions
 
 
@@ -193,13 +196,13 @@ def simulate(
                 log.events.append(Event(user.uid, q, pid, "impression", ts))
                 sess.shown.append(row)
                 if rng.random() < EXAMINE[pos] * p_click[j]:
-                    log.events.append(Event(user.uid, q, pid, "click", ts + 5))
+                    log.events.append(Event(user.uid, q, pid, "click", ts + LAG["click"]))
                     g = 1.0
                     if rng.random() < p_cart[j]:
-                        log.events.append(Event(user.uid, q, pid, "add_to_cart", ts + 30))
+                        log.events.append(Event(user.uid, q, pid, "add_to_cart", ts + LAG["add_to_cart"]))
                         g = 2.0
                         if rng.random() < 0.5:
-                            log.events.append(Event(user.uid, q, pid, "purchase", ts + 120))
+                            log.events.append(Event(user.uid, q, pid, "purchase", ts + LAG["purchase"]))
                             g = 3.0
                     sess.gains[row] = max(sess.gains.get(row, 0.0), g)
             log.sessions.append(sess)
