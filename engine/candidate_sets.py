@@ -15,6 +15,7 @@ import numpy as np
 from engine.features import Candidates
 from engine.text_match import text_match
 from engine.types import RERANK_FIRST_STAGES
+from core.types import SearchResult
 from core.config import RerankConfig
 
 
@@ -23,7 +24,9 @@ def score_candidate_sets(
 ) -> list[Candidates]:
     """:class:`Candidates` per query from :func:`engine.first_stages.stage_candidates`'s ``both``, with
     cross-encoder scores (``score_pairs(queries, titles)``) of all queries' pairs in one run, and their
-    text-match features (:func:`engine.text_match.text_match` over ``bm25``, the BM25 index)."""
+    text-match features (:func:`engine.text_match.text_match` over ``bm25``, the BM25 index).  The stage scores
+    and ranks are looked up in each stage's top ``r.lookup_depth`` where set (``both``'s full lists must be at least
+    that long: :meth:`engine.version.IndexVersion.candidate_sets` asks for them), else in the top ``r.depth``."""
     titles = bm25.products.titles
     pair_q = [t for t, (c, _, _) in zip(texts, both) for _ in range(len(c.rows))]
     pair_t = titles.take(row for c, _, _ in both for row in c.rows)
@@ -33,8 +36,12 @@ def score_candidate_sets(
         timings["cross_encoder"] = (time.perf_counter() - t0) * 1000
         timings["pairs"] = len(pair_q)
     out, start = [], 0
+    deep = r.lookup_depth or r.depth
     for text, (fused, top, lists) in zip(texts, both):
-        cand = Candidates.from_stages(fused, top, lists, RERANK_FIRST_STAGES, r.first_stage, r.depth)
+        # stage scores looked up in the top `lookup_depth` of each list, never deeper: the features must not
+        # depend on how deep a request asked (a long result page fetches longer lists)
+        seen = top if not r.lookup_depth else [SearchResult(x.rows[:deep], x.scores[:deep]) for x in lists]
+        cand = Candidates.from_stages(fused, seen, lists, RERANK_FIRST_STAGES, r.first_stage, deep)
         cand.query = text
         cand.ce = ce[start : start + len(cand.rows)].astype(np.float64)
         cand.match = text_match(bm25, text, cand.rows)

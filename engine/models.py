@@ -262,6 +262,13 @@ class VersionModels:
                 f"{ranker.card['cross_encoder'].get('path')}, not on rerank.model {self.cfg.rerank.model}; "
                 "retrain it with `make finetune` (python -m finetune --stages ranker)"
             )
+        lookup = ranker.card.get("candidates", {}).get("lookup_depth", 0)  # rankers from before it: 0
+        if lookup != self.cfg.rerank.lookup_depth:
+            raise ModelMismatchError(
+                f"ranker {path} learnt from stage scores looked up {lookup or 'rerank.depth'} deep, not "
+                f"rerank.lookup_depth {self.cfg.rerank.lookup_depth}; retrain it with `make finetune` "
+                "(python -m finetune --stages ranker)"
+            )
         return ranker
 
     # -- what answers ------------------------------------------------------------------------------------------

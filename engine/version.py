@@ -277,7 +277,7 @@ class IndexVersion:
         """Per query: the reranked candidates (union of the bm25 and dense top ``rerank.depth``) with their
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
-        both = self.stage_candidates(texts, mask, deep=deep, timings=timings)
+        both = self.stage_candidates(texts, mask, deep=max(deep, self.cfg.rerank.lookup_depth), timings=timings)
         return score_candidate_sets(texts, both, self.bm25, self.score_pairs, self.cfg.rerank, timings)
 
     def cached_candidate_sets(

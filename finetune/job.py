@@ -365,6 +365,7 @@ def run_job(
             data.source,
             len(data.train),
             cfg.rerank.depth,
+            *([cfg.rerank.lookup_depth] if cfg.rerank.lookup_depth else []),  # the features' values change with it
             _model_hash(cfg.rerank.model, cfg.root),
         )
         summary["models"]["ranker"] = _stage(

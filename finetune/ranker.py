@@ -116,6 +116,13 @@ def cross_encoder_card(engine) -> dict:
     return {"path": str(ce.path), "fingerprint": ce.fingerprint()}
 
 
+def candidates_card(engine) -> dict:
+    """How the candidates a ranker learnt from were gathered (the engine refuses a ranker whose stage scores were
+    looked up otherwise: ``rerank.lookup_depth``)."""
+    r = engine.cfg.rerank
+    return {"depth": r.depth, "lookup_depth": r.lookup_depth, "first_stage": r.first_stage}
+
+
 def fit_ranker(
     engine,
     data: Dataset,
@@ -185,6 +192,7 @@ def fit_ranker(
         "point_in_time": "profiles and product counts from events strictly before each session",
     }
     card["cross_encoder"] = cross_encoder_card(engine)
+    card["candidates"] = candidates_card(engine)
     if check is not None:
         card["personal_check"] = check
     if h is not None:

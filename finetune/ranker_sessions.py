@@ -209,9 +209,8 @@ def _candidates_key(engine) -> str:
     builds = [engine.bm25.manifest.get("build_id")]
     builds += [engine.dense_stage(s)[1].manifest.get("build_id") for s in RERANK_FIRST_STAGES if s != "bm25"]
     deleted = int(engine.live.size - engine.live.sum()) if engine.live is not None else 0
-    return settings_hash(
-        builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates, ce.fingerprint() or str(r.model)
-    )
+    parts = [builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates, ce.fingerprint() or str(r.model)]
+    return settings_hash(*parts, *([f"lookup{r.lookup_depth}"] if r.lookup_depth else []))
 
 
 def session_features(

@@ -60,7 +60,7 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
     from finetune.click_model import fit_pbm
     from finetune.logged import click_rows
     from finetune.promote import promote as swap_in, staging_folder
-    from finetune.ranker import cross_encoder_card, fit_ranker
+    from finetune.ranker import candidates_card, cross_encoder_card, fit_ranker
     from finetune.ranker_delta import fit_on_top, group_scores
     from finetune.ranker_sessions import PointInTime, build_dataset, candidate_cache
     from finetune.retrain_data import read_sessions, store_events
@@ -128,7 +128,11 @@ def run_retrain(cfg: Config, until: float | None = None, promote: bool = True, p
         if served
         else Ranker.mix(
             cfg.rerank.weight,
-            {"model": f"the z-score mix, weight {cfg.rerank.weight}", "cross_encoder": cross_encoder_card(engine)},
+            {
+                "model": f"the z-score mix, weight {cfg.rerank.weight}",
+                "cross_encoder": cross_encoder_card(engine),
+                "candidates": candidates_card(engine),
+            },
         )
     )
     methods = DEBIAS_METHODS if rc.debias == "auto" else (rc.debias,)

@@ -61,6 +61,10 @@ class RerankConfig:
     model: str | None = None
     # candidates each first stage (bm25, dense) hands the cross-encoder; their union is reranked
     depth: int = 50
+    # the stage scores and ranks the final ranker reads are looked up this deep in each first stage's list (a
+    # bm25-only candidate's dense cosine, a dense-only one's BM25 score), not only in the top `depth` that chose
+    # the candidates; 0: only there (an absent candidate gets the list's lowest score and rank depth + 1)
+    lookup_depth: int = 0
     # combined score = weight * z(cross-encoder) + (1 - weight) * z(first stage); 1.0: cross-encoder alone
     weight: float = 0.5
     # the first-stage score: rrf (reciprocal rank fusion) or scores (mean of the stages' standardized raw scores)
