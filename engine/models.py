@@ -244,6 +244,7 @@ class VersionModels:
                     old = self._previous.candidate_model if self._previous is not None else None
                     ranker = old[0] if old is not None and old[0].signature == Ranker.file_signature(p) else None
                     ranker = ranker or Ranker.load(p)
+                    self._check_lookup(ranker, p)
                     self.candidate_model = (ranker, self._query_clicks_of(ranker))
         return self.candidate_model
 
@@ -262,6 +263,11 @@ class VersionModels:
                 f"{ranker.card['cross_encoder'].get('path')}, not on rerank.model {self.cfg.rerank.model}; "
                 "retrain it with `make finetune` (python -m finetune --stages ranker)"
             )
+        self._check_lookup(ranker, path)
+        return ranker
+
+    def _check_lookup(self, ranker, path: Path) -> None:
+        """Refuse a ranker whose stage-score features were looked up at another ``rerank.lookup_depth``."""
         lookup = ranker.card.get("candidates", {}).get("lookup_depth", 0)  # rankers from before it: 0
         if lookup != self.cfg.rerank.lookup_depth:
             raise ModelMismatchError(
@@ -269,7 +275,6 @@ class VersionModels:
                 f"rerank.lookup_depth {self.cfg.rerank.lookup_depth}; retrain it with `make finetune` "
                 "(python -m finetune --stages ranker)"
             )
-        return ranker
 
     # -- what answers ------------------------------------------------------------------------------------------
     def loaded(self) -> tuple:

@@ -62,3 +62,10 @@ def test_a_ranker_is_served_only_with_the_lookup_it_learnt_from(live_cfg):
     assert _engine(live_cfg, 4, 0, ranker=ranker).query("手机壳", k=5).hits
     with pytest.raises(ModelMismatchError, match="lookup_depth 40"):
         _engine(live_cfg, 4, 40, ranker=ranker).query("手机壳", k=5)
+    # the online experiment's candidate ranker is held to the same lookup
+    serve = dataclasses.replace(
+        live_cfg.serve, interleave=dataclasses.replace(live_cfg.serve.interleave, candidate=ranker)
+    )
+    assert _engine(dataclasses.replace(live_cfg, serve=serve), 4, 0)._version.ranker("candidate") is not None
+    with pytest.raises(ModelMismatchError, match="lookup_depth 40"):
+        _engine(dataclasses.replace(live_cfg, serve=serve), 4, 40)._version.ranker("candidate")
