@@ -37,10 +37,10 @@ def score_candidate_sets(
         timings["pairs"] = len(pair_q)
     out, start = [], 0
     deep = r.lookup_depth or r.depth
-    for text, (fused, top, lists) in zip(texts, both):
-        # stage scores looked up in the top `lookup_depth` of each list, never deeper: the features must not
-        # depend on how deep a request asked (a long result page fetches longer lists)
-        seen = top if not r.lookup_depth else [SearchResult(x.rows[:deep], x.scores[:deep]) for x in lists]
+    for text, (fused, _, lists) in zip(texts, both):
+        # stage scores looked up in the top `deep` of each list (off: the top `depth` that chose the candidates),
+        # never deeper: the features must not depend on how deep a request asked (a long page fetches longer lists)
+        seen = [SearchResult(x.rows[:deep], x.scores[:deep]) for x in lists]
         cand = Candidates.from_stages(fused, seen, lists, RERANK_FIRST_STAGES, r.first_stage, deep)
         cand.query = text
         cand.ce = ce[start : start + len(cand.rows)].astype(np.float64)
