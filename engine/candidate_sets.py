@@ -50,6 +50,22 @@ def score_candidate_sets(
     return out
 
 
+def add_base_cosine(
+    cands: list[Candidates], encode: Callable[[list[str]], np.ndarray], vectors: np.ndarray, timings: dict | None = None
+) -> None:
+    """Each candidate's cosine to its query under the zero-shot encoder (``rerank.base_cosine``): the queries
+    embedded in one batch by ``encode``, the products' unit vectors (``vectors``, by row: the ``dense-base``
+    index's), one matrix-vector product per query."""
+    if not cands:
+        return
+    t0 = time.perf_counter()
+    q = encode([c.query for c in cands])
+    for c, v in zip(cands, q):
+        c.base = (np.asarray(vectors[c.rows], dtype=np.float32) @ np.asarray(v, dtype=np.float32)).astype(np.float64)
+    if timings is not None:
+        timings["base_cosine"] = (time.perf_counter() - t0) * 1000
+
+
 class CandidateCache:
     """The candidate sets of the ``size`` most recently asked queries, keyed by text, filters, depth and the
     deleted list's signature (a delete makes every older entry unreachable)."""

@@ -10,7 +10,9 @@ One row per reranked candidate, columns named by :data:`FEATURES`:
   popularity (log of gain-weighted engagements), and its debiased click rate
   for this very query from the logged searches (:mod:`engine.query_clicks`;
   0 where nothing is logged); how the query's words meet the title
-  (:mod:`engine.text_match`: word coverage, code coverage, title length);
+  (:mod:`engine.text_match`: word coverage, code coverage, title length); with ``rerank.base_cosine``
+  (:data:`BASE`), the zero-shot encoder's cosine of the query and the title, its gap to the query's best and
+  its rank among the candidates (0 where off: a ranker never reads them then, :func:`ranker_features`);
 - personal (all 0 for a user without a profile: :data:`COLD`): cosine of the
   product to the user's centroid, the user's affinity (share) to the
   product's category, brand, group and price band, whether the user bought
@@ -38,6 +40,7 @@ from engine.profiles import FACETS, Profile, ProductFacets
 from engine.rerank import first_stage_scores, stage_lookup, standardize
 from engine.text_match import TEXT_MATCH
 
+BASE = ("base_cos", "base_gap", "base_rank")  # the zero-shot encoder's view (rerank.base_cosine)
 NON_PERSONAL = (
     "ce",
     "ce_z",
@@ -53,6 +56,7 @@ NON_PERSONAL = (
     *TEXT_MATCH,
     "ce_rank",
     "ce_gap",
+    *BASE,
 )
 PERSONAL = (
     "centroid_cos",
@@ -72,6 +76,7 @@ PERSONAL = (
 FEATURES = NON_PERSONAL + PERSONAL
 PERSONAL_IDX = np.array([FEATURES.index(f) for f in PERSONAL])
 _MATCH_COLS = np.array([FEATURES.index(f) for f in TEXT_MATCH])
+_BASE_COLS = [FEATURES.index(f) for f in BASE]
 COLD = np.zeros(len(PERSONAL))  # the personal features of a user the engine knows nothing about
 # smoothing of a user's own click-through rate on a facet value, in impressions: a value shown to the user
 # fewer times than this stays near the user's average rate
@@ -95,6 +100,7 @@ class Candidates:
     lists: list = field(default_factory=list)  # each stage's full list (the hybrid tail below the candidates)
     query: str | None = None  # the text the candidates were searched for
     match: np.ndarray | None = None  # [n, len(TEXT_MATCH)]: how the query's words meet each title
+    base: np.ndarray | None = None  # the zero-shot encoder's cosine of the query and each title (rerank.base_cosine)
 
     @classmethod
     def from_stages(
@@ -209,9 +215,20 @@ def feature_matrix(
     if n:  # where the cross-encoder puts each candidate among this query's, and how far below its best
         X[np.argsort(-ce, kind="stable"), FEATURES.index("ce_rank")] = np.arange(1, n + 1)
         X[:, FEATURES.index("ce_gap")] = ce - ce.max()
+    base = cand.base
+    if n and base is not None:
+        X[:, _BASE_COLS[0]] = base
+        X[:, _BASE_COLS[1]] = base - base.max()
+        X[np.argsort(-base, kind="stable"), _BASE_COLS[2]] = np.arange(1, n + 1)
     if personal is not None:
         X[:, PERSONAL_IDX] = personal
     return X
+
+
+def ranker_features(features: Sequence[str], base_cosine: bool) -> list[str]:
+    """The features a ranker may learn from: ``features`` less :data:`BASE` where ``rerank.base_cosine`` is off
+    (they are not computed then)."""
+    return [f for f in features if base_cosine or f not in BASE]
 
 
 class StatsTimeline:

@@ -142,7 +142,7 @@ def _explain(cand: Candidates, X: np.ndarray, i: int, ranker, r: RerankConfig, s
     stages = {
         s: {"score": float(cand.stage_scores[s][i]), "rank": int(cand.stage_ranks[s][i])} for s in cand.stage_scores
     }
-    return {
+    out = {
         "stages": stages,
         "rrf": float(cand.rrf[i]),
         "cross_encoder": float(cand.ce[i]),
@@ -155,3 +155,6 @@ def _explain(cand: Candidates, X: np.ndarray, i: int, ranker, r: RerankConfig, s
         "non_personal_score": float(base[i]) if base is not None else float(score[i]),
         "final_score": float(score[i]),
     }
+    if cand.base is not None:  # rerank.base_cosine: the zero-shot encoder's cosine
+        out["base_cosine"] = float(cand.base[i])
+    return out

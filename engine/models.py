@@ -267,13 +267,22 @@ class VersionModels:
         return ranker
 
     def _check_lookup(self, ranker, path: Path) -> None:
-        """Refuse a ranker whose stage-score features were looked up at another ``rerank.lookup_depth``."""
+        """Refuse a ranker whose stage-score features were looked up at another ``rerank.lookup_depth``, or one
+        that reads the zero-shot encoder's features (``rerank.base_cosine``) where they are not computed."""
+        from engine.features import BASE
+
         lookup = ranker.card.get("candidates", {}).get("lookup_depth", 0)  # rankers from before it: 0
         if lookup != self.cfg.rerank.lookup_depth:
             raise ModelMismatchError(
                 f"ranker {path} learnt from stage scores looked up {lookup or 'rerank.depth'} deep, not "
                 f"rerank.lookup_depth {self.cfg.rerank.lookup_depth}; retrain it with `make finetune` "
                 "(python -m finetune --stages ranker)"
+            )
+        base = [f for f in BASE if f in ranker.features]
+        if base and not self.cfg.rerank.base_cosine:
+            raise ModelMismatchError(
+                f"ranker {path} reads {base}, computed only with rerank.base_cosine: true; set it or retrain the "
+                "ranker with `make finetune` (python -m finetune --stages ranker)"
             )
 
     # -- what answers ------------------------------------------------------------------------------------------
@@ -366,12 +375,14 @@ def same_runtime(ce, r, quantize: str | None = None, max_length: int | None = -1
 
 
 def query_encoder(cfg: Config, stage: str):
-    """The encoder a dense stage embeds queries with: torch (the index job's encoder) or, for the ``dense``
-    stage with ``dense.query_runtime: onnx``, its ONNX export (same fingerprint: the same model)."""
+    """The encoder a dense stage embeds queries with: torch (the index job's encoder) or, with
+    ``dense.query_runtime: onnx``, its ONNX export (same fingerprint: the same model) for the ``dense`` stage, and
+    for ``dense-base`` where every query encodes with it too (``rerank.base_cosine``)."""
     from indexer.dense import dense_encoder, stage_model
 
     d = cfg.dense
-    if stage == "dense" and d.query_runtime == "onnx":
+    on_query_path = stage == "dense" or (stage == "dense-base" and cfg.rerank.base_cosine)
+    if on_query_path and d.query_runtime == "onnx":
         from engine.onnx_models import OnnxQueryEncoder
 
         path = Path(stage_model(cfg, stage))

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.candidate_sets import CandidateCache, score_candidate_sets
+from engine.candidate_sets import CandidateCache, add_base_cosine, score_candidate_sets
 from engine.features import Candidates
 from engine.final_rank import candidate_features, rank_candidates, taste_evidence
 from engine.first_stages import FirstStages, LocalFirstStages, MilvusFirstStages, retrieve_batch, stage_candidates
@@ -24,7 +24,16 @@ from engine.models import VersionModels
 from engine.query_input import clean_text, searchable
 from engine.query_run import QueryRun
 from engine.rerank import CrossEncoder
-from engine.types import QueryError, DENSE_STAGES, RERANK_FIRST_STAGES, STAGES, Hit, QueryResult, SearchResult
+from engine.types import (
+    QueryError,
+    DENSE_BASE,
+    DENSE_STAGES,
+    RERANK_FIRST_STAGES,
+    STAGES,
+    Hit,
+    QueryResult,
+    SearchResult,
+)
 from engine.understanding import QueryRewriter, Rewrite
 from indexer.bm25 import BM25Index
 from core.config import Config
@@ -79,6 +88,8 @@ class IndexVersion:
                     self.dense_stage(stage)
             if cfg.rerank.model:
                 self.cross_encoder()
+            if cfg.rerank.base_cosine:
+                self.dense_stage(DENSE_BASE)  # the zero-shot encoder the base_cos features read
             if cfg.rerank.ranker:
                 self.ranker()
             if cfg.query.rewrite:
@@ -278,7 +289,11 @@ class IndexVersion:
         stage scores and ranks and cross-encoder scores (all pairs of all queries in one batch run).
         Nothing personal: the same for every user (cacheable per query and filter)."""
         both = self.stage_candidates(texts, mask, deep=max(deep, self.cfg.rerank.lookup_depth), timings=timings)
-        return score_candidate_sets(texts, both, self.bm25, self.score_pairs, self.cfg.rerank, timings)
+        cands = score_candidate_sets(texts, both, self.bm25, self.score_pairs, self.cfg.rerank, timings)
+        if self.cfg.rerank.base_cosine:
+            encoder, index = self.dense_stage(DENSE_BASE)
+            add_base_cosine(cands, encoder.encode_queries, index.vectors, timings)
+        return cands
 
     def cached_candidate_sets(
         self, texts: list[str], mask: np.ndarray | None, key, deep: int, timings: dict

@@ -151,7 +151,10 @@ def export_config(
         and (not only_used or cfg.dense.query_runtime == "onnx")
     ):
         todo.append((Path(resolve_model(cfg.dense.model, cfg.root)), "query-encoder", cfg.dense.max_length))
-    for path, kind, max_length in todo:
+    if "query-encoder" in kinds and cfg.rerank.base_cosine and (not only_used or cfg.dense.query_runtime == "onnx"):
+        # the zero-shot encoder every query meets for the base_cos features
+        todo.append((Path(resolve_model(cfg.dense.base_model, cfg.root)), "query-encoder", cfg.dense.max_length))
+    for path, kind, max_length in dict.fromkeys(todo):  # dense.base_model may be dense.model
         if if_missing and current(path, kind):
             done.append({"kind": kind, "source": str(path), "kept": "current export"})
             continue

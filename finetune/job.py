@@ -366,6 +366,7 @@ def run_job(
             len(data.train),
             cfg.rerank.depth,
             *([cfg.rerank.lookup_depth] if cfg.rerank.lookup_depth else []),  # the features' values change with it
+            *(["base_cosine"] if cfg.rerank.base_cosine else []),
             _model_hash(cfg.rerank.model, cfg.root),
         )
         summary["models"]["ranker"] = _stage(

@@ -38,7 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
-from engine.features import FEATURES, PERSONAL
+from engine.features import FEATURES, PERSONAL, ranker_features
 from finetune.ranker_fit import POSITION, fit_base, fit_cv
 from finetune.ranker_sessions import Dataset, PointInTime, Session, build_dataset, candidate_cache
 
@@ -118,9 +118,15 @@ def cross_encoder_card(engine) -> dict:
 
 def candidates_card(engine) -> dict:
     """How the candidates a ranker learnt from were gathered (the engine refuses a ranker whose stage scores were
-    looked up otherwise: ``rerank.lookup_depth``)."""
+    looked up otherwise: ``rerank.lookup_depth``; ``base_cosine``: whether the zero-shot encoder's features were
+    computed)."""
     r = engine.cfg.rerank
-    return {"depth": r.depth, "lookup_depth": r.lookup_depth, "first_stage": r.first_stage}
+    return {
+        "depth": r.depth,
+        "lookup_depth": r.lookup_depth,
+        "first_stage": r.first_stage,
+        "base_cosine": r.base_cosine,
+    }
 
 
 def fit_ranker(
@@ -146,6 +152,7 @@ def fit_ranker(
             f"only {n} training sessions have a positive among the engine's candidates; the ranker needs more data"
         )
     cv = cv and tcfg.cv_folds > 1  # judged pairs: no time order, every session can validate
+    features = ranker_features(features, engine.cfg.rerank.base_cosine)  # what the engine computes
     n_valid = max(1, int(n * tcfg.valid_fraction)) if tcfg.valid_fraction > 0 and not cv else 0
     train, valid = data.split(n - n_valid)
     valid = valid.shuffled(tcfg.seed)  # measured as served: ties must not inherit the logged order

@@ -210,7 +210,16 @@ def _candidates_key(engine) -> str:
     builds += [engine.dense_stage(s)[1].manifest.get("build_id") for s in RERANK_FIRST_STAGES if s != "bm25"]
     deleted = int(engine.live.size - engine.live.sum()) if engine.live is not None else 0
     parts = [builds, deleted, r.depth, r.first_stage, engine.cfg.search.candidates, ce.fingerprint() or str(r.model)]
-    return settings_hash(*parts, *([f"lookup{r.lookup_depth}"] if r.lookup_depth else []))
+    parts += [f"lookup{r.lookup_depth}"] if r.lookup_depth else []
+    return settings_hash(*parts, *(["base_cosine", _base_build(engine)] if r.base_cosine else []))
+
+
+def _base_build(engine) -> str | None:
+    """The zero-shot encoder's index build the candidates' ``base`` cosines come from."""
+    from engine.types import DENSE_BASE
+
+    encoder, index = engine.dense_stage(DENSE_BASE)
+    return f"{index.manifest.get('build_id')}/{encoder.fingerprint}"
 
 
 def session_features(

@@ -303,6 +303,8 @@ def index_stages(cfg, extra: Iterable[str] = ()) -> list[str]:
         s = "dense" if s in ("hybrid", "rerank") else s
         if s in DENSE_STAGES:
             stages.append(stage_index_dir(cfg, s).name)
+    if cfg.rerank.base_cosine:  # the zero-shot encoder's vectors the base_cos ranker features read
+        stages.append(stage_index_dir(cfg, "dense-base").name)
     if cfg.suggest.enabled or "suggest" in extra:
         stages.append("suggest")  # query suggestions: built from the bm25 stage of the same version
     return list(dict.fromkeys(stages))

@@ -297,7 +297,7 @@ def click_trusting_ranker():
     # logged searches, no session, no text), drawn in the same order, so the model is the one the test was written
     # against
     later = ("query_ctr", "session_cos", "session", "coverage", "code_match", "title_len", "char_coverage")
-    later += ("query_len", "ce_rank", "ce_gap")
+    later += ("query_len", "ce_rank", "ce_gap", "base_cos", "base_gap", "base_rank")
     written = [i for i, f in enumerate(FEATURES) if f not in later]
     X = np.zeros((4000, len(FEATURES)))
     X[:, written] = rng.normal(size=(4000, len(written)))

@@ -334,6 +334,8 @@ def _validate(cfg: Config, where: str) -> None:
         raise ConfigError(f"{where}: rerank.weight must be in [0, 1] and rerank.depth >= 1")
     if cfg.rerank.lookup_depth and cfg.rerank.lookup_depth < cfg.rerank.depth:
         raise ConfigError(f"{where}: rerank.lookup_depth must be 0 (off) or at least rerank.depth")
+    if cfg.rerank.base_cosine and not cfg.rerank.model:
+        raise ConfigError(f"{where}: rerank.base_cosine is a feature of the reranked candidates: set rerank.model too")
     r = cfg.rerank
     if r.teacher and (not r.model or r.teacher_top < 2 or not 0 <= r.teacher_weight <= 1):
         raise ConfigError(

@@ -65,6 +65,11 @@ class RerankConfig:
     # bm25-only candidate's dense cosine, a dense-only one's BM25 score), not only in the top `depth` that chose
     # the candidates; 0: only there (an absent candidate gets the list's lowest score and rank depth + 1)
     lookup_depth: int = 0
+    # the zero-shot encoder's (dense.base_model, the `dense-base` stage) cosine of each candidate, its gap to the
+    # query's best and its rank among the candidates as ranker features (base_cos, base_gap, base_rank): a view of
+    # relevance that never saw the training queries; costs one more query encoding (on ONNX where
+    # dense.query_runtime is onnx) and the dense-base index in memory. Off: those features are not computed
+    base_cosine: bool = False
     # combined score = weight * z(cross-encoder) + (1 - weight) * z(first stage); 1.0: cross-encoder alone
     weight: float = 0.5
     # the first-stage score: rrf (reciprocal rank fusion) or scores (mean of the stages' standardized raw scores)
