@@ -105,16 +105,17 @@ def other_ranker(folder: Path) -> None:
     """A ranker that orders by the bm25 rank (a different page from the serving ranker's)."""
     import lightgbm as lgb
 
-    from engine.features import NON_PERSONAL
+    from engine.features import NON_PERSONAL, ranker_features
     from engine.ranker import Ranker
 
+    feats = ranker_features(NON_PERSONAL, base_cosine=False)  # what the experiment's config computes
     rng = np.random.default_rng(0)
-    X = rng.normal(size=(2000, len(NON_PERSONAL)))
-    y = (X[:, NON_PERSONAL.index("bm25_rank")] < -0.5).astype(int)
+    X = rng.normal(size=(2000, len(feats)))
+    y = (X[:, feats.index("bm25_rank")] < -0.5).astype(int)
     booster = lgb.train(
         {"objective": "lambdarank", "verbosity": -1, "num_leaves": 7}, lgb.Dataset(X, y, group=[20] * 100), 20
     )
-    Ranker(booster, list(NON_PERSONAL), {"model": "test: bm25 rank"}).save(folder)
+    Ranker(booster, feats, {"model": "test: bm25 rank"}).save(folder)
 
 
 def test_ab_mode_serves_the_candidate_page_to_its_arm(experiment_cfg):
