@@ -244,7 +244,7 @@ class VersionModels:
                     old = self._previous.candidate_model if self._previous is not None else None
                     ranker = old[0] if old is not None and old[0].signature == Ranker.file_signature(p) else None
                     ranker = ranker or Ranker.load(p)
-                    self._check_lookup(ranker, p)
+                    self._check_features(ranker, p)
                     self.candidate_model = (ranker, self._query_clicks_of(ranker))
         return self.candidate_model
 
@@ -263,12 +263,12 @@ class VersionModels:
                 f"{ranker.card['cross_encoder'].get('path')}, not on rerank.model {self.cfg.rerank.model}; "
                 "retrain it with `make finetune` (python -m finetune --stages ranker)"
             )
-        self._check_lookup(ranker, path)
+        self._check_features(ranker, path)
         return ranker
 
-    def _check_lookup(self, ranker, path: Path) -> None:
-        """Refuse a ranker whose stage-score features were looked up at another ``rerank.lookup_depth``, or one
-        that reads the zero-shot encoder's features (``rerank.base_cosine``) where they are not computed."""
+    def _check_features(self, ranker, path: Path) -> None:
+        """Refuse a ranker whose features this config computes otherwise: stage scores looked up at another
+        ``rerank.lookup_depth``, or the zero-shot encoder's (``rerank.base_cosine``) where they are not computed."""
         from engine.features import BASE
 
         lookup = ranker.card.get("candidates", {}).get("lookup_depth", 0)  # rankers from before it: 0
