@@ -24,16 +24,8 @@ from engine.models import VersionModels
 from engine.query_input import clean_text, searchable
 from engine.query_run import QueryRun
 from engine.rerank import CrossEncoder
-from engine.types import (
-    QueryError,
-    DENSE_BASE,
-    DENSE_STAGES,
-    RERANK_FIRST_STAGES,
-    STAGES,
-    Hit,
-    QueryResult,
-    SearchResult,
-)
+from engine.types import DENSE_BASE, DENSE_STAGES, RERANK_FIRST_STAGES, STAGES
+from engine.types import Hit, QueryError, QueryResult, SearchResult
 from engine.understanding import QueryRewriter, Rewrite
 from indexer.bm25 import BM25Index
 from core.config import Config
