@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
             cross_encoder_out=Path(args.cross_encoder_out) if args.cross_encoder_out else None,
         )
         print(json.dumps(summary, indent=1, ensure_ascii=False, default=str))
+        for note in summary["paused"]:
+            print(f"note: {note}", file=sys.stderr)
 
     return run(body, errors=(ValueError,))
 

@@ -142,15 +142,19 @@ def train(
     resume: bool = False,
     extra_log: dict | None = None,
     distill: Sequence | None = None,
+    pause_on_time: bool = False,
 ) -> dict:
-    """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``.
+    """Train ``model`` (a SentenceTransformer) in place; keep the best checkpoint (by ``evaluate``) in ``out``;
+    ``pause_on_time``: a time cap pauses the run, resumable (:func:`finetune.loop.run`).
     With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
     checkpoint on disk is the result (``model`` itself stays as it was)."""
     if cfg.workers > 1 and loop.world()[1] == 1:
         from finetune.distributed import train_on_workers
 
         return train_on_workers(
-            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log, distill),
+            lambda: train(
+                model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log, distill, pause_on_time
+            ),
             cfg.workers,
             use_gpu=torch.cuda.is_available(),
         )
@@ -193,6 +197,7 @@ def train(
         progress=progress,
         desc="bi-encoder",
         extra_log=extra_log,
+        pause_on_time=pause_on_time,
     )
 
 

@@ -205,15 +205,17 @@ def train(
     progress: bool = True,
     resume: bool = False,
     extra_log: dict | None = None,
+    pause_on_time: bool = False,
 ) -> dict:
-    """Train ``model`` in place; keep the best checkpoint (by ``evaluate``) in ``out``.
+    """Train ``model`` in place; keep the best checkpoint (by ``evaluate``) in ``out``;
+    ``pause_on_time``: a time cap pauses the run, resumable (:func:`finetune.loop.run`).
     With ``cfg.workers`` > 1 the training runs in that many data-parallel processes (Ray Train); the best
     checkpoint on disk is the result (``model`` itself stays as it was)."""
     if cfg.workers > 1 and loop.world()[1] == 1:
         from finetune.distributed import train_on_workers
 
         return train_on_workers(
-            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log),
+            lambda: train(model, examples, cfg, out, evaluate, log_path, progress, resume, extra_log, pause_on_time),
             cfg.workers,
             use_gpu=torch.cuda.is_available(),
         )
@@ -245,4 +247,5 @@ def train(
         progress=progress,
         desc=f"cross-encoder ({model.num_layers} layers)",
         extra_log=extra_log,
+        pause_on_time=pause_on_time,
     )

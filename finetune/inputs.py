@@ -105,13 +105,30 @@ def settings_hash(*parts) -> str:
 
 
 def finished(folder: Path, key: str) -> bool:
+    """Whether ``folder`` holds a model trained with the settings ``key`` to its end (not paused by a time cap)."""
     card = folder / "model_card.json"
     if not card.is_file():
         return False
     try:
-        return json.loads(card.read_text(encoding="utf-8")).get("settings_hash") == key
+        card = json.loads(card.read_text(encoding="utf-8"))
     except json.JSONDecodeError:
         return False
+    return card.get("settings_hash") == key and not card.get("paused")
+
+
+def paused_notes(models: dict, source) -> list[str]:
+    """What the job says of each model its time cap paused before ``max_steps`` (the cards in ``models``)."""
+    notes = []
+    for name, card in models.items():
+        if isinstance(card, dict) and card.get("paused"):
+            section = name.replace("-", "")
+            cap = card.get("training", {}).get("max_minutes")
+            notes.append(
+                f"{name}: paused at step {card['steps']} of {card['max_steps']} by its {cap}-minute cap "
+                f"(finetune.{section}.max_minutes in {source}); its best checkpoint serves as it is: rerun with "
+                "--resume (make finetune RESUME=1) to train it on to max_steps"
+            )
+    return notes
 
 
 def ranker_queries(data: TrainingData, t) -> list[str]:

@@ -17,7 +17,9 @@ Each model folder gets a ``model_card.json`` (data, steps, minutes, seed, dev
 metrics, the full curve); each training writes ``<model>.log.json`` at every
 evaluation.  With ``resume`` a finished model whose card matches the current
 settings is kept, and an interrupted training continues from its last
-evaluation.
+evaluation.  A training stopped by its time cap (``max_minutes``) before its
+``max_steps`` is *paused*: its best checkpoint serves, the job says so, and
+``resume`` goes on to ``max_steps`` (what a faster machine trains in one run).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from finetune.inputs import (
     TrainingData,
     finished,
     load_training_data,
+    paused_notes,
     ranker_held_out,
     settings_hash,
 )
@@ -143,6 +146,7 @@ def train_biencoder(cfg: Config, data: TrainingData, out: Path, resume: bool, pr
         log_path=out.with_name(out.name + ".log.json"),
         progress=progress,
         resume=resume,
+        pause_on_time=True,  # a slow machine's time cap pauses it: RESUME=1 goes on
         distill=distill,
     )
     return {
@@ -196,6 +200,7 @@ def train_crossencoder(
         log_path=out.with_name(out.name + ".log.json"),
         progress=progress,
         resume=resume,
+        pause_on_time=True,  # a slow machine's time cap pauses it: RESUME=1 goes on
     )
     if held:
         notes["ranker_held_out"] = f"{len(held)} training queries left out: the ranker's (finetune.ranker.held_out)"
@@ -368,11 +373,13 @@ def run_job(
             *([cfg.rerank.lookup_depth] if cfg.rerank.lookup_depth else []),  # the features' values change with it
             *(["base_cosine"] if cfg.rerank.base_cosine else []),
             _model_hash(cfg.rerank.model, cfg.root),
+            _model_hash(cfg.dense.model, cfg.root),  # it reads the dense stage's cosines and ranks
         )
         summary["models"]["ranker"] = _stage(
             rk_out, key, resume, lambda: train_ranker_stage(cfg, data, rk_out, progress), whole_card=True
         )
     summary["minutes"] = round((time.perf_counter() - t_start) / 60, 2)
+    summary["paused"] = paused_notes(summary["models"], cfg.source)
     (out_dir / "finetune.json").write_text(
         json.dumps(summary, indent=1, ensure_ascii=False, default=str), encoding="utf-8"
     )

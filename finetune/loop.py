@@ -70,12 +70,16 @@ def run(
     progress: bool = True,
     desc: str = "training",
     extra_log: dict | None = None,
+    pause_on_time: bool = False,
 ) -> dict:
     """Train ``model`` in place; keep the best checkpoint (by ``evaluate``, else the last) in ``out``.
 
     The resumable state (weights, optimizer, scheduler, step, RNG, log) is written next to ``out`` as
-    ``<out>.resume.pt`` at every evaluation; with ``resume=True`` a run continues from it, its wall-time
-    cap counting the minutes already spent.  The state file is removed when the run finishes.
+    ``<out>.resume.pt`` at every evaluation; with ``resume=True`` a run continues from it.  ``max_minutes`` caps
+    the time of this run (a resumed run gets the cap again; the reported minutes count every run).  The state
+    file is removed when the run reaches ``max_steps``; when the time cap stops it first, ``pause_on_time``
+    keeps it (the run is *paused*: a resumed run goes on to ``max_steps`` with the same schedule, so a slow
+    machine reaches the model a fast one trains in one go), otherwise the cap ends the run for good.
     """
     device = next(model.parameters()).device
     rank, size = world()
@@ -107,10 +111,14 @@ def run(
     batch_iter = make_batches(np.random.default_rng(settings.seed))
     for _ in range(step):  # replay the order; the batches themselves are cheap to skip
         next(batch_iter)
-    start = time.perf_counter() - spent * 60
+    run_start = time.perf_counter()
+    start = run_start - spent * 60
 
     def minutes() -> float:
         return (time.perf_counter() - start) / 60
+
+    def out_of_time() -> bool:
+        return (time.perf_counter() - run_start) / 60 >= settings.max_minutes
 
     def write_log() -> None:
         if log_path is not None and lead:
@@ -157,7 +165,7 @@ def run(
     bar = tqdm(total=settings.max_steps, initial=step, desc=desc, disable=not progress or not lead)
     running: list[float] = []
     step_times: list[float] = []
-    done = step >= settings.max_steps or minutes() >= settings.max_minutes
+    done = step >= settings.max_steps  # every run trains at least one step: a resumed run always gets on
     while not done:
         batch = next(batch_iter)
         step += 1
@@ -182,16 +190,21 @@ def run(
         step_times.append(time.perf_counter() - t_step)
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}")
-        done = _agree(step >= settings.max_steps or minutes() >= settings.max_minutes, size)
+        done = _agree(step >= settings.max_steps or out_of_time(), size)
         if step % settings.eval_every == 0 or done:
             checkpoint(float(np.mean(running[-settings.eval_every :])))
     bar.close()
+    paused = step < settings.max_steps  # the time cap stopped it first
     if lead:
         if evaluate is None:
             save(out)
-        state_path.unlink(missing_ok=True)
+        if not (paused and pause_on_time):
+            state_path.unlink(missing_ok=True)
     return {
         "steps": step,
+        "max_steps": settings.max_steps,
+        "stopped_by": "max_minutes" if paused else "max_steps",
+        "paused": paused and pause_on_time,
         "minutes": round(minutes(), 2),
         "best_dev": None if best == -math.inf else best,
         "seconds_per_step": round(float(np.median(step_times[3:] or step_times or [0.0])), 4),

@@ -242,6 +242,34 @@ def test_an_interrupted_run_resumes_to_the_same_weights(tiny_model, demo_dir, tm
         torch.testing.assert_close(p, r, msg=name)
 
 
+def test_a_time_cap_pauses_the_run_and_resume_trains_on_to_the_uncapped_weights(tiny_model, demo_dir, tmp_path):
+    import dataclasses
+
+    cfg = CrossEncoderTrainConfig(
+        num_layers=None, lr=1e-3, batch_size=8, group_size=4, max_steps=8, eval_every=4, warmup_steps=2, max_length=64
+    )
+    ex = demo_groups(demo_dir)
+    full = CrossEncoder.from_base(tiny_model, device="cpu")
+    train(full, ex, cfg, tmp_path / "full", progress=False)
+
+    capped = dataclasses.replace(cfg, max_minutes=1e-9)  # a machine far too slow for its cap: one step, then out
+    first = CrossEncoder.from_base(tiny_model, device="cpu")
+    report = train(first, ex, capped, tmp_path / "slow", progress=False, pause_on_time=True)
+    assert (report["steps"], report["max_steps"], report["stopped_by"], report["paused"]) == (1, 8, "max_minutes", True)
+    assert (tmp_path / "slow.resume.pt").is_file()  # kept: the run goes on from here
+    again = CrossEncoder.from_base(tiny_model, device="cpu", seed=123)
+    report = train(again, ex, cfg, tmp_path / "slow", progress=False, resume=True, pause_on_time=True)
+    assert (report["steps"], report["stopped_by"], report["paused"]) == (8, "max_steps", False)
+    assert not (tmp_path / "slow.resume.pt").exists()
+    for (name, p), (_, r) in zip(full.model.named_parameters(), again.model.named_parameters()):
+        torch.testing.assert_close(p, r, msg=name)  # the schedule was the whole run's, not a cut-short one
+
+    # without pause_on_time (a budgeted retrain) the cap ends the run for good
+    report = train(CrossEncoder.from_base(tiny_model, device="cpu"), ex, capped, tmp_path / "budget", progress=False)
+    assert (report["steps"], report["stopped_by"], report["paused"]) == (1, "max_minutes", False)
+    assert not (tmp_path / "budget.resume.pt").exists()
+
+
 def test_combine_standardizes_each_score():
     ce = np.array([10.0, 0.0, 5.0])
     first = np.array([0.01, 0.02, 0.03])

@@ -60,6 +60,19 @@ def test_resume_keeps_finished_models(job_cfg, trained):
     assert (out / "cross-encoder" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_a_model_paused_by_its_time_cap_is_not_finished_and_the_job_says_how_to_go_on(tmp_path):
+    from finetune.inputs import finished, paused_notes
+
+    card = {"settings_hash": "k", "steps": 157, "max_steps": 400, "paused": True, "training": {"max_minutes": 22}}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    assert not finished(tmp_path, "k")  # --resume trains it on instead of keeping it
+    (tmp_path / "model_card.json").write_text(json.dumps({**card, "paused": False}))
+    assert finished(tmp_path, "k") and not finished(tmp_path, "other settings")
+    notes = paused_notes({"bi-encoder": card, "cross-encoder": {**card, "paused": False}, "ranker": "kept"}, "c.yaml")
+    assert len(notes) == 1 and "step 157 of 400" in notes[0] and "finetune.biencoder.max_minutes" in notes[0]
+    assert "RESUME=1" in notes[0]
+
+
 def test_the_engine_reranks_the_union_of_first_stage_candidates(job_cfg, trained):
     eng = SearchEngine.from_config(job_cfg)
     text = "华为 手机"

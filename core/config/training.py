@@ -15,6 +15,8 @@ class TrainingLoopConfig:
 
     lr: float = 5e-5
     max_steps: int = 300
+    # the time one run may train: where it stops a `make finetune` model before max_steps the model is paused
+    # (it serves as it is; RESUME=1 trains it on to max_steps with the same schedule)
     max_minutes: float = 30.0
     warmup_steps: int = 20
     eval_every: int = 50
