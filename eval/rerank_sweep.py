@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from engine import SearchEngine
-    from finetune.job import without_rerank
+    from finetune.inputs import without_rerank
     from core.formats.judged import read_queries
     from indexer.build import ensure_indexes
     from core.config import load_config

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from finetune.data import TrainingQueries, from_clicklog, from_judged, split_by_time, time_cut
-from core.config import Config, marked_settings
+from core.config import Config, RerankConfig, SearchConfig, marked_settings
 
 
 @dataclass
@@ -147,3 +147,24 @@ def ranker_held_out(cfg: Config, data: TrainingData) -> set[str]:
     if not (ft.ranker.held_out and cfg.rerank.model and cfg.rerank.ranker) or is_clicklog(Path(ft.train), ft.format):
         return set()
     return set(ranker_queries(data, ft.ranker))
+
+
+def without_rerank(cfg: Config, **dense) -> Config:
+    """The config with no cross-encoder (and, given ``dense``, other dense settings): the first stages only."""
+    return dataclasses.replace(
+        cfg,
+        rerank=RerankConfig(model=None),
+        dense=dataclasses.replace(cfg.dense, **dense),
+        search=SearchConfig(stages=["bm25"], candidates=cfg.search.candidates),
+    )
+
+
+def rows_of(engine, pids) -> list[int]:
+    """The catalog rows of ``pids`` (ids the catalog lacks are skipped)."""
+    rows = []
+    for p in pids:
+        try:
+            rows.append(engine.products.row_of(p))
+        except KeyError:
+            continue
+    return rows

@@ -148,7 +148,7 @@ def test_graded_pairs_give_known_negatives_first_and_their_own_settings_hash(job
     import dataclasses
 
     from finetune.data import TrainingQueries
-    from finetune.job import _negative_titles
+    from finetune.crossencoder_stage import negative_titles
 
     eng = SearchEngine.from_config(job_cfg)
     ids, titles = eng.products.ids, eng.products.titles
@@ -156,7 +156,7 @@ def test_graded_pairs_give_known_negatives_first_and_their_own_settings_hash(job
     mined = {"q": [ids[1], ids[3], "no-such-product", ids[4]]}
     # judged-lower products first (sorted), then the mined ones not already there; unknown ids skipped
     known = [titles[i] for i in sorted((1, 2), key=lambda i: ids[i])]
-    assert _negative_titles(eng, data, "q", mined) == known + [titles[3], titles[4]]
+    assert negative_titles(eng, data, "q", mined) == known + [titles[3], titles[4]]
     # reading the grades changes what the models learn: it enters their settings hash (through the data source);
     # unset, the source is the file as before
     judged = tmp_path / "train.tsv"
@@ -200,7 +200,7 @@ def test_the_rankers_queries_can_be_held_out_of_the_cross_encoders_training(job_
 
     import finetune.crossencoder
     from finetune.inputs import ranker_held_out, ranker_queries
-    from finetune.job import train_crossencoder
+    from finetune.crossencoder_stage import train_crossencoder
 
     ranker = dataclasses.replace(job_cfg.finetune.ranker, max_queries=4, held_out=True)
     cfg = _judged_cfg(job_cfg, tmp_path, 12, 8, ranker)
