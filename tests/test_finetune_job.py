@@ -71,6 +71,12 @@ def test_a_model_paused_by_its_time_cap_is_not_finished_and_the_job_says_how_to_
     notes = paused_notes({"bi-encoder": card, "cross-encoder": {**card, "paused": False}, "ranker": "kept"}, "c.yaml")
     assert len(notes) == 1 and "step 157 of 400" in notes[0] and "finetune.biencoder.max_minutes" in notes[0]
     assert "RESUME=1" in notes[0]
+    # the cap only pauses, so it is no setting of the model: a model finished under one cap is kept under another
+    from core.config.training import BiEncoderTrainConfig
+    from finetune.inputs import settings_hash
+
+    assert settings_hash(BiEncoderTrainConfig(max_minutes=22)) == settings_hash(BiEncoderTrainConfig(max_minutes=60))
+    assert settings_hash(BiEncoderTrainConfig(max_steps=300)) != settings_hash(BiEncoderTrainConfig(max_steps=400))
 
 
 def test_the_engine_reranks_the_union_of_first_stage_candidates(job_cfg, trained):

@@ -16,8 +16,9 @@ class TrainingLoopConfig:
     lr: float = 5e-5
     max_steps: int = 300
     # the time one run may train: where it stops a `make finetune` model before max_steps the model is paused
-    # (it serves as it is; RESUME=1 trains it on to max_steps with the same schedule)
-    max_minutes: float = 30.0
+    # (it serves as it is; RESUME=1 trains it on to max_steps with the same schedule), so the cap is not a
+    # setting of the model: a model trained to max_steps is the same under any cap
+    max_minutes: float = field(default=30.0, metadata=NOT_TRAINED)
     warmup_steps: int = 20
     eval_every: int = 50
     seed: int = 0
